@@ -1,0 +1,94 @@
+"""Pick an OpenGL backend for MuJoCo before mujoco is imported.
+
+Rules, in order:
+1. ``MUJOCO_GL`` already set: respected as is.
+2. A display exists (``DISPLAY`` or ``WAYLAND_DISPLAY``), or not Linux: left unset (GLFW window).
+3. Headless Linux: ``egl`` if an EGL context can really be made, else ``osmesa``.
+
+Creating a context is the only reliable test (EGL libraries can be installed yet have no
+usable device), so the probe runs once in a subprocess and its answer is cached per machine
+in ``~/.cache/composable-skills/gl-backend.json``. Delete that file to probe again.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+from pathlib import Path
+
+_PROBE = (
+    "import mujoco\n"
+    "ctx = mujoco.GLContext(8, 8)\n"
+    "ctx.make_current()\n"
+    "ctx.free()\n"
+)
+_CANDIDATES = ("egl", "osmesa")
+_CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "composable-skills" / "gl-backend.json"
+
+RENDER_INSTALL_HINT = (
+    "Headless rendering needs an OpenGL backend. On Debian/Ubuntu install one of:\n"
+    "  sudo apt-get install libegl1 libegl-mesa0 libgl1-mesa-dri   # MUJOCO_GL=egl\n"
+    "  sudo apt-get install libosmesa6                             # MUJOCO_GL=osmesa"
+)
+
+
+def _context_works(backend: str) -> bool:
+    env = dict(os.environ, MUJOCO_GL=backend, PYOPENGL_PLATFORM=backend)
+    try:
+        done = subprocess.run(
+            [sys.executable, "-c", _PROBE], env=env, capture_output=True, timeout=60
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return done.returncode == 0
+
+
+def _cache_key() -> str:
+    return f"{platform.node()}|{sys.executable}"
+
+
+def _read_cache() -> dict:
+    try:
+        return json.loads(_CACHE.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _write_cache(entries: dict) -> None:
+    try:
+        _CACHE.parent.mkdir(parents=True, exist_ok=True)
+        tmp = _CACHE.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(entries))
+        os.replace(tmp, _CACHE)
+    except OSError:
+        pass
+
+
+def headless() -> bool:
+    """True when no display is available for a GLFW window."""
+    if platform.system() != "Linux":
+        return False
+    return not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
+
+
+def choose_backend() -> str | None:
+    """Set ``MUJOCO_GL`` for this process if needed and return the backend in use."""
+    if os.environ.get("MUJOCO_GL"):
+        return os.environ["MUJOCO_GL"]
+    if not headless() or "mujoco" in sys.modules:
+        return None
+    cache = _read_cache()
+    backend = cache.get(_cache_key())
+    if backend not in _CANDIDATES:
+        backend = next((b for b in _CANDIDATES if _context_works(b)), "disabled")
+        cache[_cache_key()] = backend
+        _write_cache(cache)
+    if backend == "disabled":
+        # Physics still works; rendering raises RenderingUnavailable with RENDER_INSTALL_HINT.
+        return None
+    os.environ["MUJOCO_GL"] = backend
+    os.environ.setdefault("PYOPENGL_PLATFORM", backend)
+    return backend

@@ -1,0 +1,72 @@
+"""Offscreen frames (any headless machine) and an optional live window (when a display exists)."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from ._gl import RENDER_INSTALL_HINT, headless
+
+
+class RenderingUnavailable(RuntimeError):
+    """No OpenGL backend could be found; the message says which packages to install."""
+
+
+def check_backend() -> None:
+    """Raise ``RenderingUnavailable`` with install instructions if frames cannot be made."""
+    if headless() and not os.environ.get("MUJOCO_GL"):
+        raise RenderingUnavailable("no display and no working EGL or OSMesa.\n" + RENDER_INSTALL_HINT)
+
+
+class SceneRenderer:
+    """Renders a MuJoCo scene from a free camera: ``rgb_array`` frames or a ``human`` window."""
+
+    def __init__(self, model, data, camera: dict, width: int, height: int):
+        import mujoco
+
+        check_backend()
+        self.model, self.data = model, data
+        self.camera_config = dict(camera)
+        self.width, self.height = width, height
+        model.vis.global_.offwidth = max(int(model.vis.global_.offwidth), width)
+        model.vis.global_.offheight = max(int(model.vis.global_.offheight), height)
+        self._camera = mujoco.MjvCamera()
+        self._camera.type = int(mujoco.mjtCamera.mjCAMERA_FREE)
+        for key, value in self.camera_config.items():
+            if key == "lookat":
+                self._camera.lookat[:] = value
+            else:
+                setattr(self._camera, key, value)
+        self._offscreen = None
+        self._window = None
+
+    def render(self, mode: str = "rgb_array") -> np.ndarray | None:
+        import mujoco
+
+        if mode == "human":
+            if headless():
+                raise RenderingUnavailable("render_mode='human' needs a display; use 'rgb_array'.")
+            if self._window is None:
+                from gymnasium.envs.mujoco.mujoco_rendering import MujocoRenderer
+
+                self._window = MujocoRenderer(self.model, self.data, self.camera_config,
+                                              width=self.width, height=self.height)
+            self._window.render("human")
+            return None
+        if self._offscreen is None:
+            try:
+                self._offscreen = mujoco.Renderer(self.model, self.height, self.width)
+            except Exception as err:  # the GL backends raise assorted types
+                raise RenderingUnavailable(f"could not create an OpenGL context ({err}).\n"
+                                           + RENDER_INSTALL_HINT) from err
+        self._offscreen.update_scene(self.data, self._camera)
+        return self._offscreen.render().copy()
+
+    def close(self) -> None:
+        if self._offscreen is not None:
+            self._offscreen.close()
+            self._offscreen = None
+        if self._window is not None:
+            self._window.close()
+            self._window = None
