@@ -25,11 +25,13 @@ TermFn = Callable[[np.ndarray, np.ndarray], np.ndarray]
 class UnknownNameError(KeyError):
     """An unknown task, skill or family name. The message lists the valid names."""
 
-    def __init__(self, kind: str, name: str, valid: list[str]):
+    def __init__(self, kind: str, name: str, valid: list[str], where: str = ""):
         self.kind, self.name, self.valid = kind, name, sorted(valid)
         close = difflib.get_close_matches(name, self.valid, n=1)
         hint = f" Did you mean {close[0]!r}?" if close else ""
-        super().__init__(f"unknown {kind} {name!r}.{hint} Valid {kind}s: {', '.join(self.valid)}")
+        place = f" in {where}" if where else ""
+        listing = ", ".join(self.valid) if self.valid else "(none)"
+        super().__init__(f"unknown {kind} {name!r}{place}.{hint} Valid {kind}s: {listing}")
 
     def __str__(self) -> str:  # KeyError would quote the message
         return self.args[0]

@@ -1,0 +1,54 @@
+"""Repeat-and-interleave timing helpers shared by the benchmarks."""
+
+from __future__ import annotations
+
+import platform
+import statistics
+import time
+from collections.abc import Callable
+
+import numpy as np
+
+
+def interleaved_rates(workloads: dict[str, Callable[[], int]], repeats: int, seed: int = 0) -> dict[str, dict]:
+    """Run each workload ``repeats`` times in shuffled order; each returns its unit count.
+
+    Returns ``{name: {"min": rate, "median": rate, "max": rate, "runs": [...]}}`` in units/s.
+    Interleaving keeps slow drifts of a shared machine from favouring one side.
+    """
+    rng = np.random.default_rng(seed)
+    runs: dict[str, list[float]] = {name: [] for name in workloads}
+    for _ in range(repeats):
+        for name in rng.permutation(list(workloads)):
+            start = time.perf_counter()
+            units = workloads[name]()
+            runs[name].append(units / (time.perf_counter() - start))
+    return {name: {"min": min(r), "median": statistics.median(r), "max": max(r), "runs": r}
+            for name, r in runs.items()}
+
+
+def machine_info() -> dict:
+    """Processor, core count and library versions, for the record."""
+    import os
+
+    import gymnasium
+    import mujoco
+
+    info = {"machine": platform.machine(), "processor": platform.processor() or platform.machine(),
+            "cpus": os.cpu_count(), "python": platform.python_version(),
+            "mujoco": mujoco.__version__, "gymnasium": gymnasium.__version__}
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), None)
+        if model:
+            info["processor"] = model
+    except OSError:
+        pass
+    try:
+        import torch
+
+        info["torch"] = torch.__version__
+        info["torch_threads"] = torch.get_num_threads()
+    except ImportError:
+        pass
+    return info

@@ -1,0 +1,1 @@
+"""Composition of maximum-entropy skills."""

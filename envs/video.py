@@ -1,0 +1,58 @@
+"""MP4 videos of episodes with a text overlay (OpenCV, works headless)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+
+def overlay_lines(info: dict, step: int) -> list[str]:
+    """Text for one frame: step, reward terms, and obstacle distance where the task has one."""
+    lines = [f"step {step}"]
+    lines += [f"{k}: {v:+.3f}" for k, v in info.get("reward_terms", {}).items()]
+    if "distance_to_obstacle" in info:
+        lines.append(f"obstacle dist: {info['distance_to_obstacle']:.3f} m")
+    if info.get("collision"):
+        lines.append("COLLISION")
+    return lines
+
+
+def draw_text(frame: np.ndarray, lines: list[str]) -> np.ndarray:
+    """Frame [H, W, 3] uint8 RGB with ``lines`` drawn top-left on a dark band."""
+    import cv2
+
+    out = np.ascontiguousarray(frame).copy()
+    scale = max(out.shape[0] / 480.0, 0.4) * 0.5
+    height = int(22 * scale / 0.5)
+    band = out[: height * len(lines) + 6, : int(out.shape[1] * 0.55)]
+    band[:] = (band * 0.45).astype(np.uint8)
+    for i, line in enumerate(lines):
+        colour = (255, 80, 80) if line == "COLLISION" else (255, 255, 255)
+        cv2.putText(out, line, (6, height * (i + 1)), cv2.FONT_HERSHEY_SIMPLEX, scale, colour, 1, cv2.LINE_AA)
+    return out
+
+
+class VideoWriter:
+    """Append RGB frames; ``close()`` writes an mp4 (codec ``mp4v``)."""
+
+    def __init__(self, path: str | Path, fps: float):
+        self.path, self.fps = Path(path), float(fps)
+        self._writer = None
+
+    def add(self, frame: np.ndarray) -> None:
+        import cv2
+
+        if self._writer is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            h, w = frame.shape[:2]
+            self._writer = cv2.VideoWriter(str(self.path), cv2.VideoWriter_fourcc(*"mp4v"), self.fps, (w, h))
+            if not self._writer.isOpened():
+                raise RuntimeError(f"OpenCV cannot write {self.path}")
+        self._writer.write(np.ascontiguousarray(frame[:, :, ::-1]))
+
+    def close(self) -> Path:
+        if self._writer is not None:
+            self._writer.release()
+            self._writer = None
+        return self.path

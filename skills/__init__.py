@@ -1,0 +1,30 @@
+"""Maximum-entropy skills trained with Soft Q-learning, saved as safetensors + JSON.
+
+>>> import skills
+>>> reach = skills.load("reach")               # newest complete version in trained/
+>>> reach.q(obs, act), reach.sample(obs, 8), reach.act(obs), reach.value(obs), reach.manifest
+>>> skills.list_skills()                         # what is in the library
+
+Train: ``python -m skills.train TASK``.  Evaluate: ``python -m skills.evaluate SKILL``.
+"""
+
+from __future__ import annotations
+
+import envs  # noqa: F401  (chooses the OpenGL backend before mujoco is imported)
+
+from .agent import SoftQLearning, SQLConfig, TrainingDiverged
+from .library import (
+    CorruptSkillError,
+    SkillError,
+    UnsupportedFormatError,
+    default_library,
+    list_skills,
+    resolve,
+)
+from .skill import Skill, load
+from .trainer import TrainConfig, Trainer, TrainResult
+
+__all__ = [
+    "CorruptSkillError", "SQLConfig", "Skill", "SkillError", "SoftQLearning", "TrainConfig", "TrainResult",
+    "Trainer", "TrainingDiverged", "UnsupportedFormatError", "default_library", "list_skills", "load", "resolve",
+]

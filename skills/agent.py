@@ -1,0 +1,138 @@
+"""The SQL learner: soft Q-network, target network, amortized SVGD sampler and their updates."""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+
+from .sql import (
+    SamplerNetwork,
+    SoftQNetwork,
+    q_action_gradient,
+    sampler_surrogate_loss,
+    soft_bellman_target,
+    soft_q_loss,
+    soft_value_from_samples,
+    squashed_score,
+    svgd_direction,
+    uniform_actions,
+)
+
+
+class TrainingDiverged(FloatingPointError):
+    """A loss became NaN or infinite; the networks keep their last finite weights."""
+
+
+@dataclass(frozen=True)
+class SQLConfig:
+    """Soft Q-learning hyperparameters (reference defaults unless noted in docs/skills.md)."""
+
+    alpha: float = 1.0  # temperature: pi(a|s) ∝ exp(Q(s,a)/alpha); the knob that matters most
+    gamma: float = 0.99  # discount
+    hidden: tuple[int, ...] = (128, 128)  # hidden widths of the Q and sampler MLPs (ReLU)
+    q_lr: float = 3e-4  # Adam learning rate of the soft Q-network
+    sampler_lr: float = 3e-4  # Adam learning rate of the sampler
+    batch_size: int = 128  # transitions per update
+    value_samples: int = 16  # K_V: uniform importance samples for the soft value target
+    particles: int = 16  # K: sampler particles per state for SVGD
+    fixed_fraction: float = 0.5  # share of the K particles held fixed (they score; the rest move)
+    target_update_interval: int = 1000  # hard copy of Q into the target network every N updates
+    obs_scale: float = 1.0  # observations are multiplied by this inside both networks
+    buffer_size: int = 1_000_000  # replay capacity (capped at the training steps)
+    warmup_steps: int = 1000  # uniform random actions before the first update
+    updates_per_step: int = 1  # gradient updates per environment step
+    eval_particles: int = 32  # candidates for deterministic actions (argmax of Q among samples)
+
+    @property
+    def n_fixed(self) -> int:
+        return max(1, int(round(self.particles * self.fixed_fraction)))
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["hidden"] = list(self.hidden)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "SQLConfig":
+        d = dict(d)
+        d["hidden"] = tuple(d["hidden"])
+        return cls(**d)
+
+
+class SoftQLearning:
+    """Networks, optimizers and one update step of SQL."""
+
+    def __init__(self, obs_dim: int, act_dim: int, config: SQLConfig, device: str | torch.device = "cpu"):
+        self.config, self.obs_dim, self.act_dim = config, obs_dim, act_dim
+        self.device = torch.device(device)
+        scale = torch.full((obs_dim,), float(config.obs_scale))
+        self.q = SoftQNetwork(obs_dim, act_dim, config.hidden, scale).to(self.device)
+        self.q_target = copy.deepcopy(self.q).requires_grad_(False)
+        self.sampler = SamplerNetwork(obs_dim, act_dim, config.hidden, scale).to(self.device)
+        self.q_optimizer = torch.optim.Adam(self.q.parameters(), lr=config.q_lr)
+        self.sampler_optimizer = torch.optim.Adam(self.sampler.parameters(), lr=config.sampler_lr)
+        self.updates = 0
+
+    # ---- losses ----
+    def q_loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Soft Bellman residual with an importance-sampled soft value of the target network."""
+        cfg = self.config
+        with torch.no_grad():
+            next_actions = uniform_actions(len(batch["obs"]), cfg.value_samples, self.act_dim, device=self.device)
+            next_q = self.q_target(batch["next_obs"].unsqueeze(1), next_actions)  # [B, K_V]
+            next_v = soft_value_from_samples(next_q, cfg.alpha, self.act_dim)
+            q_hat = soft_bellman_target(batch["reward"], batch["terminated"], next_v, cfg.gamma)
+        return soft_q_loss(self.q(batch["obs"], batch["action"]), q_hat)
+
+    def sampler_loss(self, obs: torch.Tensor) -> torch.Tensor:
+        """SVGD surrogate: one draw of K particles, split into fixed (scored) and updated (moved)."""
+        cfg = self.config
+        noise = torch.randn(len(obs), cfg.particles, self.act_dim, device=self.device)
+        fixed_noise, updated_noise = noise[:, : cfg.n_fixed], noise[:, cfg.n_fixed:]
+        with torch.no_grad():
+            fixed_u = self.sampler(obs, fixed_noise)
+        updated_u = self.sampler(obs, updated_noise)
+        score = squashed_score(fixed_u, q_action_gradient(self.q, obs, torch.tanh(fixed_u)), cfg.alpha)
+        phi = svgd_direction(fixed_u, score, updated_u.detach())
+        return sampler_surrogate_loss(phi, updated_u)
+
+    # ---- one update ----
+    def update(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """One gradient step on Q and on the sampler; raises ``TrainingDiverged`` on a non-finite loss."""
+        q_loss = self.q_loss(batch)
+        sampler_loss = self.sampler_loss(batch["obs"])
+        if not (torch.isfinite(q_loss) and torch.isfinite(sampler_loss)):
+            raise TrainingDiverged(
+                f"non-finite loss at update {self.updates} (q_loss={float(q_loss)}, "
+                f"sampler_loss={float(sampler_loss)}); try a larger alpha or a smaller learning rate")
+        self.q_optimizer.zero_grad(set_to_none=True)
+        q_loss.backward()
+        self.q_optimizer.step()
+        self.sampler_optimizer.zero_grad(set_to_none=True)
+        sampler_loss.backward()
+        self.sampler_optimizer.step()
+        self.updates += 1
+        if self.updates % self.config.target_update_interval == 0:
+            self.q_target.load_state_dict(self.q.state_dict())
+        return {"q_loss": q_loss.detach(), "sampler_loss": sampler_loss.detach()}
+
+    # ---- acting ----
+    @torch.no_grad()
+    def act(self, obs: np.ndarray, deterministic: bool = False) -> np.ndarray:
+        """One action per observation: obs [obs_dim] or [B, obs_dim] -> [act_dim] or [B, act_dim].
+
+        Stochastic: a sampler draw. Deterministic: the highest-Q of ``eval_particles`` draws.
+        """
+        single = np.ndim(obs) == 1
+        o = torch.as_tensor(np.atleast_2d(obs), dtype=torch.float32, device=self.device)
+        if deterministic:
+            candidates = self.sampler.sample(o, self.config.eval_particles)  # [B, N, d]
+            best = self.q(o.unsqueeze(1), candidates).argmax(dim=1)
+            actions = candidates[torch.arange(len(o)), best]
+        else:
+            actions = self.sampler.sample(o, 1)[:, 0]
+        out = actions.cpu().numpy()
+        return out[0] if single else out

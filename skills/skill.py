@@ -1,0 +1,92 @@
+"""A loaded skill: soft Q-function, sampler, soft value and the transitions it saw."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch
+
+import envs
+
+from .agent import SoftQLearning
+from .library import read_skill, resolve
+from .sql import soft_value_from_samples, uniform_actions
+
+ArrayLike = np.ndarray | torch.Tensor
+
+
+def _as_tensor(x: ArrayLike, device: torch.device) -> torch.Tensor:
+    return x.to(device, torch.float32) if isinstance(x, torch.Tensor) else torch.as_tensor(
+        np.asarray(x, np.float32), device=device)
+
+
+def _like(value: torch.Tensor, template: ArrayLike) -> ArrayLike:
+    return value if isinstance(template, torch.Tensor) else value.detach().cpu().numpy()
+
+
+class Skill:
+    """A trained maximum-entropy skill. Numpy in, numpy out; torch in, torch out (no gradient)."""
+
+    def __init__(self, agent: SoftQLearning, manifest: dict, transitions: dict[str, np.ndarray], path: Path):
+        self.agent, self.manifest, self.transitions, self.path = agent, manifest, transitions, path
+        self.name: str = manifest["name"]
+        self.task: str = manifest["task"]
+        self.alpha: float = float(manifest["alpha"])
+        self.gamma: float = float(manifest["gamma"])
+        self.obs_dim = int(manifest["observation_space"]["shape"][0])
+        self.act_dim = int(manifest["action_space"]["shape"][0])
+
+    def __repr__(self) -> str:
+        return (f"Skill({self.name!r} v{self.manifest.get('version')}, task={self.task!r}, alpha={self.alpha}, "
+                f"steps={self.manifest.get('env_steps')}, path={str(self.path)!r})")
+
+    @property
+    def device(self) -> torch.device:
+        return self.agent.device
+
+    @torch.no_grad()
+    def q(self, obs: ArrayLike, act: ArrayLike) -> ArrayLike:
+        """Soft Q-values: obs [..., obs_dim], act [..., act_dim] (broadcast) -> [...]."""
+        return _like(self.agent.q(_as_tensor(obs, self.device), _as_tensor(act, self.device)), act)
+
+    @torch.no_grad()
+    def sample(self, obs: ArrayLike, n: int) -> ArrayLike:
+        """``n`` actions per state from the sampler: obs [B, obs_dim] -> [B, n, act_dim]."""
+        o = _as_tensor(obs, self.device)
+        return _like(self.agent.sampler.sample(o.reshape(-1, self.obs_dim), n), obs)
+
+    def act(self, obs: ArrayLike, deterministic: bool = False) -> np.ndarray:
+        """An action for one state [obs_dim] (or a batch); see ``SoftQLearning.act``."""
+        obs = obs.cpu().numpy() if isinstance(obs, torch.Tensor) else obs
+        return self.agent.act(obs, deterministic)
+
+    @torch.no_grad()
+    def value(self, obs: ArrayLike, n_samples: int = 1024, generator: torch.Generator | None = None) -> ArrayLike:
+        """Soft value ``V(s) = alpha log ∫ exp(Q(s,a)/alpha) da`` by uniform importance sampling.
+
+        obs [B, obs_dim] -> [B]. More samples than training uses (1024), for a low-bias estimate.
+        """
+        o = _as_tensor(obs, self.device).reshape(-1, self.obs_dim)
+        a = uniform_actions(len(o), n_samples, self.act_dim, generator=generator, device=self.device)
+        v = soft_value_from_samples(self.agent.q(o.unsqueeze(1), a), self.alpha, self.act_dim)
+        return _like(v, obs)
+
+    def make_env(self, **kwargs: Any) -> gym.Env:
+        """The skill's own task (kwargs such as ``arm=``, ``render_mode=`` go to ``envs.make``)."""
+        return envs.make(self.task, **{**self.manifest.get("task_kwargs", {}), **kwargs})
+
+    @property
+    def log_volume(self) -> float:
+        """``d log 2``: log-volume of the action box."""
+        return self.act_dim * math.log(2.0)
+
+
+def load(name_or_path: str | Path, library: str | Path | None = None, device: str = "cpu") -> Skill:
+    """Load a skill by name (``"reach"``, newest complete version), ``"reach@v2"``, or directory path."""
+    path = resolve(name_or_path, library)
+    agent, manifest, transitions = read_skill(path, device=device)
+    return Skill(agent, manifest, transitions, path)

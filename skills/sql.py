@@ -1,0 +1,162 @@
+"""Soft Q-learning (Haarnoja, Tang, Abbeel, Levine, ICML 2017), one function per equation.
+
+Notation: temperature ``alpha``, discount ``gamma``, action box ``[-1, 1]^d``, batch ``B``,
+value samples ``K_V``, sampler particles ``K = K_fixed + K_updated``.
+
+Squashing: the sampler outputs ``u = f(s, xi)`` and acts with ``a = tanh(u)``. SVGD runs
+entirely in **u-space** (kernel, particles, gradients) on the density of ``u`` implied by
+``pi(a|s) ∝ exp(Q(s,a)/alpha)`` on the box:
+
+    log p(u) = Q(s, tanh u) / alpha + sum_k log(1 - tanh(u_k)^2)        (change of variables)
+    grad_u log p(u) = (1 - a^2) * dQ/da / alpha - 2 a                     (a = tanh u)
+
+so there is no mixing of spaces (softlearning issue #143) and no ``eps`` in the Jacobian.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+
+# ---- networks -------------------------------------------------------------------------------
+def mlp(in_dim: int, hidden: tuple[int, ...], out_dim: int) -> nn.Sequential:
+    """ReLU MLP ``in_dim -> hidden... -> out_dim`` (linear output)."""
+    layers: list[nn.Module] = []
+    for width in hidden:
+        layers += [nn.Linear(in_dim, width), nn.ReLU()]
+        in_dim = width
+    layers.append(nn.Linear(in_dim, out_dim))
+    return nn.Sequential(*layers)
+
+
+class SoftQNetwork(nn.Module):
+    """``Q(s, a)``: obs [..., obs_dim], act [..., act_dim] -> [...]. Inputs scaled by ``obs_scale``."""
+
+    def __init__(self, obs_dim: int, act_dim: int, hidden: tuple[int, ...], obs_scale: torch.Tensor | None = None):
+        super().__init__()
+        self.net = mlp(obs_dim + act_dim, hidden, 1)
+        self.register_buffer("obs_scale", torch.ones(obs_dim) if obs_scale is None else obs_scale.float().clone())
+
+    def forward(self, obs: torch.Tensor, act: torch.Tensor) -> torch.Tensor:
+        obs = (obs * self.obs_scale).expand(*act.shape[:-1], obs.shape[-1])
+        return self.net(torch.cat([obs, act], dim=-1)).squeeze(-1)
+
+
+class SamplerNetwork(nn.Module):
+    """Amortized SVGD sampler ``u = f(s, xi) = xi + g(s, xi)``, ``xi ~ N(0, I_d)``; actions ``tanh(u)``.
+
+    The residual noise path is our change to the reference network: a fresh MLP barely
+    depends on ``xi`` (output std 0.01-0.13), so every particle starts in one basin and the
+    sampler collapses onto one mode of a bimodal Q. With ``xi`` passed through, the untrained
+    sampler covers the box (std ~0.6) and keeps both modes (docs/skills.md, tests/test_sql.py).
+    """
+
+    def __init__(self, obs_dim: int, act_dim: int, hidden: tuple[int, ...], obs_scale: torch.Tensor | None = None):
+        super().__init__()
+        self.act_dim = act_dim
+        self.net = mlp(obs_dim + act_dim, hidden, act_dim)
+        self.register_buffer("obs_scale", torch.ones(obs_dim) if obs_scale is None else obs_scale.float().clone())
+
+    def forward(self, obs: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """Pre-tanh particles: obs [B, obs_dim], noise [B, K, d] -> u [B, K, d]."""
+        obs = (obs * self.obs_scale).unsqueeze(-2).expand(*noise.shape[:-1], obs.shape[-1])
+        return noise + self.net(torch.cat([obs, noise], dim=-1))
+
+    def sample(self, obs: torch.Tensor, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Actions ``tanh(f(s, xi))``: obs [B, obs_dim] -> [B, n, d]."""
+        noise = torch.randn(obs.shape[0], n, self.act_dim, generator=generator, device=obs.device)
+        return torch.tanh(self(obs, noise))
+
+
+# ---- soft value and Bellman target ------------------------------------------------------------
+def uniform_actions(batch: int, n: int, act_dim: int, generator: torch.Generator | None = None,
+                    device: torch.device | str = "cpu") -> torch.Tensor:
+    """Importance samples from the uniform proposal on ``[-1, 1]^d``: [B, n, d]."""
+    return torch.rand(batch, n, act_dim, generator=generator, device=device) * 2.0 - 1.0
+
+
+def soft_value_from_samples(q_values: torch.Tensor, alpha: float, act_dim: int) -> torch.Tensor:
+    """Importance-sampled soft value with a uniform proposal (SQL Eq. 10).
+
+    ``V(s) = alpha * log ∫ exp(Q(s,a)/alpha) da
+           ≈ alpha * (logsumexp_j Q(s,a_j)/alpha - log K_V + d log 2)``,  a_j ~ U[-1,1]^d.
+    ``d log 2`` is the log-volume of the box. q_values [B, K_V] -> [B].
+    """
+    k_v = q_values.shape[-1]
+    return alpha * (torch.logsumexp(q_values / alpha, dim=-1) - math.log(k_v) + act_dim * math.log(2.0))
+
+
+def soft_bellman_target(reward: torch.Tensor, terminated: torch.Tensor, next_value: torch.Tensor,
+                        gamma: float) -> torch.Tensor:
+    """``Q_hat = r + gamma (1 - terminated) V(s')``; bootstraps through time-limit truncation. [B]."""
+    return reward + gamma * (1.0 - terminated) * next_value
+
+
+def soft_q_loss(q: torch.Tensor, q_hat: torch.Tensor) -> torch.Tensor:
+    """``J_Q = mean 0.5 (Q_hat - Q)^2`` (SQL Eq. 11); ``q_hat`` carries no gradient."""
+    return 0.5 * (q_hat.detach() - q).pow(2).mean()
+
+
+# ---- SVGD -------------------------------------------------------------------------------------
+def rbf_bandwidth(sq_dist: torch.Tensor, n_fixed: int) -> torch.Tensor:
+    """Adaptive bandwidth ``h = median(|x - y|^2) / log(K_fixed)``, floored at 1e-3, detached.
+
+    sq_dist [B, K_fixed, K_updated] -> h [B, 1, 1]: one bandwidth per state, over the particle
+    pairs of that state (never over the batch).
+    """
+    median = sq_dist.flatten(1).median(dim=1).values
+    h = median / math.log(max(n_fixed, 2))
+    return h.clamp_min(1e-3).detach().view(-1, 1, 1)
+
+
+def rbf_kernel(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """RBF kernel ``k(x, y) = exp(-|x - y|^2 / h)`` and its gradient in ``x``.
+
+    ``grad_x k(x, y) = -2 (x - y) / h * k(x, y)``.
+    x [B, Kx, d] (fixed particles), y [B, Ky, d] (updated particles)
+    -> k [B, Kx, Ky], grad_x k [B, Kx, Ky, d].
+    """
+    diff = x.unsqueeze(2) - y.unsqueeze(1)  # [B, Kx, Ky, d]
+    sq_dist = diff.pow(2).sum(-1)
+    h = rbf_bandwidth(sq_dist, x.shape[1])
+    k = torch.exp(-sq_dist / h)
+    grad_x = -2.0 * diff / h.unsqueeze(-1) * k.unsqueeze(-1)
+    return k, grad_x
+
+
+def svgd_direction(fixed: torch.Tensor, grad_log_p: torch.Tensor, updated: torch.Tensor) -> torch.Tensor:
+    """Stein variational direction at the updated particles (SQL Eq. 13).
+
+    ``phi(y_i) = mean_j [ k(x_j, y_i) grad_{x_j} log p(x_j) + grad_{x_j} k(x_j, y_i) ]``.
+    fixed x [B, Kf, d], grad_log_p [B, Kf, d], updated y [B, Ku, d] -> phi [B, Ku, d].
+    """
+    k, grad_k = rbf_kernel(fixed, updated)
+    drive = torch.einsum("bji,bjd->bid", k, grad_log_p)  # kernel-weighted score
+    repulse = grad_k.sum(dim=1)  # [B, Ku, d]
+    return (drive + repulse) / fixed.shape[1]
+
+
+def squashed_score(u: torch.Tensor, dq_da: torch.Tensor, alpha: float) -> torch.Tensor:
+    """``grad_u log p(u) = (1 - tanh(u)^2) dQ/da / alpha - 2 tanh(u)``: [..., d] -> [..., d]."""
+    a = torch.tanh(u)
+    return (1.0 - a * a) * dq_da / alpha - 2.0 * a
+
+
+def q_action_gradient(q_net: nn.Module, obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+    """``dQ(s, a)/da`` at fixed particles, no parameter gradients: [B, K, d] -> [B, K, d]."""
+    actions = actions.detach().requires_grad_(True)
+    with torch.enable_grad():
+        q = q_net(obs.unsqueeze(-2), actions)
+        (grad,) = torch.autograd.grad(q.sum(), actions)
+    return grad
+
+
+def sampler_surrogate_loss(phi: torch.Tensor, updated_u: torch.Tensor) -> torch.Tensor:
+    """``-(phi.detach() * u_i)``: its gradient moves the sampler's parameters along ``phi`` (SQL Eq. 14).
+
+    phi [B, Ku, d] (a constant), updated_u [B, Ku, d] (depends on the sampler) -> scalar.
+    """
+    return -(phi.detach() * updated_u).sum(-1).mean()

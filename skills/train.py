@@ -1,0 +1,68 @@
+"""Train a skill with Soft Q-learning:  python -m skills.train TASK [options]
+
+Every run writes a new version to the library (``<library>/<task>/v<N>``), so nothing that
+was saved before is ever overwritten; ``compose.run`` and ``skills.load`` pick the newest
+complete version by name. Bare ``python -m skills.train reach`` uses tuned defaults.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import envs
+from envs.core import UnknownNameError
+
+from .agent import TrainingDiverged
+from .defaults import sql_config, train_config
+from .library import SkillError
+from .trainer import Trainer
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m skills.train", description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("task", help=f"task to train: {', '.join(envs.TASKS)}")
+    parser.add_argument("--steps", type=int, help="environment steps (default: tuned per task)")
+    parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    parser.add_argument("--alpha", type=float, help="temperature (default: tuned per task family; "
+                        "skills you want to compose must share it)")
+    parser.add_argument("--out", help="library directory to write into (default: trained/ or "
+                        "$COMPOSABLE_SKILLS_LIBRARY)")
+    parser.add_argument("--resume", metavar="SKILL", help="continue training a saved skill (name, "
+                        "name@vN or path); the result is saved as a new version")
+    parser.add_argument("--eval-interval", type=int, help="evaluate and checkpoint every N steps")
+    parser.add_argument("--eval-episodes", type=int, help="episodes per periodic evaluation")
+    parser.add_argument("--final-eval-episodes", type=int, help="episodes of the final evaluation (default 100)")
+    parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default: cpu)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        task = envs.get_task(args.task)
+        sql = sql_config(task.name, task.family.name, alpha=args.alpha)
+        run = train_config(task.name, steps=args.steps, seed=args.seed, eval_interval=args.eval_interval,
+                           eval_episodes=args.eval_episodes, final_eval_episodes=args.final_eval_episodes,
+                           device=args.device, progress=not args.no_progress)
+        trainer = Trainer(task.name, sql, run, out=args.out, resume=args.resume)
+        print(f"training {task.name!r} for {run.steps} steps (alpha={sql.alpha}, seed={run.seed}) -> {trainer.path}")
+        result = trainer.train()
+    except (UnknownNameError, SkillError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except TrainingDiverged as err:
+        print(f"error: training diverged: {err}", file=sys.stderr)
+        return 3
+    m = result.metrics
+    print(f"saved {result.path}  ({result.env_steps} steps, {result.wall_time_s:.0f} s)\n"
+          f"final evaluation over {m['episodes']} episodes: success {m['success_rate']:.2f}, "
+          f"return {m['return_mean']:.2f}, collisions {m['collision_rate']:.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,243 @@
+"""The training loop: environment steps, SQL updates, evaluation, checkpoints and logs."""
+
+from __future__ import annotations
+
+import csv
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import envs
+
+from .agent import SoftQLearning, SQLConfig, TrainingDiverged
+from .buffer import ReplayBuffer
+from .evaluation import run_episodes
+from .library import library_versions, next_version_dir, read_skill, space_record, write_skill
+
+STORED_TRANSITIONS = 10_000  # transitions shipped with a skill for composition
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """What a training run does, beside the SQL hyperparameters."""
+
+    steps: int = 50_000  # environment steps (one SQL update per step after warm-up)
+    seed: int = 0  # seeds env, action space, numpy, python and torch
+    eval_interval: int = 5_000  # evaluate and checkpoint every N steps
+    eval_episodes: int = 20  # episodes per periodic evaluation (seeds 10_000, 10_001, ...)
+    final_eval_episodes: int = 100  # episodes of the final evaluation stored in the manifest
+    deterministic_eval: bool = False  # evaluate the sampled (max-ent) policy unless True
+    device: str = "cpu"  # torch device ("cpu", "cuda")
+    threads: int = 1  # torch CPU threads; 1 is robust on 2 cores (see docs/skills.md)
+    progress: bool = True  # show a progress bar
+
+
+EVAL_SEED = 10_000
+
+
+@dataclass
+class TrainResult:
+    """Where the skill went and how it did."""
+
+    path: Path
+    metrics: dict
+    env_steps: int
+    wall_time_s: float
+    history: list[dict] = field(default_factory=list)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python, numpy's global state and torch (CPU runs are then bitwise reproducible)."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _progress_bar(total: int, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, disable=not enabled, unit="step", dynamic_ncols=True, smoothing=0.05)
+
+
+def _tensorboard(log_dir: Path):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        return None
+    return SummaryWriter(str(log_dir))
+
+
+def plot_learning_curve(history: list[dict], path: Path, title: str) -> None:
+    """Evaluation return and success rate against environment steps (PNG)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = [h["env_steps"] for h in history]
+    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=110)
+    ax.plot(steps, [h["return_mean"] for h in history], "o-", color="tab:blue", label="return")
+    ax.set_xlabel("environment steps")
+    ax.set_ylabel("mean evaluation return", color="tab:blue")
+    twin = ax.twinx()
+    twin.plot(steps, [h["success_rate"] for h in history], "s--", color="tab:green", label="success")
+    twin.set_ylim(-0.02, 1.02)
+    twin.set_ylabel("success rate", color="tab:green")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+class Trainer:
+    """Trains one skill and publishes it as a new library version."""
+
+    def __init__(self, task: str, sql: SQLConfig, run: TrainConfig, out: Path | str | None = None,
+                 resume: str | Path | None = None):
+        self.task = envs.get_task(task)
+        self.sql, self.run = sql, run
+        self.path = next_version_dir(self.task.name, out)
+        self.resumed_from = str(resume) if resume is not None else None
+        seed_everything(run.seed)
+        torch.set_num_threads(run.threads)
+        self.env = envs.make(task)
+        self.eval_env = envs.make(task)
+        self.env.action_space.seed(run.seed)
+        obs_dim, act_dim = self.env.observation_space.shape[0], self.env.action_space.shape[0]
+        self.rng = np.random.default_rng(run.seed)
+        self.buffer = ReplayBuffer(obs_dim, act_dim, min(sql.buffer_size, run.steps + STORED_TRANSITIONS))
+        self.agent = SoftQLearning(obs_dim, act_dim, sql, device=run.device)
+        self.start_steps = 0
+        if resume is not None:
+            self._resume(resume)
+        self.history: list[dict] = []
+        self.log_path = self.path.parent / f".{self.path.name}.progress.csv"
+
+    def _resume(self, source: str | Path) -> None:
+        from .library import resolve
+
+        agent, manifest, transitions = read_skill(resolve(source), device=self.run.device)
+        if manifest["task"] != self.task.name:
+            raise ValueError(f"cannot resume {manifest['task']!r} skill as task {self.task.name!r}")
+        self.agent = agent
+        self.start_steps = int(manifest["env_steps"])
+        self.buffer.add_many(transitions)
+
+    def evaluate(self, episodes: int) -> dict:
+        deterministic = self.run.deterministic_eval
+        return run_episodes(self.eval_env, lambda o: self.agent.act(o, deterministic), episodes, EVAL_SEED)
+
+    def manifest(self, status: str, env_steps: int, wall: float, metrics: dict) -> dict:
+        return {
+            "name": self.task.name, "version": int(self.path.name[1:]), "status": status,
+            "task": self.task.name, "task_kwargs": {}, "family": self.task.family.name,
+            "observation_space": space_record(self.env.observation_space),
+            "action_space": space_record(self.env.action_space),
+            "alpha": self.sql.alpha, "gamma": self.sql.gamma,
+            "architecture": {"q": "mlp", "sampler": "mlp, a = tanh(f(s, xi)), xi ~ N(0, I)",
+                             "hidden": list(self.sql.hidden), "activation": "relu",
+                             "noise_dim": self.env.action_space.shape[0], "obs_scale": self.sql.obs_scale},
+            "hyperparameters": self.sql.to_dict(), "training": asdict(self.run),
+            "seed": self.run.seed, "env_steps": env_steps, "updates": self.agent.updates,
+            "wall_time_s": round(wall, 2), "metrics": metrics,
+            "evaluation": {"seed": EVAL_SEED, "deterministic": self.run.deterministic_eval},
+            "history": self.history, "resumed_from": self.resumed_from,
+            "library_versions": library_versions(), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        }
+
+    def checkpoint(self, status: str, env_steps: int, wall: float, metrics: dict) -> None:
+        extra = {"progress.csv": self.log_path}
+        if status == "complete":
+            curve = self.path.parent / f".{self.path.name}.curve.png"
+            plot_learning_curve(self.history, curve, f"{self.task.name}: SQL, alpha={self.sql.alpha}, seed {self.run.seed}")
+            extra["learning_curve.png"] = curve
+        write_skill(self.path, self.agent, self.manifest(status, env_steps, wall, metrics),
+                    self.buffer.subsample(STORED_TRANSITIONS, np.random.default_rng(self.run.seed)), extra)
+        if status == "complete":
+            curve.unlink(missing_ok=True)
+
+    def train(self) -> TrainResult:
+        """Run, evaluating and checkpointing every ``eval_interval`` steps."""
+        run, sql = self.run, self.sql
+        writer = _tensorboard(self.path.parent / f".{self.path.name}.tb")
+        start = time.perf_counter()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        obs, _ = self.env.reset(seed=run.seed)
+        episode_return, recent_returns, recent_success = 0.0, [], []
+        bar = _progress_bar(run.steps, run.progress)
+        total = self.start_steps
+        with open(self.log_path, "w", newline="") as log_file:
+            log = csv.DictWriter(log_file, ["env_steps", "wall_time_s", "return_mean", "success_rate",
+                                            "collision_rate", "q_loss", "sampler_loss"])
+            log.writeheader()
+            losses: dict[str, torch.Tensor] = {}
+            try:
+                for step in range(1, run.steps + 1):
+                    total = self.start_steps + step
+                    warm = self.start_steps == 0 and step <= sql.warmup_steps
+                    action = self.env.action_space.sample() if warm else self.agent.act(obs)
+                    next_obs, reward, terminated, truncated, info = self.env.step(action)
+                    self.buffer.add(obs, action, reward, next_obs, terminated)
+                    episode_return += float(reward)
+                    obs = next_obs
+                    if terminated or truncated:
+                        recent_returns = (recent_returns + [episode_return])[-20:]
+                        recent_success = (recent_success + [bool(info["is_success"])])[-20:]
+                        episode_return = 0.0
+                        obs, _ = self.env.reset()
+                    if not warm:
+                        for _ in range(sql.updates_per_step):
+                            losses = self.agent.update(self.buffer.sample(sql.batch_size, self.rng, self.agent.device))
+                    bar.update(1)
+                    if step % 250 == 0 and recent_returns:
+                        bar.set_postfix(ret=f"{np.mean(recent_returns):.2f}",
+                                        succ=f"{np.mean(recent_success):.2f}", refresh=False)
+                    if step % run.eval_interval == 0 or step == run.steps:
+                        metrics = self.evaluate(run.eval_episodes)
+                        row = {"env_steps": total, "wall_time_s": round(time.perf_counter() - start, 2),
+                               "return_mean": metrics["return_mean"], "success_rate": metrics["success_rate"],
+                               "collision_rate": metrics["collision_rate"],
+                               "q_loss": float(losses.get("q_loss", np.nan)),
+                               "sampler_loss": float(losses.get("sampler_loss", np.nan))}
+                        self.history.append(row)
+                        log.writerow(row)
+                        log_file.flush()
+                        if writer is not None:
+                            for k, v in row.items():
+                                writer.add_scalar(k, v, total)
+                        bar.write(f"[eval] steps {total:>7d}  return {row['return_mean']:8.2f}  "
+                                  f"success {row['success_rate']:.2f}  collisions {row['collision_rate']:.2f}")
+                        if step != run.steps:
+                            self.checkpoint("training", total, row["wall_time_s"], metrics)
+            except TrainingDiverged as err:
+                bar.close()
+                kept = f"the last good checkpoint is {self.path} ({self.history[-1]['env_steps']} steps)" \
+                    if self.path.exists() else "no checkpoint had been written yet"
+                if self.path.exists():
+                    self._mark(status="diverged", error=str(err))
+                raise TrainingDiverged(f"{err}. Training stopped; {kept}.") from err
+            finally:
+                bar.close()
+                if writer is not None:
+                    writer.close()
+        wall = time.perf_counter() - start
+        final = self.evaluate(run.final_eval_episodes)
+        self.checkpoint("complete", total, wall, final)
+        self.log_path.unlink(missing_ok=True)
+        return TrainResult(self.path, final, total, wall, self.history)
+
+    def _mark(self, **fields) -> None:
+        """Update fields of the last checkpoint's manifest (atomically)."""
+        import json
+        import os
+
+        file = self.path / "manifest.json"
+        manifest = json.loads(file.read_text()) | fields
+        tmp = file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(manifest, indent=2))
+        os.replace(tmp, file)
