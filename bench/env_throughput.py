@@ -9,6 +9,8 @@ actions, and reset on truncation. Repeats are interleaved; min and median are re
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
 import warnings
 
@@ -37,7 +39,7 @@ def stepping_workload(env: gym.Env, steps: int, seed: int):
 
 def measure(steps: int = 2000, repeats: int = 5, seed: int = 0) -> dict:
     """Rates of ``reach`` and ``FetchReach-v4`` and their ratio (ours / theirs, by median)."""
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()):
         warnings.simplefilter("ignore")
         import gymnasium_robotics
 

@@ -1,1 +1,24 @@
-"""Composition of maximum-entropy skills."""
+"""Compose maximum-entropy skills without new training.
+
+>>> import compose
+>>> c = compose.load("reach+avoid")            # checks compatibility; equal weights by default
+>>> c.q(obs, act)                               # Q_w = sum_i w_i Q_i, all skills in one batched call
+>>> c.q.gap(obs)                                # delta(s) = sum_i w_i V_i(s) - V_w(s) >= 0
+
+Run ``python -m compose.run reach+avoid --render`` for the full report, and
+``python -m compose.tabular`` for the exact theory on finite MDPs.
+"""
+
+from .composition import (
+    ComposedQ,
+    Composition,
+    IncompatibleSkillsError,
+    StackedQ,
+    check_compatible,
+    check_weights,
+    combined_task,
+    load,
+)
+
+__all__ = ["ComposedQ", "Composition", "IncompatibleSkillsError", "StackedQ", "check_compatible", "check_weights",
+           "combined_task", "load"]

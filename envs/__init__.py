@@ -56,6 +56,15 @@ def _create(task: str, **kwargs: Any) -> gym.Env:
     return _ENV_CLASSES[task](get_task(task), **kwargs)
 
 
+def make_task_env(task: Task, **kwargs: Any) -> gym.Env:
+    """An env for any ``Task`` object (e.g. a weighted combination), with its family's time limit."""
+    family_class = {t.family.name: _ENV_CLASSES[name] for name, t in TASKS.items()}
+    if task.family.name not in family_class:
+        raise UnknownNameError("task family", task.family.name, list(family_class))
+    env = family_class[task.family.name](task, **kwargs)
+    return gym.wrappers.TimeLimit(env, max_episode_steps=task.family.horizon)
+
+
 def make(name: str, **kwargs: Any) -> gym.Env:
     """Create the task ``name`` (with its time limit). Keyword arguments go to the env class.
 
@@ -70,4 +79,4 @@ for _task in TASKS.values():
         gym.register(id=_task.gym_id, entry_point=_create, kwargs={"task": _task.name},
                      max_episode_steps=_task.family.horizon)
 
-__all__ = ["TASKS", "Family", "Task", "UnknownNameError", "get_task", "make", "mean_task"]
+__all__ = ["TASKS", "Family", "Task", "UnknownNameError", "get_task", "make", "make_task_env", "mean_task"]

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 
 import mujoco
 import numpy as np
-from gymnasium_robotics.envs import robot_env
-from gymnasium_robotics.envs.fetch.fetch_env import MujocoFetchEnv
+
+with contextlib.redirect_stderr(io.StringIO()):  # its import prints a notice about Adroit envs
+    from gymnasium_robotics.envs import robot_env
+    from gymnasium_robotics.envs.fetch.fetch_env import MujocoFetchEnv
 
 from .arm import LAYOUT, MAX_DISPLACEMENT
 

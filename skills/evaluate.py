@@ -22,7 +22,7 @@ from .trainer import EVAL_SEED
 
 
 def evaluate_skill(skill_name: str, task: str | None = None, episodes: int = 100, seed: int = EVAL_SEED,
-                   deterministic: bool = False, render: str | Path | None = None, library: str | None = None) -> dict:
+                   deterministic: bool = True, render: str | Path | None = None, library: str | None = None) -> dict:
     """Metrics of ``skill_name`` on ``task`` (default: its own); optionally an mp4 at ``render``."""
     from .evaluation import run_episodes
 
@@ -55,7 +55,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--task", help="task to run it on (default: the skill's own)")
     parser.add_argument("--episodes", type=int, default=100, help="episodes (default: 100)")
     parser.add_argument("--seed", type=int, default=EVAL_SEED, help=f"first episode seed (default: {EVAL_SEED})")
-    parser.add_argument("--deterministic", action="store_true", help="act with the best of the sampled actions")
+    parser.add_argument("--stochastic", action="store_true", help="act with one sampler draw (the max-ent "
+                        "policy) instead of the best of 32 sampled actions under Q")
     parser.add_argument("--render", nargs="?", const="auto", metavar="MP4",
                         help="write a video (default path: runs/eval/<skill>-<task>.mp4)")
     parser.add_argument("--library", help="library directory (default: trained/)")
@@ -65,11 +66,12 @@ def main(argv: list[str] | None = None) -> int:
     if render == "auto":
         render = Path("runs/eval") / f"{Path(args.skill).name.replace('@', '-')}-{args.task or 'own'}.mp4"
     try:
-        m = evaluate_skill(args.skill, args.task, args.episodes, args.seed, args.deterministic, render, args.library)
+        m = evaluate_skill(args.skill, args.task, args.episodes, args.seed, not args.stochastic, render, args.library)
     except (UnknownNameError, SkillError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    print(f"{m['skill']} on {m['task']} ({m['episodes']} episodes, seed {m['seed']}):")
+    mode = "deterministic: best of 32 sampled actions" if m["deterministic"] else "stochastic: sampler draws"
+    print(f"{m['skill']} on {m['task']} ({m['episodes']} episodes from seed {m['seed']}, {mode}):")
     print(f"  success rate     {m['success_rate']:.3f}")
     print(f"  return (mean)    {m['return_mean']:.3f} ± {m['return_std']:.3f}")
     for k, v in m["term_returns"].items():

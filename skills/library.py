@@ -157,7 +157,7 @@ def next_version_dir(name: str, library: str | Path | None = None) -> Path:
 
 
 # ---- writing --------------------------------------------------------------------------------
-def _sha256(path: Path) -> str:
+def sha256_file(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -201,10 +201,7 @@ def write_skill(path: Path, agent: SoftQLearning, manifest: dict, transitions: d
                 extra_files: dict[str, Path] | None = None) -> Path:
     """Write a skill directory atomically: stage everything, then swap it into place."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    stage = path.parent / f".{path.name}.tmp-{os.getpid()}"
-    shutil.rmtree(stage, ignore_errors=True)
-    stage.mkdir()
+    stage = staging_directory(path)
     save_file(agent_tensors(agent), str(stage / WEIGHTS))
     with open(stage / TRANSITIONS, "wb") as f:
         np.savez_compressed(f, **{k: np.asarray(v, np.float32) for k, v in transitions.items()})
@@ -212,10 +209,24 @@ def write_skill(path: Path, agent: SoftQLearning, manifest: dict, transitions: d
         if Path(src).exists():
             shutil.copyfile(src, stage / name)
     manifest = dict(manifest, format=FORMAT, format_version=FORMAT_VERSION,
-                    files={name: _sha256(stage / name) for name in (WEIGHTS, TRANSITIONS)})
+                    files={name: sha256_file(stage / name) for name in (WEIGHTS, TRANSITIONS)})
     tmp_manifest = stage / (MANIFEST + ".tmp")
     tmp_manifest.write_text(json.dumps(manifest, indent=2, sort_keys=False))
     os.replace(tmp_manifest, stage / MANIFEST)
+    return publish_directory(stage, path)
+
+
+def staging_directory(path: Path) -> Path:
+    """A fresh, empty hidden directory beside ``path`` to write into before ``publish_directory``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    stage = path.parent / f".{path.name}.tmp-{os.getpid()}"
+    shutil.rmtree(stage, ignore_errors=True)
+    stage.mkdir()
+    return stage
+
+
+def publish_directory(stage: Path, path: Path) -> Path:
+    """Make a fully written ``stage`` directory appear at ``path`` (fsync, then rename swap)."""
     for file in stage.iterdir():
         with open(file, "rb") as f:
             os.fsync(f.fileno())
@@ -235,7 +246,7 @@ def _check_files(path: Path, manifest: dict) -> None:
         file = path / name
         if not file.exists():
             raise CorruptSkillError(f"{path}: {name} is missing")
-        if _sha256(file) != digest:
+        if sha256_file(file) != digest:
             raise CorruptSkillError(f"{file}: checksum mismatch; the file is truncated or was modified")
 
 

@@ -57,10 +57,10 @@ def main(argv: list[str] | None = None) -> int:
     except TrainingDiverged as err:
         print(f"error: training diverged: {err}", file=sys.stderr)
         return 3
-    m = result.metrics
-    print(f"saved {result.path}  ({result.env_steps} steps, {result.wall_time_s:.0f} s)\n"
-          f"final evaluation over {m['episodes']} episodes: success {m['success_rate']:.2f}, "
-          f"return {m['return_mean']:.2f}, collisions {m['collision_rate']:.2f}")
+    print(f"saved {result.path}  ({result.env_steps} steps, {result.wall_time_s:.0f} s)")
+    for mode, m in result.metrics.items():
+        print(f"final evaluation, {mode:13s} ({m['episodes']} episodes): success {m['success_rate']:.2f}, "
+              f"return {m['return_mean']:.2f}, collisions {m['collision_rate']:.2f}")
     return 0
 
 

@@ -17,6 +17,7 @@ from .agent import SoftQLearning, SQLConfig, TrainingDiverged
 from .buffer import ReplayBuffer
 from .evaluation import run_episodes
 from .library import library_versions, next_version_dir, read_skill, space_record, write_skill
+from .plots import plot_learning_curve
 
 STORED_TRANSITIONS = 10_000  # transitions shipped with a skill for composition
 
@@ -30,7 +31,7 @@ class TrainConfig:
     eval_interval: int = 5_000  # evaluate and checkpoint every N steps
     eval_episodes: int = 20  # episodes per periodic evaluation (seeds 10_000, 10_001, ...)
     final_eval_episodes: int = 100  # episodes of the final evaluation stored in the manifest
-    deterministic_eval: bool = False  # evaluate the sampled (max-ent) policy unless True
+    deterministic_eval: bool = False  # periodic evaluations: sampled (max-ent) policy unless True
     device: str = "cpu"  # torch device ("cpu", "cuda")
     threads: int = 1  # torch CPU threads; 1 is robust on 2 cores (see docs/skills.md)
     progress: bool = True  # show a progress bar
@@ -58,9 +59,13 @@ def seed_everything(seed: int) -> None:
 
 
 def _progress_bar(total: int, enabled: bool):
+    import sys
+
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, disable=not enabled, unit="step", dynamic_ncols=True, smoothing=0.05)
+    interval = 0.1 if sys.stderr.isatty() else 30.0  # a log file gets a line every 30 s
+    return tqdm(total=total, disable=not enabled, unit="step", dynamic_ncols=True, smoothing=0.05,
+                mininterval=interval)
 
 
 def _tensorboard(log_dir: Path):
@@ -71,29 +76,6 @@ def _tensorboard(log_dir: Path):
     return SummaryWriter(str(log_dir))
 
 
-def plot_learning_curve(history: list[dict], path: Path, title: str) -> None:
-    """Evaluation return and success rate against environment steps (PNG)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    steps = [h["env_steps"] for h in history]
-    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=110)
-    ax.plot(steps, [h["return_mean"] for h in history], "o-", color="tab:blue", label="return")
-    ax.set_xlabel("environment steps")
-    ax.set_ylabel("mean evaluation return", color="tab:blue")
-    twin = ax.twinx()
-    twin.plot(steps, [h["success_rate"] for h in history], "s--", color="tab:green", label="success")
-    twin.set_ylim(-0.02, 1.02)
-    twin.set_ylabel("success rate", color="tab:green")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-
-
 class Trainer:
     """Trains one skill and publishes it as a new library version."""
 
@@ -101,6 +83,7 @@ class Trainer:
                  resume: str | Path | None = None):
         self.task = envs.get_task(task)
         self.sql, self.run = sql, run
+        self.library = out
         self.path = next_version_dir(self.task.name, out)
         self.resumed_from = str(resume) if resume is not None else None
         seed_everything(run.seed)
@@ -121,15 +104,15 @@ class Trainer:
     def _resume(self, source: str | Path) -> None:
         from .library import resolve
 
-        agent, manifest, transitions = read_skill(resolve(source), device=self.run.device)
+        agent, manifest, transitions = read_skill(resolve(source, self.library), device=self.run.device)
         if manifest["task"] != self.task.name:
             raise ValueError(f"cannot resume {manifest['task']!r} skill as task {self.task.name!r}")
         self.agent = agent
         self.start_steps = int(manifest["env_steps"])
         self.buffer.add_many(transitions)
 
-    def evaluate(self, episodes: int) -> dict:
-        deterministic = self.run.deterministic_eval
+    def evaluate(self, episodes: int, deterministic: bool | None = None) -> dict:
+        deterministic = self.run.deterministic_eval if deterministic is None else deterministic
         return run_episodes(self.eval_env, lambda o: self.agent.act(o, deterministic), episodes, EVAL_SEED)
 
     def manifest(self, status: str, env_steps: int, wall: float, metrics: dict) -> dict:
@@ -145,7 +128,9 @@ class Trainer:
             "hyperparameters": self.sql.to_dict(), "training": asdict(self.run),
             "seed": self.run.seed, "env_steps": env_steps, "updates": self.agent.updates,
             "wall_time_s": round(wall, 2), "metrics": metrics,
-            "evaluation": {"seed": EVAL_SEED, "deterministic": self.run.deterministic_eval},
+            "evaluation": {"seed": EVAL_SEED, "periodic_deterministic": self.run.deterministic_eval,
+                           "final": "both: 'stochastic' samples the sampler; 'deterministic' takes the "
+                                    "highest-Q of 32 sampler actions"},
             "history": self.history, "resumed_from": self.resumed_from,
             "library_versions": library_versions(), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
@@ -164,7 +149,7 @@ class Trainer:
     def train(self) -> TrainResult:
         """Run, evaluating and checkpointing every ``eval_interval`` steps."""
         run, sql = self.run, self.sql
-        writer = _tensorboard(self.path.parent / f".{self.path.name}.tb")
+        writer = _tensorboard(Path("runs") / "tensorboard" / f"{self.task.name}-{self.path.name}")
         start = time.perf_counter()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         obs, _ = self.env.reset(seed=run.seed)
@@ -176,6 +161,25 @@ class Trainer:
                                             "collision_rate", "q_loss", "sampler_loss"])
             log.writeheader()
             losses: dict[str, torch.Tensor] = {}
+
+            def record(metrics: dict) -> dict:
+                row = {"env_steps": total, "wall_time_s": round(time.perf_counter() - start, 2),
+                       "return_mean": metrics["return_mean"], "success_rate": metrics["success_rate"],
+                       "collision_rate": metrics["collision_rate"],
+                       "q_loss": float(losses.get("q_loss", np.nan)),
+                       "sampler_loss": float(losses.get("sampler_loss", np.nan))}
+                self.history.append(row)
+                log.writerow(row)
+                log_file.flush()
+                if writer is not None:
+                    for k, v in row.items():
+                        writer.add_scalar(k, v, total)
+                bar.write(f"[eval] steps {total:>7d}  return {row['return_mean']:8.2f}  "
+                          f"success {row['success_rate']:.2f}  collisions {row['collision_rate']:.2f}")
+                return row
+
+            if self.start_steps == 0:
+                record(self.evaluate(run.eval_episodes))  # the untrained policy, for the curve
             try:
                 for step in range(1, run.steps + 1):
                     total = self.start_steps + step
@@ -199,19 +203,7 @@ class Trainer:
                                         succ=f"{np.mean(recent_success):.2f}", refresh=False)
                     if step % run.eval_interval == 0 or step == run.steps:
                         metrics = self.evaluate(run.eval_episodes)
-                        row = {"env_steps": total, "wall_time_s": round(time.perf_counter() - start, 2),
-                               "return_mean": metrics["return_mean"], "success_rate": metrics["success_rate"],
-                               "collision_rate": metrics["collision_rate"],
-                               "q_loss": float(losses.get("q_loss", np.nan)),
-                               "sampler_loss": float(losses.get("sampler_loss", np.nan))}
-                        self.history.append(row)
-                        log.writerow(row)
-                        log_file.flush()
-                        if writer is not None:
-                            for k, v in row.items():
-                                writer.add_scalar(k, v, total)
-                        bar.write(f"[eval] steps {total:>7d}  return {row['return_mean']:8.2f}  "
-                                  f"success {row['success_rate']:.2f}  collisions {row['collision_rate']:.2f}")
+                        row = record(metrics)
                         if step != run.steps:
                             self.checkpoint("training", total, row["wall_time_s"], metrics)
             except TrainingDiverged as err:
@@ -226,7 +218,8 @@ class Trainer:
                 if writer is not None:
                     writer.close()
         wall = time.perf_counter() - start
-        final = self.evaluate(run.final_eval_episodes)
+        final = {"stochastic": self.evaluate(run.final_eval_episodes, deterministic=False),
+                 "deterministic": self.evaluate(run.final_eval_episodes, deterministic=True)}
         self.checkpoint("complete", total, wall, final)
         self.log_path.unlink(missing_ok=True)
         return TrainResult(self.path, final, total, wall, self.history)

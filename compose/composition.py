@@ -1,0 +1,195 @@
+"""Composed skills: ``Q_w(s, a) = sum_i w_i Q_i(s, a)`` with every Q evaluated in one batched call."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+import envs
+import skills
+from envs.core import Task
+from skills.sql import soft_value_from_samples, uniform_actions
+
+
+class IncompatibleSkillsError(ValueError):
+    """Skills that do not share one MDP (family, spaces, gamma) and one temperature."""
+
+
+def check_weights(weights: Sequence[float] | None, n: int) -> np.ndarray:
+    """Weights for ``n`` skills: equal by default; otherwise non-negative and summing to 1.
+
+    Weights are refused rather than silently normalised: they define the combined task
+    ``r_w = sum_i w_i r_i``, and rescaling them would change its reward scale (temperature).
+    """
+    if weights is None:
+        return np.full(n, 1.0 / n)
+    w = np.asarray(weights, dtype=np.float64)
+    if w.shape != (n,):
+        raise ValueError(f"need one weight per skill ({n}), got {len(w)}: {list(w)}")
+    if np.any(w < 0) or not np.all(np.isfinite(w)):
+        raise ValueError(f"weights must be finite and non-negative, got {list(w)}")
+    if abs(w.sum() - 1.0) > 1e-6:
+        hint = ",".join(f"{x / w.sum():.3g}" for x in w) if w.sum() > 0 else ""
+        raise ValueError(f"weights must sum to 1 (they define r_w = sum_i w_i r_i), got {list(w)} "
+                         f"summing to {w.sum():g}" + (f"; normalised they would be {hint}" if hint else ""))
+    return w
+
+
+def check_compatible(parts: Sequence[skills.Skill]) -> None:
+    """Refuse skills that do not live in the same MDP with the same temperature."""
+    first = parts[0]
+    fields = {
+        "task family": lambda s: s.manifest["family"],
+        "observation space shape": lambda s: tuple(s.manifest["observation_space"]["shape"]),
+        "action space shape": lambda s: tuple(s.manifest["action_space"]["shape"]),
+        "action space bounds": lambda s: (tuple(s.manifest["action_space"].get("low", ())),
+                                          tuple(s.manifest["action_space"].get("high", ()))),
+        "gamma": lambda s: s.gamma,
+        "alpha": lambda s: s.alpha,
+    }
+    for label, get in fields.items():
+        values = {s.name: get(s) for s in parts}
+        if len(set(values.values())) > 1:
+            detail = ", ".join(f"{name}: {value}" for name, value in values.items())
+            raise IncompatibleSkillsError(f"cannot compose skills with different {label} ({detail})")
+    depths = {s.name: len(s.agent.config.hidden) for s in parts}
+    if len(set(depths.values())) > 1:
+        raise IncompatibleSkillsError(f"cannot batch Q-networks of different depth: {depths}")
+
+
+class StackedQ(nn.Module):
+    """N soft Q-networks as one batched MLP: obs [..., o], act [..., a] -> [N, ...].
+
+    Narrower networks are zero-padded to the widest, which leaves their outputs unchanged
+    (padded ReLU units are always 0 and feed nothing).
+    """
+
+    def __init__(self, q_networks: Sequence[nn.Module]):
+        super().__init__()
+        linears = [[m for m in q.net if isinstance(m, nn.Linear)] for q in q_networks]
+        self.weights = nn.ParameterList()
+        self.biases = nn.ParameterList()
+        for depth in range(len(linears[0])):
+            layers = [ls[depth] for ls in linears]
+            out_dim = max(l.out_features for l in layers)
+            in_dim = max(l.in_features for l in layers)
+            w = torch.zeros(len(layers), in_dim, out_dim)
+            b = torch.zeros(len(layers), 1, out_dim)
+            for i, layer in enumerate(layers):
+                w[i, : layer.in_features, : layer.out_features] = layer.weight.detach().T
+                b[i, 0, : layer.out_features] = layer.bias.detach()
+            self.weights.append(nn.Parameter(w, requires_grad=False))
+            self.biases.append(nn.Parameter(b, requires_grad=False))
+        self.register_buffer("obs_scale", torch.stack([q.obs_scale for q in q_networks]))  # [N, o]
+
+    @property
+    def n(self) -> int:
+        return self.obs_scale.shape[0]
+
+    def forward(self, obs: torch.Tensor, act: torch.Tensor) -> torch.Tensor:
+        shape = torch.broadcast_shapes(obs.shape[:-1], act.shape[:-1])
+        obs = obs.expand(*shape, obs.shape[-1]).reshape(1, -1, obs.shape[-1]) * self.obs_scale[:, None, :]
+        act = act.expand(*shape, act.shape[-1]).reshape(1, -1, act.shape[-1]).expand(self.n, -1, -1)
+        x = torch.cat([obs, act], dim=-1)  # [N, rows, o + a]
+        for depth, (w, b) in enumerate(zip(self.weights, self.biases)):
+            x = torch.baddbmm(b, x, w)
+            if depth < len(self.weights) - 1:
+                x = torch.relu(x)
+        return x[..., 0].reshape(self.n, *shape)
+
+
+@dataclass
+class ComposedQ:
+    """``Q_w = sum_i w_i Q_i`` over a ``StackedQ``; all tensors."""
+
+    stacked: StackedQ
+    weights: torch.Tensor  # [N]
+    alpha: float
+    act_dim: int
+
+    def all(self, obs: torch.Tensor, act: torch.Tensor) -> torch.Tensor:
+        """Every constituent's Q: [N, ...]."""
+        return self.stacked(obs, act)
+
+    def __call__(self, obs: torch.Tensor, act: torch.Tensor) -> torch.Tensor:
+        """``Q_w(s, a)``: [...]."""
+        return torch.tensordot(self.weights, self.stacked(obs, act), dims=1)
+
+    def soft_values(self, obs: torch.Tensor, n_samples: int = 1024,
+                    generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(V_i [N, B], V_w [B])`` from the *same* uniform importance samples (common random numbers).
+
+        With shared samples the estimate of ``delta = sum_i w_i V_i - V_w`` is >= 0 exactly,
+        as Hölder's inequality says of the true values (logsumexp is convex).
+        """
+        a = uniform_actions(len(obs), n_samples, self.act_dim, generator=generator, device=obs.device)
+        q_all = self.stacked(obs.unsqueeze(1), a)  # [N, B, M]
+        v_i = soft_value_from_samples(q_all, self.alpha, self.act_dim)
+        v_w = soft_value_from_samples(torch.tensordot(self.weights, q_all, dims=1), self.alpha, self.act_dim)
+        return v_i, v_w
+
+    def gap(self, obs: torch.Tensor, n_samples: int = 1024, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Per-state gap ``delta(s) = sum_i w_i V_i(s) - V_w(s) >= 0``: [B]."""
+        v_i, v_w = self.soft_values(obs, n_samples, generator)
+        return torch.tensordot(self.weights, v_i, dims=1) - v_w
+
+
+def combined_task(parts: Sequence[skills.Skill], weights: np.ndarray) -> Task:
+    """The task whose reward is ``sum_i w_i r_i`` over the parts' own tasks."""
+    tasks = [envs.get_task(s.task) for s in parts]
+    name = "+".join(t.name for t in tasks)
+    if np.allclose(weights, weights[0]) and name in envs.TASKS:
+        return envs.TASKS[name]
+    terms: dict[str, float] = {}
+    for w, task in zip(weights, tasks):
+        for term, tw in task.weights.items():
+            terms[term] = terms.get(term, 0.0) + float(w) * tw
+    success = tuple(dict.fromkeys(c for t in tasks for c in t.success))
+    label = "+".join(f"{w:.3g}*{t.name}" for w, t in zip(weights, tasks))
+    return Task(label, tasks[0].family, terms, success, parts=tuple(t.name for t in tasks))
+
+
+class Composition:
+    """Loaded, checked constituents and their composed soft Q-function."""
+
+    def __init__(self, parts: Sequence[skills.Skill], weights: Sequence[float] | None = None):
+        if len(parts) < 2:
+            raise ValueError("composition needs at least two skills")
+        check_compatible(parts)
+        self.parts = list(parts)
+        self.weights = check_weights(weights, len(parts))
+        self.alpha = parts[0].alpha
+        self.gamma = parts[0].gamma
+        self.obs_dim, self.act_dim = parts[0].obs_dim, parts[0].act_dim
+        self.q = ComposedQ(StackedQ([s.agent.q for s in parts]),
+                           torch.tensor(self.weights, dtype=torch.float32), self.alpha, self.act_dim)
+        self.task = combined_task(parts, self.weights)
+
+    @property
+    def name(self) -> str:
+        return "+".join(s.name for s in self.parts)
+
+    def states(self) -> np.ndarray:
+        """The union of the constituents' stored states (obs and next obs): [M, obs_dim]."""
+        return np.concatenate([np.concatenate([s.transitions["obs"], s.transitions["next_obs"]])
+                               for s in self.parts]).astype(np.float32)
+
+    def transitions(self) -> dict[str, np.ndarray]:
+        """The union of the constituents' stored transitions."""
+        keys = self.parts[0].transitions.keys()
+        return {k: np.concatenate([s.transitions[k] for s in self.parts]) for k in keys}
+
+    def log_volume(self) -> float:
+        return self.act_dim * math.log(2.0)
+
+
+def load(spec: str | Sequence[str], weights: Sequence[float] | None = None, library: str | None = None,
+         device: str = "cpu") -> Composition:
+    """Load ``"reach+avoid"`` (or a list of skill names) from the library and compose them."""
+    names = spec.split("+") if isinstance(spec, str) else list(spec)
+    return Composition([skills.load(n, library, device=device) for n in names], weights)

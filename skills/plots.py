@@ -1,0 +1,80 @@
+"""Figures: learning curves and multi-goal trajectories (matplotlib, Agg backend)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_learning_curve(history: list[dict], path: str | Path, title: str) -> None:
+    """Evaluation return and success rate against environment steps."""
+    plt = _pyplot()
+    steps = [h["env_steps"] for h in history]
+    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=110)
+    ax.plot(steps, [h["return_mean"] for h in history], "o-", color="tab:blue")
+    ax.set_xlabel("environment steps")
+    ax.set_ylabel("mean evaluation return", color="tab:blue")
+    twin = ax.twinx()
+    twin.plot(steps, [h["success_rate"] for h in history], "s--", color="tab:green")
+    twin.set_ylim(-0.02, 1.02)
+    twin.set_ylabel("success rate", color="tab:green")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def multigoal_rollouts(policy, episodes: int, seed: int = 0) -> tuple[list[np.ndarray], np.ndarray]:
+    """Paths [T, 2] of ``policy`` on ``multigoal`` and the goal index reached (-1: none)."""
+    import envs
+
+    env = envs.make("multigoal")
+    paths, goals = [], []
+    for episode in range(episodes):
+        obs, _ = env.reset(seed=seed + episode)
+        path, goal = [obs], -1
+        while True:
+            obs, _, terminated, truncated, info = env.step(policy(obs))
+            path.append(obs)
+            if terminated or truncated:
+                goal = info.get("goal", -1)
+                break
+        paths.append(np.array(path))
+        goals.append(goal)
+    env.close()
+    return paths, np.array(goals)
+
+
+def plot_multigoal(paths: list[np.ndarray], goals: np.ndarray, path: str | Path, title: str,
+                   q_contours: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None) -> None:
+    """Trajectories over the four goals, coloured by the goal each one reached."""
+    from envs.multigoal import BOUND, GOAL_RADIUS, GOALS
+
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5, 5), dpi=110)
+    if q_contours is not None:
+        ax.contourf(*q_contours, levels=20, cmap="Greys", alpha=0.35)
+    colours = ["tab:blue", "tab:orange", "tab:green", "tab:red", "0.5"]
+    for p, g in zip(paths, goals):
+        ax.plot(p[:, 0], p[:, 1], "-", lw=0.8, alpha=0.7, color=colours[g])
+    for i, goal in enumerate(GOALS):
+        ax.add_patch(plt.Circle(goal, GOAL_RADIUS, color=colours[i], alpha=0.3))
+        ax.annotate(f"{np.sum(goals == i)}", goal, ha="center", va="center", fontsize=11, weight="bold")
+    ax.set_xlim(-BOUND, BOUND)
+    ax.set_ylim(-BOUND, BOUND)
+    ax.set_aspect("equal")
+    ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)

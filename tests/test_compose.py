@@ -1,0 +1,143 @@
+"""Composition on analytic Q-functions (known answers), batching, and refusals."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from compose.bound import check_bound, fit_correction, gap_on_states
+from compose.composition import ComposedQ, StackedQ, check_weights
+from compose.sampling import ParticleConfig, ParticlePolicy, SamplerConfig, train_amortized_sampler
+from skills.sql import SoftQNetwork
+
+ALPHA, SIGMA = 0.5, 0.2
+MEANS = torch.tensor([[0.35, -0.2], [-0.25, 0.3]])  # per-skill Gaussian modes in a 2-D action box
+
+
+class GaussianQ(nn.Module):
+    """State-independent ``Q_i(a) = -alpha |a - mu_i|^2 / (2 sigma^2) + c_i``, stacked: -> [N, ...].
+
+    Each ``pi_i ∝ exp(Q_i/alpha)`` is N(mu_i, sigma^2 I) (the box truncates < 1e-3 of its mass).
+    """
+
+    def __init__(self, means: torch.Tensor, offsets: torch.Tensor):
+        super().__init__()
+        self.means, self.offsets = means, offsets
+
+    def forward(self, obs, act):
+        diff = act.unsqueeze(0) - self.means.view(-1, *([1] * (act.dim() - 1)), act.shape[-1])
+        q = -ALPHA * diff.pow(2).sum(-1) / (2 * SIGMA**2)
+        return q + self.offsets.view(-1, *([1] * (act.dim() - 1)))
+
+
+def composed_gaussian(weights) -> ComposedQ:
+    return ComposedQ(GaussianQ(MEANS, torch.tensor([0.3, -0.1])), torch.tensor(weights, dtype=torch.float32),
+                     ALPHA, act_dim=2)
+
+
+def product_mean(weights) -> torch.Tensor:
+    """``prod_i pi_i^{w_i}`` of equal-variance Gaussians is N(sum_i w_i mu_i, sigma^2 I)."""
+    return (torch.tensor(weights)[:, None] * MEANS).sum(0)
+
+
+@pytest.mark.parametrize("weights", [[0.5, 0.5], [0.8, 0.2]])
+def test_amortized_composed_sampler_matches_the_product_distribution(weights):
+    q = composed_gaussian(weights)
+    states = np.random.default_rng(0).normal(size=(512, 3)).astype(np.float32)
+    sampler, _ = train_amortized_sampler(q, states, act_dim=2, alpha=ALPHA, obs_scale=torch.ones(3),
+                                         config=SamplerConfig(updates=600, batch_size=32, hidden=(64, 64)))
+    with torch.no_grad():
+        a = torch.tanh(sampler(torch.as_tensor(states[:4]), torch.randn(4, 1000, 2))).reshape(-1, 2)
+    torch.testing.assert_close(a.mean(0), product_mean(weights), atol=0.05, rtol=0)
+    torch.testing.assert_close(a.std(0), torch.full((2,), SIGMA), atol=0.05, rtol=0)
+
+
+def test_particle_svgd_matches_the_product_distribution():
+    weights = [0.5, 0.5]
+    policy = ParticlePolicy(composed_gaussian(weights), act_dim=2, alpha=ALPHA,
+                            config=ParticleConfig(particles=64), seed=0)
+    a = policy.particles(torch.zeros(4, 3)).reshape(-1, 2)
+    torch.testing.assert_close(a.mean(0), product_mean(weights), atol=0.05, rtol=0)
+    torch.testing.assert_close(a.std(0), torch.full((2,), SIGMA), atol=0.06, rtol=0)
+    single = policy(np.zeros(3, np.float32))
+    assert single.shape == (2,) and np.all(np.abs(single) <= 1)
+
+
+def closed_form_gap(weights) -> float:
+    """``delta = alpha * Var_w(mu) / (2 sigma^2)`` summed over action dims (offsets cancel)."""
+    w = torch.tensor(weights)[:, None]
+    var = (w * MEANS.pow(2)).sum(0) - (w * MEANS).sum(0).pow(2)
+    return float(ALPHA * var.sum() / (2 * SIGMA**2))
+
+
+@pytest.mark.parametrize("weights", [[0.5, 0.5], [0.7, 0.3]])
+def test_gap_estimate_matches_closed_form_and_is_never_negative(weights):
+    q = composed_gaussian(weights)
+    gaps = gap_on_states(q, np.zeros((64, 3), np.float32), n_samples=4096, seed=0)
+    assert np.all(gaps >= 0)  # common random numbers keep the estimate's sign exact
+    assert np.mean(gaps) == pytest.approx(closed_form_gap(weights), rel=0.05)
+    small = gap_on_states(q, np.zeros((64, 3), np.float32), n_samples=16, seed=0)
+    assert np.all(small >= -1e-6)
+
+
+def test_td_correction_converges_to_constant_c_for_a_constant_gap():
+    """With delta constant and no termination, C* = gamma delta / (1 - gamma) everywhere."""
+    gamma, delta = 0.9, closed_form_gap([0.5, 0.5])
+    rng = np.random.default_rng(0)
+    m = 4000
+    data = {"obs": rng.normal(size=(m, 3)).astype(np.float32),
+            "action": rng.uniform(-1, 1, size=(m, 2)).astype(np.float32),
+            "next_obs": rng.normal(size=(m, 3)).astype(np.float32), "terminated": np.zeros(m, np.float32)}
+    from compose.bound import BoundConfig
+
+    c_net, info = fit_correction(data, np.full(m, delta, np.float32), gamma, torch.ones(3),
+                                 BoundConfig(updates=2500, hidden=(32, 32), target_update_interval=100, lr=3e-3))
+    with torch.no_grad():
+        c = c_net(torch.as_tensor(data["obs"][:500]), torch.as_tensor(data["action"][:500])).numpy()
+    assert np.mean(c) == pytest.approx(gamma * delta / (1 - gamma), rel=0.1)
+    assert np.std(c) < 0.1 * np.mean(c)
+
+
+def test_check_bound_counts_each_side():
+    q_w = np.array([1.0, 1.0, 1.0, 1.0])
+    c = np.array([0.5, 0.5, 0.5, 0.5])
+    q_joint = np.array([0.8, 1.2, 0.3, 0.6])  # holds, above Q_w, below Q_w - C, holds
+    result = check_bound(q_w, c, q_joint)
+    assert result["holds_fraction"] == 0.5
+    assert result["upper_holds_fraction"] == 0.75 and result["lower_holds_fraction"] == 0.75
+    assert result["upper_violation_mean"] == pytest.approx(0.2)
+    assert result["lower_violation_mean"] == pytest.approx(0.2)
+
+
+def test_stacked_q_equals_each_network_including_different_widths():
+    torch.manual_seed(0)
+    nets = [SoftQNetwork(5, 2, (16, 16), torch.full((5,), 2.0)), SoftQNetwork(5, 2, (8, 24))]
+    stacked = StackedQ(nets)
+    obs, act = torch.randn(7, 1, 5), torch.rand(7, 4, 2) * 2 - 1
+    out = stacked(obs, act)
+    assert out.shape == (2, 7, 4)
+    for i, net in enumerate(nets):
+        torch.testing.assert_close(out[i], net(obs, act), atol=1e-5, rtol=1e-5)
+
+
+def test_weights_default_equal_and_bad_weights_are_refused():
+    np.testing.assert_allclose(check_weights(None, 3), [1 / 3] * 3)
+    np.testing.assert_allclose(check_weights([0.7, 0.3], 2), [0.7, 0.3])
+    with pytest.raises(ValueError, match="sum to 1.*0.667,0.333"):
+        check_weights([2, 1], 2)
+    with pytest.raises(ValueError, match="non-negative"):
+        check_weights([1.5, -0.5], 2)
+    with pytest.raises(ValueError, match="one weight per skill"):
+        check_weights([1.0], 2)
+
+
+def test_log_volume_constant_in_composed_values():
+    """Equal Q's compose to themselves: V_w = V_i and delta = 0."""
+    same = ComposedQ(GaussianQ(MEANS[:1].repeat(2, 1), torch.tensor([0.2, 0.2])), torch.tensor([0.5, 0.5]),
+                     ALPHA, act_dim=2)
+    v_i, v_w = same.soft_values(torch.zeros(8, 3), 2048, torch.Generator().manual_seed(0))
+    torch.testing.assert_close(v_w, v_i[0])
+    expected = 0.2 + ALPHA * math.log(2 * math.pi * SIGMA**2)  # alpha log ∫ N-shaped exp over R^2
+    assert float(v_w.mean()) == pytest.approx(expected, abs=0.03)

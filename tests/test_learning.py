@@ -1,0 +1,48 @@
+"""Real training on small budgets (marker ``learning``; CI runs them)."""
+
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import envs
+import skills
+from skills.defaults import sql_config, train_config
+from skills.evaluation import run_episodes
+from skills.plots import multigoal_rollouts, plot_multigoal
+from skills.trainer import Trainer
+
+pytestmark = pytest.mark.learning
+ARTIFACTS = Path(__file__).resolve().parent.parent / "runs" / "test-artifacts"
+
+
+def train(task: str, steps: int, library: Path, seed: int = 0) -> skills.Skill:
+    task_def = envs.get_task(task)
+    run = replace(train_config(task, steps=steps, seed=seed), eval_interval=steps, eval_episodes=10,
+                  final_eval_episodes=20, progress=False)
+    result = Trainer(task, sql_config(task, task_def.family.name), run, out=library).train()
+    return skills.load(result.path)
+
+
+def test_multigoal_samples_reach_all_four_goals(tmp_path):
+    skill = train("multigoal", 6000, tmp_path)
+    paths, goals = multigoal_rollouts(lambda o: skill.act(o), episodes=100, seed=0)
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    figure = ARTIFACTS / "multigoal_trajectories.png"
+    plot_multigoal(paths, goals, figure, "SQL multigoal, 6000 steps: 100 sampled episodes")
+    counts = np.bincount(goals[goals >= 0], minlength=4)
+    assert figure.stat().st_size > 10_000
+    assert np.all(counts >= 5), counts  # every goal is reached by some sampled episodes
+    assert np.mean(goals >= 0) >= 0.6, counts
+
+
+def test_reach_clearly_learns_within_a_short_budget(tmp_path):
+    env = envs.make("reach")
+    rng = np.random.default_rng(0)
+    random_policy = run_episodes(env, lambda o: rng.uniform(-1, 1, 3), 20, seed=10_000)
+    skill = train("reach", 5000, tmp_path)
+    learned = run_episodes(env, lambda o: skill.act(o), 20, seed=10_000)
+    assert random_policy["success_rate"] <= 0.1
+    assert learned["success_rate"] >= 0.6, learned
+    assert learned["return_mean"] > random_policy["return_mean"] + 10, (learned, random_policy)

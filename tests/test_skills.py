@@ -1,0 +1,233 @@
+"""The skill format and library: round trips, reproducibility, bad input, nothing lost."""
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import skills
+from skills import evaluate as evaluate_cli
+from skills import train as train_cli
+from skills.agent import SQLConfig
+from skills.library import sha256_file as _sha256
+from skills.trainer import TrainConfig, Trainer
+
+TINY_SQL = SQLConfig(alpha=10.0, obs_scale=0.2, hidden=(32, 32), warmup_steps=100, batch_size=32,
+                     particles=8, value_samples=8)
+TINY_RUN = TrainConfig(steps=300, seed=0, eval_interval=150, eval_episodes=2, final_eval_episodes=3, progress=False)
+
+
+def train_tiny(library: Path, seed: int = 0, steps: int = 300, **kwargs) -> Path:
+    return Trainer("multigoal", TINY_SQL, replace(TINY_RUN, seed=seed, steps=steps), out=library, **kwargs).train().path
+
+
+@pytest.fixture(scope="module")
+def library(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("library")
+    train_tiny(root)
+    return root
+
+
+def test_skill_directory_has_weights_manifest_and_transitions(library):
+    path = library / "multigoal" / "v1"
+    assert {p.name for p in path.iterdir()} >= {"manifest.json", "weights.safetensors", "transitions.npz",
+                                                "progress.csv", "learning_curve.png"}
+    manifest = json.loads((path / "manifest.json").read_text())
+    for key in ("format_version", "task", "observation_space", "action_space", "alpha", "gamma", "architecture",
+                "hyperparameters", "seed", "env_steps", "wall_time_s", "metrics", "library_versions"):
+        assert key in manifest, key
+    assert manifest["status"] == "complete" and manifest["env_steps"] == 300
+    assert {"torch", "mujoco", "gymnasium", "numpy"} <= set(manifest["library_versions"])
+    tensors = load_file(str(path / "weights.safetensors"))
+    assert any(k.startswith("q.") for k in tensors) and any(k.startswith("q_target.") for k in tensors)
+    assert any(k.startswith("sampler.") for k in tensors) and any(k.startswith("optim.q.") for k in tensors)
+    with np.load(path / "transitions.npz", allow_pickle=False) as data:
+        assert data["obs"].dtype == np.float32 and 0 < len(data["obs"]) <= 10_000
+
+
+def test_save_load_round_trip_gives_identical_outputs(library, tmp_path):
+    skill = skills.load("multigoal", library)
+    copy_dir = tmp_path / "copy" / "multigoal" / "v1"
+    from skills.library import write_skill
+
+    write_skill(copy_dir, skill.agent, {k: v for k, v in skill.manifest.items() if k not in ("format", "files")},
+                skill.transitions)
+    again = skills.load(copy_dir)
+    obs = np.random.default_rng(0).normal(size=(16, 2)).astype(np.float32)
+    act = np.random.default_rng(1).uniform(-1, 1, size=(16, 2)).astype(np.float32)
+    np.testing.assert_array_equal(skill.q(obs, act), again.q(obs, act))
+    torch.manual_seed(5)
+    first = skill.sample(obs, 4)
+    torch.manual_seed(5)
+    np.testing.assert_array_equal(first, again.sample(obs, 4))
+    gen = [torch.Generator().manual_seed(3) for _ in range(2)]
+    np.testing.assert_array_equal(skill.value(obs, generator=gen[0]), again.value(obs, generator=gen[1]))
+    assert again.act(obs[0]).shape == (2,)
+    assert again.manifest["env_steps"] == skill.manifest["env_steps"]
+
+
+def test_same_seed_gives_identical_weights(tmp_path):
+    a = load_file(str(train_tiny(tmp_path / "a", seed=3, steps=200) / "weights.safetensors"))
+    b = load_file(str(train_tiny(tmp_path / "b", seed=3, steps=200) / "weights.safetensors"))
+    c = load_file(str(train_tiny(tmp_path / "c", seed=4, steps=200) / "weights.safetensors"))
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    assert not all(torch.equal(a[k], c[k]) for k in a if k.startswith("q."))
+
+
+def test_training_never_overwrites_and_name_resolves_to_newest(tmp_path):
+    v1 = train_tiny(tmp_path, steps=150)
+    digest = _sha256(v1 / "weights.safetensors")
+    v2 = train_tiny(tmp_path, steps=150, seed=1)
+    assert v1.name == "v1" and v2.name == "v2"
+    assert _sha256(v1 / "weights.safetensors") == digest
+    assert skills.resolve("multigoal", tmp_path) == v2
+    assert skills.resolve("multigoal@v1", tmp_path) == v1
+    assert [e.version for e in skills.list_skills(tmp_path)] == [1, 2]
+
+
+def test_resume_continues_from_a_saved_skill(library, tmp_path):
+    import shutil
+
+    shutil.copytree(library / "multigoal", tmp_path / "multigoal")
+    resumed = train_tiny(tmp_path, steps=150, resume="multigoal")
+    manifest = json.loads((resumed / "manifest.json").read_text())
+    assert resumed.name == "v2" and manifest["env_steps"] == 450
+    assert manifest["resumed_from"] == "multigoal"
+
+
+def test_unknown_skill_name_lists_valid_ones(library):
+    with pytest.raises(KeyError, match="Valid skills: multigoal"):
+        skills.load("multigoall", library)
+
+
+def test_unknown_task_in_train_cli(capsys):
+    assert train_cli.main(["reech", "--steps", "10"]) == 2
+    assert "Did you mean 'reach'" in capsys.readouterr().err
+
+
+def copy_skill(library: Path, tmp_path: Path) -> Path:
+    import shutil
+
+    dst = tmp_path / "lib" / "multigoal" / "v1"
+    shutil.copytree(library / "multigoal" / "v1", dst)
+    return dst
+
+
+def test_truncated_weights_give_a_clear_error(library, tmp_path):
+    path = copy_skill(library, tmp_path)
+    data = (path / "weights.safetensors").read_bytes()
+    (path / "weights.safetensors").write_bytes(data[: len(data) // 2])
+    with pytest.raises(skills.CorruptSkillError, match="truncated"):
+        skills.load(path)
+
+
+def test_truncated_weights_with_matching_checksum_still_give_a_clear_error(library, tmp_path):
+    path = copy_skill(library, tmp_path)
+    data = (path / "weights.safetensors").read_bytes()
+    (path / "weights.safetensors").write_bytes(data[: len(data) // 2])
+    manifest = json.loads((path / "manifest.json").read_text())
+    manifest["files"]["weights.safetensors"] = _sha256(path / "weights.safetensors")
+    (path / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(skills.CorruptSkillError, match="cannot read weights"):
+        skills.load(path)
+
+
+def test_corrupt_manifest_gives_a_clear_error(library, tmp_path):
+    path = copy_skill(library, tmp_path)
+    text = (path / "manifest.json").read_text()
+    (path / "manifest.json").write_text(text[: len(text) // 3])
+    with pytest.raises(skills.CorruptSkillError, match="not valid JSON"):
+        skills.load(path)
+
+
+def test_manifest_from_a_future_format_version_is_refused(library, tmp_path):
+    path = copy_skill(library, tmp_path)
+    manifest = json.loads((path / "manifest.json").read_text())
+    manifest["format_version"] = 99
+    (path / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(skills.UnsupportedFormatError, match="newer than this toolkit"):
+        skills.load(path)
+
+
+def test_loading_never_unpickles(library, tmp_path):
+    path = copy_skill(library, tmp_path)
+    with open(path / "transitions.npz", "wb") as f:
+        np.savez(f, obs=np.array([{"evil": 1}], dtype=object))
+    manifest = json.loads((path / "manifest.json").read_text())
+    manifest["files"]["transitions.npz"] = _sha256(path / "transitions.npz")
+    (path / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(skills.CorruptSkillError):
+        skills.load(path)
+
+
+def test_interrupted_save_leaves_the_existing_skill_intact(library, tmp_path, monkeypatch):
+    from skills import library as lib
+
+    path = copy_skill(library, tmp_path)
+    before = {p.name: _sha256(p) for p in path.iterdir()}
+    skill = skills.load(path)
+
+    def crash(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(lib, "save_file", crash)
+    with pytest.raises(OSError):
+        lib.write_skill(path, skill.agent, dict(skill.manifest), skill.transitions)
+    assert {p.name: _sha256(p) for p in path.iterdir()} == before
+    skills.load(path)
+
+
+def test_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch, capsys):
+    from skills import buffer
+
+    original = buffer.ReplayBuffer.sample
+    calls = {"n": 0}
+
+    def poisoned(self, *args, **kwargs):
+        batch = original(self, *args, **kwargs)
+        calls["n"] += 1
+        if calls["n"] > 150:  # CLI defaults: 1000 warm-up steps, so the NaN comes at step 1151
+            batch["reward"] = batch["reward"] * float("nan")
+        return batch
+
+    v1 = train_tiny(tmp_path, steps=150)  # an earlier, complete version must survive
+    digest = _sha256(v1 / "weights.safetensors")
+    calls["n"] = -10**9
+    monkeypatch.setattr(buffer.ReplayBuffer, "sample", poisoned)
+    calls["n"] = 0
+    code = train_cli.main(["multigoal", "--steps", "1300", "--out", str(tmp_path), "--eval-interval", "100",
+                           "--eval-episodes", "1", "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 3 and "non-finite loss" in err and "last good checkpoint" in err
+    assert _sha256(v1 / "weights.safetensors") == digest
+    v2 = tmp_path / "multigoal" / "v2"
+    manifest = json.loads((v2 / "manifest.json").read_text())
+    assert manifest["status"] == "diverged" and manifest["env_steps"] == 1100
+    kept = skills.load(v2)
+    for p in kept.agent.q.parameters():
+        assert torch.isfinite(p).all()
+    assert skills.resolve("multigoal", tmp_path) == v1  # the diverged run is not picked by name
+
+
+def test_evaluate_cli_writes_json_with_required_keys(library, tmp_path, capsys):
+    out = tmp_path / "m.json"
+    assert evaluate_cli.main(["multigoal", "--library", str(library), "--episodes", "3", "--json", str(out)]) == 0
+    metrics = json.loads(out.read_text())
+    assert {"success_rate", "return_mean", "collision_rate", "episodes"} <= set(metrics)
+    assert metrics["episodes"] == 3
+    assert "success rate" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("module", ["skills.train", "skills.evaluate", "skills"])
+def test_clis_have_help(module):
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", module, "--help"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and "usage" in done.stdout
