@@ -93,7 +93,7 @@ def fit_correction(transitions: dict[str, np.ndarray], next_gap: np.ndarray, gam
         if step % config.target_update_interval == 0:
             c_target.load_state_dict(c_net.state_dict())
         if step % 100 == 0:
-            losses.append(float(loss))
+            losses.append(float(loss.detach()))
     return c_net, {"gap_mean": float(gap.mean()), "gap_max": float(gap.max()),
                    "td_loss_last": losses[-1] if losses else float("nan")}
 

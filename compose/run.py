@@ -53,9 +53,9 @@ class Built:
     info: dict = field(default_factory=dict)
 
 
-def build(composition: Composition, library: str | None, progress: bool) -> Built:
+def build(composition: Composition, library: str | None, progress: bool,
+          sampler_cfg: SamplerConfig = SamplerConfig(), bound_cfg: BoundConfig = BoundConfig()) -> Built:
     """Train (or load from the library cache) the composed sampler and the bound's ``C``."""
-    sampler_cfg, bound_cfg = SamplerConfig(), BoundConfig()
     obs_scale = composition.parts[0].agent.q.obs_scale
     sampler = SamplerNetwork(composition.obs_dim, composition.act_dim, sampler_cfg.hidden, obs_scale)
     correction = SoftQNetwork(composition.obs_dim, composition.act_dim, bound_cfg.hidden, obs_scale)
@@ -177,7 +177,8 @@ def evaluate_row(name: str, policy, env, episodes: int, seed: int, env_steps: in
 
 def run(spec: str, weights: list[float] | None = None, sampler: str = "amortized", episodes: int = 100,
         seed: int = EVAL_SEED, render: bool = False, out: str | Path | None = None, library: str | None = None,
-        deterministic: bool = True, env_kwargs: dict[str, Any] | None = None, progress: bool = True) -> dict:
+        deterministic: bool = True, env_kwargs: dict[str, Any] | None = None, progress: bool = True,
+        sampler_cfg: SamplerConfig = SamplerConfig(), bound_cfg: BoundConfig = BoundConfig()) -> dict:
     """Build, run and report a composition; returns the report dict (also written to ``out``)."""
     started = time.perf_counter()
     env_kwargs = dict(env_kwargs or {})
@@ -185,7 +186,7 @@ def run(spec: str, weights: list[float] | None = None, sampler: str = "amortized
     out = Path(out) if out else Path("runs") / "compose" / f"{composition.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     out.mkdir(parents=True, exist_ok=True)
     joint, joint_note = find_joint(composition, library)
-    built = build(composition, library, progress)
+    built = build(composition, library, progress, sampler_cfg, bound_cfg)
     policy = composed_policy(composition, built, sampler, deterministic, seed)
     env = envs.make_task_env(composition.task, **env_kwargs)
 
@@ -208,7 +209,7 @@ def run(spec: str, weights: list[float] | None = None, sampler: str = "amortized
     with torch.no_grad():
         q_w = composition.q(obs, act).numpy()
         c = built.correction(obs, act).numpy()
-        q_joint = joint.q(obs, act) if joint is not None else None
+        q_joint = joint.q(obs.numpy(), act.numpy()) if joint is not None else None
     bound = {"form": "tight: C = gamma E[delta(s') + max_a' C(s',a')], delta = sum_i w_i V_i - V_w",
              "gap_on_stored_states": built.info.get("gap", {})}
     if q_joint is not None:
@@ -327,8 +328,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--library", help="skill library (default: trained/ or $COMPOSABLE_SKILLS_LIBRARY)")
     parser.add_argument("--arm", help="run on a custom arm: MJCF path (arm tasks only)")
     parser.add_argument("--ee-site", help="end-effector site of the custom arm")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default: 1; see docs/skills.md)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
     weights = [float(w) for w in args.weights.split(",")] if args.weights else None
     env_kwargs = {k: v for k, v in {"arm": args.arm, "ee_site": args.ee_site}.items() if v}
     try:

@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
+from skills.progress import progress_bar
 from skills.sql import SamplerNetwork, q_action_gradient, sampler_surrogate_loss, squashed_score, svgd_direction
 
 QFunction = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -48,8 +49,6 @@ def train_amortized_sampler(q_fn: QFunction, states: np.ndarray, act_dim: int, a
                             obs_scale: torch.Tensor, config: SamplerConfig = SamplerConfig(),
                             progress: bool = False) -> tuple[SamplerNetwork, dict]:
     """Fit ``u = f(s, xi)`` so that ``tanh(u) ~ exp(Q(s,a)/alpha)`` at the given states."""
-    from tqdm.auto import tqdm
-
     generator = torch.Generator().manual_seed(config.seed)
     torch.manual_seed(config.seed)
     sampler = SamplerNetwork(states.shape[1], act_dim, config.hidden, obs_scale)
@@ -57,8 +56,9 @@ def train_amortized_sampler(q_fn: QFunction, states: np.ndarray, act_dim: int, a
     data = torch.as_tensor(states, dtype=torch.float32)
     n_fixed = max(1, int(round(config.particles * config.fixed_fraction)))
     start = time.perf_counter()
-    for _ in tqdm(range(config.updates), disable=not progress, desc="composed sampler", unit="update",
-                  mininterval=0.5):
+    bar = progress_bar(config.updates, progress, desc="composed sampler", unit="update")
+    for _ in range(config.updates):
+        bar.update(1)
         obs = data[torch.randint(len(data), (config.batch_size,), generator=generator)]
         noise = torch.randn(config.batch_size, config.particles, act_dim, generator=generator)
         with torch.no_grad():
@@ -71,6 +71,7 @@ def train_amortized_sampler(q_fn: QFunction, states: np.ndarray, act_dim: int, a
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+    bar.close()
     return sampler, {"wall_time_s": time.perf_counter() - start, "updates": config.updates}
 
 

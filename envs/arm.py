@@ -65,6 +65,25 @@ class ArmLayout:
 LAYOUT = ArmLayout()
 
 
+# ---- drawing, shared by every backend --------------------------------------------------------
+@dataclass(frozen=True)
+class Marker:
+    """A visual-only sphere site that a backend adds to its world body."""
+
+    name: str  # site name in the compiled model
+    radius: float  # drawn radius (m)
+    rgba: tuple[float, float, float, float]
+
+
+TARGET_MARKER = Marker("task_target", 0.02, (1.0, 0.8, 0.0, 1.0))
+OBSTACLE_MARKER = Marker("task_obstacle", LAYOUT.obstacle_radius, (0.9, 0.15, 0.1, 0.55))
+MARKERS = (TARGET_MARKER, OBSTACLE_MARKER)
+# Markers start off the world origin: a site compiled at its body's origin is flagged "same
+# frame" and MuJoCo would then ignore later changes to ``site_pos``.
+MARKER_START = (0.0, 0.0, -1.0)
+SHADOW_SIZE = 1024  # shadow-map texels: cheap on CPU renderers, still gives a depth cue
+
+
 # ---- reward terms and success checks: batched, from observations alone -------------------
 def reach_term(next_obs: np.ndarray, action: np.ndarray) -> np.ndarray:
     """``-min(|target - ee|, reach_scale) / reach_scale`` in [-1, 0]. Shapes: [B, 12] -> [B]."""

@@ -13,25 +13,17 @@ with contextlib.redirect_stderr(io.StringIO()):  # its import prints a notice ab
     from gymnasium_robotics.envs import robot_env
     from gymnasium_robotics.envs.fetch.fetch_env import MujocoFetchEnv
 
-from .arm import LAYOUT, MAX_DISPLACEMENT
+from .arm import LAYOUT, MARKER_START, MARKERS, MAX_DISPLACEMENT, OBSTACLE_MARKER, SHADOW_SIZE, TARGET_MARKER
 
 _REACH_XML = os.path.join(os.path.dirname(robot_env.__file__), "assets", "fetch", "reach.xml")
 _INITIAL_QPOS = {"robot0:slide0": 0.4049, "robot0:slide1": 0.48, "robot0:slide2": 0.0}
-TARGET_RGBA = (1.0, 0.8, 0.0, 1.0)
-OBSTACLE_RGBA = (0.9, 0.15, 0.1, 0.55)
-SHADOW_SIZE = 1024  # shadow-map texels: cheap on CPU renderers, still gives a depth cue
 
 
-def add_markers(worldbody, target_radius: float = 0.02) -> None:
-    """Add the target and obstacle sites (visual only) to an ``MjSpec`` worldbody.
-
-    They start off-centre: a site compiled at its body's origin is flagged "same frame" and
-    MuJoCo would then ignore later changes to ``site_pos``.
-    """
-    worldbody.add_site(name="task_target", type=mujoco.mjtGeom.mjGEOM_SPHERE, pos=[0, 0, -1],
-                       size=[target_radius, 0, 0], rgba=TARGET_RGBA)
-    worldbody.add_site(name="task_obstacle", type=mujoco.mjtGeom.mjGEOM_SPHERE, pos=[0, 0, -1],
-                       size=[LAYOUT.obstacle_radius, 0, 0], rgba=OBSTACLE_RGBA)
+def add_markers(worldbody) -> None:
+    """Add the target and obstacle sites (``arm.MARKERS``, visual only) to an ``MjSpec`` worldbody."""
+    for marker in MARKERS:
+        worldbody.add_site(name=marker.name, type=mujoco.mjtGeom.mjGEOM_SPHERE, pos=list(MARKER_START),
+                           size=[marker.radius, 0, 0], rgba=marker.rgba)
 
 
 class _FetchScene(MujocoFetchEnv):
@@ -75,8 +67,8 @@ class FetchArm:
         self.camera = {"lookat": self.workspace_origin + np.array([0.0, 0.0, -0.05]),
                        "distance": 1.3, "azimuth": 60.0, "elevation": -35.0}
         self._grip = self.model.site("robot0:grip").id
-        self._target = self.model.site("task_target").id
-        self._obstacle = self.model.site("task_obstacle").id
+        self._target = self.model.site(TARGET_MARKER.name).id
+        self._obstacle = self.model.site(OBSTACLE_MARKER.name).id
         self._action = np.zeros(4)
         self._velocity = np.zeros(6)
 

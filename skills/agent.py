@@ -43,6 +43,7 @@ class SQLConfig:
     obs_scale: float = 1.0  # observations are multiplied by this inside both networks
     buffer_size: int = 1_000_000  # replay capacity (capped at the training steps)
     warmup_steps: int = 1000  # uniform random actions before the first update
+    random_episodes: float = 0.0  # share of later episodes acted uniformly at random (off-policy exploration)
     updates_per_step: int = 1  # gradient updates per environment step
     eval_particles: int = 32  # candidates for deterministic actions (argmax of Q among samples)
 

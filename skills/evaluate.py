@@ -21,11 +21,29 @@ from .skill import load
 from .trainer import EVAL_SEED
 
 
+RANDOM = "random"  # the uniform random policy, as a baseline
+
+
+def evaluate_random(task: str | None, episodes: int, seed: int, render: str | Path | None) -> dict:
+    """The uniform random policy on ``task`` (seeded), for baselines such as avoid's collision rate."""
+    from .evaluation import run_episodes
+
+    if task is None:
+        raise ValueError("the random baseline needs --task")
+    env = envs.make(task)
+    env.action_space.seed(seed)
+    metrics = run_episodes(env, lambda o: env.action_space.sample(), episodes, seed)
+    env.close()
+    return metrics | {"skill": RANDOM, "task": task, "deterministic": False, "seed": seed}
+
+
 def evaluate_skill(skill_name: str, task: str | None = None, episodes: int = 100, seed: int = EVAL_SEED,
                    deterministic: bool = True, render: str | Path | None = None, library: str | None = None) -> dict:
     """Metrics of ``skill_name`` on ``task`` (default: its own); optionally an mp4 at ``render``."""
     from .evaluation import run_episodes
 
+    if skill_name == RANDOM:
+        return evaluate_random(task, episodes, seed, render)
     skill = load(skill_name, library)
     task_name = task or skill.task
     if envs.get_task(task_name).family.name != skill.manifest["family"]:
@@ -51,7 +69,8 @@ def evaluate_skill(skill_name: str, task: str | None = None, episodes: int = 100
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m skills.evaluate", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("skill", help="skill name (newest version), name@vN, or a skill directory")
+    parser.add_argument("skill", help="skill name (newest version), name@vN, a skill directory, or 'random' "
+                        "(uniform random actions; needs --task)")
     parser.add_argument("--task", help="task to run it on (default: the skill's own)")
     parser.add_argument("--episodes", type=int, default=100, help="episodes (default: 100)")
     parser.add_argument("--seed", type=int, default=EVAL_SEED, help=f"first episode seed (default: {EVAL_SEED})")
@@ -70,7 +89,8 @@ def main(argv: list[str] | None = None) -> int:
     except (UnknownNameError, SkillError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    mode = "deterministic: best of 32 sampled actions" if m["deterministic"] else "stochastic: sampler draws"
+    mode = ("uniform random actions" if m["skill"] == RANDOM else "deterministic: best of 32 sampled actions"
+            if m["deterministic"] else "stochastic: sampler draws")
     print(f"{m['skill']} on {m['task']} ({m['episodes']} episodes from seed {m['seed']}, {mode}):")
     print(f"  success rate     {m['success_rate']:.3f}")
     print(f"  return (mean)    {m['return_mean']:.3f} ± {m['return_std']:.3f}")

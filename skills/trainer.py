@@ -18,6 +18,7 @@ from .buffer import ReplayBuffer
 from .evaluation import run_episodes
 from .library import library_versions, next_version_dir, read_skill, space_record, write_skill
 from .plots import plot_learning_curve
+from .progress import progress_bar
 
 STORED_TRANSITIONS = 10_000  # transitions shipped with a skill for composition
 
@@ -56,16 +57,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-
-
-def _progress_bar(total: int, enabled: bool):
-    import sys
-
-    from tqdm.auto import tqdm
-
-    interval = 0.1 if sys.stderr.isatty() else 30.0  # a log file gets a line every 30 s
-    return tqdm(total=total, disable=not enabled, unit="step", dynamic_ncols=True, smoothing=0.05,
-                mininterval=interval)
 
 
 def _tensorboard(log_dir: Path):
@@ -154,7 +145,8 @@ class Trainer:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         obs, _ = self.env.reset(seed=run.seed)
         episode_return, recent_returns, recent_success = 0.0, [], []
-        bar = _progress_bar(run.steps, run.progress)
+        random_episode = False
+        bar = progress_bar(run.steps, run.progress)
         total = self.start_steps
         with open(self.log_path, "w", newline="") as log_file:
             log = csv.DictWriter(log_file, ["env_steps", "wall_time_s", "return_mean", "success_rate",
@@ -183,7 +175,7 @@ class Trainer:
             try:
                 for step in range(1, run.steps + 1):
                     total = self.start_steps + step
-                    warm = self.start_steps == 0 and step <= sql.warmup_steps
+                    warm = (self.start_steps == 0 and step <= sql.warmup_steps) or random_episode
                     action = self.env.action_space.sample() if warm else self.agent.act(obs)
                     next_obs, reward, terminated, truncated, info = self.env.step(action)
                     self.buffer.add(obs, action, reward, next_obs, terminated)
@@ -194,7 +186,8 @@ class Trainer:
                         recent_success = (recent_success + [bool(info["is_success"])])[-20:]
                         episode_return = 0.0
                         obs, _ = self.env.reset()
-                    if not warm:
+                        random_episode = sql.random_episodes > 0 and bool(self.rng.uniform() < sql.random_episodes)
+                    if not (self.start_steps == 0 and step <= sql.warmup_steps):
                         for _ in range(sql.updates_per_step):
                             losses = self.agent.update(self.buffer.sample(sql.batch_size, self.rng, self.agent.device))
                     bar.update(1)

@@ -187,3 +187,13 @@ def test_rgb_array_render_is_not_blank(name):
     env.close()
     assert frame.shape == (120, 160, 3) and frame.dtype == np.uint8
     assert frame.std() > 10
+
+
+def test_packages_import_from_outside_the_checkout(tmp_path):
+    """The installed project (not the current directory) provides every top-level package."""
+    import subprocess
+    import sys
+
+    code = "import envs, skills, compose, bench; print(all(m.__file__ for m in (envs, skills, compose, bench)))"
+    done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert done.stdout.strip() == "True", done.stderr

@@ -1,0 +1,82 @@
+"""compose.run end to end on small multigoal skills: report keys, cache, refusals."""
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from compose import run as compose_run
+from compose.bound import BoundConfig
+from compose.sampling import SamplerConfig
+from skills.agent import SQLConfig
+from skills.trainer import TrainConfig, Trainer
+
+SMALL_SQL = SQLConfig(alpha=10.0, obs_scale=0.2, hidden=(32, 32), warmup_steps=100, batch_size=32, particles=8,
+                      value_samples=8)
+SMALL_RUN = TrainConfig(steps=300, eval_interval=300, eval_episodes=1, final_eval_episodes=2, progress=False)
+FAST = {"sampler_cfg": SamplerConfig(updates=100, batch_size=32, hidden=(32, 32)),
+        "bound_cfg": BoundConfig(updates=100, batch_size=64, n_value_samples=64, hidden=(32, 32))}
+
+
+@pytest.fixture(scope="module")
+def library(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("compose-library")
+    for seed in (0, 1):
+        Trainer("multigoal", SMALL_SQL, replace(SMALL_RUN, seed=seed), out=root).train()
+    return root
+
+
+def test_report_has_the_documented_keys_and_the_second_run_uses_the_cache(library, tmp_path):
+    spec = "multigoal@v1+multigoal@v2"
+    first = compose_run.run(spec, episodes=3, out=tmp_path / "a", library=str(library), progress=False, **FAST)
+    report = json.loads((tmp_path / "a" / "report.json").read_text())
+    for key in ("success_rate", "return_mean", "env_steps_used"):
+        assert key in report["composed"]
+    assert report["composed"]["env_steps_used"] == 0
+    assert set(report["constituents"]) == {"multigoal"} or len(report["constituents"]) >= 1
+    for key in ("holds_fraction", "mean_C"):
+        assert key in report["bound"]
+    assert "python -m skills.train" in report["joint"]["note"] or "note" in report["joint"]
+    for figure in report["figures"].values():
+        assert Path(figure).stat().st_size > 5_000
+    assert (tmp_path / "a" / "report.md").read_text().startswith("# Composition report")
+    assert first["build"]["cached"] is False
+    second = compose_run.run(spec, episodes=2, out=tmp_path / "b", library=str(library), progress=False, **FAST)
+    assert second["build"]["cached"] is True
+
+
+def test_particle_sampler_runs_without_training(library, tmp_path):
+    report = compose_run.run("multigoal@v1+multigoal@v2", sampler="particles", episodes=1, out=tmp_path,
+                             library=str(library), progress=False, **FAST)
+    assert report["sampler"] == "particles" and 0.0 <= report["composed"]["success_rate"] <= 1.0
+
+
+def test_cli_refuses_bad_weights_and_unknown_skills(library, capsys):
+    args = ["--library", str(library), "--episodes", "1", "--no-progress"]
+    assert compose_run.main(["multigoal@v1+multigoal@v2", "--weights", "0.9,0.3", *args]) == 2
+    assert "sum to 1" in capsys.readouterr().err
+    assert compose_run.main(["multigoal+nope", *args]) == 2
+    assert "unknown skill 'nope'" in capsys.readouterr().err
+
+
+def test_incompatible_skills_are_refused_with_the_mismatch_shown(library):
+    import skills
+    from compose.composition import Composition, IncompatibleSkillsError
+
+    a, b = skills.load("multigoal@v1", library), skills.load("multigoal@v2", library)
+    b.alpha = 0.5
+    with pytest.raises(IncompatibleSkillsError, match=r"alpha \(multigoal: 10.0, multigoal: 0.5\)"):
+        Composition([a, b])
+    b.alpha = a.alpha
+    b.manifest = dict(b.manifest, observation_space={"shape": [5], "dtype": "float32"})
+    with pytest.raises(IncompatibleSkillsError, match=r"observation space shape .*\(2,\).*\(5,\)"):
+        Composition([a, b])
+
+
+def test_compose_run_has_help():
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "compose.run", "--help"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and "--sampler" in done.stdout
