@@ -1,4 +1,5 @@
-"""Env steps/s of our ``reach`` against gymnasium-robotics ``FetchReach-v4``, in one run.
+"""Env steps/s of our ``reach`` against gymnasium-robotics ``FetchReach-v4``, in one run
+(plus ``push-x`` and ``multigoal`` for reference).
 
     python -m bench.env_throughput [--steps 2000] [--repeats 5] [--json PATH]
 
@@ -45,13 +46,18 @@ def measure(steps: int = 2000, repeats: int = 5, seed: int = 0) -> dict:
 
         gym.register_envs(gymnasium_robotics)
         ours, theirs = envs.make("reach"), gym.make("FetchReach-v4")
+        pusher, multigoal = envs.make("push-x"), envs.make("multigoal")
     rates = interleaved_rates({"reach": stepping_workload(ours, steps, seed),
-                               "FetchReach-v4": stepping_workload(theirs, steps, seed)}, repeats)
-    ours.close()
-    theirs.close()
+                               "FetchReach-v4": stepping_workload(theirs, steps, seed),
+                               "push-x": stepping_workload(pusher, steps, seed),
+                               "multigoal": stepping_workload(multigoal, steps, seed)}, repeats)
+    for env in (ours, theirs, pusher, multigoal):
+        env.close()
     return {
         "reach_steps_per_s": rates["reach"],
         "fetchreach_steps_per_s": rates["FetchReach-v4"],
+        "pusher_steps_per_s": rates["push-x"],
+        "multigoal_steps_per_s": rates["multigoal"],
         "env_ratio": rates["reach"]["median"] / rates["FetchReach-v4"]["median"],
         "env_ratio_min": rates["reach"]["min"] / rates["FetchReach-v4"]["min"],
         "steps_per_run": steps,
@@ -67,7 +73,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     args = parser.parse_args(argv)
     result = measure(args.steps, args.repeats)
-    for name in ("reach_steps_per_s", "fetchreach_steps_per_s"):
+    for name in ("reach_steps_per_s", "fetchreach_steps_per_s", "pusher_steps_per_s", "multigoal_steps_per_s"):
         r = result[name]
         print(f"{name:24s} min {r['min']:8.1f}  median {r['median']:8.1f}")
     print(f"{'env_ratio (median)':24s} {result['env_ratio']:.3f}   (min/min {result['env_ratio_min']:.3f})")

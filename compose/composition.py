@@ -157,11 +157,13 @@ def combined_task(parts: Sequence[skills.Skill], weights: np.ndarray) -> Task:
 class Composition:
     """Loaded, checked constituents and their composed soft Q-function."""
 
-    def __init__(self, parts: Sequence[skills.Skill], weights: Sequence[float] | None = None):
+    def __init__(self, parts: Sequence[skills.Skill], weights: Sequence[float] | None = None,
+                 labels: Sequence[str] | None = None):
         if len(parts) < 2:
             raise ValueError("composition needs at least two skills")
         check_compatible(parts)
         self.parts = list(parts)
+        self.labels = list(labels) if labels is not None else [p.name for p in parts]  # as the user named them
         self.weights = check_weights(weights, len(parts))
         self.alpha = parts[0].alpha
         self.gamma = parts[0].gamma
@@ -172,7 +174,7 @@ class Composition:
 
     @property
     def name(self) -> str:
-        return "+".join(s.name for s in self.parts)
+        return "+".join(self.labels)
 
     def states(self) -> np.ndarray:
         """The union of the constituents' stored states (obs and next obs): [M, obs_dim]."""
@@ -192,4 +194,4 @@ def load(spec: str | Sequence[str], weights: Sequence[float] | None = None, libr
          device: str = "cpu") -> Composition:
     """Load ``"reach+avoid"`` (or a list of skill names) from the library and compose them."""
     names = spec.split("+") if isinstance(spec, str) else list(spec)
-    return Composition([skills.load(n, library, device=device) for n in names], weights)
+    return Composition([skills.load(n, library, device=device) for n in names], weights, labels=names)

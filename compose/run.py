@@ -112,8 +112,8 @@ def find_joint(composition: Composition, library: str | None) -> tuple[skills.Sk
     """The jointly trained skill for the combined task, or why there is none."""
     name = composition.task.name
     if composition.task.name not in envs.TASKS:
-        return None, (f"no jointly trained reference for weights {composition.weights.tolist()}: the joint skill "
-                      f"is trained on the equal-weight task; run with equal weights to compare")
+        return None, (f"no jointly trained reference: the combined task {name!r} is not a registered task "
+                      f"(registered combinations, such as reach+avoid with equal weights, have one)")
     try:
         joint = skills.load(name, library)
     except (UnknownNameError, SkillError):
@@ -197,9 +197,9 @@ def run(spec: str, weights: list[float] | None = None, sampler: str = "amortized
     if joint is not None:
         rows["joint"] = evaluate_row("joint", lambda o: joint.act(o, deterministic), env, episodes, seed,
                                      joint.manifest["env_steps"], joint.manifest["wall_time_s"])
-    for part in composition.parts:
-        rows[part.name] = evaluate_row(part.name, lambda o, p=part: p.act(o, deterministic), env, episodes, seed,
-                                       part.manifest["env_steps"], part.manifest["wall_time_s"])
+    for label, part in zip(composition.labels, composition.parts):
+        rows[label] = evaluate_row(label, lambda o, p=part: p.act(o, deterministic), env, episodes, seed,
+                                   part.manifest["env_steps"], part.manifest["wall_time_s"])
     env.close()
 
     # the bound, on the composed policy's own (s, a) pairs
@@ -227,7 +227,8 @@ def run(spec: str, weights: list[float] | None = None, sampler: str = "amortized
                        figures["bound_episode"], f"{composition.name}: first evaluation episode (seed {seed})")
     gaps = gap_on_states(composition.q, obs.numpy()[:2000], 256, seed)
     state = obs.numpy()[int(np.argmax(gaps))]
-    panels = {f"Q_{p.name}": q_grid(p.agent.q, state, composition.act_dim) for p in composition.parts}
+    panels = {f"Q_{label}": q_grid(p.agent.q, state, composition.act_dim)
+              for label, p in zip(composition.labels, composition.parts)}
     panels["Q_w (composed)"] = q_grid(composition.q, state, composition.act_dim)
     if joint is not None:
         panels["Q_joint"] = q_grid(joint.agent.q, state, composition.act_dim)
@@ -246,12 +247,13 @@ def run(spec: str, weights: list[float] | None = None, sampler: str = "amortized
         "sampler": sampler, "deterministic": deterministic,
         "composed": rows["composed"],
         "joint": rows.get("joint", {"note": joint_note}),
-        "constituents": {p.name: rows[p.name] for p in composition.parts},
+        "constituents": {label: rows[label] for label in composition.labels},
         "bound": bound,
         "build": {"cached": built.cached, "cache": built.info.get("cache"),
                   "sampler_wall_time_s": round(built.build_wall_time_s, 2),
                   "load_wall_time_s": round(built.load_wall_time_s, 3)},
-        "skills": {p.name: str(p.path) for p in composition.parts} | ({"joint": str(joint.path)} if joint else {}),
+        "skills": {label: str(p.path) for label, p in zip(composition.labels, composition.parts)}
+        | ({"joint": str(joint.path)} if joint else {}),
         "figures": {k: str(v) for k, v in figures.items()},
         "env_kwargs": {k: str(v) for k, v in env_kwargs.items()},
     }

@@ -74,11 +74,19 @@ def headless() -> bool:
     return not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
 
 
+UNAVAILABLE_REASON = ""  # why no backend was chosen on a headless machine (for the error message)
+
+
 def choose_backend() -> str | None:
     """Set ``MUJOCO_GL`` for this process if needed and return the backend in use."""
+    global UNAVAILABLE_REASON
     if os.environ.get("MUJOCO_GL"):
         return os.environ["MUJOCO_GL"]
-    if not headless() or "mujoco" in sys.modules:
+    if not headless():
+        return None
+    if "mujoco" in sys.modules:
+        UNAVAILABLE_REASON = ("mujoco (or dm_control) was imported before envs, too late to choose a backend: "
+                              "import envs first, or set MUJOCO_GL=egl (or osmesa) before starting Python")
         return None
     cache = _read_cache()
     backend = cache.get(_cache_key())
@@ -88,6 +96,7 @@ def choose_backend() -> str | None:
         _write_cache(cache)
     if backend == "disabled":
         # Physics still works; rendering raises RenderingUnavailable with RENDER_INSTALL_HINT.
+        UNAVAILABLE_REASON = "no display, and neither EGL nor OSMesa could create a context.\n" + RENDER_INSTALL_HINT
         return None
     os.environ["MUJOCO_GL"] = backend
     os.environ.setdefault("PYOPENGL_PLATFORM", backend)

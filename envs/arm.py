@@ -29,7 +29,7 @@ import gymnasium as gym
 import numpy as np
 
 from .core import EpisodeTracker, Family, Task
-from .rendering import SceneRenderer
+from .rendering import MujocoRendering
 
 EE_POS = slice(0, 3)
 EE_VEL = slice(3, 6)
@@ -182,7 +182,7 @@ class Arm(Protocol):
         """Move the drawn target and obstacle (world coordinates)."""
 
 
-class ArmTaskEnv(gym.Env):
+class ArmTaskEnv(MujocoRendering, gym.Env):
     """A task of the arm family on any ``Arm`` (Fetch by default)."""
 
     metadata = {"render_modes": ["human", "rgb_array"], "render_fps": 25}
@@ -209,7 +209,6 @@ class ArmTaskEnv(gym.Env):
         self.target = np.zeros(3)
         self.obstacle = np.zeros(3)
         self.obstacle_blocks_path = False
-        self._renderer: SceneRenderer | None = None
         self._size = (width, height)
 
     # named queries, workspace frame
@@ -246,18 +245,8 @@ class ArmTaskEnv(gym.Env):
             self.render()
         return obs, reward, False, False, info
 
-    def render(self):
-        if self.render_mode is None:
-            gym.logger.warn("render() called without a render_mode; pass render_mode='rgb_array'.")
-            return None
-        if self._renderer is None:
-            self._renderer = SceneRenderer(self.arm.model, self.arm.data, self.arm.camera, *self._size)
-        return self._renderer.render(self.render_mode)
-
-    def close(self):
-        if self._renderer is not None:
-            self._renderer.close()
-            self._renderer = None
+    def _scene(self):
+        return self.arm.model, self.arm.data, self.arm.camera
 
 
 def make_arm(arm: Any, ee_site: str | None, width: int, height: int, **kwargs: Any) -> Arm:

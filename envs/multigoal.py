@@ -95,8 +95,13 @@ class MultiGoalEnv(gym.Env):
 
         w, h = self.size
         img = np.full((h, w, 3), 255, np.uint8)
-        to_px = lambda p: (int((p[0] + BOUND) / (2 * BOUND) * (w - 1)), int((BOUND - p[1]) / (2 * BOUND) * (h - 1)))  # noqa: E731
-        radius = int(GOAL_RADIUS / (2 * BOUND) * w)
+        side = min(w, h)  # a square view of [-BOUND, BOUND]^2, centred
+        scale = (side - 1) / (2 * BOUND)
+
+        def to_px(p: np.ndarray) -> tuple[int, int]:
+            return int((w - side) / 2 + (p[0] + BOUND) * scale), int((h - side) / 2 + (BOUND - p[1]) * scale)
+
+        radius = int(GOAL_RADIUS * scale)
         for goal in GOALS:
             cv2.circle(img, to_px(goal), radius, (60, 170, 60), -1)
         for a, b in zip(self.path[:-1], self.path[1:]):

@@ -32,7 +32,7 @@ import mujoco
 import numpy as np
 
 from .core import EpisodeTracker, Family, Task
-from .rendering import SceneRenderer
+from .rendering import MujocoRendering
 
 JOINT_COS = slice(0, 3)
 JOINT_SIN = slice(3, 6)
@@ -244,7 +244,7 @@ def show_goals_of(task: Task, model: mujoco.MjModel) -> None:
         model.geom("goal_point").rgba[3] = 0.0
 
 
-class PusherEnv(gym.Env):
+class PusherEnv(MujocoRendering, gym.Env):
     """A task of the pusher family: same arm, puck and dynamics for every task."""
 
     metadata = {"render_modes": ["human", "rgb_array"], "render_fps": int(round(1.0 / LAYOUT.dt))}
@@ -268,7 +268,6 @@ class PusherEnv(gym.Env):
         self.observation_space = gym.spaces.Box(-np.inf, np.inf, shape=(OBS_DIM,), dtype=np.float32)
         self.action_space = gym.spaces.Box(-1.0, 1.0, shape=(ACTION_DIM,), dtype=np.float32)
         self._obs = np.zeros(OBS_DIM)
-        self._renderer: SceneRenderer | None = None
         self._size = (width, height)
 
     def _observe(self) -> np.ndarray:
@@ -308,15 +307,5 @@ class PusherEnv(gym.Env):
             self.render()
         return obs, reward, False, False, info
 
-    def render(self):
-        if self.render_mode is None:
-            gym.logger.warn("render() called without a render_mode; pass render_mode='rgb_array'.")
-            return None
-        if self._renderer is None:
-            self._renderer = SceneRenderer(self.model, self.data, CAMERA, *self._size)
-        return self._renderer.render(self.render_mode)
-
-    def close(self):
-        if self._renderer is not None:
-            self._renderer.close()
-            self._renderer = None
+    def _scene(self):
+        return self.model, self.data, CAMERA

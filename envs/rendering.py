@@ -6,6 +6,7 @@ import os
 
 import numpy as np
 
+from . import _gl
 from ._gl import RENDER_INSTALL_HINT, headless
 
 
@@ -16,7 +17,7 @@ class RenderingUnavailable(RuntimeError):
 def check_backend() -> None:
     """Raise ``RenderingUnavailable`` with install instructions if frames cannot be made."""
     if headless() and not os.environ.get("MUJOCO_GL"):
-        raise RenderingUnavailable("no display and no working EGL or OSMesa.\n" + RENDER_INSTALL_HINT)
+        raise RenderingUnavailable(_gl.UNAVAILABLE_REASON or ("no display and no MUJOCO_GL.\n" + RENDER_INSTALL_HINT))
 
 
 class SceneRenderer:
@@ -70,3 +71,33 @@ class SceneRenderer:
         if self._window is not None:
             self._window.close()
             self._window = None
+
+
+class MujocoRendering:
+    """``render()`` and ``close()`` for a ``gymnasium.Env`` that draws one MuJoCo scene.
+
+    The env sets ``render_mode`` and ``_size = (width, height)`` and implements ``_scene()``
+    returning ``(model, data, camera)``; the renderer is created on the first frame.
+    """
+
+    render_mode: str | None
+    _size: tuple[int, int]
+    _renderer: SceneRenderer | None = None
+
+    def _scene(self) -> tuple:
+        raise NotImplementedError
+
+    def render(self):
+        if self.render_mode is None:
+            import gymnasium as gym
+
+            gym.logger.warn("render() called without a render_mode; pass render_mode='rgb_array'.")
+            return None
+        if self._renderer is None:
+            self._renderer = SceneRenderer(*self._scene(), *self._size)
+        return self._renderer.render(self.render_mode)
+
+    def close(self):
+        if self._renderer is not None:
+            self._renderer.close()
+            self._renderer = None

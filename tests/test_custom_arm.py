@@ -1,0 +1,217 @@
+"""Custom arms (envs.custom_arm): the example 3-link arm under the Fetch task contract.
+
+Tracking: per step, the end effector should move by ``MAX_DISPLACEMENT * a``. The Fetch mocap
+lags (about 2 cm per step measured); the DLS controller on position servos should do better
+and stay below 0.5 cm (about 0.2 cm measured).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import envs  # first: it picks the headless GL backend before anything imports mujoco
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+from dm_control import mjcf  # noqa: E402
+from gymnasium.utils.env_checker import check_env  # noqa: E402
+
+from envs.arm import MAX_DISPLACEMENT, OBSTACLE_REL, TARGET_REL  # noqa: E402
+from envs.custom_arm import CustomArm  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+ARM_XML = str(ROOT / "examples" / "arm" / "three_link_arm.xml")
+TRACKING_LIMIT = 0.005  # m: mean per-step |actual - commanded| EE displacement (0.2 cm measured)
+
+
+def make_custom(**kwargs):
+    return envs.make("reach+avoid", arm=ARM_XML, ee_site="ee", **kwargs)
+
+
+def tracking_error(arm, actions: np.ndarray) -> float:
+    """Mean over steps of ``|p_after - p_before - MAX_DISPLACEMENT * a|`` (m); actions [episodes, steps, 3]."""
+    errors = []
+    for episode in actions:
+        arm.reset()
+        for action in episode:
+            before = arm.ee_position()
+            arm.move_ee(action)
+            errors.append(np.linalg.norm(arm.ee_position() - before - MAX_DISPLACEMENT * action))
+    return float(np.mean(errors))
+
+
+def tracking_actions() -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(0)
+    directions = rng.normal(size=(8, 3))
+    directions /= np.abs(directions).max(axis=1, keepdims=True)  # one component at |a| = 1
+    return {
+        "random": rng.uniform(-1, 1, size=(5, 20, 3)),  # random walks from the start pose
+        "constant": np.repeat(directions[:, None], 4, axis=1),  # 4 full-speed steps each way
+    }
+
+
+def test_tracking_error_is_below_half_a_cm_and_fetchs():
+    from envs.fetch import FetchArm
+
+    custom, fetch = CustomArm(ARM_XML, ee_site="ee"), FetchArm()
+    for kind, actions in tracking_actions().items():
+        custom_error, fetch_error = tracking_error(custom, actions), tracking_error(fetch, actions)
+        print(f"{kind}: tracking error custom {custom_error * 100:.2f} cm, Fetch {fetch_error * 100:.2f} cm")
+        assert custom_error < TRACKING_LIMIT
+        assert custom_error < fetch_error
+
+
+def test_zero_action_holds_the_end_effector():
+    """Gravity compensation: the position servos do not sag, so a = 0 keeps the EE in place."""
+    arm = CustomArm(ARM_XML, ee_site="ee")
+    arm.move_ee(np.array([1.0, -1.0, 0.5]))
+    arm.move_ee(np.zeros(3))
+    start = arm.ee_position()
+    for _ in range(25):
+        arm.move_ee(np.zeros(3))
+    assert np.linalg.norm(arm.ee_position() - start) < 1e-3
+    assert np.linalg.norm(arm.ee_velocity()) < 1e-3
+
+
+def test_ee_velocity_is_the_world_frame_site_velocity():
+    import mujoco
+
+    arm = CustomArm(ARM_XML, ee_site="ee")
+    arm.move_ee(np.array([0.3, -1.0, 0.6]))
+    position, velocity = arm.ee_position(), arm.ee_velocity()
+    assert np.linalg.norm(velocity) > 0.05  # still moving at the end of the step
+    timestep = arm.model.opt.timestep
+    mujoco.mj_step(arm.model, arm.data)
+    mujoco.mj_forward(arm.model, arm.data)
+    finite_difference = (arm.ee_position() - position) / timestep
+    assert np.linalg.norm(finite_difference - velocity) < 0.1 * np.linalg.norm(velocity)
+
+
+def test_reset_puts_ee_at_the_workspace_origin():
+    origin = np.array([0.4, 0.1, 0.35])
+    env = make_custom(workspace_origin=origin)
+    obs, _ = env.reset(seed=0)
+    np.testing.assert_allclose(env.unwrapped.arm.workspace_origin, origin)
+    np.testing.assert_allclose(obs[:6], 0.0, atol=1e-4)  # EE at the origin, at rest
+    env.close()
+
+
+def test_check_env():
+    env = make_custom()
+    check_env(env.unwrapped, skip_render_check=True)
+    env.close()
+
+
+def test_seeded_reset_is_reproducible():
+    actions = np.random.default_rng(0).uniform(-1, 1, size=(20, 3))
+
+    def rollout(seed: int) -> np.ndarray:
+        env = make_custom()
+        observations = [env.reset(seed=seed)[0]]
+        observations += [env.step(a)[0] for a in actions]
+        env.close()
+        return np.array(observations)
+
+    first, second, other = rollout(3), rollout(3), rollout(4)
+    np.testing.assert_array_equal(first, second)
+    assert not np.array_equal(first[0], other[0])
+
+
+def test_spaces_and_scene_equal_the_fetch_task():
+    custom, fetch = make_custom(), envs.make("reach+avoid")
+    assert custom.observation_space == fetch.observation_space
+    assert custom.action_space == fetch.action_space
+    custom_obs, custom_info = custom.reset(seed=5)
+    fetch_obs, fetch_info = fetch.reset(seed=5)
+    assert custom_obs.shape == fetch_obs.shape and custom_obs.dtype == fetch_obs.dtype
+    relative = slice(TARGET_REL.start, OBSTACLE_REL.stop)  # target and obstacle minus EE: same scene
+    np.testing.assert_allclose(custom_obs[relative], fetch_obs[relative], atol=1e-3)
+    np.testing.assert_array_equal(custom_info["target"], fetch_info["target"])
+    custom_info_step = custom.step(np.zeros(3))[-1]
+    assert set(custom_info_step) == set(fetch.step(np.zeros(3))[-1])
+    custom.close()
+    fetch.close()
+
+
+def test_straight_line_reaches_and_collides_about_half_the_time():
+    env = make_custom()
+    reached, collided = 0, 0
+    for seed in range(20):
+        obs, _ = env.reset(seed=seed)
+        hit = False
+        for _ in range(50):
+            obs, _, _, truncated, info = env.step(np.clip(obs[TARGET_REL] / MAX_DISPLACEMENT, -1, 1))
+            hit |= info["collision"]
+            if truncated:
+                break
+        reached += info["checks"]["at_target"]
+        collided += hit
+    env.close()
+    assert reached >= 18 and 5 <= collided <= 15
+
+
+def test_missing_site_lists_available_sites():
+    with pytest.raises(ValueError) as err:
+        envs.make("reach+avoid", arm=ARM_XML, ee_site="gripper")
+    assert "'gripper'" in str(err.value) and "'ee'" in str(err.value)
+
+
+@pytest.mark.parametrize("name", ["arm/ee", "three_link_arm/ee"])
+def test_prefixed_site_names_are_accepted(name):
+    plain, prefixed = CustomArm(ARM_XML, ee_site="ee"), CustomArm(ARM_XML, ee_site=name)
+    np.testing.assert_array_equal(plain.ee_position(), prefixed.ee_position())
+
+
+def test_unreachable_workspace_raises_a_clear_error():
+    with pytest.raises(ValueError, match=r"cannot reach workspace_origin=.*workspace_origin"):
+        CustomArm(ARM_XML, ee_site="ee", workspace_origin=(2.0, 0.0, 0.3))
+    short = mjcf.from_path(ARM_XML)  # forearm and upper arm cut to 0.15 m: 0.3 m reach
+    short.find("body", "forearm").pos = (0, 0, 0.15)
+    short.find("geom", "upper_arm").fromto = (0, 0, 0, 0, 0, 0.15)
+    short.find("site", "ee").pos = (0, 0, 0.15)
+    with pytest.raises(ValueError, match=r"cannot reach the task workspace.*out of reach: \(") as err:
+        CustomArm(short, ee_site="ee")
+    assert "workspace_origin=" in str(err.value) and "cm short" in str(err.value)
+
+
+def test_arm_without_position_actuators_raises():
+    arm = mjcf.from_path(ARM_XML)
+    arm.find("actuator", "elbow").remove()
+    arm.find("key", "home").ctrl = (0.0, 0.712)
+    with pytest.raises(ValueError, match=r"\['arm/elbow'\].*no joint position actuator"):
+        CustomArm(arm, ee_site="ee")
+
+
+def test_mjcf_element_is_used_and_not_mutated():
+    arm = mjcf.from_path(ARM_XML)
+    before = arm.to_xml_string()
+    env = envs.make("reach+avoid", arm=arm, ee_site="ee")
+    env.reset(seed=0)
+    env.step(np.ones(3))
+    again = envs.make("reach+avoid", arm=arm, ee_site="ee")  # the same element builds twice
+    assert arm.to_xml_string() == before and arm.model == "three_link_arm"
+    assert env.unwrapped.arm.model.nu == again.unwrapped.arm.model.nu == 3
+    env.close()
+    again.close()
+
+
+@pytest.mark.render
+def test_render_is_not_blank():
+    env = make_custom(render_mode="rgb_array", width=160, height=120)
+    env.reset(seed=0)
+    env.step(env.action_space.sample())
+    frame = env.render()
+    env.close()
+    assert frame.shape == (120, 160, 3) and frame.dtype == np.uint8
+    assert frame.std() > 10
+
+
+@pytest.mark.render
+def test_example_script_runs(tmp_path):
+    frame = tmp_path / "frame.png"
+    done = subprocess.run([sys.executable, str(ROOT / "examples" / "custom_arm.py"), "--episodes", "2",
+                           "--frame", str(frame)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "reached" in done.stdout and frame.stat().st_size > 1000
