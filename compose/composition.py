@@ -53,12 +53,12 @@ def check_compatible(parts: Sequence[skills.Skill]) -> None:
         "alpha": lambda s: s.alpha,
     }
     for label, get in fields.items():
-        values = {s.name: get(s) for s in parts}
-        if len(set(values.values())) > 1:
-            detail = ", ".join(f"{name}: {value}" for name, value in values.items())
+        values = [(s.name, get(s)) for s in parts]  # a list: two versions of one skill share a name
+        if len({value for _, value in values}) > 1:
+            detail = ", ".join(f"{name}: {value}" for name, value in values)
             raise IncompatibleSkillsError(f"cannot compose skills with different {label} ({detail})")
-    depths = {s.name: len(s.agent.config.hidden) for s in parts}
-    if len(set(depths.values())) > 1:
+    depths = [(s.name, len(s.agent.config.hidden)) for s in parts]
+    if len({depth for _, depth in depths}) > 1:
         raise IncompatibleSkillsError(f"cannot batch Q-networks of different depth: {depths}")
 
 

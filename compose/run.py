@@ -181,6 +181,7 @@ def run(spec: str, weights: list[float] | None = None, sampler: str = "amortized
         sampler_cfg: SamplerConfig = SamplerConfig(), bound_cfg: BoundConfig = BoundConfig()) -> dict:
     """Build, run and report a composition; returns the report dict (also written to ``out``)."""
     started = time.perf_counter()
+    torch.manual_seed(seed)  # constituents and the joint skill sample from torch's global generator
     env_kwargs = dict(env_kwargs or {})
     composition = load(spec, weights, library)
     out = Path(out) if out else Path("runs") / "compose" / f"{composition.name}-{time.strftime('%Y%m%d-%H%M%S')}"

@@ -107,8 +107,8 @@ class SoftQLearning:
         sampler_loss = self.sampler_loss(batch["obs"])
         if not (torch.isfinite(q_loss) and torch.isfinite(sampler_loss)):
             raise TrainingDiverged(
-                f"non-finite loss at update {self.updates} (q_loss={float(q_loss)}, "
-                f"sampler_loss={float(sampler_loss)}); try a larger alpha or a smaller learning rate")
+                f"non-finite loss at update {self.updates} (q_loss={float(q_loss.detach())}, "
+                f"sampler_loss={float(sampler_loss.detach())}); try a larger alpha or a smaller learning rate")
         self.q_optimizer.zero_grad(set_to_none=True)
         q_loss.backward()
         self.q_optimizer.step()

@@ -12,6 +12,8 @@ import json
 import sys
 from pathlib import Path
 
+import torch
+
 import envs
 from envs.core import UnknownNameError
 from envs.video import VideoWriter, draw_text, overlay_lines
@@ -44,6 +46,7 @@ def evaluate_skill(skill_name: str, task: str | None = None, episodes: int = 100
 
     if skill_name == RANDOM:
         return evaluate_random(task, episodes, seed, render)
+    torch.manual_seed(seed)  # sampler draws come from torch's global generator
     skill = load(skill_name, library)
     task_name = task or skill.task
     if envs.get_task(task_name).family.name != skill.manifest["family"]:
@@ -66,6 +69,21 @@ def evaluate_skill(skill_name: str, task: str | None = None, episodes: int = 100
     return metrics
 
 
+def plot_trajectories(skill_name: str, library: str | None, episodes: int, seed: int, deterministic: bool,
+                      path: str | Path) -> Path:
+    """Trajectories of a multigoal skill over the four goals (PNG), with per-goal counts."""
+    from .plots import multigoal_rollouts, plot_multigoal
+
+    torch.manual_seed(seed)
+    skill = load(skill_name, library)
+    if skill.manifest["family"] != "multigoal":
+        raise ValueError("--plot draws multigoal trajectories; this skill is not a multigoal skill")
+    paths, goals = multigoal_rollouts(lambda o: skill.act(o, deterministic), episodes, seed)
+    mode = "best of 32 samples" if deterministic else "sampled actions"
+    plot_multigoal(paths, goals, path, f"{skill.name}: {episodes} episodes, {mode}")
+    return Path(path)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m skills.evaluate", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -80,6 +98,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="write a video (default path: runs/eval/<skill>-<task>.mp4)")
     parser.add_argument("--library", help="library directory (default: trained/)")
     parser.add_argument("--json", metavar="PATH", help="also write the metrics as JSON")
+    parser.add_argument("--plot", metavar="PNG", help="multigoal skills: plot the evaluated trajectories and the "
+                        "goal each reached")
     args = parser.parse_args(argv)
     render = args.render
     if render == "auto":
@@ -100,6 +120,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  episode length   {m['episode_length']:.1f}")
     if "video" in m:
         print(f"video: {m['video']}")
+    if args.plot:
+        print(f"plot: {plot_trajectories(args.skill, args.library, args.episodes, args.seed, not args.stochastic, args.plot)}")
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(m, indent=2))

@@ -26,15 +26,22 @@ def train(task: str, steps: int, library: Path, seed: int = 0) -> skills.Skill:
 
 
 def test_multigoal_samples_reach_all_four_goals(tmp_path):
-    skill = train("multigoal", 6000, tmp_path)
+    """Sampled episodes keep all four goals (multimodal) and beat random actions clearly.
+
+    Random actions also wander into goals (about 30% of episodes), so the bars are relative.
+    """
+    rng = np.random.default_rng(0)
+    random_paths, random_goals = multigoal_rollouts(lambda o: rng.uniform(-1, 1, 2), episodes=100, seed=0)
+    skill = train("multigoal", 8000, tmp_path)
     paths, goals = multigoal_rollouts(lambda o: skill.act(o), episodes=100, seed=0)
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     figure = ARTIFACTS / "multigoal_trajectories.png"
-    plot_multigoal(paths, goals, figure, "SQL multigoal, 6000 steps: 100 sampled episodes")
+    plot_multigoal(paths, goals, figure, "SQL multigoal, 8000 steps: 100 sampled episodes")
     counts = np.bincount(goals[goals >= 0], minlength=4)
     assert figure.stat().st_size > 10_000
-    assert np.all(counts >= 5), counts  # every goal is reached by some sampled episodes
-    assert np.mean(goals >= 0) >= 0.6, counts
+    assert np.all(counts >= 8), counts  # every goal is reached by a fair share of sampled episodes
+    assert np.mean(goals >= 0) >= np.mean(random_goals >= 0) + 0.3, (counts, np.bincount(random_goals + 1))
+    assert np.mean([len(p) for p in paths]) < np.mean([len(p) for p in random_paths]) - 5  # goes, not wanders
 
 
 def test_reach_clearly_learns_within_a_short_budget(tmp_path):

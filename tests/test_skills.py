@@ -231,3 +231,12 @@ def test_clis_have_help(module):
 
     done = subprocess.run([sys.executable, "-m", module, "--help"], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and "usage" in done.stdout
+
+
+def test_stochastic_evaluation_is_reproducible(library):
+    from skills.evaluate import evaluate_skill
+
+    first = evaluate_skill("multigoal", episodes=3, deterministic=False, library=str(library))
+    second = evaluate_skill("multigoal", episodes=3, deterministic=False, library=str(library))
+    assert first["return_mean"] == second["return_mean"]
+    assert first["term_returns"] == second["term_returns"]
