@@ -14,6 +14,7 @@ import contextlib
 import io
 import json
 import warnings
+from pathlib import Path
 
 import envs  # sets MUJOCO_GL before mujoco is imported
 import gymnasium as gym
@@ -78,6 +79,7 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"{name:24s} min {r['min']:8.1f}  median {r['median']:8.1f}")
     print(f"{'env_ratio (median)':24s} {result['env_ratio']:.3f}   (min/min {result['env_ratio_min']:.3f})")
     if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         with open(args.json, "w") as f:
             json.dump(result, f, indent=2)
         print(f"wrote {args.json}")
