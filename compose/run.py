@@ -204,7 +204,6 @@ def run(spec: str, weights: list[float] | None = None, sampler: str = "amortized
     env.close()
 
     # the bound, on the composed policy's own (s, a) pairs
-    episode_len = composition.task.family.horizon
     obs = torch.as_tensor(np.stack([p[0] for p in pairs[:MAX_BOUND_PAIRS]]))
     act = torch.as_tensor(np.stack([p[1] for p in pairs[:MAX_BOUND_PAIRS]]))
     with torch.no_grad():
@@ -220,12 +219,17 @@ def run(spec: str, weights: list[float] | None = None, sampler: str = "amortized
                   "mean_Q_w": float(np.mean(q_w)), "note": joint_note}
 
     # figures
-    figures = {}
-    n_first = min(episode_len, len(q_w))
-    first_len = int(rows["composed"]["episode_length"]) if episodes == 1 else n_first
-    figures["bound_episode"] = out / "bound_episode.png"
-    plot_episode_bound(q_w[:first_len], c[:first_len], None if q_joint is None else q_joint[:first_len],
-                       figures["bound_episode"], f"{composition.name}: first evaluation episode (seed {seed})")
+    figures = {"bound_episode": out / "bound_episode.png"}
+    episode: list = []
+    env = envs.make_task_env(composition.task, **env_kwargs)
+    run_episodes(env, record_pairs(policy, episode), 1, seed)
+    env.close()
+    e_obs, e_act = (np.stack([p[i] for p in episode]) for i in (0, 1))
+    with torch.no_grad():
+        e_qw = composition.q(torch.as_tensor(e_obs), torch.as_tensor(e_act)).numpy()
+        e_c = built.correction(torch.as_tensor(e_obs), torch.as_tensor(e_act)).numpy()
+    e_qj = joint.q(e_obs, e_act) if joint is not None else None
+    plot_episode_bound(e_qw, e_c, e_qj, figures["bound_episode"], f"{composition.name}: one composed episode (seed {seed})")
     gaps = gap_on_states(composition.q, obs.numpy()[:2000], 256, seed)
     state = obs.numpy()[int(np.argmax(gaps))]
     panels = {f"Q_{label}": q_grid(p.agent.q, state, composition.act_dim)

@@ -210,9 +210,7 @@ def write_skill(path: Path, agent: SoftQLearning, manifest: dict, transitions: d
             shutil.copyfile(src, stage / name)
     manifest = dict(manifest, format=FORMAT, format_version=FORMAT_VERSION,
                     files={name: sha256_file(stage / name) for name in (WEIGHTS, TRANSITIONS)})
-    tmp_manifest = stage / (MANIFEST + ".tmp")
-    tmp_manifest.write_text(json.dumps(manifest, indent=2, sort_keys=False))
-    os.replace(tmp_manifest, stage / MANIFEST)
+    (stage / MANIFEST).write_text(json.dumps(manifest, indent=2))  # the stage is not visible yet
     return publish_directory(stage, path)
 
 
@@ -238,6 +236,16 @@ def publish_directory(stage: Path, path: Path) -> Path:
     else:
         os.rename(stage, path)
     return path
+
+
+def update_manifest(path: Path, **fields) -> dict:
+    """Set ``fields`` in a skill's manifest (atomic replace); the checksummed files are untouched."""
+    file = Path(path) / MANIFEST
+    manifest = _read_manifest(Path(path)) | fields
+    tmp = file.with_suffix(".tmp")
+    tmp.write_text(json.dumps(manifest, indent=2))
+    os.replace(tmp, file)
+    return manifest
 
 
 # ---- reading --------------------------------------------------------------------------------

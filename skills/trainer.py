@@ -16,7 +16,7 @@ import envs
 from .agent import SoftQLearning, SQLConfig, TrainingDiverged
 from .buffer import ReplayBuffer
 from .evaluation import run_episodes
-from .library import library_versions, next_version_dir, read_skill, space_record, write_skill
+from .library import library_versions, next_version_dir, read_skill, space_record, update_manifest, write_skill
 from .plots import plot_learning_curve
 from .progress import progress_bar
 
@@ -204,7 +204,7 @@ class Trainer:
                 kept = f"the last good checkpoint is {self.path} ({self.history[-1]['env_steps']} steps)" \
                     if self.path.exists() else "no checkpoint had been written yet"
                 if self.path.exists():
-                    self._mark(status="diverged", error=str(err))
+                    update_manifest(self.path, status="diverged", error=str(err))
                 raise TrainingDiverged(f"{err}. Training stopped; {kept}.") from err
             finally:
                 bar.close()
@@ -216,14 +216,3 @@ class Trainer:
         self.checkpoint("complete", total, wall, final)
         self.log_path.unlink(missing_ok=True)
         return TrainResult(self.path, final, total, wall, self.history)
-
-    def _mark(self, **fields) -> None:
-        """Update fields of the last checkpoint's manifest (atomically)."""
-        import json
-        import os
-
-        file = self.path / "manifest.json"
-        manifest = json.loads(file.read_text()) | fields
-        tmp = file.with_suffix(".tmp")
-        tmp.write_text(json.dumps(manifest, indent=2))
-        os.replace(tmp, file)

@@ -2,7 +2,6 @@
 
 import numpy as np
 import pytest
-from gymnasium.utils.env_checker import check_env
 
 import envs
 from envs.pusher import (
@@ -74,13 +73,6 @@ def scripted_episode(env, seed: int, axes: np.ndarray) -> tuple[np.ndarray, np.n
         action = push_action(obs, to_goal) if remaining > 0.02 else np.zeros(3, np.float32)
         obs, _, _, _, info = env.step(action)
     return start, obs[PUCK_POS].copy(), info
-
-
-@pytest.mark.parametrize("name", PUSHER_TASKS)
-def test_check_env(name):
-    env = envs.make(name)
-    check_env(env.unwrapped, skip_render_check=True)
-    env.close()
 
 
 def test_registry_and_spaces():
