@@ -192,8 +192,8 @@ def run(spec: str, weights: list[float] | None = None, sampler: str = "amortized
     env = envs.make_task_env(composition.task, **env_kwargs)
 
     pairs: list = []
-    rows = {"composed": evaluate_row("composed", record_pairs(policy, pairs), env, episodes, seed, 0,
-                                     built.build_wall_time_s)}
+    build_time = 0.0 if sampler == "particles" else built.build_wall_time_s  # particles train nothing
+    rows = {"composed": evaluate_row("composed", record_pairs(policy, pairs), env, episodes, seed, 0, build_time)}
     rows["composed"]["sampler"] = sampler
     if joint is not None:
         rows["joint"] = evaluate_row("joint", lambda o: joint.act(o, deterministic), env, episodes, seed,
