@@ -240,3 +240,18 @@ def test_stochastic_evaluation_is_reproducible(library):
     second = evaluate_skill("multigoal", episodes=3, deterministic=False, library=str(library))
     assert first["return_mean"] == second["return_mean"]
     assert first["term_returns"] == second["term_returns"]
+
+
+@pytest.mark.parametrize("task", ["reach", "push-x", "reach+avoid"])
+def test_every_family_trains_saves_and_loads(tmp_path, task):
+    """A few hundred steps through the real trainer on each MuJoCo family (not a learning test)."""
+    import envs
+
+    sql = replace(TINY_SQL, alpha=0.05, obs_scale=1.0)
+    path = Trainer(task, sql, replace(TINY_RUN, steps=150, eval_interval=150), out=tmp_path).train().path
+    skill = skills.load(path)
+    env = envs.make(task)
+    obs, _ = env.reset(seed=0)
+    action = skill.act(obs)
+    assert action.shape == env.action_space.shape and np.all(np.abs(action) <= 1)
+    assert skill.manifest["family"] == envs.TASKS[task].family.name and skill.manifest["env_steps"] == 150
