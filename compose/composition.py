@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -42,7 +41,6 @@ def check_weights(weights: Sequence[float] | None, n: int) -> np.ndarray:
 
 def check_compatible(parts: Sequence[skills.Skill]) -> None:
     """Refuse skills that do not live in the same MDP with the same temperature."""
-    first = parts[0]
     fields = {
         "task family": lambda s: s.manifest["family"],
         "observation space shape": lambda s: tuple(s.manifest["observation_space"]["shape"]),
@@ -111,10 +109,6 @@ class ComposedQ:
     weights: torch.Tensor  # [N]
     alpha: float
     act_dim: int
-
-    def all(self, obs: torch.Tensor, act: torch.Tensor) -> torch.Tensor:
-        """Every constituent's Q: [N, ...]."""
-        return self.stacked(obs, act)
 
     def __call__(self, obs: torch.Tensor, act: torch.Tensor) -> torch.Tensor:
         """``Q_w(s, a)``: [...]."""
@@ -185,9 +179,6 @@ class Composition:
         """The union of the constituents' stored transitions."""
         keys = self.parts[0].transitions.keys()
         return {k: np.concatenate([s.transitions[k] for s in self.parts]) for k in keys}
-
-    def log_volume(self) -> float:
-        return self.act_dim * math.log(2.0)
 
 
 def load(spec: str | Sequence[str], weights: Sequence[float] | None = None, library: str | None = None,

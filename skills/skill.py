@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any
 
@@ -78,11 +77,6 @@ class Skill:
     def make_env(self, **kwargs: Any) -> gym.Env:
         """The skill's own task (kwargs such as ``arm=``, ``render_mode=`` go to ``envs.make``)."""
         return envs.make(self.task, **{**self.manifest.get("task_kwargs", {}), **kwargs})
-
-    @property
-    def log_volume(self) -> float:
-        """``d log 2``: log-volume of the action box."""
-        return self.act_dim * math.log(2.0)
 
 
 def load(name_or_path: str | Path, library: str | Path | None = None, device: str = "cpu") -> Skill:
