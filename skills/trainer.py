@@ -91,6 +91,39 @@ class Trainer:
             self._resume(resume)
         self.history: list[dict] = []
         self.log_path = self.path.parent / f".{self.path.name}.progress.csv"
+        self.steps_done = 0  # environment steps taken by this run (``step``)
+        self.losses: dict[str, torch.Tensor] = {}
+        self._obs: np.ndarray | None = None
+        self._episode_return = 0.0
+        self._random_episode = False
+
+    def step(self) -> dict | None:
+        """One environment step, stored, then ``updates_per_step`` SQL updates (after warm-up).
+
+        The first call resets the env with the run's seed. Returns ``{"return", "success"}``
+        when the step ended an episode, else None. Raises ``TrainingDiverged``.
+        """
+        sql = self.sql
+        if self._obs is None:
+            self._obs, _ = self.env.reset(seed=self.run.seed)
+        self.steps_done += 1
+        warming_up = self.start_steps == 0 and self.steps_done <= sql.warmup_steps
+        explore = warming_up or self._random_episode
+        action = self.env.action_space.sample() if explore else self.agent.act(self._obs)
+        next_obs, reward, terminated, truncated, info = self.env.step(action)
+        self.buffer.add(self._obs, action, reward, next_obs, terminated)
+        self._episode_return += float(reward)
+        self._obs = next_obs
+        episode = None
+        if terminated or truncated:
+            episode = {"return": self._episode_return, "success": bool(info["is_success"])}
+            self._episode_return = 0.0
+            self._obs, _ = self.env.reset()
+            self._random_episode = sql.random_episodes > 0 and bool(self.rng.uniform() < sql.random_episodes)
+        if not warming_up:
+            for _ in range(sql.updates_per_step):
+                self.losses = self.agent.update(self.buffer.sample(sql.batch_size, self.rng, self.agent.device))
+        return episode
 
     def _resume(self, source: str | Path) -> None:
         from .library import resolve
@@ -139,27 +172,25 @@ class Trainer:
 
     def train(self) -> TrainResult:
         """Run, evaluating and checkpointing every ``eval_interval`` steps."""
-        run, sql = self.run, self.sql
+        run = self.run
         writer = _tensorboard(Path("runs") / "tensorboard" / f"{self.task.name}-{self.path.name}")
         start = time.perf_counter()
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        obs, _ = self.env.reset(seed=run.seed)
-        episode_return, recent_returns, recent_success = 0.0, [], []
-        random_episode = False
+        recent_returns: list[float] = []
+        recent_success: list[bool] = []
         bar = progress_bar(run.steps, run.progress)
         total = self.start_steps
         with open(self.log_path, "w", newline="") as log_file:
             log = csv.DictWriter(log_file, ["env_steps", "wall_time_s", "return_mean", "success_rate",
                                             "collision_rate", "q_loss", "sampler_loss"])
             log.writeheader()
-            losses: dict[str, torch.Tensor] = {}
 
             def record(metrics: dict) -> dict:
                 row = {"env_steps": total, "wall_time_s": round(time.perf_counter() - start, 2),
                        "return_mean": metrics["return_mean"], "success_rate": metrics["success_rate"],
                        "collision_rate": metrics["collision_rate"],
-                       "q_loss": float(losses.get("q_loss", np.nan)),
-                       "sampler_loss": float(losses.get("sampler_loss", np.nan))}
+                       "q_loss": float(self.losses.get("q_loss", np.nan)),
+                       "sampler_loss": float(self.losses.get("sampler_loss", np.nan))}
                 self.history.append(row)
                 log.writerow(row)
                 log_file.flush()
@@ -175,21 +206,10 @@ class Trainer:
             try:
                 for step in range(1, run.steps + 1):
                     total = self.start_steps + step
-                    warm = (self.start_steps == 0 and step <= sql.warmup_steps) or random_episode
-                    action = self.env.action_space.sample() if warm else self.agent.act(obs)
-                    next_obs, reward, terminated, truncated, info = self.env.step(action)
-                    self.buffer.add(obs, action, reward, next_obs, terminated)
-                    episode_return += float(reward)
-                    obs = next_obs
-                    if terminated or truncated:
-                        recent_returns = (recent_returns + [episode_return])[-20:]
-                        recent_success = (recent_success + [bool(info["is_success"])])[-20:]
-                        episode_return = 0.0
-                        obs, _ = self.env.reset()
-                        random_episode = sql.random_episodes > 0 and bool(self.rng.uniform() < sql.random_episodes)
-                    if not (self.start_steps == 0 and step <= sql.warmup_steps):
-                        for _ in range(sql.updates_per_step):
-                            losses = self.agent.update(self.buffer.sample(sql.batch_size, self.rng, self.agent.device))
+                    episode = self.step()
+                    if episode is not None:
+                        recent_returns = (recent_returns + [episode["return"]])[-20:]
+                        recent_success = (recent_success + [episode["success"]])[-20:]
                     bar.update(1)
                     if step % 250 == 0 and recent_returns:
                         bar.set_postfix(ret=f"{np.mean(recent_returns):.2f}",
