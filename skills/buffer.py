@@ -18,7 +18,9 @@ class ReplayBuffer:
         self.reward = np.zeros(self.capacity, np.float32)
         self.next_obs = np.zeros((self.capacity, obs_dim), np.float32)
         self.terminated = np.zeros(self.capacity, np.float32)
+        self.ids = np.full(self.capacity, -1, np.int64)  # insertion count of each slot's transition
         self.size = 0
+        self.added = 0
         self._next = 0
 
     def __len__(self) -> int:
@@ -28,6 +30,8 @@ class ReplayBuffer:
         i = self._next
         self.obs[i], self.action[i], self.reward[i] = obs, action, reward
         self.next_obs[i], self.terminated[i] = next_obs, float(terminated)
+        self.ids[i] = self.added
+        self.added += 1
         self._next = (i + 1) % self.capacity
         self.size = min(self.size + 1, self.capacity)
 
@@ -37,9 +41,14 @@ class ReplayBuffer:
             self.add(*(data[k][j] for k in FIELDS))
 
     def sample(self, batch_size: int, rng: np.random.Generator, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
-        """A uniform minibatch as float32 tensors keyed by ``FIELDS``."""
+        """A uniform minibatch: float32 tensors keyed by ``FIELDS``, plus int64 ``index`` (slot)
+        and ``id`` (which transition: slots are reused once the ring wraps), which let the agent
+        cache per-transition quantities."""
         idx = rng.integers(0, self.size, size=batch_size)
-        return {k: torch.from_numpy(getattr(self, k)[idx]).to(device) for k in FIELDS}
+        batch = {k: torch.from_numpy(getattr(self, k)[idx]).to(device) for k in FIELDS}
+        batch["index"] = torch.from_numpy(idx).to(device)
+        batch["id"] = torch.from_numpy(self.ids[idx]).to(device)
+        return batch
 
     def subsample(self, n: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
         """Up to ``n`` distinct stored transitions (numpy), e.g. to ship with a skill."""

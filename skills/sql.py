@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -32,6 +33,16 @@ def mlp(in_dim: int, hidden: tuple[int, ...], out_dim: int) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
+def split_first_layer(layer: nn.Linear, state: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """``layer(cat([state, x]))`` without building the concatenation: ``W_s state + W_x x + b``.
+
+    state [..., 1 or K, s] broadcasts against x [..., K, d], so a state's projection is computed
+    once for all of its K actions (or noise draws): [..., K, width].
+    """
+    n = state.shape[-1]
+    return F.linear(state, layer.weight[:, :n], layer.bias) + F.linear(x, layer.weight[:, n:])
+
+
 class SoftQNetwork(nn.Module):
     """``Q(s, a)``: obs [..., obs_dim], act [..., act_dim] -> [...]. Inputs scaled by ``obs_scale``."""
 
@@ -41,8 +52,8 @@ class SoftQNetwork(nn.Module):
         self.register_buffer("obs_scale", torch.ones(obs_dim) if obs_scale is None else obs_scale.float().clone())
 
     def forward(self, obs: torch.Tensor, act: torch.Tensor) -> torch.Tensor:
-        obs = (obs * self.obs_scale).expand(*act.shape[:-1], obs.shape[-1])
-        return self.net(torch.cat([obs, act], dim=-1)).squeeze(-1)
+        """obs [..., obs_dim] broadcast against act [..., d] (e.g. obs [B, 1, o] with act [B, K, d])."""
+        return self.net[1:](split_first_layer(self.net[0], obs * self.obs_scale, act)).squeeze(-1)
 
 
 class SamplerNetwork(nn.Module):
@@ -62,8 +73,7 @@ class SamplerNetwork(nn.Module):
 
     def forward(self, obs: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         """Pre-tanh particles: obs [B, obs_dim], noise [B, K, d] -> u [B, K, d]."""
-        obs = (obs * self.obs_scale).unsqueeze(-2).expand(*noise.shape[:-1], obs.shape[-1])
-        return noise + self.net(torch.cat([obs, noise], dim=-1))
+        return noise + self.net[1:](split_first_layer(self.net[0], (obs * self.obs_scale).unsqueeze(-2), noise))
 
     def sample(self, obs: torch.Tensor, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """Actions ``tanh(f(s, xi))``: obs [B, obs_dim] -> [B, n, d]."""

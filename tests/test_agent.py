@@ -1,0 +1,100 @@
+"""The SQL learner's update machinery: the per-period target-value cache and the buffer ids it relies on."""
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+
+from skills.agent import SoftQLearning, SQLConfig, TargetValueCache
+from skills.buffer import ReplayBuffer
+
+
+def filled_buffer(n: int, capacity: int | None = None, seed: int = 0) -> ReplayBuffer:
+    rng = np.random.default_rng(seed)
+    buffer = ReplayBuffer(4, 2, capacity or n)
+    for _ in range(n):
+        buffer.add(rng.normal(size=4), rng.uniform(-1, 1, 2), rng.normal(), rng.normal(size=4), False)
+    return buffer
+
+
+def test_buffer_ids_count_insertions_and_survive_ring_wrap():
+    buffer = filled_buffer(7, capacity=5)
+    assert buffer.ids.tolist() == [5, 6, 2, 3, 4]  # slots 0 and 1 were overwritten by transitions 5 and 6
+    batch = buffer.sample(32, np.random.default_rng(0))
+    assert torch.equal(batch["id"], torch.from_numpy(buffer.ids)[batch["index"]])
+    assert torch.equal(batch["obs"], torch.from_numpy(buffer.obs)[batch["index"]])
+
+
+def test_cache_computes_each_transition_once_per_period():
+    cache = TargetValueCache(torch.device("cpu"))
+    calls = []
+
+    def compute(miss):
+        calls.append(int(miss.sum()))
+        return torch.arange(int(miss.sum()), dtype=torch.float32) + 10.0 * len(calls)
+
+    index, ids = torch.tensor([3, 0, 3, 7]), torch.tensor([3, 0, 3, 7])
+    first = cache.lookup(0, index, ids, compute)
+    assert first[0] == first[2]  # a slot drawn twice in one batch gets one value
+    again = cache.lookup(0, index, ids, compute)
+    assert torch.equal(first, again) and calls == [4]  # all hits: no new computation
+    # a new transition written into slot 3 (id 11) is a miss, the others still hit
+    partly = cache.lookup(0, index, torch.tensor([11, 0, 11, 7]), compute)
+    assert calls == [4, 2] and partly[1] == first[1] and partly[3] == first[3] and partly[0] != first[0]
+    # the next target period invalidates everything
+    cache.lookup(1, index, ids, compute)
+    assert calls == [4, 2, 4]
+
+
+def test_agent_values_targets_once_per_target_period_and_matches_the_uncached_estimate():
+    config = SQLConfig(hidden=(16, 16), batch_size=8, target_update_interval=3, value_samples=4)
+    buffer = filled_buffer(6)
+    agent = SoftQLearning(4, 2, config)
+    index = np.arange(6)  # distinct slots: a slot drawn twice would share one value
+    batch = {k: torch.from_numpy(getattr(buffer, k)[index]) for k in ("obs", "action", "reward", "next_obs", "terminated")}
+    batch |= {"index": torch.from_numpy(index), "id": torch.from_numpy(buffer.ids[index])}
+    # same importance samples -> the cached value equals the uncached estimate exactly
+    torch.manual_seed(5)
+    uncached = agent.target_soft_value(batch["next_obs"])
+    torch.manual_seed(5)
+    assert torch.allclose(agent.next_state_value(batch), uncached)
+
+    computed = []
+    original = agent.target_soft_value
+    agent.target_soft_value = lambda next_obs: computed.append(len(next_obs)) or original(next_obs)
+    for _ in range(3):  # updates 0, 1, 2 share the target network of period 0
+        agent.update(batch)
+    assert computed == []  # already cached by the lookup above
+    agent.update(batch)  # update 3: the target was copied after update 2, so values are recomputed
+    assert computed == [len(batch["obs"])]
+
+
+def test_cache_can_be_switched_off_and_old_manifests_load_without_it():
+    assert SQLConfig().cache_target_values
+    legacy = SQLConfig().to_dict()
+    del legacy["cache_target_values"]
+    assert not SQLConfig.from_dict(legacy).cache_target_values  # how skills saved before the cache trained
+    agent = SoftQLearning(4, 2, replace(SQLConfig(hidden=(8,)), cache_target_values=False))
+    batch = filled_buffer(5).sample(4, np.random.default_rng(0))
+    calls = []
+    original = agent.target_soft_value
+    agent.target_soft_value = lambda next_obs: calls.append(1) or original(next_obs)
+    agent.next_state_value(batch)
+    agent.next_state_value(batch)
+    assert len(calls) == 2
+
+
+@pytest.mark.parametrize("cache", [True, False])
+def test_update_is_bitwise_reproducible(cache):
+    buffer = filled_buffer(50)
+
+    def weights():
+        torch.manual_seed(0)
+        agent = SoftQLearning(4, 2, SQLConfig(hidden=(16, 16), cache_target_values=cache, target_update_interval=4))
+        rng = np.random.default_rng(0)
+        for _ in range(10):
+            agent.update(buffer.sample(16, rng))
+        return torch.cat([p.flatten() for p in agent.q.parameters()] + [p.flatten() for p in agent.sampler.parameters()])
+
+    assert torch.equal(weights(), weights())
