@@ -4,10 +4,11 @@ Times ``SoftQLearning.update`` on a filled replay buffer (random transitions of 
 shapes, 12-D observations, 3-D actions, the ``reach`` hyperparameters), one torch thread:
 
 * **ablation**: cumulative variants, interleaved in shuffled order, min and median ms/update:
-  ``reference`` (first layer on the concatenation ``[s, a]``, per-tensor Adam, a fresh soft
-  value target every update), then ``+ split first layer``, ``+ fused Adam``, ``+ target cache``
-  (the toolkit's default). The reference variant is rebuilt here by patching the networks'
-  ``forward`` and the optimizers, so every variant runs the same code otherwise.
+  ``reference`` (autograd through the textbook losses of ``skills.sql``, first layer on the
+  concatenation ``[s, a]``, per-tensor Adam, a fresh soft value target every update), then
+  ``+ split first layer``, ``+ fused Adam``, ``+ target cache``, ``+ hand-written backprop``
+  (``SoftQLearning.update``, the toolkit's default). The earlier variants are rebuilt here
+  (``autograd_update``, patched ``forward`` and optimizers); all share ``svgd_direction``.
 * **sections**: median ms of the update's parts for the default variant.
 * **FLOPs** per update (matmul FLOPs counted by dispatch, averaged over the timed window).
 """
@@ -32,7 +33,15 @@ from bench.timing import interleaved_rates, machine_info
 from skills.agent import SoftQLearning, SQLConfig
 from skills.buffer import ReplayBuffer
 from skills.defaults import sql_config
-from skills.sql import SamplerNetwork, SoftQNetwork, q_action_gradient, squashed_score, svgd_direction
+from skills import backprop
+from skills.sql import (
+    SamplerNetwork,
+    SoftQNetwork,
+    q_action_gradient,
+    sampler_surrogate_loss,
+    squashed_score,
+    svgd_direction,
+)
 
 OBS_DIM, ACT_DIM = 12, 3
 
@@ -70,9 +79,31 @@ def concatenated_first_layer(agent: SoftQLearning) -> Iterator[None]:
             del net.forward
 
 
+def autograd_update(agent: SoftQLearning, batch: dict[str, torch.Tensor]) -> None:
+    """``SoftQLearning.update`` with autograd through the textbook losses instead of ``backprop``."""
+    from skills.sql import soft_bellman_target, soft_q_loss
+
+    cfg, obs = agent.config, batch["obs"]
+    q_hat = soft_bellman_target(batch["reward"], batch["terminated"], agent.next_state_value(batch), cfg.gamma)
+    q_loss = soft_q_loss(agent.q(obs, batch["action"]), q_hat)
+    noise = torch.randn(len(obs), cfg.particles, agent.act_dim)
+    with torch.no_grad():
+        fixed_u = agent.sampler(obs, noise[:, : cfg.n_fixed])
+    updated_u = agent.sampler(obs, noise[:, cfg.n_fixed:])
+    score = squashed_score(fixed_u, q_action_gradient(agent.q, obs, torch.tanh(fixed_u)), cfg.alpha)
+    sampler_loss = sampler_surrogate_loss(svgd_direction(fixed_u, score, updated_u.detach()), updated_u)
+    for optimizer, loss in ((agent.q_optimizer, q_loss), (agent.sampler_optimizer, sampler_loss)):
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    agent.updates += 1
+    if agent.updates % cfg.target_update_interval == 0:
+        agent.q_target.load_state_dict(agent.q.state_dict())
+
+
 def make_variant(name: str, config: SQLConfig) -> tuple[SoftQLearning, Callable[[], contextlib.AbstractContextManager]]:
     """An agent configured as variant ``name``, and a factory of the context its updates run in."""
-    cached = name == "+ target cache"
+    cached = name in ("+ target cache", "+ hand-written backprop")
     agent = SoftQLearning(OBS_DIM, ACT_DIM, replace(config, cache_target_values=cached))
     if name in ("reference", "+ split first layer"):
         agent.q_optimizer = torch.optim.Adam(agent.q.parameters(), lr=config.q_lr, foreach=False)
@@ -81,28 +112,38 @@ def make_variant(name: str, config: SQLConfig) -> tuple[SoftQLearning, Callable[
     return agent, context
 
 
-VARIANTS = ("reference", "+ split first layer", "+ fused Adam", "+ target cache")
+VARIANTS = ("reference", "+ split first layer", "+ fused Adam", "+ target cache", "+ hand-written backprop")
+
+
+def update_function(name: str) -> Callable[[SoftQLearning, dict], object]:
+    return SoftQLearning.update if name == VARIANTS[-1] else autograd_update
 
 
 def section_times(agent: SoftQLearning, buffer: ReplayBuffer, rng: np.random.Generator, repeats: int) -> dict[str, float]:
     """Median ms of the parts of one update (each run ``repeats`` times on one batch)."""
-    cfg = agent.config
+    cfg, n_fixed = agent.config, agent.config.n_fixed
     batch = buffer.sample(cfg.batch_size, rng)
     obs = batch["obs"]
-    noise = torch.randn(len(obs), cfg.particles, ACT_DIM)
-    fixed_u = agent.sampler(obs, noise[:, :cfg.n_fixed]).detach()
-    score = squashed_score(fixed_u, q_action_gradient(agent.q, obs, torch.tanh(fixed_u)), cfg.alpha)
+    noise = torch.randn(cfg.particles, len(obs), ACT_DIM)  # particle-major, as the update lays it out
+    u, acts = agent.sampler.traced(obs, noise)
+    _, q_acts = agent.q.traced(obs, torch.tanh(u[:n_fixed]))
+    score = squashed_score(u[:n_fixed], backprop.input_gradient(agent.q.net, q_acts, n_fixed), cfg.alpha)
+    fixed, updated = u[:n_fixed].transpose(0, 1), u[n_fixed:].transpose(0, 1)
+    grad_u = torch.randn(len(u[n_fixed:].reshape(-1, ACT_DIM)), ACT_DIM)
+    updated_acts = acts.rows(n_fixed * len(obs), len(acts.x))
     parts: dict[str, Callable[[], object]] = {
         "soft value target V(s'), uncached": lambda: agent.target_soft_value(batch["next_obs"]),
         "soft value target V(s'), cache hit": lambda: agent.next_state_value(batch),
-        "Q loss forward + backward": lambda: agent.q_loss(batch).backward(),
-        "sampler forward, fixed particles": lambda: agent.sampler(obs, noise[:, :cfg.n_fixed]).detach(),
-        "dQ/da at fixed particles": lambda: q_action_gradient(agent.q, obs, torch.tanh(fixed_u)),
-        "SVGD direction (kernel)": lambda: svgd_direction(fixed_u, score, fixed_u),
-        "sampler forward + backward, updated particles": lambda: agent.sampler(obs, noise[:, cfg.n_fixed:]).sum().backward(),
+        "Q loss and its gradients": lambda: agent.q_loss_and_gradients(batch),
+        "sampler forward, all K particles": lambda: agent.sampler.traced(obs, noise),
+        "Q forward at fixed particles": lambda: agent.q.traced(obs, torch.tanh(u[:n_fixed])),
+        "dQ/da at fixed particles": lambda: backprop.input_gradient(agent.q.net, q_acts, n_fixed),
+        "SVGD direction (kernel)": lambda: svgd_direction(fixed, score.transpose(0, 1), updated),
+        "sampler gradients, updated particles": lambda: backprop.parameter_gradients(agent.sampler.net, updated_acts, grad_u),
         "Adam steps (Q and sampler)": lambda: (agent.q_optimizer.step(), agent.sampler_optimizer.step()),
         "whole update": lambda: agent.update(buffer.sample(cfg.batch_size, rng)),
     }
+    agent.update(batch)  # gives the optimizers gradients to step with
     out = {}
     for name, part in parts.items():
         times = []
@@ -130,7 +171,7 @@ def measure(buffer_size: int, updates: int, repeats: int, warmup: int = 200) -> 
         def run() -> int:
             with context():
                 for _ in range(updates):
-                    agent.update(buffer.sample(config.batch_size, rngs[name]))
+                    update_function(name)(agent, buffer.sample(config.batch_size, rngs[name]))
             return updates
         return run
 
@@ -142,7 +183,8 @@ def measure(buffer_size: int, updates: int, repeats: int, warmup: int = 200) -> 
     for name in VARIANTS:
         agent, context = agents[name]
         with context():
-            flops[name] = count_flops(lambda: agent.update(buffer.sample(config.batch_size, rngs[name])), updates) / updates
+            flops[name] = count_flops(lambda: update_function(name)(agent, buffer.sample(config.batch_size, rngs[name])),
+                                      updates) / updates
     default, _ = agents[VARIANTS[-1]]
     ms = {name: {"min": 1e3 / r["max"], "median": 1e3 / r["median"]} for name, r in rates.items()}
     return {

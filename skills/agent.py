@@ -8,13 +8,15 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
+from . import backprop
 from .sql import (
     SamplerNetwork,
     SoftQNetwork,
-    q_action_gradient,
+    sampler_surrogate_gradient,
     sampler_surrogate_loss,
     soft_bellman_target,
     soft_q_loss,
+    soft_q_loss_gradient,
     soft_value_from_samples,
     squashed_score,
     svgd_direction,
@@ -132,42 +134,51 @@ class SoftQLearning:
         return self.target_values.lookup(period, batch["index"], batch["id"],
                                          lambda miss: self.target_soft_value(batch["next_obs"][miss]))
 
-    def q_loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Soft Bellman residual with an importance-sampled soft value of the target network."""
+    def q_loss_and_gradients(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Soft Bellman residual ``J_Q`` (SQL Eq. 11) and ``dJ_Q/dθ_Q``, with an importance-sampled
+        soft value of the target network."""
         q_hat = soft_bellman_target(batch["reward"], batch["terminated"], self.next_state_value(batch), self.config.gamma)
-        return soft_q_loss(self.q(batch["obs"], batch["action"]), q_hat)
+        q, acts = self.q.traced(batch["obs"], batch["action"].unsqueeze(0))
+        q = q[0]
+        grads = backprop.parameter_gradients(self.q.net, acts, soft_q_loss_gradient(q, q_hat).unsqueeze(-1))
+        return soft_q_loss(q, q_hat), grads
 
-    def sampler_loss(self, obs: torch.Tensor) -> torch.Tensor:
-        """SVGD surrogate: one draw of K particles, split into fixed (scored) and updated (moved)."""
-        cfg = self.config
-        noise = torch.randn(len(obs), cfg.particles, self.act_dim, device=self.device)
-        fixed_noise, updated_noise = noise[:, : cfg.n_fixed], noise[:, cfg.n_fixed:]
-        with torch.no_grad():
-            fixed_u = self.sampler(obs, fixed_noise)
-        updated_u = self.sampler(obs, updated_noise)
-        score = squashed_score(fixed_u, q_action_gradient(self.q, obs, torch.tanh(fixed_u)), cfg.alpha)
-        phi = svgd_direction(fixed_u, score, updated_u.detach())
-        return sampler_surrogate_loss(phi, updated_u)
+    def sampler_loss_and_gradients(self, obs: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """SVGD surrogate (SQL Eqs. 13-14) and the sampler's gradient along it: one draw of K
+        particles per state, split into fixed (scored under Q) and updated (moved along phi)."""
+        cfg, n_fixed, batch = self.config, self.config.n_fixed, len(obs)
+        noise = torch.randn(batch, cfg.particles, self.act_dim, device=self.device)
+        u, acts = self.sampler.traced(obs, noise.transpose(0, 1))  # [K, B, d], particle-major
+        fixed_u, updated_u = u[:n_fixed], u[n_fixed:]
+        _, q_acts = self.q.traced(obs, torch.tanh(fixed_u))
+        dq_da = backprop.input_gradient(self.q.net, q_acts, n_fixed)  # [K_fixed, B, d]
+        score = squashed_score(fixed_u, dq_da, cfg.alpha)
+        phi = svgd_direction(fixed_u.transpose(0, 1), score.transpose(0, 1), updated_u.transpose(0, 1))  # [B, Ku, d]
+        grad_u = sampler_surrogate_gradient(phi).transpose(0, 1).reshape(-1, self.act_dim)  # [Ku*B, d]
+        grads = backprop.parameter_gradients(self.sampler.net, acts.rows(n_fixed * batch, len(acts.x)), grad_u)
+        return sampler_surrogate_loss(phi, updated_u.transpose(0, 1)), grads
 
     # ---- one update ----
     def update(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """One gradient step on Q and on the sampler; raises ``TrainingDiverged`` on a non-finite loss."""
-        q_loss = self.q_loss(batch)
-        sampler_loss = self.sampler_loss(batch["obs"])
+        """One gradient step on Q and on the sampler; raises ``TrainingDiverged`` on a non-finite loss.
+
+        Gradients come from ``backprop`` (hand-written, checked against autograd in the tests).
+        """
+        q_loss, q_grads = self.q_loss_and_gradients(batch)
+        sampler_loss, sampler_grads = self.sampler_loss_and_gradients(batch["obs"])
         if not (torch.isfinite(q_loss) and torch.isfinite(sampler_loss)):
             raise TrainingDiverged(
-                f"non-finite loss at update {self.updates} (q_loss={float(q_loss.detach())}, "
-                f"sampler_loss={float(sampler_loss.detach())}); try a larger alpha or a smaller learning rate")
-        self.q_optimizer.zero_grad(set_to_none=True)
-        q_loss.backward()
-        self.q_optimizer.step()
-        self.sampler_optimizer.zero_grad(set_to_none=True)
-        sampler_loss.backward()
-        self.sampler_optimizer.step()
+                f"non-finite loss at update {self.updates} (q_loss={float(q_loss)}, "
+                f"sampler_loss={float(sampler_loss)}); try a larger alpha or a smaller learning rate")
+        for optimizer, net, grads in ((self.q_optimizer, self.q, q_grads),
+                                      (self.sampler_optimizer, self.sampler, sampler_grads)):
+            for param, grad in zip(net.parameters(), grads):
+                param.grad = grad
+            optimizer.step()
         self.updates += 1
         if self.updates % self.config.target_update_interval == 0:
             self.q_target.load_state_dict(self.q.state_dict())
-        return {"q_loss": q_loss.detach(), "sampler_loss": sampler_loss.detach()}
+        return {"q_loss": q_loss, "sampler_loss": sampler_loss}
 
     # ---- acting ----
     @torch.no_grad()

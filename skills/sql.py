@@ -21,6 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import backprop
+
 
 # ---- networks -------------------------------------------------------------------------------
 def mlp(in_dim: int, hidden: tuple[int, ...], out_dim: int) -> nn.Sequential:
@@ -55,6 +57,11 @@ class SoftQNetwork(nn.Module):
         """obs [..., obs_dim] broadcast against act [..., d] (e.g. obs [B, 1, o] with act [B, K, d])."""
         return self.net[1:](split_first_layer(self.net[0], obs * self.obs_scale, act)).squeeze(-1)
 
+    def traced(self, obs: torch.Tensor, act: torch.Tensor) -> tuple[torch.Tensor, backprop.Activations]:
+        """``forward`` without autograd, saving activations for ``backprop``: obs [N, o], act [G, N, d] -> [G, N]."""
+        q, acts = backprop.forward(self.net, obs * self.obs_scale, act)
+        return q.squeeze(-1), acts
+
 
 class SamplerNetwork(nn.Module):
     """Amortized SVGD sampler ``u = f(s, xi) = xi + g(s, xi)``, ``xi ~ N(0, I_d)``; actions ``tanh(u)``.
@@ -74,6 +81,11 @@ class SamplerNetwork(nn.Module):
     def forward(self, obs: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         """Pre-tanh particles: obs [B, obs_dim], noise [B, K, d] -> u [B, K, d]."""
         return noise + self.net[1:](split_first_layer(self.net[0], (obs * self.obs_scale).unsqueeze(-2), noise))
+
+    def traced(self, obs: torch.Tensor, noise: torch.Tensor) -> tuple[torch.Tensor, backprop.Activations]:
+        """``forward`` without autograd, saving activations for ``backprop``: obs [N, o], noise [G, N, d] -> u [G, N, d]."""
+        out, acts = backprop.forward(self.net, obs * self.obs_scale, noise)
+        return noise + out, acts
 
     def sample(self, obs: torch.Tensor, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """Actions ``tanh(f(s, xi))``: obs [B, obs_dim] -> [B, n, d]."""
@@ -110,6 +122,11 @@ def soft_q_loss(q: torch.Tensor, q_hat: torch.Tensor) -> torch.Tensor:
     return 0.5 * (q_hat.detach() - q).pow(2).mean()
 
 
+def soft_q_loss_gradient(q: torch.Tensor, q_hat: torch.Tensor) -> torch.Tensor:
+    """``dJ_Q/dQ = (Q - Q_hat) / B`` of ``soft_q_loss``: [B] -> [B]."""
+    return (q - q_hat) / q.numel()
+
+
 # ---- SVGD -------------------------------------------------------------------------------------
 def rbf_bandwidth(sq_dist: torch.Tensor, n_fixed: int) -> torch.Tensor:
     """Adaptive bandwidth ``h = median(|x - y|^2) / log(K_fixed)``, floored at 1e-3, detached.
@@ -123,30 +140,29 @@ def rbf_bandwidth(sq_dist: torch.Tensor, n_fixed: int) -> torch.Tensor:
 
 
 def rbf_kernel(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """RBF kernel ``k(x, y) = exp(-|x - y|^2 / h)`` and its gradient in ``x``.
+    """RBF kernel ``k(x, y) = exp(-|x - y|^2 / h)`` with the adaptive bandwidth ``h``.
 
-    ``grad_x k(x, y) = -2 (x - y) / h * k(x, y)``.
-    x [B, Kx, d] (fixed particles), y [B, Ky, d] (updated particles)
-    -> k [B, Kx, Ky], grad_x k [B, Kx, Ky, d].
+    x [B, Kx, d] (fixed particles), y [B, Ky, d] (updated particles) -> k [B, Kx, Ky], h [B, 1, 1].
     """
-    diff = x.unsqueeze(2) - y.unsqueeze(1)  # [B, Kx, Ky, d]
-    sq_dist = diff.pow(2).sum(-1)
+    sq_dist = torch.cdist(x, y).pow(2)  # [B, Kx, Ky]
     h = rbf_bandwidth(sq_dist, x.shape[1])
-    k = torch.exp(-sq_dist / h)
-    grad_x = -2.0 * diff / h.unsqueeze(-1) * k.unsqueeze(-1)
-    return k, grad_x
+    return torch.exp(-sq_dist / h), h
 
 
 def svgd_direction(fixed: torch.Tensor, grad_log_p: torch.Tensor, updated: torch.Tensor) -> torch.Tensor:
     """Stein variational direction at the updated particles (SQL Eq. 13).
 
-    ``phi(y_i) = mean_j [ k(x_j, y_i) grad_{x_j} log p(x_j) + grad_{x_j} k(x_j, y_i) ]``.
+    ``phi(y_i) = mean_j [ k(x_j, y_i) grad_{x_j} log p(x_j) + grad_{x_j} k(x_j, y_i) ]``, with the
+    kernel gradient ``grad_x k(x, y) = -2 (x - y) / h k(x, y)`` summed in closed form:
+    ``sum_j grad_{x_j} k(x_j, y_i) = (2/h) (y_i sum_j k_ji - sum_j k_ji x_j)``, so that both terms
+    are one batched matmul with ``k^T``.
     fixed x [B, Kf, d], grad_log_p [B, Kf, d], updated y [B, Ku, d] -> phi [B, Ku, d].
     """
-    k, grad_k = rbf_kernel(fixed, updated)
-    drive = torch.einsum("bji,bjd->bid", k, grad_log_p)  # kernel-weighted score
-    repulse = grad_k.sum(dim=1)  # [B, Ku, d]
-    return (drive + repulse) / fixed.shape[1]
+    k, h = rbf_kernel(fixed, updated)
+    k_t = k.transpose(1, 2)  # [B, Ku, Kf]
+    drive_and_pull = torch.bmm(k_t, grad_log_p - (2.0 / h) * fixed)  # sum_j k_ji (score_j - 2 x_j / h)
+    push = (2.0 / h) * updated * k_t.sum(-1, keepdim=True)  # (2/h) y_i sum_j k_ji
+    return (drive_and_pull + push) / fixed.shape[1]
 
 
 def squashed_score(u: torch.Tensor, dq_da: torch.Tensor, alpha: float) -> torch.Tensor:
@@ -170,3 +186,8 @@ def sampler_surrogate_loss(phi: torch.Tensor, updated_u: torch.Tensor) -> torch.
     phi [B, Ku, d] (a constant), updated_u [B, Ku, d] (depends on the sampler) -> scalar.
     """
     return -(phi.detach() * updated_u).sum(-1).mean()
+
+
+def sampler_surrogate_gradient(phi: torch.Tensor) -> torch.Tensor:
+    """``d/du`` of ``sampler_surrogate_loss``: ``-phi / (B K_u)``, [B, Ku, d] -> [B, Ku, d]."""
+    return -phi / phi[..., 0].numel()

@@ -36,6 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--eval-episodes", type=int, help="episodes per periodic evaluation")
     parser.add_argument("--final-eval-episodes", type=int, help="episodes of the final evaluation (default 100)")
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default: cpu)")
+    parser.add_argument("--no-overlap", action="store_true", help="step the env and update in sequence "
+                        "(default: the update runs on a worker thread while the env steps; same results)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser
 
@@ -47,7 +49,8 @@ def main(argv: list[str] | None = None) -> int:
         sql = sql_config(task.name, task.family.name, alpha=args.alpha)
         run = train_config(task.name, steps=args.steps, seed=args.seed, eval_interval=args.eval_interval,
                            eval_episodes=args.eval_episodes, final_eval_episodes=args.final_eval_episodes,
-                           device=args.device, progress=not args.no_progress)
+                           device=args.device, progress=not args.no_progress,
+                           overlap_env_step=not args.no_overlap)
         trainer = Trainer(task.name, sql, run, out=args.out, resume=args.resume)
         print(f"training {task.name!r} for {run.steps} steps (alpha={sql.alpha}, seed={run.seed}) -> {trainer.path}")
         result = trainer.train()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import random
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -35,6 +36,7 @@ class TrainConfig:
     deterministic_eval: bool = False  # periodic evaluations: sampled (max-ent) policy unless True
     device: str = "cpu"  # torch device ("cpu", "cuda")
     threads: int = 1  # torch CPU threads; 1 is robust on 2 cores (see docs/skills.md)
+    overlap_env_step: bool = True  # step the env while the SQL update runs on a worker thread (a 2nd core)
     progress: bool = True  # show a progress bar
 
 
@@ -96,12 +98,22 @@ class Trainer:
         self._obs: np.ndarray | None = None
         self._episode_return = 0.0
         self._random_episode = False
+        self._update_worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sql-update")
+
+    def _update(self, batches: list[dict[str, torch.Tensor]]) -> None:
+        for batch in batches:
+            self.losses = self.agent.update(batch)
 
     def step(self) -> dict | None:
-        """One environment step, stored, then ``updates_per_step`` SQL updates (after warm-up).
+        """One environment step and ``updates_per_step`` SQL updates (after warm-up), then the
+        transition is stored.
 
-        The first call resets the env with the run's seed. Returns ``{"return", "success"}``
-        when the step ended an episode, else None. Raises ``TrainingDiverged``.
+        The updates use the transitions stored before this step, so they can run on a worker
+        thread while the env steps (``TrainConfig.overlap_env_step``): MuJoCo and torch both
+        release the GIL. Every random draw still happens in a fixed order on this thread, so
+        runs stay reproducible. The first call resets the env with the run's seed. Returns
+        ``{"return", "success"}`` when the step ended an episode, else None. Raises
+        ``TrainingDiverged``.
         """
         sql = self.sql
         if self._obs is None:
@@ -110,7 +122,16 @@ class Trainer:
         warming_up = self.start_steps == 0 and self.steps_done <= sql.warmup_steps
         explore = warming_up or self._random_episode
         action = self.env.action_space.sample() if explore else self.agent.act(self._obs)
+        pending = None
+        if not warming_up and self.buffer.size > 0:
+            batches = [self.buffer.sample(sql.batch_size, self.rng, self.agent.device) for _ in range(sql.updates_per_step)]
+            if self.run.overlap_env_step:
+                pending = self._update_worker.submit(self._update, batches)
+            else:
+                self._update(batches)
         next_obs, reward, terminated, truncated, info = self.env.step(action)
+        if pending is not None:
+            pending.result()  # re-raises TrainingDiverged here
         self.buffer.add(self._obs, action, reward, next_obs, terminated)
         self._episode_return += float(reward)
         self._obs = next_obs
@@ -120,9 +141,6 @@ class Trainer:
             self._episode_return = 0.0
             self._obs, _ = self.env.reset()
             self._random_episode = sql.random_episodes > 0 and bool(self.rng.uniform() < sql.random_episodes)
-        if not warming_up:
-            for _ in range(sql.updates_per_step):
-                self.losses = self.agent.update(self.buffer.sample(sql.batch_size, self.rng, self.agent.device))
         return episode
 
     def _resume(self, source: str | Path) -> None:

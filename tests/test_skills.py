@@ -80,6 +80,17 @@ def test_same_seed_gives_identical_weights(tmp_path):
     assert not all(torch.equal(a[k], c[k]) for k in a if k.startswith("q."))
 
 
+def test_overlapping_env_steps_with_updates_changes_nothing(tmp_path):
+    """The update on a worker thread (the default) gives the weights of the sequential loop."""
+    weights = []
+    for overlap in (True, False):
+        run = replace(TINY_RUN, seed=5, steps=200, overlap_env_step=overlap)
+        path = Trainer("multigoal", TINY_SQL, run, out=tmp_path / str(overlap)).train().path
+        weights.append(load_file(str(path / "weights.safetensors")))
+    for key in weights[0]:
+        assert torch.equal(weights[0][key], weights[1][key]), key
+
+
 def test_training_never_overwrites_and_name_resolves_to_newest(tmp_path):
     v1 = train_tiny(tmp_path, steps=150)
     digest = _sha256(v1 / "weights.safetensors")

@@ -82,13 +82,24 @@ def test_kernel_and_bandwidth_match_hand_computed_values():
     x = torch.tensor([[[0.0, 0.0], [1.0, 0.0], [0.0, 2.0]]])  # fixed, K_fixed = 3
     y = torch.tensor([[[1.0, 1.0], [0.0, 0.0]]])  # updated
     # squared distances x_j to y_i: [[2, 0], [1, 1], [2, 4]]; median of {0,1,1,2,2,4} = 1 (lower)
-    h = 1.0 / math.log(3)
-    k, grad = rbf_kernel(x, y)
-    expected_k = torch.exp(-torch.tensor([[[2.0, 0.0], [1.0, 1.0], [2.0, 4.0]]]) / h)
-    torch.testing.assert_close(k, expected_k)
-    # grad_x k(x_0, y_0) = -2 (x_0 - y_0) / h * k = -2 * (-1, -1) / h * exp(-2/h)
-    torch.testing.assert_close(grad[0, 0, 0], 2 * torch.tensor([1.0, 1.0]) / h * math.exp(-2 / h))
+    k, h = rbf_kernel(x, y)
+    torch.testing.assert_close(h, torch.full((1, 1, 1), 1.0 / math.log(3)))
+    torch.testing.assert_close(k, torch.exp(-torch.tensor([[[2.0, 0.0], [1.0, 1.0], [2.0, 4.0]]]) / h))
     torch.testing.assert_close(rbf_bandwidth(torch.zeros(2, 3, 3), 3), torch.full((2, 1, 1), 1e-3))
+
+
+def test_svgd_direction_equals_the_pairwise_sum_of_eq_13():
+    """phi(y_i) = mean_j [k(x_j, y_i) score_j + grad_{x_j} k(x_j, y_i)], term by term."""
+    torch.manual_seed(0)
+    x, score, y = torch.randn(2, 5, 3), torch.randn(2, 5, 3), torch.randn(2, 4, 3)
+    k, h = rbf_kernel(x, y)
+    expected = torch.zeros(2, 4, 3)
+    for b in range(2):
+        for i in range(4):
+            for j in range(5):
+                grad_k = -2.0 * (x[b, j] - y[b, i]) / h[b, 0, 0] * k[b, j, i]
+                expected[b, i] += (k[b, j, i] * score[b, j] + grad_k) / 5
+    torch.testing.assert_close(svgd_direction(x, score, y), expected, rtol=1e-5, atol=1e-6)
 
 
 def test_bandwidth_is_per_state_not_per_batch():
