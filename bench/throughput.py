@@ -6,7 +6,8 @@ Measures, on the ``reach`` task, with one process and the same torch thread sett
 1. training steps/s (one env step plus one update): SQL (``skills.trainer.Trainer.step``)
    against SB3 SAC (``model.learn``), equal hidden layers, batch, warm-up and update ratio;
    SAC sees observations scaled by SQL's ``obs_scale`` (SQL scales inside its networks);
-   timed chunks interleaved in shuffled order, min and median;
+   SQL both as it trains by default (env step overlapped with the update on a worker thread)
+   and strictly in sequence as SB3 does; timed chunks interleaved in shuffled order, min and median;
 2. the SQL update's matmul FLOP/s against ``torch.mm`` on the update's own main shapes;
 3. env steps/s of ``reach`` against gymnasium-robotics ``FetchReach-v4`` (``bench.env_throughput``);
 4. training wall-clock time (evaluation excluded) to 95% success, both algorithms evaluated
@@ -22,6 +23,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -70,8 +72,9 @@ def make_sac(sql: SQLConfig, seed: int, device: str, buffer_size: int):
                policy_kwargs={"net_arch": list(sql.hidden)}, seed=seed, device=device, verbose=0)
 
 
-def make_sql(sql: SQLConfig, seed: int, device: str, steps: int, library: str) -> Trainer:
-    run = TrainConfig(steps=steps, seed=seed, device=device, threads=torch.get_num_threads(), progress=False)
+def make_sql(sql: SQLConfig, seed: int, device: str, steps: int, library: str, overlap: bool = True) -> Trainer:
+    run = TrainConfig(steps=steps, seed=seed, device=device, threads=torch.get_num_threads(), progress=False,
+                      overlap_env_step=overlap)
     return Trainer(TASK, sql, run, out=library)
 
 
@@ -81,26 +84,35 @@ def _sync(device: str) -> None:
 
 
 def training_rates(sql: SQLConfig, steps: int, repeats: int, device: str, library: str) -> tuple[dict, Trainer]:
-    """Env steps/s of SQL and SAC training (interleaved chunks of ``steps``), after their warm-ups."""
+    """Env steps/s of SQL and SAC training (interleaved chunks of ``steps``), after their warm-ups.
+
+    SQL runs twice: as it trains by default (env step overlapped with the update on a worker
+    thread) and strictly in sequence like SB3 (``sql_sequential``); both learn the same weights.
+    """
     total = sql.warmup_steps + 500 + steps * repeats
-    trainer = make_sql(sql, 0, device, total, library)
+    trainers = {"sql": make_sql(sql, 0, device, total, library),
+                "sql_sequential": make_sql(sql, 0, device, total, library, overlap=False)}
     sac = make_sac(sql, 0, device, total)
-    for _ in range(sql.warmup_steps + 500):
-        trainer.step()
+    for trainer in trainers.values():
+        for _ in range(sql.warmup_steps + 500):
+            trainer.step()
     sac.learn(sql.warmup_steps + 500, progress_bar=False)
 
-    def sql_chunk() -> int:
-        for _ in range(steps):
-            trainer.step()
-        _sync(device)
-        return steps
+    def sql_chunk(trainer: Trainer) -> Callable[[], int]:
+        def run() -> int:
+            for _ in range(steps):
+                trainer.step()
+            _sync(device)
+            return steps
+        return run
 
     def sac_chunk() -> int:
         sac.learn(steps, reset_num_timesteps=False, progress_bar=False)
         _sync(device)
         return steps
 
-    return interleaved_rates({"sql": sql_chunk, "sac": sac_chunk}, repeats), trainer
+    workloads = {name: sql_chunk(trainer) for name, trainer in trainers.items()} | {"sac": sac_chunk}
+    return interleaved_rates(workloads, repeats), trainers["sql"]
 
 
 def matmul_rates(device: str, repeats: int = 200) -> dict[str, float]:
@@ -232,14 +244,16 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--eval-episodes", type=int, default=50, help="time-to-95%%: episodes per evaluation")
     parser.add_argument("--seeds", type=int, default=1, help="time-to-95%%: training seeds per algorithm")
     parser.add_argument("--skip-time-to-95", action="store_true", help="skip the (slow) time-to-95%% runs")
+    parser.add_argument("--particles", type=int, help="what-if: SQL's SVGD particles K (default: the reach "
+                        "skill's hyperparameters)")
     parser.add_argument("--quick", action="store_true", help="a few-seconds smoke run of every section")
     parser.add_argument("--json", metavar="PATH", help="write the results as JSON")
-    parser.add_argument("--plot", metavar="PNG", help="time-to-95%% curves (default: next to --json)")
+    parser.add_argument("--plot", metavar="PNG", help="time-to-95%% curves (default: <json stem>_time_to_95.png next to --json)")
     args = parser.parse_args(argv)
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         parser.error("--device cuda: torch sees no CUDA device here (torch.cuda.is_available() is False)")
     torch.set_num_threads(args.threads)
-    sql = sql_config(TASK, "fetch-arm")
+    sql = sql_config(TASK, "fetch-arm", particles=args.particles)
     env_steps, env_repeats, flop_updates = 2000, 5, 100
     if args.quick:
         sql = replace(sql, warmup_steps=100)
@@ -264,6 +278,8 @@ def main(argv: list[str] | None = None) -> dict:
 
     result = {
         "sql_steps_per_s": rates["sql"], "sac_steps_per_s": rates["sac"],
+        "sql_sequential_steps_per_s": rates["sql_sequential"],
+        "ratio_sequential": rates["sql_sequential"]["median"] / rates["sac"]["median"],
         "ratio": rates["sql"]["median"] / rates["sac"]["median"],
         "ratio_min": rates["sql"]["min"] / rates["sac"]["min"],
         **flops,
@@ -282,10 +298,10 @@ def main(argv: list[str] | None = None) -> dict:
         "machine": machine_info(),
     }
     print(f"\n{'':28s} {'min':>9s} {'median':>9s}")
-    for name in ("sql", "sac"):
+    for name, label in (("sql", "SQL"), ("sql_sequential", "SQL, sequential"), ("sac", "SAC")):
         r = rates[name]
-        print(f"{name.upper() + ' training steps/s':28s} {r['min']:9.1f} {r['median']:9.1f}")
-    print(f"{'ratio SQL/SAC (medians)':28s} {result['ratio']:9.2f}")
+        print(f"{label + ' training steps/s':28s} {r['min']:9.1f} {r['median']:9.1f}")
+    print(f"{'ratio SQL/SAC (medians)':28s} {result['ratio']:9.2f}   (sequential: {result['ratio_sequential']:.2f})")
     print(f"{'SQL update MFLOP':28s} {flops['sql_flops_per_update'] / 1e6:9.1f}")
     print(f"{'SQL update GFLOP/s':28s} {flops['sql_update_flops_per_s'] / 1e9:9.1f}   "
           f"(torch.mm {flops['matmul_flops_per_s'] / 1e9:.1f}; utilisation {flops['flop_utilization']:.2f})")
@@ -299,7 +315,8 @@ def main(argv: list[str] | None = None) -> dict:
         path.write_text(json.dumps(result, indent=2))
         print(f"wrote {path}")
     if not args.skip_time_to_95 and (args.plot or args.json):
-        plot_curves(ttt, Path(args.plot) if args.plot else Path(args.json).with_name("time_to_95.png"))
+        json_path = Path(args.json)
+        plot_curves(ttt, Path(args.plot) if args.plot else json_path.with_name(f"{json_path.stem}_time_to_95.png"))
     return result
 
 
