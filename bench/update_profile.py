@@ -39,6 +39,8 @@ from skills.sql import (
     SoftQNetwork,
     q_action_gradient,
     sampler_surrogate_loss,
+    soft_bellman_target,
+    soft_q_loss,
     squashed_score,
     svgd_direction,
 )
@@ -81,8 +83,6 @@ def concatenated_first_layer(agent: SoftQLearning) -> Iterator[None]:
 
 def autograd_update(agent: SoftQLearning, batch: dict[str, torch.Tensor]) -> None:
     """``SoftQLearning.update`` with autograd through the textbook losses instead of ``backprop``."""
-    from skills.sql import soft_bellman_target, soft_q_loss
-
     cfg, obs = agent.config, batch["obs"]
     q_hat = soft_bellman_target(batch["reward"], batch["terminated"], agent.next_state_value(batch), cfg.gamma)
     q_loss = soft_q_loss(agent.q(obs, batch["action"]), q_hat)

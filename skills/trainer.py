@@ -110,8 +110,9 @@ class Trainer:
 
         The updates use the transitions stored before this step, so they can run on a worker
         thread while the env steps (``TrainConfig.overlap_env_step``): MuJoCo and torch both
-        release the GIL. Every random draw still happens in a fixed order on this thread, so
-        runs stay reproducible. The first call resets the env with the run's seed. Returns
+        release the GIL. The batches are drawn here first and nothing else draws from torch's
+        generator while the update runs, so the random draws keep their order and the weights
+        are those of the sequential loop. The first call resets the env with the run's seed. Returns
         ``{"return", "success"}`` when the step ended an episode, else None. Raises
         ``TrainingDiverged``.
         """
