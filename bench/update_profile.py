@@ -37,8 +37,7 @@ from skills import backprop
 from skills.sql import (
     SamplerNetwork,
     SoftQNetwork,
-    q_action_gradient,
-    sampler_surrogate_loss,
+    sampler_svgd_loss,
     soft_bellman_target,
     soft_q_loss,
     squashed_score,
@@ -87,11 +86,7 @@ def autograd_update(agent: SoftQLearning, batch: dict[str, torch.Tensor]) -> Non
     q_hat = soft_bellman_target(batch["reward"], batch["terminated"], agent.next_state_value(batch), cfg.gamma)
     q_loss = soft_q_loss(agent.q(obs, batch["action"]), q_hat)
     noise = torch.randn(len(obs), cfg.particles, agent.act_dim)
-    with torch.no_grad():
-        fixed_u = agent.sampler(obs, noise[:, : cfg.n_fixed])
-    updated_u = agent.sampler(obs, noise[:, cfg.n_fixed:])
-    score = squashed_score(fixed_u, q_action_gradient(agent.q, obs, torch.tanh(fixed_u)), cfg.alpha)
-    sampler_loss = sampler_surrogate_loss(svgd_direction(fixed_u, score, updated_u.detach()), updated_u)
+    sampler_loss = sampler_svgd_loss(agent.sampler, agent.q, obs, noise, cfg.n_fixed, cfg.alpha)
     for optimizer, loss in ((agent.q_optimizer, q_loss), (agent.sampler_optimizer, sampler_loss)):
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from skills.progress import progress_bar
-from skills.sql import SamplerNetwork, q_action_gradient, sampler_surrogate_loss, squashed_score, svgd_direction
+from skills.sql import SamplerNetwork, sampler_svgd_loss, svgd_step_direction
 
 QFunction = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -38,13 +38,6 @@ class SamplerConfig:
         return asdict(self) | {"hidden": list(self.hidden)}
 
 
-def svgd_step_direction(q_fn: QFunction, obs: torch.Tensor, fixed_u: torch.Tensor, updated_u: torch.Tensor,
-                        alpha: float) -> torch.Tensor:
-    """SVGD direction in u-space at ``updated_u`` scored at ``fixed_u``: [B, K, d] -> [B, Ku, d]."""
-    score = squashed_score(fixed_u, q_action_gradient(q_fn, obs, torch.tanh(fixed_u)), alpha)
-    return svgd_direction(fixed_u, score, updated_u)
-
-
 def train_amortized_sampler(q_fn: QFunction, states: np.ndarray, act_dim: int, alpha: float,
                             obs_scale: torch.Tensor, config: SamplerConfig = SamplerConfig(),
                             progress: bool = False) -> tuple[SamplerNetwork, dict]:
@@ -61,11 +54,7 @@ def train_amortized_sampler(q_fn: QFunction, states: np.ndarray, act_dim: int, a
         bar.update(1)
         obs = data[torch.randint(len(data), (config.batch_size,), generator=generator)]
         noise = torch.randn(config.batch_size, config.particles, act_dim, generator=generator)
-        with torch.no_grad():
-            fixed_u = sampler(obs, noise[:, :n_fixed])
-        updated_u = sampler(obs, noise[:, n_fixed:])
-        phi = svgd_step_direction(q_fn, obs, fixed_u, updated_u.detach(), alpha)
-        loss = sampler_surrogate_loss(phi, updated_u)
+        loss = sampler_svgd_loss(sampler, q_fn, obs, noise, n_fixed, alpha)
         if not torch.isfinite(loss):
             raise FloatingPointError("non-finite SVGD loss while training the composed sampler")
         optimizer.zero_grad(set_to_none=True)

@@ -16,6 +16,7 @@ so there is no mixing of spaces (softlearning issue #143) and no ``eps`` in the 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -186,6 +187,26 @@ def sampler_surrogate_loss(phi: torch.Tensor, updated_u: torch.Tensor) -> torch.
     phi [B, Ku, d] (a constant), updated_u [B, Ku, d] (depends on the sampler) -> scalar.
     """
     return -(phi.detach() * updated_u).sum(-1).mean()
+
+
+def svgd_step_direction(q_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], obs: torch.Tensor,
+                        fixed_u: torch.Tensor, updated_u: torch.Tensor, alpha: float) -> torch.Tensor:
+    """SVGD direction at ``updated_u`` scored under ``q_fn`` at ``fixed_u``, with autograd for ``dQ/da``.
+
+    obs [B, o], fixed_u [B, Kf, d], updated_u [B, Ku, d] -> phi [B, Ku, d].
+    """
+    score = squashed_score(fixed_u, q_action_gradient(q_fn, obs, torch.tanh(fixed_u)), alpha)
+    return svgd_direction(fixed_u, score, updated_u)
+
+
+def sampler_svgd_loss(sampler: nn.Module, q_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+                      obs: torch.Tensor, noise: torch.Tensor, n_fixed: int, alpha: float) -> torch.Tensor:
+    """The SVGD surrogate of SQL Eqs. 13-14 with autograd: the noise draws [B, K, d] split into
+    ``n_fixed`` fixed particles (scored under Q, no gradient) and updated ones (moved along phi)."""
+    with torch.no_grad():
+        fixed_u = sampler(obs, noise[:, :n_fixed])
+    updated_u = sampler(obs, noise[:, n_fixed:])
+    return sampler_surrogate_loss(svgd_step_direction(q_fn, obs, fixed_u, updated_u.detach(), alpha), updated_u)
 
 
 def sampler_surrogate_gradient(phi: torch.Tensor) -> torch.Tensor:

@@ -11,11 +11,9 @@ from skills.sql import (
     SamplerNetwork,
     SoftQNetwork,
     q_action_gradient,
-    sampler_surrogate_loss,
+    sampler_svgd_loss,
     soft_bellman_target,
     soft_q_loss,
-    squashed_score,
-    svgd_direction,
 )
 
 OBS, ACT, HIDDEN = 5, 3, (16, 12, 8)  # three hidden layers of different widths exercise every loop
@@ -83,13 +81,8 @@ def test_agent_gradients_match_autograd_of_the_textbook_losses():
     torch.manual_seed(2)
     sampler_loss, sampler_grads = agent.sampler_loss_and_gradients(batch["obs"])
     torch.manual_seed(2)  # the same particle noise, drawn as the agent draws it
-    obs, n_fixed = batch["obs"], config.n_fixed
     noise = torch.randn(16, config.particles, ACT)
-    with torch.no_grad():
-        fixed_u = agent.sampler(obs, noise[:, :n_fixed])
-    updated_u = agent.sampler(obs, noise[:, n_fixed:])
-    score = squashed_score(fixed_u, q_action_gradient(agent.q, obs, torch.tanh(fixed_u)), config.alpha)
-    reference = sampler_surrogate_loss(svgd_direction(fixed_u, score, updated_u.detach()), updated_u)
+    reference = sampler_svgd_loss(agent.sampler, agent.q, batch["obs"], noise, config.n_fixed, config.alpha)
     close(sampler_loss, reference.detach())
     for a, r in zip(sampler_grads, torch.autograd.grad(reference, list(agent.sampler.parameters()))):
         close(a, r)
