@@ -6,8 +6,8 @@ Measures, on the ``reach`` task, with one process and the same torch thread sett
 1. training steps/s (one env step plus one update): SQL (``skills.trainer.Trainer.step``)
    against SB3 SAC (``model.learn``), equal hidden layers, batch, warm-up and update ratio;
    SAC sees observations scaled by SQL's ``obs_scale`` (SQL scales inside its networks);
-   SQL both as it trains by default (env step overlapped with the update on a worker thread)
-   and strictly in sequence as SB3 does; timed chunks interleaved in shuffled order, min and median;
+   SQL both as it trains by default (the env steps in a child process during the update)
+   and strictly in sequence in one process, as SB3 does; timed chunks interleaved in shuffled order, min and median;
 2. the SQL update's matmul FLOP/s against ``torch.mm`` on the update's own main shapes;
 3. env steps/s of ``reach`` against gymnasium-robotics ``FetchReach-v4`` (``bench.env_throughput``);
 4. training wall-clock time (evaluation excluded) to 95% success, both algorithms evaluated
@@ -86,8 +86,9 @@ def _sync(device: str) -> None:
 def training_rates(sql: SQLConfig, steps: int, repeats: int, device: str, library: str) -> tuple[dict, Trainer]:
     """Env steps/s of SQL and SAC training (interleaved chunks of ``steps``), after their warm-ups.
 
-    SQL runs twice: as it trains by default (env step overlapped with the update on a worker
-    thread) and strictly in sequence like SB3 (``sql_sequential``); both learn the same weights.
+    SQL runs twice: as it trains by default (the env steps in a child process during the
+    update) and strictly in sequence in one process like SB3 (``sql_sequential``); both learn
+    the same weights.
     """
     total = sql.warmup_steps + 500 + steps * repeats
     trainers = {"sql": make_sql(sql, 0, device, total, library),
@@ -112,7 +113,10 @@ def training_rates(sql: SQLConfig, steps: int, repeats: int, device: str, librar
         return steps
 
     workloads = {name: sql_chunk(trainer) for name, trainer in trainers.items()} | {"sac": sac_chunk}
-    return interleaved_rates(workloads, repeats), trainers["sql"]
+    rates = interleaved_rates(workloads, repeats)
+    for trainer in trainers.values():
+        trainer.close()  # the returned trainer's agent and buffer stay usable
+    return rates, trainers["sql"]
 
 
 def matmul_rates(device: str, repeats: int = 200) -> dict[str, float]:
@@ -198,6 +202,8 @@ def time_to_success(algorithm: str, sql: SQLConfig, seed: int, budget: int, inte
         print(f"  {algorithm} seed {seed}: {steps:6d} steps, {train_s:7.1f} s training, success {success:.2f}", flush=True)
         if success >= SUCCESS_BAR:
             break
+    if algorithm == "sql":
+        trainer.close()
     hit = first_success(curve)
     return {"reached": hit is not None, "time_s": hit["train_s"] if hit else None,
             "env_steps": hit["env_steps"] if hit else None, "budget_steps": budget, "eval_s": eval_s, "curve": curve}

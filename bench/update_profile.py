@@ -10,7 +10,8 @@ shapes, 12-D observations, 3-D actions, the ``reach`` hyperparameters), one torc
   (``SoftQLearning.update``, the toolkit's default). The earlier variants are rebuilt here
   (``autograd_update``, patched ``forward`` and optimizers); all share ``svgd_direction``.
 * **sections**: median ms of the update's parts for the default variant.
-* **FLOPs** per update (matmul FLOPs counted by dispatch, averaged over the timed window).
+* **FLOPs and aten ops** per update (matmul FLOPs and every dispatched op, views included,
+  counted at dispatch, averaged over the timed window).
 """
 
 from __future__ import annotations
@@ -28,12 +29,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bench.flops import count_flops
+from bench.flops import count_dispatch
 from bench.timing import interleaved_rates, machine_info
+from skills import backprop
 from skills.agent import SoftQLearning, SQLConfig
 from skills.buffer import ReplayBuffer
 from skills.defaults import sql_config
-from skills import backprop
 from skills.sql import (
     SamplerNetwork,
     SoftQNetwork,
@@ -174,18 +175,20 @@ def measure(buffer_size: int, updates: int, repeats: int, warmup: int = 200) -> 
         for _ in range(max(1, warmup // updates)):
             workload(name)()
     rates = interleaved_rates({name: workload(name) for name in VARIANTS}, repeats)
-    flops = {}
+    flops, ops = {}, {}
     for name in VARIANTS:
         agent, context = agents[name]
         with context():
-            flops[name] = count_flops(lambda: update_function(name)(agent, buffer.sample(config.batch_size, rngs[name])),
-                                      updates) / updates
+            counter = count_dispatch(lambda: update_function(name)(agent, buffer.sample(config.batch_size, rngs[name])),
+                                     updates)
+        flops[name], ops[name] = counter.flops / updates, counter.ops / updates
     default, _ = agents[VARIANTS[-1]]
     ms = {name: {"min": 1e3 / r["max"], "median": 1e3 / r["median"]} for name, r in rates.items()}
     return {
         "ms_per_update": ms,
         "speedup_vs_reference": ms["reference"]["median"] / ms[VARIANTS[-1]]["median"],
         "flops_per_update": flops,
+        "aten_ops_per_update": ops,
         "sections_ms": section_times(default, buffer, rngs[VARIANTS[-1]], max(50, updates)),
         "buffer_size": buffer_size, "updates_per_run": updates, "repeats": repeats,
         "config": config.to_dict(), "machine": machine_info(),
@@ -203,10 +206,11 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     result = measure(args.buffer, args.updates, args.repeats, args.warmup)
-    print(f"{'variant':24s} {'min ms':>8s} {'median ms':>10s} {'MFLOP':>8s}")
+    print(f"{'variant':24s} {'min ms':>8s} {'median ms':>10s} {'MFLOP':>8s} {'aten ops':>9s}")
     for name in VARIANTS:
         r = result["ms_per_update"][name]
-        print(f"{name:24s} {r['min']:8.2f} {r['median']:10.2f} {result['flops_per_update'][name] / 1e6:8.1f}")
+        print(f"{name:24s} {r['min']:8.2f} {r['median']:10.2f} {result['flops_per_update'][name] / 1e6:8.1f} "
+              f"{result['aten_ops_per_update'][name]:9.0f}")
     print(f"speed-up of the default over the reference (medians): {result['speedup_vs_reference']:.2f}x\n")
     for name, t in result["sections_ms"].items():
         print(f"  {name:48s} {t:7.3f} ms")

@@ -37,7 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--final-eval-episodes", type=int, help="episodes of the final evaluation (default 100)")
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default: cpu)")
     parser.add_argument("--no-overlap", action="store_true", help="step the env and update in sequence "
-                        "(default: the update runs on a worker thread while the env steps; same results)")
+                        "(default: the env steps in a child process while the update runs; same results)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser
 

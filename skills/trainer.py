@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import csv
 import random
+import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import torch
+from gymnasium.vector import AsyncVectorEnv, AutoresetMode, SyncVectorEnv, VectorEnv
 
 import envs
 
@@ -36,7 +38,7 @@ class TrainConfig:
     deterministic_eval: bool = False  # periodic evaluations: sampled (max-ent) policy unless True
     device: str = "cpu"  # torch device ("cpu", "cuda")
     threads: int = 1  # torch CPU threads; 1 is robust on 2 cores (see docs/skills.md)
-    overlap_env_step: bool = True  # step the env while the SQL update runs on a worker thread (a 2nd core)
+    overlap_env_step: bool = True  # step the env in a child process (2nd core) while the SQL update runs
     progress: bool = True  # show a progress bar
 
 
@@ -61,6 +63,32 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+class InProcessVectorEnv(SyncVectorEnv):
+    """``SyncVectorEnv`` with ``AsyncVectorEnv``'s split step: the env steps inside ``step_wait``."""
+
+    def step_async(self, actions: np.ndarray) -> None:
+        self._pending_actions = actions
+
+    def step_wait(self):
+        return self.step(self._pending_actions)
+
+
+def training_env(task: str, in_child_process: bool) -> VectorEnv:
+    """One env of ``task`` behind gymnasium's vector API, resetting itself in the step that ends
+    an episode (the final observation is ``info["final_obs"]``).
+
+    In a child process (``AsyncVectorEnv``) the env steps between ``step_async`` and
+    ``step_wait`` while this process runs the update, with no GIL shared between them. The child
+    is forked on Linux (no re-import of the caller's script), spawned elsewhere. In process
+    it steps inside ``step_wait``.
+    """
+    make_env = [partial(envs.make, task)]
+    if in_child_process:
+        context = "fork" if sys.platform.startswith("linux") else "spawn"
+        return AsyncVectorEnv(make_env, context=context, autoreset_mode=AutoresetMode.SAME_STEP)
+    return InProcessVectorEnv(make_env, autoreset_mode=AutoresetMode.SAME_STEP)
+
+
 def _tensorboard(log_dir: Path):
     try:
         from torch.utils.tensorboard import SummaryWriter
@@ -81,10 +109,11 @@ class Trainer:
         self.resumed_from = str(resume) if resume is not None else None
         seed_everything(run.seed)
         torch.set_num_threads(run.threads)
-        self.env = envs.make(task)
+        self.env = training_env(task, in_child_process=run.overlap_env_step)
+        self.observation_space, self.action_space = self.env.single_observation_space, self.env.single_action_space
         self.eval_env = envs.make(task)
-        self.env.action_space.seed(run.seed)
-        obs_dim, act_dim = self.env.observation_space.shape[0], self.env.action_space.shape[0]
+        self.action_space.seed(run.seed)
+        obs_dim, act_dim = self.observation_space.shape[0], self.action_space.shape[0]
         self.rng = np.random.default_rng(run.seed)
         self.buffer = ReplayBuffer(obs_dim, act_dim, min(sql.buffer_size, run.steps + STORED_TRANSITIONS))
         self.agent = SoftQLearning(obs_dim, act_dim, sql, device=run.device)
@@ -98,51 +127,47 @@ class Trainer:
         self._obs: np.ndarray | None = None
         self._episode_return = 0.0
         self._random_episode = False
-        self._update_worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sql-update")
-
-    def _update(self, batches: list[dict[str, torch.Tensor]]) -> None:
-        for batch in batches:
-            self.losses = self.agent.update(batch)
 
     def step(self) -> dict | None:
         """One environment step and ``updates_per_step`` SQL updates (after warm-up), then the
         transition is stored.
 
-        The updates use the transitions stored before this step, so they can run on a worker
-        thread while the env steps (``TrainConfig.overlap_env_step``): MuJoCo and torch both
-        release the GIL. The batches are drawn here first and nothing else draws from torch's
-        generator while the update runs, so the random draws keep their order and the weights
-        are those of the sequential loop. The first call resets the env with the run's seed. Returns
-        ``{"return", "success"}`` when the step ended an episode, else None. Raises
+        The updates use the transitions stored before this step, so they run between the env's
+        ``step_async`` and ``step_wait``: with ``TrainConfig.overlap_env_step`` the env steps in
+        its child process meanwhile. Nothing else draws random numbers in between, so the weights
+        are those of the in-process loop. The first call resets the env with the run's seed.
+        Returns ``{"return", "success"}`` when the step ended an episode, else None. Raises
         ``TrainingDiverged``.
         """
         sql = self.sql
         if self._obs is None:
-            self._obs, _ = self.env.reset(seed=self.run.seed)
+            self._obs = self.env.reset(seed=self.run.seed)[0][0]
         self.steps_done += 1
         warming_up = self.start_steps == 0 and self.steps_done <= sql.warmup_steps
         explore = warming_up or self._random_episode
-        action = self.env.action_space.sample() if explore else self.agent.act(self._obs)
-        pending = None
-        if not warming_up and self.buffer.size > 0:
-            batches = [self.buffer.sample(sql.batch_size, self.rng, self.agent.device) for _ in range(sql.updates_per_step)]
-            if self.run.overlap_env_step:
-                pending = self._update_worker.submit(self._update, batches)
-            else:
-                self._update(batches)
-        next_obs, reward, terminated, truncated, info = self.env.step(action)
-        if pending is not None:
-            pending.result()  # re-raises TrainingDiverged here
-        self.buffer.add(self._obs, action, reward, next_obs, terminated)
-        self._episode_return += float(reward)
-        self._obs = next_obs
-        episode = None
-        if terminated or truncated:
-            episode = {"return": self._episode_return, "success": bool(info["is_success"])}
-            self._episode_return = 0.0
-            self._obs, _ = self.env.reset()
-            self._random_episode = sql.random_episodes > 0 and bool(self.rng.uniform() < sql.random_episodes)
+        action = self.action_space.sample() if explore else self.agent.act(self._obs)
+        self.env.step_async(action[None])
+        try:
+            if not warming_up and self.buffer.size > 0:
+                for _ in range(sql.updates_per_step):
+                    self.losses = self.agent.update(self.buffer.sample(sql.batch_size, self.rng, self.agent.device))
+        finally:
+            obs, reward, terminated, truncated, info = self.env.step_wait()
+        ended = bool(terminated[0] or truncated[0])
+        next_obs = info["final_obs"][0] if ended else obs[0]
+        self.buffer.add(self._obs, action, reward[0], next_obs, terminated[0])
+        self._episode_return += float(reward[0])
+        self._obs = obs[0]
+        if not ended:
+            return None
+        episode = {"return": self._episode_return, "success": bool(info["final_info"]["is_success"][0])}
+        self._episode_return = 0.0
+        self._random_episode = sql.random_episodes > 0 and bool(self.rng.uniform() < sql.random_episodes)
         return episode
+
+    def close(self) -> None:
+        """Stop the training env (and its child process)."""
+        self.env.close()
 
     def _resume(self, source: str | Path) -> None:
         from .library import resolve
@@ -162,12 +187,12 @@ class Trainer:
         return {
             "name": self.task.name, "version": int(self.path.name[1:]), "status": status,
             "task": self.task.name, "task_kwargs": {}, "family": self.task.family.name,
-            "observation_space": space_record(self.env.observation_space),
-            "action_space": space_record(self.env.action_space),
+            "observation_space": space_record(self.observation_space),
+            "action_space": space_record(self.action_space),
             "alpha": self.sql.alpha, "gamma": self.sql.gamma,
             "architecture": {"q": "mlp", "sampler": "mlp, a = tanh(f(s, xi)), xi ~ N(0, I)",
                              "hidden": list(self.sql.hidden), "activation": "relu",
-                             "noise_dim": self.env.action_space.shape[0], "obs_scale": self.sql.obs_scale},
+                             "noise_dim": self.action_space.shape[0], "obs_scale": self.sql.obs_scale},
             "hyperparameters": self.sql.to_dict(), "training": asdict(self.run),
             "seed": self.run.seed, "env_steps": env_steps, "updates": self.agent.updates,
             "wall_time_s": round(wall, 2), "metrics": metrics,
@@ -247,6 +272,7 @@ class Trainer:
                 raise TrainingDiverged(f"{err}. Training stopped; {kept}.") from err
             finally:
                 bar.close()
+                self.close()
                 if writer is not None:
                     writer.close()
         wall = time.perf_counter() - start

@@ -80,15 +80,31 @@ def test_same_seed_gives_identical_weights(tmp_path):
     assert not all(torch.equal(a[k], c[k]) for k in a if k.startswith("q."))
 
 
-def test_overlapping_env_steps_with_updates_changes_nothing(tmp_path):
-    """The update on a worker thread (the default) gives the weights of the sequential loop."""
+def test_env_in_child_process_changes_nothing(tmp_path):
+    """The env stepping in a child process during the update (the default) gives the weights
+    of the in-process loop, and training stops the child."""
     weights = []
     for overlap in (True, False):
         run = replace(TINY_RUN, seed=5, steps=200, overlap_env_step=overlap)
-        path = Trainer("multigoal", TINY_SQL, run, out=tmp_path / str(overlap)).train().path
+        trainer = Trainer("multigoal", TINY_SQL, run, out=tmp_path / str(overlap))
+        path = trainer.train().path
+        assert trainer.env.closed
         weights.append(load_file(str(path / "weights.safetensors")))
     for key in weights[0]:
         assert torch.equal(weights[0][key], weights[1][key]), key
+
+
+@pytest.mark.parametrize("overlap", [True, False])
+def test_episode_ends_store_the_final_observation(tmp_path, overlap):
+    """The env resets itself in the step that ends an episode; the buffer must get the final
+    observation as next_obs, and the next transition must start from the reset one."""
+    trainer = Trainer("multigoal", TINY_SQL, replace(TINY_RUN, overlap_env_step=overlap), out=tmp_path)
+    ended = [trainer.step() is not None for _ in range(150)]
+    trainer.close()
+    buffer = trainer.buffer
+    continues = np.all(buffer.next_obs[:149] == buffer.obs[1:150], axis=1)
+    assert sum(ended) >= 3
+    assert np.array_equal(continues, ~np.array(ended[:149]))
 
 
 def test_training_never_overwrites_and_name_resolves_to_newest(tmp_path):
