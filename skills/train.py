@@ -44,6 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    trainer = None
     try:
         task = envs.get_task(args.task)
         sql = sql_config(task.name, task.family.name, alpha=args.alpha)
@@ -60,6 +61,11 @@ def main(argv: list[str] | None = None) -> int:
     except TrainingDiverged as err:
         print(f"error: training diverged: {err}", file=sys.stderr)
         return 3
+    except KeyboardInterrupt:
+        kept = f"its last checkpoint is in {trainer.path} (status 'training')" \
+            if trainer is not None and trainer.path.exists() else "no checkpoint had been written yet"
+        print(f"\ninterrupted: {kept}", file=sys.stderr)
+        return 130
     print(f"saved {result.path}  ({result.env_steps} steps, {result.wall_time_s:.0f} s)")
     for mode, m in result.metrics.items():
         print(f"final evaluation, {mode:13s} ({m['episodes']} episodes): success {m['success_rate']:.2f}, "

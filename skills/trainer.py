@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import csv
 import random
+import signal
 import sys
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
@@ -73,6 +77,20 @@ class InProcessVectorEnv(SyncVectorEnv):
         return self.step(self._pending_actions)
 
 
+@contextmanager
+def _children_ignore_ctrl_c() -> Iterator[None]:
+    """Processes started inside ignore SIGINT (inherited), so Ctrl-C stops only the trainer,
+    which then closes them; without it the env worker dies first with its own traceback."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def training_env(task: str, in_child_process: bool) -> VectorEnv:
     """One env of ``task`` behind gymnasium's vector API, resetting itself in the step that ends
     an episode (the final observation is ``info["final_obs"]``).
@@ -85,7 +103,8 @@ def training_env(task: str, in_child_process: bool) -> VectorEnv:
     make_env = [partial(envs.make, task)]
     if in_child_process:
         context = "fork" if sys.platform.startswith("linux") else "spawn"
-        return AsyncVectorEnv(make_env, context=context, autoreset_mode=AutoresetMode.SAME_STEP)
+        with _children_ignore_ctrl_c():
+            return AsyncVectorEnv(make_env, context=context, autoreset_mode=AutoresetMode.SAME_STEP)
     return InProcessVectorEnv(make_env, autoreset_mode=AutoresetMode.SAME_STEP)
 
 

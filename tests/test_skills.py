@@ -94,6 +94,24 @@ def test_env_in_child_process_changes_nothing(tmp_path):
         assert torch.equal(weights[0][key], weights[1][key]), key
 
 
+def test_ctrl_c_reaches_the_trainer_not_its_env_process(tmp_path):
+    """The env's child process ignores SIGINT, so Ctrl-C cannot kill it under the trainer."""
+    import os
+    import signal
+
+    trainer = Trainer("multigoal", TINY_SQL, TINY_RUN, out=tmp_path)
+    trainer.step()
+    os.kill(trainer.env.processes[0].pid, signal.SIGINT)
+    try:
+        for _ in range(20):
+            trainer.step()
+    except KeyboardInterrupt:  # gymnasium re-raises the worker's error here
+        pytest.fail("the env process died of SIGINT")
+    assert trainer.env.processes[0].is_alive()
+    trainer.close()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
 @pytest.mark.parametrize("overlap", [True, False])
 def test_episode_ends_store_the_final_observation(tmp_path, overlap):
     """The env resets itself in the step that ends an episode; the buffer must get the final
