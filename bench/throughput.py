@@ -35,7 +35,7 @@ import envs
 from bench import env_throughput
 from bench.flops import count_flops
 from bench.timing import interleaved_rates, machine_info
-from skills.agent import SQLConfig
+from skills.agent import SQLConfig, torch_device
 from skills.defaults import sql_config
 from skills.evaluation import run_episodes
 from skills.trainer import EVAL_SEED, TrainConfig, Trainer
@@ -256,8 +256,10 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--json", metavar="PATH", help="write the results as JSON")
     parser.add_argument("--plot", metavar="PNG", help="time-to-95%% curves (default: <json stem>_time_to_95.png next to --json)")
     args = parser.parse_args(argv)
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
-        parser.error("--device cuda: torch sees no CUDA device here (torch.cuda.is_available() is False)")
+    try:
+        torch_device(args.device)
+    except ValueError as err:
+        parser.error(str(err))
     torch.set_num_threads(args.threads)
     sql = sql_config(TASK, "fetch-arm", particles=args.particles)
     env_steps, env_repeats, flop_updates = 2000, 5, 100

@@ -49,6 +49,9 @@ def machine_info() -> dict:
 
         info["torch"] = torch.__version__
         info["torch_threads"] = torch.get_num_threads()
+        if torch.cuda.is_available():
+            info["gpu"] = torch.cuda.get_device_name()
+            info["cuda"] = torch.version.cuda
     except ImportError:
         pass
     return info

@@ -155,6 +155,10 @@ class Composition:
                  labels: Sequence[str] | None = None):
         if len(parts) < 2:
             raise ValueError("composition needs at least two skills")
+        on_other_devices = [f"{p.name}: {p.device}" for p in parts if p.device.type != "cpu"]
+        if on_other_devices:
+            raise ValueError(f"composition runs on the CPU; load its skills with device='cpu' "
+                             f"({', '.join(on_other_devices)})")
         check_compatible(parts)
         self.parts = list(parts)
         self.labels = list(labels) if labels is not None else [p.name for p in parts]  # as the user named them
@@ -181,8 +185,7 @@ class Composition:
         return {k: np.concatenate([s.transitions[k] for s in self.parts]) for k in keys}
 
 
-def load(spec: str | Sequence[str], weights: Sequence[float] | None = None, library: str | None = None,
-         device: str = "cpu") -> Composition:
+def load(spec: str | Sequence[str], weights: Sequence[float] | None = None, library: str | None = None) -> Composition:
     """Load ``"reach+avoid"`` (or a list of skill names) from the library and compose them."""
     names = spec.split("+") if isinstance(spec, str) else list(spec)
-    return Composition([skills.load(n, library, device=device) for n in names], weights, labels=names)
+    return Composition([skills.load(n, library) for n in names], weights, labels=names)

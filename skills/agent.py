@@ -28,6 +28,20 @@ class TrainingDiverged(FloatingPointError):
     """A loss became NaN or infinite; the networks keep their last finite weights."""
 
 
+def torch_device(name: str | torch.device) -> torch.device:
+    """``torch.device(name)``, or a ``ValueError`` that says why this machine cannot use it."""
+    try:
+        device = torch.device(name)
+    except RuntimeError as err:
+        raise ValueError(f"unknown torch device {str(name)!r} ({err}); use cpu or cuda") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {str(name)!r}: torch {torch.__version__} sees no CUDA device here "
+                         "(torch.cuda.is_available() is False); use --device cpu")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ValueError(f"device {str(name)!r}: only {torch.cuda.device_count()} CUDA device(s) here")
+    return device
+
+
 @dataclass(frozen=True)
 class SQLConfig:
     """Soft Q-learning hyperparameters (reference defaults unless noted in docs/skills.md)."""
@@ -106,7 +120,7 @@ class SoftQLearning:
 
     def __init__(self, obs_dim: int, act_dim: int, config: SQLConfig, device: str | torch.device = "cpu"):
         self.config, self.obs_dim, self.act_dim = config, obs_dim, act_dim
-        self.device = torch.device(device)
+        self.device = torch_device(device)
         scale = torch.full((obs_dim,), float(config.obs_scale))
         self.q = SoftQNetwork(obs_dim, act_dim, config.hidden, scale).to(self.device)
         self.q_target = copy.deepcopy(self.q).requires_grad_(False)

@@ -169,7 +169,7 @@ def _optimizer_tensors(prefix: str, optimizer: torch.optim.Optimizer) -> dict[st
     out = {}
     for i, state in optimizer.state_dict()["state"].items():
         for key, value in state.items():
-            out[f"optim.{prefix}.{i}.{key}"] = torch.as_tensor(value).detach().clone()
+            out[f"optim.{prefix}.{i}.{key}"] = torch.as_tensor(value).detach().cpu().clone()
     return out
 
 

@@ -20,7 +20,7 @@ from gymnasium.vector import AsyncVectorEnv, AutoresetMode, SyncVectorEnv, Vecto
 
 import envs
 
-from .agent import SoftQLearning, SQLConfig, TrainingDiverged
+from .agent import SoftQLearning, SQLConfig, TrainingDiverged, torch_device
 from .buffer import ReplayBuffer
 from .evaluation import run_episodes
 from .library import library_versions, next_version_dir, read_skill, space_record, update_manifest, write_skill
@@ -122,6 +122,7 @@ class Trainer:
     def __init__(self, task: str, sql: SQLConfig, run: TrainConfig, out: Path | str | None = None,
                  resume: str | Path | None = None):
         self.task = envs.get_task(task)
+        torch_device(run.device)  # refuse an unusable device before the env process starts
         self.sql, self.run = sql, run
         self.library = out
         self.path = next_version_dir(self.task.name, out)

@@ -86,15 +86,27 @@ def test_cache_can_be_switched_off_and_old_manifests_load_without_it():
 
 
 @pytest.mark.parametrize("cache", [True, False])
-def test_update_is_bitwise_reproducible(cache):
+def test_update_is_bitwise_reproducible(cache, device):
     buffer = filled_buffer(50)
 
     def weights():
         torch.manual_seed(0)
-        agent = SoftQLearning(4, 2, SQLConfig(hidden=(16, 16), cache_target_values=cache, target_update_interval=4))
+        agent = SoftQLearning(4, 2, SQLConfig(hidden=(16, 16), cache_target_values=cache, target_update_interval=4),
+                              device=device)
         rng = np.random.default_rng(0)
         for _ in range(10):
-            agent.update(buffer.sample(16, rng))
+            agent.update(buffer.sample(16, rng, device))
         return torch.cat([p.flatten() for p in agent.q.parameters()] + [p.flatten() for p in agent.sampler.parameters()])
 
     assert torch.equal(weights(), weights())
+
+
+def test_unusable_device_is_refused_with_the_reason():
+    with pytest.raises(ValueError, match="unknown torch device 'gpu'"):
+        SoftQLearning(4, 2, SQLConfig(hidden=(8,)), device="gpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="sees no CUDA device"):
+            SoftQLearning(4, 2, SQLConfig(hidden=(8,)), device="cuda")
+    else:
+        with pytest.raises(ValueError, match="CUDA device"):
+            SoftQLearning(4, 2, SQLConfig(hidden=(8,)), device=f"cuda:{torch.cuda.device_count()}")

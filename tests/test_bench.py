@@ -26,13 +26,14 @@ def test_first_success_finds_the_first_evaluation_at_the_bar():
     assert first_success(curve[:1]) is None
 
 
-def test_throughput_smoke(tmp_path):
+def test_throughput_smoke(tmp_path, device):
     pytest.importorskip("stable_baselines3")
     from bench import throughput
 
     out, png = tmp_path / "t.json", tmp_path / "t.png"
-    result = throughput.main(["--quick", "--json", str(out), "--plot", str(png)])
+    result = throughput.main(["--quick", "--device", device, "--json", str(out), "--plot", str(png)])
     saved = json.loads(out.read_text())
+    assert saved["config"]["device"] == device
     for key in ("sql_steps_per_s", "sac_steps_per_s", "ratio", "flop_utilization", "env_ratio",
                 "sql_time_to_95", "sac_time_to_95"):
         assert key in saved

@@ -133,6 +133,17 @@ def test_weights_default_equal_and_bad_weights_are_refused():
         check_weights([1.0], 2)
 
 
+def test_skills_loaded_on_a_gpu_are_refused_with_their_devices():
+    from types import SimpleNamespace
+
+    from compose.composition import Composition
+
+    parts = [SimpleNamespace(name="reach", device=torch.device("cuda", 0)),
+             SimpleNamespace(name="avoid", device=torch.device("cpu"))]
+    with pytest.raises(ValueError, match=r"runs on the CPU.*\(reach: cuda:0\)"):
+        Composition(parts)
+
+
 def test_log_volume_constant_in_composed_values():
     """Equal Q's compose to themselves: V_w = V_i and delta = 0."""
     same = ComposedQ(GaussianQ(MEANS[:1].repeat(2, 1), torch.tensor([0.2, 0.2])), torch.tensor([0.5, 0.5]),

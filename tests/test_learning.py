@@ -17,9 +17,9 @@ pytestmark = pytest.mark.learning
 ARTIFACTS = Path(__file__).resolve().parent.parent / "runs" / "test-artifacts"
 
 
-def train(task: str, steps: int, library: Path, seed: int = 0) -> skills.Skill:
+def train(task: str, steps: int, library: Path, seed: int = 0, device: str = "cpu") -> skills.Skill:
     task_def = envs.get_task(task)
-    run = replace(train_config(task, steps=steps, seed=seed), eval_interval=steps, eval_episodes=10,
+    run = replace(train_config(task, steps=steps, seed=seed, device=device), eval_interval=steps, eval_episodes=10,
                   final_eval_episodes=20, progress=False)
     result = Trainer(task, sql_config(task, task_def.family.name), run, out=library).train()
     return skills.load(result.path)
@@ -44,11 +44,11 @@ def test_multigoal_samples_reach_all_four_goals(tmp_path):
     assert np.mean([len(p) for p in paths]) < np.mean([len(p) for p in random_paths]) - 5  # goes, not wanders
 
 
-def test_reach_clearly_learns_within_a_short_budget(tmp_path):
+def test_reach_clearly_learns_within_a_short_budget(tmp_path, device):
     env = envs.make("reach")
     rng = np.random.default_rng(0)
     random_policy = run_episodes(env, lambda o: rng.uniform(-1, 1, 3), 20, seed=10_000)
-    skill = train("reach", 5000, tmp_path)
+    skill = train("reach", 5000, tmp_path, device=device)
     learned = run_episodes(env, lambda o: skill.act(o), 20, seed=10_000)
     assert random_policy["success_rate"] <= 0.1
     assert learned["success_rate"] >= 0.6, learned

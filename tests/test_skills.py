@@ -146,6 +146,26 @@ def test_resume_continues_from_a_saved_skill(library, tmp_path):
     assert manifest["resumed_from"] == "multigoal"
 
 
+def test_a_skill_trained_on_one_device_loads_and_resumes_on_either(tmp_path, device):
+    """Weights saved from ``device`` load on the CPU and on ``device`` with the same Q; resuming
+    there restores the optimizer state onto that device."""
+    run = replace(TINY_RUN, steps=200, device=device)
+    path = Trainer("multigoal", TINY_SQL, run, out=tmp_path).train().path
+    on_cpu, on_device = skills.load(path), skills.load(path, device=device)
+    assert on_device.device.type == device
+    obs = np.random.default_rng(0).normal(size=(16, 2)).astype(np.float32)
+    act = np.random.default_rng(1).uniform(-1, 1, size=(16, 2)).astype(np.float32)
+    np.testing.assert_allclose(on_cpu.q(obs, act), on_device.q(obs, act), rtol=1e-5, atol=1e-5)
+    assert on_device.act(obs[0]).shape == (2,)
+    resumed = Trainer("multigoal", TINY_SQL, replace(run, steps=100), out=tmp_path, resume=path).train()
+    assert resumed.env_steps == 300 and resumed.path.name == "v2"
+
+
+def test_unusable_device_in_train_cli(capsys):
+    assert train_cli.main(["reach", "--steps", "10", "--device", "gpu"]) == 2
+    assert "unknown torch device 'gpu'" in capsys.readouterr().err
+
+
 def test_unknown_skill_name_lists_valid_ones(library):
     with pytest.raises(KeyError, match="Valid skills: multigoal"):
         skills.load("multigoall", library)
