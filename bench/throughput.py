@@ -32,10 +32,10 @@ import numpy as np
 import torch
 
 import envs
-from bench import env_throughput
+from bench import cli, env_throughput
 from bench.flops import count_flops
 from bench.timing import interleaved_rates, machine_info
-from skills.agent import SQLConfig, torch_device
+from skills.agent import SQLConfig
 from skills.defaults import sql_config
 from skills.evaluation import run_episodes
 from skills.trainer import EVAL_SEED, TrainConfig, Trainer
@@ -238,6 +238,36 @@ def plot_curves(results: dict, path: Path) -> None:
     plt.close(fig)
 
 
+def assemble(args: argparse.Namespace, sql: SQLConfig, rates: dict, flops: dict, env: dict, ttt: dict,
+             complete: bool) -> dict:
+    """The JSON record of a run; ``complete`` is False while time-to-95% runs are still to come."""
+    import stable_baselines3
+
+    return {
+        "complete": complete,
+        "sql_steps_per_s": rates["sql"], "sac_steps_per_s": rates["sac"],
+        "sql_sequential_steps_per_s": rates["sql_sequential"],
+        "ratio_sequential": rates["sql_sequential"]["median"] / rates["sac"]["median"],
+        "ratio": rates["sql"]["median"] / rates["sac"]["median"],
+        "ratio_min": rates["sql"]["min"] / rates["sac"]["min"],
+        **flops,
+        "env_ratio": env["env_ratio"], "reach_env_steps_per_s": env["reach_steps_per_s"],
+        "fetchreach_env_steps_per_s": env["fetchreach_steps_per_s"],
+        "sql_time_to_95": summarize(ttt["sql"]) if complete and not args.skip_time_to_95 else None,
+        "sac_time_to_95": summarize(ttt["sac"]) if complete and not args.skip_time_to_95 else None,
+        "time_to_95": {**ttt, "protocol": {"eval_interval": args.eval_interval, "eval_episodes": args.eval_episodes,
+                                            "eval_seed": EVAL_SEED, "budget_steps": args.budget_steps,
+                                            "action": "deterministic (SQL: best of 32 sampler draws under Q; SAC: mean)",
+                                            "timed": "training only; evaluation excluded"}},
+        "config": {"task": TASK, "batch_size": sql.batch_size, "hidden": list(sql.hidden),
+                   "warmup_steps": sql.warmup_steps, "obs_scale": sql.obs_scale, "updates_per_step": 1,
+                   "threads": torch.get_num_threads(), "device": args.device, "steps_per_chunk": args.steps,
+                   "repeats": args.repeats, "quick": args.quick, "stable_baselines3": stable_baselines3.__version__,
+                   "sql": sql.to_dict()},
+        "machine": machine_info(),
+    }
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(prog="python -m bench.throughput", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -255,18 +285,22 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--quick", action="store_true", help="a few-seconds smoke run of every section")
     parser.add_argument("--json", metavar="PATH", help="write the results as JSON")
     parser.add_argument("--plot", metavar="PNG", help="time-to-95%% curves (default: <json stem>_time_to_95.png next to --json)")
-    args = parser.parse_args(argv)
-    try:
-        torch_device(args.device)
-    except ValueError as err:
-        parser.error(str(err))
-    torch.set_num_threads(args.threads)
+    args = cli.parse(parser, argv)
     sql = sql_config(TASK, "fetch-arm", particles=args.particles)
     env_steps, env_repeats, flop_updates = 2000, 5, 100
     if args.quick:
         sql = replace(sql, warmup_steps=100)
         args.steps, args.repeats, args.budget_steps, args.eval_interval, args.eval_episodes = 20, 1, 200, 100, 2
         env_steps, env_repeats, flop_updates = 50, 1, 5
+
+    def save(partial: dict) -> None:
+        """Written after each section too, so an interrupted run keeps what it measured."""
+        if args.json:
+            path = Path(args.json)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(path.name + ".tmp")
+            tmp.write_text(json.dumps(partial, indent=2))
+            tmp.replace(path)
 
     with tempfile.TemporaryDirectory() as library:
         print("training steps/s (SQL and SAC chunks interleaved) ...", flush=True)
@@ -276,56 +310,33 @@ def main(argv: list[str] | None = None) -> dict:
         print("env steps/s ...", flush=True)
         env = env_throughput.measure(env_steps, env_repeats)
         ttt = {"sql": [], "sac": []}
+        save(assemble(args, sql, rates, flops, env, ttt, complete=False))
         if not args.skip_time_to_95:
             for seed in range(args.seeds):
                 for algorithm in ("sql", "sac"):
                     ttt[algorithm].append(time_to_success(algorithm, sql, seed, args.budget_steps, args.eval_interval,
                                                           args.eval_episodes, args.device, library))
-
-    import stable_baselines3
-
-    result = {
-        "sql_steps_per_s": rates["sql"], "sac_steps_per_s": rates["sac"],
-        "sql_sequential_steps_per_s": rates["sql_sequential"],
-        "ratio_sequential": rates["sql_sequential"]["median"] / rates["sac"]["median"],
-        "ratio": rates["sql"]["median"] / rates["sac"]["median"],
-        "ratio_min": rates["sql"]["min"] / rates["sac"]["min"],
-        **flops,
-        "env_ratio": env["env_ratio"], "reach_env_steps_per_s": env["reach_steps_per_s"],
-        "fetchreach_env_steps_per_s": env["fetchreach_steps_per_s"],
-        "sql_time_to_95": None if args.skip_time_to_95 else summarize(ttt["sql"]),
-        "sac_time_to_95": None if args.skip_time_to_95 else summarize(ttt["sac"]),
-        "time_to_95": {**ttt, "protocol": {"eval_interval": args.eval_interval, "eval_episodes": args.eval_episodes,
-                                            "eval_seed": EVAL_SEED, "budget_steps": args.budget_steps,
-                                            "action": "deterministic (SQL: best of 32 sampler draws under Q; SAC: mean)",
-                                            "timed": "training only; evaluation excluded"}},
-        "config": {"task": TASK, "batch_size": sql.batch_size, "hidden": list(sql.hidden), "warmup_steps": sql.warmup_steps,
-                   "obs_scale": sql.obs_scale, "updates_per_step": 1, "threads": torch.get_num_threads(),
-                   "device": args.device, "steps_per_chunk": args.steps, "repeats": args.repeats, "quick": args.quick,
-                   "stable_baselines3": stable_baselines3.__version__, "sql": sql.to_dict()},
-        "machine": machine_info(),
-    }
+                    save(assemble(args, sql, rates, flops, env, ttt, complete=False))
+    final = assemble(args, sql, rates, flops, env, ttt, complete=True)
+    save(final)
     print(f"\n{'':28s} {'min':>9s} {'median':>9s}")
     for name, label in (("sql", "SQL"), ("sql_sequential", "SQL, sequential"), ("sac", "SAC")):
         r = rates[name]
         print(f"{label + ' training steps/s':28s} {r['min']:9.1f} {r['median']:9.1f}")
-    print(f"{'ratio SQL/SAC (medians)':28s} {result['ratio']:9.2f}   (sequential: {result['ratio_sequential']:.2f})")
+    print(f"{'ratio SQL/SAC (medians)':28s} {final['ratio']:9.2f}   (sequential: {final['ratio_sequential']:.2f})")
     print(f"{'SQL update MFLOP':28s} {flops['sql_flops_per_update'] / 1e6:9.1f}")
     print(f"{'SQL update GFLOP/s':28s} {flops['sql_update_flops_per_s'] / 1e9:9.1f}   "
           f"(torch.mm {flops['matmul_flops_per_s'] / 1e9:.1f}; utilisation {flops['flop_utilization']:.2f})")
     print(f"{'env ratio reach/FetchReach':28s} {env['env_ratio']:9.2f}")
     for name in ("sql", "sac"):
-        value = result[f"{name}_time_to_95"]
+        value = final[f"{name}_time_to_95"]
         print(f"{name.upper() + ' time to 95% (s)':28s} {'not reached' if value is None else f'{value:9.1f}'}")
     if args.json:
-        path = Path(args.json)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(result, indent=2))
-        print(f"wrote {path}")
+        print(f"wrote {args.json}")
     if not args.skip_time_to_95 and (args.plot or args.json):
         json_path = Path(args.json)
         plot_curves(ttt, Path(args.plot) if args.plot else json_path.with_name(f"{json_path.stem}_time_to_95.png"))
-    return result
+    return final
 
 
 if __name__ == "__main__":

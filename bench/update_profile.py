@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from bench import cli
 from bench.flops import count_dispatch
 from bench.timing import interleaved_rates, machine_info
 from skills import backprop
@@ -203,8 +204,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--warmup", type=int, default=200, help="untimed updates per variant first")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
-    args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
+    args = cli.parse(parser, argv)
     result = measure(args.buffer, args.updates, args.repeats, args.warmup)
     print(f"{'variant':24s} {'min ms':>8s} {'median ms':>10s} {'MFLOP':>8s} {'aten ops':>9s}")
     for name in VARIANTS:

@@ -110,9 +110,23 @@ class TargetValueCache:
             self.values = torch.cat([self.values, self.values.new_zeros(grow - len(self.values))])
         miss = self.ids[index] != ids
         if bool(miss.any()):
-            self.values[index[miss]] = compute(miss)
-            self.ids[index[miss]] = ids[miss]
+            slots, values = index[miss], compute(miss)
+            keep = last_of_each(slots)  # a slot drawn twice is written once: deterministic on a GPU too
+            self.values[slots[keep]] = values[keep]
+            self.ids[slots[keep]] = ids[miss][keep]
         return self.values[index]
+
+
+def last_of_each(keys: torch.Tensor) -> torch.Tensor:
+    """Positions of the last occurrence of each distinct value in ``keys`` [n] -> [n_distinct].
+
+    Writing only these makes ``x[keys] = v`` well defined with repeated keys: on the CPU it
+    equals the sequential last-write-wins, while a GPU leaves the winner unspecified.
+    """
+    sorted_keys, order = torch.sort(keys, stable=True)
+    last = torch.ones_like(sorted_keys, dtype=torch.bool)
+    last[:-1] = sorted_keys[1:] != sorted_keys[:-1]
+    return order[last]
 
 
 class SoftQLearning:

@@ -110,3 +110,11 @@ def test_unusable_device_is_refused_with_the_reason():
     else:
         with pytest.raises(ValueError, match="CUDA device"):
             SoftQLearning(4, 2, SQLConfig(hidden=(8,)), device=f"cuda:{torch.cuda.device_count()}")
+
+
+def test_last_of_each_picks_the_last_occurrence_of_every_key():
+    from skills.agent import last_of_each
+
+    keys = torch.tensor([3, 1, 3, 2, 1])
+    assert last_of_each(keys).tolist() == [4, 3, 2]  # keys 1, 2, 3
+    assert last_of_each(torch.tensor([7])).tolist() == [0]

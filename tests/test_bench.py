@@ -33,7 +33,7 @@ def test_throughput_smoke(tmp_path, device):
     out, png = tmp_path / "t.json", tmp_path / "t.png"
     result = throughput.main(["--quick", "--device", device, "--json", str(out), "--plot", str(png)])
     saved = json.loads(out.read_text())
-    assert saved["config"]["device"] == device
+    assert saved["config"]["device"] == device and saved["complete"] is True
     for key in ("sql_steps_per_s", "sac_steps_per_s", "ratio", "flop_utilization", "env_ratio",
                 "sql_time_to_95", "sac_time_to_95"):
         assert key in saved
@@ -63,3 +63,36 @@ def test_update_profile_smoke(tmp_path):
     assert set(result["ms_per_update"]) == set(update_profile.VARIANTS)
     # splitting the first layer removes the [s, a] concatenation's FLOPs; the cache removes most target FLOPs
     assert flops["reference"] > flops["+ split first layer"] == flops["+ fused Adam"] > flops["+ target cache"]
+
+
+def test_device_profile_smoke(tmp_path, device):
+    from bench import device_profile
+
+    out = tmp_path / "profile.json"
+    result = device_profile.main(["--device", device, "--buffer", "300", "--updates", "3", "--repeats", "1",
+                                  "--warmup", "2", "--profiled", "2", "--json", str(out)])
+    saved = json.loads(out.read_text())
+    assert saved["device"] == result["device"]
+    assert saved["update_with_batch_ms"]["median"] > 0 and saved["aten_ops_per_update"] > 100
+    assert saved["top_ops"][0]["calls_per_update"] > 0
+    assert "aten::" in out.with_suffix(".txt").read_text()
+    if device == "cuda":
+        assert saved["kernels_per_update"] > 10 and saved["kernel_ms_per_update"] > 0
+        assert 0 < saved["device_busy_fraction"]
+
+
+def test_throughput_keeps_the_measured_sections_when_interrupted(tmp_path, monkeypatch):
+    pytest.importorskip("stable_baselines3")
+    from bench import throughput
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(throughput, "time_to_success", interrupted)
+    out = tmp_path / "t.json"
+    with pytest.raises(KeyboardInterrupt):
+        throughput.main(["--quick", "--json", str(out)])
+    saved = json.loads(out.read_text())
+    assert saved["complete"] is False and saved["sql_time_to_95"] is None
+    assert saved["sql_steps_per_s"]["median"] > 0 and saved["env_ratio"] > 0
+    assert not list(tmp_path.glob("*.tmp"))

@@ -1,0 +1,158 @@
+"""Where one SQL update's time goes on a device: ``python -m bench.device_profile --device cuda``.
+
+Runs ``SoftQLearning.update`` (the ``reach`` hyperparameters, a buffer of random transitions
+with the ``reach`` shapes, batches sampled onto the device as training does) and reports per
+update:
+
+* wall-clock ms of one update with its batch, and of the batch sampling alone;
+* from ``torch.profiler``: the kernels launched, their summed device time (how busy the GPU
+  is while the host drives it), the host-device copies, and the CUDA runtime calls, among
+  them the synchronisations that stall the host;
+* the ops with the most self time (device time on a GPU, CPU time on the CPU).
+
+On the CPU the profiler sees the CPU side only. ``--json PATH`` also writes the profiler's
+op table to ``PATH`` with the suffix ``.txt``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+from bench import cli
+from bench.timing import machine_info
+from bench.update_profile import ACT_DIM, OBS_DIM, random_buffer
+from skills.agent import SoftQLearning, torch_device
+from skills.buffer import ReplayBuffer
+from skills.defaults import sql_config
+
+COPY_PREFIXES = ("Memcpy", "Memset")
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed_ms(fn, calls: int, repeats: int, device: torch.device) -> dict[str, float]:
+    """Min and median ms per call of ``fn`` over ``repeats`` runs of ``calls`` calls each."""
+    times = []
+    for _ in range(repeats):
+        _sync(device)
+        start = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        _sync(device)
+        times.append(1e3 * (time.perf_counter() - start) / calls)
+    return {"min": min(times), "median": statistics.median(times)}
+
+
+def profile_updates(agent: SoftQLearning, buffer: ReplayBuffer, rng: np.random.Generator, updates: int):
+    """``torch.profiler`` over ``updates`` updates (CPU activity, plus CUDA on a GPU)."""
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if agent.device.type == "cuda" else [])
+    batch_size = agent.config.batch_size
+    with profile(activities=activities) as prof:
+        for _ in range(updates):
+            agent.update(buffer.sample(batch_size, rng, agent.device))
+        _sync(agent.device)
+    return prof
+
+
+def summarize_profile(events, updates: int, on_gpu: bool, top: int = 12) -> dict:
+    """Per-update counts and times from the profiler's ``key_averages()``; busy time is
+    kernels plus copies."""
+    # record_function ranges (e.g. "Optimizer.step#Adam.step") span kernels that are counted already
+    events = [e for e in events if not getattr(e, "is_user_annotation", False)]
+    device_events = [e for e in events if on_gpu and e.device_type == torch.autograd.DeviceType.CUDA]
+    copies = [e for e in device_events if e.key.startswith(COPY_PREFIXES)]
+    kernels = [e for e in device_events if not e.key.startswith(COPY_PREFIXES)]
+    runtime = {e.key: e.count / updates for e in events if e.key.startswith("cuda")}
+    by_self_time = "self_device_time_total" if on_gpu else "self_cpu_time_total"
+    ranked = sorted(events, key=lambda e: getattr(e, by_self_time), reverse=True)[:top]
+    summary = {
+        "aten_ops_per_update": sum(e.count for e in events if e.key.startswith("aten::")) / updates,  # nested too
+        "top_ops_by": by_self_time,
+        "top_ops": [{"name": e.key, "calls_per_update": e.count / updates,
+                     "self_ms_per_update": getattr(e, by_self_time) / 1e3 / updates} for e in ranked],
+    }
+    if on_gpu:
+        summary |= {
+            "kernels_per_update": sum(e.count for e in kernels) / updates,
+            "kernel_ms_per_update": sum(e.self_device_time_total for e in kernels) / 1e3 / updates,
+            "copies_per_update": sum(e.count for e in copies) / updates,
+            "copy_ms_per_update": sum(e.self_device_time_total for e in copies) / 1e3 / updates,
+            "cuda_runtime_calls_per_update": runtime,
+            "syncs_per_update": sum(n for name, n in runtime.items() if "Synchronize" in name),
+        }
+    return summary
+
+
+def measure(device: str, buffer_size: int, updates: int, repeats: int, warmup: int, profiled: int) -> tuple[dict, str]:
+    """The profile's figures, and the profiler's op table as text."""
+    dev = torch_device(device)
+    torch.manual_seed(0)
+    config = sql_config("reach", "fetch-arm")
+    agent = SoftQLearning(OBS_DIM, ACT_DIM, config, dev)
+    buffer, rng = random_buffer(buffer_size), np.random.default_rng(1)
+
+    def step() -> None:
+        agent.update(buffer.sample(config.batch_size, rng, dev))
+
+    for _ in range(warmup):  # allocator, library handles, the target cache
+        step()
+    step_ms = timed_ms(step, updates, repeats, dev)
+    sample_ms = timed_ms(lambda: buffer.sample(config.batch_size, rng, dev), updates, repeats, dev)
+    events = profile_updates(agent, buffer, rng, profiled).key_averages()
+    on_gpu = dev.type == "cuda"
+    result = {"device": str(dev), "update_with_batch_ms": step_ms, "batch_sampling_ms": sample_ms,
+              **summarize_profile(events, profiled, on_gpu)}
+    if on_gpu:
+        busy_ms = result["kernel_ms_per_update"] + result["copy_ms_per_update"]
+        result["device_busy_fraction"] = busy_ms / step_ms["median"]
+    result |= {"buffer_size": buffer_size, "updates": updates, "repeats": repeats, "warmup": warmup, "profiled": profiled,
+               "config": config.to_dict(), "machine": machine_info()}
+    table = events.table(sort_by=result["top_ops_by"], row_limit=40)
+    return result, table
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(prog="python -m bench.device_profile", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cpu", help="torch device (cpu, cuda, cuda:N)")
+    parser.add_argument("--buffer", type=int, default=20_000, help="replay buffer size (random transitions)")
+    parser.add_argument("--updates", type=int, default=100, help="updates per timed run")
+    parser.add_argument("--profiled", type=int, default=20, help="updates run under the profiler")
+    parser.add_argument("--repeats", type=int, default=5, help="timed runs")
+    parser.add_argument("--warmup", type=int, default=100, help="untimed updates first")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    parser.add_argument("--json", metavar="PATH", help="write the results as JSON (and the op table beside it)")
+    args = cli.parse(parser, argv)
+    result, table = measure(args.device, args.buffer, args.updates, args.repeats, args.warmup, args.profiled)
+    print(table)
+    print(f"device {result['device']}: update with its batch {result['update_with_batch_ms']['median']:.3f} ms "
+          f"(min {result['update_with_batch_ms']['min']:.3f}), batch sampling alone "
+          f"{result['batch_sampling_ms']['median']:.3f} ms, {result['aten_ops_per_update']:.0f} aten ops")
+    if "kernels_per_update" in result:
+        print(f"per update: {result['kernels_per_update']:.0f} kernels, {result['kernel_ms_per_update']:.3f} ms of "
+              f"kernel time, {result['copies_per_update']:.1f} copies ({result['copy_ms_per_update']:.3f} ms); "
+              f"device busy {result['device_busy_fraction']:.0%}; {result['syncs_per_update']:.1f} synchronisations")
+        for name, calls in sorted(result["cuda_runtime_calls_per_update"].items(), key=lambda kv: -kv[1]):
+            print(f"  {name:40s} {calls:7.1f} per update")
+    if args.json:
+        path = Path(args.json)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(result, indent=2))
+        path.with_suffix(".txt").write_text(table + "\n")
+        print(f"wrote {path} and {path.with_suffix('.txt')}")
+    return result
+
+
+if __name__ == "__main__":
+    main()
