@@ -4,7 +4,8 @@ Runs ``SoftQLearning.update`` (the ``reach`` hyperparameters, a buffer of random
 with the ``reach`` shapes, batches sampled onto the device as training does) and reports per
 update:
 
-* wall-clock ms of one update with its batch, and of the batch sampling alone;
+* wall-clock ms of one update with its batch, and of the batch sampling alone (interleaved
+  runs, min and median);
 * from ``torch.profiler``: the kernels launched, their summed device time (how busy the GPU
   is while the host drives it), the host-device copies, and the CUDA runtime calls, among
   them the synchronisations that stall the host;
@@ -18,8 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
-import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +27,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from bench import cli
-from bench.timing import machine_info
+from bench.timing import interleaved_rates, machine_info, ms_per_unit, sync
 from bench.update_profile import ACT_DIM, OBS_DIM, random_buffer
 from skills.agent import SoftQLearning, torch_device
 from skills.buffer import ReplayBuffer
@@ -36,22 +36,14 @@ from skills.defaults import sql_config
 COPY_PREFIXES = ("Memcpy", "Memset")
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def timed_ms(fn, calls: int, repeats: int, device: torch.device) -> dict[str, float]:
-    """Min and median ms per call of ``fn`` over ``repeats`` runs of ``calls`` calls each."""
-    times = []
-    for _ in range(repeats):
-        _sync(device)
-        start = time.perf_counter()
+def chunk(fn: Callable[[], object], calls: int, device: torch.device) -> Callable[[], int]:
+    """A timed unit for ``interleaved_rates``: ``calls`` calls of ``fn``, finished on the device."""
+    def run() -> int:
         for _ in range(calls):
             fn()
-        _sync(device)
-        times.append(1e3 * (time.perf_counter() - start) / calls)
-    return {"min": min(times), "median": statistics.median(times)}
+        sync(device)
+        return calls
+    return run
 
 
 def profile_updates(agent: SoftQLearning, buffer: ReplayBuffer, rng: np.random.Generator, updates: int):
@@ -61,7 +53,7 @@ def profile_updates(agent: SoftQLearning, buffer: ReplayBuffer, rng: np.random.G
     with profile(activities=activities) as prof:
         for _ in range(updates):
             agent.update(buffer.sample(batch_size, rng, agent.device))
-        _sync(agent.device)
+        sync(agent.device)
     return prof
 
 
@@ -105,17 +97,16 @@ def measure(device: str, buffer_size: int, updates: int, repeats: int, warmup: i
     def step() -> None:
         agent.update(buffer.sample(config.batch_size, rng, dev))
 
-    for _ in range(warmup):  # allocator, library handles, the target cache
-        step()
-    step_ms = timed_ms(step, updates, repeats, dev)
-    sample_ms = timed_ms(lambda: buffer.sample(config.batch_size, rng, dev), updates, repeats, dev)
+    chunk(step, warmup, dev)()  # allocator, library handles, the target cache
+    ms = ms_per_unit(interleaved_rates({"update_with_batch_ms": chunk(step, updates, dev),
+                                        "batch_sampling_ms": chunk(lambda: buffer.sample(config.batch_size, rng, dev),
+                                                                   updates, dev)}, repeats))
     events = profile_updates(agent, buffer, rng, profiled).key_averages()
     on_gpu = dev.type == "cuda"
-    result = {"device": str(dev), "update_with_batch_ms": step_ms, "batch_sampling_ms": sample_ms,
-              **summarize_profile(events, profiled, on_gpu)}
+    result = {"device": str(dev), **ms, **summarize_profile(events, profiled, on_gpu)}
     if on_gpu:
         busy_ms = result["kernel_ms_per_update"] + result["copy_ms_per_update"]
-        result["device_busy_fraction"] = busy_ms / step_ms["median"]
+        result["device_busy_fraction"] = busy_ms / ms["update_with_batch_ms"]["median"]
     result |= {"buffer_size": buffer_size, "updates": updates, "repeats": repeats, "warmup": warmup, "profiled": profiled,
                "config": config.to_dict(), "machine": machine_info()}
     table = events.table(sort_by=result["top_ops_by"], row_limit=40)

@@ -34,7 +34,7 @@ import torch
 import envs
 from bench import cli, env_throughput
 from bench.flops import count_flops
-from bench.timing import interleaved_rates, machine_info
+from bench.timing import interleaved_rates, machine_info, sync
 from skills.agent import SQLConfig
 from skills.defaults import sql_config
 from skills.evaluation import run_episodes
@@ -78,11 +78,6 @@ def make_sql(sql: SQLConfig, seed: int, device: str, steps: int, library: str, o
     return Trainer(TASK, sql, run, out=library)
 
 
-def _sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-
-
 def training_rates(sql: SQLConfig, steps: int, repeats: int, device: str, library: str) -> tuple[dict, Trainer]:
     """Env steps/s of SQL and SAC training (interleaved chunks of ``steps``), after their warm-ups.
 
@@ -103,13 +98,13 @@ def training_rates(sql: SQLConfig, steps: int, repeats: int, device: str, librar
         def run() -> int:
             for _ in range(steps):
                 trainer.step()
-            _sync(device)
+            sync(device)
             return steps
         return run
 
     def sac_chunk() -> int:
         sac.learn(steps, reset_num_timesteps=False, progress_bar=False)
-        _sync(device)
+        sync(device)
         return steps
 
     workloads = {name: sql_chunk(trainer) for name, trainer in trainers.items()} | {"sac": sac_chunk}
@@ -128,10 +123,10 @@ def matmul_rates(device: str, repeats: int = 200) -> dict[str, float]:
             a @ b
         times = []
         for _ in range(repeats):
-            _sync(device)
+            sync(device)
             start = time.perf_counter()
             a @ b
-            _sync(device)
+            sync(device)
             times.append(time.perf_counter() - start)
         rates[f"{rows}x{inner}@{inner}x{cols}"] = 2 * rows * inner * cols / statistics.median(times)
     return rates
@@ -145,7 +140,7 @@ def flop_utilization(trainer: Trainer, updates: int, repeats: int, device: str) 
     def window() -> int:
         for _ in range(updates):
             agent.update(buffer.sample(batch_size, rng, agent.device))
-        _sync(device)
+        sync(device)
         return updates
 
     flops = count_flops(window) / updates
@@ -192,7 +187,7 @@ def time_to_success(algorithm: str, sql: SQLConfig, seed: int, budget: int, inte
     while steps < budget:
         start = time.perf_counter()
         train(interval)
-        _sync(device)
+        sync(device)
         train_s += time.perf_counter() - start
         steps += interval
         start = time.perf_counter()

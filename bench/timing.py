@@ -8,6 +8,7 @@ import time
 from collections.abc import Callable
 
 import numpy as np
+import torch
 
 
 def interleaved_rates(workloads: dict[str, Callable[[], int]], repeats: int, seed: int = 0) -> dict[str, dict]:
@@ -27,6 +28,17 @@ def interleaved_rates(workloads: dict[str, Callable[[], int]], repeats: int, see
             for name, r in runs.items()}
 
 
+def ms_per_unit(rates: dict[str, dict]) -> dict[str, dict[str, float]]:
+    """``interleaved_rates`` output as min and median ms per unit."""
+    return {name: {"min": 1e3 / r["max"], "median": 1e3 / r["median"]} for name, r in rates.items()}
+
+
+def sync(device: str | torch.device) -> None:
+    """Wait for queued GPU work, so a timer stops when the work is done (no-op on the CPU)."""
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def machine_info() -> dict:
     """Processor, core count and library versions, for the record."""
     import os
@@ -44,14 +56,9 @@ def machine_info() -> dict:
             info["processor"] = model
     except OSError:
         pass
-    try:
-        import torch
-
-        info["torch"] = torch.__version__
-        info["torch_threads"] = torch.get_num_threads()
-        if torch.cuda.is_available():
-            info["gpu"] = torch.cuda.get_device_name()
-            info["cuda"] = torch.version.cuda
-    except ImportError:
-        pass
+    info["torch"] = torch.__version__
+    info["torch_threads"] = torch.get_num_threads()
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name()
+        info["cuda"] = torch.version.cuda
     return info

@@ -31,7 +31,7 @@ import torch
 
 from bench import cli
 from bench.flops import count_dispatch
-from bench.timing import interleaved_rates, machine_info
+from bench.timing import interleaved_rates, machine_info, ms_per_unit
 from skills import backprop
 from skills.agent import SoftQLearning, SQLConfig
 from skills.buffer import ReplayBuffer
@@ -184,7 +184,7 @@ def measure(buffer_size: int, updates: int, repeats: int, warmup: int = 200) -> 
                                      updates)
         flops[name], ops[name] = counter.flops / updates, counter.ops / updates
     default, _ = agents[VARIANTS[-1]]
-    ms = {name: {"min": 1e3 / r["max"], "median": 1e3 / r["median"]} for name, r in rates.items()}
+    ms = ms_per_unit(rates)
     return {
         "ms_per_update": ms,
         "speedup_vs_reference": ms["reference"]["median"] / ms[VARIANTS[-1]]["median"],
