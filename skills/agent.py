@@ -112,8 +112,9 @@ class TargetValueCache:
         if bool(miss.any()):
             slots, values = index[miss], compute(miss)
             keep = last_of_each(slots)  # a slot drawn twice is written once: deterministic on a GPU too
-            self.values[slots[keep]] = values[keep]
-            self.ids[slots[keep]] = ids[miss][keep]
+            written = slots[keep]
+            self.values[written] = values[keep]
+            self.ids[written] = ids[miss][keep]
         return self.values[index]
 
 
