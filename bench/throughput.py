@@ -220,7 +220,7 @@ def plot_curves(results: dict, path: Path) -> None:
     for algorithm, color in (("sql", "tab:blue"), ("sac", "tab:orange")):
         for i, run in enumerate(results[algorithm]):
             ax.plot([p["train_s"] for p in run["curve"]], [p["success_rate"] for p in run["curve"]], "o-", color=color,
-                    label=f"{algorithm.upper()} (SB3)" if algorithm == "sac" and i == 0 else (algorithm.upper() if i == 0 else None))
+                    label=(f"{algorithm.upper()} (SB3)" if algorithm == "sac" else algorithm.upper()) if i == 0 else None)
     ax.axhline(SUCCESS_BAR, color="gray", ls="--", lw=1)
     ax.set_xlabel("training wall-clock time (s), evaluation excluded")
     ax.set_ylabel("reach success (deterministic, seeded episodes)")
@@ -279,7 +279,8 @@ def main(argv: list[str] | None = None) -> dict:
                         "skill's hyperparameters)")
     parser.add_argument("--quick", action="store_true", help="a few-seconds smoke run of every section")
     parser.add_argument("--json", metavar="PATH", help="write the results as JSON")
-    parser.add_argument("--plot", metavar="PNG", help="time-to-95%% curves (default: <json stem>_time_to_95.png next to --json)")
+    parser.add_argument("--plot", metavar="PNG",
+                        help="time-to-95%% curves (default: <json stem>_time_to_95.png next to --json)")
     args = cli.parse(parser, argv)
     sql = sql_config(TASK, "fetch-arm", particles=args.particles)
     env_steps, env_repeats, flop_updates = 2000, 5, 100

@@ -17,6 +17,7 @@ Estimation, and where its errors come from (reported with every result):
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -29,16 +30,30 @@ from .composition import ComposedQ, Composition
 
 @dataclass(frozen=True)
 class BoundConfig:
-    """TD fit of the correction ``C``."""
+    """TD fit of the correction ``C``, run long enough to reach its fixed point.
 
-    updates: int = 3000  # TD gradient steps
+    ``C`` converges like a value: after ``k`` backups (target copies) the initial error is scaled
+    by ``gamma^k``. The fit takes ``k = ceil(log(tolerance) / log(gamma))`` backups of
+    ``target_update_interval`` updates each (``updates`` overrides this), so a constant
+    ``delta`` gives ``C`` within ``tolerance`` (relative) of ``gamma delta / (1 - gamma)``.
+    """
+
+    tolerance: float = 0.01  # gamma^backups: what is left of the initial error
+    updates: int | None = None  # TD gradient steps; None: backups * target_update_interval
+    target_update_interval: int = 25  # hard target-network copy every N steps (one backup)
     batch_size: int = 256  # transitions per step
-    max_actions: int = 32  # actions sampled (uniformly) for max_{a'} C(s', a')
+    max_actions: int = 16  # actions sampled (uniformly) for max_{a'} C(s', a')
     n_value_samples: int = 512  # importance samples per state for delta (common random numbers)
     lr: float = 1e-3  # Adam learning rate
-    target_update_interval: int = 250  # hard target-network copy every N steps
     hidden: tuple[int, ...] = (128, 128)  # C network widths
     seed: int = 0  # seeds initialisation and draws
+
+    def backups(self, gamma: float) -> int:
+        """Target copies needed for ``gamma^k <= tolerance``."""
+        return max(1, math.ceil(math.log(self.tolerance) / math.log(gamma)))
+
+    def total_updates(self, gamma: float) -> int:
+        return self.updates if self.updates is not None else self.backups(gamma) * self.target_update_interval
 
     def to_dict(self) -> dict:
         return asdict(self) | {"hidden": list(self.hidden)}
@@ -80,7 +95,8 @@ def fit_correction(transitions: dict[str, np.ndarray], next_gap: np.ndarray, gam
     c_target = copy.deepcopy(c_net).requires_grad_(False)
     optimizer = torch.optim.Adam(c_net.parameters(), lr=config.lr)
     losses = []
-    for step in range(1, config.updates + 1):
+    total = config.total_updates(gamma)
+    for step in range(1, total + 1):
         idx = torch.randint(len(obs), (config.batch_size,), generator=generator)
         with torch.no_grad():
             candidates = uniform_actions(config.batch_size, config.max_actions, act_dim, generator)
@@ -94,8 +110,14 @@ def fit_correction(transitions: dict[str, np.ndarray], next_gap: np.ndarray, gam
             c_target.load_state_dict(c_net.state_dict())
         if step % 100 == 0:
             losses.append(float(loss.detach()))
+    with torch.no_grad():
+        probe = torch.randperm(len(obs), generator=generator)[:2048]
+        c_probe = c_net(obs[probe], act[probe])
     return c_net, {"gap_mean": float(gap.mean()), "gap_max": float(gap.max()),
-                   "td_loss_last": losses[-1] if losses else float("nan")}
+                   "td_loss_last": losses[-1] if losses else float("nan"), "updates": total,
+                   "backups": total // config.target_update_interval, "gamma": gamma,
+                   "C_mean_on_stored": float(c_probe.mean()),
+                   "C_constant_delta_reference": float(gamma * gap.mean() / (1.0 - gamma))}
 
 
 def fit_composition_correction(composition: Composition, config: BoundConfig = BoundConfig()) -> tuple[SoftQNetwork, dict]:
@@ -129,3 +151,142 @@ def check_bound(q_w: np.ndarray, c: np.ndarray, q_joint: np.ndarray) -> dict:
         "mean_Q_w": float(np.mean(q_w)),
         "mean_Q_joint": float(np.mean(q_joint)),
     }
+
+
+# ---- the Monte Carlo bound check: ground truth, no learned stand-in for Q* -----------------------
+T_975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
+         2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042)
+
+
+def t_critical_95(df: int) -> float:
+    """Two-sided 95% Student-t critical value (table to df 30, then ``1.96 + 2.37/df``)."""
+    if df < 1:
+        return math.inf
+    return T_975[df - 1] if df <= len(T_975) else 1.959964 + 2.37 / df
+
+
+@dataclass(frozen=True)
+class MCBoundConfig:
+    """Monte Carlo soft returns from (s, a) pairs on the composed policy's own episodes."""
+
+    pairs: int = 20  # (s, a) pairs: one per episode (seeds seed, seed+1, ...), at a random step
+    rollouts: int = 8  # rollouts per pair and policy, in lockstep
+    tail: float = 0.05  # rollout length T: gamma^T (max|r| + alpha d log 2)/(1 - gamma) <= tail
+    value_samples: int = 128  # importance samples (mixture proposal) for each V in the entropy terms
+    seed: int = 0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def pair_starts(composed, make_env, config: MCBoundConfig, horizon: int) -> list:
+    """One (s, a) pair per episode of the composed policy, at a random step: ``(Start, obs, step)``."""
+    rng = np.random.default_rng(config.seed)
+    return [episode_starts(composed, make_env, config.seed + p, [int(rng.integers(0, horizon))])[0]
+            for p in range(config.pairs)]
+
+
+def episode_starts(composed, make_env, seed: int, steps: list[int]) -> list:
+    """``(Start, obs, step)`` at the given steps of one seeded episode of the composed policy; each
+    ``Start`` replays the episode's actions up to its step and then takes the policy's action there."""
+    from skills.diagnostics import Start
+
+    env = make_env().unwrapped
+    out, prefix = [], []
+    try:
+        obs, _ = env.reset(seed=seed)
+        for t in range(max(steps) + 1):
+            action = composed.act(obs)
+            if t in steps:
+                out.append((Start(seed, tuple(prefix), action), obs.astype(np.float32), t))
+            prefix.append(action)
+            obs, *_ = env.step(action)
+    finally:
+        env.close()
+    return out
+
+
+def mc_soft_q(composed, joint, correction: torch.nn.Module, make_env, reward_range: tuple[float, float], starts: list,
+              config: MCBoundConfig) -> tuple[list[dict], int, float]:
+    """``G^pi(s, a)`` of the composed and the joint policy from each start, with ``Q_w`` and ``C`` there.
+
+    ``G^pi(s, a) = r_0 + sum_{t>=1} gamma^t (r_t - Q(s_t,a_t) + V(s_t))`` estimates ``Q^pi(s, a)`` on ``r_w``
+    (``Q = Q_w`` for the composed policy, the joint skill's own ``Q`` for the joint one); 95% Student-t
+    CIs over ``config.rollouts`` rollouts. Returns per-pair rows, ``T`` and the tail bound.
+    """
+    from skills.diagnostics import mean_and_se, rollout_steps, rollout_values, run_rollouts, soft_return_estimates
+
+    gamma = composed.gamma
+    steps = rollout_steps(reward_range, composed.alpha, composed.act_dim, gamma, config.tail)
+    pool = [make_env().unwrapped for _ in range(config.rollouts)]
+    policies = {"composed": composed} | ({"joint": joint} if joint is not None else {})
+    per_pair, term_max = [], 0.0
+    try:
+        for start, obs, t in starts:
+            with torch.no_grad():
+                o, a = torch.as_tensor(obs[None]), torch.as_tensor(np.asarray(start.action, np.float32)[None])
+                q_w, c = float(composed.q(o, a)[0]), float(correction(o, a)[0])
+            row = {"seed": start.seed, "step": t, "Q_w": q_w, "C": c}
+            for name, policy in policies.items():
+                rollouts = run_rollouts(pool, lambda x, p=policy: p.act(x), start, steps)
+                q, v = rollout_values(policy, rollouts, config.value_samples)
+                g = soft_return_estimates(rollouts, q, v, gamma, from_action=True)
+                term_max = max(term_max, float(np.max(np.abs(rollouts.alive * (rollouts.reward - q + v))[:, 1:])))
+                mean, se = mean_and_se(g)
+                half = t_critical_95(len(g) - 1) * se
+                row[name] = {"mean": mean, "se": se, "ci": [mean - half, mean + half]}
+            per_pair.append(row)
+    finally:
+        for env in pool:
+            env.close()
+    return per_pair, steps, float(gamma**steps * term_max / (1.0 - gamma))
+
+
+def mc_bound(composed, joint, correction: torch.nn.Module, make_env, reward_range: tuple[float, float], horizon: int,
+             config: MCBoundConfig = MCBoundConfig()) -> dict:
+    """Falsifiable checks of the composition bound with Monte Carlo soft returns (``bound.mc``).
+
+    * upper side: ``Q^pi <= Q*_w <= Q_w`` for any policy, so a CI of ``G^pi(s, a)`` lying wholly above
+      ``Q_w(s, a)`` falsifies it (for the composed and the joint policy);
+    * lower side: ``Q^{pi_w} >= Q_w - C*`` for the composed policy itself; it holds unless the CI lies
+      wholly below ``Q_w - C``;
+    * suboptimality: ``G^joint - G^composed`` per pair, against ``C``.
+    """
+    starts = pair_starts(composed, make_env, config, horizon)
+    return summarise_mc_bound(*mc_soft_q(composed, joint, correction, make_env, reward_range, starts, config), config)
+
+
+def summarise_mc_bound(per_pair: list[dict], steps: int, tail_bound: float, config: MCBoundConfig) -> dict:
+    """The ``bound.mc`` record from per-pair soft returns (see ``mc_bound``)."""
+    from skills.diagnostics import mean_and_se
+
+    names = [n for n in ("composed", "joint") if n in per_pair[0]]
+    q_w = np.array([r["Q_w"] for r in per_pair])
+    c = np.array([r["C"] for r in per_pair])
+    falsified = {n: np.array([r[n]["ci"][0] > r["Q_w"] for r in per_pair]) for n in names}
+    lower_holds = np.array([r["composed"]["ci"][1] >= r["Q_w"] - r["C"] for r in per_pair])
+    g = {n: np.array([r[n]["mean"] for r in per_pair]) for n in names}
+    out = {
+        "method": "Monte Carlo soft returns G = r_0 + sum_{t>=1} gamma^t (r_t - Q(s_t,a_t) + V(s_t)) from (s, a) pairs on "
+                  "the composed policy's own episodes (episode replayed to s, then a, then the policy), on r_w; "
+                  "95% Student-t CIs over rollouts",
+        "pairs": len(per_pair), "rollouts_per_pair": config.rollouts, "rollout_steps": steps, "tail_bound": tail_bound,
+        "value_samples": config.value_samples, "confidence": 0.95,
+        "upper_falsified_fraction": float(np.mean(np.concatenate([falsified[n] for n in names]))),
+        **{f"upper_falsified_fraction_{n}": float(np.mean(falsified[n])) for n in names},
+        **{f"upper_slack_mean_{n}": float(np.mean(q_w - g[n])) for n in names},
+        "lower_holds_fraction": float(np.mean(lower_holds)),
+        "lower_slack_mean": float(np.mean(g["composed"] - (q_w - c))),
+        "Q_w_mean": float(q_w.mean()), "C_mean": float(c.mean()),
+        **{f"soft_return_mean_{n}": float(g[n].mean()) for n in names},
+        "per_pair": per_pair,
+    }
+    if "joint" in g:
+        mean, se = mean_and_se(g["joint"] - g["composed"])
+        half = t_critical_95(len(per_pair) - 1) * se
+        out |= {"suboptimality_mean": mean, "suboptimality_ci": [mean - half, mean + half],
+                "suboptimality_vs_C": "suboptimality_mean (G_joint - G_composed) against C_mean: the bound says the "
+                                      "composed policy loses at most C"}
+    out["goals"] = {"upper_falsified_fraction <= 0.05": out["upper_falsified_fraction"] <= 0.05,
+                    "lower_holds_fraction >= 0.95": out["lower_holds_fraction"] >= 0.95}
+    return out

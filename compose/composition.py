@@ -74,8 +74,8 @@ class StackedQ(nn.Module):
         self.biases = nn.ParameterList()
         for depth in range(len(linears[0])):
             layers = [ls[depth] for ls in linears]
-            out_dim = max(l.out_features for l in layers)
-            in_dim = max(l.in_features for l in layers)
+            out_dim = max(layer.out_features for layer in layers)
+            in_dim = max(layer.in_features for layer in layers)
             w = torch.zeros(len(layers), in_dim, out_dim)
             b = torch.zeros(len(layers), 1, out_dim)
             for i, layer in enumerate(layers):

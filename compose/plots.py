@@ -50,8 +50,9 @@ def q_grid(q_fn, obs: np.ndarray, act_dim: int, n: int = 61, fixed: float = 0.0)
 
 
 def plot_episode_bound(q_w: np.ndarray, c: np.ndarray, q_joint: np.ndarray | None, path: str | Path,
-                       title: str) -> None:
-    """``Q_w``, ``Q_w - C`` and ``Q_joint`` along one episode of the composed policy."""
+                       title: str, mc_rows: list[dict] | None = None) -> None:
+    """``Q_w``, ``Q_w - C`` and ``Q_joint`` along one episode of the composed policy; with ``mc_rows``
+    (``bound.mc_soft_q``), Monte Carlo soft returns of each policy from (s_t, a_t) with 95% CIs."""
     plt = _pyplot()
     steps = np.arange(len(q_w))
     fig, ax = plt.subplots(figsize=(6.5, 3.5), dpi=110)
@@ -59,7 +60,15 @@ def plot_episode_bound(q_w: np.ndarray, c: np.ndarray, q_joint: np.ndarray | Non
     ax.plot(steps, q_w, color="tab:blue", label="Q_w (composed)")
     ax.plot(steps, q_w - c, "--", color="tab:blue", label="Q_w - C")
     if q_joint is not None:
-        ax.plot(steps, q_joint, color="tab:red", label="Q_joint (trained on r_w)")
+        ax.plot(steps, q_joint, color="tab:red", alpha=0.5, label="Q_joint (learned)")
+    for name, colour, shift in (("composed", "tab:blue", -0.3), ("joint", "tab:red", 0.3)):
+        rows = [r for r in (mc_rows or []) if name in r]
+        if rows:
+            x = np.array([r["step"] for r in rows]) + shift
+            mean = np.array([r[name]["mean"] for r in rows])
+            err = np.array([[m - r[name]["ci"][0], r[name]["ci"][1] - m] for m, r in zip(mean, rows)]).T
+            ax.errorbar(x, mean, yerr=err, fmt="o", ms=3.5, color=colour, capsize=2,
+                        label=f"MC soft return of the {name} policy, 95% CI")
     ax.set_xlabel("step")
     ax.set_ylabel("soft Q at (s_t, a_t)")
     ax.set_title(title, fontsize=9)

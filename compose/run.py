@@ -15,7 +15,7 @@ import argparse
 import json
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -28,14 +28,25 @@ from envs._gl import headless
 from envs.core import UnknownNameError
 from envs.video import VideoWriter, draw_text, overlay_lines
 from skills.evaluation import run_episodes
-from skills.library import SkillError
+from skills.library import SkillError, atomic_write_text
+from skills.policy import SoftPolicy
 from skills.sql import SamplerNetwork, SoftQNetwork
 from skills.trainer import EVAL_SEED
 
-from .bound import BoundConfig, check_bound, fit_composition_correction, gap_on_states
+from .bound import (
+    BoundConfig,
+    MCBoundConfig,
+    check_bound,
+    episode_starts,
+    fit_composition_correction,
+    gap_on_states,
+    mc_bound,
+    mc_soft_q,
+)
 from .cache import cache_path, load_cached, save_cached
 from .composition import Composition, IncompatibleSkillsError, check_compatible, load
 from .plots import plot_comparison, plot_episode_bound, plot_q_slices, q_grid
+from .policy import ComposedPolicy
 from .sampling import ParticleConfig, ParticlePolicy, SamplerConfig, constituent_init, train_amortized_sampler
 
 MAX_BOUND_PAIRS = 5000
@@ -53,8 +64,16 @@ class Built:
     info: dict = field(default_factory=dict)
 
 
-def build(composition: Composition, library: str | None, progress: bool,
-          sampler_cfg: SamplerConfig = SamplerConfig(), bound_cfg: BoundConfig = BoundConfig()) -> Built:
+def write_json(path: Path, data: dict) -> Path:
+    return atomic_write_text(path, json.dumps(data, indent=2))
+
+
+def write_text(path: Path, text: str) -> Path:
+    return atomic_write_text(path, text)
+
+
+def build(composition: Composition, library: str | None, progress: bool, sampler_cfg: SamplerConfig,
+          bound_cfg: BoundConfig) -> Built:
     """Train (or load from the library cache) the composed sampler and the bound's ``C``."""
     obs_scale = composition.parts[0].agent.q.obs_scale
     sampler = SamplerNetwork(composition.obs_dim, composition.act_dim, sampler_cfg.hidden, obs_scale)
@@ -79,33 +98,13 @@ def build(composition: Composition, library: str | None, progress: bool,
     return Built(sampler, correction, False, s_info["wall_time_s"], 0.0, manifest | {"cache": str(path)})
 
 
-def composed_policy(composition: Composition, built: Built, kind: str, deterministic: bool, seed: int):
-    """``obs -> action`` for the composed energy policy (a sample unless ``deterministic``)."""
-    generator = torch.Generator().manual_seed(seed)
+def composed_policy(composition: Composition, built: Built, kind: str, seed: int) -> ComposedPolicy:
+    """The composed energy policy as a ``SoftPolicy``: the amortized sampler, or per-decision SVGD."""
+    particles = None
     if kind == "particles":
         particles = ParticlePolicy(composition.q, composition.act_dim, composition.alpha, ParticleConfig(), seed,
-                                   init=constituent_init([p.agent.sampler for p in composition.parts]))
-        if not deterministic:
-            return particles
-
-        def best_particle(obs):
-            o = torch.as_tensor(obs, dtype=torch.float32)[None]
-            a = particles.particles(o)
-            with torch.no_grad():
-                return a[0, composition.q(o.unsqueeze(1), a)[0].argmax()].numpy()
-
-        return best_particle
-
-    def amortized(obs):
-        o = torch.as_tensor(obs, dtype=torch.float32)[None]
-        n = 32 if deterministic else 1
-        with torch.no_grad():
-            noise = torch.randn(1, n, composition.act_dim, generator=generator)
-            a = torch.tanh(built.sampler(o, noise))
-            pick = composition.q(o.unsqueeze(1), a)[0].argmax() if deterministic else 0
-        return a[0, pick].numpy()
-
-    return amortized
+                                   init=constituent_init([p.agent.sampler for p in composition.parts])).particles
+    return ComposedPolicy(composition, built.sampler, seed, particles)
 
 
 def find_joint(composition: Composition, library: str | None) -> tuple[skills.Skill | None, str]:
@@ -125,8 +124,10 @@ def find_joint(composition: Composition, library: str | None) -> tuple[skills.Sk
     return joint, ""
 
 
-def record_pairs(policy, store: list):
-    """Wrap a policy so that every (obs, action) it produces is appended to ``store``."""
+def record_pairs(policy, store: list | None):
+    """Wrap a policy so that every (obs, action) it produces is appended to ``store`` (if any)."""
+    if store is None:
+        return policy
 
     def wrapped(obs):
         action = policy(obs)
@@ -170,68 +171,81 @@ def render_episode(composition: Composition, policy, path: Path, seed: int, env_
     return video.close(), chosen
 
 
-def evaluate_row(name: str, policy, env, episodes: int, seed: int, env_steps: int, wall: float) -> dict:
-    metrics = run_episodes(env, policy, episodes, seed)
+def evaluate_row(name: str, policy: SoftPolicy, make_env, episodes: int, seed: int, deterministic: bool,
+                 env_steps: int, wall: float, pairs: list | None = None) -> dict:
+    """Seeded episodes of ``policy`` on the combined task; the soft return too when it samples."""
+    act = record_pairs(lambda o: policy.act(o, deterministic), pairs)
+    env = make_env()
+    try:
+        metrics = run_episodes(env, act, episodes, seed, soft=None if deterministic else policy)
+    finally:
+        env.close()
+    if deterministic:
+        metrics |= {"soft_return_mean": None, "soft_return_note": "deterministic actions have no soft return"}
     return {"policy": name, **metrics, "env_steps_used": int(env_steps), "build_wall_time_s": round(float(wall), 2)}
 
 
-def run(spec: str, weights: list[float] | None = None, sampler: str = "amortized", episodes: int = 100,
-        seed: int = EVAL_SEED, render: bool = False, out: str | Path | None = None, library: str | None = None,
-        deterministic: bool = True, env_kwargs: dict[str, Any] | None = None, progress: bool = True,
-        sampler_cfg: SamplerConfig = SamplerConfig(), bound_cfg: BoundConfig = BoundConfig()) -> dict:
-    """Build, run and report a composition; returns the report dict (also written to ``out``)."""
-    started = time.perf_counter()
-    torch.manual_seed(seed)  # constituents and the joint skill sample from torch's global generator
-    env_kwargs = dict(env_kwargs or {})
-    composition = load(spec, weights, library)
-    out = Path(out) if out else Path("runs") / "compose" / f"{composition.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    out.mkdir(parents=True, exist_ok=True)
-    joint, joint_note = find_joint(composition, library)
-    built = build(composition, library, progress, sampler_cfg, bound_cfg)
-    policy = composed_policy(composition, built, sampler, deterministic, seed)
-    env = envs.make_task_env(composition.task, **env_kwargs)
-
+def evaluate_policies(*, composition: Composition, composed: ComposedPolicy, joint: skills.Skill | None,
+                      build_time: float, make_env, episodes: int, seed: int, deterministic: bool) -> tuple[dict, list]:
+    """Phase 2: composed, joint and each constituent on the same seeded episodes of the combined task.
+    Returns the rows and the composed policy's (s, a) pairs."""
     pairs: list = []
-    build_time = 0.0 if sampler == "particles" else built.build_wall_time_s  # particles train nothing
-    rows = {"composed": evaluate_row("composed", record_pairs(policy, pairs), env, episodes, seed, 0, build_time)}
-    rows["composed"]["sampler"] = sampler
+    rows = {"composed": evaluate_row("composed", composed, make_env, episodes, seed, deterministic, 0, build_time, pairs)}
     if joint is not None:
-        rows["joint"] = evaluate_row("joint", lambda o: joint.act(o, deterministic), env, episodes, seed,
+        rows["joint"] = evaluate_row("joint", joint, make_env, episodes, seed, deterministic,
                                      joint.manifest["env_steps"], joint.manifest["wall_time_s"])
     for label, part in zip(composition.labels, composition.parts):
-        rows[label] = evaluate_row(label, lambda o, p=part: p.act(o, deterministic), env, episodes, seed,
+        rows[label] = evaluate_row(label, part, make_env, episodes, seed, deterministic,
                                    part.manifest["env_steps"], part.manifest["wall_time_s"])
-    env.close()
+    return rows, pairs
 
-    # the bound, on the composed policy's own (s, a) pairs
+
+def learned_bound(*, composition: Composition, built: Built, joint: skills.Skill | None, joint_note: str,
+                  pairs: list) -> dict:
+    """Phase 3a: ``Q_w - C <= Q_joint <= Q_w`` point by point on the composed policy's pairs. This compares
+    learned functions with each other; it is kept as a diagnostic, not as a test of the theorem."""
     obs = torch.as_tensor(np.stack([p[0] for p in pairs[:MAX_BOUND_PAIRS]]))
     act = torch.as_tensor(np.stack([p[1] for p in pairs[:MAX_BOUND_PAIRS]]))
     with torch.no_grad():
         q_w = composition.q(obs, act).numpy()
         c = built.correction(obs, act).numpy()
-        q_joint = joint.q(obs.numpy(), act.numpy()) if joint is not None else None
-    bound = {"form": "tight: C = gamma E[delta(s') + max_a' C(s',a')], delta = sum_i w_i V_i - V_w",
-             "gap_on_stored_states": built.info.get("gap", {})}
-    if q_joint is not None:
-        bound |= check_bound(q_w, c, q_joint)
-    else:
-        bound |= {"holds_fraction": None, "mean_C": float(np.mean(c)), "mean_gap": None,
-                  "mean_Q_w": float(np.mean(q_w)), "note": joint_note}
+    out = {"label": "learned functions compared point by point (Q_joint stands in for Q*_w); a diagnostic, "
+                    "not a test: see bound.mc"}
+    if joint is None:
+        return out | {"holds_fraction": None, "mean_C": float(np.mean(c)), "mean_gap": None,
+                      "mean_Q_w": float(np.mean(q_w)), "note": joint_note}
+    return out | check_bound(q_w, c, joint.q(obs.numpy(), act.numpy()))
 
-    # figures
-    figures = {"bound_episode": out / "bound_episode.png"}
+
+def bound_episode_figure(*, composition: Composition, composed: ComposedPolicy, built: Built,
+                         joint: skills.Skill | None, make_env, seed: int, mc_cfg: MCBoundConfig | None,
+                         path: Path) -> dict | None:
+    """Phase 4a: learned ``Q_w``, ``Q_w - C``, ``Q_joint`` along one composed episode, with Monte Carlo
+    soft returns (95% CIs) of both policies at every 5th step. Returns the MC rows, if any."""
     episode: list = []
-    env = envs.make_task_env(composition.task, **env_kwargs)
-    run_episodes(env, record_pairs(policy, episode), 1, seed)
+    env = make_env()
+    run_episodes(env, record_pairs(lambda o: composed.act(o), episode), 1, seed)
     env.close()
     e_obs, e_act = (np.stack([p[i] for p in episode]) for i in (0, 1))
     with torch.no_grad():
         e_qw = composition.q(torch.as_tensor(e_obs), torch.as_tensor(e_act)).numpy()
         e_c = built.correction(torch.as_tensor(e_obs), torch.as_tensor(e_act)).numpy()
     e_qj = joint.q(e_obs, e_act) if joint is not None else None
-    plot_episode_bound(e_qw, e_c, e_qj, figures["bound_episode"], f"{composition.name}: one composed episode (seed {seed})")
-    gaps = gap_on_states(composition.q, obs.numpy()[:2000], 256, seed)
-    state = obs.numpy()[int(np.argmax(gaps))]
+    mc_rows = None
+    if mc_cfg is not None:
+        mc_cfg = replace(mc_cfg, rollouts=max(2, mc_cfg.rollouts // 2))
+        starts = episode_starts(composed, make_env, seed, list(range(0, len(episode), 5)))
+        mc_rows, *_ = mc_soft_q(composed, joint, built.correction, make_env, composition.task.reward_range, starts, mc_cfg)
+    plot_episode_bound(e_qw, e_c, e_qj, path, f"{composition.name}: one composed episode (seed {seed})", mc_rows)
+    return mc_rows
+
+
+def q_slices_figure(*, composition: Composition, built: Built, joint: skills.Skill | None, pairs: list, seed: int,
+                    path: Path) -> None:
+    """Phase 4b: Q over two action dimensions at the visited state with the largest gap."""
+    obs = np.stack([p[0] for p in pairs[:2000]])
+    gaps = gap_on_states(composition.q, obs, 256, seed)
+    state = obs[int(np.argmax(gaps))]
     panels = {f"Q_{label}": q_grid(p.agent.q, state, composition.act_dim)
               for label, p in zip(composition.labels, composition.parts)}
     panels["Q_w (composed)"] = q_grid(composition.q, state, composition.act_dim)
@@ -239,17 +253,63 @@ def run(spec: str, weights: list[float] | None = None, sampler: str = "amortized
         panels["Q_joint"] = q_grid(joint.agent.q, state, composition.act_dim)
     with torch.no_grad():
         samples = torch.tanh(built.sampler(torch.as_tensor(state)[None], torch.randn(1, 200, composition.act_dim)))[0]
-    figures["q_slices"] = out / "q_slices.png"
-    plot_q_slices(panels, 1.0, figures["q_slices"],
+    plot_q_slices(panels, 1.0, path,
                   f"{composition.name}: Q over (a_0, a_1) at the visited state with the largest gap delta "
                   f"(other action dims 0); dots: composed sampler", samples.numpy())
-    figures["comparison"] = out / "comparison.png"
-    plot_comparison(rows, figures["comparison"], f"{composition.task.name}: {episodes} seeded episodes")
 
+
+def run(spec: str, *, weights: list[float] | None = None, sampler: str = "amortized", episodes: int = 100,
+        seed: int = EVAL_SEED, render: bool = False, out: str | Path | None = None, library: str | None = None,
+        deterministic: bool = False, env_kwargs: dict[str, Any] | None = None, progress: bool = True,
+        sampler_cfg: SamplerConfig | None = None, bound_cfg: BoundConfig | None = None,
+        mc_cfg: MCBoundConfig | None = MCBoundConfig()) -> dict:
+    """Build, run and report a composition; returns the report dict (also written to ``out``).
+
+    Every policy acts stochastically (its max-ent policy) unless ``deterministic``; ``mc_cfg=None``
+    skips the Monte Carlo bound check.
+    """
+    started = time.perf_counter()
+    torch.manual_seed(seed)  # constituents and the joint skill sample from torch's global generator
+    env_kwargs = dict(env_kwargs or {})
+    composition = load(spec, weights, library)
+    out = Path(out) if out else Path("runs") / "compose" / f"{composition.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    out.mkdir(parents=True, exist_ok=True)
+
+    def make_env():
+        return envs.make_task_env(composition.task, **env_kwargs)
+
+    # phase 1: what the composition needs, and the jointly trained reference
+    joint, joint_note = find_joint(composition, library)
+    built = build(composition, library, progress, sampler_cfg or SamplerConfig(), bound_cfg or BoundConfig())
+    composed = composed_policy(composition, built, sampler, seed)
+    # phase 2: the policies on the same seeded episodes
+    build_time = 0.0 if sampler == "particles" else built.build_wall_time_s  # particles train nothing
+    rows, pairs = evaluate_policies(composition=composition, composed=composed, joint=joint, build_time=build_time,
+                                    make_env=make_env, episodes=episodes, seed=seed, deterministic=deterministic)
+    rows["composed"]["sampler"] = sampler
+    # phase 3: the bound, by Monte Carlo soft returns (the amortized sampler's policy) and by learned functions
+    bound = {"form": "tight: C = gamma E[delta(s') + max_a' C(s',a')], delta = sum_i w_i V_i - V_w",
+             "gap_on_stored_states": built.info.get("gap", {})}
+    if mc_cfg is not None:
+        mc_policy = ComposedPolicy(composition, built.sampler, seed + 1)
+        bound["mc"] = mc_bound(mc_policy, joint, built.correction, make_env, composition.task.reward_range,
+                               composition.task.family.horizon, mc_cfg)
+    bound["learned"] = learned_bound(composition=composition, built=built, joint=joint, joint_note=joint_note,
+                                     pairs=pairs)
+    # phase 4: figures
+    figures = {name: out / f"{name}.png" for name in ("bound_episode", "q_slices", "comparison")}
+    bound["mc_episode"] = bound_episode_figure(composition=composition, composed=composed, built=built, joint=joint,
+                                               make_env=make_env, seed=seed, mc_cfg=mc_cfg, path=figures["bound_episode"])
+    q_slices_figure(composition=composition, built=built, joint=joint, pairs=pairs, seed=seed, path=figures["q_slices"])
+    mode = "deterministic" if deterministic else "stochastic"
+    plot_comparison(rows, figures["comparison"], f"{composition.task.name}: {episodes} seeded episodes, {mode}")
+    # phase 5: the report
     report = {
         "spec": composition.name, "task": composition.task.name, "weights": composition.weights.tolist(),
         "alpha": composition.alpha, "gamma": composition.gamma, "episodes": episodes, "seed": seed,
-        "sampler": sampler, "deterministic": deterministic,
+        "sampler": sampler, "mode": mode, "deterministic": deterministic,
+        "mode_note": ("stochastic: every policy draws one sampler action per step (its max-ent policy)" if not deterministic
+                      else "deterministic: every policy takes the highest-Q of 32 sampled actions"),
         "composed": rows["composed"],
         "joint": rows.get("joint", {"note": joint_note}),
         "constituents": {label: rows[label] for label in composition.labels},
@@ -263,12 +323,13 @@ def run(spec: str, weights: list[float] | None = None, sampler: str = "amortized
         "env_kwargs": {k: str(v) for k, v in env_kwargs.items()},
     }
     if render:
-        video, video_seed = render_episode(composition, policy, out / "composed.mp4", seed, env_kwargs)
+        video, video_seed = render_episode(composition, lambda o: composed.act(o, deterministic), out / "composed.mp4",
+                                           seed, env_kwargs)
         report["video"] = str(video)
         report["video_seed"] = video_seed
     report["wall_time_s"] = round(time.perf_counter() - started, 1)
-    (out / "report.json").write_text(json.dumps(report, indent=2))
-    (out / "report.md").write_text(report_markdown(report, rows))
+    write_json(out / "report.json", report)
+    write_text(out / "report.md", report_markdown(report, rows))
     report["out"] = str(out)
     return report
 
@@ -276,39 +337,67 @@ def run(spec: str, weights: list[float] | None = None, sampler: str = "amortized
 def comparison_table(rows: dict[str, dict]) -> str:
     """The comparison as a Markdown table."""
     terms = list(next(iter(rows.values()))["term_returns"])
-    head = ["policy", "success", "return", *[f"R[{t}]" for t in terms], "collisions", "env samples", "build s"]
+    head = ["policy", "success", "return", "soft return", *[f"R[{t}]" for t in terms], "collisions", "env samples",
+            "build s"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, r in rows.items():
-        cells = [name, f"{r['success_rate']:.2f}", f"{r['return_mean']:.2f}",
+        soft = r.get("soft_return_mean")
+        cells = [name, f"{r['success_rate']:.2f}", f"{r['return_mean']:.2f}", "–" if soft is None else f"{soft:.2f}",
                  *[f"{r['term_returns'][t]:.2f}" for t in terms], f"{r['collision_rate']:.2f}",
                  f"{r['env_steps_used']}", f"{r['build_wall_time_s']:.0f}"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
+def mc_lines(mc: dict) -> list[str]:
+    """The Monte Carlo bound check as report lines."""
+    lines = [
+        f"- {mc['pairs']} (s, a) pairs from the composed policy's episodes, {mc['rollouts_per_pair']} rollouts each, "
+        f"T = {mc['rollout_steps']} steps (tail <= {mc['tail_bound']:.2g}), 95% CIs",
+        f"- upper side `Q^pi <= Q_w` falsified on {mc['upper_falsified_fraction']:.1%} of checks "
+        f"(composed {mc['upper_falsified_fraction_composed']:.1%}"
+        + (f", joint {mc['upper_falsified_fraction_joint']:.1%}" if "upper_falsified_fraction_joint" in mc else "")
+        + f"); mean slack Q_w - G_composed = {mc['upper_slack_mean_composed']:.3f}",
+        f"- lower side `Q^pi_w >= Q_w - C` holds on {mc['lower_holds_fraction']:.1%}; "
+        f"mean slack G_composed - (Q_w - C) = {mc['lower_slack_mean']:.3f}; mean C {mc['C_mean']:.3f}",
+    ]
+    if "suboptimality_mean" in mc:
+        lo, hi = mc["suboptimality_ci"]
+        lines.append(f"- suboptimality G_joint - G_composed = {mc['suboptimality_mean']:.3f} (95% CI {lo:.3f} to {hi:.3f}) "
+                     f"against mean C {mc['C_mean']:.3f}")
+    goals = ", ".join(f"{k}: {'met' if v else 'MISSED'}" for k, v in mc["goals"].items())
+    return lines + [f"- goals: {goals}"]
+
+
 def bound_lines(bound: dict) -> list[str]:
-    if bound.get("holds_fraction") is None:
-        return [f"- mean Q_w {bound['mean_Q_w']:.3f}, mean C {bound['mean_C']:.3f}", f"- {bound.get('note', '')}"]
-    return [
-        f"- `Q_w - C <= Q_joint <= Q_w` holds on {bound['holds_fraction']:.1%} of {bound['pairs']} (s, a) pairs "
-        "from the composed policy's rollouts",
-        f"- upper side `Q_joint <= Q_w`: holds {bound['upper_holds_fraction']:.1%}; mean violation "
-        f"{bound['upper_violation_mean']:.3f}; mean slack Q_w - Q_joint = {bound['upper_slack_mean']:.3f}",
-        f"- lower side `Q_w - C <= Q_joint`: holds {bound['lower_holds_fraction']:.1%}; mean violation "
-        f"{bound['lower_violation_mean']:.3f}; mean slack = {bound['lower_slack_mean']:.3f}",
-        f"- mean C {bound['mean_C']:.3f}; measured gap mean(Q_w - Q_joint) {bound['mean_gap']:.3f}",
+    lines = ["Monte Carlo (falsifiable, no learned stand-in for Q*_w):", *mc_lines(bound["mc"])] if "mc" in bound else []
+    learned = bound["learned"]
+    lines.append("Learned functions compared point by point (a diagnostic, not a test):")
+    if learned.get("holds_fraction") is None:
+        return lines + [f"- mean Q_w {learned['mean_Q_w']:.3f}, mean C {learned['mean_C']:.3f}",
+                        f"- {learned.get('note', '')}"]
+    return lines + [
+        (f"- `Q_w - C <= Q_joint <= Q_w` holds on {learned['holds_fraction']:.1%} of {learned['pairs']} (s, a) pairs "
+         "from the composed policy's rollouts"),
+        (f"- upper side `Q_joint <= Q_w`: holds {learned['upper_holds_fraction']:.1%}; mean violation "
+         f"{learned['upper_violation_mean']:.3f}; mean slack Q_w - Q_joint = {learned['upper_slack_mean']:.3f}"),
+        (f"- lower side `Q_w - C <= Q_joint`: holds {learned['lower_holds_fraction']:.1%}; mean violation "
+         f"{learned['lower_violation_mean']:.3f}; mean slack = {learned['lower_slack_mean']:.3f}"),
+        f"- mean C {learned['mean_C']:.3f}; measured gap mean(Q_w - Q_joint) {learned['mean_gap']:.3f}",
     ]
 
 
 def report_markdown(report: dict, rows: dict[str, dict]) -> str:
     lines = [f"# Composition report: {report['spec']} on {report['task']}", "",
-             f"weights {report['weights']}, alpha {report['alpha']}, gamma {report['gamma']}, "
-             f"{report['episodes']} episodes from seed {report['seed']}, sampler {report['sampler']}"
-             f"{', deterministic (best of 32 sampled actions)' if report['deterministic'] else ', stochastic'}", "",
+             (f"weights {report['weights']}, alpha {report['alpha']}, gamma {report['gamma']}, "
+              f"{report['episodes']} episodes from seed {report['seed']}, sampler {report['sampler']}; "
+              f"{report['mode_note']}"), "",
+             "Soft return: discounted over the episode, sum_t gamma^t (r_t + V(s_t) - Q(s_t, a_t)) with each policy's "
+             "own Q and V.", "",
              comparison_table(rows), "", "## Bound (tight form)", "", *bound_lines(report["bound"]), "",
              "Error sources: delta by importance sampling (common random numbers); C by TD on the skills'",
-             "stored transitions with a max over sampled actions; Q_i and Q_joint are learned estimates,",
-             "and Q_joint only stands in for the optimal Q*_w. See docs/compose.md.", "",
+             "stored transitions with a max over sampled actions; Monte Carlo soft returns carry sampling",
+             "error (the CIs) and a tail bound; their entropy terms use each policy's own Q and V.", "",
              "## Figures", ""]
     lines += [f"![{k}]({Path(v).name})" for k, v in report["figures"].items()]
     if "video" in report:
@@ -326,8 +415,9 @@ def main(argv: list[str] | None = None) -> int:
                              "particles: SVGD on action particles at each step (default: amortized)")
     parser.add_argument("--episodes", type=int, default=100, help="evaluation episodes per policy (default: 100)")
     parser.add_argument("--seed", type=int, default=EVAL_SEED, help=f"first episode seed (default: {EVAL_SEED})")
-    parser.add_argument("--stochastic", action="store_true", help="every policy acts with one sampler draw (the "
-                        "max-ent policy) instead of the best of 32 sampled actions under its Q")
+    parser.add_argument("--deterministic", action="store_true", help="every policy takes the best of 32 sampled "
+                        "actions under its Q (default: one sampler draw per step, the max-ent policy the theory is about)")
+    parser.add_argument("--no-mc", action="store_true", help="skip the Monte Carlo bound check (bound.mc)")
     parser.add_argument("--render", action="store_true", help="write an mp4 of the composed policy (and a live "
                         "window when a display exists)")
     parser.add_argument("--out", help="output directory (default: runs/compose/<spec>-<time>)")
@@ -342,14 +432,16 @@ def main(argv: list[str] | None = None) -> int:
     weights = [float(w) for w in args.weights.split(",")] if args.weights else None
     env_kwargs = {k: v for k, v in {"arm": args.arm, "ee_site": args.ee_site}.items() if v}
     try:
-        report = run(args.spec, weights, args.sampler, args.episodes, args.seed, args.render, args.out, args.library,
-                     not args.stochastic, env_kwargs, not args.no_progress)
+        report = run(args.spec, weights=weights, sampler=args.sampler, episodes=args.episodes, seed=args.seed,
+                     render=args.render, out=args.out, library=args.library, deterministic=args.deterministic,
+                     env_kwargs=env_kwargs, progress=not args.no_progress, mc_cfg=None if args.no_mc else MCBoundConfig())
     except (UnknownNameError, SkillError, IncompatibleSkillsError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     rows = {"composed": report["composed"], **({"joint": report["joint"]} if "success_rate" in report["joint"] else {}),
             **report["constituents"]}
-    print(f"\n{report['spec']} on {report['task']} ({report['episodes']} episodes, seed {report['seed']}):\n")
+    print(f"\n{report['spec']} on {report['task']} ({report['episodes']} episodes, seed {report['seed']}, "
+          f"{report['mode']}):\n")
     print(comparison_table(rows))
     print("\nbound (tight form):")
     print("\n".join(bound_lines(report["bound"])))
@@ -359,8 +451,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\nvideo: {report['video']}")
     print(f"\nreport: {report['out']}/report.md  ({report['wall_time_s']:.0f} s)")
     if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(report, indent=2))
+        write_json(Path(args.json), report)
     return 0
 
 

@@ -113,8 +113,9 @@ FAMILY = Family(
     terms={"reach": reach_term, "avoid": avoid_term},
     success_checks={"at_target": at_target, "no_collision": collision_free},
     every_step=frozenset({"no_collision"}),
-    gamma=0.99,
+    gamma=0.95,  # effective horizon 1/(1-gamma) = 20 steps: a reach takes <= 10 (docs/skills.md, "Discount")
     horizon=50,
+    term_ranges={"reach": (-1.0, 0.0), "avoid": (-1.0, 0.0)},
 )
 
 REACH = Task("reach", FAMILY, {"reach": 1.0}, success=("at_target",))

@@ -47,6 +47,12 @@ class Family:
     every_step: frozenset[str]  # criteria that must hold at every step of the episode, not just the last
     gamma: float  # discount shared by every task of the family
     horizon: int  # episode length (time-limit truncation)
+    term_ranges: Mapping[str, tuple[float, float]] = field(default_factory=dict)  # term -> (min, max) per step
+
+    def __post_init__(self) -> None:
+        missing = set(self.terms) - set(self.term_ranges)
+        if missing:
+            raise ValueError(f"family {self.name!r}: no (min, max) range for reward terms {sorted(missing)}")
 
 
 @dataclass(frozen=True)
@@ -69,6 +75,16 @@ class Task:
     def gym_id(self) -> str:
         """The Gymnasium id this task is registered under."""
         return "composable_skills/" + self.name.replace("+", "_and_") + "-v0"
+
+    @property
+    def reward_range(self) -> tuple[float, float]:
+        """``(r_min, r_max)``: bounds of one step's reward, from the terms' ranges and the weights."""
+        low = high = 0.0
+        for term, w in self.weights.items():
+            lo, hi = self.family.term_ranges[term]
+            low += min(w * lo, w * hi)
+            high += max(w * lo, w * hi)
+        return low, high
 
     def reward_terms(self, next_obs: np.ndarray, action: np.ndarray) -> dict[str, np.ndarray]:
         """Every term of the family on a batch: ``{name: [B]}``."""

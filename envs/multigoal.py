@@ -48,8 +48,10 @@ FAMILY = Family(
     terms={"action_cost": action_cost_term, "goal_distance": goal_distance_term, "goal_bonus": goal_bonus_term},
     success_checks={"at_goal": at_goal},
     every_step=frozenset(),
-    gamma=0.99,
+    gamma=0.95,  # effective horizon 20 steps; a goal is 4-6 steps away (docs/skills.md, "Discount")
     horizon=30,
+    # |a|^2 <= 2 on [-1, 1]^2; min_g |s - g|^2 <= 53 on [-7, 7]^2 (at the corners)
+    term_ranges={"action_cost": (-2.0, 0.0), "goal_distance": (-53.0, 0.0), "goal_bonus": (0.0, 1.0)},
 )
 MULTIGOAL = Task("multigoal", FAMILY, {"action_cost": 30.0, "goal_distance": 1.0, "goal_bonus": 10.0},
                  success=("at_goal",))

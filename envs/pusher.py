@@ -136,6 +136,7 @@ FAMILY = Family(
     every_step=frozenset(),
     gamma=0.99,
     horizon=50,
+    term_ranges={"puck_x": (-1.0, 0.0), "puck_y": (-1.0, 0.0), "fingertip_to_puck": (-1.0, 0.0)},
 )
 SHAPING_WEIGHT = 0.5
 PUSH_X = Task("push-x", FAMILY, {"puck_x": 1.0, "fingertip_to_puck": SHAPING_WEIGHT}, success=("puck_at_x",))

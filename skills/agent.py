@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import copy
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 
 import numpy as np
 import torch
@@ -12,16 +12,18 @@ from . import backprop
 from .sql import (
     SamplerNetwork,
     SoftQNetwork,
+    estimate_soft_value,
     sampler_surrogate_gradient,
     sampler_surrogate_loss,
     soft_bellman_target,
     soft_q_loss,
     soft_q_loss_gradient,
-    soft_value_from_samples,
     squashed_score,
     svgd_direction,
-    uniform_actions,
 )
+
+
+VALUE_PROPOSALS = ("uniform", "mixture")
 
 
 class TrainingDiverged(FloatingPointError):
@@ -52,7 +54,10 @@ class SQLConfig:
     q_lr: float = 3e-4  # Adam learning rate of the soft Q-network
     sampler_lr: float = 3e-4  # Adam learning rate of the sampler
     batch_size: int = 128  # transitions per update
-    value_samples: int = 16  # K_V: uniform importance samples for the soft value target
+    value_samples: int = 16  # K_V: importance samples for the soft value target
+    value_proposal: str = "uniform"  # "uniform" on the box, or "mixture": sampler-centred Gaussians + uniform
+    proposal_centers: int = 8  # M sampler actions per next state that centre the mixture proposal
+    proposal_uniform_share: float = 0.1  # lambda: the mixture's uniform share (keeps the estimate unbiased)
     particles: int = 16  # K: sampler particles per state for SVGD
     fixed_fraction: float = 0.5  # share of the K particles held fixed (they score; the rest move)
     target_update_interval: int = 1000  # hard copy of Q into the target network every N updates
@@ -78,7 +83,14 @@ class SQLConfig:
         d = dict(d)
         d["hidden"] = tuple(d["hidden"])
         d.setdefault("cache_target_values", False)  # skills saved before the cache existed
+        unknown = set(d) - {f.name for f in fields(cls)}
+        if unknown:
+            raise ValueError(f"unknown SQL hyperparameters {sorted(unknown)}; valid: {[f.name for f in fields(cls)]}")
         return cls(**d)
+
+    def __post_init__(self) -> None:
+        if self.value_proposal not in VALUE_PROPOSALS:
+            raise ValueError(f"unknown value_proposal {self.value_proposal!r}; valid: {', '.join(VALUE_PROPOSALS)}")
 
 
 class TargetValueCache:
@@ -149,11 +161,20 @@ class SoftQLearning:
     # ---- losses ----
     @torch.no_grad()
     def target_soft_value(self, next_obs: torch.Tensor) -> torch.Tensor:
-        """``V_target(s')`` from ``K_V`` uniform importance samples: next_obs [n, obs_dim] -> [n]."""
+        """``V_target(s')`` from ``K_V`` importance samples: next_obs [n, obs_dim] -> [n]."""
+        return self.soft_value(self.q_target, next_obs, self.config.value_samples)
+
+    @torch.no_grad()
+    def soft_value(self, q_net: torch.nn.Module, obs: torch.Tensor, n_samples: int,
+                   generator: torch.Generator | None = None, proposal: str | None = None) -> torch.Tensor:
+        """``V(s) = alpha log ∫ exp(Q(s,a)/alpha) da`` of ``q_net`` by importance sampling with the
+        configured proposal (``value_proposal``, or ``proposal``): obs [n, obs_dim] -> [n]."""
         cfg = self.config
-        next_actions = uniform_actions(len(next_obs), cfg.value_samples, self.act_dim, device=self.device)
-        next_q = self.q_target(next_obs.unsqueeze(1), next_actions)  # [n, K_V]
-        return soft_value_from_samples(next_q, cfg.alpha, self.act_dim)
+        centers = None
+        if (proposal or cfg.value_proposal) == "mixture":
+            centers = self.sampler.sample(obs, cfg.proposal_centers, generator=generator)  # [n, M, d]
+        return estimate_soft_value(q_net, obs, n_samples, cfg.alpha, self.act_dim, centers,
+                                   cfg.proposal_uniform_share, generator)
 
     def next_state_value(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """``V_target(s')`` for a batch [B]: cached per transition when the batch names its buffer slots."""

@@ -1,8 +1,14 @@
 """Evaluate a saved skill:  python -m skills.evaluate SKILL [--task T] [--episodes N] [--render] [--json PATH]
 
-Prints success rate, mean return (and each reward term), collision rate and episode length
-over seeded episodes. ``--task`` runs the skill on another task of its family (for example
-the ``reach`` skill on ``reach+avoid``). ``--render`` writes an mp4 and prints its path.
+Prints success rate, mean return (and each reward term), soft return, collision rate and
+episode length over seeded episodes of the skill's max-ent policy (one sampler draw per step;
+``--deterministic``: the best of 32 sampled actions under Q). ``--task`` runs the skill on another
+task of its family (for example the ``reach`` skill on ``reach+avoid``). ``--render`` writes an
+mp4 and prints its path.
+
+``--convergence`` checks the soft Q-function against ground truth instead: Monte Carlo soft
+returns of its own stochastic policy against ``V(s0)``, and Bellman residuals ``Q - TQ``
+(skills.diagnostics). It prints them and records them in the skill's manifest (``convergence``).
 """
 
 from __future__ import annotations
@@ -18,7 +24,8 @@ import envs
 from envs.core import UnknownNameError
 from envs.video import VideoWriter, draw_text, overlay_lines
 
-from .library import SkillError
+from .diagnostics import ConvergenceConfig, convergence_report, format_report
+from .library import SkillError, atomic_write_text, update_manifest
 from .skill import load
 from .trainer import EVAL_SEED
 
@@ -40,7 +47,7 @@ def evaluate_random(task: str | None, episodes: int, seed: int, render: str | Pa
 
 
 def evaluate_skill(skill_name: str, task: str | None = None, episodes: int = 100, seed: int = EVAL_SEED,
-                   deterministic: bool = True, render: str | Path | None = None, library: str | None = None) -> dict:
+                   deterministic: bool = False, render: str | Path | None = None, library: str | None = None) -> dict:
     """Metrics of ``skill_name`` on ``task`` (default: its own); optionally an mp4 at ``render``."""
     from .evaluation import run_episodes
 
@@ -61,12 +68,26 @@ def evaluate_skill(skill_name: str, task: str | None = None, episodes: int = 100
         video.add(draw_text(e.render(), overlay_lines(info, step_count[0])))
 
     metrics = run_episodes(env, lambda o: skill.act(o, deterministic), episodes, seed,
-                           on_step=record if video else None)
+                           on_step=record if video else None, soft=None if deterministic else skill)
     env.close()
     metrics |= {"skill": str(skill.path), "task": task_name, "deterministic": deterministic, "seed": seed}
     if video:
         metrics["video"] = str(video.close())
     return metrics
+
+
+def skill_convergence(skill_name: str, library: str | None = None, config: ConvergenceConfig | None = None,
+                      record: bool = True) -> dict:
+    """``skills.diagnostics.convergence_report`` of a saved skill on its own task; with ``record``, also
+    written into its manifest under ``convergence`` (atomically; the checksummed files are untouched)."""
+    config = config or ConvergenceConfig()
+    torch.manual_seed(config.seed)
+    skill = load(skill_name, library)
+    task = envs.get_task(skill.task)
+    report = convergence_report(skill, skill.make_env, task.reward_range, skill.transitions, config)
+    if record:
+        update_manifest(skill.path, convergence=report)
+    return report | {"skill": str(skill.path)}
 
 
 def plot_trajectories(skill_name: str, library: str | None, episodes: int, seed: int, deterministic: bool,
@@ -92,8 +113,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--task", help="task to run it on (default: the skill's own)")
     parser.add_argument("--episodes", type=int, default=100, help="episodes (default: 100)")
     parser.add_argument("--seed", type=int, default=EVAL_SEED, help=f"first episode seed (default: {EVAL_SEED})")
-    parser.add_argument("--stochastic", action="store_true", help="act with one sampler draw (the max-ent "
-                        "policy) instead of the best of 32 sampled actions under Q")
+    parser.add_argument("--deterministic", action="store_true", help="act with the best of 32 sampled actions "
+                        "under Q instead of one sampler draw (the max-ent policy)")
+    parser.add_argument("--convergence", action="store_true", help="check the soft Q-function against Monte Carlo "
+                        "soft returns and Bellman residuals; print and record them in the manifest")
+    parser.add_argument("--start-states", type=int, default=ConvergenceConfig.start_states,
+                        help=f"--convergence: start states (default {ConvergenceConfig.start_states})")
+    parser.add_argument("--rollouts", type=int, default=ConvergenceConfig.rollouts,
+                        help=f"--convergence: rollouts per start state (default {ConvergenceConfig.rollouts})")
     parser.add_argument("--render", nargs="?", const="auto", metavar="MP4",
                         help="write a video (default path: runs/eval/<skill>-<task>.mp4)")
     parser.add_argument("--library", help="library directory (default: trained/)")
@@ -104,8 +131,10 @@ def main(argv: list[str] | None = None) -> int:
     render = args.render
     if render == "auto":
         render = Path("runs/eval") / f"{Path(args.skill).name.replace('@', '-')}-{args.task or 'own'}.mp4"
+    if args.convergence:
+        return convergence_main(args)
     try:
-        m = evaluate_skill(args.skill, args.task, args.episodes, args.seed, not args.stochastic, render, args.library)
+        m = evaluate_skill(args.skill, args.task, args.episodes, args.seed, args.deterministic, render, args.library)
     except (UnknownNameError, SkillError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -114,6 +143,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{m['skill']} on {m['task']} ({m['episodes']} episodes from seed {m['seed']}, {mode}):")
     print(f"  success rate     {m['success_rate']:.3f}")
     print(f"  return (mean)    {m['return_mean']:.3f} ± {m['return_std']:.3f}")
+    if m.get("soft_return_mean") is not None:
+        print(f"  soft return      {m['soft_return_mean']:.3f} ± {m['soft_return_std']:.3f}  (discounted, entropy term "
+              "V - Q)")
     for k, v in m["term_returns"].items():
         print(f"    {k:14s} {v:.3f}")
     print(f"  collision rate   {m['collision_rate']:.3f}")
@@ -121,10 +153,26 @@ def main(argv: list[str] | None = None) -> int:
     if "video" in m:
         print(f"video: {m['video']}")
     if args.plot:
-        print(f"plot: {plot_trajectories(args.skill, args.library, args.episodes, args.seed, not args.stochastic, args.plot)}")
+        print(f"plot: {plot_trajectories(args.skill, args.library, args.episodes, args.seed, args.deterministic, args.plot)}")
     if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(m, indent=2))
+        atomic_write_text(args.json, json.dumps(m, indent=2))
+        print(f"wrote {args.json}")
+    return 0
+
+
+def convergence_main(args) -> int:
+    """``--convergence``: print the report, record it in the manifest, optionally write JSON."""
+    config = ConvergenceConfig(start_states=args.start_states, rollouts=args.rollouts)
+    try:
+        report = skill_convergence(args.skill, args.library, config)
+    except (UnknownNameError, SkillError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(f"{report['skill']}: convergence of the soft Q-function (gamma {report['gamma']}, alpha {report['alpha']})")
+    print("\n".join("  " + line for line in format_report(report)))
+    print(f"recorded in {report['skill']}/manifest.json under 'convergence'")
+    if args.json:
+        atomic_write_text(args.json, json.dumps(report, indent=2))
         print(f"wrote {args.json}")
     return 0
 

@@ -238,13 +238,23 @@ def publish_directory(stage: Path, path: Path) -> Path:
     return path
 
 
+def atomic_write_text(path: str | Path, text: str) -> Path:
+    """Write ``text`` to ``path`` atomically: a temporary file beside it, fsynced, then renamed."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    return path
+
+
 def update_manifest(path: Path, **fields) -> dict:
     """Set ``fields`` in a skill's manifest (atomic replace); the checksummed files are untouched."""
-    file = Path(path) / MANIFEST
     manifest = _read_manifest(Path(path)) | fields
-    tmp = file.with_suffix(".tmp")
-    tmp.write_text(json.dumps(manifest, indent=2))
-    os.replace(tmp, file)
+    atomic_write_text(Path(path) / MANIFEST, json.dumps(manifest, indent=2))
     return manifest
 
 

@@ -78,3 +78,33 @@ def plot_multigoal(paths: list[np.ndarray], goals: np.ndarray, path: str | Path,
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
+
+
+def plot_convergence(report: dict, path: str | Path, title: str) -> None:
+    """V(s0) against the Monte Carlo soft return of the policy from each start state (95% CIs), with
+    the Bellman residuals: points on the diagonal mean a soft Q-function at its fixed point."""
+    plt = _pyplot()
+    v0 = np.array(report["V0_per_start"])
+    g = np.array(report["soft_return_per_start"])
+    se = np.array(report["soft_return_se_per_start"])
+    fig, ax = plt.subplots(figsize=(4.8, 4.2), dpi=110)
+    lo, hi = float(min(v0.min(), (g - 2 * se).min())), float(max(v0.max(), (g + 2 * se).max()))
+    pad = 0.05 * (hi - lo + 1e-9)
+    ax.plot([lo - pad, hi + pad], [lo - pad, hi + pad], color="0.6", lw=1, label="fixed point: MC = V(s0)")
+    ax.errorbar(v0, g, yerr=1.96 * se, fmt="o", ms=4, capsize=2, color="tab:blue",
+                label=f"start states ({report['rollouts_per_start']} rollouts, T = {report['rollout_steps']})")
+    ax.set_xlabel("learned V(s0)")
+    ax.set_ylabel("Monte Carlo soft return from s0")
+    lines = [f"gap {report['soft_return_gap']:+.3f} ± {report['soft_return_gap_se']:.3f} (se)"]
+    for name in ("stored", "on_policy"):
+        if name in report:
+            lines.append(f"Q - TQ ({name.replace('_', '-')}): {report[name]['bellman_residual_mean']:+.4f} mean, "
+                         f"{report[name]['bellman_residual_rms']:.3f} rms")
+    ax.text(0.02, 0.98, "\n".join(lines), transform=ax.transAxes, va="top", fontsize=7.5,
+            bbox={"facecolor": "white", "alpha": 0.8, "edgecolor": "0.8"})
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7.5, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)

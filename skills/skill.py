@@ -13,7 +13,6 @@ import envs
 
 from .agent import SoftQLearning
 from .library import read_skill, resolve
-from .sql import soft_value_from_samples, uniform_actions
 
 ArrayLike = np.ndarray | torch.Tensor
 
@@ -64,14 +63,17 @@ class Skill:
         return self.agent.act(obs, deterministic)
 
     @torch.no_grad()
-    def value(self, obs: ArrayLike, n_samples: int = 1024, generator: torch.Generator | None = None) -> ArrayLike:
-        """Soft value ``V(s) = alpha log ∫ exp(Q(s,a)/alpha) da`` by uniform importance sampling.
+    def value(self, obs: ArrayLike, n_samples: int = 1024, generator: torch.Generator | None = None,
+              proposal: str = "mixture") -> ArrayLike:
+        """Soft value ``V(s) = alpha log ∫ exp(Q(s,a)/alpha) da`` by importance sampling.
 
-        obs [B, obs_dim] -> [B]. More samples than training uses (1024), for a low-bias estimate.
+        obs [B, obs_dim] -> [B]. ``proposal="mixture"`` (default) draws around the skill's own sampler
+        actions plus a uniform share, which is unbiased and about 64x more sample-efficient than
+        ``"uniform"`` on peaked Q-functions (tests/test_sql.py); 1024 samples by default.
         """
         o = _as_tensor(obs, self.device).reshape(-1, self.obs_dim)
-        a = uniform_actions(len(o), n_samples, self.act_dim, generator=generator, device=self.device)
-        v = soft_value_from_samples(self.agent.q(o.unsqueeze(1), a), self.alpha, self.act_dim)
+        v = torch.cat([self.agent.soft_value(self.agent.q, chunk, n_samples, generator, proposal)
+                       for chunk in o.split(max(1, 65536 // n_samples))]) if len(o) else o.new_zeros(0)
         return _like(v, obs)
 
     def make_env(self, **kwargs: Any) -> gym.Env:

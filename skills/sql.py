@@ -112,6 +112,77 @@ def soft_value_from_samples(q_values: torch.Tensor, alpha: float, act_dim: int) 
     return alpha * (torch.logsumexp(q_values / alpha, dim=-1) - math.log(k_v) + act_dim * math.log(2.0))
 
 
+def kernel_width(centers: torch.Tensor, low: float = 0.05, high: float = 0.5) -> torch.Tensor:
+    """Per-state Gaussian width for ``mixture_proposal``: Scott's rule ``std M^(-1/(d+4))`` over the
+    centers, clamped to ``[low, high]``. centers [B, M, d] -> sigma [B, 1, 1]."""
+    m, d = centers.shape[1], centers.shape[2]
+    spread = centers.std(dim=1).mean(-1) if m > 1 else torch.full(centers.shape[:1], high, device=centers.device)
+    return (spread * m ** (-1.0 / (d + 4))).clamp(low, high).view(-1, 1, 1)
+
+
+def mixture_proposal(centers: torch.Tensor, n: int, width: torch.Tensor, uniform_share: float,
+                     generator: torch.Generator | None = None) -> torch.Tensor:
+    """Draws from the defensive mixture ``q(a) = lambda U[-1,1]^d + (1 - lambda) mean_m N(a; c_m, sigma^2 I)``.
+
+    centers [B, M, d] (e.g. sampler actions, which approximate ``pi`` itself), ``sigma = width``
+    [B, 1, 1] (``kernel_width``), ``lambda = uniform_share`` -> samples [B, n, d]. Gaussian draws may leave the box; their
+    integrand is 0 there (``soft_value_importance`` masks them), so the estimate stays unbiased.
+    """
+    batch, m, d = centers.shape
+    device = centers.device
+    pick = torch.randint(m, (batch, n), generator=generator, device=device)
+    near = centers.gather(1, pick.unsqueeze(-1).expand(batch, n, d))
+    near = near + width * torch.randn(batch, n, d, generator=generator, device=device)
+    uniform = uniform_actions(batch, n, d, generator, device)
+    use_uniform = torch.rand(batch, n, 1, generator=generator, device=device) < uniform_share
+    return torch.where(use_uniform, uniform, near)
+
+
+def mixture_log_density(actions: torch.Tensor, centers: torch.Tensor, width: torch.Tensor,
+                        uniform_share: float) -> torch.Tensor:
+    """``log q(a)`` of ``mixture_proposal``: actions [B, n, d], centers [B, M, d], width [B, 1, 1] -> [B, n]."""
+    d = actions.shape[-1]
+    sq = torch.cdist(actions, centers).pow(2)  # [B, n, M]
+    var = width.pow(2)  # [B, 1, 1]
+    log_gauss = (torch.logsumexp(-sq / (2 * var), dim=-1) - math.log(centers.shape[1])
+                 - 0.5 * d * torch.log(2 * math.pi * var[..., 0]))
+    log_uniform = torch.full_like(log_gauss, -d * math.log(2.0))
+    if uniform_share >= 1.0:
+        return log_uniform
+    return torch.logaddexp(log_uniform + math.log(uniform_share), log_gauss + math.log1p(-uniform_share)) \
+        if uniform_share > 0 else log_gauss
+
+
+def soft_value_importance(q_values: torch.Tensor, log_proposal: torch.Tensor, actions: torch.Tensor,
+                          alpha: float) -> torch.Tensor:
+    """Importance-sampled soft value with any proposal ``q`` (SQL Eq. 10, general form).
+
+    ``V(s) = alpha log ∫_box exp(Q/alpha) da ≈ alpha (logsumexp_j [Q_j/alpha - log q(a_j)] - log n)``;
+    samples outside ``[-1, 1]^d`` carry weight 0. With the uniform proposal, ``log q = -d log 2``
+    and this is ``soft_value_from_samples``. q_values, log_proposal [B, n], actions [B, n, d] -> [B].
+    """
+    inside = (actions.abs() <= 1.0).all(-1)
+    log_w = torch.where(inside, q_values / alpha - log_proposal, torch.full_like(q_values, -math.inf))
+    return alpha * (torch.logsumexp(log_w, dim=-1) - math.log(q_values.shape[-1]))
+
+
+def estimate_soft_value(q_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], obs: torch.Tensor, n_samples: int,
+                        alpha: float, act_dim: int, centers: torch.Tensor | None = None, uniform_share: float = 0.1,
+                        generator: torch.Generator | None = None) -> torch.Tensor:
+    """``V(s) = alpha log ∫ exp(Q(s,a)/alpha) da`` by importance sampling: obs [B, o] -> [B].
+
+    ``centers`` [B, M, d] (sampler actions) select the mixture proposal (``mixture_proposal``);
+    without them the proposal is uniform on the box (SQL Eq. 10).
+    """
+    if centers is None:
+        actions = uniform_actions(len(obs), n_samples, act_dim, generator=generator, device=obs.device)
+        return soft_value_from_samples(q_fn(obs.unsqueeze(1), actions), alpha, act_dim)
+    width = kernel_width(centers)
+    actions = mixture_proposal(centers, n_samples, width, uniform_share, generator)
+    log_q = mixture_log_density(actions, centers, width, uniform_share)
+    return soft_value_importance(q_fn(obs.unsqueeze(1), actions), log_q, actions, alpha)
+
+
 def soft_bellman_target(reward: torch.Tensor, terminated: torch.Tensor, next_value: torch.Tensor,
                         gamma: float) -> torch.Tensor:
     """``Q_hat = r + gamma (1 - terminated) V(s')``; bootstraps through time-limit truncation. [B]."""

@@ -15,6 +15,7 @@ from envs.core import UnknownNameError
 
 from .agent import TrainingDiverged
 from .defaults import sql_config, train_config
+from .diagnostics import format_report
 from .library import SkillError
 from .trainer import Trainer
 
@@ -70,6 +71,9 @@ def main(argv: list[str] | None = None) -> int:
     for mode, m in result.metrics.items():
         print(f"final evaluation, {mode:13s} ({m['episodes']} episodes): success {m['success_rate']:.2f}, "
               f"return {m['return_mean']:.2f}, collisions {m['collision_rate']:.2f}")
+    if trainer.convergence_record is not None:
+        print("convergence of the soft Q-function (Monte Carlo soft returns, skills.diagnostics):")
+        print("\n".join("  " + line for line in format_report(trainer.convergence_record)))
     return 0
 
 

@@ -22,9 +22,10 @@ import envs
 
 from .agent import SoftQLearning, SQLConfig, TrainingDiverged, torch_device
 from .buffer import ReplayBuffer
+from .diagnostics import ConvergenceConfig, convergence_report, value_bound_violation
 from .evaluation import run_episodes
 from .library import library_versions, next_version_dir, read_skill, space_record, update_manifest, write_skill
-from .plots import plot_learning_curve
+from .plots import plot_convergence, plot_learning_curve
 from .progress import progress_bar
 
 STORED_TRANSITIONS = 10_000  # transitions shipped with a skill for composition
@@ -44,6 +45,8 @@ class TrainConfig:
     threads: int = 1  # torch CPU threads; 1 is robust on 2 cores (see docs/skills.md)
     overlap_env_step: bool = True  # step the env in a child process (2nd core) while the SQL update runs
     progress: bool = True  # show a progress bar
+    value_check_interval: int = 1000  # check soft values against their analytic bounds every N steps (0: never)
+    convergence: bool = True  # final report: Monte Carlo soft returns and Bellman residuals (skills.diagnostics)
 
 
 EVAL_SEED = 10_000
@@ -147,6 +150,7 @@ class Trainer:
         self._obs: np.ndarray | None = None
         self._episode_return = 0.0
         self._random_episode = False
+        self.convergence_record: dict | None = None
 
     def step(self) -> dict | None:
         """One environment step and ``updates_per_step`` SQL updates (after warm-up), then the
@@ -199,6 +203,28 @@ class Trainer:
         self.start_steps = int(manifest["env_steps"])
         self.buffer.add_many(transitions)
 
+    def check_values(self, states: int = 256, samples: int = 64) -> None:
+        """Raise ``TrainingDiverged`` when the soft value of stored states leaves its analytic bounds
+        (``skills.diagnostics.soft_value_bounds``): the Q-function has blown up."""
+        if self.buffer.size == 0:
+            return
+        idx = np.random.default_rng(self.agent.updates).integers(0, self.buffer.size, size=states)
+        obs = torch.as_tensor(self.buffer.obs[idx], device=self.agent.device)
+        values = self.agent.soft_value(self.agent.q, obs, samples, proposal="mixture").cpu().numpy()
+        problem = value_bound_violation(values, self.task.reward_range, self.sql.alpha, self.agent.act_dim, self.sql.gamma)
+        if problem is not None:
+            raise TrainingDiverged(f"value blow-up at update {self.agent.updates}: {problem}")
+
+    def convergence(self, config: ConvergenceConfig = ConvergenceConfig()) -> dict:
+        """``skills.diagnostics.convergence_report`` of the current networks (the final report)."""
+        from .skill import Skill
+
+        transitions = self.buffer.subsample(config.residual_states, np.random.default_rng(self.run.seed + 1))
+        skill = Skill(self.agent, self.manifest("training", 0, 0.0, {}), transitions, self.path)
+        with torch.random.fork_rng(devices=[]):  # leaves the training RNG stream as it was
+            torch.manual_seed(self.run.seed + 2)
+            return convergence_report(skill, lambda: envs.make(self.task.name), self.task.reward_range, transitions, config)
+
     def evaluate(self, episodes: int, deterministic: bool | None = None) -> dict:
         deterministic = self.run.deterministic_eval if deterministic is None else deterministic
         return run_episodes(self.eval_env, lambda o: self.agent.act(o, deterministic), episodes, EVAL_SEED)
@@ -220,6 +246,7 @@ class Trainer:
                            "final": "both: 'stochastic' samples the sampler; 'deterministic' takes the "
                                     "highest-Q of 32 sampler actions"},
             "history": self.history, "resumed_from": self.resumed_from,
+            **({"convergence": self.convergence_record} if self.convergence_record is not None else {}),
             "library_versions": library_versions(), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
 
@@ -229,10 +256,16 @@ class Trainer:
             curve = self.path.parent / f".{self.path.name}.curve.png"
             plot_learning_curve(self.history, curve, f"{self.task.name}: SQL, alpha={self.sql.alpha}, seed {self.run.seed}")
             extra["learning_curve.png"] = curve
+            if self.convergence_record is not None:
+                extra["convergence.png"] = self.path.parent / f".{self.path.name}.convergence.png"
+                plot_convergence(self.convergence_record, extra["convergence.png"],
+                                 f"{self.task.name}: soft Q-function against Monte Carlo soft returns")
         write_skill(self.path, self.agent, self.manifest(status, env_steps, wall, metrics),
                     self.buffer.subsample(STORED_TRANSITIONS, np.random.default_rng(self.run.seed)), extra)
         if status == "complete":
-            curve.unlink(missing_ok=True)
+            for file in extra.values():
+                if file != self.log_path:
+                    file.unlink(missing_ok=True)
 
     def train(self) -> TrainResult:
         """Run, evaluating and checkpointing every ``eval_interval`` steps."""
@@ -278,6 +311,8 @@ class Trainer:
                     if step % 250 == 0 and recent_returns:
                         bar.set_postfix(ret=f"{np.mean(recent_returns):.2f}",
                                         succ=f"{np.mean(recent_success):.2f}", refresh=False)
+                    if run.value_check_interval and (step % run.value_check_interval == 0 or step == run.steps):
+                        self.check_values()
                     if step % run.eval_interval == 0 or step == run.steps:
                         metrics = self.evaluate(run.eval_episodes)
                         row = record(metrics)
@@ -298,6 +333,8 @@ class Trainer:
         wall = time.perf_counter() - start
         final = {"stochastic": self.evaluate(run.final_eval_episodes, deterministic=False),
                  "deterministic": self.evaluate(run.final_eval_episodes, deterministic=True)}
+        if run.convergence:
+            self.convergence_record = self.convergence()
         self.checkpoint("complete", total, wall, final)
         self.log_path.unlink(missing_ok=True)
         return TrainResult(self.path, final, total, wall, self.history)

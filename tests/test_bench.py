@@ -58,7 +58,8 @@ def test_throughput_refuses_cuda_without_a_gpu():
 def test_update_profile_smoke(tmp_path):
     from bench import update_profile
 
-    result = update_profile.main(["--buffer", "300", "--updates", "3", "--repeats", "1", "--warmup", "3", "--json", str(tmp_path / "u.json")])
+    result = update_profile.main(["--buffer", "300", "--updates", "3", "--repeats", "1", "--warmup", "3",
+                                  "--json", str(tmp_path / "u.json")])
     flops = result["flops_per_update"]
     assert set(result["ms_per_update"]) == set(update_profile.VARIANTS)
     # splitting the first layer removes the [s, a] concatenation's FLOPs; the cache removes most target FLOPs

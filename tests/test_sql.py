@@ -7,11 +7,15 @@ import torch
 
 from skills.sql import (
     SamplerNetwork,
+    estimate_soft_value,
+    kernel_width,
+    mixture_log_density,
     rbf_bandwidth,
     rbf_kernel,
     sampler_surrogate_loss,
     soft_bellman_target,
     soft_value_from_samples,
+    soft_value_importance,
     squashed_score,
     svgd_direction,
     uniform_actions,
@@ -69,6 +73,62 @@ def test_importance_sampled_soft_value_matches_numerical_integration(d):
     samples = uniform_actions(1, 200_000, d)
     estimate = soft_value_from_samples(q_fn(samples).double(), alpha, d)[0]
     assert abs(float(estimate - exact)) < 0.01, (float(estimate), float(exact))
+
+
+def box_gaussian_soft_value(mu: torch.Tensor, std: float, alpha: float) -> torch.Tensor:
+    """Exact V for ``Q(a) = -alpha |a - mu|^2 / (2 std^2)`` on ``[-1, 1]^d`` (a product of erfs): mu [B, d] -> [B]."""
+    lo, hi = (-1 - mu) / (std * math.sqrt(2)), (1 - mu) / (std * math.sqrt(2))
+    per_dim = std * math.sqrt(math.pi / 2) * (torch.erf(hi) - torch.erf(lo))
+    return alpha * torch.log(per_dim).sum(-1)
+
+
+def test_mixture_density_is_normalised_on_the_box_and_matches_the_uniform_form():
+    """``mixture_log_density`` integrates to 1 (Gaussians: over R^d, so in the box a bit less), and with
+    ``lambda = 1`` the general estimator is SQL's uniform one exactly."""
+    torch.manual_seed(0)
+    centers = torch.tensor([[[0.2, -0.3], [-0.5, 0.1]]])
+    width = torch.full((1, 1, 1), 0.3)
+    grid_1d = torch.linspace(-4, 4, 401)
+    grid = torch.stack(torch.meshgrid(grid_1d, grid_1d, indexing="ij"), -1).reshape(1, -1, 2)
+    mass = mixture_log_density(grid, centers, width, 0.0).exp().sum() * (8 / 400) ** 2
+    assert float(mass) == pytest.approx(1.0, abs=1e-3)
+    a = uniform_actions(3, 50, 2)
+    q = -a.pow(2).sum(-1)
+    log_q = mixture_log_density(a, centers.expand(3, -1, -1), width.expand(3, -1, -1), 1.0)
+    torch.testing.assert_close(soft_value_importance(q, log_q, a, 0.4), soft_value_from_samples(q, 0.4, 2))
+
+
+@pytest.mark.parametrize("d", [1, 3])
+def test_mixture_proposal_is_unbiased_and_beats_uniform_on_peaked_q(d):
+    """On a peaked Q (alpha = 0.05, policy std 0.1) with known V, 16 mixture samples centred on an
+    imperfect sampler (30% too wide) are as accurate as 1024 uniform ones; 16 uniform ones are biased."""
+    torch.manual_seed(0)
+    alpha, std, batch = 0.05, 0.1, 2000
+    mu = torch.rand(batch, 1, d) * 1.6 - 0.8
+
+    def q_fn(obs, a):
+        return -alpha * (a - mu).pow(2).sum(-1) / (2 * std**2)
+
+    exact = box_gaussian_soft_value(mu[:, 0], std, alpha)
+    obs = torch.zeros(batch, 1)
+    centers = (mu + 1.3 * std * torch.randn(batch, 8, d)).clamp(-1, 1)
+    mixture = estimate_soft_value(q_fn, obs, 16, alpha, d, centers) - exact
+    uniform_16 = estimate_soft_value(q_fn, obs, 16, alpha, d) - exact
+    uniform_1024 = estimate_soft_value(q_fn, obs, 1024, alpha, d) - exact
+    assert abs(float(mixture.mean())) < 0.01 and float(mixture.std()) < 0.03
+    assert abs(float(mixture.mean())) <= abs(float(uniform_1024.mean())) + 0.005
+    if d == 3:
+        assert float(uniform_16.mean()) < -0.2  # the Jensen bias the mixture removes
+    # more samples shrink what is left, as an unbiased estimate's log should
+    more = estimate_soft_value(q_fn, obs, 256, alpha, d, centers) - exact
+    assert abs(float(more.mean())) < 0.002
+
+
+def test_kernel_width_follows_the_centres_spread():
+    tight = torch.zeros(2, 8, 3) + 0.01 * torch.randn(2, 8, 3)
+    wide = torch.rand(2, 8, 3) * 2 - 1
+    assert torch.all(kernel_width(tight) == 0.05) and torch.all(kernel_width(wide) > 0.2)
+    assert kernel_width(wide).shape == (2, 1, 1)
 
 
 def test_soft_bellman_target_bootstraps_unless_terminated():

@@ -1,0 +1,89 @@
+"""The composed max-ent policy ``pi_w(a|s) ∝ exp(Q_w(s,a)/alpha)``, acting like a skill.
+
+``ComposedPolicy`` answers the ``skills.policy.SoftPolicy`` calls (``act``, ``sample``, ``q``,
+``value``) with ``Q_w`` and the amortized sampler trained on it, so evaluation, the convergence
+diagnostics and the Monte Carlo bound treat it exactly like a trained skill.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import torch
+
+from skills.policy import ArrayLike
+from skills.sql import SamplerNetwork, estimate_soft_value
+
+from .composition import Composition
+
+EVAL_PARTICLES = 32  # candidates for deterministic actions, as for skills (SQLConfig.eval_particles)
+PROPOSAL_CENTERS = 8  # sampler actions that centre the importance proposal of V_w
+
+
+def _tensor(x: ArrayLike) -> torch.Tensor:
+    return x.float() if isinstance(x, torch.Tensor) else torch.as_tensor(np.asarray(x, np.float32))
+
+
+def _like(value: torch.Tensor, template: ArrayLike) -> ArrayLike:
+    return value if isinstance(template, torch.Tensor) else value.numpy()
+
+
+class ComposedPolicy:
+    """``Q_w`` of a ``Composition`` with its amortized SVGD sampler; CPU, no gradients.
+
+    ``generator`` seeds the sampler's noise, so a seeded policy acts reproducibly.
+    """
+
+    def __init__(self, composition: Composition, sampler: SamplerNetwork, seed: int = 0,
+                 particles: Callable[[torch.Tensor], torch.Tensor] | None = None):
+        """``particles``: act with per-decision SVGD instead (``sampling.ParticlePolicy.particles``:
+        obs [B, o] -> actions [B, K, d]); ``sampler`` still centres the importance proposal of ``V_w``."""
+        self.composition, self.sampler, self.particles = composition, sampler, particles
+        self.name = composition.name
+        self.alpha, self.gamma = composition.alpha, composition.gamma
+        self.obs_dim, self.act_dim = composition.obs_dim, composition.act_dim
+        self.generator = torch.Generator().manual_seed(seed)
+
+    @torch.no_grad()
+    def sample(self, obs: ArrayLike, n: int) -> ArrayLike:
+        """``n`` sampler actions per state: [B, o] -> [B, n, d]."""
+        o = _tensor(obs).reshape(-1, self.obs_dim)
+        return _like(self.sampler.sample(o, n, generator=self.generator), obs)
+
+    @torch.no_grad()
+    def act(self, obs: ArrayLike, deterministic: bool = False) -> np.ndarray:
+        """One action per state: a sampler draw, or (``deterministic``) the highest-``Q_w`` of 32 draws."""
+        o = _tensor(obs)
+        single = o.dim() == 1
+        o = o.reshape(-1, self.obs_dim)
+        if self.particles is not None:
+            candidates = self.particles(o)  # [B, K, d]
+            pick = (self.composition.q(o.unsqueeze(1), candidates).argmax(dim=1) if deterministic
+                    else torch.randint(candidates.shape[1], (len(o),), generator=self.generator))
+            actions = candidates[torch.arange(len(o)), pick]
+        elif deterministic:
+            candidates = self.sampler.sample(o, EVAL_PARTICLES, generator=self.generator)
+            best = self.composition.q(o.unsqueeze(1), candidates).argmax(dim=1)
+            actions = candidates[torch.arange(len(o)), best]
+        else:
+            actions = self.sampler.sample(o, 1, generator=self.generator)[:, 0]
+        out = actions.numpy()
+        return out[0] if single else out
+
+    @torch.no_grad()
+    def q(self, obs: ArrayLike, act: ArrayLike) -> ArrayLike:
+        """``Q_w(s, a) = sum_i w_i Q_i(s, a)``: [..., o], [..., d] -> [...]."""
+        return _like(self.composition.q(_tensor(obs), _tensor(act)), act)
+
+    @torch.no_grad()
+    def value(self, obs: ArrayLike, n_samples: int = 1024) -> ArrayLike:
+        """``V_w(s) = alpha log ∫ exp(Q_w(s,a)/alpha) da``, importance-sampled around the composed
+        sampler's actions (mixture proposal, as ``skills.Skill.value``): [B, o] -> [B]."""
+        o = _tensor(obs).reshape(-1, self.obs_dim)
+        out = []
+        for chunk in o.split(max(1, 65536 // n_samples)):
+            centers = self.sampler.sample(chunk, PROPOSAL_CENTERS, generator=self.generator)
+            out.append(estimate_soft_value(self.composition.q, chunk, n_samples, self.alpha, self.act_dim, centers,
+                                           generator=self.generator))
+        return _like(torch.cat(out) if out else o.new_zeros(0), obs)

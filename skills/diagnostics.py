@@ -1,0 +1,291 @@
+"""Convergence diagnostics of soft Q-functions, checked against ground truth (Monte Carlo soft returns).
+
+For the Boltzmann policy of a learned ``Q``, ``-alpha log pi(a|s) = V(s) - Q(s,a)``, so one rollout's
+soft return ``sum_t gamma^t (r_t + alpha H_t)`` has the single-sample estimate
+
+    G = sum_t gamma^t (r_t - Q(s_t, a_t) + V(s_t)).
+
+Telescoping with ``r_t + gamma V(s_{t+1}) = Q(s_t, a_t) + (T Q - Q)(s_t, a_t)`` gives
+
+    E[G] = V(s_0) + E[ sum_t gamma^t (T Q - Q)(s_t, a_t) ],
+
+so the Monte Carlo soft return equals ``V(s_0)`` exactly when ``Q`` is at its soft Bellman fixed point
+along the visited states, whatever sampler picked the actions. ``soft_return_gap = E[G] - V(s_0)``
+is the discounted Bellman residual accumulated along the skill's own stochastic policy: a measure
+of convergence that no other learned function stands in for.
+
+Rollouts restart from a state by replaying its episode (reset seed and the actions before it),
+which is exact for deterministic simulators and needs no state-restoring API from the env. They
+run past the time limit (training bootstraps through truncation) for ``T`` steps; the tail
+beyond ``T`` is at most ``gamma^T max|term| / (1 - gamma)``, reported with every result.
+
+Also here: the analytic bounds of any soft value, ``(r_min + alpha d log 2)/(1 - gamma) <= V <=
+(r_max + alpha d log 2)/(1 - gamma)``, which the trainer checks to catch value blow-up.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+
+import gymnasium as gym
+import numpy as np
+
+from .policy import SoftPolicy
+
+
+# ---- analytic bounds of soft values -----------------------------------------------------------
+def soft_value_bounds(reward_range: tuple[float, float], alpha: float, act_dim: int, gamma: float) -> tuple[float, float]:
+    """``(V_min, V_max)`` for any soft value on ``[-1, 1]^d`` with per-step rewards in ``reward_range``.
+
+    ``alpha d log 2`` is the largest entropy bonus of any density on the box (the uniform one), and
+    the uniform policy's value is the least the soft-optimal value can be, so the soft Bellman
+    operator maps ``[V_min, V_max]`` into itself:
+    ``V_min = (r_min + alpha d log 2)/(1 - gamma)``, ``V_max = (r_max + alpha d log 2)/(1 - gamma)``,
+    each widened to include 0 (a terminal state's value).
+    """
+    bonus = alpha * act_dim * math.log(2.0)
+    low, high = (reward_range[0] + bonus) / (1.0 - gamma), (reward_range[1] + bonus) / (1.0 - gamma)
+    return min(low, 0.0), max(high, 0.0)
+
+
+def value_bound_violation(values: np.ndarray, reward_range: tuple[float, float], alpha: float, act_dim: int,
+                          gamma: float, margin: float = 0.1) -> str | None:
+    """A message naming the bound and the value when any of ``values`` leaves the analytic bounds
+    by more than ``margin`` times their width (estimation noise), else ``None``."""
+    low, high = soft_value_bounds(reward_range, alpha, act_dim, gamma)
+    slack = margin * (high - low)
+    values = np.asarray(values, np.float64)
+    if not np.all(np.isfinite(values)):
+        return f"a soft value is not finite ({values[~np.isfinite(values)][0]})"
+    r_min, r_max = reward_range
+    if values.max() > high + slack:
+        return (f"soft value {values.max():.4g} exceeds the analytic bound V <= (r_max + alpha d log 2)/(1 - gamma) = "
+                f"({r_max:g} + {alpha:g}*{act_dim}*log 2)/(1 - {gamma:g}) = {high:.4g} (+{slack:.3g} margin)")
+    if values.min() < low - slack:
+        return (f"soft value {values.min():.4g} is below the analytic bound V >= (r_min + alpha d log 2)/(1 - gamma) = "
+                f"({r_min:g} + {alpha:g}*{act_dim}*log 2)/(1 - {gamma:g}) = {low:.4g} (-{slack:.3g} margin)")
+    return None
+
+
+# ---- Monte Carlo soft returns -----------------------------------------------------------------
+@dataclass(frozen=True)
+class Start:
+    """Where rollouts begin: ``env.reset(seed=seed)``, then ``prefix`` actions replayed; the first
+    rollout action is ``action`` when given (for ``Q^pi(s, a)``), else the policy's."""
+
+    seed: int
+    prefix: tuple = ()
+    action: np.ndarray | None = None
+
+
+@dataclass
+class Rollouts:
+    """Rollouts from one start, ``n`` in lockstep for ``T`` steps: arrays [n, T, ...]."""
+
+    obs: np.ndarray  # [n, T, o] s_t
+    action: np.ndarray  # [n, T, d] a_t
+    reward: np.ndarray  # [n, T] r_t
+    next_obs: np.ndarray  # [n, T, o] s_{t+1}
+    terminated: np.ndarray  # [n, T] 1.0 where s_{t+1} is terminal
+    alive: np.ndarray  # [n, T] 1.0 while the episode runs (0 after termination)
+
+
+def rollout_steps(reward_range: tuple[float, float], alpha: float, act_dim: int, gamma: float,
+                  tail: float = 0.01, max_steps: int = 2000) -> int:
+    """``T`` with ``gamma^T M / (1 - gamma) <= tail``, ``M = max|r| + alpha d log 2`` (the per-step
+    scale of the soft return's terms)."""
+    scale = max(abs(reward_range[0]), abs(reward_range[1])) + alpha * act_dim * math.log(2.0)
+    steps = math.ceil(math.log(tail * (1.0 - gamma) / scale) / math.log(gamma))
+    return int(min(max(steps, 1), max_steps))
+
+
+def run_rollouts(envs_: Sequence[gym.Env], act: Callable[[np.ndarray], np.ndarray], start: Start, steps: int) -> Rollouts:
+    """Roll ``len(envs_)`` copies of one start forward ``steps`` steps with the batched ``act``.
+
+    The envs must be unwrapped (no time limit): rollouts go past it. Each env is reset with the
+    start's seed and replays its prefix, so all begin in the same state.
+    """
+    n = len(envs_)
+    obs = []
+    for env in envs_:
+        o, _ = env.reset(seed=start.seed)
+        for a in start.prefix:
+            o, *_ = env.step(np.asarray(a))
+        obs.append(o)
+    obs = np.stack(obs).astype(np.float32)
+    o_dim, a_dim = obs.shape[1], envs_[0].action_space.shape[0]
+    out = Rollouts(np.zeros((n, steps, o_dim), np.float32), np.zeros((n, steps, a_dim), np.float32),
+                   np.zeros((n, steps), np.float64), np.zeros((n, steps, o_dim), np.float32),
+                   np.zeros((n, steps)), np.zeros((n, steps)))
+    alive = np.ones(n, bool)
+    for t in range(steps):
+        if t == 0 and start.action is not None:
+            actions = np.repeat(np.asarray(start.action, np.float32)[None], n, axis=0)
+        else:
+            actions = np.asarray(act(obs), np.float32).reshape(n, a_dim)
+        out.obs[:, t], out.action[:, t], out.alive[:, t] = obs, actions, alive
+        for i, env in enumerate(envs_):
+            if not alive[i]:
+                continue
+            next_o, r, terminated, _, _ = env.step(actions[i])
+            out.reward[i, t], out.next_obs[i, t], out.terminated[i, t] = r, next_o, float(terminated)
+            obs[i] = next_o
+            alive[i] = not terminated
+        if not alive.any():
+            out.alive[:, t + 1:] = 0.0
+            break
+    return out
+
+
+def soft_return_estimates(rollouts: Rollouts, q: np.ndarray, v: np.ndarray, gamma: float,
+                          from_action: bool = False) -> np.ndarray:
+    """``G = sum_t gamma^t (r_t - Q(s_t, a_t) + V(s_t))`` per rollout; q, v [n, T] -> [n].
+
+    ``from_action``: the first action was given, not drawn, so its entropy term is left out and
+    ``G`` estimates ``Q^pi(s_0, a_0)`` rather than ``V^pi(s_0)``.
+    """
+    entropy = v - q
+    if from_action:
+        entropy = entropy.copy()
+        entropy[:, 0] = 0.0
+    discount = gamma ** np.arange(rollouts.reward.shape[1])
+    return np.sum(discount * rollouts.alive * (rollouts.reward + entropy), axis=1)
+
+
+def rollout_values(policy: SoftPolicy, rollouts: Rollouts, value_samples: int) -> tuple[np.ndarray, np.ndarray]:
+    """``Q(s_t, a_t)`` and ``V(s_t)`` of the policy's soft Q-function along rollouts: [n, T] each."""
+    n, steps = rollouts.reward.shape
+    obs = rollouts.obs.reshape(n * steps, -1)
+    act = rollouts.action.reshape(n * steps, -1)
+    alive = rollouts.alive.reshape(-1) > 0
+    q, v = np.zeros(n * steps), np.zeros(n * steps)
+    if alive.any():
+        q[alive] = np.asarray(policy.q(obs[alive], act[alive]), np.float64)
+        v[alive] = np.asarray(policy.value(obs[alive], n_samples=value_samples), np.float64)
+    return q.reshape(n, steps), v.reshape(n, steps)
+
+
+def mean_and_se(x: np.ndarray) -> tuple[float, float]:
+    """Mean and its standard error (0 for one value)."""
+    x = np.asarray(x, np.float64)
+    return float(x.mean()), float(x.std(ddof=1) / math.sqrt(len(x))) if len(x) > 1 else 0.0
+
+
+# ---- the convergence report -------------------------------------------------------------------
+@dataclass(frozen=True)
+class ConvergenceConfig:
+    """How a skill's soft Q-function is checked against Monte Carlo soft returns."""
+
+    start_states: int = 16  # reset states (seeds seed, seed+1, ...)
+    rollouts: int = 8  # stochastic rollouts per start state, in lockstep
+    tail: float = 0.01  # rollout length T: gamma^T (max|r| + alpha d log 2)/(1 - gamma) <= tail
+    value_samples: int = 1024  # importance samples for every V (mixture proposal)
+    residual_states: int = 4000  # stored transitions for the Bellman residual
+    seed: int = 100_000  # first start seed (apart from training and evaluation seeds)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def bellman_residual(policy: SoftPolicy, obs: np.ndarray, action: np.ndarray, reward: np.ndarray, next_obs: np.ndarray,
+                     terminated: np.ndarray, gamma: float, value_samples: int) -> np.ndarray:
+    """``Q(s, a) - (r + gamma (1 - terminated) V(s'))`` per transition (``Q - T Q``; ``V`` by importance
+    sampling), [M]. For a deterministic simulator one transition gives ``T Q`` exactly."""
+    q = np.asarray(policy.q(obs, action), np.float64)
+    v_next = np.asarray(policy.value(next_obs, n_samples=value_samples), np.float64)
+    return q - (np.asarray(reward, np.float64) + gamma * (1.0 - np.asarray(terminated, np.float64)) * v_next)
+
+
+def convergence_goal(report: dict, alpha: float) -> dict:
+    """The goals of a converged skill: ``|gap| <= 0.05 |V0| + 0.05 + 3 se`` and, on both sets of
+    transitions, ``|mean Bellman residual| <= 0.1 alpha``."""
+    gap_ok = abs(report["soft_return_gap"]) <= 0.05 * abs(report["V0_mean"]) + 0.05 + 3 * report["soft_return_gap_se"]
+    residual_ok = all(abs(report[k]["bellman_residual_mean"]) <= 0.1 * alpha for k in ("stored", "on_policy"))
+    return {"soft_return_gap": bool(gap_ok), "bellman_residual": bool(residual_ok), "met": bool(gap_ok and residual_ok)}
+
+
+def convergence_report(policy: SoftPolicy, make_env: Callable[[], gym.Env], reward_range: tuple[float, float],
+                       transitions: dict[str, np.ndarray] | None = None,
+                       config: ConvergenceConfig = ConvergenceConfig()) -> dict:
+    """Monte Carlo soft returns of ``policy``'s own stochastic actions from ``config.start_states``
+    reset states, against ``V(s_0)``; Bellman residuals on stored and on on-policy transitions.
+
+    ``make_env()`` gives an env of the skill's task; rollouts use ``env.unwrapped`` (no time limit).
+    Returns the manifest's ``convergence`` record (see ``convergence_goal`` for the goals).
+    """
+    alpha, gamma, act_dim = policy.alpha, policy.gamma, policy.act_dim
+    steps = rollout_steps(reward_range, alpha, act_dim, gamma, config.tail)
+    pool = [make_env().unwrapped for _ in range(config.rollouts)]
+    gaps, v0s, returns, terms_max = [], [], [], 0.0  # per start: gap, V(s0), soft return estimates
+    on_policy: dict[str, list[np.ndarray]] = {k: [] for k in ("obs", "action", "reward", "next_obs", "terminated")}
+    try:
+        for k in range(config.start_states):
+            rollouts = run_rollouts(pool, lambda o: policy.act(o), Start(config.seed + k), steps)
+            q, v = rollout_values(policy, rollouts, config.value_samples)
+            g = soft_return_estimates(rollouts, q, v, gamma)
+            gaps.append(g.mean() - v[0, 0])
+            v0s.append(v[0, 0])
+            returns.append(g)
+            terms_max = max(terms_max, float(np.max(np.abs(rollouts.alive * (rollouts.reward - q + v)))))
+            live = rollouts.alive > 0
+            for key in on_policy:
+                on_policy[key].append(getattr(rollouts, key)[live])
+    finally:
+        for env in pool:
+            env.close()
+    gap, gap_se = mean_and_se(np.array(gaps))
+    report = {
+        "method": "Monte Carlo soft return sum_t gamma^t (r_t - Q(s_t,a_t) + V(s_t)) of the skill's own stochastic "
+                  "policy (one sampler draw per step) against V(s_0); V by importance sampling (mixture proposal)",
+        "start_states": config.start_states, "rollouts_per_start": config.rollouts, "rollout_steps": steps,
+        "tail_bound": float(gamma**steps * terms_max / (1.0 - gamma)),
+        "value_samples": config.value_samples, "gamma": gamma, "alpha": alpha,
+        "V0_mean": float(np.mean(v0s)), "soft_return_mean": float(np.mean([r.mean() for r in returns])),
+        "soft_return_gap": gap, "soft_return_gap_se": gap_se,
+        "soft_return_gap_per_start": [float(x) for x in gaps],
+        "V0_per_start": [float(x) for x in v0s],
+        "soft_return_per_start": [float(r.mean()) for r in returns],
+        "soft_return_se_per_start": [mean_and_se(r)[1] for r in returns],
+    }
+    sets = {"on_policy": {k: np.concatenate(v) for k, v in on_policy.items()}}
+    if transitions is not None:
+        rng = np.random.default_rng(config.seed)
+        idx = rng.choice(len(transitions["obs"]), size=min(config.residual_states, len(transitions["obs"])), replace=False)
+        sets["stored"] = {k: transitions[k][idx] for k in on_policy}
+    for name, data in sets.items():
+        if len(data["obs"]) > config.residual_states:
+            keep = np.random.default_rng(config.seed + 1).choice(len(data["obs"]), config.residual_states, replace=False)
+            data = {k: v[keep] for k, v in data.items()}
+        res = bellman_residual(policy, data["obs"], data["action"], data["reward"], data["next_obs"],
+                               data["terminated"], gamma, config.value_samples)
+        report[name] = {"transitions": int(len(res)), "bellman_residual_mean": float(res.mean()),
+                        "bellman_residual_rms": float(np.sqrt(np.mean(res**2))),
+                        "bellman_residual_se": mean_and_se(res)[1]}
+    report["bellman_residual_mean"] = report.get("stored", report["on_policy"])["bellman_residual_mean"]
+    report["bellman_residual_rms"] = report.get("stored", report["on_policy"])["bellman_residual_rms"]
+    if "stored" in report:
+        report["goal"] = convergence_goal(report, alpha)
+    return report
+
+
+def format_report(report: dict) -> list[str]:
+    """Human-readable lines of a ``convergence_report``."""
+    lines = [
+        f"V(s0) mean            {report['V0_mean']:.4f}  ({report['start_states']} start states)",
+        f"MC soft return mean   {report['soft_return_mean']:.4f}  ({report['rollouts_per_start']} rollouts each, "
+        f"T = {report['rollout_steps']} steps, tail <= {report['tail_bound']:.2g})",
+        f"soft return gap       {report['soft_return_gap']:+.4f} ± {report['soft_return_gap_se']:.4f} (se)",
+    ]
+    for name in ("stored", "on_policy"):
+        if name in report:
+            r = report[name]
+            lines.append(f"Bellman residual Q-TQ {r['bellman_residual_mean']:+.5f} mean, {r['bellman_residual_rms']:.4f} rms "
+                         f"({name.replace('_', '-')}, {r['transitions']} transitions)")
+    if "goal" in report:
+        g = report["goal"]
+        lines.append(f"goals                 gap {'met' if g['soft_return_gap'] else 'MISSED'}, "
+                     f"residual {'met' if g['bellman_residual'] else 'MISSED'}  "
+                     f"(|gap| <= 0.05|V0| + 0.05 + 3 se; |residual mean| <= 0.1 alpha = {0.1 * report['alpha']:g})")
+    return lines

@@ -1,0 +1,170 @@
+"""Convergence diagnostics against ground truth: Monte Carlo soft returns on a problem whose soft
+values are known in closed form, a trained Q that is converged and one that is truncated, and the
+analytic value bounds that catch blow-up."""
+
+import math
+from dataclasses import replace
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+
+from skills.agent import SoftQLearning, SQLConfig, TrainingDiverged
+from skills.diagnostics import (
+    ConvergenceConfig,
+    Start,
+    convergence_report,
+    rollout_steps,
+    run_rollouts,
+    soft_value_bounds,
+    value_bound_violation,
+)
+from skills.skill import Skill
+
+GAMMA, ALPHA, PEAK, CURVATURE = 0.9, 0.5, 0.5, 4.0
+
+
+def bandit_reward(action: np.ndarray) -> np.ndarray:
+    """``r(a) = -4 (a - 0.5)^2``: [..., 1] -> [...]."""
+    return -CURVATURE * (np.asarray(action)[..., 0] - PEAK) ** 2
+
+
+class RepeatedBandit(gym.Env):
+    """One state forever (obs 0), 1-D action, ``r(a) = -4 (a - 0.5)^2``, no termination.
+
+    Its soft-optimal value is known exactly: ``V* = alpha log ∫ exp(r(a)/alpha) da / (1 - gamma)``.
+    """
+
+    observation_space = gym.spaces.Box(-1.0, 1.0, shape=(1,), dtype=np.float32)
+    action_space = gym.spaces.Box(-1.0, 1.0, shape=(1,), dtype=np.float32)
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        return np.zeros(1, np.float32), {}
+
+    def step(self, action):
+        return np.zeros(1, np.float32), float(bandit_reward(np.clip(action, -1, 1))), False, False, {}
+
+
+def exact_soft_value() -> float:
+    """``alpha log ∫_{-1}^{1} exp(-4 (a - 0.5)^2 / alpha) da / (1 - gamma)`` (erf)."""
+    s = math.sqrt(ALPHA / (2 * CURVATURE))
+    z = s * math.sqrt(math.pi / 2) * (math.erf((1 - PEAK) / (s * math.sqrt(2))) - math.erf((-1 - PEAK) / (s * math.sqrt(2))))
+    return ALPHA * math.log(z) / (1 - GAMMA)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Small networks run fastest on one thread (and the trainer sets one too)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def train_bandit(target_update_interval: int, updates: int = 800, seed: int = 0) -> Skill:
+    """SQL on the bandit's transitions (uniform actions): a real trained Q and sampler."""
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    config = SQLConfig(alpha=ALPHA, gamma=GAMMA, hidden=(32, 32), batch_size=64, particles=8, value_samples=16,
+                       value_proposal="mixture", target_update_interval=target_update_interval, q_lr=3e-3,
+                       sampler_lr=1e-3, cache_target_values=False)
+    agent = SoftQLearning(1, 1, config)
+    m = 2000
+    actions = rng.uniform(-1, 1, size=(m, 1)).astype(np.float32)
+    data = {"obs": np.zeros((m, 1), np.float32), "action": actions, "reward": bandit_reward(actions).astype(np.float32),
+            "next_obs": np.zeros((m, 1), np.float32), "terminated": np.zeros(m, np.float32)}
+    for _ in range(updates):
+        idx = rng.integers(0, m, 64)
+        agent.update({k: torch.as_tensor(v[idx]) for k, v in data.items()})
+    manifest = {"name": "bandit", "task": "bandit", "alpha": ALPHA, "gamma": GAMMA,
+                "observation_space": {"shape": [1]}, "action_space": {"shape": [1]}}
+    return Skill(agent, manifest, data, path=None)
+
+
+REWARD_RANGE = (-CURVATURE * 1.5**2, 0.0)
+FAST = ConvergenceConfig(start_states=4, rollouts=16, value_samples=512, residual_states=1000, tail=0.02)
+
+
+@pytest.fixture(scope="module")
+def converged() -> dict:
+    """160 target copies at gamma = 0.9 (0.9^160 ~ 5e-8 of the initial error left)."""
+    skill = train_bandit(target_update_interval=5)
+    return convergence_report(skill, RepeatedBandit, REWARD_RANGE, skill.transitions, FAST)
+
+
+pytestmark = pytest.mark.learning
+
+
+def test_the_monte_carlo_soft_return_of_the_exact_soft_value_matches_it(converged):
+    """Ground truth first: the converged Q's V(s0) is the closed-form V*, and the diagnostics pass it."""
+    assert converged["V0_mean"] == pytest.approx(exact_soft_value(), abs=0.05 * abs(exact_soft_value()))
+    assert converged["goal"]["met"], converged
+    assert converged["tail_bound"] < 0.02
+    assert converged["rollout_steps"] == rollout_steps(REWARD_RANGE, ALPHA, 1, GAMMA, 0.02)
+
+
+def test_a_truncated_q_is_detected(converged):
+    """Too few target copies (2 backups instead of 160): V(s0) far from the MC soft return."""
+    truncated = train_bandit(target_update_interval=400)
+    report = convergence_report(truncated, RepeatedBandit, REWARD_RANGE, truncated.transitions, FAST)
+    assert not report["goal"]["soft_return_gap"], report
+    assert not report["goal"]["bellman_residual"], report
+    # the MC soft return itself is the same for both (same reward, near-equal policies): it is ground truth
+    assert report["soft_return_mean"] == pytest.approx(converged["soft_return_mean"], abs=0.25)
+    assert report["soft_return_gap"] < -1.0  # Q started at 0 and true values are negative: V(s0) is too high
+
+
+def test_rollouts_replay_their_start_exactly():
+    """A Start's prefix is replayed, and a given first action is taken by every rollout."""
+    envs_ = [RepeatedBandit() for _ in range(3)]
+    rollouts = run_rollouts(envs_, lambda o: np.zeros((len(o), 1)), Start(0, (np.array([0.2]),), np.array([0.5])), 4)
+    assert np.all(rollouts.action[:, 0, 0] == 0.5) and np.all(rollouts.action[:, 1:, 0] == 0.0)
+    assert rollouts.reward[0, 0] == pytest.approx(0.0) and rollouts.reward[0, 1] == pytest.approx(-1.0)
+
+
+def test_value_bounds_and_their_message():
+    low, high = soft_value_bounds((-1.0, 0.0), 0.05, 3, 0.95)
+    bonus = 0.05 * 3 * math.log(2)
+    assert low == pytest.approx((-1 + bonus) / 0.05) and high == pytest.approx(bonus / 0.05)
+    assert value_bound_violation(np.array([0.0, 1.0, -10.0]), (-1.0, 0.0), 0.05, 3, 0.95) is None
+    message = value_bound_violation(np.array([0.0, 600.0]), (-1.0, 0.0), 0.05, 3, 0.95)
+    assert "600" in message and "r_max" in message and f"{high:.4g}" in message
+    assert "below" in value_bound_violation(np.array([-500.0]), (-1.0, 0.0), 0.05, 3, 0.95)
+    assert "not finite" in value_bound_violation(np.array([np.nan]), (-1.0, 0.0), 0.05, 3, 0.95)
+
+
+def test_training_stops_on_value_blow_up_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+    """Q blown up mid-training: the trainer stops with the bound in its message and marks the last
+    checkpoint (written before the blow-up) as diverged."""
+    import skills
+    from skills.trainer import TrainConfig, Trainer
+
+    sql = SQLConfig(alpha=10.0, gamma=0.95, obs_scale=0.2, hidden=(16, 16), warmup_steps=50, batch_size=16, particles=4,
+                    value_samples=4)
+    run = TrainConfig(steps=400, eval_interval=200, eval_episodes=1, final_eval_episodes=1, progress=False,
+                      overlap_env_step=False, value_check_interval=100, convergence=False)
+    trainer = Trainer("multigoal", sql, run, out=tmp_path)
+    update = trainer.agent.update
+
+    def blow_up(batch):
+        out = update(batch)
+        if trainer.agent.updates == 250:
+            with torch.no_grad():
+                trainer.agent.q.net[-1].bias += 1e5
+        return out
+
+    monkeypatch.setattr(trainer.agent, "update", blow_up)
+    with pytest.raises(TrainingDiverged, match=r"exceeds the analytic bound V <= \(r_max"):
+        trainer.train()
+    entry = skills.list_skills(tmp_path)[0]
+    assert entry.manifest["status"] == "diverged" and entry.manifest["env_steps"] == 200
+    assert "analytic bound" in entry.manifest["error"]
+
+
+def test_sql_config_refuses_unknown_proposals_and_fields():
+    with pytest.raises(ValueError, match="valid: uniform, mixture"):
+        SQLConfig(value_proposal="gaussian")
+    with pytest.raises(ValueError, match="unknown SQL hyperparameters"):
+        SQLConfig.from_dict(replace(SQLConfig()).to_dict() | {"nope": 1})
