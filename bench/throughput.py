@@ -74,7 +74,7 @@ def make_sac(sql: SQLConfig, seed: int, device: str, buffer_size: int):
 
 def make_sql(sql: SQLConfig, seed: int, device: str, steps: int, library: str, overlap: bool = True) -> Trainer:
     run = TrainConfig(steps=steps, seed=seed, device=device, threads=torch.get_num_threads(), progress=False,
-                      overlap_env_step=overlap)
+                      overlap_env_step=overlap, convergence=False)
     return Trainer(TASK, sql, run, out=library)
 
 

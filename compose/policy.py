@@ -37,8 +37,10 @@ class ComposedPolicy:
 
     def __init__(self, composition: Composition, sampler: SamplerNetwork, seed: int = 0,
                  particles: Callable[[torch.Tensor], torch.Tensor] | None = None):
-        """``particles``: act with per-decision SVGD instead (``sampling.ParticlePolicy.particles``:
-        obs [B, o] -> actions [B, K, d]); ``sampler`` still centres the importance proposal of ``V_w``."""
+        """``particles``: act with other draws of ``pi_w`` instead, obs [B, o] -> actions [B, K, d] (per-decision
+        SVGD, ``sampling.ParticlePolicy.particles``, or ``sampling.resampled_actions``); a sample is one of
+        them at random, a deterministic action the best under ``Q_w``. ``sampler`` still centres the
+        importance proposal of ``V_w``."""
         self.composition, self.sampler, self.particles = composition, sampler, particles
         self.name = composition.name
         self.alpha, self.gamma = composition.alpha, composition.gamma

@@ -46,8 +46,15 @@ from .bound import (
 from .cache import cache_path, load_cached, save_cached
 from .composition import Composition, IncompatibleSkillsError, check_compatible, load
 from .plots import plot_comparison, plot_episode_bound, plot_q_slices, q_grid
-from .policy import ComposedPolicy
-from .sampling import ParticleConfig, ParticlePolicy, SamplerConfig, constituent_init, train_amortized_sampler
+from .policy import EVAL_PARTICLES, ComposedPolicy
+from .sampling import (
+    ParticleConfig,
+    ParticlePolicy,
+    SamplerConfig,
+    constituent_init,
+    resampled_actions,
+    train_amortized_sampler,
+)
 
 MAX_BOUND_PAIRS = 5000
 
@@ -98,12 +105,24 @@ def build(composition: Composition, library: str | None, progress: bool, sampler
     return Built(sampler, correction, False, s_info["wall_time_s"], 0.0, manifest | {"cache": str(path)})
 
 
+SAMPLERS = ("amortized", "particles", "resampling")
+
+
 def composed_policy(composition: Composition, built: Built, kind: str, seed: int) -> ComposedPolicy:
-    """The composed energy policy as a ``SoftPolicy``: the amortized sampler, or per-decision SVGD."""
+    """The composed energy policy as a ``SoftPolicy``: the amortized sampler, per-decision SVGD, or
+    importance resampling of ``exp(Q_w/alpha)`` (a slow reference with no sampler)."""
     particles = None
     if kind == "particles":
         particles = ParticlePolicy(composition.q, composition.act_dim, composition.alpha, ParticleConfig(), seed,
                                    init=constituent_init([p.agent.sampler for p in composition.parts])).particles
+    elif kind == "resampling":
+        generator = torch.Generator().manual_seed(seed)
+
+        def particles(obs: torch.Tensor) -> torch.Tensor:
+            return resampled_actions(composition.q, obs, EVAL_PARTICLES, composition.alpha, composition.act_dim,
+                                     generator=generator)
+    elif kind != "amortized":
+        raise ValueError(f"unknown sampler {kind!r}; valid: {', '.join(SAMPLERS)}")
     return ComposedPolicy(composition, built.sampler, seed, particles)
 
 
@@ -283,7 +302,7 @@ def run(spec: str, *, weights: list[float] | None = None, sampler: str = "amorti
     built = build(composition, library, progress, sampler_cfg or SamplerConfig(), bound_cfg or BoundConfig())
     composed = composed_policy(composition, built, sampler, seed)
     # phase 2: the policies on the same seeded episodes
-    build_time = 0.0 if sampler == "particles" else built.build_wall_time_s  # particles train nothing
+    build_time = 0.0 if sampler != "amortized" else built.build_wall_time_s  # the others train nothing
     rows, pairs = evaluate_policies(composition=composition, composed=composed, joint=joint, build_time=build_time,
                                     make_env=make_env, episodes=episodes, seed=seed, deterministic=deterministic)
     rows["composed"]["sampler"] = sampler
@@ -410,9 +429,11 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("spec", help="skills to compose, joined by '+', e.g. reach+avoid")
     parser.add_argument("--weights", help="comma-separated weights summing to 1 (default: equal), e.g. 0.7,0.3")
-    parser.add_argument("--sampler", choices=["amortized", "particles"], default="amortized",
+    parser.add_argument("--sampler", choices=SAMPLERS, default="amortized",
                         help="amortized: a fresh sampler network trained on Q_w (cached); "
-                             "particles: SVGD on action particles at each step (default: amortized)")
+                             "particles: SVGD on action particles at each step; resampling: importance resampling "
+                             "of exp(Q_w/alpha) from 8192 uniform actions per step (slow; no sampler in the way) "
+                             "(default: amortized)")
     parser.add_argument("--episodes", type=int, default=100, help="evaluation episodes per policy (default: 100)")
     parser.add_argument("--seed", type=int, default=EVAL_SEED, help=f"first episode seed (default: {EVAL_SEED})")
     parser.add_argument("--deterministic", action="store_true", help="every policy takes the best of 32 sampled "

@@ -5,18 +5,21 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+import torch
 
 from compose import run as compose_run
-from compose.bound import BoundConfig
+from compose.bound import BoundConfig, MCBoundConfig
 from compose.sampling import SamplerConfig
 from skills.agent import SQLConfig
 from skills.trainer import TrainConfig, Trainer
 
-SMALL_SQL = SQLConfig(alpha=10.0, obs_scale=0.2, hidden=(32, 32), warmup_steps=100, batch_size=32, particles=8,
-                      value_samples=8)
-SMALL_RUN = TrainConfig(steps=300, eval_interval=300, eval_episodes=1, final_eval_episodes=2, progress=False)
+SMALL_SQL = SQLConfig(alpha=10.0, gamma=0.95, obs_scale=0.2, hidden=(32, 32), warmup_steps=100, batch_size=32,
+                      particles=8, value_samples=8)
+SMALL_RUN = TrainConfig(steps=300, eval_interval=300, eval_episodes=1, final_eval_episodes=2, progress=False,
+                        convergence=False)
+SMALL_MC = MCBoundConfig(pairs=3, rollouts=4, tail=0.5, value_samples=64)
 FAST = {"sampler_cfg": SamplerConfig(updates=100, batch_size=32, hidden=(32, 32)),
-        "bound_cfg": BoundConfig(updates=100, batch_size=64, n_value_samples=64, hidden=(32, 32))}
+        "bound_cfg": BoundConfig(updates=100, batch_size=64, n_value_samples=64, hidden=(32, 32)), "mc_cfg": SMALL_MC}
 
 
 @pytest.fixture(scope="module")
@@ -31,14 +34,20 @@ def test_report_has_the_documented_keys_and_the_second_run_uses_the_cache(librar
     spec = "multigoal@v1+multigoal@v2"
     first = compose_run.run(spec, episodes=3, out=tmp_path / "a", library=str(library), progress=False, **FAST)
     report = json.loads((tmp_path / "a" / "report.json").read_text())
-    for key in ("success_rate", "return_mean", "env_steps_used"):
-        assert key in report["composed"]
+    assert report["mode"] == "stochastic" and report["deterministic"] is False
+    for row in (report["composed"], *report["constituents"].values()):
+        for key in ("success_rate", "return_mean", "env_steps_used", "soft_return_mean"):
+            assert key in row and row[key] is not None
     assert report["composed"]["env_steps_used"] == 0
     assert set(report["constituents"]) == {"multigoal@v1", "multigoal@v2"}
     for key in ("holds_fraction", "mean_C"):
-        assert key in report["bound"]
+        assert key in report["bound"]["learned"]
     assert "no jointly trained reference" in report["joint"]["note"]
-    assert report["bound"]["holds_fraction"] is None and report["bound"]["mean_C"] >= 0
+    assert report["bound"]["learned"]["holds_fraction"] is None and report["bound"]["learned"]["mean_C"] >= 0
+    mc = report["bound"]["mc"]
+    for key in ("pairs", "rollout_steps", "upper_falsified_fraction", "lower_holds_fraction", "tail_bound", "goals"):
+        assert key in mc
+    assert mc["pairs"] == SMALL_MC.pairs and 0.0 <= mc["upper_falsified_fraction"] <= 1.0
     for figure in report["figures"].values():
         assert Path(figure).stat().st_size > 5_000
     assert (tmp_path / "a" / "report.md").read_text().startswith("# Composition report")
@@ -49,8 +58,51 @@ def test_report_has_the_documented_keys_and_the_second_run_uses_the_cache(librar
 
 def test_particle_sampler_runs_without_training(library, tmp_path):
     report = compose_run.run("multigoal@v1+multigoal@v2", sampler="particles", episodes=1, out=tmp_path,
-                             library=str(library), progress=False, **FAST)
+                             library=str(library), progress=False, **(FAST | {"mc_cfg": None}))
     assert report["sampler"] == "particles" and 0.0 <= report["composed"]["success_rate"] <= 1.0
+    assert "mc" not in report["bound"]
+
+
+def test_deterministic_mode_is_labelled_and_has_no_soft_return(library, tmp_path):
+    report = compose_run.run("multigoal@v1+multigoal@v2", episodes=1, out=tmp_path, library=str(library),
+                             progress=False, deterministic=True, **(FAST | {"mc_cfg": None}))
+    assert report["mode"] == "deterministic" and report["composed"]["soft_return_mean"] is None
+
+
+def test_the_mc_bound_check_can_fail_on_both_sides(library):
+    """Q_w shifted down by more than any slack: every CI of G lies above Q_w (upper side falsified).
+    Shifted up with C = 0: every CI lies below Q_w - C (lower side fails). Shifting Q by a constant
+    leaves pi_w and the entropy terms V - Q unchanged, so G is the same ground truth throughout."""
+    import types
+
+    import envs
+    from compose import load
+    from compose.bound import mc_bound
+    from compose.policy import ComposedPolicy
+    from compose.run import build
+
+    composition = load("multigoal@v1+multigoal@v2", library=str(library))
+    built = build(composition, str(library), False, FAST["sampler_cfg"], FAST["bound_cfg"])
+
+    def make_env():
+        return envs.make_task_env(composition.task)
+
+    def shifted(delta: float) -> ComposedPolicy:
+        fake = types.SimpleNamespace(**{k: getattr(composition, k) for k in ("name", "alpha", "gamma", "obs_dim",
+                                                                             "act_dim")})
+        fake.q = lambda o, a: composition.q(o, a) + delta
+        return ComposedPolicy(fake, built.sampler, seed=0)
+
+    args = (built.correction, make_env, composition.task.reward_range, composition.task.family.horizon, SMALL_MC)
+    honest = mc_bound(shifted(0.0), None, *args)
+    slack = max(abs(r["Q_w"] - r["composed"]["mean"]) + (r["composed"]["ci"][1] - r["composed"]["ci"][0])
+                for r in honest["per_pair"]) + abs(honest["C_mean"]) + 10.0
+    assert mc_bound(shifted(-slack), None, *args)["upper_falsified_fraction"] == 1.0
+
+    zero_c = torch.nn.Module()
+    zero_c.forward = lambda o, a: torch.zeros(len(o))
+    lower = mc_bound(shifted(+slack), None, zero_c, *args[1:])
+    assert lower["lower_holds_fraction"] == 0.0 and not lower["goals"]["lower_holds_fraction >= 0.95"]
 
 
 def test_cli_refuses_bad_weights_and_unknown_skills(library, capsys):

@@ -20,7 +20,7 @@ ARTIFACTS = Path(__file__).resolve().parent.parent / "runs" / "test-artifacts"
 def train(task: str, steps: int, library: Path, seed: int = 0, device: str = "cpu") -> skills.Skill:
     task_def = envs.get_task(task)
     run = replace(train_config(task, steps=steps, seed=seed, device=device), eval_interval=steps, eval_episodes=10,
-                  final_eval_episodes=20, progress=False)
+                  final_eval_episodes=20, progress=False, convergence=False)
     result = Trainer(task, sql_config(task, task_def.family.name), run, out=library).train()
     return skills.load(result.path)
 

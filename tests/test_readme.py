@@ -8,7 +8,7 @@ ROOT = Path(__file__).resolve().parent.parent
 def test_ci_runs_the_readme_test_command():
     ci_lines = [line.strip() for line in (ROOT / ".ci" / "run").read_text().splitlines()]
     command = [line for line in ci_lines if line and not line.startswith("#")][-1]
-    assert "pytest" in command
+    assert "pytest" in command and "ruff check" in command
     assert command in (ROOT / "README.md").read_text()
 
 

@@ -18,7 +18,8 @@ from skills.trainer import TrainConfig, Trainer
 
 TINY_SQL = SQLConfig(alpha=10.0, obs_scale=0.2, hidden=(32, 32), warmup_steps=100, batch_size=32,
                      particles=8, value_samples=8)
-TINY_RUN = TrainConfig(steps=300, seed=0, eval_interval=150, eval_episodes=2, final_eval_episodes=3, progress=False)
+TINY_RUN = TrainConfig(steps=300, seed=0, eval_interval=150, eval_episodes=2, final_eval_episodes=3, progress=False,
+                       convergence=False)
 
 
 def train_tiny(library: Path, seed: int = 0, steps: int = 300, **kwargs) -> Path:
@@ -320,3 +321,20 @@ def test_every_family_trains_saves_and_loads(tmp_path, task):
     action = skill.act(obs)
     assert action.shape == env.action_space.shape and np.all(np.abs(action) <= 1)
     assert skill.manifest["family"] == envs.TASKS[task].family.name and skill.manifest["env_steps"] == 150
+
+
+def test_training_records_the_convergence_report_and_its_plot(tmp_path):
+    """The trainer's final report: Monte Carlo soft returns and Bellman residuals in the manifest, a
+    PNG beside it, and the same record from ``skills.evaluate --convergence``."""
+    from skills import evaluate
+
+    path = Trainer("multigoal", TINY_SQL, replace(TINY_RUN, convergence=True), out=tmp_path).train().path
+    record = skills.load(path).manifest["convergence"]
+    for key in ("V0_mean", "soft_return_gap", "soft_return_gap_se", "rollout_steps", "tail_bound",
+                "bellman_residual_mean", "bellman_residual_rms", "goal"):
+        assert key in record
+    assert record["stored"]["transitions"] > 0 and record["on_policy"]["transitions"] > 0
+    assert (path / "convergence.png").stat().st_size > 10_000
+    assert evaluate.main([str(path), "--convergence", "--start-states", "2", "--rollouts", "2"]) == 0
+    rerun = skills.load(path).manifest["convergence"]
+    assert rerun["start_states"] == 2 and rerun["gamma"] == record["gamma"]
