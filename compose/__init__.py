@@ -19,6 +19,7 @@ from .composition import (
     combined_task,
     load,
 )
+from .policy import ComposedPolicy
 
-__all__ = ["ComposedQ", "Composition", "IncompatibleSkillsError", "StackedQ", "check_compatible", "check_weights",
-           "combined_task", "load"]
+__all__ = ["ComposedPolicy", "ComposedQ", "Composition", "IncompatibleSkillsError", "StackedQ", "check_compatible",
+           "check_weights", "combined_task", "load"]

@@ -55,7 +55,7 @@ def plot_episode_bound(q_w: np.ndarray, c: np.ndarray, q_joint: np.ndarray | Non
     (``bound.mc_soft_q``), Monte Carlo soft returns of each policy from (s_t, a_t) with 95% CIs."""
     plt = _pyplot()
     steps = np.arange(len(q_w))
-    fig, ax = plt.subplots(figsize=(6.5, 3.5), dpi=110)
+    fig, ax = plt.subplots(figsize=(6.5, 4.6), dpi=110)
     ax.fill_between(steps, q_w - c, q_w, color="tab:blue", alpha=0.15, label="bound [Q_w - C, Q_w]")
     ax.plot(steps, q_w, color="tab:blue", label="Q_w (composed)")
     ax.plot(steps, q_w - c, "--", color="tab:blue", label="Q_w - C")
@@ -73,7 +73,7 @@ def plot_episode_bound(q_w: np.ndarray, c: np.ndarray, q_joint: np.ndarray | Non
     ax.set_ylabel("soft Q at (s_t, a_t)")
     ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2, frameon=False)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)

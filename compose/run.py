@@ -192,7 +192,11 @@ def render_episode(composition: Composition, policy, path: Path, seed: int, env_
 
 def evaluate_row(name: str, policy: SoftPolicy, make_env, episodes: int, seed: int, deterministic: bool,
                  env_steps: int, wall: float, pairs: list | None = None) -> dict:
-    """Seeded episodes of ``policy`` on the combined task; the soft return too when it samples."""
+    """Seeded episodes of ``policy`` on the combined task; the soft return too when it samples.
+
+    Skills sample from torch's global generator, so it is reseeded for every row: each row's draws
+    are the same whatever ran before it (a cached build or not, other rows or not)."""
+    torch.manual_seed(seed)
     act = record_pairs(lambda o: policy.act(o, deterministic), pairs)
     env = make_env()
     try:

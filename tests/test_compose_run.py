@@ -133,3 +133,26 @@ def test_compose_run_has_help():
 
     done = subprocess.run([sys.executable, "-m", "compose.run", "--help"], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and "--sampler" in done.stdout
+
+
+def test_the_composed_policy_answers_the_skill_protocol(library):
+    """``ComposedPolicy`` and ``Skill`` both satisfy ``SoftPolicy``; single states and batches, numpy
+    and torch; a seeded composed policy acts reproducibly."""
+    import numpy as np
+
+    import skills
+    from compose import ComposedPolicy, load
+    from compose.run import build
+    from skills.policy import SoftPolicy
+
+    composition = load("multigoal@v1+multigoal@v2", library=str(library))
+    built = build(composition, str(library), False, FAST["sampler_cfg"], FAST["bound_cfg"])
+    policy = ComposedPolicy(composition, built.sampler, seed=3)
+    assert isinstance(policy, SoftPolicy) and isinstance(skills.load("multigoal@v1", library), SoftPolicy)
+    obs = np.array([[0.1, -0.2], [1.0, 2.0]], np.float32)
+    assert policy.act(obs[0]).shape == (2,) and policy.act(obs).shape == (2, 2)
+    assert policy.act(obs, deterministic=True).shape == (2, 2)
+    assert policy.sample(obs, 5).shape == (2, 5, 2) and isinstance(policy.sample(torch.as_tensor(obs), 5), torch.Tensor)
+    assert policy.q(obs, policy.act(obs)).shape == (2,) and policy.value(obs, n_samples=64).shape == (2,)
+    again = ComposedPolicy(composition, built.sampler, seed=3)
+    np.testing.assert_array_equal(ComposedPolicy(composition, built.sampler, seed=3).act(obs), again.act(obs))

@@ -96,21 +96,27 @@ def test_env_in_child_process_changes_nothing(tmp_path):
 
 
 def test_ctrl_c_reaches_the_trainer_not_its_env_process(tmp_path):
-    """The env's child process ignores SIGINT, so Ctrl-C cannot kill it under the trainer."""
+    """The env's child process ignores SIGINT, so Ctrl-C cannot kill it under the trainer, and the
+    trainer's own handler is left as it was. Hermetic: a suite started in the background inherits
+    SIGINT ignored, so the test installs Python's default handler itself and restores the original."""
     import os
     import signal
 
-    trainer = Trainer("multigoal", TINY_SQL, TINY_RUN, out=tmp_path)
-    trainer.step()
-    os.kill(trainer.env.processes[0].pid, signal.SIGINT)
+    inherited = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
-        for _ in range(20):
-            trainer.step()
-    except KeyboardInterrupt:  # gymnasium re-raises the worker's error here
-        pytest.fail("the env process died of SIGINT")
-    assert trainer.env.processes[0].is_alive()
-    trainer.close()
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+        trainer = Trainer("multigoal", TINY_SQL, TINY_RUN, out=tmp_path)
+        trainer.step()
+        os.kill(trainer.env.processes[0].pid, signal.SIGINT)
+        try:
+            for _ in range(20):
+                trainer.step()
+        except KeyboardInterrupt:  # gymnasium re-raises the worker's error here
+            pytest.fail("the env process died of SIGINT")
+        assert trainer.env.processes[0].is_alive()
+        trainer.close()
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    finally:
+        signal.signal(signal.SIGINT, inherited)
 
 
 @pytest.mark.parametrize("overlap", [True, False])
