@@ -110,9 +110,12 @@ class ComposedQ:
     alpha: float
     act_dim: int
 
-    def __call__(self, obs: torch.Tensor, act: torch.Tensor) -> torch.Tensor:
-        """``Q_w(s, a)``: [...]."""
-        return torch.tensordot(self.weights, self.stacked(obs, act), dims=1)
+    def __call__(self, obs, act):
+        """``Q_w(s, a)``: [...]. Tensors in, tensors out (with autograd, for SVGD); numpy in, numpy out."""
+        if isinstance(obs, torch.Tensor) and isinstance(act, torch.Tensor):
+            return torch.tensordot(self.weights, self.stacked(obs, act), dims=1)
+        with torch.no_grad():
+            return self(torch.as_tensor(np.asarray(obs, np.float32)), torch.as_tensor(np.asarray(act, np.float32))).numpy()
 
     def soft_values(self, obs: torch.Tensor, n_samples: int = 1024,
                     generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -149,10 +152,15 @@ def combined_task(parts: Sequence[skills.Skill], weights: np.ndarray) -> Task:
 
 
 class Composition:
-    """Loaded, checked constituents and their composed soft Q-function."""
+    """Loaded, checked constituents and their composed soft Q-function; it acts like a skill.
+
+    ``act``, ``sample``, ``q`` and ``value`` answer as ``skills.Skill``'s do (``skills.policy.SoftPolicy``).
+    The amortized sampler they need is built on first use (a progress bar; no environment samples)
+    or loaded from the library cache, where ``compose.run`` and ``build()`` leave it.
+    """
 
     def __init__(self, parts: Sequence[skills.Skill], weights: Sequence[float] | None = None,
-                 labels: Sequence[str] | None = None):
+                 labels: Sequence[str] | None = None, library: str | None = None, seed: int = 0):
         if len(parts) < 2:
             raise ValueError("composition needs at least two skills")
         on_other_devices = [f"{p.name}: {p.device}" for p in parts if p.device.type != "cpu"]
@@ -169,6 +177,39 @@ class Composition:
         self.q = ComposedQ(StackedQ([s.agent.q for s in parts]),
                            torch.tensor(self.weights, dtype=torch.float32), self.alpha, self.act_dim)
         self.task = combined_task(parts, self.weights)
+        self.library, self.seed = library, seed
+        self._policy = None
+
+    # ---- acting like a skill (skills.policy.SoftPolicy) ----
+    def build(self, progress: bool = True, sampler_cfg=None, bound_cfg=None):
+        """Train the composed sampler and the bound's ``C`` (or load them from the library cache);
+        returns ``compose.build.Built``. Acting calls this on first use, with the default settings
+        (``compose.sampling.SamplerConfig``, ``compose.bound.BoundConfig``)."""
+        from .build import build
+        from .policy import ComposedPolicy
+
+        built = build(self, self.library, progress, sampler_cfg, bound_cfg)
+        self._policy = ComposedPolicy(self, built.sampler, self.seed)
+        return built
+
+    @property
+    def policy(self):
+        """The composed max-ent policy (``compose.policy.ComposedPolicy``), built on first use."""
+        if self._policy is None:
+            self.build()
+        return self._policy
+
+    def act(self, obs, deterministic: bool = False) -> np.ndarray:
+        """One action per state [o] or [B, o]: a sample of ``pi_w`` (``deterministic``: the best of 32 under ``Q_w``)."""
+        return self.policy.act(obs, deterministic)
+
+    def sample(self, obs, n: int):
+        """``n`` actions per state from the composed sampler: [B, o] -> [B, n, d]."""
+        return self.policy.sample(obs, n)
+
+    def value(self, obs, n_samples: int = 1024):
+        """``V_w(s) = alpha log ∫ exp(Q_w(s,a)/alpha) da``: [B, o] -> [B]."""
+        return self.policy.value(obs, n_samples)
 
     @property
     def name(self) -> str:
@@ -185,7 +226,12 @@ class Composition:
         return {k: np.concatenate([s.transitions[k] for s in self.parts]) for k in keys}
 
 
-def load(spec: str | Sequence[str], weights: Sequence[float] | None = None, library: str | None = None) -> Composition:
-    """Load ``"reach+avoid"`` (or a list of skill names) from the library and compose them."""
+def load(spec: str | Sequence[str], weights: Sequence[float] | None = None, library: str | None = None,
+         seed: int = 0) -> Composition:
+    """Load ``"reach+avoid"`` (or a list of skill names) from the library and compose them.
+
+    The result acts like a skill (``act``, ``sample``, ``q``, ``value``); its sampler comes from the
+    library cache, or is built on first use. ``seed`` seeds its sampling.
+    """
     names = spec.split("+") if isinstance(spec, str) else list(spec)
-    return Composition([skills.load(n, library) for n in names], weights, labels=names)
+    return Composition([skills.load(n, library) for n in names], weights, labels=names, library=library, seed=seed)

@@ -15,7 +15,7 @@ import argparse
 import json
 import sys
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -25,25 +25,16 @@ import torch
 import envs
 import skills
 from envs._gl import headless
+from envs.cli import add_arm_arguments, arm_kwargs
 from envs.core import UnknownNameError
 from envs.video import VideoWriter, draw_text, overlay_lines
 from skills.evaluation import run_episodes
 from skills.library import SkillError, atomic_write_text
 from skills.policy import SoftPolicy
-from skills.sql import SamplerNetwork, SoftQNetwork
 from skills.trainer import EVAL_SEED
 
-from .bound import (
-    BoundConfig,
-    MCBoundConfig,
-    check_bound,
-    episode_starts,
-    fit_composition_correction,
-    gap_on_states,
-    mc_bound,
-    mc_soft_q,
-)
-from .cache import cache_path, load_cached, save_cached
+from .bound import BoundConfig, MCBoundConfig, check_bound, episode_starts, gap_on_states, mc_bound, mc_soft_q
+from .build import Built, build
 from .composition import Composition, IncompatibleSkillsError, check_compatible, load
 from .plots import plot_comparison, plot_episode_bound, plot_q_slices, q_grid
 from .policy import EVAL_PARTICLES, ComposedPolicy
@@ -53,22 +44,9 @@ from .sampling import (
     SamplerConfig,
     constituent_init,
     resampled_actions,
-    train_amortized_sampler,
 )
 
 MAX_BOUND_PAIRS = 5000
-
-
-@dataclass
-class Built:
-    """What the composition built (or loaded from the cache), and what it cost."""
-
-    sampler: SamplerNetwork
-    correction: SoftQNetwork
-    cached: bool
-    build_wall_time_s: float  # time to build the composed sampler (first build, even when cached)
-    load_wall_time_s: float
-    info: dict = field(default_factory=dict)
 
 
 def write_json(path: Path, data: dict) -> Path:
@@ -77,32 +55,6 @@ def write_json(path: Path, data: dict) -> Path:
 
 def write_text(path: Path, text: str) -> Path:
     return atomic_write_text(path, text)
-
-
-def build(composition: Composition, library: str | None, progress: bool, sampler_cfg: SamplerConfig,
-          bound_cfg: BoundConfig) -> Built:
-    """Train (or load from the library cache) the composed sampler and the bound's ``C``."""
-    obs_scale = composition.parts[0].agent.q.obs_scale
-    sampler = SamplerNetwork(composition.obs_dim, composition.act_dim, sampler_cfg.hidden, obs_scale)
-    correction = SoftQNetwork(composition.obs_dim, composition.act_dim, bound_cfg.hidden, obs_scale)
-    path = cache_path(composition, {"sampler": sampler_cfg.to_dict(), "bound": bound_cfg.to_dict()}, library)
-    start = time.perf_counter()
-    manifest = load_cached(path, {"sampler": sampler, "C": correction})
-    if manifest is not None:
-        return Built(sampler, correction, True, manifest["sampler_wall_time_s"], time.perf_counter() - start,
-                     manifest | {"cache": str(path)})
-    sampler, s_info = train_amortized_sampler(composition.q, composition.states(), composition.act_dim,
-                                              composition.alpha, obs_scale, sampler_cfg, progress)
-    c_start = time.perf_counter()
-    correction, c_info = fit_composition_correction(composition, bound_cfg)
-    manifest = {
-        "constituents": [str(p.path) for p in composition.parts], "weights": composition.weights.tolist(),
-        "sampler": sampler_cfg.to_dict(), "bound": bound_cfg.to_dict(),
-        "sampler_wall_time_s": s_info["wall_time_s"], "correction_wall_time_s": time.perf_counter() - c_start,
-        "gap": c_info, "env_steps_used": 0,
-    }
-    save_cached(path, {"sampler": sampler, "C": correction}, manifest)
-    return Built(sampler, correction, False, s_info["wall_time_s"], 0.0, manifest | {"cache": str(path)})
 
 
 SAMPLERS = ("amortized", "particles", "resampling")
@@ -448,14 +400,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", help="output directory (default: runs/compose/<spec>-<time>)")
     parser.add_argument("--json", metavar="PATH", help="also copy report.json here")
     parser.add_argument("--library", help="skill library (default: trained/ or $COMPOSABLE_SKILLS_LIBRARY)")
-    parser.add_argument("--arm", help="run on a custom arm: MJCF path (arm tasks only)")
-    parser.add_argument("--ee-site", help="end-effector site of the custom arm")
+    add_arm_arguments(parser)
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default: 1; see docs/skills.md)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     weights = [float(w) for w in args.weights.split(",")] if args.weights else None
-    env_kwargs = {k: v for k, v in {"arm": args.arm, "ee_site": args.ee_site}.items() if v}
+    env_kwargs = arm_kwargs(args)
     try:
         report = run(args.spec, weights=weights, sampler=args.sampler, episodes=args.episodes, seed=args.seed,
                      render=args.render, out=args.out, library=args.library, deterministic=args.deterministic,

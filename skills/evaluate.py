@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 import envs
+from envs.cli import add_arm_arguments, arm_kwargs
 from envs.core import UnknownNameError
 from envs.video import VideoWriter, draw_text, overlay_lines
 
@@ -47,8 +48,10 @@ def evaluate_random(task: str | None, episodes: int, seed: int, render: str | Pa
 
 
 def evaluate_skill(skill_name: str, task: str | None = None, episodes: int = 100, seed: int = EVAL_SEED,
-                   deterministic: bool = False, render: str | Path | None = None, library: str | None = None) -> dict:
-    """Metrics of ``skill_name`` on ``task`` (default: its own); optionally an mp4 at ``render``."""
+                   deterministic: bool = False, render: str | Path | None = None, library: str | None = None,
+                   env_kwargs: dict | None = None) -> dict:
+    """Metrics of ``skill_name`` on ``task`` (default: its own); optionally an mp4 at ``render``.
+    ``env_kwargs`` go to ``envs.make`` (a custom arm: ``arm``, ``ee_site``, ``workspace_origin``)."""
     from .evaluation import run_episodes
 
     if skill_name == RANDOM:
@@ -59,7 +62,7 @@ def evaluate_skill(skill_name: str, task: str | None = None, episodes: int = 100
     if envs.get_task(task_name).family.name != skill.manifest["family"]:
         raise ValueError(f"skill {skill.name!r} is for the {skill.manifest['family']!r} family; "
                          f"task {task_name!r} is not in it")
-    env = envs.make(task_name, render_mode="rgb_array" if render else None)
+    env = envs.make(task_name, render_mode="rgb_array" if render else None, **(env_kwargs or {}))
     video = VideoWriter(render, env.metadata.get("render_fps", 25)) if render else None
     step_count = [0]
 
@@ -125,6 +128,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="write a video (default path: runs/eval/<skill>-<task>.mp4)")
     parser.add_argument("--library", help="library directory (default: trained/)")
     parser.add_argument("--json", metavar="PATH", help="also write the metrics as JSON")
+    add_arm_arguments(parser)
     parser.add_argument("--plot", metavar="PNG", help="multigoal skills: plot the evaluated trajectories and the "
                         "goal each reached")
     args = parser.parse_args(argv)
@@ -134,7 +138,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.convergence:
         return convergence_main(args)
     try:
-        m = evaluate_skill(args.skill, args.task, args.episodes, args.seed, args.deterministic, render, args.library)
+        m = evaluate_skill(args.skill, args.task, args.episodes, args.seed, args.deterministic, render, args.library,
+                           env_kwargs=arm_kwargs(args))
     except (UnknownNameError, SkillError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -156,3 +156,37 @@ def test_the_composed_policy_answers_the_skill_protocol(library):
     assert policy.q(obs, policy.act(obs)).shape == (2,) and policy.value(obs, n_samples=64).shape == (2,)
     again = ComposedPolicy(composition, built.sampler, seed=3)
     np.testing.assert_array_equal(ComposedPolicy(composition, built.sampler, seed=3).act(obs), again.act(obs))
+
+
+def test_a_loaded_composition_acts_like_a_skill(library):
+    """``compose.load(...)`` answers ``act``, ``sample``, ``q``, ``value`` like a skill, once built."""
+    import numpy as np
+
+    from compose import load
+    from skills.policy import SoftPolicy
+
+    composition = load("multigoal@v1+multigoal@v2", library=str(library), seed=1)
+    assert isinstance(composition, SoftPolicy)
+    composition.build(progress=False, sampler_cfg=FAST["sampler_cfg"], bound_cfg=FAST["bound_cfg"])
+    obs = np.array([[0.1, -0.2], [1.0, 2.0]], np.float32)
+    action = composition.act(obs[0])
+    assert action.shape == (2,) and np.all(np.abs(action) <= 1)
+    assert composition.q(obs, composition.act(obs)).shape == (2,)
+    assert isinstance(composition.q(torch.as_tensor(obs), torch.as_tensor(composition.act(obs))), torch.Tensor)
+    assert composition.sample(obs, 4).shape == (2, 4, 2) and composition.value(obs, n_samples=64).shape == (2,)
+
+
+def test_the_shipped_composition_acts_from_its_cache_without_rebuilding():
+    """From a fresh clone: ``compose.load("reach+avoid").act(obs)`` in a user's own loop, with the
+    shipped cache (no training)."""
+    import envs
+    from compose import load
+
+    composition = load("reach+avoid")
+    built = composition.build(progress=False)
+    assert built.cached, "the shipped library should hold the reach+avoid cache"
+    env = envs.make("reach+avoid")
+    obs, _ = env.reset(seed=0)
+    for _ in range(5):
+        obs, *_ = env.step(composition.act(obs))
+    env.close()

@@ -215,3 +215,22 @@ def test_example_script_runs(tmp_path):
                            "--frame", str(frame)], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert "reached" in done.stdout and frame.stat().st_size > 1000
+
+
+def test_clis_take_the_custom_arm_options(tmp_path, capsys):
+    """``--arm --ee-site --workspace-origin`` reach ``envs.make`` from ``skills.evaluate``; a malformed
+    origin is refused by the parser with the expected form."""
+    import json as json_
+
+    from compose import run as compose_run
+    from skills import evaluate
+
+    out = tmp_path / "m.json"
+    assert evaluate.main(["avoid", "--episodes", "1", "--arm", ARM_XML, "--ee-site", "ee",
+                          "--workspace-origin", "0.4,0.1,0.35", "--json", str(out)]) == 0
+    assert json_.loads(out.read_text())["episodes"] == 1
+    for main in (evaluate.main, compose_run.main):
+        with pytest.raises(SystemExit) as stop:
+            main(["reach+avoid", "--arm", ARM_XML, "--ee-site", "ee", "--workspace-origin", "0.4,0.1"])
+        assert stop.value.code == 2
+        assert "expected X,Y,Z" in capsys.readouterr().err

@@ -1,0 +1,33 @@
+"""Command-line options for the env settings a user can give ``envs.make`` for an arm task, shared
+by every CLI that builds an env (``compose.run``, ``skills.evaluate``)."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+
+def workspace_origin(text: str) -> tuple[float, float, float]:
+    """``"X,Y,Z"`` (metres, world frame) -> a 3-tuple; a clear error otherwise."""
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        values = ()
+    if len(values) != 3:
+        raise argparse.ArgumentTypeError(f"expected X,Y,Z in metres (three numbers), got {text!r}")
+    return values  # type: ignore[return-value]
+
+
+def add_arm_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--arm``, ``--ee-site`` and ``--workspace-origin``: the custom-arm options of ``envs.make``."""
+    parser.add_argument("--arm", help="run on a custom arm: MJCF path (arm tasks only)")
+    parser.add_argument("--ee-site", help="end-effector site of the custom arm")
+    parser.add_argument("--workspace-origin", type=workspace_origin, metavar="X,Y,Z",
+                        help="custom arm: world point that becomes the workspace origin (default: the end "
+                             "effector's home position)")
+
+
+def arm_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    """The ``envs.make`` keyword arguments that ``add_arm_arguments`` parsed (only those given)."""
+    given = {"arm": args.arm, "ee_site": args.ee_site, "workspace_origin": args.workspace_origin}
+    return {k: v for k, v in given.items() if v is not None}
