@@ -108,8 +108,20 @@ def record_pairs(policy, store: list | None):
     return wrapped
 
 
+def episode_views(target: np.ndarray, lookat: np.ndarray) -> dict[str, dict]:
+    """Two cameras that keep target, obstacle and end effector apart: a side view looking across the
+    start-to-target line (so an obstacle on that line is not in front of the target), and the other side
+    from above (a top view straight down is hidden by the arm itself)."""
+    heading = float(np.degrees(np.arctan2(target[1], target[0])))
+    centre = np.asarray(lookat, np.float64) + np.asarray(target, np.float64) / 2
+    return {"side": {"lookat": centre, "distance": 0.9, "azimuth": heading + 90.0, "elevation": -15.0},
+            "other side, from above": {"lookat": centre, "distance": 0.9, "azimuth": heading - 90.0,
+                                       "elevation": -50.0}}
+
+
 def render_episode(composition: Composition, policy, path: Path, seed: int, env_kwargs: dict) -> tuple[Path, int]:
-    """An mp4 of one composed episode (preferring one where the obstacle blocks the straight path)."""
+    """An mp4 of one composed episode (preferring one where the obstacle blocks the straight path): a side
+    and a top view side by side, the end effector's path drawn, distances in the overlay."""
     env = envs.make_task_env(composition.task, render_mode="rgb_array", **env_kwargs)
     chosen = seed
     for candidate in range(seed, seed + 20):
@@ -118,15 +130,28 @@ def render_episode(composition: Composition, policy, path: Path, seed: int, env_
             chosen = candidate
             break
     video = VideoWriter(path, env.metadata.get("render_fps", 25))
-    obs, _ = env.reset(seed=chosen)
+    obs, info = env.reset(seed=chosen)
+    arm = getattr(env.unwrapped, "arm", None)
+    views = episode_views(info["target"], arm.workspace_origin) if arm is not None and "target" in info else {}
+    trail = [arm.ee_position()] if arm is not None else []
+
+    def frame(lines: list[str]) -> np.ndarray:
+        if not views:
+            return draw_text(env.render(), lines)
+        images = [env.unwrapped.render_view(camera, np.array(trail)) for camera in views.values()]
+        return draw_text(np.concatenate(images, axis=1), lines)
+
     actions, step = [], 0
-    video.add(draw_text(env.render(), [f"{composition.name} (composed, 0 env samples)", "step 0"]))
+    video.add(frame([f"{composition.name} (composed, 0 env samples)", "step 0",
+                     "left: side view; right: other side, from above"]))
     while True:
         action = policy(obs)
         actions.append(action)
         obs, _, terminated, truncated, info = env.step(action)
         step += 1
-        video.add(draw_text(env.render(), overlay_lines(info, step)))
+        if arm is not None:
+            trail.append(arm.ee_position())
+        video.add(frame(overlay_lines(info, step)))
         if terminated or truncated:
             break
     env.close()

@@ -42,7 +42,11 @@ class SceneRenderer:
         self._offscreen = None
         self._window = None
 
-    def render(self, mode: str = "rgb_array") -> np.ndarray | None:
+    def render(self, mode: str = "rgb_array", camera: dict | None = None, trail: np.ndarray | None = None,
+               trail_rgba: tuple = (0.1, 0.5, 1.0, 0.9)) -> np.ndarray | None:
+        """A frame (``rgb_array``) or a window update (``human``). ``camera``: free-camera settings that
+        override the default for this frame only (lookat, distance, azimuth, elevation); ``trail``:
+        world points [n, 3] drawn as small spheres (e.g. the end effector's path so far)."""
         import mujoco
 
         if mode == "human":
@@ -61,7 +65,21 @@ class SceneRenderer:
             except Exception as err:  # the GL backends raise assorted types
                 raise RenderingUnavailable(f"could not create an OpenGL context ({err}).\n"
                                            + RENDER_INSTALL_HINT) from err
-        self._offscreen.update_scene(self.data, self._camera)
+        view = self._camera
+        if camera:
+            view = mujoco.MjvCamera()
+            view.type = int(mujoco.mjtCamera.mjCAMERA_FREE)
+            for key, value in {**self.camera_config, **camera}.items():
+                if key == "lookat":
+                    view.lookat[:] = value
+                else:
+                    setattr(view, key, value)
+        self._offscreen.update_scene(self.data, view)
+        scene = self._offscreen.scene
+        for point in [] if trail is None else np.asarray(trail)[-(scene.maxgeom - scene.ngeom):]:
+            mujoco.mjv_initGeom(scene.geoms[scene.ngeom], int(mujoco.mjtGeom.mjGEOM_SPHERE), np.array([0.004, 0, 0]),
+                                np.asarray(point, np.float64), np.eye(3).ravel(), np.asarray(trail_rgba, np.float32))
+            scene.ngeom += 1
         return self._offscreen.render().copy()
 
     def close(self) -> None:
@@ -96,6 +114,12 @@ class MujocoRendering:
         if self._renderer is None:
             self._renderer = SceneRenderer(*self._scene(), *self._size)
         return self._renderer.render(self.render_mode)
+
+    def render_view(self, camera: dict | None = None, trail: np.ndarray | None = None) -> np.ndarray:
+        """An ``rgb_array`` frame from another camera (``SceneRenderer.render``), with an optional trail."""
+        if self._renderer is None:
+            self._renderer = SceneRenderer(*self._scene(), *self._size)
+        return self._renderer.render("rgb_array", camera=camera, trail=trail)
 
     def close(self):
         if self._renderer is not None:

@@ -11,6 +11,8 @@ def overlay_lines(info: dict, step: int) -> list[str]:
     """Text for one frame: step, reward terms, and obstacle distance where the task has one."""
     lines = [f"step {step}"]
     lines += [f"{k}: {v:+.3f}" for k, v in info.get("reward_terms", {}).items()]
+    if "distance_to_target" in info:
+        lines.append(f"target dist: {info['distance_to_target']:.3f} m")
     if "distance_to_obstacle" in info:
         lines.append(f"obstacle dist: {info['distance_to_obstacle']:.3f} m")
     if info.get("collision"):

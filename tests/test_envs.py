@@ -197,3 +197,20 @@ def test_packages_import_from_outside_the_checkout(tmp_path):
     code = "import envs, skills, compose, bench; print(all(m.__file__ for m in (envs, skills, compose, bench)))"
     done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert done.stdout.strip() == "True", done.stderr
+
+
+@pytest.mark.render
+def test_other_views_and_a_trail_render():
+    """``render_view``: another free camera for one frame, with trail spheres drawn into the scene."""
+    env = envs.make("reach+avoid", render_mode="rgb_array", width=160, height=120)
+    _, info = env.reset(seed=0)
+    arm = env.unwrapped.arm
+    default = env.render()
+    side = env.unwrapped.render_view({"azimuth": 150.0, "elevation": -15.0})
+    trail = arm.ee_position() + np.linspace([0, 0, 0], [0.1, 0.0, 0.0], 20)
+    with_trail = env.unwrapped.render_view({"azimuth": 150.0, "elevation": -15.0}, trail)
+    again = env.render()
+    env.close()
+    assert side.shape == default.shape and np.abs(side.astype(int) - default).mean() > 5  # another camera
+    assert np.abs(with_trail.astype(int) - side).sum() > 0  # the trail is drawn
+    np.testing.assert_array_equal(again, default)  # the default camera is unchanged
