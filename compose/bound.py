@@ -23,6 +23,14 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
+from skills.diagnostics import (
+    Start,
+    mean_and_se,
+    rollout_steps,
+    rollout_values,
+    run_rollouts,
+    soft_return_estimates,
+)
 from skills.sql import SoftQNetwork, uniform_actions
 
 from .composition import ComposedQ, Composition
@@ -192,8 +200,6 @@ def pair_starts(composed, make_env, config: MCBoundConfig, horizon: int) -> list
 def episode_starts(composed, make_env, seed: int, steps: list[int]) -> list:
     """``(Start, obs, step)`` at the given steps of one seeded episode of the composed policy; each
     ``Start`` replays the episode's actions up to its step and then takes the policy's action there."""
-    from skills.diagnostics import Start
-
     env = make_env().unwrapped
     out, prefix = [], []
     try:
@@ -217,8 +223,6 @@ def mc_soft_q(composed, joint, correction: torch.nn.Module, make_env, reward_ran
     (``Q = Q_w`` for the composed policy, the joint skill's own ``Q`` for the joint one); 95% Student-t
     CIs over ``config.rollouts`` rollouts. Returns per-pair rows, ``T`` and the tail bound.
     """
-    from skills.diagnostics import mean_and_se, rollout_steps, rollout_values, run_rollouts, soft_return_estimates
-
     gamma = composed.gamma
     steps = rollout_steps(reward_range, composed.alpha, composed.act_dim, gamma, config.tail)
     pool = [make_env().unwrapped for _ in range(config.rollouts)]
@@ -261,8 +265,6 @@ def mc_bound(composed, joint, correction: torch.nn.Module, make_env, reward_rang
 
 def summarise_mc_bound(per_pair: list[dict], steps: int, tail_bound: float, config: MCBoundConfig) -> dict:
     """The ``bound.mc`` record from per-pair soft returns (see ``mc_bound``)."""
-    from skills.diagnostics import mean_and_se
-
     names = [n for n in ("composed", "joint") if n in per_pair[0]]
     q_w = np.array([r["Q_w"] for r in per_pair])
     c = np.array([r["C"] for r in per_pair])
