@@ -12,21 +12,13 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from skills.policy import ArrayLike
+from skills.policy import ArrayLike, as_tensor, like, value_in_chunks
 from skills.sql import SamplerNetwork, estimate_soft_value
 
 from .composition import Composition
 
 EVAL_PARTICLES = 32  # candidates for deterministic actions, as for skills (SQLConfig.eval_particles)
 PROPOSAL_CENTERS = 8  # sampler actions that centre the importance proposal of V_w
-
-
-def _tensor(x: ArrayLike) -> torch.Tensor:
-    return x.float() if isinstance(x, torch.Tensor) else torch.as_tensor(np.asarray(x, np.float32))
-
-
-def _like(value: torch.Tensor, template: ArrayLike) -> ArrayLike:
-    return value if isinstance(template, torch.Tensor) else value.numpy()
 
 
 class ComposedPolicy:
@@ -50,13 +42,13 @@ class ComposedPolicy:
     @torch.no_grad()
     def sample(self, obs: ArrayLike, n: int) -> ArrayLike:
         """``n`` sampler actions per state: [B, o] -> [B, n, d]."""
-        o = _tensor(obs).reshape(-1, self.obs_dim)
-        return _like(self.sampler.sample(o, n, generator=self.generator), obs)
+        o = as_tensor(obs).reshape(-1, self.obs_dim)
+        return like(self.sampler.sample(o, n, generator=self.generator), obs)
 
     @torch.no_grad()
     def act(self, obs: ArrayLike, deterministic: bool = False) -> np.ndarray:
         """One action per state: a sampler draw, or (``deterministic``) the highest-``Q_w`` of 32 draws."""
-        o = _tensor(obs)
+        o = as_tensor(obs)
         single = o.dim() == 1
         o = o.reshape(-1, self.obs_dim)
         if self.particles is not None:
@@ -76,16 +68,15 @@ class ComposedPolicy:
     @torch.no_grad()
     def q(self, obs: ArrayLike, act: ArrayLike) -> ArrayLike:
         """``Q_w(s, a) = sum_i w_i Q_i(s, a)``: [..., o], [..., d] -> [...]."""
-        return _like(self.composition.q(_tensor(obs), _tensor(act)), act)
+        return like(self.composition.q(as_tensor(obs), as_tensor(act)), act)
 
     @torch.no_grad()
     def value(self, obs: ArrayLike, n_samples: int = 1024) -> ArrayLike:
         """``V_w(s) = alpha log ∫ exp(Q_w(s,a)/alpha) da``, importance-sampled around the composed
         sampler's actions (mixture proposal, as ``skills.Skill.value``): [B, o] -> [B]."""
-        o = _tensor(obs).reshape(-1, self.obs_dim)
-        out = []
-        for chunk in o.split(max(1, 65536 // n_samples)):
+        def value_of(chunk: torch.Tensor) -> torch.Tensor:
             centers = self.sampler.sample(chunk, PROPOSAL_CENTERS, generator=self.generator)
-            out.append(estimate_soft_value(self.composition.q, chunk, n_samples, self.alpha, self.act_dim, centers,
-                                           generator=self.generator))
-        return _like(torch.cat(out) if out else o.new_zeros(0), obs)
+            return estimate_soft_value(self.composition.q, chunk, n_samples, self.alpha, self.act_dim, centers,
+                                       generator=self.generator)
+
+        return like(value_in_chunks(value_of, as_tensor(obs).reshape(-1, self.obs_dim), n_samples), obs)

@@ -20,25 +20,31 @@ def check_backend() -> None:
         raise RenderingUnavailable(_gl.UNAVAILABLE_REASON or ("no display and no MUJOCO_GL.\n" + RENDER_INSTALL_HINT))
 
 
+def free_camera(config: dict):
+    """A free ``mujoco.MjvCamera`` from settings (lookat, distance, azimuth, elevation)."""
+    import mujoco
+
+    camera = mujoco.MjvCamera()
+    camera.type = int(mujoco.mjtCamera.mjCAMERA_FREE)
+    for key, value in config.items():
+        if key == "lookat":
+            camera.lookat[:] = value
+        else:
+            setattr(camera, key, value)
+    return camera
+
+
 class SceneRenderer:
     """Renders a MuJoCo scene from a free camera: ``rgb_array`` frames or a ``human`` window."""
 
     def __init__(self, model, data, camera: dict, width: int, height: int):
-        import mujoco
-
         check_backend()
         self.model, self.data = model, data
         self.camera_config = dict(camera)
         self.width, self.height = width, height
         model.vis.global_.offwidth = max(int(model.vis.global_.offwidth), width)
         model.vis.global_.offheight = max(int(model.vis.global_.offheight), height)
-        self._camera = mujoco.MjvCamera()
-        self._camera.type = int(mujoco.mjtCamera.mjCAMERA_FREE)
-        for key, value in self.camera_config.items():
-            if key == "lookat":
-                self._camera.lookat[:] = value
-            else:
-                setattr(self._camera, key, value)
+        self._camera = free_camera(self.camera_config)
         self._offscreen = None
         self._window = None
 
@@ -65,15 +71,7 @@ class SceneRenderer:
             except Exception as err:  # the GL backends raise assorted types
                 raise RenderingUnavailable(f"could not create an OpenGL context ({err}).\n"
                                            + RENDER_INSTALL_HINT) from err
-        view = self._camera
-        if camera:
-            view = mujoco.MjvCamera()
-            view.type = int(mujoco.mjtCamera.mjCAMERA_FREE)
-            for key, value in {**self.camera_config, **camera}.items():
-                if key == "lookat":
-                    view.lookat[:] = value
-                else:
-                    setattr(view, key, value)
+        view = free_camera({**self.camera_config, **camera}) if camera else self._camera
         self._offscreen.update_scene(self.data, view)
         scene = self._offscreen.scene
         for point in [] if trail is None else np.asarray(trail)[-(scene.maxgeom - scene.ngeom):]:

@@ -43,18 +43,17 @@ def run_episodes(env: gym.Env, policy: Policy, episodes: int, seed: int = 0,
     """
     returns, successes, collided, lengths = [], [], [], []
     term_returns: dict[str, list[float]] = {}
-    trace: list[tuple[np.ndarray, np.ndarray, float]] = []
+    trace: list[tuple[np.ndarray, np.ndarray, int, float]] = []  # (obs, action, step, reward)
     for episode in range(episodes):
         obs, _ = env.reset(seed=seed + episode)
         total, length, hit = 0.0, 0, False
         terms: dict[str, float] = {}
         while True:
             action = policy(obs)
-            if soft is not None:
-                trace.append((np.asarray(obs, np.float32), np.asarray(action, np.float32), length))
+            previous = obs
             obs, reward, terminated, truncated, info = env.step(action)
             if soft is not None:
-                trace[-1] += (float(reward),)
+                trace.append((np.asarray(previous, np.float32), np.asarray(action, np.float32), length, float(reward)))
             total += float(reward)
             length += 1
             hit |= bool(info.get("collision", False))

@@ -6,12 +6,32 @@ a maximum-entropy policy ``pi(a|s) ∝ exp(Q(s,a)/alpha)`` with its soft Q-funct
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Protocol, runtime_checkable
 
 import numpy as np
 import torch
 
 ArrayLike = np.ndarray | torch.Tensor
+VALUE_ROWS = 65536  # Q evaluations per chunk when valuing many states (states x importance samples)
+
+
+def as_tensor(x: ArrayLike, device: torch.device | str = "cpu") -> torch.Tensor:
+    """float32 tensor on ``device`` from numpy or torch input."""
+    return x.to(device, torch.float32) if isinstance(x, torch.Tensor) else torch.as_tensor(
+        np.asarray(x, np.float32), device=device)
+
+
+def like(value: torch.Tensor, template: ArrayLike) -> ArrayLike:
+    """``value`` as the caller passed ``template``: a tensor for torch input, numpy otherwise."""
+    return value if isinstance(template, torch.Tensor) else value.detach().cpu().numpy()
+
+
+def value_in_chunks(value_fn: Callable[[torch.Tensor], torch.Tensor], obs: torch.Tensor, n_samples: int) -> torch.Tensor:
+    """``value_fn`` over obs [B, o] in chunks of at most ``VALUE_ROWS`` Q evaluations: -> [B]."""
+    if not len(obs):
+        return obs.new_zeros(0)
+    return torch.cat([value_fn(chunk) for chunk in obs.split(max(1, VALUE_ROWS // n_samples))])
 
 
 @runtime_checkable

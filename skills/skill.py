@@ -13,18 +13,7 @@ import envs
 
 from .agent import SoftQLearning
 from .library import read_skill, resolve
-
-ArrayLike = np.ndarray | torch.Tensor
-
-
-def _as_tensor(x: ArrayLike, device: torch.device) -> torch.Tensor:
-    return x.to(device, torch.float32) if isinstance(x, torch.Tensor) else torch.as_tensor(
-        np.asarray(x, np.float32), device=device)
-
-
-def _like(value: torch.Tensor, template: ArrayLike) -> ArrayLike:
-    return value if isinstance(template, torch.Tensor) else value.detach().cpu().numpy()
-
+from .policy import ArrayLike, as_tensor, like, value_in_chunks
 
 class Skill:
     """A trained maximum-entropy skill. Numpy in, numpy out; torch in, torch out (no gradient)."""
@@ -49,13 +38,13 @@ class Skill:
     @torch.no_grad()
     def q(self, obs: ArrayLike, act: ArrayLike) -> ArrayLike:
         """Soft Q-values: obs [..., obs_dim], act [..., act_dim] (broadcast) -> [...]."""
-        return _like(self.agent.q(_as_tensor(obs, self.device), _as_tensor(act, self.device)), act)
+        return like(self.agent.q(as_tensor(obs, self.device), as_tensor(act, self.device)), act)
 
     @torch.no_grad()
     def sample(self, obs: ArrayLike, n: int) -> ArrayLike:
         """``n`` actions per state from the sampler: obs [B, obs_dim] -> [B, n, act_dim]."""
-        o = _as_tensor(obs, self.device)
-        return _like(self.agent.sampler.sample(o.reshape(-1, self.obs_dim), n), obs)
+        o = as_tensor(obs, self.device)
+        return like(self.agent.sampler.sample(o.reshape(-1, self.obs_dim), n), obs)
 
     def act(self, obs: ArrayLike, deterministic: bool = False) -> np.ndarray:
         """An action for one state [obs_dim] (or a batch); see ``SoftQLearning.act``."""
@@ -71,10 +60,10 @@ class Skill:
         actions plus a uniform share, which is unbiased and about 64x more sample-efficient than
         ``"uniform"`` on peaked Q-functions (tests/test_sql.py); 1024 samples by default.
         """
-        o = _as_tensor(obs, self.device).reshape(-1, self.obs_dim)
-        v = torch.cat([self.agent.soft_value(self.agent.q, chunk, n_samples, generator, proposal)
-                       for chunk in o.split(max(1, 65536 // n_samples))]) if len(o) else o.new_zeros(0)
-        return _like(v, obs)
+        o = as_tensor(obs, self.device).reshape(-1, self.obs_dim)
+        v = value_in_chunks(lambda chunk: self.agent.soft_value(self.agent.q, chunk, n_samples, generator, proposal),
+                            o, n_samples)
+        return like(v, obs)
 
     def make_env(self, **kwargs: Any) -> gym.Env:
         """The skill's own task (kwargs such as ``arm=``, ``render_mode=`` go to ``envs.make``)."""

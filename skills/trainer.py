@@ -223,7 +223,7 @@ class Trainer:
         skill = Skill(self.agent, self.manifest("training", 0, 0.0, {}), transitions, self.path)
         with torch.random.fork_rng(devices=[]):  # leaves the training RNG stream as it was
             torch.manual_seed(self.run.seed + 2)
-            return convergence_report(skill, lambda: envs.make(self.task.name), self.task.reward_range, transitions, config)
+            return convergence_report(skill, skill.make_env, self.task.reward_range, transitions, config)
 
     def evaluate(self, episodes: int, deterministic: bool | None = None) -> dict:
         deterministic = self.run.deterministic_eval if deterministic is None else deterministic
