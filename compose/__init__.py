@@ -4,8 +4,11 @@
 >>> c = compose.load("reach+avoid")            # checks compatibility; equal weights by default
 >>> c.q(obs, act)                               # Q_w = sum_i w_i Q_i, all skills in one batched call
 >>> c.q.gap(obs)                                # delta(s) = sum_i w_i V_i(s) - V_w(s) >= 0
+>>> c.act(obs)                                  # a sample of pi_w ∝ exp(Q_w/alpha), like a skill
+>>> c.save()                                    # trained/reach+avoid.composed/v1; skills.load reopens it
 
-Run ``python -m compose.run reach+avoid --render`` for the full report, and
+Run ``python -m compose.run reach+avoid --render`` for the full report, ``python -m compose.adapt
+reach+avoid`` to improve a composition with experience (``Q = Q_w + R``), and
 ``python -m compose.tabular`` for the exact theory on finite MDPs.
 """
 

@@ -36,7 +36,8 @@ def cache_key(composition: Composition, settings: dict) -> str:
 
 def cache_path(composition: Composition, settings: dict, library: str | Path | None = None) -> Path:
     root = Path(library) if library is not None else default_library()
-    return root / CACHE_DIR / f"{composition.name}-{cache_key(composition, settings)}"
+    names = "+".join(p.name for p in composition.parts)  # "reach@v1" and "reach" share an entry when they are one skill
+    return root / CACHE_DIR / f"{names}-{cache_key(composition, settings)}"
 
 
 def load_cached(path: Path, modules: dict[str, torch.nn.Module]) -> dict | None:

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
-from torch import nn
-
 import envs
 import skills
 from envs.core import Task
 from skills.sql import soft_value_from_samples, uniform_actions
+from skills.stacked import ComposedSoftQNetwork, StackedQ
 
 
 class IncompatibleSkillsError(ValueError):
@@ -40,7 +40,11 @@ def check_weights(weights: Sequence[float] | None, n: int) -> np.ndarray:
 
 
 def check_compatible(parts: Sequence[skills.Skill]) -> None:
-    """Refuse skills that do not live in the same MDP with the same temperature."""
+    """Refuse skills that do not live in the same MDP with the same temperature, and composed ones."""
+    nested = [s.name for s in parts if isinstance(s.agent.q, ComposedSoftQNetwork)]
+    if nested:
+        raise IncompatibleSkillsError(f"{', '.join(nested)}: already composed (Q = sum_i w_i Q_i + R); compose the "
+                                      "skills it was made from instead (its manifest's composed_from or adapted_from)")
     fields = {
         "task family": lambda s: s.manifest["family"],
         "observation space shape": lambda s: tuple(s.manifest["observation_space"]["shape"]),
@@ -58,47 +62,6 @@ def check_compatible(parts: Sequence[skills.Skill]) -> None:
     depths = [(s.name, len(s.agent.config.hidden)) for s in parts]
     if len({depth for _, depth in depths}) > 1:
         raise IncompatibleSkillsError(f"cannot batch Q-networks of different depth: {depths}")
-
-
-class StackedQ(nn.Module):
-    """N soft Q-networks as one batched MLP: obs [..., o], act [..., a] -> [N, ...].
-
-    Narrower networks are zero-padded to the widest, which leaves their outputs unchanged
-    (padded ReLU units are always 0 and feed nothing).
-    """
-
-    def __init__(self, q_networks: Sequence[nn.Module]):
-        super().__init__()
-        linears = [[m for m in q.net if isinstance(m, nn.Linear)] for q in q_networks]
-        self.weights = nn.ParameterList()
-        self.biases = nn.ParameterList()
-        for depth in range(len(linears[0])):
-            layers = [ls[depth] for ls in linears]
-            out_dim = max(layer.out_features for layer in layers)
-            in_dim = max(layer.in_features for layer in layers)
-            w = torch.zeros(len(layers), in_dim, out_dim)
-            b = torch.zeros(len(layers), 1, out_dim)
-            for i, layer in enumerate(layers):
-                w[i, : layer.in_features, : layer.out_features] = layer.weight.detach().T
-                b[i, 0, : layer.out_features] = layer.bias.detach()
-            self.weights.append(nn.Parameter(w, requires_grad=False))
-            self.biases.append(nn.Parameter(b, requires_grad=False))
-        self.register_buffer("obs_scale", torch.stack([q.obs_scale for q in q_networks]))  # [N, o]
-
-    @property
-    def n(self) -> int:
-        return self.obs_scale.shape[0]
-
-    def forward(self, obs: torch.Tensor, act: torch.Tensor) -> torch.Tensor:
-        shape = torch.broadcast_shapes(obs.shape[:-1], act.shape[:-1])
-        obs = obs.expand(*shape, obs.shape[-1]).reshape(1, -1, obs.shape[-1]) * self.obs_scale[:, None, :]
-        act = act.expand(*shape, act.shape[-1]).reshape(1, -1, act.shape[-1]).expand(self.n, -1, -1)
-        x = torch.cat([obs, act], dim=-1)  # [N, rows, o + a]
-        for depth, (w, b) in enumerate(zip(self.weights, self.biases)):
-            x = torch.baddbmm(b, x, w)
-            if depth < len(self.weights) - 1:
-                x = torch.relu(x)
-        return x[..., 0].reshape(self.n, *shape)
 
 
 @dataclass
@@ -179,6 +142,7 @@ class Composition:
         self.task = combined_task(parts, self.weights)
         self.library, self.seed = library, seed
         self._policy = None
+        self.saved: Path | None = None  # the library entry it was reopened from (compose.saved)
 
     # ---- acting like a skill (skills.policy.SoftPolicy) ----
     def build(self, progress: bool = True, sampler_cfg=None, bound_cfg=None):
@@ -215,6 +179,14 @@ class Composition:
     def name(self) -> str:
         return "+".join(self.labels)
 
+    def save(self, name: str | None = None, library: str | Path | None = None, progress: bool = True) -> Path:
+        """Write this composition to the skill library as ``<name>/v<N>`` (default name ``"reach+avoid.composed"``,
+        default library its constituents'): ``compose.load(name)`` and ``skills.load(name)`` reopen it with no
+        rebuild. Builds the sampler first if needed. Returns the new version's directory."""
+        from .saved import save
+
+        return save(self, name, library, progress)
+
     def states(self) -> np.ndarray:
         """The union of the constituents' stored states (obs and next obs): [M, obs_dim]."""
         return np.concatenate([np.concatenate([s.transitions["obs"], s.transitions["next_obs"]])
@@ -227,11 +199,22 @@ class Composition:
 
 
 def load(spec: str | Sequence[str], weights: Sequence[float] | None = None, library: str | None = None,
-         seed: int = 0) -> Composition:
-    """Load ``"reach+avoid"`` (or a list of skill names) from the library and compose them.
+         seed: int = 0, allow_stale: bool = False) -> Composition:
+    """Load ``"reach+avoid"`` (or a list of skill names) from the library and compose them; or reopen a
+    saved composition by its name (``"reach+avoid.composed"``, ``Composition.save``).
 
-    The result acts like a skill (``act``, ``sample``, ``q``, ``value``); its sampler comes from the
-    library cache, or is built on first use. ``seed`` seeds its sampling.
+    The result acts like a skill (``act``, ``sample``, ``q``, ``value``); its sampler comes from the saved
+    entry, the library cache, or is built on first use. ``seed`` seeds its sampling. A saved composition
+    whose constituents were retrained since is refused (``skills.StaleSkillError``) unless ``allow_stale``.
     """
-    names = spec.split("+") if isinstance(spec, str) else list(spec)
+    if isinstance(spec, (str, Path)):
+        from .saved import reopen, saved_entry
+
+        saved = saved_entry(str(spec), library)
+        if saved is not None:
+            if weights is not None:
+                raise ValueError(f"{spec} is a saved composition with its own weights; compose its constituents "
+                                 "to choose others")
+            return reopen(saved, library, seed, allow_stale)
+    names = str(spec).split("+") if isinstance(spec, (str, Path)) else list(spec)
     return Composition([skills.load(n, library) for n in names], weights, labels=names, library=library, seed=seed)

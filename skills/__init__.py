@@ -16,6 +16,7 @@ from .agent import SoftQLearning, SQLConfig, TrainingDiverged
 from .library import (
     CorruptSkillError,
     SkillError,
+    StaleSkillError,
     UnsupportedFormatError,
     default_library,
     list_skills,
@@ -25,6 +26,6 @@ from .skill import Skill, load
 from .trainer import TrainConfig, Trainer, TrainResult
 
 __all__ = [
-    "CorruptSkillError", "SQLConfig", "Skill", "SkillError", "SoftQLearning", "TrainConfig", "TrainResult",
+    "CorruptSkillError", "SQLConfig", "Skill", "SkillError", "SoftQLearning", "StaleSkillError", "TrainConfig", "TrainResult",
     "Trainer", "TrainingDiverged", "UnsupportedFormatError", "default_library", "list_skills", "load", "resolve",
 ]

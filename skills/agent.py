@@ -145,11 +145,14 @@ def last_of_each(keys: torch.Tensor) -> torch.Tensor:
 class SoftQLearning:
     """Networks, optimizers and one update step of SQL."""
 
-    def __init__(self, obs_dim: int, act_dim: int, config: SQLConfig, device: str | torch.device = "cpu"):
+    def __init__(self, obs_dim: int, act_dim: int, config: SQLConfig, device: str | torch.device = "cpu",
+                 q: torch.nn.Module | None = None):
+        """``q``: another soft Q-network to train (e.g. ``skills.stacked.ComposedSoftQNetwork``); it must answer
+        ``forward``, ``traced``, ``action_gradient`` and expose its trained MLP as ``net``. Default: an MLP."""
         self.config, self.obs_dim, self.act_dim = config, obs_dim, act_dim
         self.device = torch_device(device)
         scale = torch.full((obs_dim,), float(config.obs_scale))
-        self.q = SoftQNetwork(obs_dim, act_dim, config.hidden, scale).to(self.device)
+        self.q = (SoftQNetwork(obs_dim, act_dim, config.hidden, scale) if q is None else q).to(self.device)
         self.q_target = copy.deepcopy(self.q).requires_grad_(False)
         self.sampler = SamplerNetwork(obs_dim, act_dim, config.hidden, scale).to(self.device)
         # fused: one kernel per parameter group instead of ~10 small ops per tensor
@@ -200,8 +203,7 @@ class SoftQLearning:
         noise = torch.randn(batch, cfg.particles, self.act_dim, device=self.device)
         u, acts = self.sampler.traced(obs, noise.transpose(0, 1))  # [K, B, d], particle-major
         fixed_u, updated_u = u[:n_fixed], u[n_fixed:]
-        _, q_acts = self.q.traced(obs, torch.tanh(fixed_u))
-        dq_da = backprop.input_gradient(self.q.net, q_acts, n_fixed)  # [K_fixed, B, d]
+        dq_da = self.q.action_gradient(obs, torch.tanh(fixed_u))  # [K_fixed, B, d]
         score = squashed_score(fixed_u, dq_da, cfg.alpha)
         phi = svgd_direction(fixed_u.transpose(0, 1), score.transpose(0, 1), updated_u.transpose(0, 1))  # [B, Ku, d]
         grad_u = sampler_surrogate_gradient(phi).transpose(0, 1).reshape(-1, self.act_dim)  # [Ku*B, d]

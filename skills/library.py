@@ -37,6 +37,7 @@ from safetensors.torch import load_file, save_file
 from envs.core import UnknownNameError
 
 from .agent import SoftQLearning, SQLConfig
+from .stacked import q_network
 
 FORMAT = "composable-skills/skill"
 FORMAT_VERSION = 1
@@ -50,6 +51,10 @@ class SkillError(Exception):
 
 class CorruptSkillError(SkillError):
     """A skill directory is incomplete, truncated or fails its checksums."""
+
+
+class StaleSkillError(SkillError):
+    """A saved composition whose constituents, resolved by the names it was made from, have changed."""
 
 
 class UnsupportedFormatError(SkillError):
@@ -106,6 +111,11 @@ def _read_manifest(path: Path) -> dict:
             f"{file}: skill format version {version!r} is newer than this toolkit reads "
             f"(<= {FORMAT_VERSION}); upgrade composable-skills to load it")
     return manifest
+
+
+def read_manifest(path: str | Path) -> dict:
+    """The manifest of a skill directory, format-checked (files not verified: ``read_skill`` does that)."""
+    return _read_manifest(Path(path))
 
 
 def list_skills(library: str | Path | None = None) -> list[SkillEntry]:
@@ -285,7 +295,12 @@ def read_skill(path: str | Path, device: str | torch.device = "cpu") -> tuple[So
         act_dim = int(manifest["action_space"]["shape"][0])
     except (KeyError, TypeError, ValueError) as err:
         raise CorruptSkillError(f"{path / MANIFEST}: missing or malformed field ({err})") from err
-    agent = SoftQLearning(obs_dim, act_dim, config, device=device)
+    try:
+        q = q_network(manifest.get("architecture", {}), obs_dim, act_dim, config.hidden,
+                      torch.full((obs_dim,), float(config.obs_scale)))
+    except (KeyError, TypeError, ValueError) as err:
+        raise CorruptSkillError(f"{path / MANIFEST}: malformed architecture record ({err})") from err
+    agent = SoftQLearning(obs_dim, act_dim, config, device=device, q=q)
     try:
         for prefix, module in (("q", agent.q), ("q_target", agent.q_target), ("sampler", agent.sampler)):
             state = {k[len(prefix) + 1:]: v for k, v in tensors.items() if k.startswith(prefix + ".")}
@@ -296,6 +311,42 @@ def read_skill(path: str | Path, device: str | torch.device = "cpu") -> tuple[So
         raise CorruptSkillError(f"{path / WEIGHTS}: weights do not match the manifest's architecture ({err})") from err
     agent.updates = int(manifest.get("updates", 0))
     return agent, manifest, transitions
+
+
+def stale_constituents(path: str | Path, manifest: dict) -> list[str]:
+    """Why a saved composition (``manifest["composed_from"]``) no longer matches what its constituents'
+    names resolve to today; ``[]`` when it does, or when the skill is not a saved composition.
+
+    A composition is made from names (``"reach"`` is the newest complete version); retraining a
+    constituent publishes a new version, and the saved ``Q_w`` then no longer composes what the name
+    means. Pinned names (``"reach@v1"``) never go stale.
+    """
+    record = manifest.get("composed_from")
+    if not record:
+        return []
+    library = Path(record["library"]) if record.get("library") else Path(path).resolve().parent.parent
+    problems = []
+    for part in record["constituents"]:
+        try:
+            now = resolve(part["spec"], library)
+            digest = _read_manifest(now)["files"][WEIGHTS]
+        except (SkillError, KeyError) as err:
+            problems.append(f"{part['spec']!r} cannot be checked in {library}: {err}")
+            continue
+        if digest != part["weights_sha256"]:
+            problems.append(f"{part['spec']!r} now resolves to {now} (weights {digest[:12]}), not to "
+                            f"{part['name']} v{part['version']} (weights {part['weights_sha256'][:12]}) it was composed from")
+    return problems
+
+
+def check_fresh(path: str | Path, manifest: dict) -> None:
+    """Raise ``StaleSkillError`` when ``stale_constituents`` finds anything."""
+    problems = stale_constituents(path, manifest)
+    if problems:
+        specs = "+".join(p["spec"] for p in manifest["composed_from"]["constituents"])
+        raise StaleSkillError(f"saved composition {path} is stale: " + "; ".join(problems)
+                              + f". Compose again (compose.load({specs!r}).save()), or pass allow_stale=True "
+                                "to use the old one knowingly")
 
 
 def space_record(space: Any) -> dict:

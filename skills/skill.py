@@ -12,7 +12,7 @@ import torch
 import envs
 
 from .agent import SoftQLearning
-from .library import read_skill, resolve
+from .library import check_fresh, read_skill, resolve
 from .policy import ArrayLike, as_tensor, like, value_in_chunks
 
 class Skill:
@@ -70,8 +70,15 @@ class Skill:
         return envs.make(self.task, **{**self.manifest.get("task_kwargs", {}), **kwargs})
 
 
-def load(name_or_path: str | Path, library: str | Path | None = None, device: str = "cpu") -> Skill:
-    """Load a skill by name (``"reach"``, newest complete version), ``"reach@v2"``, or directory path."""
+def load(name_or_path: str | Path, library: str | Path | None = None, device: str = "cpu",
+         allow_stale: bool = False) -> Skill:
+    """Load a skill by name (``"reach"``, newest complete version), ``"reach@v2"``, or directory path.
+
+    A saved composition (``compose.Composition.save``) loads as a skill whose Q is ``Q_w``; it is
+    refused (``StaleSkillError``) when a constituent has been retrained since, unless ``allow_stale``.
+    """
     path = resolve(name_or_path, library)
     agent, manifest, transitions = read_skill(path, device=device)
+    if not allow_stale:
+        check_fresh(path, manifest)
     return Skill(agent, manifest, transitions, path)

@@ -63,6 +63,11 @@ class SoftQNetwork(nn.Module):
         q, acts = backprop.forward(self.net, obs * self.obs_scale, act)
         return q.squeeze(-1), acts
 
+    def action_gradient(self, obs: torch.Tensor, act: torch.Tensor) -> torch.Tensor:
+        """``dQ(s, a)/da`` (the score's Q term in SQL Eq. 13): obs [N, o], act [G, N, d] -> [G, N, d]."""
+        _, acts = self.traced(obs, act)
+        return backprop.input_gradient(self.net, acts, act.shape[0])
+
 
 class SamplerNetwork(nn.Module):
     """Amortized SVGD sampler ``u = f(s, xi) = xi + g(s, xi)``, ``xi ~ N(0, I_d)``; actions ``tanh(u)``.

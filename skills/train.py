@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 
 import envs
 from envs.core import UnknownNameError
@@ -17,7 +18,7 @@ from .agent import TrainingDiverged
 from .defaults import sql_config, train_config
 from .diagnostics import format_report
 from .library import SkillError
-from .trainer import Trainer
+from .trainer import Trainer, TrainResult
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -47,16 +48,31 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    trainer = None
-    try:
+    def make_trainer() -> Trainer:
         task = envs.get_task(args.task)
         sql = sql_config(task.name, task.family.name, alpha=args.alpha)
         run = train_config(task.name, steps=args.steps, seed=args.seed, eval_interval=args.eval_interval,
                            eval_episodes=args.eval_episodes, final_eval_episodes=args.final_eval_episodes,
                            device=args.device, progress=not args.no_progress,
                            overlap_env_step=not args.no_overlap, convergence=not args.no_convergence)
-        trainer = Trainer(task.name, sql, run, out=args.out, resume=args.resume)
-        print(f"training {task.name!r} for {run.steps} steps (alpha={sql.alpha}, seed={run.seed}) -> {trainer.path}")
+        return Trainer(task.name, sql, run, out=args.out, resume=args.resume)
+
+    return run_training(make_trainer, lambda t: f"training {t.task.name!r} for {t.run.steps} steps "
+                                                 f"(alpha={t.sql.alpha}, seed={t.run.seed}) -> {t.path}")
+
+
+def run_training(make_trainer: Callable[[], Trainer], headline: Callable[[Trainer], str],
+                 summary: Callable[[TrainResult], list[str]] | None = None) -> int:
+    """Build a trainer, train, and report as the training CLIs do; returns the exit code.
+
+    2: bad input (unknown names, bad skills or settings); 3: training diverged; 130: Ctrl-C (the last
+    checkpoint is kept with status 'training'; earlier versions are untouched). ``summary`` adds lines
+    after the saved path.
+    """
+    trainer = None
+    try:
+        trainer = make_trainer()
+        print(headline(trainer))
         result = trainer.train()
     except (UnknownNameError, SkillError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
@@ -67,9 +83,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         kept = f"its last checkpoint is in {trainer.path} (status 'training')" \
             if trainer is not None and trainer.path.exists() else "no checkpoint had been written yet"
-        print(f"\ninterrupted: {kept}", file=sys.stderr)
+        print(f"\ninterrupted: {kept}; earlier versions are untouched", file=sys.stderr)
         return 130
     print(f"saved {result.path}  ({result.env_steps} steps, {result.wall_time_s:.0f} s)")
+    for line in summary(result) if summary is not None else []:
+        print(line)
     for mode, m in result.metrics.items():
         print(f"final evaluation, {mode:13s} ({m['episodes']} episodes): success {m['success_rate']:.2f}, "
               f"return {m['return_mean']:.2f}, collisions {m['collision_rate']:.2f}")
@@ -77,7 +95,6 @@ def main(argv: list[str] | None = None) -> int:
         print("convergence of the soft Q-function (Monte Carlo soft returns, skills.diagnostics):")
         print("\n".join("  " + line for line in format_report(trainer.convergence_record)))
     return 0
-
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -29,6 +29,7 @@ from .plots import plot_convergence, plot_learning_curve
 from .progress import progress_bar
 
 STORED_TRANSITIONS = 10_000  # transitions shipped with a skill for composition
+PROVENANCE = ("adapted_from",)  # manifest fields that say what a skill was made from; a resumed run keeps them
 
 
 @dataclass(frozen=True)
@@ -41,6 +42,7 @@ class TrainConfig:
     eval_episodes: int = 20  # episodes per periodic evaluation (seeds 10_000, 10_001, ...)
     final_eval_episodes: int = 100  # episodes of the final evaluation stored in the manifest
     deterministic_eval: bool = False  # periodic evaluations: sampled (max-ent) policy unless True
+    deterministic_curve: bool = False  # also evaluate the deterministic policy periodically (det_* columns)
     device: str = "cpu"  # torch device ("cpu", "cuda")
     threads: int = 1  # torch CPU threads; 1 is robust on 2 cores (see docs/skills.md)
     overlap_env_step: bool = True  # step the env in a child process (2nd core) while the SQL update runs
@@ -94,7 +96,7 @@ def _children_ignore_ctrl_c() -> Iterator[None]:
         signal.signal(signal.SIGINT, previous)
 
 
-def training_env(task: str, in_child_process: bool) -> VectorEnv:
+def training_env(task: str, in_child_process: bool, **env_kwargs) -> VectorEnv:
     """One env of ``task`` behind gymnasium's vector API, resetting itself in the step that ends
     an episode (the final observation is ``info["final_obs"]``).
 
@@ -103,7 +105,7 @@ def training_env(task: str, in_child_process: bool) -> VectorEnv:
     is forked on Linux (no re-import of the caller's script), spawned elsewhere. In process
     it steps inside ``step_wait``.
     """
-    make_env = [partial(envs.make, task)]
+    make_env = [partial(envs.make, task, **env_kwargs)]
     if in_child_process:
         context = "fork" if sys.platform.startswith("linux") else "spawn"
         with _children_ignore_ctrl_c():
@@ -123,26 +125,45 @@ class Trainer:
     """Trains one skill and publishes it as a new library version."""
 
     def __init__(self, task: str, sql: SQLConfig, run: TrainConfig, out: Path | str | None = None,
-                 resume: str | Path | None = None):
+                 resume: str | Path | None = None, *, name: str | None = None, agent: SoftQLearning | None = None,
+                 transitions: dict[str, np.ndarray] | None = None, provenance: dict | None = None,
+                 env_kwargs: dict | None = None):
+        """Train ``task`` into ``<out>/<name>/v<N+1>`` (``name`` defaults to the task's, or the resumed skill's).
+
+        ``agent``: start from these networks instead of fresh ones (``compose.adapt``); ``transitions``: put
+        these in the replay buffer first (rewards must be ``task``'s); ``provenance``: manifest fields to
+        record, e.g. ``{"adapted_from": ...}`` (kept when the skill is resumed); ``env_kwargs``: ``envs.make``
+        options such as a custom ``arm`` (recorded as the manifest's ``task_kwargs``).
+        """
         self.task = envs.get_task(task)
         torch_device(run.device)  # refuse an unusable device before the env process starts
         self.sql, self.run = sql, run
         self.library = out
-        self.path = next_version_dir(self.task.name, out)
+        resumed = self._read_resume(resume) if resume is not None else None
+        self.name = name or (resumed[1]["name"] if resumed else self.task.name)
+        self.path = next_version_dir(self.name, out)
         self.resumed_from = str(resume) if resume is not None else None
+        self.provenance = dict(provenance or {})
         seed_everything(run.seed)
         torch.set_num_threads(run.threads)
-        self.env = training_env(task, in_child_process=run.overlap_env_step)
+        self.env_kwargs = dict(env_kwargs or {})
+        self.env = training_env(task, in_child_process=run.overlap_env_step, **self.env_kwargs)
         self.observation_space, self.action_space = self.env.single_observation_space, self.env.single_action_space
-        self.eval_env = envs.make(task)
+        self.eval_env = envs.make(task, **self.env_kwargs)
         self.action_space.seed(run.seed)
         obs_dim, act_dim = self.observation_space.shape[0], self.action_space.shape[0]
         self.rng = np.random.default_rng(run.seed)
-        self.buffer = ReplayBuffer(obs_dim, act_dim, min(sql.buffer_size, run.steps + STORED_TRANSITIONS))
-        self.agent = SoftQLearning(obs_dim, act_dim, sql, device=run.device)
+        seeded = sum(len(t["reward"]) for t in (transitions, resumed and resumed[2]) if t)
+        self.buffer = ReplayBuffer(obs_dim, act_dim, min(sql.buffer_size, run.steps + STORED_TRANSITIONS + seeded))
+        self.agent = agent if agent is not None else SoftQLearning(obs_dim, act_dim, sql, device=run.device)
         self.start_steps = 0
-        if resume is not None:
-            self._resume(resume)
+        if resumed is not None:
+            self.agent, manifest, stored = resumed
+            self.start_steps = int(manifest["env_steps"])
+            self.buffer.add_many(stored)
+            self.provenance = {k: manifest[k] for k in PROVENANCE if k in manifest} | self.provenance
+        if transitions is not None:
+            self.buffer.add_many(transitions)
         self.history: list[dict] = []
         self.log_path = self.path.parent / f".{self.path.name}.progress.csv"
         self.steps_done = 0  # environment steps taken by this run (``step``)
@@ -172,7 +193,7 @@ class Trainer:
         action = self.action_space.sample() if explore else self.agent.act(self._obs)
         self.env.step_async(action[None])
         try:
-            if not warming_up and self.buffer.size > 0:
+            if not warming_up and self.buffer.size >= sql.batch_size:
                 for _ in range(sql.updates_per_step):
                     self.losses = self.agent.update(self.buffer.sample(sql.batch_size, self.rng, self.agent.device))
         finally:
@@ -193,15 +214,13 @@ class Trainer:
         """Stop the training env (and its child process)."""
         self.env.close()
 
-    def _resume(self, source: str | Path) -> None:
+    def _read_resume(self, source: str | Path) -> tuple[SoftQLearning, dict, dict[str, np.ndarray]]:
         from .library import resolve
 
         agent, manifest, transitions = read_skill(resolve(source, self.library), device=self.run.device)
         if manifest["task"] != self.task.name:
             raise ValueError(f"cannot resume {manifest['task']!r} skill as task {self.task.name!r}")
-        self.agent = agent
-        self.start_steps = int(manifest["env_steps"])
-        self.buffer.add_many(transitions)
+        return agent, manifest, transitions
 
     def check_values(self, states: int = 256, samples: int = 64) -> None:
         """Raise ``TrainingDiverged`` when the soft value of stored states leaves its analytic bounds
@@ -231,21 +250,23 @@ class Trainer:
 
     def manifest(self, status: str, env_steps: int, wall: float, metrics: dict) -> dict:
         return {
-            "name": self.task.name, "version": int(self.path.name[1:]), "status": status,
-            "task": self.task.name, "task_kwargs": {}, "family": self.task.family.name,
+            "name": self.name, "version": int(self.path.name[1:]), "status": status,
+            "task": self.task.name, "task_kwargs": {k: list(v) if isinstance(v, tuple) else v
+                                                    for k, v in self.env_kwargs.items()}, "family": self.task.family.name,
             "observation_space": space_record(self.observation_space),
             "action_space": space_record(self.action_space),
             "alpha": self.sql.alpha, "gamma": self.sql.gamma,
             "architecture": {"q": "mlp", "sampler": "mlp, a = tanh(f(s, xi)), xi ~ N(0, I)",
                              "hidden": list(self.sql.hidden), "activation": "relu",
-                             "noise_dim": self.action_space.shape[0], "obs_scale": self.sql.obs_scale},
+                             "noise_dim": self.action_space.shape[0], "obs_scale": self.sql.obs_scale,
+                             **(self.agent.q.architecture() if hasattr(self.agent.q, "architecture") else {})},
             "hyperparameters": self.sql.to_dict(), "training": asdict(self.run),
             "seed": self.run.seed, "env_steps": env_steps, "updates": self.agent.updates,
             "wall_time_s": round(wall, 2), "metrics": metrics,
             "evaluation": {"seed": EVAL_SEED, "periodic_deterministic": self.run.deterministic_eval,
                            "final": "both: 'stochastic' samples the sampler; 'deterministic' takes the "
                                     "highest-Q of 32 sampler actions"},
-            "history": self.history, "resumed_from": self.resumed_from,
+            "history": self.history, "resumed_from": self.resumed_from, **self.provenance,
             **({"convergence": self.convergence_record} if self.convergence_record is not None else {}),
             "library_versions": library_versions(), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
@@ -254,12 +275,12 @@ class Trainer:
         extra = {"progress.csv": self.log_path}
         if status == "complete":
             curve = self.path.parent / f".{self.path.name}.curve.png"
-            plot_learning_curve(self.history, curve, f"{self.task.name}: SQL, alpha={self.sql.alpha}, seed {self.run.seed}")
+            plot_learning_curve(self.history, curve, f"{self.name}: SQL, alpha={self.sql.alpha}, seed {self.run.seed}")
             extra["learning_curve.png"] = curve
             if self.convergence_record is not None:
                 extra["convergence.png"] = self.path.parent / f".{self.path.name}.convergence.png"
                 plot_convergence(self.convergence_record, extra["convergence.png"],
-                                 f"{self.task.name}: soft Q-function against Monte Carlo soft returns")
+                                 f"{self.name}: soft Q-function against Monte Carlo soft returns")
         write_skill(self.path, self.agent, self.manifest(status, env_steps, wall, metrics),
                     self.buffer.subsample(STORED_TRANSITIONS, np.random.default_rng(self.run.seed)), extra)
         if status == "complete":
@@ -270,7 +291,7 @@ class Trainer:
     def train(self) -> TrainResult:
         """Run, evaluating and checkpointing every ``eval_interval`` steps."""
         run = self.run
-        writer = _tensorboard(Path("runs") / "tensorboard" / f"{self.task.name}-{self.path.name}")
+        writer = _tensorboard(Path("runs") / "tensorboard" / f"{self.name}-{self.path.name}")
         start = time.perf_counter()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         recent_returns: list[float] = []
@@ -278,16 +299,25 @@ class Trainer:
         bar = progress_bar(run.steps, run.progress)
         total = self.start_steps
         with open(self.log_path, "w", newline="") as log_file:
-            log = csv.DictWriter(log_file, ["env_steps", "wall_time_s", "return_mean", "success_rate",
-                                            "collision_rate", "q_loss", "sampler_loss"])
+            columns = ["env_steps", "wall_time_s", "return_mean", "return_std", "success_rate", "collision_rate",
+                       "q_loss", "sampler_loss"]
+            if run.deterministic_curve:
+                columns += ["det_return_mean", "det_return_std", "det_success_rate"]
+            log = csv.DictWriter(log_file, columns)
             log.writeheader()
 
             def record(metrics: dict) -> dict:
                 row = {"env_steps": total, "wall_time_s": round(time.perf_counter() - start, 2),
-                       "return_mean": metrics["return_mean"], "success_rate": metrics["success_rate"],
+                       "return_mean": metrics["return_mean"], "return_std": metrics["return_std"],
+                       "success_rate": metrics["success_rate"],
                        "collision_rate": metrics["collision_rate"],
                        "q_loss": float(self.losses.get("q_loss", np.nan)),
                        "sampler_loss": float(self.losses.get("sampler_loss", np.nan))}
+                if run.deterministic_curve:
+                    with torch.random.fork_rng(devices=[]):  # training draws the same numbers with or without it
+                        other = self.evaluate(run.eval_episodes, deterministic=True)
+                    row |= {"det_return_mean": other["return_mean"], "det_return_std": other["return_std"],
+                            "det_success_rate": other["success_rate"]}
                 self.history.append(row)
                 log.writerow(row)
                 log_file.flush()

@@ -97,3 +97,37 @@ def test_throughput_keeps_the_measured_sections_when_interrupted(tmp_path, monke
     assert saved["complete"] is False and saved["sql_time_to_95"] is None
     assert saved["sql_steps_per_s"]["median"] > 0 and saved["env_ratio"] > 0
     assert not list(tmp_path.glob("*.tmp"))
+
+
+def synthetic_run(kind: str, seed: int, returns: list[float], det: list[float]) -> dict:
+    return {"kind": kind, "seed": seed, "wall_time_s": 1.0, "history": [
+        {"env_steps": 1000 * i, "return_mean": r, "return_std": 1.0, "det_return_mean": d} for i, (r, d) in
+        enumerate(zip(returns, det))]}
+
+
+def test_adaptation_summary_finds_steps_to_95_percent_and_the_dip():
+    from bench.adaptation import summarise
+
+    joint = synthetic_run("joint", 0, [-20, -15, -10, -5, -2, -1, -1, -1], [-20, -10, -2, -1, -1, -1, -1, -1])
+    adapted = synthetic_run("adapted", 0, [-4, -5, -3, -1.5], [-1, -1, -1, -1])
+    summary = summarise([joint, adapted], eval_episodes=25)
+    rows = {r["mode"]: r for r in summary["per_seed"]}
+    stochastic = rows["stochastic"]
+    assert stochastic["threshold"] == pytest.approx(-20 + 0.95 * 19)  # -1.95
+    assert stochastic["joint_steps"] == 5000 and stochastic["adapted_steps"] == 3000  # -1.5 is the first >= -1.95
+    assert stochastic["ratio"] == pytest.approx(0.6) and summary["modes"]["stochastic"]["goal_met"] is False
+    assert stochastic["dip"] == pytest.approx(1.0) and stochastic["eval_se"] == pytest.approx(0.2)
+    assert stochastic["dip_beyond_noise"] is True
+    assert rows["deterministic"]["adapted_steps"] == 0 and rows["deterministic"]["joint_steps"] == 3000
+    assert summary["modes"]["deterministic"]["goal_met"] is True
+
+
+def test_adaptation_replots_an_earlier_run(tmp_path, capsys):
+    from bench import adaptation
+
+    runs = [synthetic_run("joint", 0, [-20, -10, -2, -1, -1], [-9, -5, -1, -1, -1]),
+            synthetic_run("adapted", 0, [-3, -2, -1, -1], [-1, -1, -1, -1])]
+    saved = tmp_path / "a.json"
+    saved.write_text(json.dumps({"settings": {"spec": "reach+avoid", "eval_episodes": 4}, "runs": runs}))
+    assert adaptation.main(["--from-json", str(saved), "--plot", str(tmp_path / "a.png")]) == 0
+    assert (tmp_path / "a.png").stat().st_size > 0 and "steps to 95%" in capsys.readouterr().out

@@ -1,0 +1,199 @@
+"""Adapted composition against joint training from scratch, same seeds and evaluation protocol:
+
+    python -m bench.adaptation [--spec reach+avoid] [--seeds 0,1,2] [--joint-steps 40000] [--adapt-steps 8000]
+
+For each seed, trains the combined task from scratch (``skills.train``'s tuned settings) and adapts the
+composition of the library's constituents (``compose.adapt``: ``Q = Q_w + R``, ``R = 0`` at the start),
+both into a temporary library, both evaluated every ``--eval-interval`` steps on the same seeded
+episodes (seeds 10000 onward), stochastic (the max-ent policy) and deterministic (best of 32 under Q).
+
+Steps to 95%: the joint run's final return ``R_end`` (mean of its last three evaluations) and its
+untrained return ``R_0`` define the threshold ``R_0 + 0.95 (R_end - R_0)``; each run's figure is the
+first evaluation at or above it. The dip is the zero-shot composition's return minus the lowest of
+the adapted run's next three evaluations, against the standard error of one evaluation. Writes JSON
+and a PNG of both learning curves (docs/compose.md). The constituents are the library's (one seed);
+the seeds vary the trainings.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+MODES = {"stochastic": "return_mean", "deterministic": "det_return_mean"}
+STD = {"stochastic": "return_std", "deterministic": "det_return_std"}
+THRESHOLD = 0.95
+
+
+def trial(kind: str, spec: str, seed: int, steps: int, eval_interval: int, eval_episodes: int,
+          library: str | None) -> dict:
+    """One training run (``kind`` "joint" or "adapted") into a temporary library: its evaluation history."""
+    import torch
+
+    import compose
+    import envs
+    from compose.adapt import adapted_trainer
+    from skills.defaults import sql_config, train_config
+    from skills.trainer import Trainer
+
+    torch.set_num_threads(1)
+    overrides = {"eval_interval": eval_interval, "eval_episodes": eval_episodes, "final_eval_episodes": 1,
+                 "progress": False, "convergence": False, "overlap_env_step": False}
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory() as out:
+        if kind == "joint":
+            task = envs.get_task(compose.load(spec, library=library).task.name)
+            run = replace(train_config(task.name, steps=steps, seed=seed, **overrides), deterministic_curve=True)
+            trainer = Trainer(task.name, sql_config(task.name, task.family.name), run, out=out)
+        else:
+            composition = compose.load(spec, library=library, seed=seed)
+            composition.build(progress=False)
+            trainer = adapted_trainer(composition, steps=steps, seed=seed, out=out, **overrides)
+        result = trainer.train()
+    return {"kind": kind, "seed": seed, "steps": steps, "wall_time_s": round(time.perf_counter() - start, 1),
+            "history": result.history}
+
+
+def steps_to(history: list[dict], key: str, threshold: float) -> int | None:
+    """Env steps of the first evaluation whose ``key`` is at or above ``threshold`` (None: never)."""
+    return next((h["env_steps"] for h in history if h[key] >= threshold), None)
+
+
+def summarise(runs: list[dict], eval_episodes: int) -> dict:
+    """Per seed and mode: threshold, steps to it (joint, adapted), their ratio, zero-shot return and dip."""
+    seeds = sorted({r["seed"] for r in runs})
+    by = {(r["kind"], r["seed"]): r["history"] for r in runs}
+    out: dict = {"per_seed": [], "modes": {}}
+    for mode, key in MODES.items():
+        rows = []
+        for seed in seeds:
+            joint, adapted = by[("joint", seed)], by[("adapted", seed)]
+            r0, r_end = joint[0][key], float(np.mean([h[key] for h in joint[-3:]]))
+            threshold = r0 + THRESHOLD * (r_end - r0)
+            j_steps, a_steps = steps_to(joint, key, threshold), steps_to(adapted, key, threshold)
+            zero_shot = adapted[0][key]
+            dip = zero_shot - min(h[key] for h in adapted[1:4])
+            row = {"seed": seed, "mode": mode, "joint_start": r0, "joint_final": r_end, "threshold": threshold,
+                   "joint_steps": j_steps, "adapted_steps": a_steps,
+                   "ratio": (a_steps / j_steps) if (a_steps is not None and j_steps) else None,
+                   "zero_shot": zero_shot, "adapted_final": float(np.mean([h[key] for h in adapted[-3:]])),
+                   "dip": dip}
+            if STD[mode] in adapted[0]:  # runs before det_return_std was logged lack it
+                row["eval_se"] = adapted[0][STD[mode]] / np.sqrt(eval_episodes)
+                row["dip_beyond_noise"] = bool(dip > 2 * row["eval_se"])
+            rows.append(row)
+        out["per_seed"] += rows
+        ratios = [r["ratio"] for r in rows]
+        out["modes"][mode] = {
+            "ratio_mean": float(np.mean(ratios)) if None not in ratios else None,
+            "ratio_max": max(ratios) if None not in ratios else None,
+            "goal_met": bool(None not in ratios and max(ratios) <= 0.2),
+            "joint_steps": [r["joint_steps"] for r in rows], "adapted_steps": [r["adapted_steps"] for r in rows],
+            "zero_shot_mean": float(np.mean([r["zero_shot"] for r in rows])),
+            "joint_final_mean": float(np.mean([r["joint_final"] for r in rows])),
+            "adapted_final_mean": float(np.mean([r["adapted_final"] for r in rows])),
+            "dip_max": float(max(r["dip"] for r in rows)),
+        }
+    out["wall_time_s"] = {kind: [r["wall_time_s"] for r in runs if r["kind"] == kind] for kind in ("joint", "adapted")}
+    return out
+
+
+def plot(runs: list[dict], summary: dict, path: Path, spec: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
+    colours = {"joint": "tab:gray", "adapted": "tab:blue"}
+    labels = {"joint": "joint SQL from scratch", "adapted": "adapted from the composition"}
+    for ax, (mode, key) in zip(axes, MODES.items()):
+        for kind in ("joint", "adapted"):
+            mine = [r for r in runs if r["kind"] == kind]
+            steps = [h["env_steps"] for h in mine[0]["history"]]
+            curves = np.array([[h[key] for h in r["history"]] for r in mine])
+            for c in curves:
+                ax.plot(steps, c, color=colours[kind], alpha=0.25, lw=0.8)
+            ax.plot(steps, curves.mean(0), color=colours[kind], lw=2, label=f"{labels[kind]} (mean of {len(mine)} seeds)")
+        thresholds = [r["threshold"] for r in summary["per_seed"] if r["mode"] == mode]
+        ax.axhline(np.mean(thresholds), color="k", ls="--", lw=1, label="95% of the joint's final return")
+        m = summary["modes"][mode]
+        ax.set_title(f"{spec}, {mode} policy\nsteps to 95%: adapted {m['adapted_steps']}, joint {m['joint_steps']}",
+                     fontsize=9)
+        ax.set_xlabel("environment steps")
+        ax.set_ylabel("episode return (combined task)")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def format_summary(summary: dict) -> list[str]:
+    lines = ["seed  mode           threshold  joint steps  adapted steps  ratio  zero-shot  joint end  adapted end   dip"]
+    for r in summary["per_seed"]:
+        ratio = f"{r['ratio']:.3f}" if r["ratio"] is not None else "  -  "
+        lines.append(f"{r['seed']:>4}  {r['mode']:13s}  {r['threshold']:9.2f}  {str(r['joint_steps']):>11}  "
+                     f"{str(r['adapted_steps']):>13}  {ratio}  {r['zero_shot']:9.2f}  {r['joint_final']:9.2f}  "
+                     f"{r['adapted_final']:11.2f}  {r['dip']:+.2f}"
+                     + (f" (SE {r['eval_se']:.2f})" if "eval_se" in r else ""))
+    for mode, m in summary["modes"].items():
+        lines.append(f"{mode}: adapted/joint steps to 95%: mean {m['ratio_mean']}, max {m['ratio_max']} "
+                     f"(goal <= 0.2: {'met' if m['goal_met'] else 'not met'})")
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.adaptation", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--spec", default="reach+avoid", help="composition with a registered combined task")
+    parser.add_argument("--seeds", default="0,1,2", help="comma-separated training seeds (default 0,1,2)")
+    parser.add_argument("--joint-steps", type=int, default=40_000, help="joint training steps (default 40000)")
+    parser.add_argument("--adapt-steps", type=int, default=8_000, help="adaptation steps (default 8000)")
+    parser.add_argument("--eval-interval", type=int, default=1_000, help="steps between evaluations (default 1000)")
+    parser.add_argument("--eval-episodes", type=int, default=30, help="episodes per evaluation and mode (default 30)")
+    parser.add_argument("--library", help="library holding the constituents (default: trained/)")
+    parser.add_argument("--workers", type=int, default=2, help="trainings run at once (default 2: one per core)")
+    parser.add_argument("--json", metavar="PATH", help="write runs and summary as JSON")
+    parser.add_argument("--plot", metavar="PNG", help="write both learning curves as a PNG")
+    parser.add_argument("--from-json", metavar="PATH", help="summarise and plot the runs of an earlier --json "
+                        "instead of training")
+    args = parser.parse_args(argv)
+    if args.from_json:
+        saved = json.loads(Path(args.from_json).read_text())
+        summary = summarise(saved["runs"], saved["settings"]["eval_episodes"])
+        print("\n".join(format_summary(summary)))
+        if args.plot:
+            plot(saved["runs"], summary, Path(args.plot), saved["settings"]["spec"])
+        return 0
+    try:
+        seeds = [int(s) for s in args.seeds.split(",")]
+    except ValueError:
+        parser.error(f"--seeds: expected comma-separated integers, got {args.seeds!r}")
+    jobs = [(kind, args.spec, seed, args.joint_steps if kind == "joint" else args.adapt_steps, args.eval_interval,
+             args.eval_episodes, args.library) for seed in seeds for kind in ("joint", "adapted")]
+    with ProcessPoolExecutor(max_workers=args.workers) as pool:
+        runs = list(pool.map(trial, *zip(*jobs)))
+    summary = summarise(runs, args.eval_episodes)
+    print("\n".join(format_summary(summary)))
+    settings = {k: getattr(args, k) for k in ("spec", "seeds", "joint_steps", "adapt_steps", "eval_interval",
+                                              "eval_episodes")}
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps({"settings": settings, "summary": summary, "runs": runs}, indent=1))
+    if args.plot:
+        plot(runs, summary, Path(args.plot), args.spec)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
