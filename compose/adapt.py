@@ -26,6 +26,7 @@ import envs
 import skills
 from envs.cli import add_arm_arguments, arm_kwargs
 from skills.agent import SQLConfig
+from skills.cli import positive_int, weight_list
 from skills.defaults import TASK_STEPS, sql_config, train_config
 from skills.train import run_training
 from skills.trainer import TrainConfig, Trainer, TrainResult
@@ -97,18 +98,19 @@ def build_parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("spec", help="composition to adapt, e.g. reach+avoid (skill names joined by '+'), or a "
                         "saved composition such as reach+avoid.composed")
-    parser.add_argument("--weights", help="comma-separated weights summing to 1 (default: equal)")
-    parser.add_argument("--steps", type=int, help=f"environment steps (default: {ADAPT_SHARE * 100:.0f}%% of the joint "
-                        "skill's tuned budget)")
+    parser.add_argument("--weights", type=weight_list, help="comma-separated weights summing to 1 (default: equal)")
+    parser.add_argument("--steps", type=positive_int,
+                        help=f"environment steps (default: {ADAPT_SHARE * 100:.0f}%% of the joint skill's tuned budget)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     parser.add_argument("--library", help="library to load the skills from (default: trained/ or "
                         "$COMPOSABLE_SKILLS_LIBRARY)")
     parser.add_argument("--out", help="library to write the adapted skill into (default: the skills' library)")
     parser.add_argument("--resume", metavar="SKILL", help="continue adapting a saved adapted skill (name, name@vN "
                         "or path); saved as a new version")
-    parser.add_argument("--eval-interval", type=int, help=f"evaluate and checkpoint every N steps (default {EVAL_INTERVAL})")
-    parser.add_argument("--eval-episodes", type=int, help="episodes per periodic evaluation (default 20)")
-    parser.add_argument("--final-eval-episodes", type=int, help="episodes of the final evaluation (default 100)")
+    parser.add_argument("--eval-interval", type=positive_int,
+                        help=f"evaluate and checkpoint every N steps (default {EVAL_INTERVAL})")
+    parser.add_argument("--eval-episodes", type=positive_int, help="episodes per periodic evaluation (default 20)")
+    parser.add_argument("--final-eval-episodes", type=positive_int, help="episodes of the final evaluation (default 100)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.add_argument("--no-convergence", action="store_true", help="skip the final convergence report")
     add_arm_arguments(parser)
@@ -120,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     composition: list[Composition] = []
 
     def make_trainer() -> Trainer:
-        weights = [float(w) for w in args.weights.split(",")] if args.weights else None
+        weights = args.weights
         composition.append(load(args.spec, weights=weights, library=args.library, seed=args.seed))
         task = combined_task_name(composition[0])  # refuse before building anything
         composition[0].build(progress=not args.no_progress)

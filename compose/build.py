@@ -5,8 +5,10 @@ from the library cache (``compose.cache``)."""
 from __future__ import annotations
 
 import time
+import warnings
 from dataclasses import dataclass, field
 
+from skills.library import CorruptSkillError
 from skills.sql import SamplerNetwork, SoftQNetwork
 
 from .bound import BoundConfig, fit_composition_correction
@@ -36,7 +38,11 @@ def build(composition: Composition, library: str | None, progress: bool, sampler
     correction = SoftQNetwork(composition.obs_dim, composition.act_dim, bound_cfg.hidden, obs_scale)
     path = cache_path(composition, {"sampler": sampler_cfg.to_dict(), "bound": bound_cfg.to_dict()}, library)
     start = time.perf_counter()
-    manifest = load_cached(path, {"sampler": sampler, "C": correction})
+    try:
+        manifest = load_cached(path, {"sampler": sampler, "C": correction}, composition)
+    except CorruptSkillError as err:
+        warnings.warn(f"{err}; rebuilding it", stacklevel=2)
+        manifest = None
     if manifest is not None:
         return Built(sampler, correction, True, manifest["sampler_wall_time_s"], time.perf_counter() - start,
                      manifest | {"cache": str(path)})
@@ -50,5 +56,10 @@ def build(composition: Composition, library: str | None, progress: bool, sampler
         "sampler_wall_time_s": s_info["wall_time_s"], "correction_wall_time_s": time.perf_counter() - c_start,
         "gap": c_info, "env_steps_used": 0,
     }
-    save_cached(path, {"sampler": sampler, "C": correction}, manifest)
-    return Built(sampler, correction, False, s_info["wall_time_s"], 0.0, manifest | {"cache": str(path)})
+    try:
+        save_cached(path, {"sampler": sampler, "C": correction}, manifest, composition)
+        where = {"cache": str(path)}
+    except OSError as err:  # a read-only or full library: the build is still good, it just is not kept
+        warnings.warn(f"could not cache the composition in {path} ({err}); it will be rebuilt next time", stacklevel=2)
+        where = {"cache": None, "cache_error": str(err)}
+    return Built(sampler, correction, False, s_info["wall_time_s"], 0.0, manifest | where)

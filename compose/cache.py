@@ -9,18 +9,21 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from skills.library import CorruptSkillError, default_library, publish_directory, staging_directory
+from skills.library import WEIGHTS, CorruptSkillError, default_library, sha256_file
+from skills.store import publish_directory, staging_directory
 
 from .composition import Composition
 
 CACHE_DIR = ".composed"
 CACHE_FORMAT_VERSION = 1
+NETWORKS = "networks.safetensors"
 
 
 def cache_key(composition: Composition, settings: dict) -> str:
@@ -40,26 +43,50 @@ def cache_path(composition: Composition, settings: dict, library: str | Path | N
     return root / CACHE_DIR / f"{names}-{cache_key(composition, settings)}"
 
 
-def load_cached(path: Path, modules: dict[str, torch.nn.Module]) -> dict | None:
-    """Fill ``modules`` from a cache entry; ``None`` when there is none. Corrupt entries raise."""
+def constituent_checksums(composition: Composition) -> list[str]:
+    return [p.manifest["files"][WEIGHTS] for p in composition.parts]
+
+
+def load_cached(path: Path, modules: dict[str, torch.nn.Module], composition: Composition | None = None) -> dict | None:
+    """Fill ``modules`` from a cache entry; ``None`` when there is none.
+
+    The entry is checked before use: its networks file against its recorded checksum, the constituents
+    it was built for against ``composition``'s, and every weight finite. Any failure raises
+    ``CorruptSkillError`` saying why (``build`` then rebuilds the entry).
+    """
     if not (path / "manifest.json").exists():
         return None
     try:
         manifest = json.loads((path / "manifest.json").read_text())
-        tensors = load_file(str(path / "networks.safetensors"))
+        if not isinstance(manifest, dict):
+            raise ValueError("the manifest is not a JSON object")
+        recorded = manifest.get("networks_sha256")
+        if recorded is None or sha256_file(path / NETWORKS) != recorded:
+            raise ValueError(f"{NETWORKS} does not match its recorded checksum")
+        if composition is not None and manifest.get("constituents_sha256") != constituent_checksums(composition):
+            raise ValueError("it was built for other constituents")
+        tensors = load_file(str(path / NETWORKS))
+        bad = [k for k, v in tensors.items() if not bool(torch.isfinite(v).all())]
+        if bad:
+            raise ValueError(f"non-finite weights in {bad[:3]}")
         for prefix, module in modules.items():
             module.load_state_dict({k[len(prefix) + 1:]: v for k, v in tensors.items()
                                     if k.startswith(prefix + ".")}, strict=True)
     except (ValueError, OSError, SafetensorError, RuntimeError) as err:
-        raise CorruptSkillError(f"composition cache {path} is corrupt ({err}); delete it to rebuild") from err
+        raise CorruptSkillError(f"composition cache {path} cannot be used: {err}") from err
     return manifest
 
 
-def save_cached(path: Path, modules: dict[str, torch.nn.Module], manifest: dict) -> None:
-    """Write a cache entry atomically."""
+def save_cached(path: Path, modules: dict[str, torch.nn.Module], manifest: dict, composition: Composition) -> None:
+    """Write a cache entry atomically, with its networks' and its constituents' checksums."""
     stage = staging_directory(path)
-    tensors = {f"{prefix}.{k}": v.detach().cpu().contiguous().clone()
-               for prefix, module in modules.items() for k, v in module.state_dict().items()}
-    save_file(tensors, str(stage / "networks.safetensors"))
-    (stage / "manifest.json").write_text(json.dumps(manifest, indent=2))
-    publish_directory(stage, path)
+    try:
+        tensors = {f"{prefix}.{k}": v.detach().cpu().contiguous().clone()
+                   for prefix, module in modules.items() for k, v in module.state_dict().items()}
+        save_file(tensors, str(stage / NETWORKS))
+        manifest = manifest | {"networks_sha256": sha256_file(stage / NETWORKS),
+                               "constituents_sha256": constituent_checksums(composition)}
+        (stage / "manifest.json").write_text(json.dumps(manifest, indent=2))
+        publish_directory(stage, path)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)

@@ -12,7 +12,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from skills.policy import ArrayLike, as_tensor, like, value_in_chunks
+from skills.policy import ArrayLike, checked, like, value_in_chunks
 from skills.sql import SamplerNetwork, estimate_soft_value
 
 from .composition import Composition
@@ -42,13 +42,13 @@ class ComposedPolicy:
     @torch.no_grad()
     def sample(self, obs: ArrayLike, n: int) -> ArrayLike:
         """``n`` sampler actions per state: [B, o] -> [B, n, d]."""
-        o = as_tensor(obs).reshape(-1, self.obs_dim)
+        o = checked(obs, self.obs_dim).reshape(-1, self.obs_dim)
         return like(self.sampler.sample(o, n, generator=self.generator), obs)
 
     @torch.no_grad()
     def act(self, obs: ArrayLike, deterministic: bool = False) -> np.ndarray:
         """One action per state: a sampler draw, or (``deterministic``) the highest-``Q_w`` of 32 draws."""
-        o = as_tensor(obs)
+        o = checked(obs, self.obs_dim)
         single = o.dim() == 1
         o = o.reshape(-1, self.obs_dim)
         if self.particles is not None:
@@ -68,7 +68,7 @@ class ComposedPolicy:
     @torch.no_grad()
     def q(self, obs: ArrayLike, act: ArrayLike) -> ArrayLike:
         """``Q_w(s, a) = sum_i w_i Q_i(s, a)``: [..., o], [..., d] -> [...]."""
-        return like(self.composition.q(as_tensor(obs), as_tensor(act)), act)
+        return like(self.composition.q(checked(obs, self.obs_dim), checked(act, self.act_dim, "action")), act)
 
     @torch.no_grad()
     def value(self, obs: ArrayLike, n_samples: int = 1024) -> ArrayLike:
@@ -79,4 +79,4 @@ class ComposedPolicy:
             return estimate_soft_value(self.composition.q, chunk, n_samples, self.alpha, self.act_dim, centers,
                                        generator=self.generator)
 
-        return like(value_in_chunks(value_of, as_tensor(obs).reshape(-1, self.obs_dim), n_samples), obs)
+        return like(value_in_chunks(value_of, checked(obs, self.obs_dim).reshape(-1, self.obs_dim), n_samples), obs)

@@ -28,6 +28,7 @@ from envs._gl import headless
 from envs.cli import add_arm_arguments, arm_kwargs
 from envs.core import UnknownNameError
 from envs.video import VideoWriter, draw_text, overlay_lines
+from skills.cli import positive_int, weight_list
 from skills.evaluation import run_episodes
 from skills.library import SkillError, atomic_write_text
 from skills.policy import SoftPolicy
@@ -272,8 +273,11 @@ def run(spec: str, *, weights: list[float] | None = None, sampler: str = "amorti
     torch.manual_seed(seed)  # constituents and the joint skill sample from torch's global generator
     env_kwargs = dict(env_kwargs or {})
     composition = load(spec, weights, library)
-    out = Path(out) if out else Path("runs") / "compose" / f"{composition.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    names = "+".join(p.name for p in composition.parts)  # not the spec: a spec of paths must not place the report
+    out = Path(out) if out else Path("runs") / "compose" / f"{names}-{time.strftime('%Y%m%d-%H%M%S')}"
     out.mkdir(parents=True, exist_ok=True)
+    (out / ".write-test").write_text("")  # fail now, not after minutes of evaluation, if out cannot be written
+    (out / ".write-test").unlink()
 
     def make_env():
         return envs.make_task_env(composition.task, **env_kwargs)
@@ -409,13 +413,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m compose.run", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("spec", help="skills to compose, joined by '+', e.g. reach+avoid")
-    parser.add_argument("--weights", help="comma-separated weights summing to 1 (default: equal), e.g. 0.7,0.3")
+    parser.add_argument("--weights", type=weight_list,
+                        help="comma-separated weights summing to 1 (default: equal), e.g. 0.7,0.3")
     parser.add_argument("--sampler", choices=SAMPLERS, default="amortized",
                         help="amortized: a fresh sampler network trained on Q_w (cached); "
                              "particles: SVGD on action particles at each step; resampling: importance resampling "
                              "of exp(Q_w/alpha) from 8192 uniform actions per step (slow; no sampler in the way) "
                              "(default: amortized)")
-    parser.add_argument("--episodes", type=int, default=100, help="evaluation episodes per policy (default: 100)")
+    parser.add_argument("--episodes", type=positive_int, default=100, help="evaluation episodes per policy (default: 100)")
     parser.add_argument("--seed", type=int, default=EVAL_SEED, help=f"first episode seed (default: {EVAL_SEED})")
     parser.add_argument("--deterministic", action="store_true", help="every policy takes the best of 32 sampled "
                         "actions under its Q (default: one sampler draw per step, the max-ent policy the theory is about)")
@@ -430,7 +435,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    weights = [float(w) for w in args.weights.split(",")] if args.weights else None
+    weights = args.weights
     env_kwargs = arm_kwargs(args)
     try:
         report = run(args.spec, weights=weights, sampler=args.sampler, episodes=args.episodes, seed=args.seed,
@@ -439,6 +444,9 @@ def main(argv: list[str] | None = None) -> int:
     except (UnknownNameError, SkillError, IncompatibleSkillsError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except OSError as err:  # a full disk, a read-only library or output directory, a path that is a file
+        print(f"error: cannot write: {err}", file=sys.stderr)
+        return 1
     rows = {"composed": report["composed"], **({"joint": report["joint"]} if "success_rate" in report["joint"] else {}),
             **report["constituents"]}
     print(f"\n{report['spec']} on {report['task']} ({report['episodes']} episodes, seed {report['seed']}, "

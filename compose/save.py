@@ -16,6 +16,7 @@ import argparse
 import sys
 
 from envs.core import UnknownNameError
+from skills.cli import weight_list
 from skills.library import SkillError
 
 from .composition import load
@@ -25,7 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m compose.save", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("spec", help="skills to compose, joined by '+', e.g. reach+avoid (reach@v1 pins a version)")
-    parser.add_argument("--weights", help="comma-separated weights summing to 1 (default: equal)")
+    parser.add_argument("--weights", type=weight_list, help="comma-separated weights summing to 1 (default: equal)")
     parser.add_argument("--name", help="library name of the entry (default: SPEC.composed)")
     parser.add_argument("--library", help="library to load the skills from (default: trained/ or "
                         "$COMPOSABLE_SKILLS_LIBRARY)")
@@ -37,12 +38,15 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        weights = [float(w) for w in args.weights.split(",")] if args.weights else None
+        weights = args.weights
         composition = load(args.spec, weights=weights, library=args.library)
         path = composition.save(name=args.name, library=args.out or args.library, progress=not args.no_progress)
     except (UnknownNameError, SkillError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except OSError as err:  # a full disk, a read-only library or output directory, a path that is a file
+        print(f"error: cannot write: {err}", file=sys.stderr)
+        return 1
     made_from = ", ".join(f"{p.name} v{p.manifest.get('version')}" for p in composition.parts)
     print(f"saved {path}  (composed from {made_from}; load it with skills.load or compose.load by that name)")
     return 0

@@ -25,13 +25,15 @@ from skills.library import (
     WEIGHTS,
     CorruptSkillError,
     check_fresh,
+    claim_version_dir,
     default_library,
     library_versions,
-    next_version_dir,
     read_manifest,
     read_skill,
+    release_claim,
     write_skill,
 )
+from skills.manifest import NAME
 from skills.stacked import ComposedSoftQNetwork
 
 from .composition import Composition
@@ -89,12 +91,12 @@ def save(composition: Composition, name: str | None = None, library: str | Path 
     root = Path(library) if library is not None else (Path(composition.library) if composition.library is not None
                                                        else default_library())
     name = name or default_name(composition)
-    if name.count("@") or "/" in name:
-        raise ValueError(f"invalid skill name {name!r}: no '@' or '/'")
+    if not NAME.match(name):
+        raise ValueError(f"invalid skill name {name!r}: letters, digits, '_', '.', '+', '-'; no '/' or '@'")
     if composition._policy is None:
         composition.build(progress=progress)
     agent = composed_agent(composition, composition.seed)
-    path = next_version_dir(name, root)
+    path = claim_version_dir(name, root)
     first = composition.parts[0].manifest
     manifest = {
         "name": name, "version": int(path.name[1:]), "status": "complete",
@@ -108,7 +110,11 @@ def save(composition: Composition, name: str | None = None, library: str | Path 
         "metrics": {}, "composed_from": provenance(composition, root),
         "library_versions": library_versions(), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
-    return write_skill(path, agent, manifest, relabelled_transitions(composition))
+    try:
+        return write_skill(path, agent, manifest, relabelled_transitions(composition))
+    except BaseException:
+        release_claim(path)
+        raise
 
 
 def saved_entry(spec: str, library: str | None) -> Path | None:

@@ -28,7 +28,7 @@ from typing import Any, Protocol
 import gymnasium as gym
 import numpy as np
 
-from .core import EpisodeTracker, Family, Task
+from .core import EpisodeTracker, Family, Task, checked_action
 from .rendering import MujocoRendering
 
 EE_POS = slice(0, 3)
@@ -235,7 +235,7 @@ class ArmTaskEnv(MujocoRendering, gym.Env):
                      "obstacle": self.obstacle.copy()}
 
     def step(self, action):
-        action = np.clip(np.asarray(action, dtype=np.float64).reshape(ACTION_DIM), -1.0, 1.0)
+        action = checked_action(action, ACTION_DIM)
         self.arm.move_ee(action)
         obs = self._obs()
         reward, info = self.tracker.step_info(obs, action)

@@ -4,6 +4,7 @@ by every CLI that builds an env (``compose.run``, ``skills.evaluate``)."""
 from __future__ import annotations
 
 import argparse
+import math
 from typing import Any
 
 
@@ -13,8 +14,8 @@ def workspace_origin(text: str) -> tuple[float, float, float]:
         values = tuple(float(v) for v in text.split(","))
     except ValueError:
         values = ()
-    if len(values) != 3:
-        raise argparse.ArgumentTypeError(f"expected X,Y,Z in metres (three numbers), got {text!r}")
+    if len(values) != 3 or not all(math.isfinite(v) for v in values):
+        raise argparse.ArgumentTypeError(f"expected X,Y,Z in metres (three finite numbers), got {text!r}")
     return values  # type: ignore[return-value]
 
 

@@ -105,6 +105,18 @@ class Task:
         return {k: np.asarray(fn(next_obs, action), bool) for k, fn in self.family.success_checks.items()}
 
 
+def checked_action(action, dim: int) -> np.ndarray:
+    """An action as the envs take it: ``dim`` finite numbers, clipped to ``[-1, 1]``. A wrong size or a
+    NaN/inf is refused with a clear error (a NaN would otherwise poison the state until reset)."""
+    a = np.asarray(action, dtype=np.float64)
+    if a.size != dim:
+        raise ValueError(f"action must have {dim} numbers, got shape {a.shape}")
+    a = a.reshape(dim)
+    if not np.all(np.isfinite(a)):
+        raise ValueError(f"action must be finite, got {a.tolist()}")
+    return np.clip(a, -1.0, 1.0)
+
+
 class EpisodeTracker:
     """Turns per-step checks into ``info`` for one episode: reward terms, success, history."""
 

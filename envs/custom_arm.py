@@ -171,7 +171,11 @@ class CustomArm:
         if workspace_origin is None:
             self.workspace_origin = home_ee
         else:
-            self.workspace_origin = np.asarray(workspace_origin, dtype=np.float64).reshape(3).copy()
+            origin = np.asarray(workspace_origin, dtype=np.float64)
+            if origin.size != 3 or not np.all(np.isfinite(origin)):
+                raise ValueError(f"workspace_origin must be three finite numbers (x, y, z, metres), "
+                                 f"got {workspace_origin!r}")
+            self.workspace_origin = origin.reshape(3).copy()
             q, residual = self._ik(home[self._qadr], self.workspace_origin, controller.solve_iterations)
             if residual > controller.reach_tolerance:
                 raise ValueError(f"the arm's end effector cannot reach workspace_origin="

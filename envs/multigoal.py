@@ -10,7 +10,7 @@ from __future__ import annotations
 import gymnasium as gym
 import numpy as np
 
-from .core import EpisodeTracker, Family, Task
+from .core import EpisodeTracker, Family, Task, checked_action
 
 GOALS = np.array([[5.0, 0.0], [-5.0, 0.0], [0.0, 5.0], [0.0, -5.0]])
 BOUND = 7.0  # positions are clipped to [-BOUND, BOUND]^2
@@ -81,7 +81,7 @@ class MultiGoalEnv(gym.Env):
         return self.position.astype(np.float32), {}
 
     def step(self, action):
-        action = np.clip(np.asarray(action, dtype=np.float64).reshape(2), -1.0, 1.0)
+        action = checked_action(action, 2)
         self.position = np.clip(self.position + action, -BOUND, BOUND)
         self.path.append(self.position.copy())
         obs = self.position.astype(np.float32)

@@ -31,7 +31,7 @@ import gymnasium as gym
 import mujoco
 import numpy as np
 
-from .core import EpisodeTracker, Family, Task
+from .core import EpisodeTracker, Family, Task, checked_action
 from .rendering import MujocoRendering
 
 JOINT_COS = slice(0, 3)
@@ -298,7 +298,7 @@ class PusherEnv(MujocoRendering, gym.Env):
         return self._observe(), {}
 
     def step(self, action):
-        action = np.clip(np.asarray(action, dtype=np.float64).reshape(ACTION_DIM), -1.0, 1.0)
+        action = checked_action(action, ACTION_DIM)
         self.data.ctrl[:] = self.layout.max_joint_speed * action
         mujoco.mj_step(self.model, self.data, nstep=self.layout.frame_skip)
         mujoco.mj_kinematics(self.model, self.data)  # positions of the final state, not the last substep's

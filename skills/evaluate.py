@@ -25,6 +25,7 @@ from envs.cli import add_arm_arguments, arm_kwargs
 from envs.core import UnknownNameError
 from envs.video import VideoWriter, draw_text, overlay_lines
 
+from .cli import positive_int
 from .diagnostics import ConvergenceConfig, convergence_report, format_report
 from .library import SkillError, atomic_write_text, update_manifest
 from .skill import load
@@ -114,15 +115,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("skill", help="skill name (newest version), name@vN, a skill directory, or 'random' "
                         "(uniform random actions; needs --task)")
     parser.add_argument("--task", help="task to run it on (default: the skill's own)")
-    parser.add_argument("--episodes", type=int, default=100, help="episodes (default: 100)")
+    parser.add_argument("--episodes", type=positive_int, default=100, help="episodes (default: 100)")
     parser.add_argument("--seed", type=int, default=EVAL_SEED, help=f"first episode seed (default: {EVAL_SEED})")
     parser.add_argument("--deterministic", action="store_true", help="act with the best of 32 sampled actions "
                         "under Q instead of one sampler draw (the max-ent policy)")
     parser.add_argument("--convergence", action="store_true", help="check the soft Q-function against Monte Carlo "
                         "soft returns and Bellman residuals; print and record them in the manifest")
-    parser.add_argument("--start-states", type=int, default=ConvergenceConfig.start_states,
+    parser.add_argument("--start-states", type=positive_int, default=ConvergenceConfig.start_states,
                         help=f"--convergence: start states (default {ConvergenceConfig.start_states})")
-    parser.add_argument("--rollouts", type=int, default=ConvergenceConfig.rollouts,
+    parser.add_argument("--rollouts", type=positive_int, default=ConvergenceConfig.rollouts,
                         help=f"--convergence: rollouts per start state (default {ConvergenceConfig.rollouts})")
     parser.add_argument("--render", nargs="?", const="auto", metavar="MP4",
                         help="write a video (default path: runs/eval/<skill>-<task>.mp4)")
@@ -143,6 +144,9 @@ def main(argv: list[str] | None = None) -> int:
     except (UnknownNameError, SkillError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except OSError as err:  # a full disk, a read-only output directory, a path that is a file
+        print(f"error: cannot write: {err}", file=sys.stderr)
+        return 1
     mode = ("uniform random actions" if m["skill"] == RANDOM else "deterministic: best of 32 sampled actions"
             if m["deterministic"] else "stochastic: sampler draws")
     print(f"{m['skill']} on {m['task']} ({m['episodes']} episodes from seed {m['seed']}, {mode}):")
@@ -160,7 +164,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.plot:
         print(f"plot: {plot_trajectories(args.skill, args.library, args.episodes, args.seed, args.deterministic, args.plot)}")
     if args.json:
-        atomic_write_text(args.json, json.dumps(m, indent=2))
+        try:
+            atomic_write_text(args.json, json.dumps(m, indent=2))
+        except OSError as err:
+            print(f"error: cannot write {args.json}: {err}", file=sys.stderr)
+            return 1
         print(f"wrote {args.json}")
     return 0
 
@@ -173,6 +181,9 @@ def convergence_main(args) -> int:
     except (UnknownNameError, SkillError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except OSError as err:  # a full disk, a read-only output directory, a path that is a file
+        print(f"error: cannot write: {err}", file=sys.stderr)
+        return 1
     print(f"{report['skill']}: convergence of the soft Q-function (gamma {report['gamma']}, alpha {report['alpha']})")
     print("\n".join("  " + line for line in format_report(report)))
     print(f"recorded in {report['skill']}/manifest.json under 'convergence'")

@@ -10,10 +10,12 @@ A skill is a directory::
         transitions.npz        <= 10k stored transitions (float32) for composition
         progress.csv           training log;  learning_curve.png  the curve
 
-Names resolve in the library (``trained/`` by default, or ``$COMPOSABLE_SKILLS_LIBRARY``):
-``"reach"`` is the newest *complete* version, ``"reach@v1"`` a given one, and a path is used as
-is. Training never overwrites: every run writes the next version. Saves are atomic (staged in
-a temporary directory, then renamed). Loading reads JSON, safetensors and ``npz`` with
+Names resolve in the library (``trained/`` by default, or ``$COMPOSABLE_SKILLS_LIBRARY``), never in
+the working directory: ``"reach"`` is the newest *complete* version, ``"reach@v1"`` a given one, and
+a path (``./x``, ``/x``, a ``Path``) is used as is. Training never overwrites: every run claims the
+next version when it starts (``skills.store``: safe under concurrent writers and crashes), and a
+complete version is never replaced. Saves are atomic (staged, fsynced, then renamed). The manifest
+is validated before use (``skills.manifest``). Loading reads JSON, safetensors and ``npz`` with
 ``allow_pickle=False``: it never executes code.
 """
 
@@ -24,7 +26,6 @@ import json
 import os
 import re
 import shutil
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,28 +38,39 @@ from safetensors.torch import load_file, save_file
 from envs.core import UnknownNameError
 
 from .agent import SoftQLearning, SQLConfig
+from .manifest import (
+    FORMAT,
+    FORMAT_VERSION,
+    MANIFEST,
+    NAME,
+    SKILL_FILES,
+    TRANSITIONS,
+    WEIGHTS,
+    CorruptSkillError,
+    Manifest,
+    SkillError,
+    UnsupportedFormatError,
+    implied_parameters,
+)
 from .stacked import q_network
+from .store import (
+    atomic_write_text,
+    claim_version,
+    is_claim_only,
+    publish_directory,
+    release_claim,
+    staging_directory,
+)
 
-FORMAT = "composable-skills/skill"
-FORMAT_VERSION = 1
-MANIFEST, WEIGHTS, TRANSITIONS = "manifest.json", "weights.safetensors", "transitions.npz"
+__all__ = ["CorruptSkillError", "SkillError", "StaleSkillError", "UnsupportedFormatError", "atomic_write_text",
+           "claim_version", "publish_directory", "release_claim", "staging_directory"]
+
 _VERSION_DIR = re.compile(r"^v(\d+)$")
-
-
-class SkillError(Exception):
-    """Base class of skill loading and saving errors."""
-
-
-class CorruptSkillError(SkillError):
-    """A skill directory is incomplete, truncated or fails its checksums."""
+MAX_MANIFEST_BYTES = 16 << 20  # a manifest is a few hundred KB at most
 
 
 class StaleSkillError(SkillError):
     """A saved composition whose constituents, resolved by the names it was made from, have changed."""
-
-
-class UnsupportedFormatError(SkillError):
-    """The manifest was written by a newer format version than this toolkit reads."""
 
 
 def default_library() -> Path:
@@ -88,82 +100,132 @@ class SkillEntry:
     name: str
     version: int
     path: Path
-    manifest: dict
+    manifest: dict  # the JSON object, validated (``info`` is its typed form)
+    info: Manifest
 
     @property
     def complete(self) -> bool:
-        return self.manifest.get("status") == "complete"
+        return self.info.complete
+
+
+def load_manifest(path: str | Path) -> Manifest:
+    """The validated manifest of a skill directory (``skills.manifest.Manifest``); files not verified
+    (``read_skill`` does that). Raises ``CorruptSkillError`` or ``UnsupportedFormatError``."""
+    file = Path(path) / MANIFEST
+    try:
+        if file.stat().st_size > MAX_MANIFEST_BYTES:
+            raise CorruptSkillError(f"{file}: {file.stat().st_size} bytes; a manifest is at most {MAX_MANIFEST_BYTES}")
+        raw = json.loads(file.read_text())
+    except FileNotFoundError as err:
+        raise CorruptSkillError(f"{path}: no {MANIFEST}; not a skill directory or an interrupted save") from err
+    except (ValueError, UnicodeDecodeError, RecursionError) as err:
+        raise CorruptSkillError(f"{file}: not valid JSON ({err}); the file is truncated or corrupt") from err
+    except OSError as err:
+        raise CorruptSkillError(f"{file}: cannot be read ({err})") from err
+    return Manifest.parse(raw, file)
 
 
 def _read_manifest(path: Path) -> dict:
-    file = path / MANIFEST
-    try:
-        manifest = json.loads(file.read_text())
-    except FileNotFoundError as err:
-        raise CorruptSkillError(f"{path}: no {MANIFEST}; not a skill directory or an interrupted save") from err
-    except (ValueError, UnicodeDecodeError) as err:
-        raise CorruptSkillError(f"{file}: not valid JSON ({err}); the file is truncated or corrupt") from err
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        raise CorruptSkillError(f"{file}: not a composable-skills manifest")
-    version = manifest.get("format_version")
-    if not isinstance(version, int) or version > FORMAT_VERSION:
-        raise UnsupportedFormatError(
-            f"{file}: skill format version {version!r} is newer than this toolkit reads "
-            f"(<= {FORMAT_VERSION}); upgrade composable-skills to load it")
-    return manifest
+    return load_manifest(path).raw
 
 
 def read_manifest(path: str | Path) -> dict:
-    """The manifest of a skill directory, format-checked (files not verified: ``read_skill`` does that)."""
+    """The manifest of a skill directory as validated JSON (``load_manifest`` gives the typed form)."""
     return _read_manifest(Path(path))
 
 
-def list_skills(library: str | Path | None = None) -> list[SkillEntry]:
-    """Every skill version in the library, sorted by name then version. Unreadable ones are skipped."""
-    root = Path(library) if library is not None else default_library()
+def _library_root(library: str | Path | None) -> Path:
+    return Path(library) if library is not None else default_library()
+
+
+def list_skills(library: str | Path | None = None, problems: list[str] | None = None) -> list[SkillEntry]:
+    """Every readable skill version in the library, sorted by name then version. Unreadable ones are left
+    out of the list and described in ``problems`` when it is given (runs still starting are not problems)."""
+    root = _library_root(library)
     entries = []
     if not root.is_dir():
         return entries
     for skill_dir in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
         for vdir in skill_dir.iterdir():
             match = _VERSION_DIR.match(vdir.name)
-            if match and vdir.is_dir():
-                try:
-                    entries.append(SkillEntry(skill_dir.name, int(match.group(1)), vdir, _read_manifest(vdir)))
-                except SkillError:
-                    continue
+            if not (match and vdir.is_dir()) or is_claim_only(vdir):
+                continue
+            try:
+                entries.append(_entry(skill_dir.name, int(match.group(1)), vdir))
+            except SkillError as err:
+                if problems is not None:
+                    problems.append(str(err))
     return sorted(entries, key=lambda e: (e.name, e.version))
 
 
-def resolve(name_or_path: str | Path, library: str | Path | None = None) -> Path:
-    """The directory of ``"name"`` (newest complete version), ``"name@vN"``, or a path."""
-    path = Path(name_or_path)
-    if path.is_dir() and (path / MANIFEST).exists():
+def _entry(name: str, version: int, path: Path) -> SkillEntry:
+    """A version directory's entry, checked to hold *this* skill (not a copy or a link to another)."""
+    info = load_manifest(path)
+    if info.name != name or info.version != version:
+        raise CorruptSkillError(f"{path} holds skill {info.name!r} v{info.version}, not {name!r} v{version}; "
+                                "load it by its path if that is intended")
+    return SkillEntry(name, version, path, info.raw, info)
+
+
+def is_path(name_or_path: str | Path) -> bool:
+    """A path is a ``Path``, or text with a directory separator or a leading '.' or '~'; anything else is a
+    name, resolved in the library only (never in the working directory)."""
+    if isinstance(name_or_path, Path):
+        return True
+    text = str(name_or_path)
+    return "/" in text or os.sep in text or text.startswith((".", "~"))
+
+
+def resolve(name_or_path: str | Path, library: str | Path | None = None, fallback: bool = False) -> Path:
+    """The directory of ``"name"`` (newest complete version), ``"name@vN"``, or a path.
+
+    A newer version that cannot be read (corrupt, or a newer format) is an error that names it and
+    the older versions, not a silent step back; ``fallback=True`` skips it knowingly. Versions still
+    training, or diverged, are skipped as before.
+    """
+    if is_path(name_or_path):
+        path = Path(name_or_path).expanduser()
+        if not (path / MANIFEST).is_file():
+            raise CorruptSkillError(f"{path}: not a skill directory (no {MANIFEST})")
         return path
     text = str(name_or_path)
     name, _, version = text.partition("@")
-    entries = [e for e in list_skills(library) if e.name == name]
-    if not entries:
+    root = _library_root(library)
+    versions = sorted(((int(m.group(1)), p) for p in (root / name).iterdir() if (m := _VERSION_DIR.match(p.name))
+                       and p.is_dir() and not is_claim_only(p)), reverse=True) \
+        if NAME.match(name) and (root / name).is_dir() else []
+    if not versions:
         available = sorted({e.name for e in list_skills(library)})
-        root = Path(library) if library is not None else default_library()
         raise UnknownNameError("skill", text, available, where=str(root))
     if version:
-        wanted = [e for e in entries if f"v{e.version}" == version]
+        wanted = [p for n, p in versions if f"v{n}" == version]
         if not wanted:
-            raise UnknownNameError(f"version of skill {name!r}", version, [f"v{e.version}" for e in entries])
-        return wanted[0].path
-    complete = [e for e in entries if e.complete]
-    if not complete:
-        raise SkillError(f"skill {name!r} has no complete version (training unfinished or diverged): "
-                         + ", ".join(f"{e.path} [{e.manifest.get('status')}]" for e in entries))
-    return complete[-1].path
+            raise UnknownNameError(f"version of skill {name!r}", version, [f"v{n}" for n, _ in reversed(versions)])
+        _entry(name, int(version[1:]), wanted[0])
+        return wanted[0]
+    skipped = []
+    for number, path in versions:
+        try:
+            entry = _entry(name, number, path)
+        except SkillError as err:
+            if fallback:
+                continue
+            older = ", ".join(f"v{n}" for n, _ in versions if n < number) or "none"
+            raise CorruptSkillError(f"the newest version of {name!r}, {path}, cannot be loaded: {err}. Older versions: "
+                                    f"{older}; load one as {name}@vN, repair or remove {path}, or pass "
+                                    "fallback=True to skip it") from err
+        if entry.complete:
+            return path
+        skipped.append(f"{path} [{entry.info.status}]")
+    raise SkillError(f"skill {name!r} has no complete version (training unfinished or diverged): " + ", ".join(skipped))
 
 
-def next_version_dir(name: str, library: str | Path | None = None) -> Path:
-    """``<library>/<name>/v<N+1>``: where a new training run of ``name`` goes."""
-    root = Path(library) if library is not None else default_library()
-    taken = [int(m.group(1)) for p in (root / name).glob("v*") if (m := _VERSION_DIR.match(p.name))]
-    return root / name / f"v{max(taken, default=0) + 1}"
+def claim_version_dir(name: str, library: str | Path | None = None) -> Path:
+    """Claim ``<library>/<name>/v<N+1>`` for a new run or save: created at once, atomically, so concurrent
+    writers of one name get different versions (``skills.store.claim_version``)."""
+    if not NAME.match(name):
+        raise ValueError(f"invalid skill name {name!r}: letters, digits, '_', '.', '+', '-'; no '/' or '@'")
+    return claim_version(_library_root(library) / name)
 
 
 # ---- writing --------------------------------------------------------------------------------
@@ -224,43 +286,6 @@ def write_skill(path: Path, agent: SoftQLearning, manifest: dict, transitions: d
     return publish_directory(stage, path)
 
 
-def staging_directory(path: Path) -> Path:
-    """A fresh, empty hidden directory beside ``path`` to write into before ``publish_directory``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    stage = path.parent / f".{path.name}.tmp-{os.getpid()}"
-    shutil.rmtree(stage, ignore_errors=True)
-    stage.mkdir()
-    return stage
-
-
-def publish_directory(stage: Path, path: Path) -> Path:
-    """Make a fully written ``stage`` directory appear at ``path`` (fsync, then rename swap)."""
-    for file in stage.iterdir():
-        with open(file, "rb") as f:
-            os.fsync(f.fileno())
-    if path.exists():
-        retired = path.parent / f".{path.name}.old-{os.getpid()}-{time.monotonic_ns()}"
-        os.rename(path, retired)
-        os.rename(stage, path)
-        shutil.rmtree(retired, ignore_errors=True)
-    else:
-        os.rename(stage, path)
-    return path
-
-
-def atomic_write_text(path: str | Path, text: str) -> Path:
-    """Write ``text`` to ``path`` atomically: a temporary file beside it, fsynced, then renamed."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    return path
-
-
 def update_manifest(path: Path, **fields) -> dict:
     """Set ``fields`` in a skill's manifest (atomic replace); the checksummed files are untouched."""
     manifest = _read_manifest(Path(path)) | fields
@@ -269,8 +294,9 @@ def update_manifest(path: Path, **fields) -> dict:
 
 
 # ---- reading --------------------------------------------------------------------------------
-def _check_files(path: Path, manifest: dict) -> None:
-    for name, digest in manifest.get("files", {}).items():
+def _check_files(path: Path, manifest: Manifest) -> None:
+    for name in SKILL_FILES:  # the manifest's file names were checked to be exactly these
+        digest = manifest.files[name]
         file = path / name
         if not file.exists():
             raise CorruptSkillError(f"{path}: {name} is missing")
@@ -279,38 +305,45 @@ def _check_files(path: Path, manifest: dict) -> None:
 
 
 def read_skill(path: str | Path, device: str | torch.device = "cpu") -> tuple[SoftQLearning, dict, dict[str, np.ndarray]]:
-    """Agent (with optimizer state), manifest and stored transitions of a skill directory."""
+    """Agent (with optimizer state), manifest (validated JSON) and stored transitions of a skill directory.
+
+    Order of checks: the manifest's fields, the files' checksums, the network sizes the manifest asks for
+    against what the weight file holds (nothing is allocated beyond the file), then finite weights.
+    """
     path = Path(path)
-    manifest = _read_manifest(path)
-    _check_files(path, manifest)
+    info = load_manifest(path)
+    _check_files(path, info)
+    implied = implied_parameters(info)
+    held = (path / WEIGHTS).stat().st_size // 4
+    if implied > held:
+        raise CorruptSkillError(f"{path / MANIFEST}: its networks (hidden {info.hyperparameters.get('hidden')}) need "
+                                f"{implied} numbers, but {WEIGHTS} holds at most {held}")
     try:
         tensors = load_file(str(path / WEIGHTS))
         with np.load(path / TRANSITIONS, allow_pickle=False) as data:
             transitions = {k: data[k] for k in data.files}
     except (SafetensorError, OSError, ValueError) as err:
         raise CorruptSkillError(f"{path}: cannot read weights or transitions ({err})") from err
+    bad = [k for k, v in tensors.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise CorruptSkillError(f"{path / WEIGHTS}: non-finite values in {bad[:4]}{' ...' if len(bad) > 4 else ''}")
     try:
-        config = SQLConfig.from_dict(manifest["hyperparameters"])
-        obs_dim = int(manifest["observation_space"]["shape"][0])
-        act_dim = int(manifest["action_space"]["shape"][0])
+        config = SQLConfig.from_dict(info.hyperparameters)
+        q = q_network(info.architecture, info.obs_dim, info.act_dim, config.hidden,
+                      torch.full((info.obs_dim,), float(config.obs_scale)))
     except (KeyError, TypeError, ValueError) as err:
-        raise CorruptSkillError(f"{path / MANIFEST}: missing or malformed field ({err})") from err
-    try:
-        q = q_network(manifest.get("architecture", {}), obs_dim, act_dim, config.hidden,
-                      torch.full((obs_dim,), float(config.obs_scale)))
-    except (KeyError, TypeError, ValueError) as err:
-        raise CorruptSkillError(f"{path / MANIFEST}: malformed architecture record ({err})") from err
-    agent = SoftQLearning(obs_dim, act_dim, config, device=device, q=q)
+        raise CorruptSkillError(f"{path / MANIFEST}: malformed hyperparameters or architecture ({err})") from err
+    agent = SoftQLearning(info.obs_dim, info.act_dim, config, device=device, q=q)
     try:
         for prefix, module in (("q", agent.q), ("q_target", agent.q_target), ("sampler", agent.sampler)):
             state = {k[len(prefix) + 1:]: v for k, v in tensors.items() if k.startswith(prefix + ".")}
             module.load_state_dict(state, strict=True)
         _load_optimizer("q", agent.q_optimizer, tensors)
         _load_optimizer("sampler", agent.sampler_optimizer, tensors)
-    except (RuntimeError, KeyError, ValueError) as err:
+    except (RuntimeError, KeyError, ValueError, IndexError) as err:
         raise CorruptSkillError(f"{path / WEIGHTS}: weights do not match the manifest's architecture ({err})") from err
-    agent.updates = int(manifest.get("updates", 0))
-    return agent, manifest, transitions
+    agent.updates = info.updates
+    return agent, info.raw, transitions
 
 
 def stale_constituents(path: str | Path, manifest: dict) -> list[str]:

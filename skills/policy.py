@@ -22,6 +22,17 @@ def as_tensor(x: ArrayLike, device: torch.device | str = "cpu") -> torch.Tensor:
         np.asarray(x, np.float32), device=device)
 
 
+def checked(x: ArrayLike, dim: int, what: str = "observation", device: torch.device | str = "cpu") -> torch.Tensor:
+    """``as_tensor(x)`` after checking that its last axis has ``dim`` entries and every entry is finite:
+    [..., dim]. A clear ``ValueError`` otherwise, instead of a silent reshape or NaN actions."""
+    t = as_tensor(x, device)
+    if t.dim() == 0 or t.shape[-1] != dim:
+        raise ValueError(f"{what} must have shape [{dim}] or [batch, {dim}], got {list(t.shape)}")
+    if not bool(torch.isfinite(t).all()):
+        raise ValueError(f"{what} must be finite; got NaN or inf in {what}s of shape {list(t.shape)}")
+    return t
+
+
 def like(value: torch.Tensor, template: ArrayLike) -> ArrayLike:
     """``value`` as the caller passed ``template``: a tensor for torch input, numpy otherwise."""
     return value if isinstance(template, torch.Tensor) else value.detach().cpu().numpy()

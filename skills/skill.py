@@ -13,7 +13,7 @@ import envs
 
 from .agent import SoftQLearning
 from .library import check_fresh, read_skill, resolve
-from .policy import ArrayLike, as_tensor, like, value_in_chunks
+from .policy import ArrayLike, checked, like, value_in_chunks
 
 class Skill:
     """A trained maximum-entropy skill. Numpy in, numpy out; torch in, torch out (no gradient)."""
@@ -38,18 +38,19 @@ class Skill:
     @torch.no_grad()
     def q(self, obs: ArrayLike, act: ArrayLike) -> ArrayLike:
         """Soft Q-values: obs [..., obs_dim], act [..., act_dim] (broadcast) -> [...]."""
-        return like(self.agent.q(as_tensor(obs, self.device), as_tensor(act, self.device)), act)
+        return like(self.agent.q(checked(obs, self.obs_dim, device=self.device),
+                                 checked(act, self.act_dim, "action", self.device)), act)
 
     @torch.no_grad()
     def sample(self, obs: ArrayLike, n: int) -> ArrayLike:
         """``n`` actions per state from the sampler: obs [B, obs_dim] -> [B, n, act_dim]."""
-        o = as_tensor(obs, self.device)
+        o = checked(obs, self.obs_dim, device=self.device)
         return like(self.agent.sampler.sample(o.reshape(-1, self.obs_dim), n), obs)
 
     def act(self, obs: ArrayLike, deterministic: bool = False) -> np.ndarray:
         """An action for one state [obs_dim] (or a batch); see ``SoftQLearning.act``."""
-        obs = obs.cpu().numpy() if isinstance(obs, torch.Tensor) else obs
-        return self.agent.act(obs, deterministic)
+        o = checked(obs, self.obs_dim).numpy()
+        return self.agent.act(o, deterministic)
 
     @torch.no_grad()
     def value(self, obs: ArrayLike, n_samples: int = 1024, generator: torch.Generator | None = None,
@@ -60,7 +61,7 @@ class Skill:
         actions plus a uniform share, which is unbiased and about 64x more sample-efficient than
         ``"uniform"`` on peaked Q-functions (tests/test_sql.py); 1024 samples by default.
         """
-        o = as_tensor(obs, self.device).reshape(-1, self.obs_dim)
+        o = checked(obs, self.obs_dim, device=self.device).reshape(-1, self.obs_dim)
         v = value_in_chunks(lambda chunk: self.agent.soft_value(self.agent.q, chunk, n_samples, generator, proposal),
                             o, n_samples)
         return like(v, obs)

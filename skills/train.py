@@ -15,6 +15,7 @@ import envs
 from envs.core import UnknownNameError
 
 from .agent import TrainingDiverged
+from .cli import positive_int
 from .defaults import sql_config, train_config
 from .diagnostics import format_report
 from .library import SkillError
@@ -26,7 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m skills.train", description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("task", help=f"task to train: {', '.join(envs.TASKS)}")
-    parser.add_argument("--steps", type=int, help="environment steps (default: tuned per task)")
+    parser.add_argument("--steps", type=positive_int, help="environment steps (default: tuned per task)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     parser.add_argument("--alpha", type=float, help="temperature (default: tuned per task family; "
                         "skills you want to compose must share it)")
@@ -34,9 +35,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "$COMPOSABLE_SKILLS_LIBRARY)")
     parser.add_argument("--resume", metavar="SKILL", help="continue training a saved skill (name, "
                         "name@vN or path); the result is saved as a new version")
-    parser.add_argument("--eval-interval", type=int, help="evaluate and checkpoint every N steps")
-    parser.add_argument("--eval-episodes", type=int, help="episodes per periodic evaluation")
-    parser.add_argument("--final-eval-episodes", type=int, help="episodes of the final evaluation (default 100)")
+    parser.add_argument("--eval-interval", type=positive_int, help="evaluate and checkpoint every N steps")
+    parser.add_argument("--eval-episodes", type=positive_int, help="episodes per periodic evaluation")
+    parser.add_argument("--final-eval-episodes", type=positive_int, help="episodes of the final evaluation (default 100)")
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default: cpu)")
     parser.add_argument("--no-overlap", action="store_true", help="step the env and update in sequence "
                         "(default: the env steps in a child process while the update runs; same results)")
@@ -80,6 +81,9 @@ def run_training(make_trainer: Callable[[], Trainer], headline: Callable[[Traine
     except TrainingDiverged as err:
         print(f"error: training diverged: {err}", file=sys.stderr)
         return 3
+    except OSError as err:  # a full disk, a read-only library, an --out that is a file
+        print(f"error: cannot write the skill: {err}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         kept = f"its last checkpoint is in {trainer.path} (status 'training')" \
             if trainer is not None and trainer.path.exists() else "no checkpoint had been written yet"

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import csv
+import os
 import random
 import signal
+import socket
 import sys
 import threading
 import time
@@ -24,7 +26,15 @@ from .agent import SoftQLearning, SQLConfig, TrainingDiverged, torch_device
 from .buffer import ReplayBuffer
 from .diagnostics import ConvergenceConfig, convergence_report, value_bound_violation
 from .evaluation import run_episodes
-from .library import library_versions, next_version_dir, read_skill, space_record, update_manifest, write_skill
+from .library import (
+    claim_version_dir,
+    library_versions,
+    read_skill,
+    release_claim,
+    space_record,
+    update_manifest,
+    write_skill,
+)
 from .plots import plot_convergence, plot_learning_curve
 from .progress import progress_bar
 
@@ -49,6 +59,14 @@ class TrainConfig:
     progress: bool = True  # show a progress bar
     value_check_interval: int = 1000  # check soft values against their analytic bounds every N steps (0: never)
     convergence: bool = True  # final report: Monte Carlo soft returns and Bellman residuals (skills.diagnostics)
+
+    def __post_init__(self) -> None:
+        small = {k: getattr(self, k) for k in ("steps", "eval_interval", "eval_episodes", "final_eval_episodes", "threads")
+                 if not (isinstance(getattr(self, k), int) and getattr(self, k) >= 1)}
+        if small or self.value_check_interval < 0:
+            small |= {"value_check_interval": self.value_check_interval} if self.value_check_interval < 0 else {}
+            raise ValueError(f"TrainConfig: {', '.join(f'{k}={v!r}' for k, v in small.items())}: steps, intervals, "
+                             "episodes and threads must be whole numbers >= 1 (value_check_interval >= 0)")
 
 
 EVAL_SEED = 10_000
@@ -141,7 +159,6 @@ class Trainer:
         self.library = out
         resumed = self._read_resume(resume) if resume is not None else None
         self.name = name or (resumed[1]["name"] if resumed else self.task.name)
-        self.path = next_version_dir(self.name, out)
         self.resumed_from = str(resume) if resume is not None else None
         self.provenance = dict(provenance or {})
         seed_everything(run.seed)
@@ -165,6 +182,11 @@ class Trainer:
         if transitions is not None:
             self.buffer.add_many(transitions)
         self.history: list[dict] = []
+        try:
+            self.path = claim_version_dir(self.name, out)  # last: nothing after it can fail and leave the claim behind
+        except BaseException:
+            self.close()
+            raise
         self.log_path = self.path.parent / f".{self.path.name}.progress.csv"
         self.steps_done = 0  # environment steps taken by this run (``step``)
         self.losses: dict[str, torch.Tensor] = {}
@@ -267,6 +289,7 @@ class Trainer:
                            "final": "both: 'stochastic' samples the sampler; 'deterministic' takes the "
                                     "highest-Q of 32 sampler actions"},
             "history": self.history, "resumed_from": self.resumed_from, **self.provenance,
+            **({"owner": {"host": socket.gethostname(), "pid": os.getpid()}} if status == "training" else {}),
             **({"convergence": self.convergence_record} if self.convergence_record is not None else {}),
             "library_versions": library_versions(), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
@@ -289,7 +312,15 @@ class Trainer:
                     file.unlink(missing_ok=True)
 
     def train(self) -> TrainResult:
-        """Run, evaluating and checkpointing every ``eval_interval`` steps."""
+        """Run, evaluating and checkpointing every ``eval_interval`` steps. A run that ends by an exception
+        before its first checkpoint gives its claimed version back."""
+        try:
+            return self._train()
+        except BaseException:
+            release_claim(self.path)
+            raise
+
+    def _train(self) -> TrainResult:
         run = self.run
         writer = _tensorboard(Path("runs") / "tensorboard" / f"{self.name}-{self.path.name}")
         start = time.perf_counter()
@@ -350,9 +381,10 @@ class Trainer:
                             self.checkpoint("training", total, row["wall_time_s"], metrics)
             except TrainingDiverged as err:
                 bar.close()
+                checkpointed = (self.path / "manifest.json").exists()
                 kept = f"the last good checkpoint is {self.path} ({self.history[-1]['env_steps']} steps)" \
-                    if self.path.exists() else "no checkpoint had been written yet"
-                if self.path.exists():
+                    if checkpointed else "no checkpoint had been written yet"
+                if checkpointed:
                     update_manifest(self.path, status="diverged", error=str(err))
                 raise TrainingDiverged(f"{err}. Training stopped; {kept}.") from err
             finally:
