@@ -16,7 +16,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from skills.library import WEIGHTS, CorruptSkillError, default_library, sha256_file
+from skills.library import CorruptSkillError, default_library, sha256_file
 from skills.store import publish_directory, staging_directory
 
 from .composition import Composition
@@ -30,7 +30,7 @@ def cache_key(composition: Composition, settings: dict) -> str:
     """Hash of the constituents' weights, the composition weights and ``settings``."""
     record = {
         "format": CACHE_FORMAT_VERSION,
-        "skills": [p.manifest["files"]["weights.safetensors"] for p in composition.parts],
+        "skills": [p.info.weights_sha256 for p in composition.parts],
         "weights": [round(float(w), 12) for w in composition.weights],
         "settings": settings,
     }
@@ -44,7 +44,7 @@ def cache_path(composition: Composition, settings: dict, library: str | Path | N
 
 
 def constituent_checksums(composition: Composition) -> list[str]:
-    return [p.manifest["files"][WEIGHTS] for p in composition.parts]
+    return [p.info.weights_sha256 for p in composition.parts]
 
 
 def load_cached(path: Path, modules: dict[str, torch.nn.Module], composition: Composition | None = None) -> dict | None:

@@ -46,11 +46,10 @@ def check_compatible(parts: Sequence[skills.Skill]) -> None:
         raise IncompatibleSkillsError(f"{', '.join(nested)}: already composed (Q = sum_i w_i Q_i + R); compose the "
                                       "skills it was made from instead (its manifest's composed_from or adapted_from)")
     fields = {
-        "task family": lambda s: s.manifest["family"],
-        "observation space shape": lambda s: tuple(s.manifest["observation_space"]["shape"]),
-        "action space shape": lambda s: tuple(s.manifest["action_space"]["shape"]),
-        "action space bounds": lambda s: (tuple(s.manifest["action_space"].get("low", ())),
-                                          tuple(s.manifest["action_space"].get("high", ()))),
+        "task family": lambda s: s.info.family,
+        "observation space shape": lambda s: s.info.observation_space.shape,
+        "action space shape": lambda s: s.info.action_space.shape,
+        "action space bounds": lambda s: (s.info.action_space.low, s.info.action_space.high),
         "gamma": lambda s: s.gamma,
         "alpha": lambda s: s.alpha,
     }

@@ -194,10 +194,10 @@ def evaluate_policies(*, composition: Composition, composed: ComposedPolicy, joi
     rows = {"composed": evaluate_row("composed", composed, make_env, episodes, seed, deterministic, 0, build_time, pairs)}
     if joint is not None:
         rows["joint"] = evaluate_row("joint", joint, make_env, episodes, seed, deterministic,
-                                     joint.manifest["env_steps"], joint.manifest["wall_time_s"])
+                                     joint.info.env_steps, joint.info.wall_time_s)
     for label, part in zip(composition.labels, composition.parts):
         rows[label] = evaluate_row(label, part, make_env, episodes, seed, deterministic,
-                                   part.manifest["env_steps"], part.manifest["wall_time_s"])
+                                   part.info.env_steps, part.info.wall_time_s)
     return rows, pairs
 
 

@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as err:  # a full disk, a read-only library or output directory, a path that is a file
         print(f"error: cannot write: {err}", file=sys.stderr)
         return 1
-    made_from = ", ".join(f"{p.name} v{p.manifest.get('version')}" for p in composition.parts)
+    made_from = ", ".join(f"{p.name} v{p.info.version}" for p in composition.parts)
     print(f"saved {path}  (composed from {made_from}; load it with skills.load or compose.load by that name)")
     return 0
 

@@ -22,13 +22,12 @@ import skills
 from skills.agent import SoftQLearning, SQLConfig
 from skills.backprop import linear_layers
 from skills.library import (
-    WEIGHTS,
     CorruptSkillError,
     check_fresh,
     claim_version_dir,
     default_library,
     library_versions,
-    read_manifest,
+    load_manifest,
     read_skill,
     release_claim,
     write_skill,
@@ -76,8 +75,7 @@ def composed_agent(composition: Composition, seed: int = 0, config: SQLConfig | 
 
 def provenance(composition: Composition, library: Path) -> dict:
     """What a composition was made from: each constituent as asked for and as resolved, and the weights."""
-    constituents = [{"spec": label, "name": p.name, "version": p.manifest.get("version"),
-                     "weights_sha256": p.manifest["files"][WEIGHTS]}
+    constituents = [{"spec": label, "name": p.name, "version": p.info.version, "weights_sha256": p.info.weights_sha256}
                     for label, p in zip(composition.labels, composition.parts)]
     own = Path(composition.library) if composition.library is not None else default_library()
     return {"constituents": constituents, "weights": composition.weights.tolist(),
@@ -97,7 +95,7 @@ def save(composition: Composition, name: str | None = None, library: str | Path 
         composition.build(progress=progress)
     agent = composed_agent(composition, composition.seed)
     path = claim_version_dir(name, root)
-    first = composition.parts[0].manifest
+    first = composition.parts[0].manifest  # spaces are copied as recorded
     manifest = {
         "name": name, "version": int(path.name[1:]), "status": "complete",
         "task": composition.task.name, "task_kwargs": {}, "family": first["family"],
@@ -124,7 +122,7 @@ def saved_entry(spec: str, library: str | None) -> Path | None:
     except (skills.SkillError, envs.UnknownNameError):
         return None
     try:
-        return path if "composed_from" in read_manifest(path) else None
+        return path if load_manifest(path).composed_from is not None else None
     except skills.SkillError:
         return None
 
@@ -135,16 +133,16 @@ def reopen(path: Path, library: str | None = None, seed: int = 0, allow_stale: b
     agent, manifest, _ = read_skill(path)
     if not allow_stale:
         check_fresh(path, manifest)
-    record = manifest["composed_from"]
-    own = Path(record["library"]) if record.get("library") else path.resolve().parent.parent
+    record = load_manifest(path).composed_from
+    own = Path(record.library) if record.library else path.resolve().parent.parent
     parts = []
-    for part in record["constituents"]:
-        skill = skills.load(f"{part['name']}@v{part['version']}", own)
-        if skill.manifest["files"][WEIGHTS] != part["weights_sha256"]:
+    for part in record.constituents:
+        skill = skills.load(f"{part.name}@v{part.version}", own)
+        if skill.info.weights_sha256 != part.weights_sha256:
             raise CorruptSkillError(f"{skill.path}: its weights are not those {path} was composed from "
-                                    f"({skill.manifest['files'][WEIGHTS][:12]} against {part['weights_sha256'][:12]})")
+                                    f"({skill.info.weights_sha256[:12]} against {part.weights_sha256[:12]})")
         parts.append(skill)
-    composition = Composition(parts, record["weights"], labels=[p["spec"] for p in record["constituents"]],
+    composition = Composition(parts, list(record.weights), labels=[p.spec for p in record.constituents],
                               library=library if library is not None else str(own), seed=seed)
     composition._policy = ComposedPolicy(composition, agent.sampler, seed)
     composition.saved = path

@@ -60,8 +60,8 @@ def evaluate_skill(skill_name: str, task: str | None = None, episodes: int = 100
     torch.manual_seed(seed)  # sampler draws come from torch's global generator
     skill = load(skill_name, library)
     task_name = task or skill.task
-    if envs.get_task(task_name).family.name != skill.manifest["family"]:
-        raise ValueError(f"skill {skill.name!r} is for the {skill.manifest['family']!r} family; "
+    if envs.get_task(task_name).family.name != skill.info.family:
+        raise ValueError(f"skill {skill.name!r} is for the {skill.info.family!r} family; "
                          f"task {task_name!r} is not in it")
     env = envs.make(task_name, render_mode="rgb_array" if render else None, **(env_kwargs or {}))
     video = VideoWriter(render, env.metadata.get("render_fps", 25)) if render else None
@@ -101,7 +101,7 @@ def plot_trajectories(skill_name: str, library: str | None, episodes: int, seed:
 
     torch.manual_seed(seed)
     skill = load(skill_name, library)
-    if skill.manifest["family"] != "multigoal":
+    if skill.info.family != "multigoal":
         raise ValueError("--plot draws multigoal trajectories; this skill is not a multigoal skill")
     paths, goals = multigoal_rollouts(lambda o: skill.act(o, deterministic), episodes, seed)
     mode = "best of 32 samples" if deterministic else "sampled actions"

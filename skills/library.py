@@ -346,29 +346,30 @@ def read_skill(path: str | Path, device: str | torch.device = "cpu") -> tuple[So
     return agent, info.raw, transitions
 
 
-def stale_constituents(path: str | Path, manifest: dict) -> list[str]:
-    """Why a saved composition (``manifest["composed_from"]``) no longer matches what its constituents'
+def stale_constituents(path: str | Path, manifest: dict | Manifest) -> list[str]:
+    """Why a saved composition (its manifest's ``composed_from``) no longer matches what its constituents'
     names resolve to today; ``[]`` when it does, or when the skill is not a saved composition.
 
     A composition is made from names (``"reach"`` is the newest complete version); retraining a
     constituent publishes a new version, and the saved ``Q_w`` then no longer composes what the name
     means. Pinned names (``"reach@v1"``) never go stale.
     """
-    record = manifest.get("composed_from")
-    if not record:
+    info = manifest if isinstance(manifest, Manifest) else Manifest.parse(manifest, Path(path) / MANIFEST)
+    record = info.composed_from
+    if record is None:
         return []
-    library = Path(record["library"]) if record.get("library") else Path(path).resolve().parent.parent
+    library = Path(record.library) if record.library else Path(path).resolve().parent.parent
     problems = []
-    for part in record["constituents"]:
+    for part in record.constituents:
         try:
-            now = resolve(part["spec"], library)
-            digest = _read_manifest(now)["files"][WEIGHTS]
-        except (SkillError, KeyError) as err:
-            problems.append(f"{part['spec']!r} cannot be checked in {library}: {err}")
+            now = resolve(part.spec, library)
+            digest = load_manifest(now).weights_sha256
+        except SkillError as err:
+            problems.append(f"{part.spec!r} cannot be checked in {library}: {err}")
             continue
-        if digest != part["weights_sha256"]:
-            problems.append(f"{part['spec']!r} now resolves to {now} (weights {digest[:12]}), not to "
-                            f"{part['name']} v{part['version']} (weights {part['weights_sha256'][:12]}) it was composed from")
+        if digest != part.weights_sha256:
+            problems.append(f"{part.spec!r} now resolves to {now} (weights {digest[:12]}), not to "
+                            f"{part.name} v{part.version} (weights {part.weights_sha256[:12]}) it was composed from")
     return problems
 
 
@@ -376,7 +377,7 @@ def check_fresh(path: str | Path, manifest: dict) -> None:
     """Raise ``StaleSkillError`` when ``stale_constituents`` finds anything."""
     problems = stale_constituents(path, manifest)
     if problems:
-        specs = "+".join(p["spec"] for p in manifest["composed_from"]["constituents"])
+        specs = "+".join(p["spec"] for p in manifest["composed_from"]["constituents"])  # validated above
         raise StaleSkillError(f"saved composition {path} is stale: " + "; ".join(problems)
                               + f". Compose again (compose.load({specs!r}).save()), or pass allow_stale=True "
                                 "to use the old one knowingly")

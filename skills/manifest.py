@@ -87,6 +87,7 @@ class Manifest:
     env_steps: int
     updates: int
     files: dict[str, str]
+    wall_time_s: float | None = None
     composed_from: ComposedFrom | None = None
     adapted_from: ComposedFrom | None = None
     raw: dict = field(default_factory=dict, repr=False, compare=False)
@@ -106,6 +107,13 @@ class Manifest:
     @property
     def weights_sha256(self) -> str:
         return self.files[WEIGHTS]
+
+    @classmethod
+    def draft(cls, raw: dict, where: Path | str = "manifest being written") -> "Manifest":
+        """The typed form of a manifest not yet saved (no ``format`` or ``files``), e.g. a training run's."""
+        stamped = {"format": FORMAT, "format_version": FORMAT_VERSION, **raw,
+                   "files": raw.get("files") or {name: "0" * 64 for name in SKILL_FILES}}
+        return cls.parse(stamped, where)
 
     @classmethod
     def parse(cls, raw: Any, where: Path | str) -> "Manifest":
@@ -140,6 +148,7 @@ class Manifest:
             architecture=check.mapping(raw, "architecture", default={}), hyperparameters=hyper,
             seed=check.integer(raw, "seed", low=None, optional=True), env_steps=check.integer(raw, "env_steps", low=0),
             updates=check.integer(raw, "updates", low=0, default=0), files=dict(files),
+            wall_time_s=check.number(raw, "wall_time_s", low=0.0, high=math.inf) if "wall_time_s" in raw else None,
             composed_from=check.provenance(raw, "composed_from"), adapted_from=check.provenance(raw, "adapted_from"),
             raw=raw)
 

@@ -13,23 +13,23 @@ import envs
 
 from .agent import SoftQLearning
 from .library import check_fresh, read_skill, resolve
+from .manifest import Manifest
 from .policy import ArrayLike, checked, like, value_in_chunks
 
 class Skill:
     """A trained maximum-entropy skill. Numpy in, numpy out; torch in, torch out (no gradient)."""
 
     def __init__(self, agent: SoftQLearning, manifest: dict, transitions: dict[str, np.ndarray], path: Path):
+        """``manifest``: the JSON object (kept as ``manifest``); its typed, validated form is ``info``."""
         self.agent, self.manifest, self.transitions, self.path = agent, manifest, transitions, path
-        self.name: str = manifest["name"]
-        self.task: str = manifest["task"]
-        self.alpha: float = float(manifest["alpha"])
-        self.gamma: float = float(manifest["gamma"])
-        self.obs_dim = int(manifest["observation_space"]["shape"][0])
-        self.act_dim = int(manifest["action_space"]["shape"][0])
+        self.info = Manifest.parse(manifest, path) if "files" in manifest else Manifest.draft(manifest, path)
+        self.name, self.task = self.info.name, self.info.task
+        self.alpha, self.gamma = self.info.alpha, self.info.gamma
+        self.obs_dim, self.act_dim = self.info.obs_dim, self.info.act_dim
 
     def __repr__(self) -> str:
-        return (f"Skill({self.name!r} v{self.manifest.get('version')}, task={self.task!r}, alpha={self.alpha}, "
-                f"steps={self.manifest.get('env_steps')}, path={str(self.path)!r})")
+        return (f"Skill({self.name!r} v{self.info.version}, task={self.task!r}, alpha={self.alpha}, "
+                f"steps={self.info.env_steps}, path={str(self.path)!r})")
 
     @property
     def device(self) -> torch.device:
@@ -68,7 +68,7 @@ class Skill:
 
     def make_env(self, **kwargs: Any) -> gym.Env:
         """The skill's own task (kwargs such as ``arm=``, ``render_mode=`` go to ``envs.make``)."""
-        return envs.make(self.task, **{**self.manifest.get("task_kwargs", {}), **kwargs})
+        return envs.make(self.task, **{**self.info.task_kwargs, **kwargs})
 
 
 def load(name_or_path: str | Path, library: str | Path | None = None, device: str = "cpu",

@@ -35,6 +35,7 @@ from .library import (
     update_manifest,
     write_skill,
 )
+from .manifest import Manifest
 from .plots import plot_convergence, plot_learning_curve
 from .progress import progress_bar
 
@@ -176,7 +177,7 @@ class Trainer:
         self.start_steps = 0
         if resumed is not None:
             self.agent, manifest, stored = resumed
-            self.start_steps = int(manifest["env_steps"])
+            self.start_steps = Manifest.parse(manifest, resume).env_steps
             self.buffer.add_many(stored)
             self.provenance = {k: manifest[k] for k in PROVENANCE if k in manifest} | self.provenance
         if transitions is not None:
@@ -240,7 +241,7 @@ class Trainer:
         from .library import resolve
 
         agent, manifest, transitions = read_skill(resolve(source, self.library), device=self.run.device)
-        if manifest["task"] != self.task.name:
+        if manifest["task"] != self.task.name:  # read_skill validated the manifest (skills.manifest)
             raise ValueError(f"cannot resume {manifest['task']!r} skill as task {self.task.name!r}")
         return agent, manifest, transitions
 

@@ -122,7 +122,9 @@ def test_incompatible_skills_are_refused_with_the_mismatch_shown(library):
     with pytest.raises(IncompatibleSkillsError, match=r"alpha \(multigoal: 10.0, multigoal: 0.5\)"):
         Composition([a, b])
     b.alpha = a.alpha
-    b.manifest = dict(b.manifest, observation_space={"shape": [5], "dtype": "float32"})
+    from skills.manifest import Space
+
+    b.info = replace(b.info, observation_space=Space((5,), "float32"))
     with pytest.raises(IncompatibleSkillsError, match=r"observation space shape .*\(2,\).*\(5,\)"):
         Composition([a, b])
 
