@@ -17,6 +17,7 @@ import sys
 import time
 from dataclasses import replace
 from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -79,14 +80,15 @@ def composed_policy(composition: Composition, built: Built, kind: str, seed: int
     return ComposedPolicy(composition, built.sampler, seed, particles)
 
 
-def find_joint(composition: Composition, library: str | None) -> tuple[skills.Skill | None, str]:
-    """The jointly trained skill for the combined task, or why there is none."""
+def find_joint(composition: Composition, library: str | None, joint: str | None = None) -> tuple[skills.Skill | None, str]:
+    """The jointly trained skill for the combined task (``joint``: a given one, e.g. ``"reach+avoid@v3"``), or
+    why there is none."""
     name = composition.task.name
     if composition.task.name not in envs.TASKS:
         return None, (f"no jointly trained reference: the combined task {name!r} is not a registered task "
                       f"(registered combinations, such as reach+avoid with equal weights, have one)")
     try:
-        joint = skills.load(name, library)
+        joint = skills.load(joint or name, library)
     except (UnknownNameError, SkillError):
         return None, f"no jointly trained {name!r} skill in the library; train one with: python -m skills.train {name}"
     try:
@@ -259,15 +261,15 @@ def q_slices_figure(*, composition: Composition, built: Built, joint: skills.Ski
                   f"(other action dims 0); dots: composed sampler", samples.numpy())
 
 
-def run(spec: str, *, weights: list[float] | None = None, sampler: str = "amortized", episodes: int = 100,
+def run(spec: str | Sequence[str], *, weights: list[float] | None = None, sampler: str = "amortized", episodes: int = 100,
         seed: int = EVAL_SEED, render: bool = False, out: str | Path | None = None, library: str | None = None,
         deterministic: bool = False, env_kwargs: dict[str, Any] | None = None, progress: bool = True,
         sampler_cfg: SamplerConfig | None = None, bound_cfg: BoundConfig | None = None,
-        mc_cfg: MCBoundConfig | None = MCBoundConfig()) -> dict:
+        mc_cfg: MCBoundConfig | None = MCBoundConfig(), joint: str | None = None) -> dict:
     """Build, run and report a composition; returns the report dict (also written to ``out``).
 
     Every policy acts stochastically (its max-ent policy) unless ``deterministic``; ``mc_cfg=None``
-    skips the Monte Carlo bound check.
+    skips the Monte Carlo bound check; ``joint`` names the reference skill (default: the combined task's newest).
     """
     started = time.perf_counter()
     torch.manual_seed(seed)  # constituents and the joint skill sample from torch's global generator
@@ -283,7 +285,7 @@ def run(spec: str, *, weights: list[float] | None = None, sampler: str = "amorti
         return envs.make_task_env(composition.task, **env_kwargs)
 
     # phase 1: what the composition needs, and the jointly trained reference
-    joint, joint_note = find_joint(composition, library)
+    joint, joint_note = find_joint(composition, library, joint)
     built = build(composition, library, progress, sampler_cfg or SamplerConfig(), bound_cfg or BoundConfig())
     composed = composed_policy(composition, built, sampler, seed)
     # phase 2: the policies on the same seeded episodes

@@ -1,0 +1,429 @@
+"""Evidence across seeds:  python -m compose.study SPEC [SPEC ...] --seeds N [--steps S] [--ray [ADDRESS]]
+
+For every seed: train each constituent and the joint skill (reusing any complete skill of that task,
+seed, budget and settings already in the study library or the default one), compose them, and run
+``compose.run`` on the same seeded episodes, stochastic (the max-ent policies, with the Monte Carlo
+bound check) and deterministic. Then aggregate across seeds: the interquartile mean (IQM) and a 95%
+bootstrap confidence interval over seeds (Agarwal et al. 2021; each spec is resampled on its own, i.e.
+stratified by spec) of success, return, soft return, the composed/joint success ratio and the bound
+figures, learning curves with CI bands, and a per-seed table. Writes ``study.json``, ``study.md`` and
+plots under ``--out``.
+
+Trials are plain functions. By default they run in a local process pool sized to the cores (one torch
+thread each); ``--ray`` starts a local Ray and runs them as Ray tasks, ``--ray ADDRESS`` joins a cluster
+(give a ``--library`` and ``--out`` on shared storage). Ray is the optional extra ``.[cluster]``.
+A study is resumable: each finished trial leaves ``<out>/trials/<trial>.json`` and is not run again; a
+failed trial is reported and does not stop the others.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+import traceback
+from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+POLICIES_FIXED = ("composed", "joint")
+METRICS = ("success_rate", "return_mean", "soft_return_mean")
+BOUND_FIGURES = ("suboptimality_mean", "upper_falsified_fraction", "lower_holds_fraction")
+BOOTSTRAP_REPS = 2000
+
+
+# ---- statistics -------------------------------------------------------------------------------------
+def iqm(values: Sequence[float]) -> float:
+    """Interquartile mean: the mean after cutting ``floor(n/4)`` runs from each end (as
+    ``scipy.stats.trim_mean(x, 0.25)``, which rliable uses)."""
+    x = np.sort(np.asarray(values, dtype=np.float64))
+    cut = int(0.25 * len(x))
+    return float(x[cut: len(x) - cut].mean())
+
+
+def bootstrap_ci(values: Sequence[float], statistic: Callable[[np.ndarray], float] = iqm, reps: int = BOOTSTRAP_REPS,
+                 seed: int = 0) -> list[float]:
+    """95% percentile bootstrap interval of ``statistic`` over the runs in ``values`` (resampled with replacement)."""
+    x = np.asarray(values, dtype=np.float64)
+    if len(x) < 2:
+        return [float(x[0]), float(x[0])] if len(x) else [float("nan")] * 2
+    rng = np.random.default_rng(seed)
+    stats = [statistic(x[rng.integers(0, len(x), len(x))]) for _ in range(reps)]
+    return [float(np.percentile(stats, 2.5)), float(np.percentile(stats, 97.5))]
+
+
+def aggregate(per_seed: Sequence[float | None]) -> dict:
+    """``{"iqm", "ci", "per_seed"}`` over the seeds that have a value."""
+    values = [v for v in per_seed if v is not None and np.isfinite(v)]
+    if not values:
+        return {"iqm": None, "ci": [None, None], "per_seed": list(per_seed)}
+    return {"iqm": iqm(values), "ci": bootstrap_ci(values), "per_seed": list(per_seed)}
+
+
+# ---- trials -------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Settings:
+    """What every trial of a study shares."""
+
+    library: str  # where new skills go
+    out: str  # where reports and trial records go
+    steps: int | None = None  # override every training budget (smoke runs)
+    episodes: int = 100
+    mc: bool = True  # the Monte Carlo bound check in the stochastic evaluation
+    quick_build: bool = False  # small composed-sampler and bound builds (tests)
+
+
+def train_settings(task: str, seed: int, settings: Settings):
+    from skills.defaults import sql_config, train_config
+
+    import envs
+
+    family = envs.get_task(task).family.name
+    sql = sql_config(task, family)
+    overrides = {"seed": seed, "progress": False, "overlap_env_step": False, "threads": 1}
+    if settings.steps is not None:
+        overrides |= {"steps": settings.steps, "eval_interval": settings.steps, "eval_episodes": 5,
+                      "final_eval_episodes": min(20, settings.episodes), "convergence": False}
+    return sql, train_config(task, **overrides)
+
+
+def find_trained(task: str, seed: int, settings: Settings) -> str | None:
+    """A complete skill of ``task`` with this seed, budget and SQL settings, in the study library or the
+    default one: its path, or None."""
+    import skills
+
+    sql, run = train_settings(task, seed, settings)
+    for library in (settings.library, None):
+        for entry in reversed(skills.list_skills(library)):
+            info = entry.info
+            if (entry.name == task and info.complete and info.seed == seed and info.env_steps == run.steps
+                    and info.hyperparameters == sql.to_dict() and info.composed_from is None):
+                return str(entry.path)
+    return None
+
+
+def train_trial(task: str, seed: int, settings: Settings) -> dict:
+    """Make sure a skill of ``task`` exists for ``seed``; returns its path and learning curve."""
+    import torch
+
+    import skills
+    from skills.trainer import Trainer
+
+    torch.set_num_threads(1)
+    found = find_trained(task, seed, settings)
+    if found is None:
+        sql, run = train_settings(task, seed, settings)
+        found = str(Trainer(task, sql, run, out=settings.library).train().path)
+    skill = skills.load(found)
+    return {"task": task, "seed": seed, "path": found, "env_steps": skill.info.env_steps,
+            "wall_time_s": skill.info.wall_time_s, "history": skill.info.raw.get("history", [])}
+
+
+def eval_trial(spec: str, seed: int, paths: dict[str, str], settings: Settings) -> dict:
+    """``compose.run`` of this seed's skills, stochastic then deterministic: the rows that the study aggregates."""
+    import torch
+
+    from .bound import BoundConfig, MCBoundConfig
+    from .run import run
+    from .sampling import SamplerConfig
+
+    torch.set_num_threads(1)
+    parts = spec.split("+")
+    fast = {}
+    if settings.quick_build:
+        fast = {"sampler_cfg": SamplerConfig(updates=100, batch_size=32),
+                "bound_cfg": BoundConfig(updates=100, batch_size=64, n_value_samples=64)}
+    out = {}
+    for mode in ("stochastic", "deterministic"):
+        deterministic = mode == "deterministic"
+        mc = MCBoundConfig() if settings.mc and not deterministic else None
+        report = run([paths[p] for p in parts], joint=paths.get(spec), library=settings.library,
+                     episodes=settings.episodes, deterministic=deterministic, mc_cfg=mc, progress=False,
+                     out=Path(settings.out) / "runs" / f"{spec}-seed{seed}-{mode}", **fast)
+        rows = {"composed": report["composed"], "joint": report["joint"],
+                **{p: row for p, row in zip(parts, report["constituents"].values())}}
+        out[mode] = {name: {k: row.get(k) for k in METRICS} for name, row in rows.items()}
+        if mode == "stochastic":
+            mc_report = report["bound"].get("mc", {})
+            out["bound"] = {k: mc_report.get(k) for k in BOUND_FIGURES} | {
+                "mean_C": report["bound"].get("learned", {}).get("mean_C")}
+    return {"spec": spec, "seed": seed, **out}
+
+
+def trial_record(out: Path, key: str) -> Path:
+    return out / "trials" / f"{key.replace('/', '_')}.json"
+
+
+def _call(fn: Callable, args: tuple) -> dict:
+    """Run one trial, catching its failure so that the others go on."""
+    try:
+        return {"ok": True, "result": fn(*args)}
+    except Exception as err:  # noqa: BLE001 - a trial's failure is data, reported in the study
+        return {"ok": False, "error": f"{type(err).__name__}: {err}", "traceback": traceback.format_exc(limit=4)}
+
+
+# ---- executors --------------------------------------------------------------------------------------
+def run_local(jobs: list[tuple[str, Callable, tuple]], workers: int) -> dict[str, dict]:
+    """Trials in a local process pool: ``{key: {"ok", "result" | "error"}}``."""
+    if workers <= 1:
+        return {key: _call(fn, args) for key, fn, args in jobs}
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        futures = {key: pool.submit(_call, fn, args) for key, fn, args in jobs}
+        return {key: future.result() for key, future in futures.items()}
+
+
+def run_ray(jobs: list[tuple[str, Callable, tuple]], address: str | None) -> dict[str, dict]:
+    """The same trials as Ray tasks (one CPU each) on a local Ray (``address`` None) or a cluster."""
+    try:
+        import ray
+    except ImportError:
+        raise SystemExit("error: --ray needs Ray: pip install -e '.[cluster]'") from None
+    if not ray.is_initialized():
+        ray.init(address=address, include_dashboard=False, log_to_driver=False,
+                 runtime_env={"env_vars": {"OMP_NUM_THREADS": "1"}} if address is None else None)
+    remote = ray.remote(num_cpus=1)(_call)
+    refs = {key: remote.remote(fn, args) for key, fn, args in jobs}
+    results = {}
+    for key, ref in refs.items():
+        try:
+            results[key] = ray.get(ref)
+        except Exception as err:  # noqa: BLE001 - a lost worker is one failed trial
+            results[key] = {"ok": False, "error": f"{type(err).__name__}: {err}"}
+    return results
+
+
+# ---- the study ----------------------------------------------------------------------------------------
+def run_phase(jobs: list[tuple[str, Callable, tuple]], out: Path, executor: Callable) -> tuple[dict, dict]:
+    """Run the jobs not yet recorded under ``out/trials``; returns (results, failures) by key."""
+    results, pending = {}, []
+    for key, fn, args in jobs:
+        record = trial_record(out, key)
+        if record.exists():
+            results[key] = json.loads(record.read_text())
+        else:
+            pending.append((key, fn, args))
+    failures = {}
+    for key, outcome in executor(pending).items() if pending else ():
+        if outcome["ok"]:
+            results[key] = outcome["result"]
+            from skills.library import atomic_write_text
+
+            atomic_write_text(trial_record(out, key), json.dumps(outcome["result"]))
+        else:
+            failures[key] = outcome["error"]
+    return results, failures
+
+
+def study(specs: Sequence[str], seeds: Sequence[int], *, out: str | Path, library: str | Path | None = None,
+          steps: int | None = None, episodes: int = 100, mc: bool = True, workers: int | None = None,
+          ray_address: str | None | bool = False, quick_build: bool = False) -> dict:
+    """Train, compose and evaluate ``specs`` over ``seeds``; aggregate; write study.json, study.md and plots."""
+    import envs
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    for spec in specs:
+        if spec not in envs.TASKS or not envs.TASKS[spec].parts:
+            combined = [n for n, t in envs.TASKS.items() if t.parts]
+            raise ValueError(f"{spec!r} is not a combined task with a joint reference; combined tasks: {', '.join(combined)}")
+    settings = Settings(library=str(library or out / "library"), out=str(out), steps=steps, episodes=episodes, mc=mc,
+                        quick_build=quick_build)
+    workers = workers or os.cpu_count() or 1
+    executor = (lambda jobs: run_ray(jobs, ray_address or None)) if ray_address is not False \
+        else (lambda jobs: run_local(jobs, workers))
+    started = time.perf_counter()
+    tasks = list(dict.fromkeys(t for spec in specs for t in (*spec.split("+"), spec)))
+    train_jobs = [(f"train-{task}-seed{seed}", train_trial, (task, seed, settings)) for seed in seeds for task in tasks]
+    trained, failures = run_phase(train_jobs, out, executor)
+    eval_jobs = []
+    for spec in specs:
+        for seed in seeds:
+            keys = {t: f"train-{t}-seed{seed}" for t in (*spec.split("+"), spec)}
+            if all(k in trained for k in keys.values()):
+                paths = {t: trained[k]["path"] for t, k in keys.items()}
+                eval_jobs.append((f"eval-{spec}-seed{seed}", eval_trial, (spec, seed, paths, settings)))
+    evaluated, eval_failures = run_phase(eval_jobs, out, executor)
+    failures |= eval_failures
+    result = {"specs": list(specs), "seeds": list(seeds), "settings": settings.__dict__,
+              "summary": {spec: summarise_spec(spec, seeds, evaluated) for spec in specs},
+              "curves": {task: curves(task, seeds, trained) for task in tasks},
+              "failures": failures, "wall_time_s": round(time.perf_counter() - started, 1)}
+    write_outputs(result, out)
+    return result
+
+
+def summarise_spec(spec: str, seeds: Sequence[int], evaluated: dict) -> dict:
+    """``summary[spec][policy][metric] = {"iqm", "ci", "per_seed"}`` (stochastic), the deterministic figures
+    under ``"deterministic"``, the composed/joint success ratio and the bound figures."""
+    runs = [evaluated.get(f"eval-{spec}-seed{seed}") for seed in seeds]
+    policies = [*POLICIES_FIXED, *spec.split("+")]
+    out: dict = {}
+    for mode, target in (("stochastic", out), ("deterministic", out.setdefault("deterministic", {}))):
+        for policy in policies:
+            target[policy] = {metric.removesuffix("_rate").removesuffix("_mean"): aggregate(
+                [r[mode][policy].get(metric) if r else None for r in runs]) for metric in METRICS}
+        ratio = [r[mode]["composed"]["success_rate"] / r[mode]["joint"]["success_rate"]
+                 if r and r[mode]["joint"].get("success_rate") else None for r in runs]
+        target["composed_over_joint"] = aggregate(ratio)
+    out["bound"] = {k: aggregate([r["bound"].get(k) if r else None for r in runs]) for k in (*BOUND_FIGURES, "mean_C")}
+    out["seeds_evaluated"] = [seed for seed, r in zip(seeds, runs) if r]
+    return out
+
+
+def curves(task: str, seeds: Sequence[int], trained: dict) -> dict:
+    """Learning curves (stochastic evaluation return and success) of ``task`` over seeds, on common steps."""
+    histories = [trained[f"train-{task}-seed{s}"]["history"] for s in seeds if f"train-{task}-seed{s}" in trained]
+    if not histories:
+        return {}
+    steps = sorted(set.intersection(*[{h["env_steps"] for h in hist} for hist in histories]))
+    out = {"env_steps": steps}
+    for key in ("return_mean", "success_rate"):
+        table = [[next(h[key] for h in hist if h["env_steps"] == s) for s in steps] for hist in histories]
+        agg = [aggregate([row[i] for row in table]) for i in range(len(steps))]
+        out[key] = {"iqm": [a["iqm"] for a in agg], "ci": [a["ci"] for a in agg]}
+    return out
+
+
+# ---- outputs --------------------------------------------------------------------------------------------
+def fmt(cell: dict, digits: int = 2) -> str:
+    if cell["iqm"] is None:
+        return "–"
+    lo, hi = cell["ci"]
+    return f"{cell['iqm']:.{digits}f} [{lo:.{digits}f}, {hi:.{digits}f}]"
+
+
+def markdown(result: dict) -> str:
+    lines = [f"# Study: {', '.join(result['specs'])}, seeds {result['seeds']}", "",
+             "IQM [95% bootstrap CI over seeds]. Stochastic: every policy samples its max-ent policy; deterministic: "
+             "the best of 32 sampled actions under its Q.", ""]
+    for spec, s in result["summary"].items():
+        policies = [*POLICIES_FIXED, *spec.split("+")]
+        lines += [f"## {spec} (seeds evaluated: {s['seeds_evaluated']})", "",
+                  "| policy | success (stochastic) | return | soft return | success (deterministic) |",
+                  "|---|---|---|---|---|"]
+        for p in policies:
+            lines.append(f"| {p} | {fmt(s[p]['success'])} | {fmt(s[p]['return'])} | {fmt(s[p]['soft_return'])} | "
+                         f"{fmt(s['deterministic'][p]['success'])} |")
+        lines += ["", f"composed / joint success: stochastic {fmt(s['composed_over_joint'])}, deterministic "
+                  f"{fmt(s['deterministic']['composed_over_joint'])}", "",
+                  "Bound (Monte Carlo, stochastic policies): " + ", ".join(
+                      f"{k} {fmt(v, 3)}" for k, v in s["bound"].items()), "",
+                  "Per seed (stochastic success): " + "; ".join(
+                      f"{p} {s[p]['success']['per_seed']}" for p in policies), ""]
+    if result["failures"]:
+        lines += ["## Failed trials", ""] + [f"* {k}: {v}" for k, v in result["failures"].items()] + [""]
+    lines.append(f"Wall time {result['wall_time_s']:.0f} s.")
+    return "\n".join(lines) + "\n"
+
+
+def plot(result: dict, out: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    paths = []
+    for spec, s in result["summary"].items():
+        policies = [*POLICIES_FIXED, *spec.split("+")]
+        fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
+        for ax, mode in zip(axes, ("stochastic", "deterministic")):
+            rows = s if mode == "stochastic" else s["deterministic"]
+            for i, p in enumerate(policies):
+                cell = rows[p]["success"]
+                if cell["iqm"] is None:
+                    continue
+                ax.bar(i, cell["iqm"], color=f"C{i}", alpha=0.7)
+                ax.errorbar(i, cell["iqm"], yerr=[[cell["iqm"] - cell["ci"][0]], [cell["ci"][1] - cell["iqm"]]],
+                            color="k", capsize=4)
+                ax.scatter([i] * len([v for v in cell["per_seed"] if v is not None]),
+                           [v for v in cell["per_seed"] if v is not None], color="k", s=10, zorder=3)
+            ax.set_xticks(range(len(policies)), policies)
+            ax.set_ylim(0, 1.05)
+            ax.set_title(f"{spec}: success, {mode} (IQM, 95% CI, seeds as dots)", fontsize=9)
+        fig.tight_layout()
+        paths.append(out / f"study_{spec}_success.png")
+        fig.savefig(paths[-1], dpi=110)
+        plt.close(fig)
+    tasks = [t for t, c in result["curves"].items() if c]
+    if tasks:
+        fig, axes = plt.subplots(1, len(tasks), figsize=(4 * len(tasks), 3.4), squeeze=False)
+        for ax, task in zip(axes[0], tasks):
+            c = result["curves"][task]
+            iqm_ = np.array(c["return_mean"]["iqm"], dtype=float)
+            ci = np.array(c["return_mean"]["ci"], dtype=float)
+            ax.plot(c["env_steps"], iqm_, color="tab:blue")
+            ax.fill_between(c["env_steps"], ci[:, 0], ci[:, 1], color="tab:blue", alpha=0.25)
+            ax.set_title(f"{task}: return (IQM, 95% CI)", fontsize=9)
+            ax.set_xlabel("environment steps")
+        fig.tight_layout()
+        paths.append(out / "study_curves.png")
+        fig.savefig(paths[-1], dpi=110)
+        plt.close(fig)
+    return paths
+
+
+def write_outputs(result: dict, out: Path) -> None:
+    from skills.library import atomic_write_text
+
+    result["plots"] = [str(p) for p in plot(result, out)]
+    atomic_write_text(out / "study.json", json.dumps(result, indent=1))
+    atomic_write_text(out / "study.md", markdown(result))
+
+
+# ---- command line ---------------------------------------------------------------------------------------
+def seed_list(text: str) -> list[int]:
+    """``5`` (seeds 0-4), ``0,1,2`` or ``3-7``."""
+    try:
+        if "," in text:
+            return [int(s) for s in text.split(",")]
+        if "-" in text:
+            lo, hi = (int(s) for s in text.split("-"))
+            return list(range(lo, hi + 1))
+        return list(range(int(text)))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected N, a list 0,1,2 or a range 3-7, got {text!r}") from None
+
+
+def main(argv: list[str] | None = None) -> int:
+    from skills.cli import positive_int
+
+    parser = argparse.ArgumentParser(prog="python -m compose.study", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("specs", nargs="+", help="combined tasks to study, e.g. reach+avoid push-x+push-y")
+    parser.add_argument("--seeds", type=seed_list, default=list(range(5)), help="N (seeds 0..N-1), 0,1,2 or 3-7 (default 5)")
+    parser.add_argument("--steps", type=positive_int, help="override every training budget (smoke runs)")
+    parser.add_argument("--episodes", type=positive_int, default=100, help="evaluation episodes per policy (default 100)")
+    parser.add_argument("--out", help="output directory (default runs/study/<time>)")
+    parser.add_argument("--library", help="library for the skills the study trains (default <out>/library); "
+                        "complete skills of the same seed and settings there or in the default library are reused")
+    parser.add_argument("--workers", type=positive_int, help="local trials at once (default: the CPU count)")
+    parser.add_argument("--no-mc", action="store_true", help="skip the Monte Carlo bound check")
+    parser.add_argument("--ray", nargs="?", const=None, default=False, metavar="ADDRESS",
+                        help="run the trials as Ray tasks: alone, on a local Ray it starts; with ADDRESS, on that cluster")
+    parser.add_argument("--json", metavar="PATH", help="also copy study.json here")
+    args = parser.parse_args(argv)
+    out = Path(args.out or Path("runs") / "study" / time.strftime("%Y%m%d-%H%M%S"))
+    try:
+        result = study(args.specs, args.seeds, out=out, library=args.library, steps=args.steps, episodes=args.episodes,
+                       mc=not args.no_mc, workers=args.workers, ray_address=args.ray)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:
+        print(f"error: cannot write: {err}", file=sys.stderr)
+        return 1
+    print(markdown(result))
+    if args.json:
+        Path(args.json).write_text((out / "study.json").read_text())
+    print(f"study: {out}/study.md, {out}/study.json")
+    return 1 if result["failures"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+

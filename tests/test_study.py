@@ -1,0 +1,97 @@
+"""compose.study: statistics with known answers, a smoke study (local pool and Ray), resuming."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from compose import study as study_module
+from compose.study import aggregate, bootstrap_ci, iqm, seed_list, study
+
+SMOKE = {"steps": 200, "episodes": 2, "mc": False, "quick_build": True}
+
+
+def test_iqm_is_the_mean_of_the_middle_half_and_the_ci_covers_it():
+    assert iqm([1, 2, 3, 4, 100]) == pytest.approx(3.0)  # one run cut from each end of five
+    assert iqm([1, 2, 3, 4, 5, 6, 7, 100]) == pytest.approx(4.5)  # two cut from each end of eight
+    assert iqm([0.5]) == 0.5
+    lo, hi = bootstrap_ci([0.2, 0.4, 0.6, 0.8, 1.0])
+    assert lo <= iqm([0.2, 0.4, 0.6, 0.8, 1.0]) <= hi and lo < hi
+    assert bootstrap_ci([0.7, 0.7, 0.7]) == pytest.approx([0.7, 0.7])
+    cell = aggregate([0.9, None, 0.8])
+    assert cell["per_seed"] == [0.9, None, 0.8] and cell["iqm"] == pytest.approx(0.85)
+    rng = np.random.default_rng(0)  # the interval narrows with more seeds
+    few, many = rng.normal(size=4), rng.normal(size=64)
+    assert np.diff(bootstrap_ci(many))[0] < np.diff(bootstrap_ci(few))[0]
+
+
+def test_seed_lists_and_bad_specs():
+    assert seed_list("3") == [0, 1, 2] and seed_list("0,4") == [0, 4] and seed_list("2-4") == [2, 3, 4]
+    assert study_module.main(["reach+nothing", "--seeds", "1"]) == 2
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("study")
+    study(["reach+avoid"], [0, 1], out=out, workers=2, **SMOKE)
+    return out
+
+
+def test_a_smoke_study_writes_the_documented_summary(smoke):
+    result = json.loads((smoke / "study.json").read_text())
+    summary = result["summary"]["reach+avoid"]
+    for policy in ("composed", "joint", "reach", "avoid"):
+        cell = summary[policy]["success"]
+        assert set(cell) == {"iqm", "ci", "per_seed"} and len(cell["per_seed"]) == 2
+        assert summary["deterministic"][policy]["success"]["per_seed"] != [None, None]
+    assert set(summary["composed_over_joint"]) >= {"iqm", "ci"}
+    assert result["failures"] == {} and result["curves"]["reach"]["env_steps"][-1] == 200
+    assert (smoke / "study.md").read_text().startswith("# Study: reach+avoid")
+    assert (smoke / "study_reach+avoid_success.png").stat().st_size > 0
+    assert len(list((smoke / "trials").glob("*.json"))) == 8  # 3 trainings and 1 evaluation per seed
+
+
+def test_an_interrupted_study_reruns_only_what_is_missing(smoke, tmp_path, monkeypatch):
+    out = tmp_path / "resumed"
+    (out / "trials").mkdir(parents=True)
+    for record in (smoke / "trials").glob("*.json"):  # a study that stopped after everything but seed 1's evaluation
+        if record.name != "eval-reach+avoid-seed1.json":
+            (out / "trials" / record.name).write_text(record.read_text())
+    ran = []
+
+    def no_training(*args):
+        raise AssertionError("a finished training was run again")
+
+    real_eval = study_module.eval_trial
+
+    def counted_eval(spec, seed, paths, settings):
+        ran.append(seed)
+        return real_eval(spec, seed, paths, settings)
+
+    monkeypatch.setattr(study_module, "train_trial", no_training)
+    monkeypatch.setattr(study_module, "eval_trial", counted_eval)
+    result = study(["reach+avoid"], [0, 1], out=out, library=str(smoke / "library"), workers=1, **SMOKE)
+    assert ran == [1] and result["failures"] == {}
+    assert result["summary"]["reach+avoid"]["seeds_evaluated"] == [0, 1]
+
+
+def test_a_failed_trial_is_reported_and_the_others_finish(smoke, tmp_path, monkeypatch):
+    def broken(spec, seed, paths, settings):
+        raise RuntimeError(f"seed {seed} broke")
+
+    monkeypatch.setattr(study_module, "eval_trial", broken)
+    result = study(["reach+avoid"], [0], out=tmp_path, library=str(smoke / "library"), workers=1, **SMOKE)
+    assert result["failures"] == {"eval-reach+avoid-seed0": "RuntimeError: seed 0 broke"}
+    assert "Failed trials" in (tmp_path / "study.md").read_text()
+
+
+def test_the_same_study_runs_as_ray_tasks(smoke, tmp_path):
+    ray = pytest.importorskip("ray")
+    try:
+        result = study(["reach+avoid"], [0], out=tmp_path, library=str(smoke / "library"), ray_address=None, **SMOKE)
+    finally:
+        ray.shutdown()
+    assert result["failures"] == {}
+    assert result["summary"]["reach+avoid"]["composed"]["success"]["per_seed"] == [
+        json.loads((smoke / "study.json").read_text())["summary"]["reach+avoid"]["composed"]["success"]["per_seed"][0]]
