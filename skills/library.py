@@ -125,15 +125,6 @@ def load_manifest(path: str | Path) -> Manifest:
     return Manifest.parse(raw, file)
 
 
-def _read_manifest(path: Path) -> dict:
-    return load_manifest(path).raw
-
-
-def read_manifest(path: str | Path) -> dict:
-    """The manifest of a skill directory as validated JSON (``load_manifest`` gives the typed form)."""
-    return _read_manifest(Path(path))
-
-
 def _library_root(library: str | Path | None) -> Path:
     return Path(library) if library is not None else default_library()
 
@@ -288,7 +279,7 @@ def write_skill(path: Path, agent: SoftQLearning, manifest: dict, transitions: d
 
 def update_manifest(path: Path, **fields) -> dict:
     """Set ``fields`` in a skill's manifest (atomic replace); the checksummed files are untouched."""
-    manifest = _read_manifest(Path(path)) | fields
+    manifest = load_manifest(path).raw | fields
     atomic_write_text(Path(path) / MANIFEST, json.dumps(manifest, indent=2))
     return manifest
 
