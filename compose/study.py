@@ -147,7 +147,8 @@ def eval_trial(spec: str, seed: int, paths: dict[str, str], settings: Settings) 
                      out=Path(settings.out) / "runs" / f"{spec}-seed{seed}-{mode}", **fast)
         rows = {"composed": report["composed"], "joint": report["joint"],
                 **{p: row for p, row in zip(parts, report["constituents"].values())}}
-        out[mode] = {name: {k: row.get(k) for k in METRICS} for name, row in rows.items()}
+        out[mode] = {name: {k: row.get(k) for k in METRICS} | {"final_measures": row.get("final_measures", {})}
+                     for name, row in rows.items()}
         if mode == "stochastic":
             mc_report = report["bound"].get("mc", {})
             out["bound"] = {k: mc_report.get(k) for k in BOUND_FIGURES} | {
@@ -267,6 +268,10 @@ def summarise_spec(spec: str, seeds: Sequence[int], evaluated: dict) -> dict:
         for policy in policies:
             target[policy] = {metric.removesuffix("_rate").removesuffix("_mean"): aggregate(
                 [r[mode][policy].get(metric) if r else None for r in runs]) for metric in METRICS}
+            measures = sorted({k for r in runs if r for k in r[mode][policy].get("final_measures", {})})
+            for measure in measures:  # e.g. the pusher's final puck-goal distance (envs.pusher)
+                target[policy][f"final_{measure}"] = aggregate(
+                    [r[mode][policy].get("final_measures", {}).get(measure) if r else None for r in runs])
         ratio = [r[mode]["composed"]["success_rate"] / r[mode]["joint"]["success_rate"]
                  if r and r[mode]["joint"].get("success_rate") else None for r in runs]
         target["composed_over_joint"] = aggregate(ratio)
@@ -309,6 +314,11 @@ def markdown(result: dict) -> str:
         for p in policies:
             lines.append(f"| {p} | {fmt(s[p]['success'])} | {fmt(s[p]['return'])} | {fmt(s[p]['soft_return'])} | "
                          f"{fmt(s['deterministic'][p]['success'])} |")
+        measures = [k for k in s["composed"] if k.startswith("final_")]
+        if measures:
+            lines += ["", "| policy | " + " | ".join(m.removeprefix("final_") + " at the end (m)" for m in measures) + " |",
+                      "|---|" + "---|" * len(measures)]
+            lines += [f"| {p} | " + " | ".join(fmt(s[p][m], 3) for m in measures) + " |" for p in policies]
         lines += ["", f"composed / joint success: stochastic {fmt(s['composed_over_joint'])}, deterministic "
                   f"{fmt(s['deterministic']['composed_over_joint'])}", "",
                   "Bound (Monte Carlo, stochastic policies): " + ", ".join(

@@ -48,6 +48,7 @@ class Family:
     gamma: float  # discount shared by every task of the family
     horizon: int  # episode length (time-limit truncation)
     term_ranges: Mapping[str, tuple[float, float]] = field(default_factory=dict)  # term -> (min, max) per step
+    measures: Mapping[str, TermFn] = field(default_factory=dict)  # reported at an episode's end, not rewarded
 
     def __post_init__(self) -> None:
         missing = set(self.terms) - set(self.term_ranges)
@@ -134,7 +135,9 @@ class EpisodeTracker:
         for name in self.held:
             self.held[name] &= checks[name]
         success = all(self.held.get(name, checks[name]) for name in self.task.success)
-        info = {"reward_terms": terms, "is_success": success, "checks": checks}
+        info = {"reward_terms": terms, "is_success": success, "checks": checks,
+                "measures": {k: float(np.asarray(fn(np.atleast_2d(next_obs), np.atleast_2d(action)))[0])
+                             for k, fn in self.task.family.measures.items()}}
         return float(self.task.combine(terms)), info
 
 

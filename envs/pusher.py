@@ -129,6 +129,21 @@ def puck_at_y(next_obs: np.ndarray, action: np.ndarray) -> np.ndarray:
     return puck_goal_offset(next_obs)[:, 1] < LAYOUT.success_tolerance
 
 
+def puck_goal_distance(next_obs: np.ndarray, action: np.ndarray) -> np.ndarray:
+    """Euclidean distance from the puck to the goal lines' crossing ``(goal_x, goal_y)``, metres. [B, 17] -> [B]."""
+    return np.linalg.norm(puck_goal_offset(next_obs), axis=-1)
+
+
+def puck_x_distance(next_obs: np.ndarray, action: np.ndarray) -> np.ndarray:
+    """``|puck_x - goal_x|``: distance to push-x's goal line, metres. [B, 17] -> [B]."""
+    return puck_goal_offset(next_obs)[:, 0]
+
+
+def puck_y_distance(next_obs: np.ndarray, action: np.ndarray) -> np.ndarray:
+    """``|puck_y - goal_y|``: distance to push-y's goal line, metres. [B, 17] -> [B]."""
+    return puck_goal_offset(next_obs)[:, 1]
+
+
 FAMILY = Family(
     name="pusher",
     terms={"puck_x": puck_x_term, "puck_y": puck_y_term, "fingertip_to_puck": fingertip_to_puck_term},
@@ -137,6 +152,8 @@ FAMILY = Family(
     gamma=0.99,
     horizon=50,
     term_ranges={"puck_x": (-1.0, 0.0), "puck_y": (-1.0, 0.0), "fingertip_to_puck": (-1.0, 0.0)},
+    measures={"puck_goal_distance": puck_goal_distance, "puck_x_distance": puck_x_distance,
+              "puck_y_distance": puck_y_distance},
 )
 SHAPING_WEIGHT = 0.5
 PUSH_X = Task("push-x", FAMILY, {"puck_x": 1.0, "fingertip_to_puck": SHAPING_WEIGHT}, success=("puck_at_x",))

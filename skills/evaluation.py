@@ -36,12 +36,14 @@ def run_episodes(env: gym.Env, policy: Policy, episodes: int, seed: int = 0,
 
     Returns ``success_rate`` (final ``is_success``), ``return_mean``/``return_std``,
     ``term_returns`` (mean undiscounted return of each reward term), ``collision_rate``
-    (share of episodes with any collision; arm tasks), ``episode_length``, ``episodes``.
+    (share of episodes with any collision; arm tasks), ``episode_length``, ``episodes``, and for families
+    that define measures (the pusher's puck-goal distances) ``final_measures``: their mean at the last step.
     With ``soft`` (the ``SoftPolicy`` whose samples ``policy`` draws) also ``soft_return_mean`` and
     ``soft_return_std``: the discounted soft return over the episode, ``sum_t gamma^t (r_t + alpha H_t)``
     with ``alpha H_t = -alpha log pi(a_t|s_t) = V(s_t) - Q(s_t, a_t)`` (Boltzmann policy of its Q).
     """
     returns, successes, collided, lengths = [], [], [], []
+    final_measures: dict[str, list[float]] = {}
     term_returns: dict[str, list[float]] = {}
     trace: list[tuple[np.ndarray, np.ndarray, int, float]] = []  # (obs, action, step, reward)
     for episode in range(episodes):
@@ -67,6 +69,8 @@ def run_episodes(env: gym.Env, policy: Policy, episodes: int, seed: int = 0,
         successes.append(bool(info["is_success"]))
         collided.append(hit)
         lengths.append(length)
+        for k, v in info.get("measures", {}).items():
+            final_measures.setdefault(k, []).append(v)
         for k, v in terms.items():
             term_returns.setdefault(k, []).append(v)
     soft_stats = {} if soft is None else episode_soft_returns(soft, trace, value_samples)
@@ -78,4 +82,5 @@ def run_episodes(env: gym.Env, policy: Policy, episodes: int, seed: int = 0,
         "term_returns": {k: float(np.mean(v)) for k, v in term_returns.items()},
         "collision_rate": float(np.mean(collided)),
         "episode_length": float(np.mean(lengths)),
+        **({"final_measures": {k: float(np.mean(v)) for k, v in final_measures.items()}} if final_measures else {}),
     }

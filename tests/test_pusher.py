@@ -203,3 +203,20 @@ def test_rgb_array_render_shows_the_scene():
     orange = (frame[..., 0] > 150) & (frame[..., 1] > 80) & (frame[..., 1] < 170) & (frame[..., 2] < 80)  # arm
     green = (frame[..., 1] > 150) & (frame[..., 0] < 120) & (frame[..., 2] < 120)  # goal line
     assert red.sum() > 10 and orange.sum() > 10 and green.sum() > 10
+
+
+def test_final_puck_distances_are_reported_beside_success():
+    """The pusher reports the final puck-goal distances (metres); success is the distance to the rewarded
+    line(s) below the tolerance. Arm tasks define no measures."""
+    from envs import pusher
+    from skills.evaluation import run_episodes
+
+    env = envs.make("push-x+push-y")
+    metrics = run_episodes(env, lambda o: np.zeros(env.action_space.shape), 3)
+    m = metrics["final_measures"]
+    assert set(m) == {"puck_goal_distance", "puck_x_distance", "puck_y_distance"}
+    assert m["puck_goal_distance"] >= max(m["puck_x_distance"], m["puck_y_distance"]) > 0
+    obs = np.zeros((1, env.observation_space.shape[0]))
+    offsets = pusher.puck_goal_offset(obs)
+    assert pusher.puck_goal_distance(obs, None)[0] == pytest.approx(np.hypot(*offsets[0]))
+    assert "final_measures" not in run_episodes(envs.make("reach"), lambda o: np.zeros(3), 1)
