@@ -76,6 +76,7 @@ class Settings:
     episodes: int = 100
     mc: bool = True  # the Monte Carlo bound check in the stochastic evaluation
     quick_build: bool = False  # small composed-sampler and bound builds (tests)
+    env_kwargs: tuple = ()  # envs.make options of the evaluation, e.g. a custom arm: (("arm", path), ...)
 
 
 def train_settings(task: str, seed: int, settings: Settings):
@@ -143,6 +144,7 @@ def eval_trial(spec: str, seed: int, paths: dict[str, str], settings: Settings) 
         deterministic = mode == "deterministic"
         mc = MCBoundConfig() if settings.mc and not deterministic else None
         report = run([paths[p] for p in parts], joint=paths.get(spec), library=settings.library,
+                     env_kwargs=dict(settings.env_kwargs),
                      episodes=settings.episodes, deterministic=deterministic, mc_cfg=mc, progress=False,
                      out=Path(settings.out) / "runs" / f"{spec}-seed{seed}-{mode}", **fast)
         rows = {"composed": report["composed"], "joint": report["joint"],
@@ -222,7 +224,7 @@ def run_phase(jobs: list[tuple[str, Callable, tuple]], out: Path, executor: Call
 
 def study(specs: Sequence[str], seeds: Sequence[int], *, out: str | Path, library: str | Path | None = None,
           steps: int | None = None, episodes: int = 100, mc: bool = True, workers: int | None = None,
-          ray_address: str | None | bool = False, quick_build: bool = False) -> dict:
+          ray_address: str | None | bool = False, quick_build: bool = False, env_kwargs: dict | None = None) -> dict:
     """Train, compose and evaluate ``specs`` over ``seeds``; aggregate; write study.json, study.md and plots."""
     import envs
 
@@ -233,7 +235,7 @@ def study(specs: Sequence[str], seeds: Sequence[int], *, out: str | Path, librar
             combined = [n for n, t in envs.TASKS.items() if t.parts]
             raise ValueError(f"{spec!r} is not a combined task with a joint reference; combined tasks: {', '.join(combined)}")
     settings = Settings(library=str(library or out / "library"), out=str(out), steps=steps, episodes=episodes, mc=mc,
-                        quick_build=quick_build)
+                        quick_build=quick_build, env_kwargs=tuple(sorted((env_kwargs or {}).items())))
     workers = workers or os.cpu_count() or 1
     executor = (lambda jobs: run_ray(jobs, ray_address or None)) if ray_address is not False \
         else (lambda jobs: run_local(jobs, workers))
@@ -250,7 +252,8 @@ def study(specs: Sequence[str], seeds: Sequence[int], *, out: str | Path, librar
                 eval_jobs.append((f"eval-{spec}-seed{seed}", eval_trial, (spec, seed, paths, settings)))
     evaluated, eval_failures = run_phase(eval_jobs, out, executor)
     failures |= eval_failures
-    result = {"specs": list(specs), "seeds": list(seeds), "settings": settings.__dict__,
+    result = {"specs": list(specs), "seeds": list(seeds), "settings": settings.__dict__ | {
+                  "env_kwargs": {k: str(v) for k, v in settings.env_kwargs}},
               "summary": {spec: summarise_spec(spec, seeds, evaluated) for spec in specs},
               "curves": {task: curves(task, seeds, trained) for task in tasks},
               "failures": failures, "wall_time_s": round(time.perf_counter() - started, 1)}
@@ -400,6 +403,7 @@ def seed_list(text: str) -> list[int]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from envs.cli import add_arm_arguments, arm_kwargs
     from skills.cli import positive_int
 
     parser = argparse.ArgumentParser(prog="python -m compose.study", description=__doc__,
@@ -412,15 +416,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--library", help="library for the skills the study trains (default <out>/library); "
                         "complete skills of the same seed and settings there or in the default library are reused")
     parser.add_argument("--workers", type=positive_int, help="local trials at once (default: the CPU count)")
+    # --arm etc.: evaluate on a custom arm (the skills are trained on the task's own robot)
     parser.add_argument("--no-mc", action="store_true", help="skip the Monte Carlo bound check")
     parser.add_argument("--ray", nargs="?", const=None, default=False, metavar="ADDRESS",
                         help="run the trials as Ray tasks: alone, on a local Ray it starts; with ADDRESS, on that cluster")
     parser.add_argument("--json", metavar="PATH", help="also copy study.json here")
+    add_arm_arguments(parser)
     args = parser.parse_args(argv)
     out = Path(args.out or Path("runs") / "study" / time.strftime("%Y%m%d-%H%M%S"))
     try:
         result = study(args.specs, args.seeds, out=out, library=args.library, steps=args.steps, episodes=args.episodes,
-                       mc=not args.no_mc, workers=args.workers, ray_address=args.ray)
+                       mc=not args.no_mc, workers=args.workers, ray_address=args.ray, env_kwargs=arm_kwargs(args))
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
