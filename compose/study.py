@@ -25,7 +25,7 @@ import sys
 import time
 import traceback
 from collections.abc import Callable, Sequence
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -171,16 +171,22 @@ def _call(fn: Callable, args: tuple) -> dict:
 
 
 # ---- executors --------------------------------------------------------------------------------------
-def run_local(jobs: list[tuple[str, Callable, tuple]], workers: int) -> dict[str, dict]:
-    """Trials in a local process pool: ``{key: {"ok", "result" | "error"}}``."""
+Done = Callable[[str, dict], None]
+
+
+def run_local(jobs: list[tuple[str, Callable, tuple]], workers: int, done: Done) -> None:
+    """Trials in a local process pool; ``done(key, {"ok", "result" | "error"})`` as each one finishes."""
     if workers <= 1:
-        return {key: _call(fn, args) for key, fn, args in jobs}
+        for key, fn, args in jobs:
+            done(key, _call(fn, args))
+        return
     with ProcessPoolExecutor(max_workers=workers) as pool:
-        futures = {key: pool.submit(_call, fn, args) for key, fn, args in jobs}
-        return {key: future.result() for key, future in futures.items()}
+        futures = {pool.submit(_call, fn, args): key for key, fn, args in jobs}
+        for future in as_completed(futures):
+            done(futures[future], future.result())
 
 
-def run_ray(jobs: list[tuple[str, Callable, tuple]], address: str | None) -> dict[str, dict]:
+def run_ray(jobs: list[tuple[str, Callable, tuple]], address: str | None, done: Done) -> None:
     """The same trials as Ray tasks (one CPU each) on a local Ray (``address`` None) or a cluster."""
     try:
         import ray
@@ -190,35 +196,39 @@ def run_ray(jobs: list[tuple[str, Callable, tuple]], address: str | None) -> dic
         ray.init(address=address, include_dashboard=False, log_to_driver=False,
                  runtime_env={"env_vars": {"OMP_NUM_THREADS": "1"}} if address is None else None)
     remote = ray.remote(num_cpus=1)(_call)
-    refs = {key: remote.remote(fn, args) for key, fn, args in jobs}
-    results = {}
-    for key, ref in refs.items():
+    pending = {remote.remote(fn, args): key for key, fn, args in jobs}
+    while pending:
+        ready, _ = ray.wait(list(pending), num_returns=1)
+        key = pending.pop(ready[0])
         try:
-            results[key] = ray.get(ref)
+            done(key, ray.get(ready[0]))
         except Exception as err:  # noqa: BLE001 - a lost worker is one failed trial
-            results[key] = {"ok": False, "error": f"{type(err).__name__}: {err}"}
-    return results
+            done(key, {"ok": False, "error": f"{type(err).__name__}: {err}"})
 
 
 # ---- the study ----------------------------------------------------------------------------------------
 def run_phase(jobs: list[tuple[str, Callable, tuple]], out: Path, executor: Callable) -> tuple[dict, dict]:
-    """Run the jobs not yet recorded under ``out/trials``; returns (results, failures) by key."""
-    results, pending = {}, []
+    """Run the jobs not yet recorded under ``out/trials``, recording each as it finishes (so an interrupted
+    study loses only the trials in flight); returns (results, failures) by key."""
+    from skills.library import atomic_write_text
+
+    results, failures, pending = {}, {}, []
     for key, fn, args in jobs:
         record = trial_record(out, key)
         if record.exists():
             results[key] = json.loads(record.read_text())
         else:
             pending.append((key, fn, args))
-    failures = {}
-    for key, outcome in executor(pending).items() if pending else ():
+
+    def done(key: str, outcome: dict) -> None:
         if outcome["ok"]:
             results[key] = outcome["result"]
-            from skills.library import atomic_write_text
-
             atomic_write_text(trial_record(out, key), json.dumps(outcome["result"]))
         else:
             failures[key] = outcome["error"]
+
+    if pending:
+        executor(pending, done)
     return results, failures
 
 
@@ -237,8 +247,8 @@ def study(specs: Sequence[str], seeds: Sequence[int], *, out: str | Path, librar
     settings = Settings(library=str(library or out / "library"), out=str(out), steps=steps, episodes=episodes, mc=mc,
                         quick_build=quick_build, env_kwargs=tuple(sorted((env_kwargs or {}).items())))
     workers = workers or os.cpu_count() or 1
-    executor = (lambda jobs: run_ray(jobs, ray_address or None)) if ray_address is not False \
-        else (lambda jobs: run_local(jobs, workers))
+    executor = (lambda jobs, done: run_ray(jobs, ray_address or None, done)) if ray_address is not False \
+        else (lambda jobs, done: run_local(jobs, workers, done))
     started = time.perf_counter()
     tasks = list(dict.fromkeys(t for spec in specs for t in (*spec.split("+"), spec)))
     train_jobs = [(f"train-{task}-seed{seed}", train_trial, (task, seed, settings)) for seed in seeds for task in tasks]

@@ -59,10 +59,12 @@ class TrainConfig:
     overlap_env_step: bool = True  # step the env in a child process (2nd core) while the SQL update runs
     progress: bool = True  # show a progress bar
     value_check_interval: int = 1000  # check soft values against their analytic bounds every N steps (0: never)
+    value_check_patience: int = 2  # stop when this many checks in a row fail (a runaway, not a transient overshoot)
     convergence: bool = True  # final report: Monte Carlo soft returns and Bellman residuals (skills.diagnostics)
 
     def __post_init__(self) -> None:
-        small = {k: getattr(self, k) for k in ("steps", "eval_interval", "eval_episodes", "final_eval_episodes", "threads")
+        small = {k: getattr(self, k) for k in ("steps", "eval_interval", "eval_episodes", "final_eval_episodes", "threads",
+                                               "value_check_patience")
                  if not (isinstance(getattr(self, k), int) and getattr(self, k) >= 1)}
         if small or self.value_check_interval < 0:
             small |= {"value_check_interval": self.value_check_interval} if self.value_check_interval < 0 else {}
@@ -195,6 +197,8 @@ class Trainer:
         self._episode_return = 0.0
         self._random_episode = False
         self.convergence_record: dict | None = None
+        self._violations: list[str] = []  # consecutive failed value checks
+        self.value_warnings: list[str] = []  # every failed value check of this run
 
     def step(self) -> dict | None:
         """One environment step and ``updates_per_step`` SQL updates (after warm-up), then the
@@ -245,17 +249,25 @@ class Trainer:
             raise ValueError(f"cannot resume {manifest['task']!r} skill as task {self.task.name!r}")
         return agent, manifest, transitions
 
-    def check_values(self, states: int = 256, samples: int = 64) -> None:
+    def check_values(self, states: int = 256, samples: int = 64, final: bool = False) -> None:
         """Raise ``TrainingDiverged`` when the soft value of stored states leaves its analytic bounds
-        (``skills.diagnostics.soft_value_bounds``): the Q-function has blown up."""
+        (``skills.diagnostics.soft_value_bounds``) in ``value_check_patience`` checks in a row, at once when a
+        value is not finite, and at the final check: the Q-function has blown up. A single early overshoot
+        that the next check no longer sees is recorded (manifest ``value_check_warnings``), not fatal."""
         if self.buffer.size == 0:
             return
         idx = np.random.default_rng(self.agent.updates).integers(0, self.buffer.size, size=states)
         obs = torch.as_tensor(self.buffer.obs[idx], device=self.agent.device)
         values = self.agent.soft_value(self.agent.q, obs, samples, proposal="mixture").cpu().numpy()
         problem = value_bound_violation(values, self.task.reward_range, self.sql.alpha, self.agent.act_dim, self.sql.gamma)
-        if problem is not None:
-            raise TrainingDiverged(f"value blow-up at update {self.agent.updates}: {problem}")
+        if problem is None:
+            self._violations = []
+            return
+        message = f"value blow-up at update {self.agent.updates}: {problem}"
+        self._violations.append(message)
+        self.value_warnings.append(message)
+        if final or not np.all(np.isfinite(values)) or len(self._violations) >= self.run.value_check_patience:
+            raise TrainingDiverged("; ".join(self._violations[-self.run.value_check_patience:]))
 
     def convergence(self, config: ConvergenceConfig = ConvergenceConfig()) -> dict:
         """``skills.diagnostics.convergence_report`` of the current networks (the final report)."""
@@ -290,6 +302,7 @@ class Trainer:
                            "final": "both: 'stochastic' samples the sampler; 'deterministic' takes the "
                                     "highest-Q of 32 sampler actions"},
             "history": self.history, "resumed_from": self.resumed_from, **self.provenance,
+            **({"value_check_warnings": self.value_warnings} if self.value_warnings else {}),
             **({"owner": {"host": socket.gethostname(), "pid": os.getpid()}} if status == "training" else {}),
             **({"convergence": self.convergence_record} if self.convergence_record is not None else {}),
             "library_versions": library_versions(), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -374,7 +387,7 @@ class Trainer:
                         bar.set_postfix(ret=f"{np.mean(recent_returns):.2f}",
                                         succ=f"{np.mean(recent_success):.2f}", refresh=False)
                     if run.value_check_interval and (step % run.value_check_interval == 0 or step == run.steps):
-                        self.check_values()
+                        self.check_values(final=step == run.steps)
                     if step % run.eval_interval == 0 or step == run.steps:
                         metrics = self.evaluate(run.eval_episodes)
                         row = record(metrics)

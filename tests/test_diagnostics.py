@@ -163,6 +163,35 @@ def test_training_stops_on_value_blow_up_and_keeps_the_last_good_checkpoint(tmp_
     assert "analytic bound" in entry.manifest["error"]
 
 
+def test_a_transient_overshoot_is_recorded_not_fatal(tmp_path, monkeypatch):
+    """One failed value check that the next one no longer sees (an early overshoot that corrects itself)
+    is recorded in the manifest; only ``value_check_patience`` failures in a row stop training."""
+    import skills
+    from skills.trainer import TrainConfig, Trainer
+
+    sql = SQLConfig(alpha=10.0, gamma=0.95, obs_scale=0.2, hidden=(16, 16), warmup_steps=50, batch_size=16, particles=4,
+                    value_samples=4)
+    run = TrainConfig(steps=400, eval_interval=200, eval_episodes=1, final_eval_episodes=1, progress=False,
+                      overlap_env_step=False, value_check_interval=100, convergence=False)
+    trainer = Trainer("multigoal", sql, run, out=tmp_path)
+    update = trainer.agent.update
+
+    def overshoot(batch):
+        out = update(batch)
+        shift = {250: 1e5, 320: -1e5}.get(trainer.agent.updates)
+        if shift:
+            with torch.no_grad():
+                trainer.agent.q.net[-1].bias += shift
+        return out
+
+    monkeypatch.setattr(trainer.agent, "update", overshoot)
+    trainer.train()
+    entry = skills.list_skills(tmp_path)[0]
+    assert entry.manifest["status"] == "complete"
+    assert len(entry.manifest["value_check_warnings"]) == 1 and "exceeds the analytic bound" in \
+        entry.manifest["value_check_warnings"][0]
+
+
 def test_sql_config_refuses_unknown_proposals_and_fields():
     with pytest.raises(ValueError, match="valid: uniform, mixture"):
         SQLConfig(value_proposal="gaussian")
