@@ -24,10 +24,11 @@ import envs
 
 from .agent import SoftQLearning, SQLConfig, TrainingDiverged, torch_device
 from .buffer import ReplayBuffer
-from .diagnostics import ConvergenceConfig, convergence_report, value_bound_violation
+from .diagnostics import ConvergenceConfig, convergence_report, soft_value_bounds, value_bound_violation
 from .evaluation import run_episodes
 from .library import (
     claim_version_dir,
+    is_claim_only,
     library_versions,
     read_skill,
     release_claim,
@@ -59,7 +60,7 @@ class TrainConfig:
     overlap_env_step: bool = True  # step the env in a child process (2nd core) while the SQL update runs
     progress: bool = True  # show a progress bar
     value_check_interval: int = 1000  # check soft values against their analytic bounds every N steps (0: never)
-    value_check_patience: int = 2  # stop when this many checks in a row fail (a runaway, not a transient overshoot)
+    value_check_patience: int = 2  # stop when the excess over the bound has not shrunk over this many checks in a row
     convergence: bool = True  # final report: Monte Carlo soft returns and Bellman residuals (skills.diagnostics)
 
     def __post_init__(self) -> None:
@@ -197,7 +198,7 @@ class Trainer:
         self._episode_return = 0.0
         self._random_episode = False
         self.convergence_record: dict | None = None
-        self._violations: list[str] = []  # consecutive failed value checks
+        self._violations: list[tuple[float, str]] = []  # consecutive failed value checks: (excess, message)
         self.value_warnings: list[str] = []  # every failed value check of this run
 
     def step(self) -> dict | None:
@@ -251,9 +252,10 @@ class Trainer:
 
     def check_values(self, states: int = 256, samples: int = 64, final: bool = False) -> None:
         """Raise ``TrainingDiverged`` when the soft value of stored states leaves its analytic bounds
-        (``skills.diagnostics.soft_value_bounds``) in ``value_check_patience`` checks in a row, at once when a
-        value is not finite, and at the final check: the Q-function has blown up. A single early overshoot
-        that the next check no longer sees is recorded (manifest ``value_check_warnings``), not fatal."""
+        (``skills.diagnostics.soft_value_bounds``) and is running away: at once when a value is not finite or
+        lies beyond the bounds by more than their width, when the excess has not shrunk over
+        ``value_check_patience`` checks in a row, and at the final check. An overshoot that shrinks from
+        check to check (seen early in training) is recorded (manifest ``value_check_warnings``), not fatal."""
         if self.buffer.size == 0:
             return
         idx = np.random.default_rng(self.agent.updates).integers(0, self.buffer.size, size=states)
@@ -263,11 +265,15 @@ class Trainer:
         if problem is None:
             self._violations = []
             return
+        low, high = soft_value_bounds(self.task.reward_range, self.sql.alpha, self.agent.act_dim, self.sql.gamma)
+        excess = float(max(np.nanmax(values) - high, low - np.nanmin(values))) if np.all(np.isfinite(values)) else np.inf
         message = f"value blow-up at update {self.agent.updates}: {problem}"
-        self._violations.append(message)
+        self._violations.append((excess, message))
         self.value_warnings.append(message)
-        if final or not np.all(np.isfinite(values)) or len(self._violations) >= self.run.value_check_patience:
-            raise TrainingDiverged("; ".join(self._violations[-self.run.value_check_patience:]))
+        recent = [e for e, _ in self._violations[-self.run.value_check_patience:]]
+        growing = len(recent) >= self.run.value_check_patience and all(b >= a for a, b in zip(recent, recent[1:]))
+        if final or not np.isfinite(excess) or excess > high - low or growing:
+            raise TrainingDiverged("; ".join(m for _, m in self._violations[-self.run.value_check_patience:]))
 
     def convergence(self, config: ConvergenceConfig = ConvergenceConfig()) -> dict:
         """``skills.diagnostics.convergence_report`` of the current networks (the final report)."""
@@ -331,7 +337,9 @@ class Trainer:
         try:
             return self._train()
         except BaseException:
-            release_claim(self.path)
+            if is_claim_only(self.path):  # nothing was published: give the version back, with its log
+                release_claim(self.path)
+                self.log_path.unlink(missing_ok=True)
             raise
 
     def _train(self) -> TrainResult:

@@ -163,33 +163,56 @@ def test_training_stops_on_value_blow_up_and_keeps_the_last_good_checkpoint(tmp_
     assert "analytic bound" in entry.manifest["error"]
 
 
-def test_a_transient_overshoot_is_recorded_not_fatal(tmp_path, monkeypatch):
-    """One failed value check that the next one no longer sees (an early overshoot that corrects itself)
-    is recorded in the manifest; only ``value_check_patience`` failures in a row stop training."""
-    import skills
+def shifted_training(tmp_path, monkeypatch, shifts: dict[int, float]):
+    """A small multigoal run whose Q output is shifted by ``shifts[update] * (V_max - V_min)`` at those updates,
+    so that its soft values leave the analytic bounds by a chosen amount; value checks every 100 steps."""
+    from skills.diagnostics import soft_value_bounds
     from skills.trainer import TrainConfig, Trainer
 
     sql = SQLConfig(alpha=10.0, gamma=0.95, obs_scale=0.2, hidden=(16, 16), warmup_steps=50, batch_size=16, particles=4,
                     value_samples=4)
-    run = TrainConfig(steps=400, eval_interval=200, eval_episodes=1, final_eval_episodes=1, progress=False,
+    run = TrainConfig(steps=600, eval_interval=200, eval_episodes=1, final_eval_episodes=1, progress=False,
                       overlap_env_step=False, value_check_interval=100, convergence=False)
     trainer = Trainer("multigoal", sql, run, out=tmp_path)
+    low, high = soft_value_bounds(trainer.task.reward_range, sql.alpha, 2, sql.gamma)
     update = trainer.agent.update
+    state = {"shift": 0.0}
 
-    def overshoot(batch):
+    def shifted(batch):
         out = update(batch)
-        shift = {250: 1e5, 320: -1e5}.get(trainer.agent.updates)
-        if shift:
+        if trainer.agent.updates in shifts:
+            obs = torch.as_tensor(trainer.buffer.obs[: trainer.buffer.size])
+            top = float(trainer.agent.soft_value(trainer.agent.q, obs, 64).max()) - state["shift"]
+            target = shifts[trainer.agent.updates]  # excess over the bound, in widths (0: back inside)
+            new = (high - top + target * (high - low)) if target > 0 else 0.0
             with torch.no_grad():
-                trainer.agent.q.net[-1].bias += shift
+                trainer.agent.q.net[-1].bias += new - state["shift"]
+            state["shift"] = new
         return out
 
-    monkeypatch.setattr(trainer.agent, "update", overshoot)
-    trainer.train()
+    monkeypatch.setattr(trainer.agent, "update", shifted)
+    return trainer
+
+
+def test_a_shrinking_overshoot_is_recorded_not_fatal(tmp_path, monkeypatch):
+    """Soft values above the bound by 0.3, then 0.15 widths, then back inside (as seen early in training on some
+    seeds): recorded in the manifest, not fatal; only a runaway stops training."""
+    import skills
+
+    shifted_training(tmp_path, monkeypatch, {250: 0.3, 350: 0.15, 450: 0.0}).train()
     entry = skills.list_skills(tmp_path)[0]
     assert entry.manifest["status"] == "complete"
-    assert len(entry.manifest["value_check_warnings"]) == 1 and "exceeds the analytic bound" in \
-        entry.manifest["value_check_warnings"][0]
+    warnings_ = entry.manifest["value_check_warnings"]
+    assert len(warnings_) == 2 and all("exceeds the analytic bound" in w for w in warnings_)
+
+
+def test_a_growing_overshoot_stops_training(tmp_path, monkeypatch):
+    import skills
+
+    with pytest.raises(TrainingDiverged, match="update 250.*; value blow-up at update 350"):
+        shifted_training(tmp_path, monkeypatch, {250: 0.2, 350: 0.4}).train()
+    entry = skills.list_skills(tmp_path)[0]
+    assert entry.manifest["status"] == "diverged" and entry.manifest["env_steps"] == 200
 
 
 def test_sql_config_refuses_unknown_proposals_and_fields():

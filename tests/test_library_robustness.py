@@ -148,7 +148,7 @@ def test_a_run_that_dies_before_its_first_checkpoint_gives_its_version_back(tmp_
     monkeypatch.setattr(Trainer, "step", interrupted)
     with pytest.raises(KeyboardInterrupt):
         trainer.train()
-    assert not trainer.path.exists()
+    assert not trainer.path.exists() and not trainer.log_path.exists()
     claim = store.claim_version(tmp_path / "multigoal")
     (claim / store.CLAIM).write_text(json.dumps({"host": socket.gethostname(), "pid": dead_pid()}))
     assert store.claim_version(tmp_path / "multigoal").name == "v1"  # the dead run's claim was released and reused
