@@ -110,8 +110,10 @@ class Manifest:
 
     @classmethod
     def draft(cls, raw: dict, where: Path | str = "manifest being written") -> "Manifest":
-        """The typed form of a manifest not yet saved (no ``format`` or ``files``), e.g. a training run's."""
-        stamped = {"format": FORMAT, "format_version": FORMAT_VERSION, **raw,
+        """The typed form of a manifest not yet saved (no ``format`` or ``files``), e.g. a training run's, or a
+        ``Skill`` built in memory from name, task, alpha, gamma and spaces (the rest takes neutral defaults)."""
+        defaults = {"version": 1, "status": "training", "family": "unknown", "hyperparameters": {}, "env_steps": 0}
+        stamped = {"format": FORMAT, "format_version": FORMAT_VERSION, **defaults, **raw,
                    "files": raw.get("files") or {name: "0" * 64 for name in SKILL_FILES}}
         return cls.parse(stamped, where)
 
