@@ -39,8 +39,7 @@ def cache_key(composition: Composition, settings: dict) -> str:
 
 def cache_path(composition: Composition, settings: dict, library: str | Path | None = None) -> Path:
     root = Path(library) if library is not None else default_library()
-    names = "+".join(p.name for p in composition.parts)  # "reach@v1" and "reach" share an entry when they are one skill
-    return root / CACHE_DIR / f"{names}-{cache_key(composition, settings)}"
+    return root / CACHE_DIR / f"{composition.skill_names}-{cache_key(composition, settings)}"
 
 
 def constituent_checksums(composition: Composition) -> list[str]:

@@ -178,6 +178,12 @@ class Composition:
     def name(self) -> str:
         return "+".join(self.labels)
 
+    @property
+    def skill_names(self) -> str:
+        """``"reach+avoid"`` from the constituents' own names (not the spec, which may hold paths or pins):
+        what cache entries, reports and saved compositions are named after."""
+        return "+".join(p.name for p in self.parts)
+
     def save(self, name: str | None = None, library: str | Path | None = None, progress: bool = True) -> Path:
         """Write this composition to the skill library as ``<name>/v<N>`` (default name ``"reach+avoid.composed"``,
         default library its constituents'): ``compose.load(name)`` and ``skills.load(name)`` reopen it with no

@@ -275,8 +275,7 @@ def run(spec: str | Sequence[str], *, weights: list[float] | None = None, sample
     torch.manual_seed(seed)  # constituents and the joint skill sample from torch's global generator
     env_kwargs = dict(env_kwargs or {})
     composition = load(spec, weights, library)
-    names = "+".join(p.name for p in composition.parts)  # not the spec: a spec of paths must not place the report
-    out = Path(out) if out else Path("runs") / "compose" / f"{names}-{time.strftime('%Y%m%d-%H%M%S')}"
+    out = Path(out) if out else Path("runs") / "compose" / f"{composition.skill_names}-{time.strftime('%Y%m%d-%H%M%S')}"
     out.mkdir(parents=True, exist_ok=True)
     (out / ".write-test").write_text("")  # fail now, not after minutes of evaluation, if out cannot be written
     (out / ".write-test").unlink()

@@ -43,7 +43,7 @@ SUFFIX = ".composed"  # saved compositions are named "<spec>.composed" beside th
 
 def default_name(composition: Composition) -> str:
     """``"reach+avoid.composed"``: the constituents' names (without pinned versions) and ``SUFFIX``."""
-    return "+".join(p.name for p in composition.parts) + SUFFIX
+    return composition.skill_names + SUFFIX
 
 
 def relabelled_transitions(composition: Composition) -> dict[str, np.ndarray]:
