@@ -6,6 +6,7 @@
 >>> c.q.gap(obs)                                # delta(s) = sum_i w_i V_i(s) - V_w(s) >= 0
 >>> c.act(obs)                                  # a sample of pi_w ∝ exp(Q_w/alpha), like a skill
 >>> c.save()                                    # trained/reach+avoid.composed/v1; skills.load reopens it
+>>> d = compose.load("west+east", operator="dc") # other operators: dc, gpi, or, priority (order=[...])
 
 Run ``python -m compose.run reach+avoid --render`` for the full report, ``python -m compose.adapt
 reach+avoid`` to improve a composition with experience (``Q = Q_w + R``), and
@@ -22,7 +23,8 @@ from .composition import (
     combined_task,
     load,
 )
+from .operators import OPERATORS, OperatorConfig, OperatorError
 from .policy import ComposedPolicy
 
-__all__ = ["ComposedPolicy", "ComposedQ", "Composition", "IncompatibleSkillsError", "StackedQ", "check_compatible",
-           "check_weights", "combined_task", "load"]
+__all__ = ["OPERATORS", "ComposedPolicy", "ComposedQ", "Composition", "IncompatibleSkillsError", "OperatorConfig",
+           "OperatorError", "StackedQ", "check_compatible", "check_weights", "combined_task", "load"]

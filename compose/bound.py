@@ -16,7 +16,6 @@ Estimation, and where its errors come from (reported with every result):
 
 from __future__ import annotations
 
-import copy
 import math
 from dataclasses import asdict, dataclass
 
@@ -34,6 +33,7 @@ from skills.diagnostics import (
 from skills.sql import SoftQNetwork, uniform_actions
 
 from .composition import ComposedQ, Composition
+from .td import td_fit
 
 
 @dataclass(frozen=True)
@@ -103,30 +103,22 @@ def fit_correction(transitions: dict[str, np.ndarray], next_gap: np.ndarray, gam
     gap = torch.as_tensor(next_gap, dtype=torch.float32)
     obs_dim, act_dim = obs.shape[1], act.shape[1]
     c_net = SoftQNetwork(obs_dim, act_dim, config.hidden, obs_scale)
-    c_target = copy.deepcopy(c_net).requires_grad_(False)
-    optimizer = torch.optim.Adam(c_net.parameters(), lr=config.lr)
-    losses = []
-    total = config.total_updates(gamma)
-    for step in range(1, total + 1):
-        idx = torch.randint(len(obs), (config.batch_size,), generator=generator)
+
+    def td_pair(idx, c_net, c_target):
         with torch.no_grad():
             candidates = uniform_actions(config.batch_size, config.max_actions, act_dim, generator)
             next_max = c_target(next_obs[idx].unsqueeze(1), candidates).max(dim=1).values
             target = correction_td_target(gap[idx], next_max, terminated[idx], gamma)
-        loss = 0.5 * (c_net(obs[idx], act[idx]) - target).pow(2).mean()
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        if step % config.target_update_interval == 0:
-            c_target.load_state_dict(c_net.state_dict())
-        if step % 100 == 0:
-            losses.append(float(loss.detach()))
+        return c_net(obs[idx], act[idx]), target
+
+    total = config.total_updates(gamma)
+    fit = td_fit(c_net, td_pair, len(obs), updates=total, config=config, generator=generator, desc="bound C")
     with torch.no_grad():
         probe = torch.randperm(len(obs), generator=generator)[:2048]
         c_probe = c_net(obs[probe], act[probe])
     return c_net, {"gap_mean": float(gap.mean()), "gap_max": float(gap.max()),
-                   "td_loss_last": losses[-1] if losses else float("nan"), "updates": total,
-                   "backups": total // config.target_update_interval, "gamma": gamma,
+                   "td_loss_last": fit["td_loss_last"] if fit["td_loss_last"] is not None else float("nan"),
+                   "updates": total, "backups": fit["backups"], "gamma": gamma,
                    "C_mean_on_stored": float(c_probe.mean()),
                    "C_constant_delta_reference": float(gamma * gap.mean() / (1.0 - gamma))}
 
@@ -134,7 +126,7 @@ def fit_correction(transitions: dict[str, np.ndarray], next_gap: np.ndarray, gam
 def fit_composition_correction(composition: Composition, config: BoundConfig = BoundConfig()) -> tuple[SoftQNetwork, dict]:
     """``fit_correction`` on the constituents' stored transitions, with ``delta`` by CRN sampling."""
     data = composition.transitions()
-    next_gap = gap_on_states(composition.q, data["next_obs"], config.n_value_samples, config.seed)
+    next_gap = gap_on_states(composition.q_w, data["next_obs"], config.n_value_samples, config.seed)
     return fit_correction(data, next_gap, composition.gamma, composition.parts[0].agent.q.obs_scale, config)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -13,6 +14,9 @@ import skills
 from envs.core import Task
 from skills.sql import soft_value_from_samples, uniform_actions
 from skills.stacked import ComposedSoftQNetwork, StackedQ
+
+if TYPE_CHECKING:
+    from .operators import OperatorConfig
 
 
 class IncompatibleSkillsError(ValueError):
@@ -122,7 +126,13 @@ class Composition:
     """
 
     def __init__(self, parts: Sequence[skills.Skill], weights: Sequence[float] | None = None,
-                 labels: Sequence[str] | None = None, library: str | None = None, seed: int = 0):
+                 labels: Sequence[str] | None = None, library: str | None = None, seed: int = 0,
+                 operator: "str | OperatorConfig" = "average", order: Sequence[str] | None = None,
+                 epsilon: float | None = None):
+        """``operator``: how the soft Q-functions combine (``compose.operators.OPERATORS``: average, dc, gpi, or,
+        priority); ``order`` (priority: labels, highest first) and ``epsilon`` (priority's margin) go with it."""
+        from .operators import operator_config
+
         if len(parts) < 2:
             raise ValueError("composition needs at least two skills")
         on_other_devices = [f"{p.name}: {p.device}" for p in parts if p.device.type != "cpu"]
@@ -132,15 +142,17 @@ class Composition:
         check_compatible(parts)
         self.parts = list(parts)
         self.labels = list(labels) if labels is not None else [p.name for p in parts]  # as the user named them
+        self.operator = operator_config(operator, self.labels, weights is not None, order, epsilon)
         self.weights = check_weights(weights, len(parts))
         self.alpha = parts[0].alpha
         self.gamma = parts[0].gamma
         self.obs_dim, self.act_dim = parts[0].obs_dim, parts[0].act_dim
-        self.q = ComposedQ(StackedQ([s.agent.q for s in parts]),
-                           torch.tensor(self.weights, dtype=torch.float32), self.alpha, self.act_dim)
+        self.q_w = ComposedQ(StackedQ([s.agent.q for s in parts]),
+                             torch.tensor(self.weights, dtype=torch.float32), self.alpha, self.act_dim)
         self.task = combined_task(parts, self.weights)
         self.library, self.seed = library, seed
         self._policy = None
+        self._energy = None
         self.saved: Path | None = None  # the library entry it was reopened from (compose.saved)
 
     # ---- acting like a skill (skills.policy.SoftPolicy) ----
@@ -152,8 +164,20 @@ class Composition:
         from .policy import ComposedPolicy
 
         built = build(self, self.library, progress, sampler_cfg, bound_cfg)
-        self._policy = ComposedPolicy(self, built.sampler, self.seed)
+        self._energy = built.q
+        self._policy = ComposedPolicy(self, built.sampler, self.seed, q_fn=built.q)
         return built
+
+    @property
+    def q(self):
+        """The composed soft Q-function the policy samples, ``pi ∝ exp(q/alpha)``: ``Q_w`` (``ComposedQ``, with
+        ``gap``) for ``average``; the operator's energy otherwise (its learned parts built on first use).
+        Callable: tensors in, tensors out (with autograd); numpy in, numpy out."""
+        if self.operator.name == "average":
+            return self.q_w
+        if self._energy is None:
+            self.build()
+        return self._energy
 
     @property
     def policy(self):
@@ -204,22 +228,26 @@ class Composition:
 
 
 def load(spec: str | Sequence[str], weights: Sequence[float] | None = None, library: str | None = None,
-         seed: int = 0, allow_stale: bool = False) -> Composition:
+         seed: int = 0, allow_stale: bool = False, operator: "str | OperatorConfig" = "average",
+         order: Sequence[str] | None = None, epsilon: float | None = None) -> Composition:
     """Load ``"reach+avoid"`` (or a list of skill names) from the library and compose them; or reopen a
     saved composition by its name (``"reach+avoid.composed"``, ``Composition.save``).
 
     The result acts like a skill (``act``, ``sample``, ``q``, ``value``); its sampler comes from the saved
     entry, the library cache, or is built on first use. ``seed`` seeds its sampling. A saved composition
     whose constituents were retrained since is refused (``skills.StaleSkillError``) unless ``allow_stale``.
+    ``operator`` picks how the skills combine (``compose.operators``: average, dc, gpi, or, priority with
+    ``order``, highest priority first); every operator returns this same policy object.
     """
     if isinstance(spec, (str, Path)):
         from .saved import reopen, saved_entry
 
         saved = saved_entry(str(spec), library)
         if saved is not None:
-            if weights is not None:
-                raise ValueError(f"{spec} is a saved composition with its own weights; compose its constituents "
-                                 "to choose others")
+            if weights is not None or operator != "average" or order is not None:
+                raise ValueError(f"{spec} is a saved composition with its own weights and operator; compose its "
+                                 "constituents to choose others")
             return reopen(saved, library, seed, allow_stale)
     names = str(spec).split("+") if isinstance(spec, (str, Path)) else list(spec)
-    return Composition([skills.load(n, library) for n in names], weights, labels=names, library=library, seed=seed)
+    return Composition([skills.load(n, library) for n in names], weights, labels=names, library=library, seed=seed,
+                       operator=operator, order=order, epsilon=epsilon)

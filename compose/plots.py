@@ -11,12 +11,16 @@ from skills.plots import _pyplot
 
 
 def plot_q_slices(panels: dict[str, np.ndarray], extent: float, path: str | Path, title: str,
-                  samples: np.ndarray | None = None, axis_names: tuple[str, str] = ("a_x", "a_y")) -> None:
+                  samples: np.ndarray | None = None, axis_names: tuple[str, str] = ("a_x", "a_y"),
+                  samples_panel: str | None = None) -> None:
     """Heatmaps of several Q-functions over a 2-D slice of the action space at one state.
 
     ``panels``: name -> Q on an [n, n] grid over ``[-extent, extent]^2`` (rows: second axis).
-    Each panel is shown relative to its own maximum, with the argmax marked.
+    Each panel is shown relative to its own maximum, with the argmax marked; ``samples`` are drawn on the panel
+    ``samples_panel`` (default: the first whose name starts with ``Q_w``).
     """
+    if samples_panel is None:
+        samples_panel = next((name for name in panels if name.startswith("Q_w")), None)
     plt = _pyplot()
     fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.4), dpi=110)
     for ax, (name, grid) in zip(np.atleast_1d(axes), panels.items()):
@@ -26,7 +30,7 @@ def plot_q_slices(panels: dict[str, np.ndarray], extent: float, path: str | Path
         iy, ix = np.unravel_index(np.argmax(grid), grid.shape)
         coords = np.linspace(-extent, extent, grid.shape[0])
         ax.plot(coords[ix], coords[iy], "r*", ms=12)
-        if samples is not None and name.startswith("Q_w"):
+        if samples is not None and name == samples_panel:
             ax.plot(samples[:, 0], samples[:, 1], "w.", ms=3, alpha=0.7)
         ax.set_title(name)
         ax.set_xlabel(axis_names[0])
@@ -95,6 +99,37 @@ def plot_comparison(rows: dict[str, dict], path: str | Path, title: str) -> None
         ax.tick_params(axis="x", rotation=20)
         ax.grid(axis="y", alpha=0.3)
     fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def plot_trajectories(paths: dict[str, list[np.ndarray]], marks: list[np.ndarray], path: str | Path, title: str,
+                      label: str, outcomes: dict[str, list[bool]] | None = None) -> None:
+    """One top-view panel per policy: its episodes' paths [T, 2] (green: success, red: not), the start (dot) and
+    each episode's marks [K, 2] (goals, target, obstacle) as rings."""
+    plt = _pyplot()
+    cols = min(4, len(paths))
+    rows = -(-len(paths) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.3 * cols, 3.0 * rows + 0.5), dpi=110, squeeze=False)
+    for ax in axes.flat[len(paths):]:
+        ax.set_visible(False)
+    every = np.concatenate([p for ps in paths.values() for p in ps] + [m for m in marks])
+    lo, hi = every.min(0), every.max(0)
+    pad = 0.08 * float(np.max(hi - lo) + 1e-9)
+    for ax, (name, episodes) in zip(axes.flat, paths.items()):
+        for mark in marks[: len(episodes)]:
+            ax.plot(mark[:, 0], mark[:, 1], "o", mfc="none", mec="0.55", ms=7, alpha=0.6)
+        for k, p in enumerate(episodes):
+            ok = outcomes[name][k] if outcomes is not None else True
+            ax.plot(p[:, 0], p[:, 1], "-", lw=0.9, alpha=0.7, color="tab:green" if ok else "tab:red")
+            ax.plot(p[0, 0], p[0, 1], ".", color="k", ms=3)
+        ax.set_xlim(lo[0] - pad, hi[0] + pad)
+        ax.set_ylim(lo[1] - pad, hi[1] + pad)
+        ax.set_aspect("equal")
+        ax.set_title(name, fontsize=9)
+        ax.tick_params(labelsize=7)
+    fig.suptitle(f"{title}\n{label}", fontsize=8)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)

@@ -28,12 +28,15 @@ class ComposedPolicy:
     """
 
     def __init__(self, composition: Composition, sampler: SamplerNetwork, seed: int = 0,
-                 particles: Callable[[torch.Tensor], torch.Tensor] | None = None):
+                 particles: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                 q_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None):
         """``particles``: act with other draws of ``pi_w`` instead, obs [B, o] -> actions [B, K, d] (per-decision
         SVGD, ``sampling.ParticlePolicy.particles``, or ``sampling.resampled_actions``); a sample is one of
         them at random, a deterministic action the best under ``Q_w``. ``sampler`` still centres the
-        importance proposal of ``V_w``."""
+        importance proposal of ``V_w``. ``q_fn``: the energy the policy samples (default ``Q_w``; another
+        operator's, ``compose.operators``); ``q``, ``value`` and deterministic actions use it."""
         self.composition, self.sampler, self.particles = composition, sampler, particles
+        self.q_fn = q_fn if q_fn is not None else composition.q_w
         self.name = composition.name
         self.alpha, self.gamma = composition.alpha, composition.gamma
         self.obs_dim, self.act_dim = composition.obs_dim, composition.act_dim
@@ -53,12 +56,12 @@ class ComposedPolicy:
         o = o.reshape(-1, self.obs_dim)
         if self.particles is not None:
             candidates = self.particles(o)  # [B, K, d]
-            pick = (self.composition.q(o.unsqueeze(1), candidates).argmax(dim=1) if deterministic
+            pick = (self.q_fn(o.unsqueeze(1), candidates).argmax(dim=1) if deterministic
                     else torch.randint(candidates.shape[1], (len(o),), generator=self.generator))
             actions = candidates[torch.arange(len(o)), pick]
         elif deterministic:
             candidates = self.sampler.sample(o, EVAL_PARTICLES, generator=self.generator)
-            best = self.composition.q(o.unsqueeze(1), candidates).argmax(dim=1)
+            best = self.q_fn(o.unsqueeze(1), candidates).argmax(dim=1)
             actions = candidates[torch.arange(len(o)), best]
         else:
             actions = self.sampler.sample(o, 1, generator=self.generator)[:, 0]
@@ -68,7 +71,7 @@ class ComposedPolicy:
     @torch.no_grad()
     def q(self, obs: ArrayLike, act: ArrayLike) -> ArrayLike:
         """``Q_w(s, a) = sum_i w_i Q_i(s, a)``: [..., o], [..., d] -> [...]."""
-        return like(self.composition.q(checked(obs, self.obs_dim), checked(act, self.act_dim, "action")), act)
+        return like(self.q_fn(checked(obs, self.obs_dim), checked(act, self.act_dim, "action")), act)
 
     @torch.no_grad()
     def value(self, obs: ArrayLike, n_samples: int = 1024) -> ArrayLike:
@@ -76,7 +79,7 @@ class ComposedPolicy:
         sampler's actions (mixture proposal, as ``skills.Skill.value``): [B, o] -> [B]."""
         def value_of(chunk: torch.Tensor) -> torch.Tensor:
             centers = self.sampler.sample(chunk, PROPOSAL_CENTERS, generator=self.generator)
-            return estimate_soft_value(self.composition.q, chunk, n_samples, self.alpha, self.act_dim, centers,
+            return estimate_soft_value(self.q_fn, chunk, n_samples, self.alpha, self.act_dim, centers,
                                        generator=self.generator)
 
         return like(value_in_chunks(value_of, checked(obs, self.obs_dim).reshape(-1, self.obs_dim), n_samples), obs)

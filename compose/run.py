@@ -38,7 +38,8 @@ from skills.trainer import EVAL_SEED
 from .bound import BoundConfig, MCBoundConfig, check_bound, episode_starts, gap_on_states, mc_bound, mc_soft_q
 from .build import Built, build
 from .composition import Composition, IncompatibleSkillsError, check_compatible, load
-from .plots import plot_comparison, plot_episode_bound, plot_q_slices, q_grid
+from .operators import OPERATORS, WEIGHTED, OperatorConfig
+from .plots import plot_comparison, plot_episode_bound, plot_q_slices, plot_trajectories, q_grid
 from .policy import EVAL_PARTICLES, ComposedPolicy
 from .sampling import (
     ParticleConfig,
@@ -67,17 +68,17 @@ def composed_policy(composition: Composition, built: Built, kind: str, seed: int
     importance resampling of ``exp(Q_w/alpha)`` (a slow reference with no sampler)."""
     particles = None
     if kind == "particles":
-        particles = ParticlePolicy(composition.q, composition.act_dim, composition.alpha, ParticleConfig(), seed,
+        particles = ParticlePolicy(built.q, composition.act_dim, composition.alpha, ParticleConfig(), seed,
                                    init=constituent_init([p.agent.sampler for p in composition.parts])).particles
     elif kind == "resampling":
         generator = torch.Generator().manual_seed(seed)
 
         def particles(obs: torch.Tensor) -> torch.Tensor:
-            return resampled_actions(composition.q, obs, EVAL_PARTICLES, composition.alpha, composition.act_dim,
+            return resampled_actions(built.q, obs, EVAL_PARTICLES, composition.alpha, composition.act_dim,
                                      generator=generator)
     elif kind != "amortized":
         raise ValueError(f"unknown sampler {kind!r}; valid: {', '.join(SAMPLERS)}")
-    return ComposedPolicy(composition, built.sampler, seed, particles)
+    return ComposedPolicy(composition, built.sampler, seed, particles, q_fn=built.q)
 
 
 def find_joint(composition: Composition, library: str | None, joint: str | None = None) -> tuple[skills.Skill | None, str]:
@@ -210,7 +211,7 @@ def learned_bound(*, composition: Composition, built: Built, joint: skills.Skill
     obs = torch.as_tensor(np.stack([p[0] for p in pairs[:MAX_BOUND_PAIRS]]))
     act = torch.as_tensor(np.stack([p[1] for p in pairs[:MAX_BOUND_PAIRS]]))
     with torch.no_grad():
-        q_w = composition.q(obs, act).numpy()
+        q_w = composition.q_w(obs, act).numpy()
         c = built.correction(obs, act).numpy()
     out = {"label": "learned functions compared point by point (Q_joint stands in for Q*_w); a diagnostic, "
                     "not a test: see bound.mc"}
@@ -231,7 +232,7 @@ def bound_episode_figure(*, composition: Composition, composed: ComposedPolicy, 
     env.close()
     e_obs, e_act = (np.stack([p[i] for p in episode]) for i in (0, 1))
     with torch.no_grad():
-        e_qw = composition.q(torch.as_tensor(e_obs), torch.as_tensor(e_act)).numpy()
+        e_qw = composition.q_w(torch.as_tensor(e_obs), torch.as_tensor(e_act)).numpy()
         e_c = built.correction(torch.as_tensor(e_obs), torch.as_tensor(e_act)).numpy()
     e_qj = joint.q(e_obs, e_act) if joint is not None else None
     mc_rows = None
@@ -247,38 +248,52 @@ def q_slices_figure(*, composition: Composition, built: Built, joint: skills.Ski
                     path: Path) -> None:
     """Phase 4b: Q over two action dimensions at the visited state with the largest gap."""
     obs = np.stack([p[0] for p in pairs[:2000]])
-    gaps = gap_on_states(composition.q, obs, 256, seed)
+    gaps = gap_on_states(composition.q_w, obs, 256, seed)
     state = obs[int(np.argmax(gaps))]
     panels = {f"Q_{label}": q_grid(p.agent.q, state, composition.act_dim)
               for label, p in zip(composition.labels, composition.parts)}
-    panels["Q_w (composed)"] = q_grid(composition.q, state, composition.act_dim)
+    panels["Q_w (composed)"] = q_grid(composition.q_w, state, composition.act_dim)
+    sampled = "Q_w (composed)"  # the energy the composed sampler samples: its dots go there
+    if composition.operator.name != "average":
+        sampled = f"Q_{composition.operator.name} (composed)"
+        panels[sampled] = q_grid(built.q, state, composition.act_dim)
     if joint is not None:
         panels["Q_joint"] = q_grid(joint.agent.q, state, composition.act_dim)
     with torch.no_grad():
         samples = torch.tanh(built.sampler(torch.as_tensor(state)[None], torch.randn(1, 200, composition.act_dim)))[0]
     plot_q_slices(panels, 1.0, path,
                   f"{composition.name}: Q over (a_0, a_1) at the visited state with the largest gap delta "
-                  f"(other action dims 0); dots: composed sampler", samples.numpy())
+                  f"(other action dims 0); dots: composed sampler", samples.numpy(), samples_panel=sampled)
+
+
+def output_directory(out: str | Path | None, name: str) -> Path:
+    """``out`` (default ``runs/compose/<name>-<time>``), created and checked writable now, not after minutes of work."""
+    out = Path(out) if out else Path("runs") / "compose" / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / ".write-test").write_text("")
+    (out / ".write-test").unlink()
+    return out
 
 
 def run(spec: str | Sequence[str], *, weights: list[float] | None = None, sampler: str = "amortized", episodes: int = 100,
         seed: int = EVAL_SEED, render: bool = False, out: str | Path | None = None, library: str | None = None,
         deterministic: bool = False, env_kwargs: dict[str, Any] | None = None, progress: bool = True,
         sampler_cfg: SamplerConfig | None = None, bound_cfg: BoundConfig | None = None,
-        mc_cfg: MCBoundConfig | None = MCBoundConfig(), joint: str | None = None) -> dict:
+        mc_cfg: MCBoundConfig | None = MCBoundConfig(), joint: str | None = None, operator: str = "average",
+        order: Sequence[str] | None = None, epsilon: float | None = None) -> dict:
     """Build, run and report a composition; returns the report dict (also written to ``out``).
 
     Every policy acts stochastically (its max-ent policy) unless ``deterministic``; ``mc_cfg=None``
     skips the Monte Carlo bound check; ``joint`` names the reference skill (default: the combined task's newest).
+    ``operator`` (``compose.operators``) chooses how the skills combine; the bound checks run for ``average``,
+    the operator the bound is about. ``run_operators`` compares every operator in one table.
     """
     started = time.perf_counter()
     torch.manual_seed(seed)  # constituents and the joint skill sample from torch's global generator
     env_kwargs = dict(env_kwargs or {})
-    composition = load(spec, weights, library)
-    out = Path(out) if out else Path("runs") / "compose" / f"{composition.skill_names}-{time.strftime('%Y%m%d-%H%M%S')}"
-    out.mkdir(parents=True, exist_ok=True)
-    (out / ".write-test").write_text("")  # fail now, not after minutes of evaluation, if out cannot be written
-    (out / ".write-test").unlink()
+    composition = load(spec, weights, library, operator=operator, order=order, epsilon=epsilon)
+    averaging = composition.operator.name == "average"
+    out = output_directory(out, composition.skill_names)
 
     def make_env():
         return envs.make_task_env(composition.task, **env_kwargs)
@@ -293,24 +308,31 @@ def run(spec: str | Sequence[str], *, weights: list[float] | None = None, sample
                                     make_env=make_env, episodes=episodes, seed=seed, deterministic=deterministic)
     rows["composed"]["sampler"] = sampler
     # phase 3: the bound, by Monte Carlo soft returns (the amortized sampler's policy) and by learned functions
-    bound = {"form": "tight: C = gamma E[delta(s') + max_a' C(s',a')], delta = sum_i w_i V_i - V_w",
-             "gap_on_stored_states": built.info.get("gap", {})}
-    if mc_cfg is not None:
-        mc_policy = ComposedPolicy(composition, built.sampler, seed + 1)
-        bound["mc"] = mc_bound(mc_policy, joint, built.correction, make_env, composition.task.reward_range,
-                               composition.task.family.horizon, mc_cfg)
-    bound["learned"] = learned_bound(composition=composition, built=built, joint=joint, joint_note=joint_note,
-                                     pairs=pairs)
+    figures = {name: out / f"{name}.png" for name in ("bound_episode", "q_slices", "comparison") if averaging
+               or name != "bound_episode"}
+    if averaging:
+        bound = {"form": "tight: C = gamma E[delta(s') + max_a' C(s',a')], delta = sum_i w_i V_i - V_w",
+                 "gap_on_stored_states": built.info.get("gap", {})}
+        if mc_cfg is not None:
+            mc_policy = ComposedPolicy(composition, built.sampler, seed + 1)
+            bound["mc"] = mc_bound(mc_policy, joint, built.correction, make_env, composition.task.reward_range,
+                                   composition.task.family.horizon, mc_cfg)
+        bound["learned"] = learned_bound(composition=composition, built=built, joint=joint, joint_note=joint_note,
+                                         pairs=pairs)
+        bound["mc_episode"] = bound_episode_figure(composition=composition, composed=composed, built=built, joint=joint,
+                                                   make_env=make_env, seed=seed, mc_cfg=mc_cfg,
+                                                   path=figures["bound_episode"])
+    else:
+        bound = {"note": f"the bound of Haarnoja et al. (2018) is about averaging; operator "
+                         f"{composition.operator.name!r} is not checked against it"}
     # phase 4: figures
-    figures = {name: out / f"{name}.png" for name in ("bound_episode", "q_slices", "comparison")}
-    bound["mc_episode"] = bound_episode_figure(composition=composition, composed=composed, built=built, joint=joint,
-                                               make_env=make_env, seed=seed, mc_cfg=mc_cfg, path=figures["bound_episode"])
     q_slices_figure(composition=composition, built=built, joint=joint, pairs=pairs, seed=seed, path=figures["q_slices"])
     mode = "deterministic" if deterministic else "stochastic"
     plot_comparison(rows, figures["comparison"], f"{composition.task.name}: {episodes} seeded episodes, {mode}")
     # phase 5: the report
     report = {
         "spec": composition.name, "task": composition.task.name, "weights": composition.weights.tolist(),
+        "operator": composition.operator.settings(),
         "alpha": composition.alpha, "gamma": composition.gamma, "episodes": episodes, "seed": seed,
         "sampler": sampler, "mode": mode, "deterministic": deterministic,
         "mode_note": ("stochastic: every policy draws one sampler action per step (its max-ent policy)" if not deterministic
@@ -337,6 +359,158 @@ def run(spec: str | Sequence[str], *, weights: list[float] | None = None, sample
     write_text(out / "report.md", report_markdown(report, rows))
     report["out"] = str(out)
     return report
+
+
+def trajectories(policy, make_env, episodes: int, seed: int, deterministic: bool, plane) -> tuple[list, list, list]:
+    """The first ``episodes`` seeded episodes of ``policy`` in the family's top view: (paths [T, 2], marks [K, 2]
+    of each episode's first observation, success flags). Torch's generator is reseeded as in ``evaluate_row``."""
+    torch.manual_seed(seed)
+    env = make_env()
+    paths, marks, successes = [], [], []
+    for episode in range(episodes):
+        obs, _ = env.reset(seed=seed + episode)
+        seen = [obs]
+        while True:
+            obs, _, terminated, truncated, info = env.step(policy.act(obs, deterministic))
+            seen.append(obs)
+            if terminated or truncated:
+                break
+        seen = np.stack(seen)
+        paths.append(plane.plane(seen))
+        marks.append(plane.plane_marks(seen[0]) if plane.plane_marks is not None else np.zeros((0, 2)))
+        successes.append(bool(info.get("is_success", False)))
+    env.close()
+    return paths, marks, successes
+
+
+def applicable_operators(operators: Sequence[str], weighted: bool, order: Sequence[str] | None) -> tuple[list, dict]:
+    """The operators of ``operators`` that apply here, and why each other one does not."""
+    run_these, skipped = [], {}
+    for name in operators:
+        if name not in OPERATORS:
+            raise ValueError(f"unknown operator {name!r}; valid operators: {', '.join(OPERATORS)}, all")
+        if weighted and name not in WEIGHTED:
+            skipped[name] = "takes no weights"
+        elif name == "priority" and not order:
+            skipped[name] = "needs an order (--order SKILL,SKILL, highest priority first)"
+        else:
+            run_these.append(name)
+    return run_these, skipped
+
+
+def run_operators(spec: str, *, operators: Sequence[str] | None = None, weights: list[float] | None = None,
+                  order: Sequence[str] | None = None, epsilon: float | None = None, episodes: int = 100,
+                  seed: int = EVAL_SEED, out: str | Path | None = None, library: str | None = None,
+                  deterministic: bool = False, env_kwargs: dict[str, Any] | None = None, progress: bool = True,
+                  sampler_cfg: SamplerConfig | None = None, operator_cfg: OperatorConfig | None = None,
+                  bound_cfg: BoundConfig | None = None, trajectory_episodes: int = 20, joint: str | None = None) -> dict:
+    """Every applicable operator (default: all of ``compose.operators.OPERATORS``) on the same seeded episodes of
+    the combined task, with the jointly trained reference and each constituent: one table (report.md), one
+    figure of trajectories per policy (trajectories.png) and report.json. Returns the report.
+    ``operator_cfg``: the learned operators' fit settings (its ``name`` is ignored); ``bound_cfg``: the bound's
+    ``C`` that an averaged composition builds with its sampler (and caches with it)."""
+    started = time.perf_counter()
+    env_kwargs = dict(env_kwargs or {})
+    names = [n for n in str(spec).split("+")]
+    run_these, skipped = applicable_operators(list(operators or OPERATORS), weights is not None, order)
+    parts = [skills.load(n, library) for n in names]
+    base = Composition(parts, weights, labels=names, library=library, seed=seed)
+    out = output_directory(out, base.skill_names + "-operators")
+
+    def make_env():
+        return envs.make_task_env(base.task, **env_kwargs)
+
+    # phase 1: build every operator (no environment samples), and find the reference
+    compositions, builds = {}, {}
+    for name in run_these:
+        composition = Composition(parts, weights if name in WEIGHTED else None, labels=names, library=library, seed=seed,
+                                  operator=replace(operator_cfg or OperatorConfig(), name=name, order=None),
+                                  order=order if name == "priority" else None, epsilon=epsilon if name == "priority" else None)
+        builds[name] = build(composition, library, progress, sampler_cfg or SamplerConfig(), bound_cfg or BoundConfig())
+        compositions[name] = composition
+    reference, joint_note = find_joint(base, library, joint)
+    # phase 2: every policy on the same seeded episodes
+    policies: dict[str, Any] = {name: composed_policy(compositions[name], builds[name], "amortized", seed)
+                                for name in run_these}
+    rows = {}
+    for name, policy in policies.items():
+        b = builds[name]
+        rows[name] = evaluate_row(name, policy, make_env, episodes, seed, deterministic, 0,
+                                  b.build_wall_time_s + b.info.get("operator_wall_time_s", 0.0))
+    if reference is not None:
+        policies["joint"] = reference
+        rows["joint"] = evaluate_row("joint", reference, make_env, episodes, seed, deterministic,
+                                     reference.info.env_steps, reference.info.wall_time_s)
+    for label, part in zip(names, parts):
+        policies[label] = part
+        rows[label] = evaluate_row(label, part, make_env, episodes, seed, deterministic, part.info.env_steps,
+                                   part.info.wall_time_s)
+    # phase 3: the figure
+    family = base.task.family
+    mode = "deterministic" if deterministic else "stochastic"
+    figures = {}
+    if family.plane is not None:
+        paths, outcomes, marks = {}, {}, []
+        for name, policy in policies.items():
+            paths[name], marks, outcomes[name] = trajectories(policy, make_env, min(trajectory_episodes, episodes), seed,
+                                                              deterministic, family)
+        figures["trajectories"] = out / "trajectories.png"
+        plot_trajectories(paths, marks, figures["trajectories"],
+                          f"{base.task.name}: the first {len(marks)} seeded episodes, {mode} (green: success)",
+                          family.plane_label, outcomes)
+    # phase 4: the report
+    report = {
+        "spec": base.name, "task": base.task.name, "weights": base.weights.tolist(), "alpha": base.alpha,
+        "gamma": base.gamma, "episodes": episodes, "seed": seed, "mode": mode, "deterministic": deterministic,
+        "operators": {name: rows[name] | {"operator": compositions[name].operator.settings(),
+                                          "cached": builds[name].cached,
+                                          "operator_fit": builds[name].info.get("operator_fit", {})}
+                      for name in run_these},
+        "skipped": skipped,
+        "joint": rows.get("joint", {"note": joint_note}),
+        "constituents": {label: rows[label] for label in names},
+        "ratios_to_joint": ratio_rows(rows, run_these) if "joint" in rows else {},
+        "figures": {k: str(v) for k, v in figures.items()},
+        "env_kwargs": {k: str(v) for k, v in env_kwargs.items()},
+    }
+    report["wall_time_s"] = round(time.perf_counter() - started, 1)
+    write_json(out / "report.json", report)
+    write_text(out / "report.md", operators_markdown(report, rows))
+    report["out"] = str(out)
+    return report
+
+
+def ratio_rows(rows: dict[str, dict], operators: Sequence[str]) -> dict[str, dict]:
+    """Each operator's success and return over the joint's (``None`` where the joint's is not positive), and its
+    return minus the joint's with the standard error of that difference (independent episodes' spread)."""
+    joint = rows["joint"]
+
+    def ratio(a: float, b: float) -> float | None:
+        return round(a / b, 4) if b > 0 else None
+
+    def se(row: dict) -> float:
+        return float(row["return_std"]) / np.sqrt(row["episodes"])
+
+    return {name: {"success": ratio(rows[name]["success_rate"], joint["success_rate"]),
+                   "return": ratio(rows[name]["return_mean"], joint["return_mean"]),
+                   "return_minus_joint": round(rows[name]["return_mean"] - joint["return_mean"], 4),
+                   "return_minus_joint_se": round(float(np.hypot(se(rows[name]), se(joint))), 4)} for name in operators}
+
+
+def operators_markdown(report: dict, rows: dict[str, dict]) -> str:
+    lines = [f"# Composition operators: {report['spec']} on {report['task']}", "",
+             f"{report['episodes']} seeded episodes from seed {report['seed']}, {report['mode']}; alpha {report['alpha']}, "
+             f"gamma {report['gamma']}; every operator uses 0 environment samples.", "", comparison_table(rows), ""]
+    if report["ratios_to_joint"]:
+        lines += ["| operator | success / joint | return / joint | return − joint (± se) |", "|---|---|---|---|"]
+        for name, r in report["ratios_to_joint"].items():
+            cells = ["–" if r[key] is None else f"{r[key]:.2f}" for key in ("success", "return")]
+            lines.append(f"| {name} | {cells[0]} | {cells[1]} | {r['return_minus_joint']:+.2f} "
+                         f"± {r['return_minus_joint_se']:.2f} |")
+        lines.append("")
+    lines += [f"- {name}: skipped, {why}" for name, why in report["skipped"].items()]
+    lines += [f"![{k}]({Path(v).name})" for k, v in report["figures"].items()]
+    return "\n".join(lines) + "\n"
 
 
 def comparison_table(rows: dict[str, dict]) -> str:
@@ -375,6 +549,8 @@ def mc_lines(mc: dict) -> list[str]:
 
 
 def bound_lines(bound: dict) -> list[str]:
+    if "note" in bound:
+        return [f"- {bound['note']}"]
     lines = ["Monte Carlo (falsifiable, no learned stand-in for Q*_w):", *mc_lines(bound["mc"])] if "mc" in bound else []
     learned = bound["learned"]
     lines.append("Learned functions compared point by point (a diagnostic, not a test):")
@@ -416,6 +592,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("spec", help="skills to compose, joined by '+', e.g. reach+avoid")
     parser.add_argument("--weights", type=weight_list,
                         help="comma-separated weights summing to 1 (default: equal), e.g. 0.7,0.3")
+    parser.add_argument("--operator", choices=[*OPERATORS, "all"], default="average",
+                        help="how the skills' soft Q-functions combine: "
+                        + "; ".join(f"{k}: {v}" for k, v in OPERATORS.items())
+                        + "; all: every applicable operator on the same episodes, one table and one trajectory figure "
+                          "(default: average)")
+    parser.add_argument("--order", type=lambda s: [x for x in s.split(",") if x],
+                        help="priority: the skills, highest priority first, e.g. avoid,reach")
+    parser.add_argument("--epsilon", type=float, help="priority: indifference margin in Q units "
+                        "(default: compose.operators.OperatorConfig.epsilon)")
     parser.add_argument("--sampler", choices=SAMPLERS, default="amortized",
                         help="amortized: a fresh sampler network trained on Q_w (cached); "
                              "particles: SVGD on action particles at each step; resampling: importance resampling "
@@ -438,10 +623,13 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     weights = args.weights
     env_kwargs = arm_kwargs(args)
+    if args.operator == "all":
+        return main_operators(args, env_kwargs)
     try:
         report = run(args.spec, weights=weights, sampler=args.sampler, episodes=args.episodes, seed=args.seed,
                      render=args.render, out=args.out, library=args.library, deterministic=args.deterministic,
-                     env_kwargs=env_kwargs, progress=not args.no_progress, mc_cfg=None if args.no_mc else MCBoundConfig())
+                     env_kwargs=env_kwargs, progress=not args.no_progress, mc_cfg=None if args.no_mc else MCBoundConfig(),
+                     operator=args.operator, order=args.order, epsilon=args.epsilon)
     except (UnknownNameError, SkillError, IncompatibleSkillsError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -459,6 +647,33 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\nnote: {report['joint']['note']}")
     if "video" in report:
         print(f"\nvideo: {report['video']}")
+    print(f"\nreport: {report['out']}/report.md  ({report['wall_time_s']:.0f} s)")
+    if args.json:
+        write_json(Path(args.json), report)
+    return 0
+
+
+def main_operators(args: argparse.Namespace, env_kwargs: dict) -> int:
+    """``--operator all``: every applicable operator in one table and one figure."""
+    try:
+        report = run_operators(args.spec, weights=args.weights, order=args.order, epsilon=args.epsilon,
+                               episodes=args.episodes, seed=args.seed, out=args.out, library=args.library,
+                               deterministic=args.deterministic, env_kwargs=env_kwargs, progress=not args.no_progress)
+    except (UnknownNameError, SkillError, IncompatibleSkillsError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:
+        print(f"error: cannot write: {err}", file=sys.stderr)
+        return 1
+    rows = {**report["operators"], **({"joint": report["joint"]} if "success_rate" in report["joint"] else {}),
+            **report["constituents"]}
+    print(f"\n{report['spec']} on {report['task']} ({report['episodes']} episodes, seed {report['seed']}, "
+          f"{report['mode']}), every operator with 0 environment samples:\n")
+    print(comparison_table(rows))
+    for name, why in report["skipped"].items():
+        print(f"{name}: skipped, {why}")
+    if "note" in report["joint"]:
+        print(f"\nnote: {report['joint']['note']}")
     print(f"\nreport: {report['out']}/report.md  ({report['wall_time_s']:.0f} s)")
     if args.json:
         write_json(Path(args.json), report)

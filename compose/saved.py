@@ -88,6 +88,9 @@ def save(composition: Composition, name: str | None = None, library: str | Path 
     """Write the composition as a new library version ``<library>/<name>/v<N>`` (never overwrites)."""
     root = Path(library) if library is not None else (Path(composition.library) if composition.library is not None
                                                        else default_library())
+    if composition.operator.name != "average":
+        raise ValueError(f"saving a composition is supported for operator 'average' only (its Q-network is "
+                         f"sum_i w_i Q_i + R); {composition.operator.name!r} is rebuilt from the library cache instead")
     name = name or default_name(composition)
     if not NAME.match(name):
         raise ValueError(f"invalid skill name {name!r}: letters, digits, '_', '.', '+', '-'; no '/' or '@'")

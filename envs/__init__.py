@@ -23,7 +23,7 @@ import gymnasium as gym  # noqa: E402
 from .core import Family, Task, UnknownNameError, mean_task  # noqa: E402
 
 # family module -> the gymnasium.Env class that runs its tasks
-_FAMILIES = {"arm": "ArmTaskEnv", "multigoal": "MultiGoalEnv", "pusher": "PusherEnv"}
+_FAMILIES = {"arm": "ArmTaskEnv", "multigoal": "MultiGoalEnv", "pusher": "PusherEnv", "twogoal": "TwoGoalEnv"}
 
 
 def _build_registry() -> tuple[dict[str, Task], dict[str, type]]:

@@ -116,6 +116,9 @@ FAMILY = Family(
     gamma=0.95,  # effective horizon 1/(1-gamma) = 20 steps: a reach takes <= 10 (docs/skills.md, "Discount")
     horizon=50,
     term_ranges={"reach": (-1.0, 0.0), "avoid": (-1.0, 0.0)},
+    plane=lambda obs: -obs[..., TARGET_REL][..., :2],  # end effector relative to the target, top view
+    plane_marks=lambda obs: np.stack([np.zeros(2), (obs[OBSTACLE_REL] - obs[TARGET_REL])[:2]]),  # target, obstacle
+    plane_label="end effector - target (x, y), m; marks: target (0, 0) and the obstacle",
 )
 
 REACH = Task("reach", FAMILY, {"reach": 1.0}, success=("at_target",))

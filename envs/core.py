@@ -49,6 +49,10 @@ class Family:
     horizon: int  # episode length (time-limit truncation)
     term_ranges: Mapping[str, tuple[float, float]] = field(default_factory=dict)  # term -> (min, max) per step
     measures: Mapping[str, TermFn] = field(default_factory=dict)  # reported at an episode's end, not rewarded
+    # where to draw trajectories (a top view): obs [T, o] -> [T, 2]; marks: the first obs [o] -> points [K, 2]
+    plane: Callable[[np.ndarray], np.ndarray] | None = None
+    plane_marks: Callable[[np.ndarray], np.ndarray] | None = None
+    plane_label: str = ""
 
     def __post_init__(self) -> None:
         missing = set(self.terms) - set(self.term_ranges)

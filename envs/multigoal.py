@@ -18,9 +18,9 @@ GOAL_RADIUS = 1.0  # reaching within this distance of a goal ends the episode
 INIT_STD = 0.1  # start position ~ N(0, INIT_STD^2 I)
 
 
-def goal_distances(next_obs: np.ndarray) -> np.ndarray:
-    """Distance to every goal: [B, 2] -> [B, 4]."""
-    return np.linalg.norm(next_obs[:, None, :2] - GOALS[None], axis=-1)
+def goal_distances(next_obs: np.ndarray, goals: np.ndarray = GOALS) -> np.ndarray:
+    """Distance to every goal: [B, 2], goals [G, 2] -> [B, G]."""
+    return np.linalg.norm(next_obs[:, None, :2] - goals[None], axis=-1)
 
 
 def action_cost_term(next_obs: np.ndarray, action: np.ndarray) -> np.ndarray:
@@ -52,6 +52,7 @@ FAMILY = Family(
     horizon=30,
     # |a|^2 <= 2 on [-1, 1]^2; min_g |s - g|^2 <= 53 on [-7, 7]^2 (at the corners)
     term_ranges={"action_cost": (-2.0, 0.0), "goal_distance": (-53.0, 0.0), "goal_bonus": (0.0, 1.0)},
+    plane=lambda obs: obs[..., :2], plane_marks=lambda obs: GOALS, plane_label="position (x, y); marks: goals",
 )
 MULTIGOAL = Task("multigoal", FAMILY, {"action_cost": 30.0, "goal_distance": 1.0, "goal_bonus": 10.0},
                  success=("at_goal",))
@@ -59,8 +60,9 @@ TASKS = [MULTIGOAL]
 
 
 class MultiGoalEnv(gym.Env):
-    """2-D point mass with four goals."""
+    """2-D point mass with four goals (``GOALS``; subclasses set others). An episode ends at any goal."""
 
+    GOALS = GOALS
     metadata = {"render_modes": ["rgb_array"], "render_fps": 10}
 
     def __init__(self, task: Task = MULTIGOAL, render_mode: str | None = None, width: int = 400, height: int = 400):
@@ -87,7 +89,7 @@ class MultiGoalEnv(gym.Env):
         obs = self.position.astype(np.float32)
         reward, info = self.tracker.step_info(obs, action)
         terminated = info["checks"]["at_goal"]
-        info["goal"] = int(np.argmin(goal_distances(obs[None])[0])) if terminated else -1
+        info["goal"] = int(np.argmin(goal_distances(obs[None], self.GOALS)[0])) if terminated else -1
         return obs, reward, terminated, False, info
 
     def render(self):
@@ -104,7 +106,7 @@ class MultiGoalEnv(gym.Env):
             return int((w - side) / 2 + (p[0] + BOUND) * scale), int((h - side) / 2 + (BOUND - p[1]) * scale)
 
         radius = int(GOAL_RADIUS * scale)
-        for goal in GOALS:
+        for goal in self.GOALS:
             cv2.circle(img, to_px(goal), radius, (60, 170, 60), -1)
         for a, b in zip(self.path[:-1], self.path[1:]):
             cv2.line(img, to_px(a), to_px(b), (40, 40, 200), 2)

@@ -22,6 +22,8 @@ FAMILY_SQL: dict[str, SQLConfig] = {
     "multigoal": SQLConfig(alpha=10.0, obs_scale=0.2, value_proposal="mixture", value_samples=32,
                            target_update_interval=50),
     "pusher": SQLConfig(alpha=0.05, obs_scale=1.0),
+    "twogoal": SQLConfig(alpha=0.2, obs_scale=0.2, value_proposal="mixture", value_samples=32,
+                         target_update_interval=50, random_episodes=0.5),
 }
 TASK_SQL: dict[str, dict] = {
     # avoid's own policy soon stops touching the obstacle, leaving Q_avoid flat exactly where a
@@ -39,6 +41,9 @@ TASK_STEPS: dict[str, int] = {
     "reach": 30_000,
     "avoid": 20_000,
     "reach+avoid": 40_000,
+    "west": 10_000,  # success 1.00 from 3k steps (a 15k trial; docs/compose.md, "Operators")
+    "east": 10_000,
+    "west+east": 10_000,
     "multigoal": 20_000,  # 8k left the soft return 10.8 from V(s0) (goal 9.8); 20k: 4.5 (docs/skills.md)
 }
 DEFAULT_STEPS = 30_000

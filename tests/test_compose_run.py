@@ -73,7 +73,6 @@ def test_the_mc_bound_check_can_fail_on_both_sides(library):
     """Q_w shifted down by more than any slack: every CI of G lies above Q_w (upper side falsified).
     Shifted up with C = 0: every CI lies below Q_w - C (lower side fails). Shifting Q by a constant
     leaves pi_w and the entropy terms V - Q unchanged, so G is the same ground truth throughout."""
-    import types
 
     import envs
     from compose import load
@@ -88,10 +87,7 @@ def test_the_mc_bound_check_can_fail_on_both_sides(library):
         return envs.make_task_env(composition.task)
 
     def shifted(delta: float) -> ComposedPolicy:
-        fake = types.SimpleNamespace(**{k: getattr(composition, k) for k in ("name", "alpha", "gamma", "obs_dim",
-                                                                             "act_dim")})
-        fake.q = lambda o, a: composition.q(o, a) + delta
-        return ComposedPolicy(fake, built.sampler, seed=0)
+        return ComposedPolicy(composition, built.sampler, seed=0, q_fn=lambda o, a: composition.q(o, a) + delta)
 
     args = (built.correction, make_env, composition.task.reward_range, composition.task.family.horizon, SMALL_MC)
     honest = mc_bound(shifted(0.0), None, *args)
