@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 import torch
@@ -101,9 +101,9 @@ def operator_config(operator: str | OperatorConfig | None, labels: Sequence[str]
     priority without a complete order, an order for other operators."""
     config = operator if isinstance(operator, OperatorConfig) else OperatorConfig(name=operator or "average")
     if order is not None:
-        config = OperatorConfig(**{**asdict(config), "order": tuple(order)})
+        config = replace(config, order=tuple(order))
     if epsilon is not None:
-        config = OperatorConfig(**{**asdict(config), "epsilon": float(epsilon)})
+        config = replace(config, epsilon=float(epsilon))
     if config.name not in OPERATORS:
         raise OperatorError(f"unknown operator {config.name!r}; valid operators: {', '.join(OPERATORS)}")
     if weighted and config.name not in WEIGHTED:

@@ -411,7 +411,7 @@ def run_operators(spec: str, *, operators: Sequence[str] | None = None, weights:
     ``C`` that an averaged composition builds with its sampler (and caches with it)."""
     started = time.perf_counter()
     env_kwargs = dict(env_kwargs or {})
-    names = [n for n in str(spec).split("+")]
+    names = str(spec).split("+")
     run_these, skipped = applicable_operators(list(operators or OPERATORS), weights is not None, order)
     parts = [skills.load(n, library) for n in names]
     base = Composition(parts, weights, labels=names, library=library, seed=seed)
@@ -450,6 +450,8 @@ def run_operators(spec: str, *, operators: Sequence[str] | None = None, weights:
     mode = "deterministic" if deterministic else "stochastic"
     figures = {}
     if family.plane is not None:
+        # fresh composed policies: their first episodes draw what the table's first episodes drew
+        policies |= {name: composed_policy(compositions[name], builds[name], "amortized", seed) for name in run_these}
         paths, outcomes, marks = {}, {}, []
         for name, policy in policies.items():
             paths[name], marks, outcomes[name] = trajectories(policy, make_env, min(trajectory_episodes, episodes), seed,
