@@ -152,7 +152,6 @@ class Composition:
         self.task = combined_task(parts, self.weights)
         self.library, self.seed = library, seed
         self._policy = None
-        self._energy = None
         self.saved: Path | None = None  # the library entry it was reopened from (compose.saved)
 
     # ---- acting like a skill (skills.policy.SoftPolicy) ----
@@ -164,7 +163,6 @@ class Composition:
         from .policy import ComposedPolicy
 
         built = build(self, self.library, progress, sampler_cfg, bound_cfg)
-        self._energy = built.q
         self._policy = ComposedPolicy(self, built.sampler, self.seed, q_fn=built.q)
         return built
 
@@ -173,11 +171,7 @@ class Composition:
         """The composed soft Q-function the policy samples, ``pi ∝ exp(q/alpha)``: ``Q_w`` (``ComposedQ``, with
         ``gap``) for ``average``; the operator's energy otherwise (its learned parts built on first use).
         Callable: tensors in, tensors out (with autograd); numpy in, numpy out."""
-        if self.operator.name == "average":
-            return self.q_w
-        if self._energy is None:
-            self.build()
-        return self._energy
+        return self.q_w if self.operator.name == "average" else self.policy.q_fn
 
     @property
     def policy(self):
