@@ -303,7 +303,8 @@ def run(spec: str | Sequence[str], *, weights: list[float] | None = None, sample
     built = build(composition, library, progress, sampler_cfg or SamplerConfig(), bound_cfg or BoundConfig())
     composed = composed_policy(composition, built, sampler, seed)
     # phase 2: the policies on the same seeded episodes
-    build_time = 0.0 if sampler != "amortized" else built.build_wall_time_s  # the others train nothing
+    # the operator's offline fits (dc, gpi), and the amortized sampler (the other samplers train nothing)
+    build_time = built.info.get("operator_wall_time_s", 0.0) + (built.build_wall_time_s if sampler == "amortized" else 0.0)
     rows, pairs = evaluate_policies(composition=composition, composed=composed, joint=joint, build_time=build_time,
                                     make_env=make_env, episodes=episodes, seed=seed, deterministic=deterministic)
     rows["composed"]["sampler"] = sampler
