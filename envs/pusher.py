@@ -26,10 +26,13 @@ the combined task needs a diagonal push. Horizon 50, gamma 0.99, no termination.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import gymnasium as gym
-import mujoco
 import numpy as np
+
+if TYPE_CHECKING:
+    import mujoco
 
 from .core import EpisodeTracker, Family, Task, checked_action
 from .rendering import MujocoRendering
@@ -274,6 +277,8 @@ class PusherEnv(MujocoRendering, gym.Env):
         self.tracker = EpisodeTracker(task)
         self.layout = LAYOUT
         self.render_mode = render_mode
+        import mujoco  # here, not at the top: importing the task registry (and skills.sql) stays free of MuJoCo
+
         self.model = mujoco.MjModel.from_xml_string(pusher_xml(self.layout))
         self.data = mujoco.MjData(self.model)
         show_goals_of(task, self.model)
@@ -301,6 +306,8 @@ class PusherEnv(MujocoRendering, gym.Env):
         return obs.astype(np.float32)
 
     def reset(self, *, seed: int | None = None, options: dict | None = None):
+        import mujoco
+
         super().reset(seed=seed)
         layout = self.layout
         mujoco.mj_resetData(self.model, self.data)
@@ -315,6 +322,8 @@ class PusherEnv(MujocoRendering, gym.Env):
         return self._observe(), {}
 
     def step(self, action):
+        import mujoco  # a dictionary lookup once imported
+
         action = checked_action(action, ACTION_DIM)
         self.data.ctrl[:] = self.layout.max_joint_speed * action
         mujoco.mj_step(self.model, self.data, nstep=self.layout.frame_skip)

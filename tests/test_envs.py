@@ -214,3 +214,17 @@ def test_other_views_and_a_trail_render():
     assert side.shape == default.shape and np.abs(side.astype(int) - default).mean() > 5  # another camera
     assert np.abs(with_trail.astype(int) - side).sum() > 0  # the trail is drawn
     np.testing.assert_array_equal(again, default)  # the default camera is unchanged
+
+
+def test_the_maths_core_imports_without_mujoco():
+    """``import skills.sql`` (and the task registry under it) loads neither MuJoCo nor dm_control: a fresh
+    interpreter, so what this test process imported before does not count."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = "import sys, skills.sql, envs; print(sorted(m for m in ('mujoco', 'dm_control') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parent.parent, capture_output=True,
+                         text=True, timeout=120, stdin=subprocess.DEVNULL)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]", out.stdout
