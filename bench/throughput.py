@@ -12,7 +12,10 @@ Measures, on the ``reach`` task, with one process and the same torch thread sett
 3. env steps/s of ``reach`` against gymnasium-robotics ``FetchReach-v4`` (``bench.env_throughput``);
 4. training wall-clock time (evaluation excluded) to 95% success, both algorithms evaluated
    the same way: every ``--eval-interval`` steps, ``--eval-episodes`` seeded episodes with
-   each algorithm's deterministic action.
+   each algorithm's deterministic action;
+5. with ``--stacked-seeds N``: N seeds trained in one process (``skills.seeds``, one stacked update)
+   against one seed, chunks interleaved: aggregate steps/s (all seeds' env steps), the speedup over
+   one seed, and the stacked update's FLOP utilisation against the same ``torch.mm`` rate (``multi_seed``).
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ from bench.timing import interleaved_rates, machine_info, sync
 from skills.agent import SQLConfig
 from skills.defaults import sql_config
 from skills.evaluation import run_episodes
+from skills.seeds import MultiSeedTrainer
 from skills.trainer import EVAL_SEED, TrainConfig, Trainer
 
 TASK = "reach"
@@ -152,6 +156,52 @@ def flop_utilization(trainer: Trainer, updates: int, repeats: int, device: str) 
             "matmul_flops_per_s_by_shape": peaks, "flop_utilization": flops * rate["median"] / peak}
 
 
+def multi_seed_rates(sql: SQLConfig, n: int, steps: int, repeats: int, device: str, library: str, updates: int,
+                     matmul_peak: float) -> dict:
+    """N seeds stacked (``MultiSeedTrainer.step``) against one seed (``Trainer.step``), interleaved chunks of
+    ``steps`` env steps each after the warm-up; then the stacked update's FLOPs and FLOP/s against ``matmul_peak``."""
+    total = sql.warmup_steps + 500 + steps * repeats
+    run = TrainConfig(steps=total, seed=0, device=device, threads=torch.get_num_threads(), progress=False,
+                      convergence=False)
+    stacked = MultiSeedTrainer(TASK, sql, run, list(range(n)), out=library)
+    single = make_sql(sql, 0, device, total, library)
+    try:
+        for _ in range(sql.warmup_steps + 500):
+            stacked.step()
+            single.step()
+
+        def chunk(trainer, seeds: int) -> Callable[[], int]:
+            def go() -> int:
+                for _ in range(steps):
+                    trainer.step()
+                sync(device)
+                return steps * seeds
+            return go
+
+        rates = interleaved_rates({"stacked": chunk(stacked, n), "single": chunk(single, 1)}, repeats)
+        rng = [np.random.default_rng(i) for i in range(n)]
+
+        def window() -> int:
+            for _ in range(updates):
+                stacked.stack.update([t.buffer.sample(sql.batch_size, r, device) for t, r in zip(stacked.trainers, rng)])
+            sync(device)
+            return updates
+
+        flops = count_flops(window) / updates
+        update_rate = interleaved_rates({"update": window}, repeats)["update"]
+    finally:
+        stacked._give_back()
+        single.close()
+    return {"seeds": n, "aggregate_steps_per_s": rates["stacked"], "single_steps_per_s": rates["single"],
+            "speedup": rates["stacked"]["median"] / rates["single"]["median"],
+            "stacked_flops_per_update": flops, "stacked_updates_per_s": update_rate,
+            "stacked_update_flops_per_s": flops * update_rate["median"],
+            "flop_utilization": flops * update_rate["median"] / matmul_peak,
+            "note": "aggregate: env steps of all seeds per second (each step one stacked update of every seed); "
+                    "single: one seed's Trainer.step in the same run; FLOP utilisation against the torch.mm rate "
+                    "of flop_utilization's matmul_flops_per_s"}
+
+
 def first_success(curve: list[dict], bar: float = SUCCESS_BAR) -> dict | None:
     """The first evaluation point of ``curve`` whose success rate reaches ``bar``, or None."""
     return next((point for point in curve if point["success_rate"] >= bar), None)
@@ -234,7 +284,7 @@ def plot_curves(results: dict, path: Path) -> None:
 
 
 def assemble(args: argparse.Namespace, sql: SQLConfig, rates: dict, flops: dict, env: dict, ttt: dict,
-             complete: bool) -> dict:
+             complete: bool, multi_seed: dict | None = None) -> dict:
     """The JSON record of a run; ``complete`` is False while time-to-95% runs are still to come."""
     import stable_baselines3
 
@@ -260,6 +310,7 @@ def assemble(args: argparse.Namespace, sql: SQLConfig, rates: dict, flops: dict,
                    "repeats": args.repeats, "quick": args.quick, "stable_baselines3": stable_baselines3.__version__,
                    "sql": sql.to_dict()},
         "machine": machine_info(),
+        **({"multi_seed": multi_seed} if multi_seed is not None else {}),
     }
 
 
@@ -275,6 +326,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--eval-episodes", type=int, default=50, help="time-to-95%%: episodes per evaluation")
     parser.add_argument("--seeds", type=int, default=1, help="time-to-95%%: training seeds per algorithm")
     parser.add_argument("--skip-time-to-95", action="store_true", help="skip the (slow) time-to-95%% runs")
+    parser.add_argument("--stacked-seeds", type=int, metavar="N", help="also time N seeds trained in one process "
+                        "(skills.seeds) against one seed (JSON key multi_seed)")
     parser.add_argument("--particles", type=int, help="what-if: SQL's SVGD particles K (default: the reach "
                         "skill's hyperparameters)")
     parser.add_argument("--quick", action="store_true", help="a few-seconds smoke run of every section")
@@ -305,15 +358,20 @@ def main(argv: list[str] | None = None) -> dict:
         flops = flop_utilization(trainer, flop_updates, args.repeats, args.device)
         print("env steps/s ...", flush=True)
         env = env_throughput.measure(env_steps, env_repeats)
+        multi = None
+        if args.stacked_seeds:
+            print(f"{args.stacked_seeds} seeds stacked against one ...", flush=True)
+            multi = multi_seed_rates(sql, args.stacked_seeds, args.steps, args.repeats, args.device, library,
+                                     flop_updates, flops["matmul_flops_per_s"])
         ttt = {"sql": [], "sac": []}
-        save(assemble(args, sql, rates, flops, env, ttt, complete=False))
+        save(assemble(args, sql, rates, flops, env, ttt, complete=False, multi_seed=multi))
         if not args.skip_time_to_95:
             for seed in range(args.seeds):
                 for algorithm in ("sql", "sac"):
                     ttt[algorithm].append(time_to_success(algorithm, sql, seed, args.budget_steps, args.eval_interval,
                                                           args.eval_episodes, args.device, library))
-                    save(assemble(args, sql, rates, flops, env, ttt, complete=False))
-    final = assemble(args, sql, rates, flops, env, ttt, complete=True)
+                    save(assemble(args, sql, rates, flops, env, ttt, complete=False, multi_seed=multi))
+    final = assemble(args, sql, rates, flops, env, ttt, complete=True, multi_seed=multi)
     save(final)
     print(f"\n{'':28s} {'min':>9s} {'median':>9s}")
     for name, label in (("sql", "SQL"), ("sql_sequential", "SQL, sequential"), ("sac", "SAC")):
@@ -324,6 +382,12 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"{'SQL update GFLOP/s':28s} {flops['sql_update_flops_per_s'] / 1e9:9.1f}   "
           f"(torch.mm {flops['matmul_flops_per_s'] / 1e9:.1f}; utilisation {flops['flop_utilization']:.2f})")
     print(f"{'env ratio reach/FetchReach':28s} {env['env_ratio']:9.2f}")
+    if multi is not None:
+        agg, one = multi["aggregate_steps_per_s"], multi["single_steps_per_s"]
+        print(f"{str(multi['seeds']) + ' seeds stacked, steps/s':28s} "
+              f"{agg['min']:9.1f} {agg['median']:9.1f}   (one seed {one['median']:.1f}; speedup {multi['speedup']:.2f})")
+        print(f"{'stacked update GFLOP/s':28s} {multi['stacked_update_flops_per_s'] / 1e9:9.1f}   "
+              f"(utilisation {multi['flop_utilization']:.2f})")
     for name in ("sql", "sac"):
         value = final[f"{name}_time_to_95"]
         print(f"{name.upper() + ' time to 95% (s)':28s} {'not reached' if value is None else f'{value:9.1f}'}")

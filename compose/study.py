@@ -31,6 +31,8 @@ from pathlib import Path
 
 import numpy as np
 
+from skills.cli import seed_list
+
 POLICIES_FIXED = ("composed", "joint")
 METRICS = ("success_rate", "return_mean", "soft_return_mean")
 BOUND_FIGURES = ("suboptimality_mean", "upper_falsified_fraction", "lower_holds_fraction")
@@ -399,19 +401,6 @@ def write_outputs(result: dict, out: Path) -> None:
 
 
 # ---- command line ---------------------------------------------------------------------------------------
-def seed_list(text: str) -> list[int]:
-    """``5`` (seeds 0-4), ``0,1,2`` or ``3-7``."""
-    try:
-        if "," in text:
-            return [int(s) for s in text.split(",")]
-        if "-" in text:
-            lo, hi = (int(s) for s in text.split("-"))
-            return list(range(lo, hi + 1))
-        return list(range(int(text)))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected N, a list 0,1,2 or a range 3-7, got {text!r}") from None
-
-
 def main(argv: list[str] | None = None) -> int:
     from envs.cli import add_arm_arguments, arm_kwargs
     from skills.cli import positive_int

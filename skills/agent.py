@@ -112,6 +112,13 @@ class TargetValueCache:
     def lookup(self, period: int, index: torch.Tensor, ids: torch.Tensor, compute) -> torch.Tensor:
         """Values for slots ``index`` [B] holding transitions ``ids`` [B]; ``compute(mask) -> [n]``
         values the rows of the batch selected by the boolean ``mask`` [B] (the misses)."""
+        miss = self.misses(period, index, ids)
+        if bool(miss.any()):
+            self.store(index, ids, miss, compute(miss))
+        return self.values[index]
+
+    def misses(self, period: int, index: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        """Which rows of the batch need a fresh value: [B] bool (all of them in a new target period)."""
         if period != self.period:
             self.ids.fill_(-1)
             self.period = period
@@ -120,14 +127,15 @@ class TargetValueCache:
             grow = max(size, 2 * len(self.ids))
             self.ids = torch.cat([self.ids, self.ids.new_full((grow - len(self.ids),), -1)])
             self.values = torch.cat([self.values, self.values.new_zeros(grow - len(self.values))])
-        miss = self.ids[index] != ids
-        if bool(miss.any()):
-            slots, values = index[miss], compute(miss)
-            keep = last_of_each(slots)  # a slot drawn twice is written once: deterministic on a GPU too
-            written = slots[keep]
-            self.values[written] = values[keep]
-            self.ids[written] = ids[miss][keep]
-        return self.values[index]
+        return self.ids[index] != ids
+
+    def store(self, index: torch.Tensor, ids: torch.Tensor, miss: torch.Tensor, values: torch.Tensor) -> None:
+        """Keep ``values`` [n] of the missed rows (``miss`` [B]) for the rest of the period."""
+        slots = index[miss]
+        keep = last_of_each(slots)  # a slot drawn twice is written once: deterministic on a GPU too
+        written = slots[keep]
+        self.values[written] = values[keep]
+        self.ids[written] = ids[miss][keep]
 
 
 def last_of_each(keys: torch.Tensor) -> torch.Tensor:

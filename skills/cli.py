@@ -26,3 +26,23 @@ def weight_list(text: str) -> list[float]:
     if not all(math.isfinite(w) for w in values):
         raise argparse.ArgumentTypeError(f"weights must be finite, got {text!r}")
     return values
+
+
+def seed_list(text: str) -> list[int]:
+    """Seeds: ``5`` (seeds 0-4), a list ``0,1,2`` or a range ``3-7``; each at most once, none negative."""
+    try:
+        if "," in text:
+            seeds = [int(s) for s in text.split(",")]
+        elif "-" in text.strip("-"):
+            lo, hi = (int(s) for s in text.split("-"))
+            seeds = list(range(lo, hi + 1))
+        else:
+            seeds = list(range(int(text)))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected N, a list 0,1,2 or a range 3-7, got {text!r}") from None
+    repeated = sorted({s for s in seeds if seeds.count(s) > 1})
+    if repeated:
+        raise argparse.ArgumentTypeError(f"seed(s) {repeated} given more than once in {text!r}; each seed trains once")
+    if not seeds or min(seeds) < 0:
+        raise argparse.ArgumentTypeError(f"expected one or more seeds >= 0, got {text!r}")
+    return seeds

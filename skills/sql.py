@@ -195,13 +195,16 @@ def soft_bellman_target(reward: torch.Tensor, terminated: torch.Tensor, next_val
 
 
 def soft_q_loss(q: torch.Tensor, q_hat: torch.Tensor) -> torch.Tensor:
-    """``J_Q = mean 0.5 (Q_hat - Q)^2`` (SQL Eq. 11); ``q_hat`` carries no gradient."""
-    return 0.5 * (q_hat.detach() - q).pow(2).mean()
+    """``J_Q = mean_B 0.5 (Q_hat - Q)^2`` (SQL Eq. 11); ``q_hat`` carries no gradient.
+
+    q, q_hat [(S,) B] -> scalar, or [S] for S stacked networks (one loss each).
+    """
+    return 0.5 * (q_hat.detach() - q).pow(2).mean(-1)
 
 
 def soft_q_loss_gradient(q: torch.Tensor, q_hat: torch.Tensor) -> torch.Tensor:
-    """``dJ_Q/dQ = (Q - Q_hat) / B`` of ``soft_q_loss``: [B] -> [B]."""
-    return (q - q_hat) / q.numel()
+    """``dJ_Q/dQ = (Q - Q_hat) / B`` of ``soft_q_loss``: [(S,) B] -> [(S,) B]."""
+    return (q - q_hat) / q.shape[-1]
 
 
 # ---- SVGD -------------------------------------------------------------------------------------
@@ -260,9 +263,9 @@ def q_action_gradient(q_net: nn.Module, obs: torch.Tensor, actions: torch.Tensor
 def sampler_surrogate_loss(phi: torch.Tensor, updated_u: torch.Tensor) -> torch.Tensor:
     """``-(phi.detach() * u_i)``: its gradient moves the sampler's parameters along ``phi`` (SQL Eq. 14).
 
-    phi [B, Ku, d] (a constant), updated_u [B, Ku, d] (depends on the sampler) -> scalar.
+    phi [(S,) B, Ku, d] (a constant), updated_u [(S,) B, Ku, d] (depends on the sampler) -> scalar, or [S].
     """
-    return -(phi.detach() * updated_u).sum(-1).mean()
+    return -(phi.detach() * updated_u).sum(-1).flatten(-2).mean(-1)
 
 
 def svgd_step_direction(q_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], obs: torch.Tensor,
@@ -286,5 +289,5 @@ def sampler_svgd_loss(sampler: nn.Module, q_fn: Callable[[torch.Tensor, torch.Te
 
 
 def sampler_surrogate_gradient(phi: torch.Tensor) -> torch.Tensor:
-    """``d/du`` of ``sampler_surrogate_loss``: ``-phi / (B K_u)``, [B, Ku, d] -> [B, Ku, d]."""
-    return -phi / phi[..., 0].numel()
+    """``d/du`` of ``sampler_surrogate_loss``: ``-phi / (B K_u)``, [(S,) B, Ku, d] -> [(S,) B, Ku, d]."""
+    return -phi / (phi.shape[-3] * phi.shape[-2])

@@ -212,30 +212,61 @@ class Trainer:
         Returns ``{"return", "success"}`` when the step ended an episode, else None. Raises
         ``TrainingDiverged``.
         """
-        sql = self.sql
+        self.send(None if self.explores() else self.agent.act(self.observation()))
+        try:
+            if self.updating():
+                for _ in range(self.sql.updates_per_step):
+                    self.losses = self.agent.update(self.sample_batch())
+        finally:
+            episode = self.receive()
+        return episode
+
+    # ---- the phases of a step (``skills.seeds`` drives them for many seeds at once) ----
+    def observation(self) -> np.ndarray:
+        """The observation the next action answers; the first call resets the env with the run's seed."""
         if self._obs is None:
             self._obs = self.env.reset(seed=self.run.seed)[0][0]
-        self.steps_done += 1
-        warming_up = self.start_steps == 0 and self.steps_done <= sql.warmup_steps
-        explore = warming_up or self._random_episode
-        action = self.action_space.sample() if explore else self.agent.act(self._obs)
+        return self._obs
+
+    def warming_up(self) -> bool:
+        """The next step is one of the uniform random warm-up steps of a fresh run."""
+        return self.start_steps == 0 and self.steps_done < self.sql.warmup_steps
+
+    def explores(self) -> bool:
+        """The next action is uniform random (warm-up, or a random episode), not the policy's."""
+        return self.warming_up() or self._random_episode
+
+    def updating(self) -> bool:
+        """The SQL updates run during the next step (warm-up is over and a batch is stored)."""
+        return not self.warming_up() and self.buffer.size >= self.sql.batch_size
+
+    def sample_batch(self) -> dict[str, torch.Tensor]:
+        """A replay batch from this run's buffer and random stream."""
+        return self.buffer.sample(self.sql.batch_size, self.rng, self.agent.device)
+
+    def send(self, action: np.ndarray | None) -> np.ndarray:
+        """Start the env step with ``action`` (None: a uniform random one); returns the action sent."""
+        self.observation()
+        action = self.action_space.sample() if action is None else action
+        self._action = action
         self.env.step_async(action[None])
-        try:
-            if not warming_up and self.buffer.size >= sql.batch_size:
-                for _ in range(sql.updates_per_step):
-                    self.losses = self.agent.update(self.buffer.sample(sql.batch_size, self.rng, self.agent.device))
-        finally:
-            obs, reward, terminated, truncated, info = self.env.step_wait()
+        return action
+
+    def receive(self) -> dict | None:
+        """Finish the env step that ``send`` started and store its transition; ``{"return", "success"}``
+        when it ended an episode, else None."""
+        obs, reward, terminated, truncated, info = self.env.step_wait()
+        self.steps_done += 1
         ended = bool(terminated[0] or truncated[0])
         next_obs = info["final_obs"][0] if ended else obs[0]
-        self.buffer.add(self._obs, action, reward[0], next_obs, terminated[0])
+        self.buffer.add(self._obs, self._action, reward[0], next_obs, terminated[0])
         self._episode_return += float(reward[0])
         self._obs = obs[0]
         if not ended:
             return None
         episode = {"return": self._episode_return, "success": bool(info["final_info"]["is_success"][0])}
         self._episode_return = 0.0
-        self._random_episode = sql.random_episodes > 0 and bool(self.rng.uniform() < sql.random_episodes)
+        self._random_episode = self.sql.random_episodes > 0 and bool(self.rng.uniform() < self.sql.random_episodes)
         return episode
 
     def close(self) -> None:
@@ -344,81 +375,120 @@ class Trainer:
 
     def _train(self) -> TrainResult:
         run = self.run
-        writer = _tensorboard(Path("runs") / "tensorboard" / f"{self.name}-{self.path.name}")
-        start = time.perf_counter()
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        bar = progress_bar(run.steps, run.progress)
         recent_returns: list[float] = []
         recent_success: list[bool] = []
-        bar = progress_bar(run.steps, run.progress)
-        total = self.start_steps
-        with open(self.log_path, "w", newline="") as log_file:
-            columns = ["env_steps", "wall_time_s", "return_mean", "return_std", "success_rate", "collision_rate",
-                       "q_loss", "sampler_loss"]
-            if run.deterministic_curve:
-                columns += ["det_return_mean", "det_return_std", "det_success_rate"]
-            log = csv.DictWriter(log_file, columns)
-            log.writeheader()
+        try:
+            self.open_log(bar)
+            for step in range(1, run.steps + 1):
+                episode = self.step()
+                if episode is not None:
+                    recent_returns = (recent_returns + [episode["return"]])[-20:]
+                    recent_success = (recent_success + [episode["success"]])[-20:]
+                bar.update(1)
+                if step % 250 == 0 and recent_returns:
+                    bar.set_postfix(ret=f"{np.mean(recent_returns):.2f}",
+                                    succ=f"{np.mean(recent_success):.2f}", refresh=False)
+                self.after_step()
+        except TrainingDiverged as err:
+            raise self.diverged(err) from err
+        finally:
+            bar.close()
+            self.close()
+            self.close_log()
+        return self.finish()
 
-            def record(metrics: dict) -> dict:
-                row = {"env_steps": total, "wall_time_s": round(time.perf_counter() - start, 2),
-                       "return_mean": metrics["return_mean"], "return_std": metrics["return_std"],
-                       "success_rate": metrics["success_rate"],
-                       "collision_rate": metrics["collision_rate"],
-                       "q_loss": float(self.losses.get("q_loss", np.nan)),
-                       "sampler_loss": float(self.losses.get("sampler_loss", np.nan))}
-                if run.deterministic_curve:
-                    with torch.random.fork_rng(devices=[]):  # training draws the same numbers with or without it
-                        other = self.evaluate(run.eval_episodes, deterministic=True)
-                    row |= {"det_return_mean": other["return_mean"], "det_return_std": other["return_std"],
-                            "det_success_rate": other["success_rate"]}
-                self.history.append(row)
-                log.writerow(row)
-                log_file.flush()
-                if writer is not None:
-                    for k, v in row.items():
-                        writer.add_scalar(k, v, total)
-                bar.write(f"[eval] steps {total:>7d}  return {row['return_mean']:8.2f}  "
-                          f"success {row['success_rate']:.2f}  collisions {row['collision_rate']:.2f}")
-                return row
+    # ---- the phases of a run (``skills.seeds`` drives them for many seeds at once) ----
+    def open_log(self, bar, label: str = "") -> None:
+        """Start the clock, the progress log (``.vN.progress.csv``) and TensorBoard; a fresh run evaluates
+        its untrained policy first, for the curve. ``bar`` shows evaluation lines, prefixed by ``label``."""
+        self._bar, self._label = bar, label
+        self._start = time.perf_counter()
+        self._writer = _tensorboard(Path("runs") / "tensorboard" / f"{self.name}-{self.path.name}")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        columns = ["env_steps", "wall_time_s", "return_mean", "return_std", "success_rate", "collision_rate",
+                   "q_loss", "sampler_loss"]
+        if self.run.deterministic_curve:
+            columns += ["det_return_mean", "det_return_std", "det_success_rate"]
+        self._log_file = open(self.log_path, "w", newline="")
+        self._log = csv.DictWriter(self._log_file, columns)
+        self._log.writeheader()
+        if self.start_steps == 0:
+            self.record(self.evaluate(self.run.eval_episodes))
 
-            if self.start_steps == 0:
-                record(self.evaluate(run.eval_episodes))  # the untrained policy, for the curve
-            try:
-                for step in range(1, run.steps + 1):
-                    total = self.start_steps + step
-                    episode = self.step()
-                    if episode is not None:
-                        recent_returns = (recent_returns + [episode["return"]])[-20:]
-                        recent_success = (recent_success + [episode["success"]])[-20:]
-                    bar.update(1)
-                    if step % 250 == 0 and recent_returns:
-                        bar.set_postfix(ret=f"{np.mean(recent_returns):.2f}",
-                                        succ=f"{np.mean(recent_success):.2f}", refresh=False)
-                    if run.value_check_interval and (step % run.value_check_interval == 0 or step == run.steps):
-                        self.check_values(final=step == run.steps)
-                    if step % run.eval_interval == 0 or step == run.steps:
-                        metrics = self.evaluate(run.eval_episodes)
-                        row = record(metrics)
-                        if step != run.steps:
-                            self.checkpoint("training", total, row["wall_time_s"], metrics)
-            except TrainingDiverged as err:
-                bar.close()
-                checkpointed = (self.path / "manifest.json").exists()
-                kept = f"the last good checkpoint is {self.path} ({self.history[-1]['env_steps']} steps)" \
-                    if checkpointed else "no checkpoint had been written yet"
-                if checkpointed:
-                    update_manifest(self.path, status="diverged", error=str(err))
-                raise TrainingDiverged(f"{err}. Training stopped; {kept}.") from err
-            finally:
-                bar.close()
-                self.close()
-                if writer is not None:
-                    writer.close()
-        wall = time.perf_counter() - start
+    @property
+    def env_steps(self) -> int:
+        """Environment steps of the skill: those it was resumed from plus this run's."""
+        return self.start_steps + self.steps_done
+
+    def record(self, metrics: dict) -> dict:
+        """One row of the learning curve (log, TensorBoard, history) from an evaluation's metrics."""
+        run = self.run
+        row = {"env_steps": self.env_steps, "wall_time_s": round(time.perf_counter() - self._start, 2),
+               "return_mean": metrics["return_mean"], "return_std": metrics["return_std"],
+               "success_rate": metrics["success_rate"], "collision_rate": metrics["collision_rate"],
+               "q_loss": float(self.losses.get("q_loss", np.nan)),
+               "sampler_loss": float(self.losses.get("sampler_loss", np.nan))}
+        if run.deterministic_curve:
+            with torch.random.fork_rng(devices=[]):  # training draws the same numbers with or without it
+                other = self.evaluate(run.eval_episodes, deterministic=True)
+            row |= {"det_return_mean": other["return_mean"], "det_return_std": other["return_std"],
+                    "det_success_rate": other["success_rate"]}
+        self.history.append(row)
+        self._log.writerow(row)
+        self._log_file.flush()
+        if self._writer is not None:
+            for k, v in row.items():
+                self._writer.add_scalar(k, v, self.env_steps)
+        self._bar.write(f"[eval] {self._label}steps {self.env_steps:>7d}  return {row['return_mean']:8.2f}  "
+                        f"success {row['success_rate']:.2f}  collisions {row['collision_rate']:.2f}")
+        return row
+
+    def value_check_due(self) -> bool:
+        """A soft-value check (``check_values``) follows the step just taken."""
+        run, step = self.run, self.steps_done
+        return bool(run.value_check_interval) and (step % run.value_check_interval == 0 or step == run.steps)
+
+    def evaluation_due(self) -> bool:
+        """A periodic evaluation (and checkpoint) follows the step just taken."""
+        return self.steps_done % self.run.eval_interval == 0 or self.steps_done == self.run.steps
+
+    def after_step(self) -> None:
+        """The checks that follow a step: soft values against their bounds, and every ``eval_interval``
+        steps an evaluation and a checkpoint (the last step's checkpoint is ``finish``'s)."""
+        if self.value_check_due():
+            self.check_values(final=self.steps_done == self.run.steps)
+        if self.evaluation_due():
+            metrics = self.evaluate(self.run.eval_episodes)
+            row = self.record(metrics)
+            if self.steps_done != self.run.steps:
+                self.checkpoint("training", self.env_steps, row["wall_time_s"], metrics)
+
+    def diverged(self, err: TrainingDiverged) -> TrainingDiverged:
+        """Mark the last checkpoint 'diverged' (it keeps its weights) and say where it is."""
+        checkpointed = (self.path / "manifest.json").exists()
+        kept = f"the last good checkpoint is {self.path} ({self.history[-1]['env_steps']} steps)" \
+            if checkpointed else "no checkpoint had been written yet"
+        if checkpointed:
+            update_manifest(self.path, status="diverged", error=str(err))
+        return TrainingDiverged(f"{err}. Training stopped; {kept}.")
+
+    def close_log(self) -> None:
+        if getattr(self, "_log_file", None) is not None:
+            self._log_file.close()
+            self._log_file = None
+        if getattr(self, "_writer", None) is not None:
+            self._writer.close()
+            self._writer = None
+
+    def finish(self) -> TrainResult:
+        """Final evaluations (stochastic and deterministic), the convergence report, the complete checkpoint."""
+        run = self.run
+        wall = time.perf_counter() - self._start
         final = {"stochastic": self.evaluate(run.final_eval_episodes, deterministic=False),
                  "deterministic": self.evaluate(run.final_eval_episodes, deterministic=True)}
         if run.convergence:
             self.convergence_record = self.convergence()
-        self.checkpoint("complete", total, wall, final)
+        self.checkpoint("complete", self.env_steps, wall, final)
         self.log_path.unlink(missing_ok=True)
-        return TrainResult(self.path, final, total, wall, self.history)
+        return TrainResult(self.path, final, self.env_steps, wall, self.history)

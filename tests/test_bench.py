@@ -31,7 +31,7 @@ def test_throughput_smoke(tmp_path, device):
     from bench import throughput
 
     out, png = tmp_path / "t.json", tmp_path / "t.png"
-    result = throughput.main(["--quick", "--device", device, "--json", str(out), "--plot", str(png)])
+    result = throughput.main(["--quick", "--device", device, "--json", str(out), "--plot", str(png), "--stacked-seeds", "2"])
     saved = json.loads(out.read_text())
     assert saved["config"]["device"] == device and saved["complete"] is True
     for key in ("sql_steps_per_s", "sac_steps_per_s", "ratio", "flop_utilization", "env_ratio",
@@ -42,6 +42,22 @@ def test_throughput_smoke(tmp_path, device):
     assert 0 < saved["flop_utilization"] and saved["sql_flops_per_update"] > 1e6
     assert saved["time_to_95"]["sql"][0]["curve"] and saved["time_to_95"]["sac"][0]["curve"]
     assert png.stat().st_size > 0
+    assert saved["multi_seed"]["seeds"] == 2 and saved["multi_seed"]["speedup"] > 0
+
+
+def test_multi_seed_benchmark_smoke(tmp_path, device):
+    """The stacked-seeds section alone (it needs no Stable-Baselines3): every figure is there and positive."""
+    from dataclasses import replace
+
+    from bench.throughput import multi_seed_rates
+    from skills.defaults import sql_config
+
+    sql = replace(sql_config("reach", "fetch-arm"), warmup_steps=100)
+    result = multi_seed_rates(sql, 2, steps=10, repeats=1, device=device, library=str(tmp_path), updates=3,
+                              matmul_peak=1e9)
+    for key in ("aggregate_steps_per_s", "single_steps_per_s"):
+        assert result[key]["median"] > 0
+    assert result["speedup"] > 0 and result["flop_utilization"] > 0 and result["stacked_flops_per_update"] > 2e6
 
 
 def test_throughput_refuses_cuda_without_a_gpu():

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from compose import study as study_module
-from compose.study import aggregate, bootstrap_ci, iqm, seed_list, study
+from compose.study import aggregate, bootstrap_ci, iqm, study
+from skills.cli import seed_list
 
 SMOKE = {"steps": 200, "episodes": 2, "mc": False, "quick_build": True}
 

@@ -1,0 +1,209 @@
+"""Many seeds in one process (``skills.seeds``, ``skills.stacked.StackedSoftQLearning``): the stacked update is
+S single-seed updates, a stacked run is S single-seed runs, and nothing is lost on Ctrl-C or divergence."""
+
+import copy
+import json
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from skills import train as train_cli
+from skills.agent import SoftQLearning, SQLConfig, TrainingDiverged
+from skills.buffer import ReplayBuffer
+from skills.library import read_skill
+from skills.seeds import MultiSeedTrainer
+from skills.stacked import StackedSoftQLearning, global_stream
+from skills.trainer import Trainer
+
+from test_skills import TINY_RUN, TINY_SQL
+
+SEEDS = [0, 1, 2]
+
+
+def relative_error(x: torch.Tensor, y: torch.Tensor) -> float:
+    return float((x - y).abs().max() / y.abs().max().clamp_min(1e-12))
+
+
+def fresh_agents(config: SQLConfig, seeds, obs_dim=5, act_dim=2):
+    """Agents initialised as ``Trainer`` initialises them, and the stream each continues with."""
+    agents, generators = [], []
+    for seed in seeds:
+        torch.manual_seed(seed)
+        agents.append(SoftQLearning(obs_dim, act_dim, config))
+        generator = torch.Generator()
+        generator.set_state(torch.get_rng_state())
+        generators.append(generator)
+    return agents, generators
+
+
+def filled_buffer(seed: int, obs_dim=5, act_dim=2, n=100) -> ReplayBuffer:
+    rng, buffer = np.random.default_rng(100 + seed), ReplayBuffer(obs_dim, act_dim, 200)
+    for _ in range(n):
+        buffer.add(rng.normal(size=obs_dim), rng.uniform(-1, 1, act_dim), rng.normal(), rng.normal(size=obs_dim),
+                   rng.uniform() < 0.1)
+    return buffer
+
+
+@pytest.mark.parametrize("proposal", ["mixture", "uniform"])
+def test_a_stacked_update_equals_single_seed_updates_on_the_same_batches_and_noise(proposal):
+    config = SQLConfig(alpha=0.5, hidden=(32, 32), batch_size=16, value_samples=8, particles=8,
+                       value_proposal=proposal, target_update_interval=3)  # target copies and cache periods included
+    agents, generators = fresh_agents(config, SEEDS)
+    singles = [copy.deepcopy(a) for a in agents]
+    single_streams = []
+    for g in generators:
+        twin = torch.Generator()
+        twin.set_state(g.get_state())
+        single_streams.append(twin)
+    stack = StackedSoftQLearning(agents, generators)
+    buffers, rngs = [filled_buffer(s) for s in SEEDS], [np.random.default_rng(s) for s in SEEDS]
+    for _ in range(7):
+        batches = [b.sample(16, r) for b, r in zip(buffers, rngs)]
+        stacked = stack.update(batches)
+        for i, single in enumerate(singles):
+            with global_stream(single_streams[i]):  # the single update draws from the global stream
+                alone = single.update(batches[i])
+            for key in ("q_loss", "sampler_loss"):
+                assert relative_error(stacked[key][i], alone[key]) <= 1e-5, (key, i)
+    stack.copy_to_agents()
+    for agent, single in zip(agents, singles):
+        for part in ("q", "q_target", "sampler"):
+            ours, theirs = getattr(agent, part).state_dict(), getattr(single, part).state_dict()
+            for key in theirs:
+                assert relative_error(ours[key], theirs[key]) <= 1e-5, (part, key)
+        for ours, theirs in ((agent.q_optimizer, single.q_optimizer), (agent.sampler_optimizer, single.sampler_optimizer)):
+            a, b = ours.state_dict()["state"], theirs.state_dict()["state"]
+            for j in b:
+                for key in ("exp_avg", "exp_avg_sq"):
+                    assert relative_error(a[j][key], b[j][key]) <= 1e-5
+                assert float(a[j]["step"]) == float(b[j]["step"]) == 7
+        assert agent.updates == single.updates == 7
+
+
+def test_stacked_agents_must_match():
+    agents, generators = fresh_agents(SQLConfig(hidden=(16,)), [0, 1])
+    other, _ = fresh_agents(SQLConfig(hidden=(16,), alpha=2.0), [2])
+    with pytest.raises(ValueError, match="one SQLConfig"):
+        StackedSoftQLearning(agents + other, generators + generators[:1])
+    agents[1].updates = 5
+    with pytest.raises(ValueError, match=r"same number of updates; got \[0, 5\]"):
+        StackedSoftQLearning(agents, generators)
+
+
+@pytest.fixture(scope="module")
+def stacked_and_single(tmp_path_factory):
+    root = tmp_path_factory.mktemp("seeds")
+    stacked = MultiSeedTrainer("multigoal", TINY_SQL, TINY_RUN, [0, 1], out=root / "stacked").train()
+    single = [Trainer("multigoal", TINY_SQL, replace(TINY_RUN, seed=s), out=root / "single").train() for s in (0, 1)]
+    return stacked, single
+
+
+def test_a_stacked_run_is_the_single_seed_runs(stacked_and_single):
+    """Same weights (to float rounding after 200 updates), same evaluations, same files: a seed trained
+    stacked is the seed trained alone."""
+    stacked, single = stacked_and_single
+    for seed, (ours, theirs) in enumerate(zip(stacked, single)):
+        a, manifest_a, _ = read_skill(ours.path)
+        b, manifest_b, _ = read_skill(theirs.path)
+        assert manifest_a["seed"] == manifest_b["seed"] == seed and manifest_a["status"] == "complete"
+        for part in ("q", "sampler"):
+            for key, value in getattr(b, part).state_dict().items():
+                assert relative_error(getattr(a, part).state_dict()[key], value) <= 1e-4, (seed, part, key)
+        assert np.allclose([h["return_mean"] for h in manifest_a["history"]],
+                           [h["return_mean"] for h in manifest_b["history"]], rtol=1e-4)
+        assert manifest_a["metrics"]["deterministic"]["success_rate"] == manifest_b["metrics"]["deterministic"]["success_rate"]
+        assert set(manifest_a) == set(manifest_b)  # nothing in the format tells how a seed was trained
+        assert {p.name for p in ours.path.iterdir()} == {p.name for p in theirs.path.iterdir()}
+        tensors = [set(load_file(str(r.path / "weights.safetensors"))) for r in (ours, theirs)]
+        assert tensors[0] == tensors[1]
+    assert stacked[0].path.name == "v1" and stacked[1].path.name == "v2"
+
+
+def test_ctrl_c_keeps_every_seed_checkpoint_and_resume_finishes_them(tmp_path, monkeypatch):
+    real_update, calls = StackedSoftQLearning.update, []
+
+    def interrupted(self, batches):
+        calls.append(1)
+        if len(calls) == 80:  # update 80 runs during step 180, after the checkpoint of step 150
+            raise KeyboardInterrupt
+        return real_update(self, batches)
+
+    monkeypatch.setattr(StackedSoftQLearning, "update", interrupted)
+    trainer = MultiSeedTrainer("multigoal", TINY_SQL, TINY_RUN, [3, 4], out=tmp_path)
+    with pytest.raises(KeyboardInterrupt):
+        trainer.train()
+    for seed, path in zip((3, 4), trainer.paths):
+        manifest = json.loads((path / "manifest.json").read_text())
+        assert (manifest["status"], manifest["seed"], manifest["env_steps"]) == ("training", seed, 150)
+    monkeypatch.setattr(StackedSoftQLearning, "update", real_update)
+    resumed = MultiSeedTrainer("multigoal", TINY_SQL, replace(TINY_RUN, steps=150), [3, 4], out=tmp_path, resume=True)
+    results = resumed.train()
+    for seed, result in zip((3, 4), results):
+        manifest = json.loads((result.path / "manifest.json").read_text())
+        assert (manifest["status"], manifest["seed"], manifest["env_steps"]) == ("complete", seed, 300)
+        assert manifest["resumed_from"] == str(trainer.paths[seed - 3])
+
+
+def test_a_diverged_seed_stops_all_and_every_seed_keeps_its_checkpoint(tmp_path, monkeypatch):
+    real_loss = StackedSoftQLearning.q_loss_and_gradients
+
+    def poisoned(self, batch, next_values):
+        loss, grads = real_loss(self, batch, next_values)
+        if self.updates >= 100:  # after the checkpoint of step 150 (updates start at step 101)
+            loss = loss.clone()
+            loss[1] = float("nan")
+        return loss, grads
+
+    monkeypatch.setattr(StackedSoftQLearning, "q_loss_and_gradients", poisoned)
+    trainer = MultiSeedTrainer("multigoal", TINY_SQL, TINY_RUN, [0, 1], out=tmp_path)
+    with pytest.raises(TrainingDiverged, match=r"member\(s\) \[1\].*seed 0: .*v1 \(150 steps\); seed 1: .*v2 \(150 steps\)"):
+        trainer.train()
+    statuses = [json.loads((p / "manifest.json").read_text())["status"] for p in trainer.paths]
+    assert statuses == ["training", "diverged"]
+
+
+def test_bad_seed_lists_and_memory_get_clear_errors(tmp_path, monkeypatch, capsys):
+    with pytest.raises(SystemExit):
+        train_cli.main(["multigoal", "--seeds", "0,2,2", "--out", str(tmp_path)])
+    assert "seed(s) [2] given more than once" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        train_cli.main(["multigoal", "--seeds", "2", "--resume", "multigoal", "--out", str(tmp_path)])
+    assert "give --resume alone" in capsys.readouterr().err
+    assert train_cli.main(["multigoal", "--seeds", "0,5", "--resume", "--out", str(tmp_path), "--no-progress"]) == 2
+    assert "no saved version of 'multigoal' with seed 0" in capsys.readouterr().err
+    monkeypatch.setattr("skills.seeds.available_memory", lambda: 64 << 20)
+    with pytest.raises(ValueError, match=r"2 seeds need about .* GiB .* available; train at most"):
+        MultiSeedTrainer("multigoal", TINY_SQL, TINY_RUN, [0, 1], out=tmp_path)
+    assert not list(tmp_path.glob("multigoal/v*"))  # the claimed versions were given back
+
+
+def test_cli_trains_seeds_into_versions(tmp_path, capsys):
+    code = train_cli.main(["west", "--seeds", "0-1", "--steps", "300", "--out", str(tmp_path), "--no-progress",
+                           "--no-convergence", "--eval-interval", "300", "--eval-episodes", "2", "--final-eval-episodes", "2"])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "seed 0: " in out and "seed 1: " in out
+    seeds = [json.loads((tmp_path / "west" / v / "manifest.json").read_text())["seed"] for v in ("v1", "v2")]
+    assert seeds == [0, 1]
+
+
+@pytest.mark.learning
+def test_every_stacked_seed_learns_reach(tmp_path):
+    """The learning bar of tests/test_learning.py (reach in 5k steps: success >= 0.6 over 20 sampled episodes), for
+    each of two seeds trained stacked."""
+    import envs
+    from skills import load
+    from skills.defaults import sql_config, train_config
+    from skills.evaluation import run_episodes
+
+    run = replace(train_config("reach", steps=5000), eval_interval=5000, eval_episodes=10, final_eval_episodes=20,
+                  progress=False, convergence=False)
+    results = MultiSeedTrainer("reach", sql_config("reach", "fetch-arm"), run, [0, 1], out=tmp_path).train()
+    env = envs.make("reach")
+    for result in results:
+        skill = load(result.path)
+        learned = run_episodes(env, lambda o: skill.act(o), 20, seed=10_000)
+        assert learned["success_rate"] >= 0.6, (result.path, learned)
