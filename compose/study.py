@@ -127,6 +127,24 @@ def train_trial(task: str, seed: int, settings: Settings) -> dict:
             "wall_time_s": skill.info.wall_time_s, "history": skill.info.raw.get("history", [])}
 
 
+def train_seeds_trial(task: str, seeds: Sequence[int], settings: Settings) -> dict[str, dict]:
+    """Make sure skills of ``task`` exist for all ``seeds``, training the missing ones together in one process
+    (``skills.seeds``: one stacked update; each seed equals the seed trained alone); ``train_trial``'s record per
+    seed, keyed by that trial's key."""
+    from dataclasses import replace
+
+    import torch
+
+    from skills.seeds import MultiSeedTrainer
+
+    torch.set_num_threads(1)
+    missing = [seed for seed in seeds if find_trained(task, seed, settings) is None]
+    if missing:
+        sql, run = train_settings(task, missing[0], settings)
+        MultiSeedTrainer(task, sql, replace(run, overlap_env_step=True), missing, out=settings.library).train()
+    return {f"train-{task}-seed{seed}": train_trial(task, seed, settings) for seed in seeds}
+
+
 def eval_trial(spec: str, seed: int, paths: dict[str, str], settings: Settings) -> dict:
     """``compose.run`` of this seed's skills, stochastic then deterministic: the rows that the study aggregates."""
     import torch
@@ -236,8 +254,12 @@ def run_phase(jobs: list[tuple[str, Callable, tuple]], out: Path, executor: Call
 
 def study(specs: Sequence[str], seeds: Sequence[int], *, out: str | Path, library: str | Path | None = None,
           steps: int | None = None, episodes: int = 100, mc: bool = True, workers: int | None = None,
-          ray_address: str | None | bool = False, quick_build: bool = False, env_kwargs: dict | None = None) -> dict:
-    """Train, compose and evaluate ``specs`` over ``seeds``; aggregate; write study.json, study.md and plots."""
+          ray_address: str | None | bool = False, quick_build: bool = False, env_kwargs: dict | None = None,
+          stacked: bool = False) -> dict:
+    """Train, compose and evaluate ``specs`` over ``seeds``; aggregate; write study.json, study.md and plots.
+
+    ``stacked``: each task's missing seeds train together in one trial (``skills.seeds``) instead of one trial each.
+    """
     import envs
 
     out = Path(out)
@@ -254,7 +276,12 @@ def study(specs: Sequence[str], seeds: Sequence[int], *, out: str | Path, librar
     started = time.perf_counter()
     tasks = list(dict.fromkeys(t for spec in specs for t in (*spec.split("+"), spec)))
     train_jobs = [(f"train-{task}-seed{seed}", train_trial, (task, seed, settings)) for seed in seeds for task in tasks]
-    trained, failures = run_phase(train_jobs, out, executor)
+    failures = {}
+    if stacked:
+        failures = train_stacked(tasks, seeds, settings, out, executor)
+        train_jobs = [job for job in train_jobs if trial_record(out, job[0]).exists()]  # a failed group is not retried
+    trained, train_failures = run_phase(train_jobs, out, executor)
+    failures |= train_failures
     eval_jobs = []
     for spec in specs:
         for seed in seeds:
@@ -271,6 +298,23 @@ def study(specs: Sequence[str], seeds: Sequence[int], *, out: str | Path, librar
               "failures": failures, "wall_time_s": round(time.perf_counter() - started, 1)}
     write_outputs(result, out)
     return result
+
+
+def train_stacked(tasks: Sequence[str], seeds: Sequence[int], settings: Settings, out: Path, executor: Callable) -> dict:
+    """One ``train_seeds_trial`` per task over its seeds without a trial record; each finished seed gets its own
+    record (as ``train_trial``'s), so a rerun skips it. Returns the failures by key."""
+    from skills.library import atomic_write_text
+
+    jobs = []
+    for task in tasks:
+        pending = [seed for seed in seeds if not trial_record(out, f"train-{task}-seed{seed}").exists()]
+        if pending:
+            jobs.append((f"train-{task}-seeds{'-'.join(map(str, pending))}", train_seeds_trial, (task, pending, settings)))
+    groups, failures = run_phase(jobs, out, executor)
+    for per_seed in groups.values():
+        for key, record in per_seed.items():
+            atomic_write_text(trial_record(out, key), json.dumps(record))
+    return failures
 
 
 def summarise_spec(spec: str, seeds: Sequence[int], evaluated: dict) -> dict:
@@ -420,12 +464,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ray", nargs="?", const=None, default=False, metavar="ADDRESS",
                         help="run the trials as Ray tasks: alone, on a local Ray it starts; with ADDRESS, on that cluster")
     parser.add_argument("--json", metavar="PATH", help="also copy study.json here")
+    parser.add_argument("--stacked", action="store_true", help="train each task's seeds together in one process "
+                        "(skills.train --seeds: one stacked update, each seed as if trained alone)")
     add_arm_arguments(parser)
     args = parser.parse_args(argv)
     out = Path(args.out or Path("runs") / "study" / time.strftime("%Y%m%d-%H%M%S"))
     try:
         result = study(args.specs, args.seeds, out=out, library=args.library, steps=args.steps, episodes=args.episodes,
-                       mc=not args.no_mc, workers=args.workers, ray_address=args.ray, env_kwargs=arm_kwargs(args))
+                       mc=not args.no_mc, workers=args.workers, ray_address=args.ray, env_kwargs=arm_kwargs(args),
+                       stacked=args.stacked)
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -96,3 +96,30 @@ def test_the_same_study_runs_as_ray_tasks(smoke, tmp_path):
     assert result["failures"] == {}
     assert result["summary"]["reach+avoid"]["composed"]["success"]["per_seed"] == [
         json.loads((smoke / "study.json").read_text())["summary"]["reach+avoid"]["composed"]["success"]["per_seed"][0]]
+
+
+def test_a_stacked_study_trains_each_tasks_seeds_together_and_gets_the_same_skills(smoke, tmp_path, monkeypatch):
+    """``--stacked``: one trial per task trains its seeds in one process (skills.seeds); each seed's skill equals
+    the one the per-seed trials trained (same weights, same learning curve), and a rerun trains nothing."""
+    import torch
+
+    from skills.library import read_skill
+
+    result = study(["reach+avoid"], [0, 1], out=tmp_path, workers=1, stacked=True, **SMOKE)
+    assert result["failures"] == {}
+    records = {p.name for p in (tmp_path / "trials").glob("*.json")}
+    assert {"train-reach-seeds0-1.json", "train-reach-seed0.json", "train-reach-seed1.json"} <= records
+    ours, theirs = json.loads((tmp_path / "study.json").read_text()), json.loads((smoke / "study.json").read_text())
+    assert ours["curves"] == theirs["curves"]
+    for task in ("reach", "avoid", "reach+avoid"):
+        for seed in (0, 1):
+            a = read_skill(json.loads((tmp_path / "trials" / f"train-{task}-seed{seed}.json").read_text())["path"])[0]
+            b = read_skill(json.loads((smoke / "trials" / f"train-{task}-seed{seed}.json").read_text())["path"])[0]
+            for key, value in b.q.state_dict().items():
+                torch.testing.assert_close(a.q.state_dict()[key], value, rtol=1e-5, atol=1e-6)
+
+    def no_training(*args):
+        raise AssertionError("a finished training was run again")
+
+    monkeypatch.setattr(study_module, "train_seeds_trial", no_training)
+    assert study(["reach+avoid"], [0, 1], out=tmp_path, workers=1, stacked=True, **SMOKE)["failures"] == {}
