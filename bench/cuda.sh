@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The CUDA checks, where torch sees a GPU, in order: the CUDA variants of the tests (pytest marker
-# `cuda`), the update's device profile, then the benchmark with both algorithms on the GPU.
+# `cuda`), the update's device profile (one seed, then 64 seeds stacked as skills.train --seeds runs them),
+# then the benchmark with both algorithms on the GPU.
 #   bash bench/cuda.sh [OUT_DIR]     (default: bench/results)
-# Writes cuda_tests.log, device_profile_cuda.{json,txt,log} and throughput_cuda.{json,log} with
+# Writes cuda_tests.log, device_profile_cuda{,_stacked64}.{json,txt,log} and throughput_cuda.{json,log} with
 # throughput_cuda_time_to_95.png. PYTHON names the interpreter (default: python). LIMIT_S caps
 # the whole run in seconds (default: none): each phase gets its share of what is left, is
 # interrupted (SIGINT) when over, and the benchmark's JSON keeps the sections it finished.
@@ -29,8 +30,12 @@ tests=$?
 run_for "$(share 60 240)" "$py" -m bench.device_profile --device cuda --json "$out/device_profile_cuda.json" 2>&1 \
     | tee "$out/device_profile_cuda.log"
 profile=$?
+run_for "$(share 90 200)" "$py" -m bench.device_profile --device cuda --stacked-seeds 64 \
+    --json "$out/device_profile_cuda_stacked64.json" 2>&1 | tee "$out/device_profile_cuda_stacked64.log"
+stacked=$?
 run_for "$(share 100000 5)" "$py" -m bench.throughput --device cuda --budget-steps 20000 \
     --json "$out/throughput_cuda.json" 2>&1 | tee "$out/throughput_cuda.log"
 bench=$?
-echo "cuda tests exit $tests, device profile exit $profile, benchmark exit $bench (124: over its time share)"
-exit $((tests || profile || bench))
+echo "cuda tests exit $tests, device profile exit $profile, stacked profile exit $stacked, benchmark exit $bench" \
+    "(124: over its time share)"
+exit $((tests || profile || stacked || bench))

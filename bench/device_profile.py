@@ -13,6 +13,10 @@ update:
 
 On the CPU the profiler sees the CPU side only. ``--json PATH`` also writes the profiler's
 op table to ``PATH`` with the suffix ``.txt``.
+
+``--stacked-seeds N`` profiles the update of N seeds stacked (``skills.stacked.StackedSoftQLearning``, as
+``skills.train --seeds`` runs it) instead, and times one seed's update beside it in the same run: aggregate
+updates/s (N per stacked update), the speedup over one seed, and on a GPU how busy the stacked update keeps it.
 """
 
 from __future__ import annotations
@@ -30,8 +34,8 @@ from bench import cli
 from bench.timing import interleaved_rates, machine_info, ms_per_unit, sync
 from bench.update_profile import ACT_DIM, OBS_DIM, random_buffer
 from skills.agent import SoftQLearning, torch_device
-from skills.buffer import ReplayBuffer
 from skills.defaults import sql_config
+from skills.stacked import StackedSoftQLearning
 
 COPY_PREFIXES = ("Memcpy", "Memset")
 
@@ -46,14 +50,13 @@ def chunk(fn: Callable[[], object], calls: int, device: torch.device) -> Callabl
     return run
 
 
-def profile_updates(agent: SoftQLearning, buffer: ReplayBuffer, rng: np.random.Generator, updates: int):
-    """``torch.profiler`` over ``updates`` updates (CPU activity, plus CUDA on a GPU)."""
-    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if agent.device.type == "cuda" else [])
-    batch_size = agent.config.batch_size
+def profile_updates(step: Callable[[], object], device: torch.device, updates: int):
+    """``torch.profiler`` over ``updates`` calls of ``step`` (CPU activity, plus CUDA on a GPU)."""
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     with profile(activities=activities) as prof:
         for _ in range(updates):
-            agent.update(buffer.sample(batch_size, rng, agent.device))
-        sync(agent.device)
+            step()
+        sync(device)
     return prof
 
 
@@ -86,8 +89,9 @@ def summarize_profile(events, updates: int, on_gpu: bool, top: int = 12) -> dict
     return summary
 
 
-def measure(device: str, buffer_size: int, updates: int, repeats: int, warmup: int, profiled: int) -> tuple[dict, str]:
-    """The profile's figures, and the profiler's op table as text."""
+def measure(device: str, buffer_size: int, updates: int, repeats: int, warmup: int, profiled: int,
+            stacked_seeds: int = 0) -> tuple[dict, str]:
+    """The profile's figures, and the profiler's op table as text. ``stacked_seeds``: profile N seeds' stacked update."""
     dev = torch_device(device)
     torch.manual_seed(0)
     config = sql_config("reach", "fetch-arm")
@@ -97,16 +101,34 @@ def measure(device: str, buffer_size: int, updates: int, repeats: int, warmup: i
     def step() -> None:
         agent.update(buffer.sample(config.batch_size, rng, dev))
 
+    profiled_step, workloads = step, {"batch_sampling_ms": chunk(lambda: buffer.sample(config.batch_size, rng, dev),
+                                                                  updates, dev)}
+    if stacked_seeds:
+        members = [SoftQLearning(OBS_DIM, ACT_DIM, config, dev) for _ in range(stacked_seeds)]
+        streams = [torch.Generator(device=dev).manual_seed(i) for i in range(stacked_seeds)]
+        stack, rngs = StackedSoftQLearning(members, streams), [np.random.default_rng(10 + i) for i in range(stacked_seeds)]
+
+        def stacked_step() -> None:
+            stack.update([buffer.sample(config.batch_size, r, dev) for r in rngs])
+
+        profiled_step = stacked_step  # the stacked update is the one profiled
+        workloads["stacked_update_with_batches_ms"] = chunk(stacked_step, updates, dev)
+        chunk(stacked_step, warmup, dev)()
+    workloads["update_with_batch_ms"] = chunk(step, updates, dev)
     chunk(step, warmup, dev)()  # allocator, library handles, the target cache
-    ms = ms_per_unit(interleaved_rates({"update_with_batch_ms": chunk(step, updates, dev),
-                                        "batch_sampling_ms": chunk(lambda: buffer.sample(config.batch_size, rng, dev),
-                                                                   updates, dev)}, repeats))
-    events = profile_updates(agent, buffer, rng, profiled).key_averages()
+    ms = ms_per_unit(interleaved_rates(workloads, repeats))
+    events = profile_updates(profiled_step, dev, profiled).key_averages()
     on_gpu = dev.type == "cuda"
     result = {"device": str(dev), **ms, **summarize_profile(events, profiled, on_gpu)}
+    if stacked_seeds:
+        single, stacked = ms["update_with_batch_ms"]["median"], ms["stacked_update_with_batches_ms"]["median"]
+        result |= {"stacked_seeds": stacked_seeds, "single_updates_per_s": 1e3 / single,
+                   "aggregate_updates_per_s": stacked_seeds * 1e3 / stacked, "speedup": stacked_seeds * single / stacked,
+                   "profiled_update": f"{stacked_seeds} seeds stacked"}
     if on_gpu:
         busy_ms = result["kernel_ms_per_update"] + result["copy_ms_per_update"]
-        result["device_busy_fraction"] = busy_ms / ms["update_with_batch_ms"]["median"]
+        timed = "stacked_update_with_batches_ms" if stacked_seeds else "update_with_batch_ms"
+        result["device_busy_fraction"] = busy_ms / ms[timed]["median"]
     result |= {"buffer_size": buffer_size, "updates": updates, "repeats": repeats, "warmup": warmup, "profiled": profiled,
                "config": config.to_dict(), "machine": machine_info()}
     table = events.table(sort_by=result["top_ops_by"], row_limit=40)
@@ -123,13 +145,21 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--repeats", type=int, default=5, help="timed runs")
     parser.add_argument("--warmup", type=int, default=100, help="untimed updates first")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    parser.add_argument("--stacked-seeds", type=int, default=0, metavar="N", help="profile N seeds' stacked update "
+                        "(skills.train --seeds) and time one seed's beside it")
     parser.add_argument("--json", metavar="PATH", help="write the results as JSON (and the op table beside it)")
     args = cli.parse(parser, argv)
-    result, table = measure(args.device, args.buffer, args.updates, args.repeats, args.warmup, args.profiled)
+    result, table = measure(args.device, args.buffer, args.updates, args.repeats, args.warmup, args.profiled,
+                            args.stacked_seeds)
     print(table)
     print(f"device {result['device']}: update with its batch {result['update_with_batch_ms']['median']:.3f} ms "
           f"(min {result['update_with_batch_ms']['min']:.3f}), batch sampling alone "
-          f"{result['batch_sampling_ms']['median']:.3f} ms, {result['aten_ops_per_update']:.0f} aten ops")
+          f"{result['batch_sampling_ms']['median']:.3f} ms, {result['aten_ops_per_update']:.0f} aten ops"
+          + (" (profiled: one seed)" if not args.stacked_seeds else ""))
+    if args.stacked_seeds:
+        print(f"{args.stacked_seeds} seeds stacked: {result['stacked_update_with_batches_ms']['median']:.3f} ms per update of "
+              f"all seeds; aggregate {result['aggregate_updates_per_s']:.0f} updates/s against one seed's "
+              f"{result['single_updates_per_s']:.0f} (speedup {result['speedup']:.2f}); profiled: the stacked update")
     if "kernels_per_update" in result:
         print(f"per update: {result['kernels_per_update']:.0f} kernels, {result['kernel_ms_per_update']:.3f} ms of "
               f"kernel time, {result['copies_per_update']:.1f} copies ({result['copy_ms_per_update']:.3f} ms); "

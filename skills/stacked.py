@@ -329,9 +329,14 @@ class StackedSoftQLearning:
     stream, so one stacked update equals S single-seed updates that draw the same numbers, to float
     rounding (``tests/test_seeds.py``). ``copy_to_agents`` writes the weights back into the S agents, which
     the trainer evaluates and saves as ordinary skills.
+
+    ``per_seed_streams=False`` (the default off the CPU) draws every random tensor for all S seeds in one call
+    from ``generators[0]``: S times fewer small ops (on a GPU, S times fewer kernel launches per draw), seeds
+    still independent of each other, but a seed's numbers then depend on the whole seed list.
     """
 
-    def __init__(self, agents: Sequence[SoftQLearning], generators: Sequence[torch.Generator]):
+    def __init__(self, agents: Sequence[SoftQLearning], generators: Sequence[torch.Generator],
+                 per_seed_streams: bool | None = None):
         configs = {a.config for a in agents}
         if len(configs) != 1:
             raise ValueError(f"stacked agents must share one SQLConfig; got {len(configs)} different ones")
@@ -354,13 +359,22 @@ class StackedSoftQLearning:
         stack_optimizer_state(self.sampler_optimizer, [a.sampler_optimizer for a in agents])
         self.updates = updates[0]
         self.caches = [TargetValueCache(self.device) for _ in agents]
+        self.per_seed_streams = self.device.type == "cpu" if per_seed_streams is None else per_seed_streams
 
     @property
     def n(self) -> int:
         return len(self.agents)
 
-    def randn(self, i: int, *shape: int) -> torch.Tensor:
-        return torch.randn(*shape, generator=self.generators[i], device=self.device)
+    def randn(self, shape: Sequence[int], members: Sequence[int] | None = None) -> torch.Tensor:
+        """Standard normal noise [S, *shape]: each member's from its own stream (only ``members``, the rest 0),
+        or all of it in one draw from the shared stream."""
+        if not self.per_seed_streams:
+            return torch.randn(self.n, *shape, generator=self.generators[0], device=self.device)
+        members = range(self.n) if members is None else members
+        out = torch.zeros(self.n, *shape, device=self.device)
+        for i in members:
+            out[i] = torch.randn(*shape, generator=self.generators[i], device=self.device)
+        return out
 
     # ---- soft values ----
     @torch.no_grad()
@@ -375,17 +389,27 @@ class StackedSoftQLearning:
             return [o.new_zeros(0) for o in obs]
         live = [i for i, c in enumerate(counts) if c]
         states = pad_rows(obs, rows)  # [S, P, o]
+        shared = self.generators[0]
+
+        def per_seed(draw) -> torch.Tensor:  # draw(i, n_i, generator) -> [n_i, ...]; padded to [S, P, ...]
+            return pad_rows([draw(i, counts[i], self.generators[i]) for i in range(self.n)], rows)
+
         if cfg.value_proposal == "mixture":
-            noise = pad_rows([self.randn(i, counts[i], cfg.proposal_centers, d) if counts[i] else
-                              states.new_zeros(0, cfg.proposal_centers, d) for i in range(self.n)], rows)
+            m = cfg.proposal_centers
+            noise = per_seed(lambda i, k, g: torch.randn(k, m, d, generator=g, device=self.device)) \
+                if self.per_seed_streams else torch.randn(self.n, rows, m, d, generator=shared, device=self.device)
             centers = torch.tanh(self.sampler(states, noise.transpose(1, 2))).transpose(1, 2)  # [S, P, M, d]
             width = kernel_width(centers.flatten(0, 1)).view(self.n, rows, 1, 1)
-            actions = pad_rows([mixture_proposal(centers[i, : counts[i]], n_samples, width[i, : counts[i]],
-                                                 cfg.proposal_uniform_share, self.generators[i]) if counts[i] else
-                                states.new_zeros(0, n_samples, d) for i in range(self.n)], rows)  # [S, P, n, d]
+            share = cfg.proposal_uniform_share
+            if self.per_seed_streams:
+                actions = per_seed(lambda i, k, g: mixture_proposal(centers[i, :k], n_samples, width[i, :k], share, g))
+            else:
+                actions = mixture_proposal(centers.flatten(0, 1), n_samples, width.flatten(0, 1), share,
+                                           shared).view(self.n, rows, n_samples, d)  # [S, P, n, d]
+        elif self.per_seed_streams:
+            actions = per_seed(lambda i, k, g: uniform_actions(k, n_samples, d, g, self.device))
         else:
-            actions = pad_rows([uniform_actions(counts[i], n_samples, d, self.generators[i], self.device) if counts[i]
-                                else states.new_zeros(0, n_samples, d) for i in range(self.n)], rows)
+            actions = uniform_actions(self.n * rows, n_samples, d, shared, self.device).view(self.n, rows, n_samples, d)
         q = q_net(states, actions.transpose(1, 2)).transpose(1, 2)  # [S, P, n]
         if cfg.value_proposal == "mixture":
             flat = centers.flatten(0, 1)
@@ -422,7 +446,7 @@ class StackedSoftQLearning:
         """SVGD surrogate (SQL Eqs. 13-14) of every seed [S] and the samplers' gradients (stacked)."""
         cfg, n_fixed = self.config, self.config.n_fixed
         s, batch, d = obs.shape[0], obs.shape[1], self.act_dim
-        noise = torch.stack([self.randn(i, batch, cfg.particles, d) for i in range(s)])  # [S, B, K, d]
+        noise = self.randn((batch, cfg.particles, d))  # [S, B, K, d]
         u, acts = self.sampler.traced(obs, noise.transpose(1, 2))  # [S, K, B, d], particle-major
         fixed_u, updated_u = u[:, :n_fixed], u[:, n_fixed:]
         score = squashed_score(fixed_u, self.q.action_gradient(obs, torch.tanh(fixed_u)), cfg.alpha)  # [S, Kf, B, d]
@@ -464,9 +488,7 @@ class StackedSoftQLearning:
     def act(self, obs: np.ndarray, members: Sequence[int]) -> np.ndarray:
         """A sampler action for each of ``members`` (indices into the stack), from its own stream:
         obs [S, o] -> actions [S, d] (rows of the other members are meaningless; nothing is drawn for them)."""
-        noise = torch.zeros(self.n, 1, 1, self.act_dim, device=self.device)
-        for i in members:
-            noise[i] = self.randn(i, 1, 1, self.act_dim)
+        noise = self.randn((1, 1, self.act_dim), members)
         o = torch.as_tensor(obs, dtype=torch.float32, device=self.device).unsqueeze(1)  # [S, 1, o]
         return torch.tanh(self.sampler(o, noise))[:, 0, 0].cpu().numpy()
 
