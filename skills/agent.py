@@ -150,6 +150,20 @@ def last_of_each(keys: torch.Tensor) -> torch.Tensor:
     return order[last]
 
 
+def apply_gradients(learner, q_grads: list[torch.Tensor], sampler_grads: list[torch.Tensor]) -> None:
+    """One Adam step of the Q-network and of the sampler with these gradients, then count the update and copy Q
+    into the target network every ``target_update_interval`` updates. ``learner``: a ``SoftQLearning`` or a
+    ``skills.stacked.StackedSoftQLearning`` (stacked parameters, the same schedule)."""
+    for optimizer, net, grads in ((learner.q_optimizer, learner.q, q_grads),
+                                  (learner.sampler_optimizer, learner.sampler, sampler_grads)):
+        for param, grad in zip(net.parameters(), grads):
+            param.grad = grad
+        optimizer.step()
+    learner.updates += 1
+    if learner.updates % learner.config.target_update_interval == 0:
+        learner.q_target.load_state_dict(learner.q.state_dict())
+
+
 class SoftQLearning:
     """Networks, optimizers and one update step of SQL."""
 
@@ -230,14 +244,7 @@ class SoftQLearning:
             raise TrainingDiverged(
                 f"non-finite loss at update {self.updates} (q_loss={float(q_loss)}, "
                 f"sampler_loss={float(sampler_loss)}); try a larger alpha or a smaller learning rate")
-        for optimizer, net, grads in ((self.q_optimizer, self.q, q_grads),
-                                      (self.sampler_optimizer, self.sampler, sampler_grads)):
-            for param, grad in zip(net.parameters(), grads):
-                param.grad = grad
-            optimizer.step()
-        self.updates += 1
-        if self.updates % self.config.target_update_interval == 0:
-            self.q_target.load_state_dict(self.q.state_dict())
+        apply_gradients(self, q_grads, sampler_grads)
         return {"q_loss": q_loss, "sampler_loss": sampler_loss}
 
     # ---- acting ----

@@ -19,9 +19,8 @@ import torch
 from torch import nn
 
 from . import backprop
-from .agent import SoftQLearning, TargetValueCache, TrainingDiverged
+from .agent import SoftQLearning, TargetValueCache, TrainingDiverged, apply_gradients
 from .sql import (
-    SamplerNetwork,
     SoftQNetwork,
     kernel_width,
     mixture_log_density,
@@ -226,13 +225,22 @@ class StackedMLP(nn.Module):
             layer.bias.copy_(bias[i])
 
 
-class StackedSoftQNetworks(nn.Module):
-    """S ``SoftQNetwork``s trained side by side: obs [S, N, o], act [S, G, N, d] -> Q [S, G, N]."""
+class _StackedMembers(nn.Module):
+    """S networks of one kind (each an ``sql.mlp`` ``net`` and an ``obs_scale``), stacked: ``net`` a ``StackedMLP``,
+    ``obs_scale`` [S, 1, o]."""
 
-    def __init__(self, q_networks: Sequence[SoftQNetwork]):
+    def __init__(self, members: Sequence[nn.Module]):
         super().__init__()
-        self.net = StackedMLP([q.net for q in q_networks])
-        self.register_buffer("obs_scale", torch.stack([q.obs_scale for q in q_networks]).unsqueeze(-2))  # [S, 1, o]
+        self.net = StackedMLP([m.net for m in members])
+        self.register_buffer("obs_scale", torch.stack([m.obs_scale for m in members]).unsqueeze(-2))
+
+    def copy_member(self, i: int, member: nn.Module) -> None:
+        """Write stacked network ``i``'s weights into ``member``."""
+        self.net.copy_member(i, member.net)
+
+
+class StackedSoftQNetworks(_StackedMembers):
+    """S ``SoftQNetwork``s trained side by side: obs [S, N, o], act [S, G, N, d] -> Q [S, G, N]."""
 
     @torch.no_grad()
     def traced(self, obs: torch.Tensor, act: torch.Tensor) -> tuple[torch.Tensor, backprop.Activations]:
@@ -249,17 +257,9 @@ class StackedSoftQNetworks(nn.Module):
         _, acts = self.traced(obs, act)
         return backprop.input_gradient(self.net, acts, act.shape[1])
 
-    def copy_member(self, i: int, q: SoftQNetwork) -> None:
-        self.net.copy_member(i, q.net)
 
-
-class StackedSamplers(nn.Module):
+class StackedSamplers(_StackedMembers):
     """S amortized SVGD samplers ``u = xi + g(s, xi)`` (``sql.SamplerNetwork``): obs [S, N, o], noise [S, G, N, d] -> u."""
-
-    def __init__(self, samplers: Sequence[SamplerNetwork]):
-        super().__init__()
-        self.net = StackedMLP([s.net for s in samplers])
-        self.register_buffer("obs_scale", torch.stack([s.obs_scale for s in samplers]).unsqueeze(-2))  # [S, 1, o]
 
     @torch.no_grad()
     def traced(self, obs: torch.Tensor, noise: torch.Tensor) -> tuple[torch.Tensor, backprop.Activations]:
@@ -269,9 +269,6 @@ class StackedSamplers(nn.Module):
 
     def forward(self, obs: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         return self.traced(obs, noise)[0]
-
-    def copy_member(self, i: int, sampler: SamplerNetwork) -> None:
-        self.net.copy_member(i, sampler.net)
 
 
 def pad_rows(rows: Sequence[torch.Tensor], length: int) -> torch.Tensor:
@@ -473,14 +470,7 @@ class StackedSoftQLearning:
                 f"sampler_loss={sampler_loss.tolist()}); try a larger alpha or a smaller learning rate")
             err.members = bad
             raise err
-        for optimizer, net, grads in ((self.q_optimizer, self.q, q_grads),
-                                      (self.sampler_optimizer, self.sampler, sampler_grads)):
-            for param, grad in zip(net.parameters(), grads):
-                param.grad = grad
-            optimizer.step()
-        self.updates += 1
-        if self.updates % self.config.target_update_interval == 0:
-            self.q_target.load_state_dict(self.q.state_dict())
+        apply_gradients(self, q_grads, sampler_grads)
         return {"q_loss": q_loss, "sampler_loss": sampler_loss}
 
     # ---- acting and handing back ----

@@ -147,3 +147,14 @@ def test_adaptation_replots_an_earlier_run(tmp_path, capsys):
     saved.write_text(json.dumps({"settings": {"spec": "reach+avoid", "eval_episodes": 4}, "runs": runs}))
     assert adaptation.main(["--from-json", str(saved), "--plot", str(tmp_path / "a.png")]) == 0
     assert (tmp_path / "a.png").stat().st_size > 0 and "steps to 95%" in capsys.readouterr().out
+
+
+def test_device_profile_of_stacked_seeds_smoke(tmp_path, device):
+    from bench import device_profile
+
+    result = device_profile.main(["--device", device, "--buffer", "300", "--updates", "3", "--repeats", "1",
+                                  "--warmup", "2", "--profiled", "2", "--stacked-seeds", "3"])
+    assert result["stacked_seeds"] == 3 and result["profiled_update"] == "3 seeds stacked"
+    assert result["aggregate_updates_per_s"] > 0 and result["single_updates_per_s"] > 0 and result["speedup"] > 0
+    if device == "cuda":
+        assert 0 < result["device_busy_fraction"]
