@@ -355,7 +355,8 @@ class StackedSoftQLearning:
         stack_optimizer_state(self.q_optimizer, [a.q_optimizer for a in agents])
         stack_optimizer_state(self.sampler_optimizer, [a.sampler_optimizer for a in agents])
         self.updates = updates[0]
-        self.caches = [TargetValueCache(self.device) for _ in agents]
+        self.target_values = TargetValueCache(self.device)
+        self.member_index = torch.arange(len(agents), device=self.device).unsqueeze(1)  # [S, 1]
         self.per_seed_streams = self.device.type == "cpu" if per_seed_streams is None else per_seed_streams
 
     @property
@@ -367,7 +368,8 @@ class StackedSoftQLearning:
         or all of it in one draw from the shared stream."""
         if not self.per_seed_streams:
             return torch.randn(self.n, *shape, generator=self.generators[0], device=self.device)
-        members = range(self.n) if members is None else members
+        if members is None:
+            return torch.stack([torch.randn(*shape, generator=g, device=self.device) for g in self.generators])
         out = torch.zeros(self.n, *shape, device=self.device)
         for i in members:
             out[i] = torch.randn(*shape, generator=self.generators[i], device=self.device)
@@ -422,12 +424,16 @@ class StackedSoftQLearning:
         if not (cfg.cache_target_values and all("index" in b for b in batches)):
             return torch.stack(self.soft_values(self.q_target, [b["next_obs"] for b in batches], cfg.value_samples))
         period = self.updates // cfg.target_update_interval
-        misses = [c.misses(period, b["index"], b["id"]) for c, b in zip(self.caches, batches)]
-        fresh = self.soft_values(self.q_target, [b["next_obs"][m] for b, m in zip(batches, misses)], cfg.value_samples)
-        for cache, batch, miss, values in zip(self.caches, batches, misses, fresh):
-            if len(values):
-                cache.store(batch["index"], batch["id"], miss, values)
-        return torch.stack([c.values[b["index"]] for c, b in zip(self.caches, batches)])
+        # one cache for all seeds, keyed by slot * S + seed: each seed's entries are its own, as in S caches
+        keys = (torch.stack([b["index"] for b in batches]) * self.n + self.member_index).flatten()  # [S*B]
+        ids = torch.stack([b["id"] for b in batches]).flatten()
+        miss = self.target_values.misses(period, keys, ids)
+        if bool(miss.any()):
+            per_seed = miss.view(self.n, -1)
+            fresh = self.soft_values(self.q_target, [b["next_obs"][m] for b, m in zip(batches, per_seed)],
+                                     cfg.value_samples)
+            self.target_values.store(keys, ids, miss, torch.cat(fresh))
+        return self.target_values.values[keys].view(self.n, -1)
 
     # ---- losses and their gradients ----
     def q_loss_and_gradients(self, batch: dict[str, torch.Tensor], next_values: torch.Tensor
