@@ -22,12 +22,13 @@ centre. Horizon 50 with time-limit truncation; no termination.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 import gymnasium as gym
 import numpy as np
 
+from .arms import make_arm
+from .arms.base import LAYOUT, MAX_DISPLACEMENT, Arm, ArmLayout  # noqa: F401 - the task's geometry and scale
 from .core import EpisodeTracker, Family, Task, checked_action
 from .rendering import MujocoRendering
 
@@ -37,53 +38,6 @@ TARGET_REL = slice(6, 9)
 OBSTACLE_REL = slice(9, 12)
 OBS_DIM = 12
 ACTION_DIM = 3
-MAX_DISPLACEMENT = 0.05  # metres per step at |a| = 1 (the Fetch mocap scale)
-
-
-@dataclass(frozen=True)
-class ArmLayout:
-    """Geometry of the arm tasks, in the workspace frame (metres)."""
-
-    target_low: tuple[float, float, float] = (-0.2, -0.2, -0.05)  # target box, lower corner
-    target_high: tuple[float, float, float] = (0.2, 0.2, 0.15)  # target box, upper corner
-    min_target_distance: float = 0.2  # target at least this far from the start
-    success_radius: float = 0.05  # reached: end effector within this of the target
-    obstacle_radius: float = 0.05  # drawn radius of the obstacle sphere
-    ee_radius: float = 0.02  # end effector treated as a sphere of this radius
-    avoid_margin: float = 0.04  # avoid penalty ramps up over this distance before contact
-    reach_scale: float = 0.5  # reach penalty saturates at -1 beyond this distance
-    blocking_probability: float = 0.5  # chance the obstacle sits on the start-target segment
-    blocking_span: tuple[float, float] = (0.4, 0.6)  # where along the segment it sits
-    blocking_offset: float = 0.02  # max sideways offset of a blocking obstacle from the segment
-    clearance: float = 0.12  # a non-blocking obstacle stays this far from start, target and segment
-
-    @property
-    def collision_radius(self) -> float:
-        return self.obstacle_radius + self.ee_radius
-
-
-LAYOUT = ArmLayout()
-
-
-# ---- drawing, shared by every backend --------------------------------------------------------
-@dataclass(frozen=True)
-class Marker:
-    """A visual-only sphere site that a backend adds to its world body."""
-
-    name: str  # site name in the compiled model
-    radius: float  # drawn radius (m)
-    rgba: tuple[float, float, float, float]
-
-
-TARGET_MARKER = Marker("task_target", 0.02, (1.0, 0.8, 0.0, 1.0))
-OBSTACLE_MARKER = Marker("task_obstacle", LAYOUT.obstacle_radius, (0.9, 0.15, 0.1, 0.55))
-MARKERS = (TARGET_MARKER, OBSTACLE_MARKER)
-# Markers start off the world origin: a site compiled at its body's origin is flagged "same
-# frame" and MuJoCo would then ignore later changes to ``site_pos``.
-MARKER_START = (0.0, 0.0, -1.0)
-SHADOW_SIZE = 1024  # shadow-map texels: cheap on CPU renderers, still gives a depth cue
-
-
 # ---- reward terms and success checks: batched, from observations alone -------------------
 def reach_term(next_obs: np.ndarray, action: np.ndarray) -> np.ndarray:
     """``-min(|target - ee|, reach_scale) / reach_scale`` in [-1, 0]. Shapes: [B, 12] -> [B]."""
@@ -161,31 +115,6 @@ def sample_scene(rng: np.random.Generator, layout: ArmLayout = LAYOUT) -> tuple[
             return target, obstacle, False
 
 
-# ---- dynamics backends ---------------------------------------------------------------------
-class Arm(Protocol):
-    """What ``ArmTaskEnv`` needs from a robot. Positions are in world coordinates."""
-
-    model: Any  # mujoco.MjModel
-    data: Any  # mujoco.MjData
-    workspace_origin: np.ndarray  # world position of the end effector at reset
-    camera: dict  # free-camera settings (lookat, distance, azimuth, elevation)
-
-    def reset(self) -> None:
-        """Put the arm back at its start pose (end effector at ``workspace_origin``)."""
-
-    def move_ee(self, action: np.ndarray) -> None:
-        """Command an end-effector displacement ``MAX_DISPLACEMENT * action`` and simulate one step."""
-
-    def ee_position(self) -> np.ndarray:
-        """End-effector position, [3]."""
-
-    def ee_velocity(self) -> np.ndarray:
-        """End-effector linear velocity, [3]."""
-
-    def place_markers(self, target: np.ndarray, obstacle: np.ndarray) -> None:
-        """Move the drawn target and obstacle (world coordinates)."""
-
-
 class ArmTaskEnv(MujocoRendering, gym.Env):
     """A task of the arm family on any ``Arm`` (Fetch by default)."""
 
@@ -251,21 +180,6 @@ class ArmTaskEnv(MujocoRendering, gym.Env):
 
     def _scene(self):
         return self.arm.model, self.arm.data, self.arm.camera
-
-
-def make_arm(arm: Any, ee_site: str | None, width: int, height: int, **kwargs: Any) -> Arm:
-    """``None``/``"fetch"`` gives the Fetch robot; an MJCF path or element gives a custom arm."""
-    if arm is None or (isinstance(arm, str) and arm == "fetch"):
-        if ee_site is not None:
-            raise ValueError("ee_site applies to custom arms only; Fetch uses 'robot0:grip'")
-        from .fetch import FetchArm
-
-        return FetchArm(width=width, height=height, **kwargs)
-    from .custom_arm import CustomArm
-
-    if ee_site is None:
-        raise ValueError("a custom arm needs ee_site='<name of the end-effector site>'")
-    return CustomArm(arm, ee_site=ee_site, width=width, height=height, **kwargs)
 
 
 TASKS = [REACH, AVOID]

@@ -8,24 +8,27 @@ import math
 from typing import Any
 
 
-def workspace_origin(text: str) -> tuple[float, float, float]:
-    """``"X,Y,Z"`` (metres, world frame) -> a 3-tuple; a clear error otherwise."""
+def workspace_origin(text: str) -> tuple[float, float, float] | str:
+    """``"X,Y,Z"`` (metres, world frame) -> a 3-tuple, or ``"auto"``; a clear error otherwise."""
+    if text == "auto":
+        return text
     try:
         values = tuple(float(v) for v in text.split(","))
     except ValueError:
         values = ()
     if len(values) != 3 or not all(math.isfinite(v) for v in values):
-        raise argparse.ArgumentTypeError(f"expected X,Y,Z in metres (three finite numbers), got {text!r}")
+        raise argparse.ArgumentTypeError(f"expected X,Y,Z in metres (three finite numbers) or auto, got {text!r}")
     return values  # type: ignore[return-value]
 
 
 def add_arm_arguments(parser: argparse.ArgumentParser) -> None:
     """``--arm``, ``--ee-site`` and ``--workspace-origin``: the custom-arm options of ``envs.make``."""
-    parser.add_argument("--arm", help="run on a custom arm: MJCF path (arm tasks only)")
-    parser.add_argument("--ee-site", help="end-effector site of the custom arm")
-    parser.add_argument("--workspace-origin", type=workspace_origin, metavar="X,Y,Z",
-                        help="custom arm: world point that becomes the workspace origin (default: the end "
-                             "effector's home position)")
+    parser.add_argument("--arm", help="run on a custom arm: an MJCF path, or jaco (dm_control's Kinova Jaco with "
+                        "its hand); arm tasks only")
+    parser.add_argument("--ee-site", help="end-effector site of the custom arm (jaco: jaco_hand/pinchsite)")
+    parser.add_argument("--workspace-origin", type=workspace_origin, metavar="X,Y,Z|auto",
+                        help="custom arm: world point that becomes the workspace origin, or auto (the reachable one "
+                             "nearest the home pose's end effector); default: the end effector's home position")
 
 
 def arm_kwargs(args: argparse.Namespace) -> dict[str, Any]:

@@ -13,14 +13,14 @@ with contextlib.redirect_stderr(io.StringIO()):  # its import prints a notice ab
     from gymnasium_robotics.envs import robot_env
     from gymnasium_robotics.envs.fetch.fetch_env import MujocoFetchEnv
 
-from .arm import LAYOUT, MARKER_START, MARKERS, MAX_DISPLACEMENT, OBSTACLE_MARKER, SHADOW_SIZE, TARGET_MARKER
+from .base import LAYOUT, MARKER_START, MARKERS, MAX_DISPLACEMENT, SHADOW_SIZE, SiteArm
 
 _REACH_XML = os.path.join(os.path.dirname(robot_env.__file__), "assets", "fetch", "reach.xml")
 _INITIAL_QPOS = {"robot0:slide0": 0.4049, "robot0:slide1": 0.48, "robot0:slide2": 0.0}
 
 
 def add_markers(worldbody) -> None:
-    """Add the target and obstacle sites (``arm.MARKERS``, visual only) to an ``MjSpec`` worldbody."""
+    """Add the target and obstacle sites (``base.MARKERS``, visual only) to an ``MjSpec`` worldbody."""
     for marker in MARKERS:
         worldbody.add_site(name=marker.name, type=mujoco.mjtGeom.mjGEOM_SPHERE, pos=list(MARKER_START),
                            size=[marker.radius, 0, 0], rgba=marker.rgba)
@@ -57,7 +57,7 @@ class _FetchScene(MujocoFetchEnv):
         self.initial_qvel = np.copy(self.data.qvel)
 
 
-class FetchArm:
+class FetchArm(SiteArm):
     """Fetch's gripper driven in Cartesian space by its mocap weld, fingers blocked."""
 
     def __init__(self, width: int = 480, height: int = 480):
@@ -66,11 +66,8 @@ class FetchArm:
         self.workspace_origin = self._scene.initial_gripper_xpos.copy()
         self.camera = {"lookat": self.workspace_origin + np.array([0.0, 0.0, -0.05]),
                        "distance": 1.3, "azimuth": 60.0, "elevation": -35.0}
-        self._grip = self.model.site("robot0:grip").id
-        self._target = self.model.site(TARGET_MARKER.name).id
-        self._obstacle = self.model.site(OBSTACLE_MARKER.name).id
+        self._bind_sites("robot0:grip")
         self._action = np.zeros(4)
-        self._velocity = np.zeros(6)
 
     def reset(self) -> None:
         self._scene._reset_sim()
@@ -80,19 +77,6 @@ class FetchArm:
         self._scene._set_action(self._action)  # moves the mocap target
         self._scene._mujoco_step(self._action)
         self._scene._step_callback()
-
-    def ee_position(self) -> np.ndarray:
-        return self.data.site_xpos[self._grip].copy()
-
-    def ee_velocity(self) -> np.ndarray:
-        mujoco.mj_objectVelocity(self.model, self.data, mujoco.mjtObj.mjOBJ_SITE, self._grip,
-                                 self._velocity, 0)
-        return self._velocity[3:].copy()
-
-    def place_markers(self, target: np.ndarray, obstacle: np.ndarray) -> None:
-        self.model.site_pos[self._target] = target
-        self.model.site_pos[self._obstacle] = obstacle
-        mujoco.mj_kinematics(self.model, self.data)
 
 
 assert abs(MAX_DISPLACEMENT - 0.05) < 1e-12, "FetchArm relies on Fetch's own 0.05 m action scale"
