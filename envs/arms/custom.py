@@ -1,9 +1,10 @@
 """Any fixed-base MJCF arm with joint actuators (position, velocity or torque) as an ``Arm`` backend.
 
-``envs.make("reach+avoid", arm=<MJCF path or dm_control.mjcf.RootElement>, ee_site="<site>")``
+``envs.make("reach+avoid", arm=<MJCF path, dm_control.mjcf.RootElement or a function building one>,
+ee_site="<site>", workspace_origin=<(x, y, z), "auto" or None>)``; docs/arms.md.
 
 Scene (``dm_control.mjcf``): a floor, a shadow-casting light and the task's target and obstacle
-sites (``arm.MARKERS``, visual only), with a copy of the user's arm attached at the world origin
+sites (``base.MARKERS``, visual only), with a copy of the user's arm attached at the world origin
 under the prefix ``arm/``. The arm's own ``<option>`` (timestep, integrator) is kept.
 
 Control, once per 0.04 s step (25 Hz, as Fetch): the goal is ``p_des = p_ee + MAX_DISPLACEMENT * a``
@@ -184,7 +185,6 @@ class CustomArm(SiteArm):
         self._jacp = np.zeros((3, self.model.nv))  # site position Jacobian, all dofs
         self.ee_site = site.full_identifier
         self._bind_sites(self.ee_site)
-        self._site = self._ee_site
 
         n_substeps = round(controller.control_period / self.model.opt.timestep)
         if n_substeps < 1 or abs(n_substeps * self.model.opt.timestep - controller.control_period) > 1e-9:
@@ -213,7 +213,7 @@ class CustomArm(SiteArm):
         m = self.model
         kinds = {a: actuator_kind(m, a) for a in range(m.nu)}
         servo_of_joint = {int(m.actuator_trnid[a, 0]): a for a in range(m.nu) if kinds[a] is not None}
-        chain, body = [], int(m.site_bodyid[self._site])
+        chain, body = [], int(m.site_bodyid[self._ee_site])
         while body != 0:
             chain.extend(int(j) for j in np.flatnonzero(m.jnt_bodyid == body))
             body = int(m.body_parentid[body])
@@ -412,7 +412,7 @@ class CustomArm(SiteArm):
         """EE position [3] at joint angles ``q`` [n] (scratch data; other joints as last set)."""
         self._scratch.qpos[self._qadr] = q
         mujoco.mj_kinematics(self.model, self._scratch)
-        return self._scratch.site_xpos[self._site].copy()
+        return self._scratch.site_xpos[self._ee_site].copy()
 
     def _ik(self, q: np.ndarray, goal: np.ndarray, iterations: int) -> tuple[np.ndarray, float]:
         """Joint angles [n] from ``q`` [n] towards EE ``goal`` [3] by DLS steps, and the residual (m).
@@ -426,12 +426,12 @@ class CustomArm(SiteArm):
         for iteration in range(iterations + 1):
             s.qpos[self._qadr] = q
             mujoco.mj_kinematics(m, s)
-            error = goal - s.site_xpos[self._site]
+            error = goal - s.site_xpos[self._ee_site]
             residual = float(np.linalg.norm(error))
             if residual < cfg.tolerance or iteration == iterations:
                 break
             mujoco.mj_comPos(m, s)
-            mujoco.mj_jacSite(m, s, self._jacp, None, self._site)
+            mujoco.mj_jacSite(m, s, self._jacp, None, self._ee_site)
             jac = self._jacp[:, self._dofadr]
             dq = jac.T @ np.linalg.solve(jac @ jac.T + damping, error)
             dq *= min(1.0, cfg.max_joint_step / max(float(np.abs(dq).max()), 1e-12))
