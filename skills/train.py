@@ -113,8 +113,12 @@ def run_training(make_trainer: Callable[[], Trainer | MultiSeedTrainer], headlin
     except KeyboardInterrupt:
         members = getattr(trainer, "trainers", [trainer] if trainer is not None else [])
         paths = [str(t.path) for t in members if t.path.exists()]
-        kept = f"last checkpoints in {', '.join(paths)} (status 'training')" if paths \
-            else "no checkpoint had been written yet"
+        if not paths:
+            kept = "no checkpoint had been written yet"
+        elif isinstance(trainer, MultiSeedTrainer):
+            kept = f"each seed's last checkpoint is in {', '.join(paths)} (status 'training'; --resume continues them)"
+        else:
+            kept = f"its last checkpoint is in {paths[0]} (status 'training')"
         print(f"\ninterrupted: {kept}; earlier versions are untouched", file=sys.stderr)
         return 130
     if isinstance(trainer, MultiSeedTrainer):

@@ -228,3 +228,19 @@ def test_the_shared_stream_draws_for_all_seeds_at_once_and_is_reproducible():
     for key in first:
         assert torch.equal(first[key], second[key])
     assert first["sampler_loss"][0] != first["sampler_loss"][1] and not torch.equal(first["act"][0], first["act"][1])
+
+
+def test_ctrl_c_on_the_command_line_says_where_each_seed_is(tmp_path, monkeypatch, capsys):
+    real_step = MultiSeedTrainer.step
+
+    def interrupted(self):
+        if self.trainers[0].steps_done == 200:  # after the checkpoints of step 150
+            raise KeyboardInterrupt
+        return real_step(self)
+
+    monkeypatch.setattr(MultiSeedTrainer, "step", interrupted)
+    code = train_cli.main(["west", "--seeds", "0,1", "--steps", "300", "--eval-interval", "150", "--eval-episodes", "2",
+                           "--out", str(tmp_path), "--no-progress", "--no-convergence"])
+    err = capsys.readouterr().err
+    assert code == 130
+    assert "each seed's last checkpoint is in" in err and "west/v1" in err and "west/v2" in err and "--resume" in err
