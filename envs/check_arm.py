@@ -30,17 +30,22 @@ from .arm import MAX_DISPLACEMENT, TARGET_REL
 TRACKING_EPISODES, TRACKING_STEPS = 5, 20
 
 
-def tracking_error(arm, episodes: int = TRACKING_EPISODES, steps: int = TRACKING_STEPS, seed: int = 0) -> dict:
-    """Mean and 95th percentile of ``|p_after - p_before - MAX_DISPLACEMENT a|`` (m) over random actions from reset."""
-    rng = np.random.default_rng(seed)
+def tracking_errors(arm, actions: np.ndarray) -> np.ndarray:
+    """``|p_after - p_before - MAX_DISPLACEMENT a|`` (m) of every move: actions [episodes, steps, 3], each episode from
+    ``arm.reset()`` -> [episodes * steps]."""
     errors = []
-    for _ in range(episodes):
+    for episode in actions:
         arm.reset()
-        for _ in range(steps):
-            action = rng.uniform(-1, 1, 3)
+        for action in episode:
             before = arm.ee_position()
             arm.move_ee(action)
             errors.append(float(np.linalg.norm(arm.ee_position() - before - MAX_DISPLACEMENT * action)))
+    return np.array(errors)
+
+
+def tracking_error(arm, episodes: int = TRACKING_EPISODES, steps: int = TRACKING_STEPS, seed: int = 0) -> dict:
+    """Mean and 95th percentile of ``tracking_errors`` over seeded random actions."""
+    errors = tracking_errors(arm, np.random.default_rng(seed).uniform(-1, 1, (episodes, steps, 3)))
     return {"mean_m": float(np.mean(errors)), "p95_m": float(np.percentile(errors, 95)), "moves": len(errors)}
 
 

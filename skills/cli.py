@@ -40,9 +40,18 @@ def seed_list(text: str) -> list[int]:
             seeds = list(range(int(text)))
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected N, a list 0,1,2 or a range 3-7, got {text!r}") from None
+    try:
+        return check_seeds(seeds)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"{err} (from {text!r})") from None
+
+
+def check_seeds(seeds) -> list[int]:
+    """The seeds as a list of ints; a ``ValueError`` for none, repeats or negatives."""
+    seeds = [int(s) for s in seeds]
     repeated = sorted({s for s in seeds if seeds.count(s) > 1})
     if repeated:
-        raise argparse.ArgumentTypeError(f"seed(s) {repeated} given more than once in {text!r}; each seed trains once")
+        raise ValueError(f"seed(s) {repeated} given more than once; each seed trains once")
     if not seeds or min(seeds) < 0:
-        raise argparse.ArgumentTypeError(f"expected one or more seeds >= 0, got {text!r}")
+        raise ValueError(f"expected one or more seeds >= 0, got {seeds}")
     return seeds

@@ -23,22 +23,13 @@ import numpy as np
 import torch
 
 from .agent import SQLConfig, TrainingDiverged
+from .cli import check_seeds
 from .library import is_claim_only, list_skills, release_claim
 from .progress import progress_bar
 from .stacked import StackedSoftQLearning, global_stream, stacked_memory_bytes
 from .trainer import STORED_TRANSITIONS, TrainConfig, Trainer, TrainResult
 
 ENV_PROCESS_BYTES = 150 << 20  # one env child process (MuJoCo, gymnasium), measured with ps on the arm tasks: ~120 MB
-
-
-def check_seeds(seeds: Sequence[int]) -> list[int]:
-    """The seeds as a list; a clear ``ValueError`` for none, repeats or negatives."""
-    seeds = [int(s) for s in seeds]
-    repeated = sorted({s for s in seeds if seeds.count(s) > 1})
-    if not seeds or repeated or min(seeds) < 0:
-        raise ValueError(f"seeds {seeds}: give one or more distinct seeds >= 0"
-                         + (f" (repeated: {repeated})" if repeated else ""))
-    return seeds
 
 
 def available_memory() -> int | None:

@@ -386,7 +386,6 @@ class StackedSoftQLearning:
         rows = max(counts)
         if rows == 0:
             return [o.new_zeros(0) for o in obs]
-        live = [i for i, c in enumerate(counts) if c]
         states = pad_rows(obs, rows)  # [S, P, o]
         shared = self.generators[0]
 
@@ -416,7 +415,7 @@ class StackedSoftQLearning:
             values = soft_value_importance(q.flatten(0, 1), log_q, actions.flatten(0, 1), cfg.alpha).view(self.n, rows)
         else:
             values = soft_value_from_samples(q, cfg.alpha, d)
-        return [values[i, : counts[i]] if i in live else values.new_zeros(0) for i in range(self.n)]
+        return [values[i, : counts[i]] for i in range(self.n)]
 
     def next_state_values(self, batches: Sequence[dict[str, torch.Tensor]]) -> torch.Tensor:
         """``V_target(s')`` of every seed's batch [S, B], cached per transition as ``SoftQLearning.next_state_value``."""

@@ -20,6 +20,7 @@ from gymnasium.utils.env_checker import check_env  # noqa: E402
 
 from envs.arm import MAX_DISPLACEMENT, OBSTACLE_REL, TARGET_REL  # noqa: E402
 from envs.arms.custom import CustomArm  # noqa: E402
+from envs.check_arm import tracking_errors  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 ARM_XML = str(ROOT / "examples" / "arm" / "three_link_arm.xml")
@@ -32,14 +33,7 @@ def make_custom(**kwargs):
 
 def tracking_error(arm, actions: np.ndarray) -> float:
     """Mean over steps of ``|p_after - p_before - MAX_DISPLACEMENT * a|`` (m); actions [episodes, steps, 3]."""
-    errors = []
-    for episode in actions:
-        arm.reset()
-        for action in episode:
-            before = arm.ee_position()
-            arm.move_ee(action)
-            errors.append(np.linalg.norm(arm.ee_position() - before - MAX_DISPLACEMENT * action))
-    return float(np.mean(errors))
+    return float(np.mean(tracking_errors(arm, actions)))
 
 
 def tracking_actions() -> dict[str, np.ndarray]:
