@@ -41,8 +41,8 @@ def trial(kind: str, spec: str, seed: int, steps: int, eval_interval: int, eval_
     import compose
     import envs
     from compose.adapt import adapted_trainer
-    from skills.defaults import sql_config, train_config
-    from skills.trainer import Trainer
+    from skills.training.defaults import sql_config, train_config
+    from skills.training.trainer import Trainer
 
     torch.set_num_threads(1)
     overrides = {"eval_interval": eval_interval, "eval_episodes": eval_episodes, "final_eval_episodes": 1,

@@ -6,7 +6,7 @@ import argparse
 
 import torch
 
-from skills.agent import torch_device
+from skills.sql.learner import torch_device
 
 
 def parse(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:

@@ -14,7 +14,7 @@ update:
 On the CPU the profiler sees the CPU side only. ``--json PATH`` also writes the profiler's
 op table to ``PATH`` with the suffix ``.txt``.
 
-``--stacked-seeds N`` profiles the update of N seeds stacked (``skills.stacked.StackedSoftQLearning``, as
+``--stacked-seeds N`` profiles the update of N seeds stacked (``skills.sql.many_seeds.StackedSoftQLearning``, as
 ``skills.train --seeds`` runs it) instead, and times one seed's update beside it in the same run: aggregate
 updates/s (N per stacked update), the speedup over one seed, and on a GPU how busy the stacked update keeps it.
 """
@@ -33,9 +33,9 @@ from torch.profiler import ProfilerActivity, profile
 from bench import cli
 from bench.timing import interleaved_rates, machine_info, ms_per_unit, sync
 from bench.update_profile import ACT_DIM, OBS_DIM, random_buffer
-from skills.agent import SoftQLearning, torch_device
-from skills.defaults import sql_config
-from skills.stacked import StackedSoftQLearning
+from skills.sql.learner import SoftQLearning, torch_device
+from skills.training.defaults import sql_config
+from skills.sql.many_seeds import StackedSoftQLearning
 
 COPY_PREFIXES = ("Memcpy", "Memset")
 

@@ -2,7 +2,7 @@
 
     python -m bench.multigoal_modes [--steps 20000] [--variants shipped,no-random,slow-copies]
 
-Each variant trains ``multigoal`` from the shipped defaults (``skills.defaults.sql_config``) with
+Each variant trains ``multigoal`` from the shipped defaults (``skills.training.defaults.sql_config``) with
 one change, seed 0, into a temporary library, then counts the goal each of 100 sampled
 episodes (seeds 10000 onward) reaches. Behind the settings in docs/skills.md ("Defaults").
 """
@@ -28,9 +28,10 @@ VARIANTS = {
 def goal_counts(variant: str, steps: int, episodes: int = 100) -> dict:
     """Train one variant and count the goals its sampled episodes reach."""
     import skills
-    from skills.defaults import sql_config, train_config
-    from skills.plots import multigoal_rollouts
-    from skills.trainer import EVAL_SEED, Trainer
+    from skills.training.defaults import sql_config, train_config
+    from skills.evaluation.plots import multigoal_rollouts
+    from skills.evaluation.episodes import EVAL_SEED
+    from skills.training.trainer import Trainer
 
     sql = replace(sql_config("multigoal", "multigoal"), **VARIANTS[variant])
     run = replace(train_config("multigoal", steps=steps), progress=False, convergence=False, eval_episodes=5)

@@ -3,7 +3,7 @@
 
 Measures, on the ``reach`` task, with one process and the same torch thread setting:
 
-1. training steps/s (one env step plus one update): SQL (``skills.trainer.Trainer.step``)
+1. training steps/s (one env step plus one update): SQL (``skills.training.trainer.Trainer.step``)
    against SB3 SAC (``model.learn``), equal hidden layers, batch, warm-up and update ratio;
    SAC sees observations scaled by SQL's ``obs_scale`` (SQL scales inside its networks);
    SQL both as it trains by default (the env steps in a child process during the update)
@@ -13,7 +13,7 @@ Measures, on the ``reach`` task, with one process and the same torch thread sett
 4. training wall-clock time (evaluation excluded) to 95% success, both algorithms evaluated
    the same way: every ``--eval-interval`` steps, ``--eval-episodes`` seeded episodes with
    each algorithm's deterministic action;
-5. with ``--stacked-seeds N``: N seeds trained in one process (``skills.seeds``, one stacked update)
+5. with ``--stacked-seeds N``: N seeds trained in one process (``skills.training.seeds``, one stacked update)
    against one seed, chunks interleaved: aggregate steps/s (all seeds' env steps), the speedup over
    one seed, and the stacked update's FLOP utilisation against the same ``torch.mm`` rate (``multi_seed``).
 """
@@ -38,11 +38,12 @@ import envs
 from bench import cli, env_throughput
 from bench.flops import count_flops
 from bench.timing import interleaved_rates, machine_info, sync
-from skills.agent import SQLConfig
-from skills.defaults import sql_config
+from skills.sql.learner import SQLConfig
+from skills.training.defaults import sql_config
 from skills.evaluation import run_episodes
-from skills.seeds import MultiSeedTrainer
-from skills.trainer import EVAL_SEED, TrainConfig, Trainer
+from skills.training.seeds import MultiSeedTrainer
+from skills.evaluation.episodes import EVAL_SEED
+from skills.training.trainer import TrainConfig, Trainer
 
 TASK = "reach"
 SUCCESS_BAR = 0.95
@@ -327,7 +328,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--seeds", type=int, default=1, help="time-to-95%%: training seeds per algorithm")
     parser.add_argument("--skip-time-to-95", action="store_true", help="skip the (slow) time-to-95%% runs")
     parser.add_argument("--stacked-seeds", type=int, metavar="N", help="also time N seeds trained in one process "
-                        "(skills.seeds) against one seed (JSON key multi_seed)")
+                        "(skills.training.seeds) against one seed (JSON key multi_seed)")
     parser.add_argument("--particles", type=int, help="what-if: SQL's SVGD particles K (default: the reach "
                         "skill's hyperparameters)")
     parser.add_argument("--quick", action="store_true", help="a few-seconds smoke run of every section")

@@ -32,19 +32,11 @@ import torch
 from bench import cli
 from bench.flops import count_dispatch
 from bench.timing import interleaved_rates, machine_info, ms_per_unit
-from skills import backprop
-from skills.agent import SoftQLearning, SQLConfig
-from skills.buffer import ReplayBuffer
-from skills.defaults import sql_config
-from skills.sql import (
-    SamplerNetwork,
-    SoftQNetwork,
-    sampler_svgd_loss,
-    soft_bellman_target,
-    soft_q_loss,
-    squashed_score,
-    svgd_direction,
-)
+from skills.sql import backprop
+from skills.sql.learner import SoftQLearning, SQLConfig
+from skills.training.buffer import ReplayBuffer
+from skills.training.defaults import sql_config
+from skills.sql import SamplerNetwork, SoftQNetwork, sampler_svgd_loss, soft_bellman_target, soft_q_loss, squashed_score, svgd_direction
 
 OBS_DIM, ACT_DIM = 12, 3
 

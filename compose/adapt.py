@@ -9,7 +9,7 @@ with the sampler started from the composed amortized sampler and the replay buff
 constituents' stored transitions, their rewards recomputed for ``r_w`` (no new environment samples; on a
 custom ``--arm`` the buffer starts empty, as those transitions are another robot's).
 Before the first update the adapted skill acts exactly as the composition does. Training is the
-ordinary trainer (``skills.trainer``: progress bar, CSV, learning curve, checkpoints, a new library
+ordinary trainer (``skills.training.trainer``: progress bar, CSV, learning curve, checkpoints, a new library
 version named ``SPEC.adapted``, resume, Ctrl-C keeps the last checkpoint); the manifest's
 ``adapted_from`` names the constituents. ``python -m bench.adaptation`` compares adapted against
 from-scratch joint training (docs/compose.md).
@@ -25,11 +25,11 @@ from pathlib import Path
 import envs
 import skills
 from envs.cli import add_arm_arguments, arm_kwargs
-from skills.agent import SQLConfig
+from skills.sql.learner import SQLConfig
 from skills.cli import positive_int, weight_list
-from skills.defaults import TASK_STEPS, sql_config, train_config
+from skills.training.defaults import TASK_STEPS, sql_config, train_config
 from skills.train import run_training
-from skills.trainer import TrainConfig, Trainer, TrainResult
+from skills.training.trainer import TrainConfig, Trainer, TrainResult
 
 from .composition import Composition, load
 from .saved import composed_agent, provenance, relabelled_transitions

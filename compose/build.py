@@ -14,7 +14,7 @@ import torch
 
 from skills.library import CorruptSkillError
 from skills.sql import SamplerNetwork, SoftQNetwork
-from skills.stacked import StackedQ
+from skills.sql.many_skills import StackedQ
 
 from .bound import BoundConfig, fit_composition_correction
 from .cache import cache_path, load_cached, save_cached

@@ -17,7 +17,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from skills.library import CorruptSkillError, default_library, sha256_file
-from skills.store import publish_directory, staging_directory
+from skills.library.store import publish_directory, staging_directory
 
 from .composition import Composition
 

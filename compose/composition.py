@@ -13,7 +13,7 @@ import envs
 import skills
 from envs.core import Task
 from skills.sql import soft_value_from_samples, uniform_actions
-from skills.stacked import ComposedSoftQNetwork, StackedQ
+from skills.sql.many_skills import ComposedSoftQNetwork, StackedQ
 
 if TYPE_CHECKING:
     from .operators import OperatorConfig

@@ -35,7 +35,7 @@ import torch
 from torch import nn
 
 from skills.sql import SoftQNetwork, kernel_width, mixture_log_density, mixture_proposal, soft_value_importance
-from skills.stacked import StackedQ
+from skills.sql.many_skills import StackedQ
 
 from .td import td_fit
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from skills.plots import _pyplot
+from skills.evaluation.plots import _pyplot
 
 
 def plot_q_slices(panels: dict[str, np.ndarray], extent: float, path: str | Path, title: str,

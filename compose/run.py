@@ -33,7 +33,7 @@ from skills.cli import positive_int, weight_list
 from skills.evaluation import run_episodes
 from skills.library import SkillError, atomic_write_text
 from skills.policy import SoftPolicy
-from skills.trainer import EVAL_SEED
+from skills.evaluation.episodes import EVAL_SEED
 
 from .bound import BoundConfig, MCBoundConfig, check_bound, episode_starts, gap_on_states, mc_bound, mc_soft_q
 from .build import Built, build

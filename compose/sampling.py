@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
-from skills.progress import progress_bar
+from skills.training.progress import progress_bar
 from skills.sql import SamplerNetwork, sampler_svgd_loss, svgd_step_direction
 
 QFunction = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]

@@ -1,7 +1,7 @@
 """Composed skills in the library: ``Composition.save()`` and reopening the entry.
 
 A saved composition is an ordinary skill directory (``skills.library``: safetensors + JSON, checksums)
-whose Q-network is ``skills.stacked.ComposedSoftQNetwork``: the constituents' frozen Q-networks, the
+whose Q-network is ``skills.sql.many_skills.ComposedSoftQNetwork``: the constituents' frozen Q-networks, the
 weights, and a residual that is exactly 0; its sampler is the composed amortized sampler. So
 ``skills.load("reach+avoid.composed")`` acts with ``pi_w`` with no rebuild, and ``compose.load`` of the
 same name gives the ``Composition`` back (constituents, weights, bound). The manifest's
@@ -19,21 +19,11 @@ import numpy as np
 
 import envs
 import skills
-from skills.agent import SoftQLearning, SQLConfig
-from skills.backprop import linear_layers
-from skills.library import (
-    CorruptSkillError,
-    check_fresh,
-    claim_version_dir,
-    default_library,
-    library_versions,
-    load_manifest,
-    read_skill,
-    release_claim,
-    write_skill,
-)
-from skills.manifest import NAME
-from skills.stacked import ComposedSoftQNetwork
+from skills.sql.learner import SoftQLearning, SQLConfig
+from skills.sql.backprop import linear_layers
+from skills.library import CorruptSkillError, check_fresh, claim_version_dir, default_library, library_versions, load_manifest, read_skill, release_claim, write_skill
+from skills.library.manifest import NAME
+from skills.sql.many_skills import ComposedSoftQNetwork
 
 from .composition import Composition
 from .policy import ComposedPolicy

@@ -82,7 +82,7 @@ class Settings:
 
 
 def train_settings(task: str, seed: int, settings: Settings):
-    from skills.defaults import sql_config, train_config
+    from skills.training.defaults import sql_config, train_config
 
     import envs
 
@@ -115,7 +115,7 @@ def train_trial(task: str, seed: int, settings: Settings) -> dict:
     import torch
 
     import skills
-    from skills.trainer import Trainer
+    from skills.training.trainer import Trainer
 
     torch.set_num_threads(1)
     found = find_trained(task, seed, settings)
@@ -129,13 +129,13 @@ def train_trial(task: str, seed: int, settings: Settings) -> dict:
 
 def train_seeds_trial(task: str, seeds: Sequence[int], settings: Settings) -> dict[str, dict]:
     """Make sure skills of ``task`` exist for all ``seeds``, training the missing ones together in one process
-    (``skills.seeds``: one stacked update; each seed equals the seed trained alone); ``train_trial``'s record per
+    (``skills.training.seeds``: one stacked update; each seed equals the seed trained alone); ``train_trial``'s record per
     seed, keyed by that trial's key."""
     from dataclasses import replace
 
     import torch
 
-    from skills.seeds import MultiSeedTrainer
+    from skills.training.seeds import MultiSeedTrainer
 
     torch.set_num_threads(1)
     missing = [seed for seed in seeds if find_trained(task, seed, settings) is None]
@@ -258,7 +258,7 @@ def study(specs: Sequence[str], seeds: Sequence[int], *, out: str | Path, librar
           stacked: bool = False) -> dict:
     """Train, compose and evaluate ``specs`` over ``seeds``; aggregate; write study.json, study.md and plots.
 
-    ``stacked``: each task's missing seeds train together in one trial (``skills.seeds``) instead of one trial each.
+    ``stacked``: each task's missing seeds train together in one trial (``skills.training.seeds``) instead of one trial each.
     """
     import envs
 

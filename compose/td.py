@@ -13,7 +13,7 @@ from typing import Protocol
 import torch
 from torch import nn
 
-from skills.progress import progress_bar
+from skills.training.progress import progress_bar
 
 
 class TDSettings(Protocol):

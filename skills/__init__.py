@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import envs  # noqa: F401  (chooses the OpenGL backend before mujoco is imported)
 
-from .agent import SoftQLearning, SQLConfig, TrainingDiverged
+from .sql import SoftQLearning, SQLConfig, TrainingDiverged
 from .library import (
     CorruptSkillError,
     SkillError,
@@ -22,8 +22,8 @@ from .library import (
     list_skills,
     resolve,
 )
-from .skill import Skill, load
-from .trainer import TrainConfig, Trainer, TrainResult
+from .library import Skill, load
+from .training import TrainConfig, Trainer, TrainResult
 
 __all__ = [
     "CorruptSkillError", "SQLConfig", "Skill", "SkillError", "SoftQLearning", "StaleSkillError", "TrainConfig", "TrainResult",

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import math
 
+from .training.trainer import check_seeds
+
 
 def positive_int(text: str) -> int:
     """An integer >= 1 (steps, episodes, intervals)."""
@@ -44,14 +46,3 @@ def seed_list(text: str) -> list[int]:
         return check_seeds(seeds)
     except ValueError as err:
         raise argparse.ArgumentTypeError(f"{err} (from {text!r})") from None
-
-
-def check_seeds(seeds) -> list[int]:
-    """The seeds as a list of ints; a ``ValueError`` for none, repeats or negatives."""
-    seeds = [int(s) for s in seeds]
-    repeated = sorted({s for s in seeds if seeds.count(s) > 1})
-    if repeated:
-        raise ValueError(f"seed(s) {repeated} given more than once; each seed trains once")
-    if not seeds or min(seeds) < 0:
-        raise ValueError(f"expected one or more seeds >= 0, got {seeds}")
-    return seeds

@@ -8,7 +8,7 @@ mp4 and prints its path.
 
 ``--convergence`` checks the soft Q-function against ground truth instead: Monte Carlo soft
 returns of its own stochastic policy against ``V(s0)``, and Bellman residuals ``Q - TQ``
-(skills.diagnostics). It prints them and records them in the skill's manifest (``convergence``).
+(skills.evaluation.diagnostics). It prints them and records them in the skill's manifest (``convergence``).
 """
 
 from __future__ import annotations
@@ -26,10 +26,9 @@ from envs.core import UnknownNameError
 from envs.video import VideoWriter, draw_text, overlay_lines
 
 from .cli import positive_int
-from .diagnostics import ConvergenceConfig, convergence_report, format_report
-from .library import SkillError, atomic_write_text, update_manifest
-from .skill import load
-from .trainer import EVAL_SEED
+from .evaluation.diagnostics import ConvergenceConfig, convergence_report, format_report
+from .evaluation.episodes import EVAL_SEED, run_episodes
+from .library import SkillError, atomic_write_text, load, update_manifest
 
 
 RANDOM = "random"  # the uniform random policy, as a baseline
@@ -37,8 +36,6 @@ RANDOM = "random"  # the uniform random policy, as a baseline
 
 def evaluate_random(task: str | None, episodes: int, seed: int, render: str | Path | None) -> dict:
     """The uniform random policy on ``task`` (seeded), for baselines such as avoid's collision rate."""
-    from .evaluation import run_episodes
-
     if task is None:
         raise ValueError("the random baseline needs --task")
     env = envs.make(task)
@@ -53,8 +50,6 @@ def evaluate_skill(skill_name: str, task: str | None = None, episodes: int = 100
                    env_kwargs: dict | None = None) -> dict:
     """Metrics of ``skill_name`` on ``task`` (default: its own); optionally an mp4 at ``render``.
     ``env_kwargs`` go to ``envs.make`` (a custom arm: ``arm``, ``ee_site``, ``workspace_origin``)."""
-    from .evaluation import run_episodes
-
     if skill_name == RANDOM:
         return evaluate_random(task, episodes, seed, render)
     torch.manual_seed(seed)  # sampler draws come from torch's global generator
@@ -82,7 +77,7 @@ def evaluate_skill(skill_name: str, task: str | None = None, episodes: int = 100
 
 def skill_convergence(skill_name: str, library: str | None = None, config: ConvergenceConfig | None = None,
                       record: bool = True) -> dict:
-    """``skills.diagnostics.convergence_report`` of a saved skill on its own task; with ``record``, also
+    """``skills.evaluation.diagnostics.convergence_report`` of a saved skill on its own task; with ``record``, also
     written into its manifest under ``convergence`` (atomically; the checksummed files are untouched)."""
     config = config or ConvergenceConfig()
     torch.manual_seed(config.seed)
@@ -97,7 +92,7 @@ def skill_convergence(skill_name: str, library: str | None = None, config: Conve
 def plot_trajectories(skill_name: str, library: str | None, episodes: int, seed: int, deterministic: bool,
                       path: str | Path) -> Path:
     """Trajectories of a multigoal skill over the four goals (PNG), with per-goal counts."""
-    from .plots import multigoal_rollouts, plot_multigoal
+    from .evaluation.plots import multigoal_rollouts, plot_multigoal
 
     torch.manual_seed(seed)
     skill = load(skill_name, library)

@@ -4,7 +4,7 @@ Every run writes a new version to the library (``<library>/<task>/v<N>``), so no
 was saved before is ever overwritten; ``compose.run`` and ``skills.load`` pick the newest
 complete version by name. Bare ``python -m skills.train reach`` uses tuned defaults.
 
-``--seeds 0-4`` trains several seeds in one process (``skills.seeds``): one stacked SQL update for
+``--seeds 0-4`` trains several seeds in one process (``skills.training.seeds``): one stacked SQL update for
 all of them, one env process each, one library version each (its seed in the manifest).
 """
 
@@ -17,13 +17,13 @@ from collections.abc import Callable
 import envs
 from envs.core import UnknownNameError
 
-from .agent import SQLConfig, TrainingDiverged
 from .cli import positive_int, seed_list
-from .defaults import sql_config, train_config
-from .diagnostics import format_report
+from .evaluation.diagnostics import format_report
 from .library import SkillError
-from .seeds import MultiSeedTrainer
-from .trainer import TrainConfig, Trainer, TrainResult
+from .sql import SQLConfig, TrainingDiverged
+from .training.defaults import sql_config, train_config
+from .training.seeds import MultiSeedTrainer
+from .training.trainer import TrainConfig, Trainer, TrainResult
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -131,7 +131,7 @@ def run_training(make_trainer: Callable[[], Trainer | MultiSeedTrainer], headlin
         print(f"final evaluation, {mode:13s} ({m['episodes']} episodes): success {m['success_rate']:.2f}, "
               f"return {m['return_mean']:.2f}, collisions {m['collision_rate']:.2f}")
     if trainer.convergence_record is not None:
-        print("convergence of the soft Q-function (Monte Carlo soft returns, skills.diagnostics):")
+        print("convergence of the soft Q-function (Monte Carlo soft returns, skills.evaluation.diagnostics):")
         print("\n".join("  " + line for line in format_report(trainer.convergence_record)))
     return 0
 
@@ -145,7 +145,7 @@ def print_seeds(trainer: MultiSeedTrainer, results: list[TrainResult]) -> None:
               f"return {stoch['return_mean']:.2f}, collisions {stoch['collision_rate']:.2f}")
     for t in trainer.trainers:
         if t.convergence_record is not None:
-            print(f"convergence of seed {t.run.seed} (Monte Carlo soft returns, skills.diagnostics):")
+            print(f"convergence of seed {t.run.seed} (Monte Carlo soft returns, skills.evaluation.diagnostics):")
             print("\n".join("  " + line for line in format_report(t.convergence_record)))
 
 if __name__ == "__main__":

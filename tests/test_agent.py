@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from skills.agent import SoftQLearning, SQLConfig, TargetValueCache
-from skills.buffer import ReplayBuffer
+from skills.sql.learner import SoftQLearning, SQLConfig, TargetValueCache
+from skills.training.buffer import ReplayBuffer
 
 
 def filled_buffer(n: int, capacity: int | None = None, seed: int = 0) -> ReplayBuffer:
@@ -113,7 +113,7 @@ def test_unusable_device_is_refused_with_the_reason():
 
 
 def test_last_of_each_picks_the_last_occurrence_of_every_key():
-    from skills.agent import last_of_each
+    from skills.sql.learner import last_of_each
 
     keys = torch.tensor([3, 1, 3, 2, 1])
     assert last_of_each(keys).tolist() == [4, 3, 2]  # keys 1, 2, 3

@@ -4,17 +4,10 @@ import numpy as np
 import pytest
 import torch
 
-from skills import backprop
-from skills.agent import SoftQLearning, SQLConfig
-from skills.buffer import ReplayBuffer
-from skills.sql import (
-    SamplerNetwork,
-    SoftQNetwork,
-    q_action_gradient,
-    sampler_svgd_loss,
-    soft_bellman_target,
-    soft_q_loss,
-)
+from skills.sql import backprop
+from skills.sql.learner import SoftQLearning, SQLConfig
+from skills.training.buffer import ReplayBuffer
+from skills.sql import SamplerNetwork, SoftQNetwork, q_action_gradient, sampler_svgd_loss, soft_bellman_target, soft_q_loss
 
 OBS, ACT, HIDDEN = 5, 3, (16, 12, 8)  # three hidden layers of different widths exercise every loop
 

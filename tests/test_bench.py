@@ -50,7 +50,7 @@ def test_multi_seed_benchmark_smoke(tmp_path, device):
     from dataclasses import replace
 
     from bench.throughput import multi_seed_rates
-    from skills.defaults import sql_config
+    from skills.training.defaults import sql_config
 
     sql = replace(sql_config("reach", "fetch-arm"), warmup_steps=100)
     result = multi_seed_rates(sql, 2, steps=10, repeats=1, device=device, library=str(tmp_path), updates=3,

@@ -14,11 +14,11 @@ import compose
 import skills
 from compose import adapt as compose_adapt
 from compose.saved import composed_agent
-from skills.agent import SoftQLearning, SQLConfig
+from skills.sql.learner import SoftQLearning, SQLConfig
 from skills.library import sha256_file
 from skills.policy import SoftPolicy
 from skills.sql import SoftQNetwork
-from skills.stacked import ComposedSoftQNetwork
+from skills.sql.many_skills import ComposedSoftQNetwork
 
 SHIPPED = Path(__file__).resolve().parent.parent / "trained"
 TINY_ADAPT = ["--steps", "120", "--eval-interval", "60", "--eval-episodes", "1", "--final-eval-episodes", "1",
@@ -195,7 +195,7 @@ def test_compose_adapt_refuses_a_composition_without_a_combined_task(library, ca
 
 
 def test_ctrl_c_during_adaptation_keeps_the_checkpoint_and_earlier_versions(library, monkeypatch, capsys):
-    from skills.trainer import Trainer
+    from skills.training.trainer import Trainer
 
     assert compose_adapt.main(["reach+avoid", "--library", str(library), *TINY_ADAPT]) == 0
     v1 = library / "reach+avoid.adapted" / "v1"

@@ -10,8 +10,8 @@ import torch
 from compose import run as compose_run
 from compose.bound import BoundConfig, MCBoundConfig
 from compose.sampling import SamplerConfig
-from skills.agent import SQLConfig
-from skills.trainer import TrainConfig, Trainer
+from skills.sql.learner import SQLConfig
+from skills.training.trainer import TrainConfig, Trainer
 
 SMALL_SQL = SQLConfig(alpha=10.0, gamma=0.95, obs_scale=0.2, hidden=(32, 32), warmup_steps=100, batch_size=32,
                       particles=8, value_samples=8)
@@ -118,7 +118,7 @@ def test_incompatible_skills_are_refused_with_the_mismatch_shown(library):
     with pytest.raises(IncompatibleSkillsError, match=r"alpha \(multigoal: 10.0, multigoal: 0.5\)"):
         Composition([a, b])
     b.alpha = a.alpha
-    from skills.manifest import Space
+    from skills.library.manifest import Space
 
     b.info = replace(b.info, observation_space=Space((5,), "float32"))
     with pytest.raises(IncompatibleSkillsError, match=r"observation space shape .*\(2,\).*\(5,\)"):

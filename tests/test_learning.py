@@ -8,10 +8,10 @@ import pytest
 
 import envs
 import skills
-from skills.defaults import sql_config, train_config
+from skills.training.defaults import sql_config, train_config
 from skills.evaluation import run_episodes
-from skills.plots import multigoal_rollouts, plot_multigoal
-from skills.trainer import Trainer
+from skills.evaluation.plots import multigoal_rollouts, plot_multigoal
+from skills.training.trainer import Trainer
 
 pytestmark = pytest.mark.learning
 ARTIFACTS = Path(__file__).resolve().parent.parent / "runs" / "test-artifacts"

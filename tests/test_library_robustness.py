@@ -21,9 +21,9 @@ from safetensors.torch import load_file, save_file
 
 import envs
 import skills
-from skills import store
+from skills.library import store
 from skills.library import sha256_file, write_skill
-from skills.trainer import Trainer
+from skills.training.trainer import Trainer
 from test_skills import TINY_RUN, TINY_SQL, train_tiny
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -303,7 +303,7 @@ def test_a_build_that_cannot_be_cached_still_returns_and_says_why(two_skills, mo
 
 # ---- 6. bad inputs ---------------------------------------------------------------------------------------
 def test_bad_observations_actions_and_settings_are_refused_with_the_expected_shape(tiny):
-    from skills.trainer import TrainConfig
+    from skills.training.trainer import TrainConfig
 
     skill = skills.load(tiny)
     with pytest.raises(ValueError, match=r"shape \[2\] or \[batch, 2\], got \[4, 6\]"):
@@ -350,7 +350,7 @@ def test_an_output_path_that_is_a_file_fails_at_once_with_one_line(tmp_path, cap
 
 
 def test_a_full_disk_while_training_is_one_line_and_exit_1(tmp_path, monkeypatch, capsys):
-    from skills import library as lib
+    from skills.library import files as lib
     from skills import train as train_cli
 
     def full(*args, **kwargs):

@@ -41,7 +41,7 @@ from compose.operators import (
 )
 from compose.tabular import core as tabular
 from skills.sql import SoftQNetwork
-from skills.stacked import StackedQ
+from skills.sql.many_skills import StackedQ
 
 FAST = OperatorConfig(name="dc", tolerance=3e-3, target_update_interval=25, batch_size=256, value_samples=64,
                       hidden=(64, 64), lr=3e-3)

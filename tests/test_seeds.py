@@ -1,4 +1,4 @@
-"""Many seeds in one process (``skills.seeds``, ``skills.stacked.StackedSoftQLearning``): the stacked update is
+"""Many seeds in one process (``skills.training.seeds``, ``skills.sql.many_seeds.StackedSoftQLearning``): the stacked update is
 S single-seed updates, a stacked run is S single-seed runs, and nothing is lost on Ctrl-C or divergence."""
 
 import copy
@@ -11,12 +11,12 @@ import torch
 from safetensors.torch import load_file
 
 from skills import train as train_cli
-from skills.agent import SoftQLearning, SQLConfig, TrainingDiverged
-from skills.buffer import ReplayBuffer
+from skills.sql.learner import SoftQLearning, SQLConfig, TrainingDiverged
+from skills.training.buffer import ReplayBuffer
 from skills.library import read_skill
-from skills.seeds import MultiSeedTrainer
-from skills.stacked import StackedSoftQLearning, global_stream
-from skills.trainer import Trainer
+from skills.training.seeds import MultiSeedTrainer
+from skills.sql.many_seeds import StackedSoftQLearning, global_stream
+from skills.training.trainer import Trainer
 
 from test_skills import TINY_RUN, TINY_SQL
 
@@ -174,7 +174,7 @@ def test_bad_seed_lists_and_memory_get_clear_errors(tmp_path, monkeypatch, capsy
     assert "give --resume alone" in capsys.readouterr().err
     assert train_cli.main(["multigoal", "--seeds", "0,5", "--resume", "--out", str(tmp_path), "--no-progress"]) == 2
     assert "no saved version of 'multigoal' with seed 0" in capsys.readouterr().err
-    monkeypatch.setattr("skills.seeds.available_memory", lambda: 64 << 20)
+    monkeypatch.setattr("skills.training.seeds.available_memory", lambda: 64 << 20)
     with pytest.raises(ValueError, match=r"2 seeds need about .* GiB .* available; train at most"):
         MultiSeedTrainer("multigoal", TINY_SQL, TINY_RUN, [0, 1], out=tmp_path)
     assert not list(tmp_path.glob("multigoal/v*"))  # the claimed versions were given back
@@ -196,7 +196,7 @@ def test_every_stacked_seed_learns_reach(tmp_path):
     each of two seeds trained stacked."""
     import envs
     from skills import load
-    from skills.defaults import sql_config, train_config
+    from skills.training.defaults import sql_config, train_config
     from skills.evaluation import run_episodes
 
     run = replace(train_config("reach", steps=5000), eval_interval=5000, eval_episodes=10, final_eval_episodes=20,

@@ -12,9 +12,9 @@ from safetensors.torch import load_file
 import skills
 from skills import evaluate as evaluate_cli
 from skills import train as train_cli
-from skills.agent import SQLConfig
+from skills.sql.learner import SQLConfig
 from skills.library import sha256_file as _sha256
-from skills.trainer import TrainConfig, Trainer
+from skills.training.trainer import TrainConfig, Trainer
 
 TINY_SQL = SQLConfig(alpha=10.0, obs_scale=0.2, hidden=(32, 32), warmup_steps=100, batch_size=32,
                      particles=8, value_samples=8)
@@ -239,7 +239,7 @@ def test_loading_never_unpickles(library, tmp_path):
 
 
 def test_interrupted_save_leaves_the_existing_skill_intact(library, tmp_path, monkeypatch):
-    from skills import library as lib
+    from skills.library import files as lib
 
     path = copy_skill(library, tmp_path)
     before = {p.name: _sha256(p) for p in path.iterdir()}
@@ -256,7 +256,7 @@ def test_interrupted_save_leaves_the_existing_skill_intact(library, tmp_path, mo
 
 
 def test_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch, capsys):
-    from skills import buffer
+    from skills.training import buffer
 
     original = buffer.ReplayBuffer.sample
     calls = {"n": 0}

@@ -99,7 +99,7 @@ def test_the_same_study_runs_as_ray_tasks(smoke, tmp_path):
 
 
 def test_a_stacked_study_trains_each_tasks_seeds_together_and_gets_the_same_skills(smoke, tmp_path, monkeypatch):
-    """``--stacked``: one trial per task trains its seeds in one process (skills.seeds); each seed's skill equals
+    """``--stacked``: one trial per task trains its seeds in one process (skills.training.seeds); each seed's skill equals
     the one the per-seed trials trained (same weights, same learning curve), and a rerun trains nothing."""
     import torch
 

@@ -2,7 +2,7 @@
 
 Each seed keeps everything a single-seed run has: its own ``Trainer`` (env stepped in its own child
 process, replay buffer, numpy stream, progress log, checkpoints, library version with its seed in the
-manifest), and its own torch random stream. Only the SQL update is shared: ``skills.stacked.StackedSoftQLearning``
+manifest), and its own torch random stream. Only the SQL update is shared: ``skills.sql.many_seeds.StackedSoftQLearning``
 runs the S updates as one chain of batched matmuls, which is where a single small update loses its time
 (dispatch, not arithmetic; bench/README.md). A seed trained here is saved in the same format as one
 trained alone, with its seed in the manifest; nothing in the library tells how it was trained.
@@ -22,12 +22,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .agent import SQLConfig, TrainingDiverged
-from .cli import check_seeds
-from .library import is_claim_only, list_skills, release_claim
+from ..sql.learner import SQLConfig, TrainingDiverged
+from ..library import is_claim_only, list_skills, release_claim
 from .progress import progress_bar
-from .stacked import StackedSoftQLearning, global_stream, stacked_memory_bytes
-from .trainer import STORED_TRANSITIONS, TrainConfig, Trainer, TrainResult
+from ..sql.many_seeds import StackedSoftQLearning, global_stream, stacked_memory_bytes
+from .trainer import STORED_TRANSITIONS, TrainConfig, Trainer, TrainResult, check_seeds
 
 ENV_PROCESS_BYTES = 150 << 20  # one env child process (MuJoCo, gymnasium), measured with ps on the arm tasks: ~120 MB
 

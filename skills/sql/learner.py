@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from . import backprop
-from .sql import (
+from .equations import (
     SamplerNetwork,
     SoftQNetwork,
     estimate_soft_value,
@@ -153,7 +153,7 @@ def last_of_each(keys: torch.Tensor) -> torch.Tensor:
 def apply_gradients(learner, q_grads: list[torch.Tensor], sampler_grads: list[torch.Tensor]) -> None:
     """One Adam step of the Q-network and of the sampler with these gradients, then count the update and copy Q
     into the target network every ``target_update_interval`` updates. ``learner``: a ``SoftQLearning`` or a
-    ``skills.stacked.StackedSoftQLearning`` (stacked parameters, the same schedule)."""
+    ``skills.sql.many_seeds.StackedSoftQLearning`` (stacked parameters, the same schedule)."""
     for optimizer, net, grads in ((learner.q_optimizer, learner.q, q_grads),
                                   (learner.sampler_optimizer, learner.sampler, sampler_grads)):
         for param, grad in zip(net.parameters(), grads):
@@ -169,7 +169,7 @@ class SoftQLearning:
 
     def __init__(self, obs_dim: int, act_dim: int, config: SQLConfig, device: str | torch.device = "cpu",
                  q: torch.nn.Module | None = None):
-        """``q``: another soft Q-network to train (e.g. ``skills.stacked.ComposedSoftQNetwork``); it must answer
+        """``q``: another soft Q-network to train (e.g. ``skills.sql.many_skills.ComposedSoftQNetwork``); it must answer
         ``forward``, ``traced``, ``action_gradient`` and expose its trained MLP as ``net``. Default: an MLP."""
         self.config, self.obs_dim, self.act_dim = config, obs_dim, act_dim
         self.device = torch_device(device)

@@ -16,7 +16,7 @@ Layout: ``x`` [G, N, d_x] holds G rows (particles, or one action) for each of N 
 computed once for its G rows. Rows are group-major, so the rows of a particle group are contiguous.
 
 Stacked networks: every function also takes S independent networks of one shape at once
-(``skills.stacked.StackedMLP``: weights [S, out, in], biases [S, out]), with a leading S on every
+(``skills.sql.many_seeds.StackedMLP``: weights [S, out, in], biases [S, out]), with a leading S on every
 tensor (state [S, N, d_s], x [S, G, N, d_x]). The matmuls become batched matmuls over S and the
 arithmetic is otherwise the same, so S seeds cost one chain of ops instead of S.
 """

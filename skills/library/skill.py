@@ -11,10 +11,11 @@ import torch
 
 import envs
 
-from .agent import SoftQLearning
-from .library import check_fresh, read_skill, resolve
+from ..policy import ArrayLike, checked, like, value_in_chunks
+from ..sql.learner import SoftQLearning
+from .catalog import check_fresh, resolve
+from .files import read_skill
 from .manifest import Manifest
-from .policy import ArrayLike, checked, like, value_in_chunks
 
 class Skill:
     """A trained maximum-entropy skill. Numpy in, numpy out; torch in, torch out (no gradient)."""

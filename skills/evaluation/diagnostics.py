@@ -32,7 +32,7 @@ from dataclasses import asdict, dataclass
 import gymnasium as gym
 import numpy as np
 
-from .policy import SoftPolicy
+from ..policy import SoftPolicy
 
 
 # ---- analytic bounds of soft values -----------------------------------------------------------

@@ -11,7 +11,7 @@ from dataclasses import replace
 
 import envs
 
-from .agent import SQLConfig
+from ..sql.learner import SQLConfig
 from .trainer import TrainConfig
 
 FAMILY_SQL: dict[str, SQLConfig] = {

@@ -7,7 +7,9 @@ from collections.abc import Callable
 import gymnasium as gym
 import numpy as np
 
-from .policy import SoftPolicy
+from ..policy import SoftPolicy
+
+EVAL_SEED = 10_000  # first seed of evaluation episodes (training uses 0.., convergence checks 100_000..)
 
 Policy = Callable[[np.ndarray], np.ndarray]
 """``obs [obs_dim] -> action [act_dim]``."""

@@ -22,22 +22,24 @@ from gymnasium.vector import AsyncVectorEnv, AutoresetMode, SyncVectorEnv, Vecto
 
 import envs
 
-from .agent import SoftQLearning, SQLConfig, TrainingDiverged, torch_device
-from .buffer import ReplayBuffer
-from .diagnostics import ConvergenceConfig, convergence_report, soft_value_bounds, value_bound_violation
-from .evaluation import run_episodes
-from .library import (
+from ..evaluation.diagnostics import ConvergenceConfig, convergence_report, soft_value_bounds, value_bound_violation
+from ..evaluation.episodes import EVAL_SEED, run_episodes
+from ..evaluation.plots import plot_convergence, plot_learning_curve
+from ..library import (
+    Manifest,
+    Skill,
     claim_version_dir,
     is_claim_only,
     library_versions,
     read_skill,
     release_claim,
+    resolve,
     space_record,
     update_manifest,
     write_skill,
 )
-from .manifest import Manifest
-from .plots import plot_convergence, plot_learning_curve
+from ..sql.learner import SoftQLearning, SQLConfig, TrainingDiverged, torch_device
+from .buffer import ReplayBuffer
 from .progress import progress_bar
 
 STORED_TRANSITIONS = 10_000  # transitions shipped with a skill for composition
@@ -61,7 +63,7 @@ class TrainConfig:
     progress: bool = True  # show a progress bar
     value_check_interval: int = 1000  # check soft values against their analytic bounds every N steps (0: never)
     value_check_patience: int = 2  # stop when the excess over the bound has not shrunk over this many checks in a row
-    convergence: bool = True  # final report: Monte Carlo soft returns and Bellman residuals (skills.diagnostics)
+    convergence: bool = True  # final report: Monte Carlo soft returns and Bellman residuals (skills.evaluation.diagnostics)
 
     def __post_init__(self) -> None:
         small = {k: getattr(self, k) for k in ("steps", "eval_interval", "eval_episodes", "final_eval_episodes", "threads",
@@ -73,7 +75,6 @@ class TrainConfig:
                              "episodes and threads must be whole numbers >= 1 (value_check_interval >= 0)")
 
 
-EVAL_SEED = 10_000
 
 
 @dataclass
@@ -85,6 +86,17 @@ class TrainResult:
     env_steps: int
     wall_time_s: float
     history: list[dict] = field(default_factory=list)
+
+
+def check_seeds(seeds) -> list[int]:
+    """The seeds as a list of ints; a ``ValueError`` for none, repeats or negatives."""
+    seeds = [int(s) for s in seeds]
+    repeated = sorted({s for s in seeds if seeds.count(s) > 1})
+    if repeated:
+        raise ValueError(f"seed(s) {repeated} given more than once; each seed trains once")
+    if not seeds or min(seeds) < 0:
+        raise ValueError(f"expected one or more seeds >= 0, got {seeds}")
+    return seeds
 
 
 def seed_everything(seed: int) -> None:
@@ -221,7 +233,7 @@ class Trainer:
             episode = self.receive()
         return episode
 
-    # ---- the phases of a step (``skills.seeds`` drives them for many seeds at once) ----
+    # ---- the phases of a step (``skills.training.seeds`` drives them for many seeds at once) ----
     def observation(self) -> np.ndarray:
         """The observation the next action answers; the first call resets the env with the run's seed."""
         if self._obs is None:
@@ -274,16 +286,14 @@ class Trainer:
         self.env.close()
 
     def _read_resume(self, source: str | Path) -> tuple[SoftQLearning, dict, dict[str, np.ndarray]]:
-        from .library import resolve
-
         agent, manifest, transitions = read_skill(resolve(source, self.library), device=self.run.device)
-        if manifest["task"] != self.task.name:  # read_skill validated the manifest (skills.manifest)
+        if manifest["task"] != self.task.name:  # read_skill validated the manifest (skills.library.manifest)
             raise ValueError(f"cannot resume {manifest['task']!r} skill as task {self.task.name!r}")
         return agent, manifest, transitions
 
     def check_values(self, states: int = 256, samples: int = 64, final: bool = False) -> None:
         """Raise ``TrainingDiverged`` when the soft value of stored states leaves its analytic bounds
-        (``skills.diagnostics.soft_value_bounds``) and is running away: at once when a value is not finite or
+        (``skills.evaluation.diagnostics.soft_value_bounds``) and is running away: at once when a value is not finite or
         lies beyond the bounds by more than their width, when the excess has not shrunk over
         ``value_check_patience`` checks in a row, and at the final check. An overshoot that shrinks from
         check to check (seen early in training) is recorded (manifest ``value_check_warnings``), not fatal."""
@@ -307,9 +317,7 @@ class Trainer:
             raise TrainingDiverged("; ".join(m for _, m in self._violations[-self.run.value_check_patience:]))
 
     def convergence(self, config: ConvergenceConfig = ConvergenceConfig()) -> dict:
-        """``skills.diagnostics.convergence_report`` of the current networks (the final report)."""
-        from .skill import Skill
-
+        """``skills.evaluation.diagnostics.convergence_report`` of the current networks (the final report)."""
         transitions = self.buffer.subsample(config.residual_states, np.random.default_rng(self.run.seed + 1))
         skill = Skill(self.agent, self.manifest("training", 0, 0.0, {}), transitions, self.path)
         with torch.random.fork_rng(devices=[]):  # leaves the training RNG stream as it was
@@ -398,7 +406,7 @@ class Trainer:
             self.close_log()
         return self.finish()
 
-    # ---- the phases of a run (``skills.seeds`` drives them for many seeds at once) ----
+    # ---- the phases of a run (``skills.training.seeds`` drives them for many seeds at once) ----
     def open_log(self, bar, label: str = "") -> None:
         """Start the clock, the progress log (``.vN.progress.csv``) and TensorBoard; a fresh run evaluates
         its untrained policy first, for the curve. ``bar`` shows evaluation lines, prefixed by ``label``."""

@@ -1,0 +1,178 @@
+"""The skill library: names resolved to versions, listed, claimed; saved compositions checked for staleness.
+
+Names resolve in the library (``trained/`` by default, or ``$COMPOSABLE_SKILLS_LIBRARY``), never in the working
+directory: ``"reach"`` is the newest *complete* version, ``"reach@v1"`` a given one, and a path (``./x``, ``/x``,
+a ``Path``) is used as is. Training never overwrites: every run claims the next version when it starts
+(``skills.library.store``: safe under concurrent writers and crashes), and a complete version is never replaced.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from envs.core import UnknownNameError
+
+from .files import load_manifest
+from .manifest import MANIFEST, NAME, CorruptSkillError, Manifest, SkillError
+from .store import claim_version, is_claim_only
+
+_VERSION_DIR = re.compile(r"^v(\d+)$")
+
+
+class StaleSkillError(SkillError):
+    """A saved composition whose constituents, resolved by the names it was made from, have changed."""
+
+
+def default_library() -> Path:
+    """``$COMPOSABLE_SKILLS_LIBRARY`` or the repository's ``trained/`` directory."""
+    env = os.environ.get("COMPOSABLE_SKILLS_LIBRARY")
+    return Path(env) if env else Path(__file__).resolve().parents[2] / "trained"
+
+
+@dataclass(frozen=True)
+class SkillEntry:
+    """One version of one skill in a library."""
+
+    name: str
+    version: int
+    path: Path
+    manifest: dict  # the JSON object, validated (``info`` is its typed form)
+    info: Manifest
+
+    @property
+    def complete(self) -> bool:
+        return self.info.complete
+
+
+def _library_root(library: str | Path | None) -> Path:
+    return Path(library) if library is not None else default_library()
+
+
+def list_skills(library: str | Path | None = None, problems: list[str] | None = None) -> list[SkillEntry]:
+    """Every readable skill version in the library, sorted by name then version. Unreadable ones are left
+    out of the list and described in ``problems`` when it is given (runs still starting are not problems)."""
+    root = _library_root(library)
+    entries = []
+    if not root.is_dir():
+        return entries
+    for skill_dir in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        for vdir in skill_dir.iterdir():
+            match = _VERSION_DIR.match(vdir.name)
+            if not (match and vdir.is_dir()) or is_claim_only(vdir):
+                continue
+            try:
+                entries.append(_entry(skill_dir.name, int(match.group(1)), vdir))
+            except SkillError as err:
+                if problems is not None:
+                    problems.append(str(err))
+    return sorted(entries, key=lambda e: (e.name, e.version))
+
+
+def _entry(name: str, version: int, path: Path) -> SkillEntry:
+    """A version directory's entry, checked to hold *this* skill (not a copy or a link to another)."""
+    info = load_manifest(path)
+    if info.name != name or info.version != version:
+        raise CorruptSkillError(f"{path} holds skill {info.name!r} v{info.version}, not {name!r} v{version}; "
+                                "load it by its path if that is intended")
+    return SkillEntry(name, version, path, info.raw, info)
+
+
+def is_path(name_or_path: str | Path) -> bool:
+    """A path is a ``Path``, or text with a directory separator or a leading '.' or '~'; anything else is a
+    name, resolved in the library only (never in the working directory)."""
+    if isinstance(name_or_path, Path):
+        return True
+    text = str(name_or_path)
+    return "/" in text or os.sep in text or text.startswith((".", "~"))
+
+
+def resolve(name_or_path: str | Path, library: str | Path | None = None, fallback: bool = False) -> Path:
+    """The directory of ``"name"`` (newest complete version), ``"name@vN"``, or a path.
+
+    A newer version that cannot be read (corrupt, or a newer format) is an error that names it and
+    the older versions, not a silent step back; ``fallback=True`` skips it knowingly. Versions still
+    training, or diverged, are skipped as before.
+    """
+    if is_path(name_or_path):
+        path = Path(name_or_path).expanduser()
+        if not (path / MANIFEST).is_file():
+            raise CorruptSkillError(f"{path}: not a skill directory (no {MANIFEST})")
+        return path
+    text = str(name_or_path)
+    name, _, version = text.partition("@")
+    root = _library_root(library)
+    versions = sorted(((int(m.group(1)), p) for p in (root / name).iterdir() if (m := _VERSION_DIR.match(p.name))
+                       and p.is_dir() and not is_claim_only(p)), reverse=True) \
+        if NAME.match(name) and (root / name).is_dir() else []
+    if not versions:
+        available = sorted({e.name for e in list_skills(library)})
+        raise UnknownNameError("skill", text, available, where=str(root))
+    if version:
+        wanted = [p for n, p in versions if f"v{n}" == version]
+        if not wanted:
+            raise UnknownNameError(f"version of skill {name!r}", version, [f"v{n}" for n, _ in reversed(versions)])
+        _entry(name, int(version[1:]), wanted[0])
+        return wanted[0]
+    skipped = []
+    for number, path in versions:
+        try:
+            entry = _entry(name, number, path)
+        except SkillError as err:
+            if fallback:
+                continue
+            older = ", ".join(f"v{n}" for n, _ in versions if n < number) or "none"
+            raise CorruptSkillError(f"the newest version of {name!r}, {path}, cannot be loaded: {err}. Older versions: "
+                                    f"{older}; load one as {name}@vN, repair or remove {path}, or pass "
+                                    "fallback=True to skip it") from err
+        if entry.complete:
+            return path
+        skipped.append(f"{path} [{entry.info.status}]")
+    raise SkillError(f"skill {name!r} has no complete version (training unfinished or diverged): " + ", ".join(skipped))
+
+
+def claim_version_dir(name: str, library: str | Path | None = None) -> Path:
+    """Claim ``<library>/<name>/v<N+1>`` for a new run or save: created at once, atomically, so concurrent
+    writers of one name get different versions (``skills.library.store.claim_version``)."""
+    if not NAME.match(name):
+        raise ValueError(f"invalid skill name {name!r}: letters, digits, '_', '.', '+', '-'; no '/' or '@'")
+    return claim_version(_library_root(library) / name)
+
+
+def stale_constituents(path: str | Path, manifest: dict | Manifest) -> list[str]:
+    """Why a saved composition (its manifest's ``composed_from``) no longer matches what its constituents'
+    names resolve to today; ``[]`` when it does, or when the skill is not a saved composition.
+
+    A composition is made from names (``"reach"`` is the newest complete version); retraining a
+    constituent publishes a new version, and the saved ``Q_w`` then no longer composes what the name
+    means. Pinned names (``"reach@v1"``) never go stale.
+    """
+    info = manifest if isinstance(manifest, Manifest) else Manifest.parse(manifest, Path(path) / MANIFEST)
+    record = info.composed_from
+    if record is None:
+        return []
+    library = Path(record.library) if record.library else Path(path).resolve().parent.parent
+    problems = []
+    for part in record.constituents:
+        try:
+            now = resolve(part.spec, library)
+            digest = load_manifest(now).weights_sha256
+        except SkillError as err:
+            problems.append(f"{part.spec!r} cannot be checked in {library}: {err}")
+            continue
+        if digest != part.weights_sha256:
+            problems.append(f"{part.spec!r} now resolves to {now} (weights {digest[:12]}), not to "
+                            f"{part.name} v{part.version} (weights {part.weights_sha256[:12]}) it was composed from")
+    return problems
+
+
+def check_fresh(path: str | Path, manifest: dict) -> None:
+    """Raise ``StaleSkillError`` when ``stale_constituents`` finds anything."""
+    problems = stale_constituents(path, manifest)
+    if problems:
+        specs = "+".join(p["spec"] for p in manifest["composed_from"]["constituents"])  # validated above
+        raise StaleSkillError(f"saved composition {path} is stale: " + "; ".join(problems)
+                              + f". Compose again (compose.load({specs!r}).save()), or pass allow_stale=True "
+                                "to use the old one knowingly")
