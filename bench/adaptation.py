@@ -41,8 +41,8 @@ def trial(kind: str, spec: str, seed: int, steps: int, eval_interval: int, eval_
     import compose
     import envs
     from compose.adapt import adapted_trainer
+    from skills.training import Trainer
     from skills.training.defaults import sql_config, train_config
-    from skills.training.trainer import Trainer
 
     torch.set_num_threads(1)
     overrides = {"eval_interval": eval_interval, "eval_episodes": eval_episodes, "final_eval_episodes": 1,
@@ -115,7 +115,7 @@ def plot(runs: list[dict], summary: dict, path: Path, spec: str) -> None:
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
     colours = {"joint": "tab:gray", "adapted": "tab:blue"}
     labels = {"joint": "joint SQL from scratch", "adapted": "adapted from the composition"}
-    for ax, (mode, key) in zip(axes, MODES.items()):
+    for ax, (mode, key) in zip(axes, MODES.items(), strict=False):
         for kind in ("joint", "adapted"):
             mine = [r for r in runs if r["kind"] == kind]
             steps = [h["env_steps"] for h in mine[0]["history"]]
@@ -182,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
     jobs = [(kind, args.spec, seed, args.joint_steps if kind == "joint" else args.adapt_steps, args.eval_interval,
              args.eval_episodes, args.library) for seed in seeds for kind in ("joint", "adapted")]
     with ProcessPoolExecutor(max_workers=args.workers) as pool:
-        runs = list(pool.map(trial, *zip(*jobs)))
+        runs = list(pool.map(trial, *zip(*jobs, strict=False)))
     summary = summarise(runs, args.eval_episodes)
     print("\n".join(format_summary(summary)))
     settings = {k: getattr(args, k) for k in ("spec", "seeds", "joint_steps", "adapt_steps", "eval_interval",

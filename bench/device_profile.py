@@ -34,8 +34,8 @@ from bench import cli
 from bench.timing import interleaved_rates, machine_info, ms_per_unit, sync
 from bench.update_profile import ACT_DIM, OBS_DIM, random_buffer
 from skills.sql.learner import SoftQLearning, torch_device
-from skills.training.defaults import sql_config
 from skills.sql.many_seeds import StackedSoftQLearning
+from skills.training.defaults import sql_config
 
 COPY_PREFIXES = ("Memcpy", "Memset")
 

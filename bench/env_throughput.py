@@ -16,9 +16,10 @@ import json
 import warnings
 from pathlib import Path
 
-import envs  # sets MUJOCO_GL before mujoco is imported
 import gymnasium as gym
 import numpy as np
+
+import envs  # sets MUJOCO_GL before mujoco is imported
 
 from .timing import interleaved_rates, machine_info
 

@@ -28,10 +28,10 @@ VARIANTS = {
 def goal_counts(variant: str, steps: int, episodes: int = 100) -> dict:
     """Train one variant and count the goals its sampled episodes reach."""
     import skills
-    from skills.training.defaults import sql_config, train_config
-    from skills.evaluation.plots import multigoal_rollouts
     from skills.evaluation.episodes import EVAL_SEED
-    from skills.training.trainer import Trainer
+    from skills.evaluation.plots import multigoal_rollouts
+    from skills.training import Trainer
+    from skills.training.defaults import sql_config, train_config
 
     sql = replace(sql_config("multigoal", "multigoal"), **VARIANTS[variant])
     run = replace(train_config("multigoal", steps=steps), progress=False, convergence=False, eval_episodes=5)

@@ -3,7 +3,7 @@
 
 Measures, on the ``reach`` task, with one process and the same torch thread setting:
 
-1. training steps/s (one env step plus one update): SQL (``skills.training.trainer.Trainer.step``)
+1. training steps/s (one env step plus one update): SQL (``skills.training.Trainer.step``)
    against SB3 SAC (``model.learn``), equal hidden layers, batch, warm-up and update ratio;
    SAC sees observations scaled by SQL's ``obs_scale`` (SQL scales inside its networks);
    SQL both as it trains by default (the env steps in a child process during the update)
@@ -13,7 +13,7 @@ Measures, on the ``reach`` task, with one process and the same torch thread sett
 4. training wall-clock time (evaluation excluded) to 95% success, both algorithms evaluated
    the same way: every ``--eval-interval`` steps, ``--eval-episodes`` seeded episodes with
    each algorithm's deterministic action;
-5. with ``--stacked-seeds N``: N seeds trained in one process (``skills.training.seeds``, one stacked update)
+5. with ``--stacked-seeds N``: N seeds trained in one process (``skills.training.loop``, one stacked update)
    against one seed, chunks interleaved: aggregate steps/s (all seeds' env steps), the speedup over
    one seed, and the stacked update's FLOP utilisation against the same ``torch.mm`` rate (``multi_seed``).
 """
@@ -38,12 +38,11 @@ import envs
 from bench import cli, env_throughput
 from bench.flops import count_flops
 from bench.timing import interleaved_rates, machine_info, sync
-from skills.sql.learner import SQLConfig
-from skills.training.defaults import sql_config
 from skills.evaluation import run_episodes
-from skills.training.seeds import MultiSeedTrainer
 from skills.evaluation.episodes import EVAL_SEED
-from skills.training.trainer import TrainConfig, Trainer
+from skills.sql.learner import SQLConfig
+from skills.training import MultiSeedTrainer, TrainConfig, Trainer
+from skills.training.defaults import sql_config
 
 TASK = "reach"
 SUCCESS_BAR = 0.95
@@ -184,7 +183,8 @@ def multi_seed_rates(sql: SQLConfig, n: int, steps: int, repeats: int, device: s
 
         def window() -> int:
             for _ in range(updates):
-                stacked.stack.update([t.buffer.sample(sql.batch_size, r, device) for t, r in zip(stacked.trainers, rng)])
+                batches = [t.buffer.sample(sql.batch_size, r, device) for t, r in zip(stacked.trainers, rng, strict=True)]
+                stacked.stack.update(batches)
             sync(device)
             return updates
 
@@ -315,7 +315,7 @@ def assemble(args: argparse.Namespace, sql: SQLConfig, rates: dict, flops: dict,
     }
 
 
-def main(argv: list[str] | None = None) -> dict:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m bench.throughput", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=500, help="env steps per timed training chunk")
@@ -328,30 +328,34 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--seeds", type=int, default=1, help="time-to-95%%: training seeds per algorithm")
     parser.add_argument("--skip-time-to-95", action="store_true", help="skip the (slow) time-to-95%% runs")
     parser.add_argument("--stacked-seeds", type=int, metavar="N", help="also time N seeds trained in one process "
-                        "(skills.training.seeds) against one seed (JSON key multi_seed)")
+                        "(skills.training.loop) against one seed (JSON key multi_seed)")
     parser.add_argument("--particles", type=int, help="what-if: SQL's SVGD particles K (default: the reach "
                         "skill's hyperparameters)")
     parser.add_argument("--quick", action="store_true", help="a few-seconds smoke run of every section")
     parser.add_argument("--json", metavar="PATH", help="write the results as JSON")
     parser.add_argument("--plot", metavar="PNG",
                         help="time-to-95%% curves (default: <json stem>_time_to_95.png next to --json)")
-    args = cli.parse(parser, argv)
+    return parser
+
+
+def save_partial(path: str | None, partial: dict) -> None:
+    """The results so far, atomically (written after each section, so an interrupted run keeps what it measured)."""
+    if path:
+        out = Path(path)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_name(out.name + ".tmp")
+        tmp.write_text(json.dumps(partial, indent=2))
+        tmp.replace(out)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = cli.parse(build_parser(), argv)
     sql = sql_config(TASK, "fetch-arm", particles=args.particles)
     env_steps, env_repeats, flop_updates = 2000, 5, 100
     if args.quick:
         sql = replace(sql, warmup_steps=100)
         args.steps, args.repeats, args.budget_steps, args.eval_interval, args.eval_episodes = 20, 1, 200, 100, 2
         env_steps, env_repeats, flop_updates = 50, 1, 5
-
-    def save(partial: dict) -> None:
-        """Written after each section too, so an interrupted run keeps what it measured."""
-        if args.json:
-            path = Path(args.json)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(path.name + ".tmp")
-            tmp.write_text(json.dumps(partial, indent=2))
-            tmp.replace(path)
-
     with tempfile.TemporaryDirectory() as library:
         print("training steps/s (SQL and SAC chunks interleaved) ...", flush=True)
         rates, trainer = training_rates(sql, args.steps, args.repeats, args.device, library)
@@ -364,40 +368,46 @@ def main(argv: list[str] | None = None) -> dict:
             print(f"{args.stacked_seeds} seeds stacked against one ...", flush=True)
             multi = multi_seed_rates(sql, args.stacked_seeds, args.steps, args.repeats, args.device, library,
                                      flop_updates, flops["matmul_flops_per_s"])
-        ttt = {"sql": [], "sac": []}
-        save(assemble(args, sql, rates, flops, env, ttt, complete=False, multi_seed=multi))
+        ttt: dict[str, list] = {"sql": [], "sac": []}
+        save_partial(args.json, assemble(args, sql, rates, flops, env, ttt, complete=False, multi_seed=multi))
         if not args.skip_time_to_95:
             for seed in range(args.seeds):
                 for algorithm in ("sql", "sac"):
                     ttt[algorithm].append(time_to_success(algorithm, sql, seed, args.budget_steps, args.eval_interval,
                                                           args.eval_episodes, args.device, library))
-                    save(assemble(args, sql, rates, flops, env, ttt, complete=False, multi_seed=multi))
+                    save_partial(args.json, assemble(args, sql, rates, flops, env, ttt, complete=False, multi_seed=multi))
     final = assemble(args, sql, rates, flops, env, ttt, complete=True, multi_seed=multi)
-    save(final)
-    print(f"\n{'':28s} {'min':>9s} {'median':>9s}")
-    for name, label in (("sql", "SQL"), ("sql_sequential", "SQL, sequential"), ("sac", "SAC")):
-        r = rates[name]
-        print(f"{label + ' training steps/s':28s} {r['min']:9.1f} {r['median']:9.1f}")
-    print(f"{'ratio SQL/SAC (medians)':28s} {final['ratio']:9.2f}   (sequential: {final['ratio_sequential']:.2f})")
-    print(f"{'SQL update MFLOP':28s} {flops['sql_flops_per_update'] / 1e6:9.1f}")
-    print(f"{'SQL update GFLOP/s':28s} {flops['sql_update_flops_per_s'] / 1e9:9.1f}   "
-          f"(torch.mm {flops['matmul_flops_per_s'] / 1e9:.1f}; utilisation {flops['flop_utilization']:.2f})")
-    print(f"{'env ratio reach/FetchReach':28s} {env['env_ratio']:9.2f}")
-    if multi is not None:
-        agg, one = multi["aggregate_steps_per_s"], multi["single_steps_per_s"]
-        print(f"{str(multi['seeds']) + ' seeds stacked, steps/s':28s} "
-              f"{agg['min']:9.1f} {agg['median']:9.1f}   (one seed {one['median']:.1f}; speedup {multi['speedup']:.2f})")
-        print(f"{'stacked update GFLOP/s':28s} {multi['stacked_update_flops_per_s'] / 1e9:9.1f}   "
-              f"(utilisation {multi['flop_utilization']:.2f})")
-    for name in ("sql", "sac"):
-        value = final[f"{name}_time_to_95"]
-        print(f"{name.upper() + ' time to 95% (s)':28s} {'not reached' if value is None else f'{value:9.1f}'}")
+    save_partial(args.json, final)
+    print("\n".join(summary_lines(final, rates, flops, env, multi)))
     if args.json:
         print(f"wrote {args.json}")
     if not args.skip_time_to_95 and (args.plot or args.json):
         json_path = Path(args.json)
         plot_curves(ttt, Path(args.plot) if args.plot else json_path.with_name(f"{json_path.stem}_time_to_95.png"))
     return final
+
+
+def summary_lines(final: dict, rates: dict, flops: dict, env: dict, multi: dict | None) -> list[str]:
+    """The benchmark's results as printed."""
+    lines = [f"\n{'':28s} {'min':>9s} {'median':>9s}"]
+    for name, label in (("sql", "SQL"), ("sql_sequential", "SQL, sequential"), ("sac", "SAC")):
+        r = rates[name]
+        lines.append(f"{label + ' training steps/s':28s} {r['min']:9.1f} {r['median']:9.1f}")
+    lines += [f"{'ratio SQL/SAC (medians)':28s} {final['ratio']:9.2f}   (sequential: {final['ratio_sequential']:.2f})",
+              f"{'SQL update MFLOP':28s} {flops['sql_flops_per_update'] / 1e6:9.1f}",
+              f"{'SQL update GFLOP/s':28s} {flops['sql_update_flops_per_s'] / 1e9:9.1f}   "
+              f"(torch.mm {flops['matmul_flops_per_s'] / 1e9:.1f}; utilisation {flops['flop_utilization']:.2f})",
+              f"{'env ratio reach/FetchReach':28s} {env['env_ratio']:9.2f}"]
+    if multi is not None:
+        agg, one = multi["aggregate_steps_per_s"], multi["single_steps_per_s"]
+        lines += [f"{str(multi['seeds']) + ' seeds stacked, steps/s':28s} {agg['min']:9.1f} {agg['median']:9.1f}   "
+                  f"(one seed {one['median']:.1f}; speedup {multi['speedup']:.2f})",
+                  f"{'stacked update GFLOP/s':28s} {multi['stacked_update_flops_per_s'] / 1e9:9.1f}   "
+                  f"(utilisation {multi['flop_utilization']:.2f})"]
+    for name in ("sql", "sac"):
+        value = final[f"{name}_time_to_95"]
+        lines.append(f"{name.upper() + ' time to 95% (s)':28s} {'not reached' if value is None else f'{value:9.1f}'}")
+    return lines
 
 
 if __name__ == "__main__":

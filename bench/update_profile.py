@@ -32,11 +32,19 @@ import torch
 from bench import cli
 from bench.flops import count_dispatch
 from bench.timing import interleaved_rates, machine_info, ms_per_unit
-from skills.sql import backprop
+from skills.sql import (
+    SamplerNetwork,
+    SoftQNetwork,
+    backprop,
+    sampler_svgd_loss,
+    soft_bellman_target,
+    soft_q_loss,
+    squashed_score,
+    svgd_direction,
+)
 from skills.sql.learner import SoftQLearning, SQLConfig
 from skills.training.buffer import ReplayBuffer
 from skills.training.defaults import sql_config
-from skills.sql import SamplerNetwork, SoftQNetwork, sampler_svgd_loss, soft_bellman_target, soft_q_loss, squashed_score, svgd_direction
 
 OBS_DIM, ACT_DIM = 12, 3
 
@@ -172,8 +180,10 @@ def measure(buffer_size: int, updates: int, repeats: int, warmup: int = 200) -> 
     for name in VARIANTS:
         agent, context = agents[name]
         with context():
-            counter = count_dispatch(lambda: update_function(name)(agent, buffer.sample(config.batch_size, rngs[name])),
-                                     updates)
+            def one_update(name=name, agent=agent):
+                return update_function(name)(agent, buffer.sample(config.batch_size, rngs[name]))
+
+            counter = count_dispatch(one_update, updates)
         flops[name], ops[name] = counter.flops / updates, counter.ops / updates
     default, _ = agents[VARIANTS[-1]]
     ms = ms_per_unit(rates)

@@ -10,7 +10,9 @@
 
 Run ``python -m compose.run reach+avoid --render`` for the full report, ``python -m compose.adapt
 reach+avoid`` to improve a composition with experience (``Q = Q_w + R``), and
-``python -m compose.tabular`` for the exact theory on finite MDPs.
+``python -m compose.tabular`` for the exact theory on finite MDPs. The layers, each importing only those
+below it: ``composition`` (the data), ``operators``, ``policy``, ``sampling``, ``bound``, ``cache``, ``build``,
+``library`` (saved compositions), ``skill`` (``ComposedSkill``, ``load``); ``run``, ``adaptation``, ``study`` on top.
 """
 
 from .composition import (
@@ -21,10 +23,11 @@ from .composition import (
     check_compatible,
     check_weights,
     combined_task,
-    load,
 )
-from .operators import OPERATORS, OperatorConfig, OperatorError
+from .operators import OPERATORS, Operator, OperatorError, make_operator
 from .policy import ComposedPolicy
+from .skill import ComposedSkill, load
 
-__all__ = ["OPERATORS", "ComposedPolicy", "ComposedQ", "Composition", "IncompatibleSkillsError", "OperatorConfig",
-           "OperatorError", "StackedQ", "check_compatible", "check_weights", "combined_task", "load"]
+__all__ = ["OPERATORS", "ComposedPolicy", "ComposedQ", "ComposedSkill", "Composition", "IncompatibleSkillsError",
+           "Operator", "OperatorError", "StackedQ", "check_compatible", "check_weights", "combined_task", "load",
+           "make_operator"]

@@ -22,7 +22,14 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
-from skills.evaluation.diagnostics import Start, mean_and_se, rollout_steps, rollout_values, run_rollouts, soft_return_estimates
+from skills.evaluation.diagnostics import (
+    Start,
+    mean_and_se,
+    rollout_steps,
+    rollout_values,
+    run_rollouts,
+    soft_return_estimates,
+)
 from skills.sql import SoftQNetwork, uniform_actions
 
 from .composition import ComposedQ, Composition

@@ -1,22 +1,24 @@
-"""Composed skills: ``Q_w(s, a) = sum_i w_i Q_i(s, a)`` with every Q evaluated in one batched call."""
+"""A composition's data: its constituent skills, weights, operator, combined task, and ``Q_w(s, a) = sum_i w_i
+Q_i(s, a)`` with every Q evaluated in one batched call.
+
+This module imports nothing above it in ``compose``: building (``compose.build``), caching (``compose.cache``),
+saving (``compose.library``) and acting (``compose.skill``) depend on it, not the reverse."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
+
 import envs
 import skills
 from envs.core import Task
 from skills.sql import soft_value_from_samples, uniform_actions
 from skills.sql.many_skills import ComposedSoftQNetwork, StackedQ
 
-if TYPE_CHECKING:
-    from .operators import OperatorConfig
+from .operators import Operator, make_operator
 
 
 class IncompatibleSkillsError(ValueError):
@@ -109,30 +111,26 @@ def combined_task(parts: Sequence[skills.Skill], weights: np.ndarray) -> Task:
     if np.allclose(weights, weights[0]) and name in envs.TASKS:
         return envs.TASKS[name]
     terms: dict[str, float] = {}
-    for w, task in zip(weights, tasks):
+    for w, task in zip(weights, tasks, strict=False):
         for term, tw in task.weights.items():
             terms[term] = terms.get(term, 0.0) + float(w) * tw
     success = tuple(dict.fromkeys(c for t in tasks for c in t.success))
-    label = "+".join(f"{w:.3g}*{t.name}" for w, t in zip(weights, tasks))
+    label = "+".join(f"{w:.3g}*{t.name}" for w, t in zip(weights, tasks, strict=False))
     return Task(label, tasks[0].family, terms, success, parts=tuple(t.name for t in tasks))
 
 
 class Composition:
-    """Loaded, checked constituents and their composed soft Q-function; it acts like a skill.
+    """Loaded, checked constituents, their weights and operator, the combined task and ``Q_w``.
 
-    ``act``, ``sample``, ``q`` and ``value`` answer as ``skills.Skill``'s do (``skills.policy.SoftPolicy``).
-    The amortized sampler they need is built on first use (a progress bar; no environment samples)
-    or loaded from the library cache, where ``compose.run`` and ``build()`` leave it.
+    ``compose.load`` returns a ``compose.skill.ComposedSkill``: this data plus the calls a skill answers
+    (``act``, ``sample``, ``q``, ``value``), ``build`` and ``save``.
     """
 
     def __init__(self, parts: Sequence[skills.Skill], weights: Sequence[float] | None = None,
                  labels: Sequence[str] | None = None, library: str | None = None, seed: int = 0,
-                 operator: "str | OperatorConfig" = "average", order: Sequence[str] | None = None,
-                 epsilon: float | None = None):
-        """``operator``: how the soft Q-functions combine (``compose.operators.OPERATORS``: average, dc, gpi, or,
-        priority); ``order`` (priority: labels, highest first) and ``epsilon`` (priority's margin) go with it."""
-        from .operators import operator_config
-
+                 operator: str | Operator = "average"):
+        """``operator``: how the soft Q-functions combine, an ``compose.operators.Operator`` or its name
+        (``compose.operators.OPERATORS``); checked to apply to these skills."""
         if len(parts) < 2:
             raise ValueError("composition needs at least two skills")
         on_other_devices = [f"{p.name}: {p.device}" for p in parts if p.device.type != "cpu"]
@@ -142,7 +140,7 @@ class Composition:
         check_compatible(parts)
         self.parts = list(parts)
         self.labels = list(labels) if labels is not None else [p.name for p in parts]  # as the user named them
-        self.operator = operator_config(operator, self.labels, weights is not None, order, epsilon)
+        self.operator = make_operator(operator).checked(self.labels, weights is not None)
         self.weights = check_weights(weights, len(parts))
         self.alpha = parts[0].alpha
         self.gamma = parts[0].gamma
@@ -151,46 +149,6 @@ class Composition:
                              torch.tensor(self.weights, dtype=torch.float32), self.alpha, self.act_dim)
         self.task = combined_task(parts, self.weights)
         self.library, self.seed = library, seed
-        self._policy = None
-        self.saved: Path | None = None  # the library entry it was reopened from (compose.saved)
-
-    # ---- acting like a skill (skills.policy.SoftPolicy) ----
-    def build(self, progress: bool = True, sampler_cfg=None, bound_cfg=None):
-        """Train the composed sampler and the bound's ``C`` (or load them from the library cache);
-        returns ``compose.build.Built``. Acting calls this on first use, with the default settings
-        (``compose.sampling.SamplerConfig``, ``compose.bound.BoundConfig``)."""
-        from .build import build
-        from .policy import ComposedPolicy
-
-        built = build(self, self.library, progress, sampler_cfg, bound_cfg)
-        self._policy = ComposedPolicy(self, built.sampler, self.seed, q_fn=built.q)
-        return built
-
-    @property
-    def q(self):
-        """The composed soft Q-function the policy samples, ``pi ∝ exp(q/alpha)``: ``Q_w`` (``ComposedQ``, with
-        ``gap``) for ``average``; the operator's energy otherwise (its learned parts built on first use).
-        Callable: tensors in, tensors out (with autograd); numpy in, numpy out."""
-        return self.q_w if self.operator.name == "average" else self.policy.q_fn
-
-    @property
-    def policy(self):
-        """The composed max-ent policy (``compose.policy.ComposedPolicy``), built on first use."""
-        if self._policy is None:
-            self.build()
-        return self._policy
-
-    def act(self, obs, deterministic: bool = False) -> np.ndarray:
-        """One action per state [o] or [B, o]: a sample of ``pi_w`` (``deterministic``: the best of 32 under ``Q_w``)."""
-        return self.policy.act(obs, deterministic)
-
-    def sample(self, obs, n: int):
-        """``n`` actions per state from the composed sampler: [B, o] -> [B, n, d]."""
-        return self.policy.sample(obs, n)
-
-    def value(self, obs, n_samples: int = 1024):
-        """``V_w(s) = alpha log ∫ exp(Q_w(s,a)/alpha) da``: [B, o] -> [B]."""
-        return self.policy.value(obs, n_samples)
 
     @property
     def name(self) -> str:
@@ -202,14 +160,6 @@ class Composition:
         what cache entries, reports and saved compositions are named after."""
         return "+".join(p.name for p in self.parts)
 
-    def save(self, name: str | None = None, library: str | Path | None = None, progress: bool = True) -> Path:
-        """Write this composition to the skill library as ``<name>/v<N>`` (default name ``"reach+avoid.composed"``,
-        default library its constituents'): ``compose.load(name)`` and ``skills.load(name)`` reopen it with no
-        rebuild. Builds the sampler first if needed. Returns the new version's directory."""
-        from .saved import save
-
-        return save(self, name, library, progress)
-
     def states(self) -> np.ndarray:
         """The union of the constituents' stored states (obs and next obs): [M, obs_dim]."""
         return np.concatenate([np.concatenate([s.transitions["obs"], s.transitions["next_obs"]])
@@ -220,28 +170,9 @@ class Composition:
         keys = self.parts[0].transitions.keys()
         return {k: np.concatenate([s.transitions[k] for s in self.parts]) for k in keys}
 
-
-def load(spec: str | Sequence[str], weights: Sequence[float] | None = None, library: str | None = None,
-         seed: int = 0, allow_stale: bool = False, operator: "str | OperatorConfig" = "average",
-         order: Sequence[str] | None = None, epsilon: float | None = None) -> Composition:
-    """Load ``"reach+avoid"`` (or a list of skill names) from the library and compose them; or reopen a
-    saved composition by its name (``"reach+avoid.composed"``, ``Composition.save``).
-
-    The result acts like a skill (``act``, ``sample``, ``q``, ``value``); its sampler comes from the saved
-    entry, the library cache, or is built on first use. ``seed`` seeds its sampling. A saved composition
-    whose constituents were retrained since is refused (``skills.StaleSkillError``) unless ``allow_stale``.
-    ``operator`` picks how the skills combine (``compose.operators``: average, dc, gpi, or, priority with
-    ``order``, highest priority first); every operator returns this same policy object.
-    """
-    if isinstance(spec, (str, Path)):
-        from .saved import reopen, saved_entry
-
-        saved = saved_entry(str(spec), library)
-        if saved is not None:
-            if weights is not None or operator != "average" or order is not None:
-                raise ValueError(f"{spec} is a saved composition with its own weights and operator; compose its "
-                                 "constituents to choose others")
-            return reopen(saved, library, seed, allow_stale)
-    names = str(spec).split("+") if isinstance(spec, (str, Path)) else list(spec)
-    return Composition([skills.load(n, library) for n in names], weights, labels=names, library=library, seed=seed,
-                       operator=operator, order=order, epsilon=epsilon)
+    def relabelled_transitions(self) -> dict[str, np.ndarray]:
+        """The stored transitions with the combined task's reward ``r_w = sum_i w_i r_i`` recomputed from each batch
+        (rewards are functions of ``(s', a)``, ``envs.core``)."""
+        data = self.transitions()
+        data["reward"] = np.asarray(self.task.reward(data["next_obs"], data["action"]), np.float32)
+        return data

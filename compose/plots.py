@@ -23,7 +23,7 @@ def plot_q_slices(panels: dict[str, np.ndarray], extent: float, path: str | Path
         samples_panel = next((name for name in panels if name.startswith("Q_w")), None)
     plt = _pyplot()
     fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.4), dpi=110)
-    for ax, (name, grid) in zip(np.atleast_1d(axes), panels.items()):
+    for ax, (name, grid) in zip(np.atleast_1d(axes), panels.items(), strict=False):
         rel = grid - grid.max()
         image = ax.imshow(rel, origin="lower", extent=(-extent, extent, -extent, extent), cmap="viridis",
                           vmin=max(rel.min(), np.percentile(rel, 2)), vmax=0)
@@ -70,7 +70,7 @@ def plot_episode_bound(q_w: np.ndarray, c: np.ndarray, q_joint: np.ndarray | Non
         if rows:
             x = np.array([r["step"] for r in rows]) + shift
             mean = np.array([r[name]["mean"] for r in rows])
-            err = np.array([[m - r[name]["ci"][0], r[name]["ci"][1] - m] for m, r in zip(mean, rows)]).T
+            err = np.array([[m - r[name]["ci"][0], r[name]["ci"][1] - m] for m, r in zip(mean, rows, strict=False)]).T
             ax.errorbar(x, mean, yerr=err, fmt="o", ms=3.5, color=colour, capsize=2,
                         label=f"MC soft return of the {name} policy, 95% CI")
     ax.set_xlabel("step")
@@ -117,7 +117,7 @@ def plot_trajectories(paths: dict[str, list[np.ndarray]], marks: list[np.ndarray
     every = np.concatenate([p for ps in paths.values() for p in ps] + [m for m in marks])
     lo, hi = every.min(0), every.max(0)
     pad = 0.08 * float(np.max(hi - lo) + 1e-9)
-    for ax, (name, episodes) in zip(axes.flat, paths.items()):
+    for ax, (name, episodes) in zip(axes.flat, paths.items(), strict=False):
         for mark in marks[: len(episodes)]:
             ax.plot(mark[:, 0], mark[:, 1], "o", mfc="none", mec="0.55", ms=7, alpha=0.6)
         for k, p in enumerate(episodes):

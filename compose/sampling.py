@@ -18,8 +18,8 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
-from skills.training.progress import progress_bar
 from skills.sql import SamplerNetwork, sampler_svgd_loss, svgd_step_direction
+from skills.training.progress import progress_bar
 
 QFunction = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -83,7 +83,7 @@ def constituent_init(samplers: list[SamplerNetwork]):
         shares = [k // len(samplers) + (i < k % len(samplers)) for i in range(len(samplers))]
         with torch.no_grad():
             parts = [s(obs, torch.randn(len(obs), n, s.act_dim, generator=generator))
-                     for s, n in zip(samplers, shares) if n > 0]
+                     for s, n in zip(samplers, shares, strict=False) if n > 0]
         return torch.cat(parts, dim=1)
 
     return init

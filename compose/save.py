@@ -15,11 +15,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-from envs.core import UnknownNameError
+from envs.cli import run_command
 from skills.cli import weight_list
-from skills.library import SkillError
 
-from .composition import load
+from .skill import load
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -37,19 +36,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        weights = args.weights
-        composition = load(args.spec, weights=weights, library=args.library)
+
+    def body() -> int:
+        composition = load(args.spec, weights=args.weights, library=args.library)
         path = composition.save(name=args.name, library=args.out or args.library, progress=not args.no_progress)
-    except (UnknownNameError, SkillError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    except OSError as err:  # a full disk, a read-only library or output directory, a path that is a file
-        print(f"error: cannot write: {err}", file=sys.stderr)
-        return 1
-    made_from = ", ".join(f"{p.name} v{p.info.version}" for p in composition.parts)
-    print(f"saved {path}  (composed from {made_from}; load it with skills.load or compose.load by that name)")
-    return 0
+        made_from = ", ".join(f"{p.name} v{p.info.version}" for p in composition.parts)
+        print(f"saved {path}  (composed from {made_from}; load it with skills.load or compose.load by that name)")
+        return 0
+
+    return run_command(body)
 
 
 if __name__ == "__main__":

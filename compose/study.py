@@ -26,12 +26,23 @@ import time
 import traceback
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
+import torch
 
-from skills.cli import seed_list
+import envs
+import skills
+from envs.cli import add_arm_arguments, arm_kwargs, run_command
+from skills.cli import positive_int, seed_list
+from skills.library import atomic_write_text
+from skills.training import MultiSeedTrainer, Trainer
+from skills.training.defaults import sql_config, train_config
+
+from .bound import BoundConfig, MCBoundConfig
+from .run import BuildConfig, CompositionReport, EvaluationConfig, Sources, run
+from .sampling import SamplerConfig
 
 POLICIES_FIXED = ("composed", "joint")
 METRICS = ("success_rate", "return_mean", "soft_return_mean")
@@ -82,9 +93,7 @@ class Settings:
 
 
 def train_settings(task: str, seed: int, settings: Settings):
-    from skills.training.defaults import sql_config, train_config
 
-    import envs
 
     family = envs.get_task(task).family.name
     sql = sql_config(task, family)
@@ -98,24 +107,20 @@ def train_settings(task: str, seed: int, settings: Settings):
 def find_trained(task: str, seed: int, settings: Settings) -> str | None:
     """A complete skill of ``task`` with this seed, budget and SQL settings, in the study library or the
     default one: its path, or None."""
-    import skills
 
     sql, run = train_settings(task, seed, settings)
     for library in (settings.library, None):
         for entry in reversed(skills.list_skills(library)):
             info = entry.info
             if (entry.name == task and info.complete and info.seed == seed and info.env_steps == run.steps
-                    and info.hyperparameters == sql.to_dict() and info.composed_from is None):
+                    and info.sql_config() == sql and info.composed_from is None):
                 return str(entry.path)
     return None
 
 
 def train_trial(task: str, seed: int, settings: Settings) -> dict:
     """Make sure a skill of ``task`` exists for ``seed``; returns its path and learning curve."""
-    import torch
 
-    import skills
-    from skills.training.trainer import Trainer
 
     torch.set_num_threads(1)
     found = find_trained(task, seed, settings)
@@ -129,13 +134,10 @@ def train_trial(task: str, seed: int, settings: Settings) -> dict:
 
 def train_seeds_trial(task: str, seeds: Sequence[int], settings: Settings) -> dict[str, dict]:
     """Make sure skills of ``task`` exist for all ``seeds``, training the missing ones together in one process
-    (``skills.training.seeds``: one stacked update; each seed equals the seed trained alone); ``train_trial``'s record per
+    (``skills.training.loop``: one stacked update; each seed equals the seed trained alone); ``train_trial``'s record per
     seed, keyed by that trial's key."""
-    from dataclasses import replace
 
-    import torch
 
-    from skills.training.seeds import MultiSeedTrainer
 
     torch.set_num_threads(1)
     missing = [seed for seed in seeds if find_trained(task, seed, settings) is None]
@@ -147,34 +149,32 @@ def train_seeds_trial(task: str, seeds: Sequence[int], settings: Settings) -> di
 
 def eval_trial(spec: str, seed: int, paths: dict[str, str], settings: Settings) -> dict:
     """``compose.run`` of this seed's skills, stochastic then deterministic: the rows that the study aggregates."""
-    import torch
 
-    from .bound import BoundConfig, MCBoundConfig
-    from .run import run
-    from .sampling import SamplerConfig
 
     torch.set_num_threads(1)
     parts = spec.split("+")
-    fast = {}
+    build_config = BuildConfig(progress=False)
     if settings.quick_build:
-        fast = {"sampler_cfg": SamplerConfig(updates=100, batch_size=32),
-                "bound_cfg": BoundConfig(updates=100, batch_size=64, n_value_samples=64)}
+        build_config = BuildConfig(sampler=SamplerConfig(updates=100, batch_size=32),
+                                   bound=BoundConfig(updates=100, batch_size=64, n_value_samples=64), progress=False)
     out = {}
     for mode in ("stochastic", "deterministic"):
         deterministic = mode == "deterministic"
-        mc = MCBoundConfig() if settings.mc and not deterministic else None
-        report = run([paths[p] for p in parts], joint=paths.get(spec), library=settings.library,
-                     env_kwargs=dict(settings.env_kwargs),
-                     episodes=settings.episodes, deterministic=deterministic, mc_cfg=mc, progress=False,
-                     out=Path(settings.out) / "runs" / f"{spec}-seed{seed}-{mode}", **fast)
-        rows = {"composed": report["composed"], "joint": report["joint"],
-                **{p: row for p, row in zip(parts, report["constituents"].values())}}
+        evaluation = EvaluationConfig(episodes=settings.episodes, deterministic=deterministic,
+                                      mc=MCBoundConfig() if settings.mc and not deterministic else None,
+                                      env_kwargs=dict(settings.env_kwargs))
+        sources = Sources(library=settings.library, joint=paths.get(spec),
+                          out=Path(settings.out) / "runs" / f"{spec}-seed{seed}-{mode}")
+        report = run([paths[p] for p in parts], evaluation=evaluation, build_config=build_config, sources=sources)
+        rows = {"composed": report.rows["composed"], "joint": report.reference(),
+                **{p: report.rows[label] for p, label in zip(parts, report.constituents, strict=False)}}
         out[mode] = {name: {k: row.get(k) for k in METRICS} | {"final_measures": row.get("final_measures", {})}
                      for name, row in rows.items()}
         if mode == "stochastic":
-            mc_report = report["bound"].get("mc", {})
+            assert isinstance(report, CompositionReport)
+            mc_report = report.bound.get("mc", {})
             out["bound"] = {k: mc_report.get(k) for k in BOUND_FIGURES} | {
-                "mean_C": report["bound"].get("learned", {}).get("mean_C")}
+                "mean_C": report.bound.get("learned", {}).get("mean_C")}
     return {"spec": spec, "seed": seed, **out}
 
 
@@ -230,7 +230,6 @@ def run_ray(jobs: list[tuple[str, Callable, tuple]], address: str | None, done: 
 def run_phase(jobs: list[tuple[str, Callable, tuple]], out: Path, executor: Callable) -> tuple[dict, dict]:
     """Run the jobs not yet recorded under ``out/trials``, recording each as it finishes (so an interrupted
     study loses only the trials in flight); returns (results, failures) by key."""
-    from skills.library import atomic_write_text
 
     results, failures, pending = {}, {}, []
     for key, fn, args in jobs:
@@ -252,15 +251,38 @@ def run_phase(jobs: list[tuple[str, Callable, tuple]], out: Path, executor: Call
     return results, failures
 
 
-def study(specs: Sequence[str], seeds: Sequence[int], *, out: str | Path, library: str | Path | None = None,
-          steps: int | None = None, episodes: int = 100, mc: bool = True, workers: int | None = None,
-          ray_address: str | None | bool = False, quick_build: bool = False, env_kwargs: dict | None = None,
-          stacked: bool = False) -> dict:
-    """Train, compose and evaluate ``specs`` over ``seeds``; aggregate; write study.json, study.md and plots.
+@dataclass(frozen=True)
+class TrialOptions:
+    """How each trial trains and evaluates (``Settings`` without the paths)."""
 
-    ``stacked``: each task's missing seeds train together in one trial (``skills.training.seeds``) instead of one trial each.
-    """
-    import envs
+    steps: int | None = None  # override every training budget (smoke runs)
+    episodes: int = 100  # evaluation episodes per policy
+    mc: bool = True  # the Monte Carlo bound check in the stochastic evaluation
+    quick_build: bool = False  # small composed-sampler and bound builds (tests)
+    env_kwargs: dict | None = None  # envs.make options of the evaluation, e.g. a custom arm
+
+
+@dataclass(frozen=True)
+class Runner:
+    """Where the trials run: a local process pool of ``workers`` (default: the CPU count), or Ray (``ray_address``
+    None: a local Ray; an address: that cluster; False: no Ray); ``stacked``: each task's missing seeds train together
+    in one trial (``skills.training.loop``)."""
+
+    workers: int | None = None
+    ray_address: str | None | bool = False
+    stacked: bool = False
+
+    def executor(self) -> Callable:
+        if self.ray_address is not False:
+            address = self.ray_address if isinstance(self.ray_address, str) else None
+            return lambda jobs, done: run_ray(jobs, address, done)
+        workers = self.workers or os.cpu_count() or 1
+        return lambda jobs, done: run_local(jobs, workers, done)
+
+
+def study(specs: Sequence[str], seeds: Sequence[int], *, out: str | Path, library: str | Path | None = None,
+          trials: TrialOptions = TrialOptions(), runner: Runner = Runner()) -> dict:
+    """Train, compose and evaluate ``specs`` over ``seeds``; aggregate; write study.json, study.md and plots."""
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -268,16 +290,15 @@ def study(specs: Sequence[str], seeds: Sequence[int], *, out: str | Path, librar
         if spec not in envs.TASKS or not envs.TASKS[spec].parts:
             combined = [n for n, t in envs.TASKS.items() if t.parts]
             raise ValueError(f"{spec!r} is not a combined task with a joint reference; combined tasks: {', '.join(combined)}")
-    settings = Settings(library=str(library or out / "library"), out=str(out), steps=steps, episodes=episodes, mc=mc,
-                        quick_build=quick_build, env_kwargs=tuple(sorted((env_kwargs or {}).items())))
-    workers = workers or os.cpu_count() or 1
-    executor = (lambda jobs, done: run_ray(jobs, ray_address or None, done)) if ray_address is not False \
-        else (lambda jobs, done: run_local(jobs, workers, done))
+    settings = Settings(library=str(library or out / "library"), out=str(out), steps=trials.steps,
+                        episodes=trials.episodes, mc=trials.mc, quick_build=trials.quick_build,
+                        env_kwargs=tuple(sorted((trials.env_kwargs or {}).items())))
+    executor = runner.executor()
     started = time.perf_counter()
     tasks = list(dict.fromkeys(t for spec in specs for t in (*spec.split("+"), spec)))
     train_jobs = [(f"train-{task}-seed{seed}", train_trial, (task, seed, settings)) for seed in seeds for task in tasks]
     failures = {}
-    if stacked:
+    if runner.stacked:
         failures = train_stacked(tasks, seeds, settings, out, executor)
         train_jobs = [job for job in train_jobs if trial_record(out, job[0]).exists()]  # a failed group is not retried
     trained, train_failures = run_phase(train_jobs, out, executor)
@@ -303,7 +324,6 @@ def study(specs: Sequence[str], seeds: Sequence[int], *, out: str | Path, librar
 def train_stacked(tasks: Sequence[str], seeds: Sequence[int], settings: Settings, out: Path, executor: Callable) -> dict:
     """One ``train_seeds_trial`` per task over its seeds without a trial record; each finished seed gets its own
     record (as ``train_trial``'s), so a rerun skips it. Returns the failures by key."""
-    from skills.library import atomic_write_text
 
     jobs = []
     for task in tasks:
@@ -335,7 +355,7 @@ def summarise_spec(spec: str, seeds: Sequence[int], evaluated: dict) -> dict:
                  if r and r[mode]["joint"].get("success_rate") else None for r in runs]
         target["composed_over_joint"] = aggregate(ratio)
     out["bound"] = {k: aggregate([r["bound"].get(k) if r else None for r in runs]) for k in (*BOUND_FIGURES, "mean_C")}
-    out["seeds_evaluated"] = [seed for seed, r in zip(seeds, runs) if r]
+    out["seeds_evaluated"] = [seed for seed, r in zip(seeds, runs, strict=False) if r]
     return out
 
 
@@ -400,7 +420,7 @@ def plot(result: dict, out: Path) -> list[Path]:
     for spec, s in result["summary"].items():
         policies = [*POLICIES_FIXED, *spec.split("+")]
         fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
-        for ax, mode in zip(axes, ("stochastic", "deterministic")):
+        for ax, mode in zip(axes, ("stochastic", "deterministic"), strict=False):
             rows = s if mode == "stochastic" else s["deterministic"]
             for i, p in enumerate(policies):
                 cell = rows[p]["success"]
@@ -421,7 +441,7 @@ def plot(result: dict, out: Path) -> list[Path]:
     tasks = [t for t, c in result["curves"].items() if c]
     if tasks:
         fig, axes = plt.subplots(1, len(tasks), figsize=(4 * len(tasks), 3.4), squeeze=False)
-        for ax, task in zip(axes[0], tasks):
+        for ax, task in zip(axes[0], tasks, strict=False):
             c = result["curves"][task]
             iqm_ = np.array(c["return_mean"]["iqm"], dtype=float)
             ci = np.array(c["return_mean"]["ci"], dtype=float)
@@ -437,7 +457,6 @@ def plot(result: dict, out: Path) -> list[Path]:
 
 
 def write_outputs(result: dict, out: Path) -> None:
-    from skills.library import atomic_write_text
 
     result["plots"] = [str(p) for p in plot(result, out)]
     atomic_write_text(out / "study.json", json.dumps(result, indent=1))
@@ -446,8 +465,6 @@ def write_outputs(result: dict, out: Path) -> None:
 
 # ---- command line ---------------------------------------------------------------------------------------
 def main(argv: list[str] | None = None) -> int:
-    from envs.cli import add_arm_arguments, arm_kwargs
-    from skills.cli import positive_int
 
     parser = argparse.ArgumentParser(prog="python -m compose.study", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -469,21 +486,19 @@ def main(argv: list[str] | None = None) -> int:
     add_arm_arguments(parser)
     args = parser.parse_args(argv)
     out = Path(args.out or Path("runs") / "study" / time.strftime("%Y%m%d-%H%M%S"))
-    try:
-        result = study(args.specs, args.seeds, out=out, library=args.library, steps=args.steps, episodes=args.episodes,
-                       mc=not args.no_mc, workers=args.workers, ray_address=args.ray, env_kwargs=arm_kwargs(args),
-                       stacked=args.stacked)
-    except ValueError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    except OSError as err:
-        print(f"error: cannot write: {err}", file=sys.stderr)
-        return 1
-    print(markdown(result))
-    if args.json:
-        Path(args.json).write_text((out / "study.json").read_text())
-    print(f"study: {out}/study.md, {out}/study.json")
-    return 1 if result["failures"] else 0
+
+    def body() -> int:
+        result = study(args.specs, args.seeds, out=out, library=args.library,
+                       trials=TrialOptions(steps=args.steps, episodes=args.episodes, mc=not args.no_mc,
+                                           env_kwargs=arm_kwargs(args)),
+                       runner=Runner(workers=args.workers, ray_address=args.ray, stacked=args.stacked))
+        print(markdown(result))
+        if args.json:
+            atomic_write_text(args.json, (out / "study.json").read_text())
+        print(f"study: {out}/study.md, {out}/study.json")
+        return 1 if result["failures"] else 0
+
+    return run_command(body)
 
 
 if __name__ == "__main__":

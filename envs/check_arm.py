@@ -71,7 +71,7 @@ def check(arm: str, ee_site: str | None, origin=None, episodes: int = 20, frame:
     backend = env.unwrapped.arm
     m = backend.model
     joints = [{"joint": m.joint(j).name, "actuator": m.actuator(a).name, "kind": kind}
-              for j, a, kind in zip(backend._joints, backend.drive.actuators, backend.drive.kinds)]
+              for j, a, kind in zip(backend._joints, backend.drive.actuators, backend.drive.kinds, strict=False)]
     box = [{"point": [round(float(x), 3) for x in point],
             "residual_m": backend._ik(backend._start_qpos[backend._qadr], backend.workspace_origin + point,
                                       backend.controller.solve_iterations)[1]} for point in backend._box_points()]

@@ -1,11 +1,40 @@
-"""Command-line options for the env settings a user can give ``envs.make`` for an arm task, shared
-by every CLI that builds an env (``compose.run``, ``skills.evaluate``)."""
+"""What every command line shares: the one error helper (``run_command``), and the options for the env
+settings a user can give ``envs.make`` for an arm task (``compose.run``, ``skills.evaluate``, ...).
+
+It lives in ``envs``, the lowest package, so that the commands of every package (``envs.check_arm`` too) use it.
+"""
 
 from __future__ import annotations
 
 import argparse
 import math
+import sys
+from collections.abc import Callable, Mapping
 from typing import Any
+
+BAD_INPUT, CANNOT_WRITE = 2, 1  # exit codes
+Handler = Callable[[BaseException], int]
+
+
+def run_command(body: Callable[[], int], handlers: Mapping[type[BaseException], Handler] | None = None) -> int:
+    """Run a command's body and turn an ordinary failure into one line on stderr and an exit code: bad input
+    (``ValueError``: unknown names, bad settings, damaged skills, which are all ``ValueError``s) exits 2 with
+    ``error: ...``; ``OSError`` (a full disk, a read-only library, an output path that is a file) exits 1 with
+    ``error: cannot write: ...``. ``handlers`` come first, for what a command treats its own way (a diverged
+    training, Ctrl-C)."""
+    try:
+        return body()
+    except BaseException as err:
+        for kind, handle in (handlers or {}).items():
+            if isinstance(err, kind):
+                return handle(err)
+        if isinstance(err, ValueError):
+            print(f"error: {err}", file=sys.stderr)
+            return BAD_INPUT
+        if isinstance(err, OSError):
+            print(f"error: cannot write: {err}", file=sys.stderr)
+            return CANNOT_WRITE
+        raise
 
 
 def workspace_origin(text: str) -> tuple[float, float, float] | str:

@@ -22,8 +22,9 @@ TermFn = Callable[[np.ndarray, np.ndarray], np.ndarray]
 """``(next_obs[B, obs_dim], action[B, act_dim]) -> value[B]``."""
 
 
-class UnknownNameError(KeyError):
-    """An unknown task, skill or family name. The message lists the valid names."""
+class UnknownNameError(KeyError, ValueError):
+    """An unknown task, skill or family name. The message lists the valid names. A ``KeyError`` (a lookup that
+    failed) and a ``ValueError`` (bad input), so the command lines report it like any other bad input."""
 
     def __init__(self, kind: str, name: str, valid: list[str], where: str = ""):
         self.kind, self.name, self.valid = kind, name, sorted(valid)

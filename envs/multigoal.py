@@ -108,7 +108,7 @@ class MultiGoalEnv(gym.Env):
         radius = int(GOAL_RADIUS * scale)
         for goal in self.GOALS:
             cv2.circle(img, to_px(goal), radius, (60, 170, 60), -1)
-        for a, b in zip(self.path[:-1], self.path[1:]):
+        for a, b in zip(self.path[:-1], self.path[1:], strict=False):
             cv2.line(img, to_px(a), to_px(b), (40, 40, 200), 2)
         cv2.circle(img, to_px(self.position), 5, (200, 40, 40), -1)
         return img

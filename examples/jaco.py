@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     env = envs.make("reach", arm="jaco", workspace_origin="auto")
     reach = skills.load("reach")
     for deterministic in (True, False):
-        result = run_episodes(env, lambda obs: reach.act(obs, deterministic=deterministic), args.episodes, seed=10_000)
+        result = run_episodes(env, lambda obs, d=deterministic: reach.act(obs, deterministic=d), args.episodes, seed=10_000)
         print(f"reach on the Jaco, {'deterministic' if deterministic else 'stochastic'}: success "
               f"{result['success_rate']:.2f}, return {result['return_mean']:.2f} ({args.episodes} episodes)")
     return compose_run.main(["reach+avoid", "--arm", "jaco", "--workspace-origin", "auto", "--episodes",

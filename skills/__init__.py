@@ -12,17 +12,18 @@ from __future__ import annotations
 
 import envs  # noqa: F401  (chooses the OpenGL backend before mujoco is imported)
 
-from .sql import SoftQLearning, SQLConfig, TrainingDiverged
 from .library import (
     CorruptSkillError,
+    Skill,
     SkillError,
     StaleSkillError,
     UnsupportedFormatError,
     default_library,
     list_skills,
+    load,
     resolve,
 )
-from .library import Skill, load
+from .sql import SoftQLearning, SQLConfig, TrainingDiverged
 from .training import TrainConfig, Trainer, TrainResult
 
 __all__ = [

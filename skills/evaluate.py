@@ -21,15 +21,13 @@ from pathlib import Path
 import torch
 
 import envs
-from envs.cli import add_arm_arguments, arm_kwargs
-from envs.core import UnknownNameError
+from envs.cli import add_arm_arguments, arm_kwargs, run_command
 from envs.video import VideoWriter, draw_text, overlay_lines
 
-from .cli import positive_int
+from .cli import non_negative_int, positive_int
 from .evaluation.diagnostics import ConvergenceConfig, convergence_report, format_report
 from .evaluation.episodes import EVAL_SEED, run_episodes
-from .library import SkillError, atomic_write_text, load, update_manifest
-
+from .library import atomic_write_text, load, update_manifest
 
 RANDOM = "random"  # the uniform random policy, as a baseline
 
@@ -104,14 +102,14 @@ def plot_trajectories(skill_name: str, library: str | None, episodes: int, seed:
     return Path(path)
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m skills.evaluate", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("skill", help="skill name (newest version), name@vN, a skill directory, or 'random' "
                         "(uniform random actions; needs --task)")
     parser.add_argument("--task", help="task to run it on (default: the skill's own)")
     parser.add_argument("--episodes", type=positive_int, default=100, help="episodes (default: 100)")
-    parser.add_argument("--seed", type=int, default=EVAL_SEED, help=f"first episode seed (default: {EVAL_SEED})")
+    parser.add_argument("--seed", type=non_negative_int, default=EVAL_SEED, help=f"first episode seed (default: {EVAL_SEED})")
     parser.add_argument("--deterministic", action="store_true", help="act with the best of 32 sampled actions "
                         "under Q instead of one sampler draw (the max-ent policy)")
     parser.add_argument("--convergence", action="store_true", help="check the soft Q-function against Monte Carlo "
@@ -127,65 +125,56 @@ def main(argv: list[str] | None = None) -> int:
     add_arm_arguments(parser)
     parser.add_argument("--plot", metavar="PNG", help="multigoal skills: plot the evaluated trajectories and the "
                         "goal each reached")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     render = args.render
     if render == "auto":
         render = Path("runs/eval") / f"{Path(args.skill).name.replace('@', '-')}-{args.task or 'own'}.mp4"
-    if args.convergence:
-        return convergence_main(args)
-    try:
-        m = evaluate_skill(args.skill, args.task, args.episodes, args.seed, args.deterministic, render, args.library,
-                           env_kwargs=arm_kwargs(args))
-    except (UnknownNameError, SkillError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    except OSError as err:  # a full disk, a read-only output directory, a path that is a file
-        print(f"error: cannot write: {err}", file=sys.stderr)
-        return 1
+
+    def body() -> int:
+        if args.convergence:
+            report = skill_convergence(args.skill, args.library,
+                                       ConvergenceConfig(start_states=args.start_states, rollouts=args.rollouts))
+            print("\n".join(convergence_lines(report)))
+            result = report
+        else:
+            result = evaluate_skill(args.skill, args.task, args.episodes, args.seed, args.deterministic, render,
+                                    args.library, env_kwargs=arm_kwargs(args))
+            print("\n".join(metrics_lines(result)))
+            if args.plot:
+                plot = plot_trajectories(args.skill, args.library, args.episodes, args.seed, args.deterministic, args.plot)
+                print(f"plot: {plot}")
+        if args.json:
+            atomic_write_text(args.json, json.dumps(result, indent=2))
+            print(f"wrote {args.json}")
+        return 0
+
+    return run_command(body)
+
+
+def metrics_lines(m: dict) -> list[str]:
+    """An evaluation's metrics, as printed."""
     mode = ("uniform random actions" if m["skill"] == RANDOM else "deterministic: best of 32 sampled actions"
             if m["deterministic"] else "stochastic: sampler draws")
-    print(f"{m['skill']} on {m['task']} ({m['episodes']} episodes from seed {m['seed']}, {mode}):")
-    print(f"  success rate     {m['success_rate']:.3f}")
-    print(f"  return (mean)    {m['return_mean']:.3f} ± {m['return_std']:.3f}")
+    lines = [f"{m['skill']} on {m['task']} ({m['episodes']} episodes from seed {m['seed']}, {mode}):",
+             f"  success rate     {m['success_rate']:.3f}",
+             f"  return (mean)    {m['return_mean']:.3f} ± {m['return_std']:.3f}"]
     if m.get("soft_return_mean") is not None:
-        print(f"  soft return      {m['soft_return_mean']:.3f} ± {m['soft_return_std']:.3f}  (discounted, entropy term "
-              "V - Q)")
-    for k, v in m["term_returns"].items():
-        print(f"    {k:14s} {v:.3f}")
-    print(f"  collision rate   {m['collision_rate']:.3f}")
-    print(f"  episode length   {m['episode_length']:.1f}")
-    if "video" in m:
-        print(f"video: {m['video']}")
-    if args.plot:
-        print(f"plot: {plot_trajectories(args.skill, args.library, args.episodes, args.seed, args.deterministic, args.plot)}")
-    if args.json:
-        try:
-            atomic_write_text(args.json, json.dumps(m, indent=2))
-        except OSError as err:
-            print(f"error: cannot write {args.json}: {err}", file=sys.stderr)
-            return 1
-        print(f"wrote {args.json}")
-    return 0
+        lines.append(f"  soft return      {m['soft_return_mean']:.3f} ± {m['soft_return_std']:.3f}  (discounted, "
+                     "entropy term V - Q)")
+    lines += [f"    {k:14s} {v:.3f}" for k, v in m["term_returns"].items()]
+    lines += [f"  collision rate   {m['collision_rate']:.3f}", f"  episode length   {m['episode_length']:.1f}"]
+    return lines + ([f"video: {m['video']}"] if "video" in m else [])
 
 
-def convergence_main(args) -> int:
-    """``--convergence``: print the report, record it in the manifest, optionally write JSON."""
-    config = ConvergenceConfig(start_states=args.start_states, rollouts=args.rollouts)
-    try:
-        report = skill_convergence(args.skill, args.library, config)
-    except (UnknownNameError, SkillError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    except OSError as err:  # a full disk, a read-only output directory, a path that is a file
-        print(f"error: cannot write: {err}", file=sys.stderr)
-        return 1
-    print(f"{report['skill']}: convergence of the soft Q-function (gamma {report['gamma']}, alpha {report['alpha']})")
-    print("\n".join("  " + line for line in format_report(report)))
-    print(f"recorded in {report['skill']}/manifest.json under 'convergence'")
-    if args.json:
-        atomic_write_text(args.json, json.dumps(report, indent=2))
-        print(f"wrote {args.json}")
-    return 0
+def convergence_lines(report: dict) -> list[str]:
+    """A convergence report, as printed."""
+    return [f"{report['skill']}: convergence of the soft Q-function (gamma {report['gamma']}, alpha {report['alpha']})",
+            *("  " + line for line in format_report(report)),
+            f"recorded in {report['skill']}/manifest.json under 'convergence'"]
 
 
 if __name__ == "__main__":

@@ -4,7 +4,7 @@ Every run writes a new version to the library (``<library>/<task>/v<N>``), so no
 was saved before is ever overwritten; ``compose.run`` and ``skills.load`` pick the newest
 complete version by name. Bare ``python -m skills.train reach`` uses tuned defaults.
 
-``--seeds 0-4`` trains several seeds in one process (``skills.training.seeds``): one stacked SQL update for
+``--seeds 0-4`` trains several seeds in one process (``skills.training.loop``): one stacked SQL update for
 all of them, one env process each, one library version each (its seed in the manifest).
 """
 
@@ -15,15 +15,13 @@ import sys
 from collections.abc import Callable
 
 import envs
-from envs.core import UnknownNameError
+from envs.cli import run_command
 
-from .cli import positive_int, seed_list
+from .cli import non_negative_int, positive_int, seed_list
 from .evaluation.diagnostics import format_report
-from .library import SkillError
-from .sql import SQLConfig, TrainingDiverged
+from .sql import TrainingDiverged
+from .training import MultiSeedTrainer, Trainer, TrainResult
 from .training.defaults import sql_config, train_config
-from .training.seeds import MultiSeedTrainer
-from .training.trainer import TrainConfig, Trainer, TrainResult
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -33,7 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("task", help=f"task to train: {', '.join(envs.TASKS)}")
     parser.add_argument("--steps", type=positive_int, help="environment steps (default: tuned per task)")
     seeds = parser.add_mutually_exclusive_group()
-    seeds.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    seeds.add_argument("--seed", type=non_negative_int, default=0, help="random seed (default: 0)")
     seeds.add_argument("--seeds", type=seed_list, help="train several seeds in one process, each saved as its own "
                        "version: N (seeds 0..N-1), a list 0,1,2 or a range 3-7")
     parser.add_argument("--alpha", type=float, help="temperature (default: tuned per task family; "
@@ -63,90 +61,90 @@ def main(argv: list[str] | None = None) -> int:
     if args.resume and args.seeds is not None:
         parser.error(f"--resume {args.resume} with --seeds: give --resume alone; each seed continues its newest version")
 
-    def configs() -> tuple[str, SQLConfig, TrainConfig]:
+    def make_trainer() -> MultiSeedTrainer:
         task = envs.get_task(args.task)
         sql = sql_config(task.name, task.family.name, alpha=args.alpha)
         run = train_config(task.name, steps=args.steps, seed=args.seed, eval_interval=args.eval_interval,
                            eval_episodes=args.eval_episodes, final_eval_episodes=args.final_eval_episodes,
                            device=args.device, progress=not args.no_progress,
                            overlap_env_step=not args.no_overlap, convergence=not args.no_convergence)
-        return task.name, sql, run
+        if args.seeds is not None:
+            return MultiSeedTrainer(task.name, sql, run, args.seeds, out=args.out, resume=args.resume == "")
+        return Trainer(task.name, sql, run, out=args.out, resume=args.resume)
 
-    if args.seeds is not None:
-        def make_seeds() -> MultiSeedTrainer:
-            task, sql, run = configs()
-            return MultiSeedTrainer(task, sql, run, args.seeds, out=args.out, resume=args.resume == "")
-
-        return run_training(make_seeds, lambda t: f"training {args.task!r} for {t.run.steps} steps, seeds {t.seeds} "
-                                                  f"stacked (alpha={t.sql.alpha}) -> " + ", ".join(map(str, t.paths)))
-
-    def make_trainer() -> Trainer:
-        task, sql, run = configs()
-        return Trainer(task, sql, run, out=args.out, resume=args.resume)
-
-    return run_training(make_trainer, lambda t: f"training {t.task.name!r} for {t.run.steps} steps "
-                                                 f"(alpha={t.sql.alpha}, seed={t.run.seed}) -> {t.path}")
+    return run_training(make_trainer, headline)
 
 
-def run_training(make_trainer: Callable[[], Trainer | MultiSeedTrainer], headline: Callable[[Trainer], str],
+def headline(trainer: MultiSeedTrainer) -> str:
+    """The line a training run starts with: what, how long, where to."""
+    first = trainer.trainers[0]
+    seeds = f"seed={first.run.seed}" if len(trainer.seeds) == 1 else f"seeds {trainer.seeds} stacked"
+    where = ", ".join(map(str, trainer.paths))
+    return f"training {first.task.name!r} for {first.run.steps} steps ({seeds}, alpha={first.sql.alpha}) -> {where}"
+
+
+def run_training(make_trainer: Callable[[], MultiSeedTrainer], headline: Callable[[MultiSeedTrainer], str],
                  summary: Callable[[TrainResult], list[str]] | None = None) -> int:
-    """Build a trainer (or a ``MultiSeedTrainer``), train, and report as the training CLIs do; returns the exit code.
+    """Build a trainer (one seed or several), train, and report as the training CLIs do; returns the exit code.
 
     2: bad input (unknown names, bad skills or settings); 3: training diverged; 130: Ctrl-C (the last
-    checkpoint is kept with status 'training'; earlier versions are untouched). ``summary`` adds lines
-    after the saved path.
+    checkpoint is kept with status 'training'; earlier versions are untouched); 1: cannot write. ``summary``
+    adds lines after a single run's saved path.
     """
-    trainer = None
-    try:
-        trainer = make_trainer()
-        print(headline(trainer))
-        result = trainer.train()
-    except (UnknownNameError, SkillError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    except TrainingDiverged as err:
+    made: list[MultiSeedTrainer] = []
+
+    def body() -> int:
+        made.append(make_trainer())
+        print(headline(made[0]))
+        results = made[0].train()
+        print_results(made[0], results if isinstance(results, list) else [results], summary)
+        return 0
+
+    def diverged(err: BaseException) -> int:
         print(f"error: training diverged: {err}", file=sys.stderr)
         return 3
-    except OSError as err:  # a full disk, a read-only library, an --out that is a file
-        print(f"error: cannot write the skill: {err}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        members = getattr(trainer, "trainers", [trainer] if trainer is not None else [])
-        paths = [str(t.path) for t in members if t.path.exists()]
-        if not paths:
-            kept = "no checkpoint had been written yet"
-        elif isinstance(trainer, MultiSeedTrainer):
-            kept = f"each seed's last checkpoint is in {', '.join(paths)} (status 'training'; --resume continues them)"
-        else:
-            kept = f"its last checkpoint is in {paths[0]} (status 'training')"
-        print(f"\ninterrupted: {kept}; earlier versions are untouched", file=sys.stderr)
+
+    def interrupted(err: BaseException) -> int:
+        print(f"\ninterrupted: {checkpoints_kept(made[0] if made else None)}; earlier versions are untouched",
+              file=sys.stderr)
         return 130
-    if isinstance(trainer, MultiSeedTrainer):
-        print_seeds(trainer, result)
-        return 0
-    print(f"saved {result.path}  ({result.env_steps} steps, {result.wall_time_s:.0f} s)")
-    for line in summary(result) if summary is not None else []:
-        print(line)
-    for mode, m in result.metrics.items():
-        print(f"final evaluation, {mode:13s} ({m['episodes']} episodes): success {m['success_rate']:.2f}, "
-              f"return {m['return_mean']:.2f}, collisions {m['collision_rate']:.2f}")
-    if trainer.convergence_record is not None:
-        print("convergence of the soft Q-function (Monte Carlo soft returns, skills.evaluation.diagnostics):")
-        print("\n".join("  " + line for line in format_report(trainer.convergence_record)))
-    return 0
+
+    return run_command(body, {TrainingDiverged: diverged, KeyboardInterrupt: interrupted})
 
 
-def print_seeds(trainer: MultiSeedTrainer, results: list[TrainResult]) -> None:
-    """One line per seed: where it was saved and its final evaluations; then each seed's convergence report."""
-    print(f"saved {len(results)} seeds ({results[0].env_steps} steps each, {results[0].wall_time_s:.0f} s in all):")
-    for t, r in zip(trainer.trainers, results):
+def checkpoints_kept(trainer: MultiSeedTrainer | None) -> str:
+    """Where an interrupted run's checkpoints are."""
+    paths = [str(t.path) for t in (trainer.trainers if trainer is not None else []) if t.path.exists()]
+    if not paths:
+        return "no checkpoint had been written yet"
+    if len(trainer.trainers) > 1:
+        return f"each seed's last checkpoint is in {', '.join(paths)} (status 'training'; --resume continues them)"
+    return f"its last checkpoint is in {paths[0]} (status 'training')"
+
+
+def print_results(trainer: MultiSeedTrainer, results: list[TrainResult],
+                  summary: Callable[[TrainResult], list[str]] | None = None) -> None:
+    """Where each seed was saved, its final evaluations, then each seed's convergence report."""
+    if len(results) > 1:
+        print(f"saved {len(results)} seeds ({results[0].env_steps} steps each, {results[0].wall_time_s:.0f} s in all):")
+    for t, r in zip(trainer.trainers, results, strict=False):
         stoch, det = r.metrics["stochastic"], r.metrics["deterministic"]
-        print(f"  seed {t.run.seed}: {r.path}  success {stoch['success_rate']:.2f} (deterministic {det['success_rate']:.2f}), "
-              f"return {stoch['return_mean']:.2f}, collisions {stoch['collision_rate']:.2f}")
+        if len(results) > 1:
+            print(f"  seed {t.run.seed}: {r.path}  success {stoch['success_rate']:.2f} (deterministic "
+                  f"{det['success_rate']:.2f}), return {stoch['return_mean']:.2f}, collisions {stoch['collision_rate']:.2f}")
+            continue
+        print(f"saved {r.path}  ({r.env_steps} steps, {r.wall_time_s:.0f} s)")
+        for line in summary(r) if summary is not None else []:
+            print(line)
+        for mode, m in r.metrics.items():
+            print(f"final evaluation, {mode:13s} ({m['episodes']} episodes): success {m['success_rate']:.2f}, "
+                  f"return {m['return_mean']:.2f}, collisions {m['collision_rate']:.2f}")
     for t in trainer.trainers:
         if t.convergence_record is not None:
-            print(f"convergence of seed {t.run.seed} (Monte Carlo soft returns, skills.evaluation.diagnostics):")
+            label = "" if len(results) == 1 else f" of seed {t.run.seed}"
+            print(f"convergence{label} of the soft Q-function (Monte Carlo soft returns, skills.evaluation.diagnostics):")
             print("\n".join("  " + line for line in format_report(t.convergence_record)))
+
 
 if __name__ == "__main__":
     sys.exit(main())

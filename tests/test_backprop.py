@@ -4,10 +4,17 @@ import numpy as np
 import pytest
 import torch
 
-from skills.sql import backprop
+from skills.sql import (
+    SamplerNetwork,
+    SoftQNetwork,
+    backprop,
+    q_action_gradient,
+    sampler_svgd_loss,
+    soft_bellman_target,
+    soft_q_loss,
+)
 from skills.sql.learner import SoftQLearning, SQLConfig
 from skills.training.buffer import ReplayBuffer
-from skills.sql import SamplerNetwork, SoftQNetwork, q_action_gradient, sampler_svgd_loss, soft_bellman_target, soft_q_loss
 
 OBS, ACT, HIDDEN = 5, 3, (16, 12, 8)  # three hidden layers of different widths exercise every loop
 
@@ -40,7 +47,7 @@ def test_parameter_gradients_match_autograd(nets, device):
     u = sampler(obs, noise[2:].transpose(0, 1)).transpose(0, 1).reshape(-1, ACT)
     reference = torch.autograd.grad((u * grad_u[2 * 7:]).sum(), list(sampler.parameters()))
     assert len(ours) == len(reference)
-    for a, r in zip(ours, reference):
+    for a, r in zip(ours, reference, strict=False):
         close(a, r)
 
 
@@ -68,7 +75,7 @@ def test_agent_gradients_match_autograd_of_the_textbook_losses(device):
     q_hat = soft_bellman_target(batch["reward"], batch["terminated"], agent.next_state_value(batch), config.gamma)
     reference = soft_q_loss(agent.q(batch["obs"], batch["action"]), q_hat)
     close(q_loss, reference.detach())
-    for a, r in zip(q_grads, torch.autograd.grad(reference, list(agent.q.parameters()))):
+    for a, r in zip(q_grads, torch.autograd.grad(reference, list(agent.q.parameters())), strict=False):
         close(a, r)
 
     torch.manual_seed(2)
@@ -77,5 +84,5 @@ def test_agent_gradients_match_autograd_of_the_textbook_losses(device):
     noise = torch.randn(16, config.particles, ACT, device=device)
     reference = sampler_svgd_loss(agent.sampler, agent.q, batch["obs"], noise, config.n_fixed, config.alpha)
     close(sampler_loss, reference.detach())
-    for a, r in zip(sampler_grads, torch.autograd.grad(reference, list(agent.sampler.parameters()))):
+    for a, r in zip(sampler_grads, torch.autograd.grad(reference, list(agent.sampler.parameters())), strict=False):
         close(a, r)

@@ -118,7 +118,7 @@ def test_throughput_keeps_the_measured_sections_when_interrupted(tmp_path, monke
 def synthetic_run(kind: str, seed: int, returns: list[float], det: list[float]) -> dict:
     return {"kind": kind, "seed": seed, "wall_time_s": 1.0, "history": [
         {"env_steps": 1000 * i, "return_mean": r, "return_std": 1.0, "det_return_mean": d} for i, (r, d) in
-        enumerate(zip(returns, det))]}
+        enumerate(zip(returns, det, strict=False))]}
 
 
 def test_adaptation_summary_finds_steps_to_95_percent_and_the_dip():

@@ -13,11 +13,11 @@ from safetensors.torch import load_file, save_file
 import compose
 import skills
 from compose import adapt as compose_adapt
-from compose.saved import composed_agent
-from skills.sql.learner import SoftQLearning, SQLConfig
+from compose.library import composed_agent
 from skills.library import sha256_file
 from skills.policy import SoftPolicy
 from skills.sql import SoftQNetwork
+from skills.sql.learner import SoftQLearning, SQLConfig
 from skills.sql.many_skills import ComposedSoftQNetwork
 
 SHIPPED = Path(__file__).resolve().parent.parent / "trained"
@@ -65,11 +65,11 @@ def test_the_residual_starts_at_q_w_exactly():
     ``traced`` and ``action_gradient`` (against autograd)."""
     q, nets, weights = small_composed()
     obs, act = torch.randn(5, 4), torch.rand(3, 5, 2) * 2 - 1
-    q_w = sum(w * n(obs, act) for w, n in zip(weights, nets))
+    q_w = sum(w * n(obs, act) for w, n in zip(weights, nets, strict=False))
     torch.testing.assert_close(q(obs, act), q_w, atol=1e-6, rtol=0)
     torch.testing.assert_close(q.traced(obs, act)[0], q_w, atol=1e-6, rtol=0)
     a = act.clone().requires_grad_(True)
-    (expected,) = torch.autograd.grad(sum(w * n(obs, a) for w, n in zip(weights, nets)).sum(), a)
+    (expected,) = torch.autograd.grad(sum(w * n(obs, a) for w, n in zip(weights, nets, strict=False)).sum(), a)
     torch.testing.assert_close(q.action_gradient(obs, act), expected, atol=1e-6, rtol=1e-5)
 
 
@@ -155,7 +155,7 @@ def test_a_composed_skill_cannot_be_composed_again(library):
 # ---- adaptation -------------------------------------------------------------------------------
 def test_before_any_update_the_adapted_agent_acts_as_the_composition(library):
     composition = compose.load("reach+avoid", library=str(library))
-    agent = composed_agent(composition)
+    agent = composed_agent(composition, composition.policy.sampler)
     obs = torch.as_tensor(states())
     act = torch.rand(len(obs), 3) * 2 - 1
     torch.testing.assert_close(agent.q(obs, act), composition.q(obs, act), atol=1e-6, rtol=0)
@@ -195,7 +195,7 @@ def test_compose_adapt_refuses_a_composition_without_a_combined_task(library, ca
 
 
 def test_ctrl_c_during_adaptation_keeps_the_checkpoint_and_earlier_versions(library, monkeypatch, capsys):
-    from skills.training.trainer import Trainer
+    from skills.training import Trainer
 
     assert compose_adapt.main(["reach+avoid", "--library", str(library), *TINY_ADAPT]) == 0
     v1 = library / "reach+avoid.adapted" / "v1"

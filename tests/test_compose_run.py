@@ -11,15 +11,24 @@ from compose import run as compose_run
 from compose.bound import BoundConfig, MCBoundConfig
 from compose.sampling import SamplerConfig
 from skills.sql.learner import SQLConfig
-from skills.training.trainer import TrainConfig, Trainer
+from skills.training import TrainConfig, Trainer
 
 SMALL_SQL = SQLConfig(alpha=10.0, gamma=0.95, obs_scale=0.2, hidden=(32, 32), warmup_steps=100, batch_size=32,
                       particles=8, value_samples=8)
 SMALL_RUN = TrainConfig(steps=300, eval_interval=300, eval_episodes=1, final_eval_episodes=2, progress=False,
                         convergence=False)
 SMALL_MC = MCBoundConfig(pairs=3, rollouts=4, tail=0.5, value_samples=64)
-FAST = {"sampler_cfg": SamplerConfig(updates=100, batch_size=32, hidden=(32, 32)),
-        "bound_cfg": BoundConfig(updates=100, batch_size=64, n_value_samples=64, hidden=(32, 32)), "mc_cfg": SMALL_MC}
+FAST_BUILD = compose_run.BuildConfig(sampler=SamplerConfig(updates=100, batch_size=32, hidden=(32, 32)),
+                                     bound=BoundConfig(updates=100, batch_size=64, n_value_samples=64, hidden=(32, 32)),
+                                     progress=False)
+FAST = {"sampler_cfg": FAST_BUILD.sampler, "bound_cfg": FAST_BUILD.bound}
+
+
+def small_run(spec: str, out: Path, library: Path, **evaluation):
+    """``compose.run.run`` with small builds and a small Monte Carlo check."""
+    settings = compose_run.EvaluationConfig(**({"mc": SMALL_MC} | evaluation))
+    return compose_run.run(spec, evaluation=settings, build_config=FAST_BUILD,
+                           sources=compose_run.Sources(library=str(library), out=out))
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +41,7 @@ def library(tmp_path_factory) -> Path:
 
 def test_report_has_the_documented_keys_and_the_second_run_uses_the_cache(library, tmp_path):
     spec = "multigoal@v1+multigoal@v2"
-    first = compose_run.run(spec, episodes=3, out=tmp_path / "a", library=str(library), progress=False, **FAST)
+    first = small_run(spec, tmp_path / "a", library, episodes=3)
     report = json.loads((tmp_path / "a" / "report.json").read_text())
     assert report["mode"] == "stochastic" and report["deterministic"] is False
     for row in (report["composed"], *report["constituents"].values()):
@@ -52,20 +61,18 @@ def test_report_has_the_documented_keys_and_the_second_run_uses_the_cache(librar
         assert Path(figure).stat().st_size > 5_000
     assert (tmp_path / "a" / "report.md").read_text().startswith("# Composition report")
     assert first["build"]["cached"] is False
-    second = compose_run.run(spec, episodes=2, out=tmp_path / "b", library=str(library), progress=False, **FAST)
+    second = small_run(spec, tmp_path / "b", library, episodes=2)
     assert second["build"]["cached"] is True
 
 
 def test_particle_sampler_runs_without_training(library, tmp_path):
-    report = compose_run.run("multigoal@v1+multigoal@v2", sampler="particles", episodes=1, out=tmp_path,
-                             library=str(library), progress=False, **(FAST | {"mc_cfg": None}))
+    report = small_run("multigoal@v1+multigoal@v2", tmp_path, library, sampler="particles", episodes=1, mc=None)
     assert report["sampler"] == "particles" and 0.0 <= report["composed"]["success_rate"] <= 1.0
     assert "mc" not in report["bound"]
 
 
 def test_deterministic_mode_is_labelled_and_has_no_soft_return(library, tmp_path):
-    report = compose_run.run("multigoal@v1+multigoal@v2", episodes=1, out=tmp_path, library=str(library),
-                             progress=False, deterministic=True, **(FAST | {"mc_cfg": None}))
+    report = small_run("multigoal@v1+multigoal@v2", tmp_path, library, episodes=1, deterministic=True, mc=None)
     assert report["mode"] == "deterministic" and report["composed"]["soft_return_mean"] is None
 
 
@@ -77,8 +84,8 @@ def test_the_mc_bound_check_can_fail_on_both_sides(library):
     import envs
     from compose import load
     from compose.bound import mc_bound
+    from compose.build import build
     from compose.policy import ComposedPolicy
-    from compose.run import build
 
     composition = load("multigoal@v1+multigoal@v2", library=str(library))
     built = build(composition, str(library), False, FAST["sampler_cfg"], FAST["bound_cfg"])
@@ -140,7 +147,7 @@ def test_the_composed_policy_answers_the_skill_protocol(library):
 
     import skills
     from compose import ComposedPolicy, load
-    from compose.run import build
+    from compose.build import build
     from skills.policy import SoftPolicy
 
     composition = load("multigoal@v1+multigoal@v2", library=str(library))

@@ -11,13 +11,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-import envs  # first: it picks the headless GL backend before anything imports mujoco
-
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 from dm_control import mjcf  # noqa: E402
 from gymnasium.utils.env_checker import check_env  # noqa: E402
 
+import envs  # first: it picks the headless GL backend before anything imports mujoco
 from envs.arm import MAX_DISPLACEMENT, OBSTACLE_REL, TARGET_REL  # noqa: E402
 from envs.arms.custom import CustomArm  # noqa: E402
 from envs.check_arm import tracking_errors  # noqa: E402

@@ -10,9 +10,17 @@ import numpy as np
 import pytest
 import torch
 
-from skills.sql.learner import SoftQLearning, SQLConfig, TrainingDiverged
-from skills.evaluation.diagnostics import ConvergenceConfig, Start, convergence_report, rollout_steps, run_rollouts, soft_value_bounds, value_bound_violation
+from skills.evaluation.diagnostics import (
+    ConvergenceConfig,
+    Start,
+    convergence_report,
+    rollout_steps,
+    run_rollouts,
+    soft_value_bounds,
+    value_bound_violation,
+)
 from skills.library.skill import Skill
+from skills.sql.learner import SoftQLearning, SQLConfig, TrainingDiverged
 
 GAMMA, ALPHA, PEAK, CURVATURE = 0.9, 0.5, 0.5, 4.0
 
@@ -131,7 +139,7 @@ def test_training_stops_on_value_blow_up_and_keeps_the_last_good_checkpoint(tmp_
     """Q blown up mid-training: the trainer stops with the bound in its message and marks the last
     checkpoint (written before the blow-up) as diverged."""
     import skills
-    from skills.training.trainer import TrainConfig, Trainer
+    from skills.training import TrainConfig, Trainer
 
     sql = SQLConfig(alpha=10.0, gamma=0.95, obs_scale=0.2, hidden=(16, 16), warmup_steps=50, batch_size=16, particles=4,
                     value_samples=4)
@@ -159,7 +167,7 @@ def shifted_training(tmp_path, monkeypatch, shifts: dict[int, float]):
     """A small multigoal run whose Q output is shifted by ``shifts[update] * (V_max - V_min)`` at those updates,
     so that its soft values leave the analytic bounds by a chosen amount; value checks every 100 steps."""
     from skills.evaluation.diagnostics import soft_value_bounds
-    from skills.training.trainer import TrainConfig, Trainer
+    from skills.training import TrainConfig, Trainer
 
     sql = SQLConfig(alpha=10.0, gamma=0.95, obs_scale=0.2, hidden=(16, 16), warmup_steps=50, batch_size=16, particles=4,
                     value_samples=4)

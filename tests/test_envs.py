@@ -50,7 +50,7 @@ def test_check_env(name):
 def test_registry_lists_tasks_and_registers_with_gymnasium():
     for required in ["reach", "avoid", "reach+avoid", "multigoal"]:
         assert required in envs.TASKS
-    for name, task in envs.TASKS.items():
+    for task in envs.TASKS.values():
         assert task.gym_id in gym.registry
         env = gym.make(task.gym_id)
         assert env.spec.max_episode_steps == task.family.horizon

@@ -8,10 +8,10 @@ import pytest
 
 import envs
 import skills
-from skills.training.defaults import sql_config, train_config
 from skills.evaluation import run_episodes
 from skills.evaluation.plots import multigoal_rollouts, plot_multigoal
-from skills.training.trainer import Trainer
+from skills.training import Trainer
+from skills.training.defaults import sql_config, train_config
 
 pytestmark = pytest.mark.learning
 ARTIFACTS = Path(__file__).resolve().parent.parent / "runs" / "test-artifacts"

@@ -18,13 +18,12 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
+from test_skills import TINY_RUN, TINY_SQL, train_tiny
 
 import envs
 import skills
-from skills.library import store
-from skills.library import sha256_file, write_skill
-from skills.training.trainer import Trainer
-from test_skills import TINY_RUN, TINY_SQL, train_tiny
+from skills.library import sha256_file, store, write_skill
+from skills.training import Trainer
 
 ROOT = Path(__file__).resolve().parent.parent
 TRAIN = [sys.executable, "-m", "skills.train", "multigoal", "--steps", "300", "--eval-interval", "300",
@@ -77,7 +76,7 @@ def test_a_claimed_version_is_never_given_twice_and_published_versions_are_never
     first, second = store.claim_version(tmp_path / "multigoal"), store.claim_version(tmp_path / "multigoal")
     assert (first.name, second.name) == ("v1", "v2")
     skill = skills.load(tiny)
-    manifest = {k: v for k, v in skill.manifest.items() if k not in ("format", "files")} | {"version": 1}
+    manifest = skill.info.with_fields(version=1)
     write_skill(first, skill.agent, manifest, skill.transitions)
     with pytest.raises(store.PublishedVersionError, match="never replaced"):
         write_skill(first, skill.agent, manifest, skill.transitions)
@@ -92,10 +91,10 @@ from pathlib import Path
 import skills
 from skills.library import write_skill
 skill = skills.load(sys.argv[1])
-manifest = {k: v for k, v in skill.manifest.items() if k not in ("format", "files")} | {"status": "training"}
+manifest = skill.info.with_fields(status="training")
 print("ready", flush=True)
 for i in itertools.count():
-    write_skill(Path(sys.argv[2]), skill.agent, manifest | {"updates": i}, skill.transitions)
+    write_skill(Path(sys.argv[2]), skill.agent, manifest.with_fields(updates=i), skill.transitions)
 """
 
 
@@ -260,9 +259,10 @@ def two_skills(tiny, tmp_path) -> Path:
 
 
 def small_build(library: Path, spec=("multigoal@v1", "multigoal@v2")):
+    from test_compose_run import FAST
+
     import compose
     from compose.build import build
-    from test_compose_run import FAST
 
     composition = compose.load(list(spec), library=str(library))
     return composition, build(composition, str(library), False, FAST["sampler_cfg"], FAST["bound_cfg"])
@@ -303,7 +303,7 @@ def test_a_build_that_cannot_be_cached_still_returns_and_says_why(two_skills, mo
 
 # ---- 6. bad inputs ---------------------------------------------------------------------------------------
 def test_bad_observations_actions_and_settings_are_refused_with_the_expected_shape(tiny):
-    from skills.training.trainer import TrainConfig
+    from skills.training import TrainConfig
 
     skill = skills.load(tiny)
     with pytest.raises(ValueError, match=r"shape \[2\] or \[batch, 2\], got \[4, 6\]"):
@@ -350,8 +350,8 @@ def test_an_output_path_that_is_a_file_fails_at_once_with_one_line(tmp_path, cap
 
 
 def test_a_full_disk_while_training_is_one_line_and_exit_1(tmp_path, monkeypatch, capsys):
-    from skills.library import files as lib
     from skills import train as train_cli
+    from skills.library import files as lib
 
     def full(*args, **kwargs):
         raise OSError(28, "No space left on device")

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import math
 import shutil
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -27,24 +26,26 @@ import compose.run as compose_run
 import skills
 import skills.policy
 from compose.bound import BoundConfig
-from compose.policy import ComposedPolicy
-from compose.sampling import SamplerConfig
 from compose.operators import (
+    GPI,
     GPIQ,
-    OperatorConfig,
+    DivergenceCorrection,
+    OfflineData,
     OperatorError,
     SoftOrQ,
     fit_divergence_correction,
     fit_policy_evaluations,
-    operator_config,
+    make_operator,
     priority_energy,
 )
+from compose.policy import ComposedPolicy
+from compose.sampling import SamplerConfig
 from compose.tabular import core as tabular
 from skills.sql import SoftQNetwork
 from skills.sql.many_skills import StackedQ
 
-FAST = OperatorConfig(name="dc", tolerance=3e-3, target_update_interval=25, batch_size=256, value_samples=64,
-                      hidden=(64, 64), lr=3e-3)
+FAST = DivergenceCorrection(tolerance=3e-3, target_update_interval=25, batch_size=256, value_samples=64,
+                            hidden=(64, 64), lr=3e-3)
 
 
 def random_stacked(n: int, obs_dim: int = 3, act_dim: int = 2, seed: int = 0) -> StackedQ:
@@ -111,9 +112,9 @@ def test_divergence_correction_matches_the_gaussian_closed_form_for_every_weight
     obs = np.repeat([[0.0], [1.0]], m // 2, axis=0).astype(np.float32)
     data = {"obs": obs, "action": rng.uniform(-1, 1, (m, 2)).astype(np.float32),
             "next_obs": obs + 1.0, "terminated": (obs[:, 0] == 1.0).astype(np.float32)}
-    net, info = fit_divergence_correction(
+    net, info = fit_divergence_correction(OfflineData(
         stacked=AnalyticQs(mus, sigma, alpha), samplers=[GaussianSampler(mu, sigma) for mu in mus], transitions=data,
-        weights=np.array([0.5, 0.5]), alpha=alpha, gamma=gamma, obs_scale=torch.ones(1), config=FAST)
+        weights=np.array([0.5, 0.5]), alpha=alpha, gamma=gamma, obs_scale=torch.ones(1)), FAST)
     actions = torch.tensor([[0.0, 0.0], [0.5, -0.5], [-0.8, 0.3]])
     for w in ([0.5, 0.5], [0.8, 0.2], [0.2, 0.8]):
         w_t = torch.tensor(w)
@@ -206,9 +207,9 @@ def test_divergence_correction_network_agrees_with_the_tabular_oracle():
     qs = np.stack([tabular.soft_q_iteration(P, r, gamma, alpha) for r in rewards])
     expected = tabular.divergence_correction_term(P, qs, [0.5, 0.5], gamma, alpha)  # [S, 3]
     data = chain_transitions(P)
-    net, _ = fit_divergence_correction(
+    net, _ = fit_divergence_correction(OfflineData(
         stacked=TableQs(qs), samplers=[TableSampler(q, alpha) for q in qs], transitions=data,
-        weights=np.array([0.5, 0.5]), alpha=alpha, gamma=gamma, obs_scale=torch.ones(CHAIN), config=FAST)
+        weights=np.array([0.5, 0.5]), alpha=alpha, gamma=gamma, obs_scale=torch.ones(CHAIN)), FAST)
     eye = torch.eye(CHAIN)
     with torch.no_grad():
         got = np.stack([net(eye[[s]].expand(3, -1), bin_centres(), torch.tensor([0.5, 0.5])).numpy()
@@ -227,10 +228,9 @@ def test_policy_evaluation_fit_agrees_with_the_tabular_exact_evaluation():
     # V_i in the continuous action measure: the counting-measure value plus alpha log(2/3) per third of [-1, 1]
     data = chain_transitions(P, r_w)
     values = [tabular.soft_value(q, alpha)[data["next_obs"].argmax(-1)] + alpha * math.log(2 / 3) for q in qs]
-    stacked, _ = fit_policy_evaluations(
+    stacked, _ = fit_policy_evaluations(OfflineData(
         stacked=TableQs(qs), samplers=[TableSampler(q, alpha) for q in qs], values=values, transitions=data,
-        gamma=gamma, obs_scale=torch.ones(CHAIN), config=OperatorConfig(name="gpi", tolerance=1e-3, hidden=(64, 64),
-                                                                         lr=3e-3, next_actions=32))
+        gamma=gamma, obs_scale=torch.ones(CHAIN)), GPI(tolerance=1e-3, hidden=(64, 64), lr=3e-3, next_actions=32))
     eye = torch.eye(CHAIN)
     for i, q_exact in enumerate(expected):
         # the continuous policy's entropy carries alpha log(2/3) less per step than the tabular one's
@@ -254,25 +254,49 @@ def continuous_shift(P: np.ndarray, policy: np.ndarray, gamma: float, alpha: flo
     (dict(operator="priority", weighted=True), "takes no weights"),
     (dict(operator="priority"), "needs an order"),
     (dict(operator="priority", order=["avoid", "nope"]), "must list each composed skill once"),
-    (dict(operator="average", order=["avoid", "reach"]), "applies to operator 'priority' only"),
+    (dict(operator="average", order=["avoid", "reach"]), "'order' applies to operator 'priority' only"),
     (dict(operator="priority", order=["avoid", "reach"], epsilon=-1.0), "epsilon must be finite and >= 0"),
 ])
 def test_operators_that_do_not_apply_are_refused_clearly(kwargs, message):
     weighted = kwargs.pop("weighted", False)
     with pytest.raises(OperatorError, match=message):
-        operator_config(kwargs.pop("operator"), ["reach", "avoid"], weighted, **kwargs)
+        make_operator(kwargs.pop("operator"), **kwargs).checked(["reach", "avoid"], weighted)
 
 
-def test_operator_config_accepts_what_applies():
-    assert operator_config("dc", ["a", "b"], True).name == "dc"
-    config = operator_config("priority", ["reach", "avoid"], False, order=["avoid", "reach"], epsilon=0.2)
+def test_operators_accept_what_applies_and_say_why_not_otherwise():
+    assert make_operator("dc").checked(["a", "b"], True).name == "dc"
+    config = make_operator("priority", order=["avoid", "reach"], epsilon=0.2).checked(["reach", "avoid"], False)
     assert config.order == ("avoid", "reach") and config.epsilon == 0.2
+    assert make_operator("priority").why_not(["reach", "avoid"], False).startswith("needs an order")
+    assert make_operator("average").why_not(["reach", "avoid"], True) is None
+
+
+def test_the_registry_names_every_operator_and_no_string_dispatch_is_left():
+    """Operators are found by name in one place (``compose.operators.OPERATORS``): no other module of ``compose``
+    compares an operator name with a string."""
+    import ast
+
+    assert list(compose.OPERATORS) == ["average", "dc", "gpi", "or", "priority"]
+    root = Path(compose.__file__).parent
+    found = []
+    for path in root.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Compare):
+                names = [n for n in (node.left, *node.comparators) if isinstance(n, ast.Attribute) and n.attr == "name"]
+                consts = [n for n in (node.left, *node.comparators) if isinstance(n, ast.Constant)
+                          and n.value in compose.OPERATORS]
+                if names and consts:
+                    found.append(f"{path.relative_to(root)}:{node.lineno}")
+    assert found == []
 
 
 # ---- the operators as policies, on the shipped two-goal skills ------------------------------------------------
 SHIPPED = Path(__file__).resolve().parent.parent / "trained"
 TINY_SAMPLER = SamplerConfig(updates=30)
-TINY_FIT = OperatorConfig(tolerance=0.6, batch_size=64, value_samples=16, next_actions=4, hidden=(32, 32))
+TINY_FIT = dict(tolerance=0.6, batch_size=64, value_samples=16, hidden=(32, 32))
+TINY_OPERATORS = {"average": compose.operators.Average(), "dc": DivergenceCorrection(**TINY_FIT),
+                  "gpi": GPI(**TINY_FIT, next_actions=4), "or": compose.operators.SoftOr()}
+TINY_BUILD = compose_run.BuildConfig(sampler=SamplerConfig(updates=30), bound=BoundConfig(updates=10), progress=False)
 TINY_BOUND = BoundConfig(updates=10)
 
 
@@ -286,7 +310,7 @@ def two_goal_library(tmp_path) -> Path:
 
 @pytest.mark.parametrize("name", ["average", "dc", "gpi", "or"])
 def test_every_operator_returns_the_same_policy_object_answering_like_a_skill(two_goal_library, name):
-    composition = compose.load("west+east", library=str(two_goal_library), operator=replace(TINY_FIT, name=name))
+    composition = compose.load("west+east", library=str(two_goal_library), operator=TINY_OPERATORS[name])
     built = composition.build(progress=False, sampler_cfg=TINY_SAMPLER, bound_cfg=TINY_BOUND)
     assert isinstance(composition.policy, ComposedPolicy) and isinstance(composition, skills.policy.SoftPolicy)
     obs = np.array([[0.0, 0.0], [1.0, 0.5], [-2.0, 0.0]], np.float32)
@@ -308,11 +332,11 @@ def test_every_operator_returns_the_same_policy_object_answering_like_a_skill(tw
 
 
 def test_run_operators_compares_every_applicable_operator_on_the_same_episodes(two_goal_library, tmp_path):
-    report = compose_run.run_operators("west+east", library=str(two_goal_library), episodes=2, out=tmp_path / "out",
-                                       progress=False, sampler_cfg=TINY_SAMPLER, operator_cfg=TINY_FIT,
-                                       bound_cfg=TINY_BOUND, trajectory_episodes=2)
+    report = compose_run.run("west+east", [*TINY_OPERATORS.values(), "priority"], build_config=TINY_BUILD,
+                             evaluation=compose_run.EvaluationConfig(episodes=2, trajectory_episodes=2),
+                             sources=compose_run.Sources(library=str(two_goal_library), out=tmp_path / "out"))
     assert list(report["operators"]) == ["average", "dc", "gpi", "or"]
-    assert report["skipped"] == {"priority": "needs an order (--order SKILL,SKILL, highest priority first)"}
+    assert list(report["skipped"]) == ["priority"] and report["skipped"]["priority"].startswith("needs an order")
     assert set(report["constituents"]) == {"west", "east"} and report["joint"]["episodes"] == 2
     for name, row in report["operators"].items():
         assert row["env_steps_used"] == 0 and row["episodes"] == 2 and row["operator"]["name"] == name
@@ -321,9 +345,9 @@ def test_run_operators_compares_every_applicable_operator_on_the_same_episodes(t
     text = (tmp_path / "out" / "report.md").read_text()
     assert "| dc |" in text and "priority: skipped, needs an order" in text
     # a second run reuses every build from the cache
-    again = compose_run.run_operators("west+east", library=str(two_goal_library), episodes=1, out=tmp_path / "again",
-                                      progress=False, sampler_cfg=TINY_SAMPLER, operator_cfg=TINY_FIT,
-                                      bound_cfg=TINY_BOUND, trajectory_episodes=1, operators=["dc", "gpi"])
+    again = compose_run.run("west+east", [TINY_OPERATORS["dc"], TINY_OPERATORS["gpi"]], build_config=TINY_BUILD,
+                            evaluation=compose_run.EvaluationConfig(episodes=1, trajectory_episodes=1),
+                            sources=compose_run.Sources(library=str(two_goal_library), out=tmp_path / "again"))
     assert all(row["cached"] for row in again["operators"].values())
 
 
@@ -342,7 +366,7 @@ def test_priority_runs_with_an_order_and_its_energy_prefers_the_indifference_set
 @pytest.mark.parametrize("argv, message", [
     (["west+east", "--operator", "priority"], "needs an order"),
     (["west+east", "--operator", "or", "--weights", "0.5,0.5"], "takes no weights"),
-    (["west+east", "--operator", "dc", "--order", "east,west"], "applies to operator 'priority' only"),
+    (["west+east", "--operator", "dc", "--order", "east,west"], "'order' applies to operator 'priority' only"),
     (["west+east", "--operator", "priority", "--order", "east,nope"], "must list each composed skill once"),
 ])
 def test_compose_run_refuses_operators_that_do_not_apply(two_goal_library, tmp_path, capsys, argv, message):
@@ -358,7 +382,7 @@ def test_compose_run_lists_the_operators_for_an_unknown_one(capsys):
 
 
 def test_saved_compositions_are_averages_and_refuse_other_operators(two_goal_library):
-    composition = compose.load("west+east", library=str(two_goal_library), operator=replace(TINY_FIT, name="or"))
+    composition = compose.load("west+east", library=str(two_goal_library), operator="or")
     with pytest.raises(ValueError, match="operator 'average' only"):
         composition.save(progress=False)
     average = compose.load("west+east", library=str(two_goal_library))
@@ -372,10 +396,10 @@ def test_saved_compositions_are_averages_and_refuse_other_operators(two_goal_lib
 def test_on_two_goals_averaging_hesitates_and_dc_gpi_or_commit(two_goal_library):
     """The docs' west+east result on a small budget (fewer sampler updates, a shorter fit): 30 seeded episodes."""
     sampler = SamplerConfig(updates=1500)
-    fit = OperatorConfig(tolerance=0.05)
-    report = compose_run.run_operators("west+east", library=str(two_goal_library), episodes=30, progress=False,
-                                       sampler_cfg=sampler, operator_cfg=fit, bound_cfg=TINY_BOUND,
-                                       out=two_goal_library / "out", trajectory_episodes=5)
+    operators = ["average", DivergenceCorrection(tolerance=0.05), GPI(tolerance=0.05), "or"]
+    report = compose_run.run("west+east", operators, build_config=compose_run.BuildConfig(sampler, TINY_BOUND, False),
+                             evaluation=compose_run.EvaluationConfig(episodes=30, trajectory_episodes=5),
+                             sources=compose_run.Sources(library=str(two_goal_library), out=two_goal_library / "out"))
     ops, joint = report["operators"], report["joint"]
     assert ops["average"]["success_rate"] <= 0.5, ops["average"]
     for name in ("dc", "gpi", "or"):

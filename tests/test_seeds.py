@@ -1,4 +1,4 @@
-"""Many seeds in one process (``skills.training.seeds``, ``skills.sql.many_seeds.StackedSoftQLearning``): the stacked update is
+"""Many seeds in one process (``skills.training.loop``, ``skills.sql.many_seeds.StackedSoftQLearning``): the stacked update is
 S single-seed updates, a stacked run is S single-seed runs, and nothing is lost on Ctrl-C or divergence."""
 
 import copy
@@ -9,16 +9,14 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
+from test_skills import TINY_RUN, TINY_SQL
 
 from skills import train as train_cli
-from skills.sql.learner import SoftQLearning, SQLConfig, TrainingDiverged
-from skills.training.buffer import ReplayBuffer
 from skills.library import read_skill
-from skills.training.seeds import MultiSeedTrainer
+from skills.sql.learner import SoftQLearning, SQLConfig, TrainingDiverged
 from skills.sql.many_seeds import StackedSoftQLearning, global_stream
-from skills.training.trainer import Trainer
-
-from test_skills import TINY_RUN, TINY_SQL
+from skills.training import MultiSeedTrainer, Trainer
+from skills.training.buffer import ReplayBuffer
 
 SEEDS = [0, 1, 2]
 
@@ -61,7 +59,7 @@ def test_a_stacked_update_equals_single_seed_updates_on_the_same_batches_and_noi
     stack = StackedSoftQLearning(agents, generators)
     buffers, rngs = [filled_buffer(s) for s in SEEDS], [np.random.default_rng(s) for s in SEEDS]
     for _ in range(7):
-        batches = [b.sample(16, r) for b, r in zip(buffers, rngs)]
+        batches = [b.sample(16, r) for b, r in zip(buffers, rngs, strict=False)]
         stacked = stack.update(batches)
         for i, single in enumerate(singles):
             with global_stream(single_streams[i]):  # the single update draws from the global stream
@@ -69,7 +67,7 @@ def test_a_stacked_update_equals_single_seed_updates_on_the_same_batches_and_noi
             for key in ("q_loss", "sampler_loss"):
                 assert relative_error(stacked[key][i], alone[key]) <= 1e-5, (key, i)
     stack.copy_to_agents()
-    for agent, single in zip(agents, singles):
+    for agent, single in zip(agents, singles, strict=False):
         for part in ("q", "q_target", "sampler"):
             ours, theirs = getattr(agent, part).state_dict(), getattr(single, part).state_dict()
             for key in theirs:
@@ -105,9 +103,11 @@ def test_a_stacked_run_is_the_single_seed_runs(stacked_and_single):
     """Same weights (to float rounding after 200 updates), same evaluations, same files: a seed trained
     stacked is the seed trained alone."""
     stacked, single = stacked_and_single
-    for seed, (ours, theirs) in enumerate(zip(stacked, single)):
-        a, manifest_a, _ = read_skill(ours.path)
-        b, manifest_b, _ = read_skill(theirs.path)
+    for seed, (ours, theirs) in enumerate(zip(stacked, single, strict=False)):
+        a, info_a, _ = read_skill(ours.path)
+        manifest_a = info_a.to_json()
+        b, info_b, _ = read_skill(theirs.path)
+        manifest_b = info_b.to_json()
         assert manifest_a["seed"] == manifest_b["seed"] == seed and manifest_a["status"] == "complete"
         for part in ("q", "sampler"):
             for key, value in getattr(b, part).state_dict().items():
@@ -135,13 +135,13 @@ def test_ctrl_c_keeps_every_seed_checkpoint_and_resume_finishes_them(tmp_path, m
     trainer = MultiSeedTrainer("multigoal", TINY_SQL, TINY_RUN, [3, 4], out=tmp_path)
     with pytest.raises(KeyboardInterrupt):
         trainer.train()
-    for seed, path in zip((3, 4), trainer.paths):
+    for seed, path in zip((3, 4), trainer.paths, strict=False):
         manifest = json.loads((path / "manifest.json").read_text())
         assert (manifest["status"], manifest["seed"], manifest["env_steps"]) == ("training", seed, 150)
     monkeypatch.setattr(StackedSoftQLearning, "update", real_update)
     resumed = MultiSeedTrainer("multigoal", TINY_SQL, replace(TINY_RUN, steps=150), [3, 4], out=tmp_path, resume=True)
     results = resumed.train()
-    for seed, result in zip((3, 4), results):
+    for seed, result in zip((3, 4), results, strict=False):
         manifest = json.loads((result.path / "manifest.json").read_text())
         assert (manifest["status"], manifest["seed"], manifest["env_steps"]) == ("complete", seed, 300)
         assert manifest["resumed_from"] == str(trainer.paths[seed - 3])
@@ -174,7 +174,7 @@ def test_bad_seed_lists_and_memory_get_clear_errors(tmp_path, monkeypatch, capsy
     assert "give --resume alone" in capsys.readouterr().err
     assert train_cli.main(["multigoal", "--seeds", "0,5", "--resume", "--out", str(tmp_path), "--no-progress"]) == 2
     assert "no saved version of 'multigoal' with seed 0" in capsys.readouterr().err
-    monkeypatch.setattr("skills.training.seeds.available_memory", lambda: 64 << 20)
+    monkeypatch.setattr("skills.training.loop.available_memory", lambda: 64 << 20)
     with pytest.raises(ValueError, match=r"2 seeds need about .* GiB .* available; train at most"):
         MultiSeedTrainer("multigoal", TINY_SQL, TINY_RUN, [0, 1], out=tmp_path)
     assert not list(tmp_path.glob("multigoal/v*"))  # the claimed versions were given back
@@ -196,8 +196,8 @@ def test_every_stacked_seed_learns_reach(tmp_path):
     each of two seeds trained stacked."""
     import envs
     from skills import load
-    from skills.training.defaults import sql_config, train_config
     from skills.evaluation import run_episodes
+    from skills.training.defaults import sql_config, train_config
 
     run = replace(train_config("reach", steps=5000), eval_interval=5000, eval_episodes=10, final_eval_episodes=20,
                   progress=False, convergence=False)
@@ -205,7 +205,7 @@ def test_every_stacked_seed_learns_reach(tmp_path):
     env = envs.make("reach")
     for result in results:
         skill = load(result.path)
-        learned = run_episodes(env, lambda o: skill.act(o), 20, seed=10_000)
+        learned = run_episodes(env, skill.act, 20, seed=10_000)
         assert learned["success_rate"] >= 0.6, (result.path, learned)
 
 

@@ -12,9 +12,9 @@ from safetensors.torch import load_file
 import skills
 from skills import evaluate as evaluate_cli
 from skills import train as train_cli
-from skills.sql.learner import SQLConfig
 from skills.library import sha256_file as _sha256
-from skills.training.trainer import TrainConfig, Trainer
+from skills.sql.learner import SQLConfig
+from skills.training import TrainConfig, Trainer
 
 TINY_SQL = SQLConfig(alpha=10.0, obs_scale=0.2, hidden=(32, 32), warmup_steps=100, batch_size=32,
                      particles=8, value_samples=8)
@@ -55,8 +55,7 @@ def test_save_load_round_trip_gives_identical_outputs(library, tmp_path):
     copy_dir = tmp_path / "copy" / "multigoal" / "v1"
     from skills.library import write_skill
 
-    write_skill(copy_dir, skill.agent, {k: v for k, v in skill.manifest.items() if k not in ("format", "files")},
-                skill.transitions)
+    write_skill(copy_dir, skill.agent, skill.info, skill.transitions)
     again = skills.load(copy_dir)
     obs = np.random.default_rng(0).normal(size=(16, 2)).astype(np.float32)
     act = np.random.default_rng(1).uniform(-1, 1, size=(16, 2)).astype(np.float32)
@@ -250,7 +249,7 @@ def test_interrupted_save_leaves_the_existing_skill_intact(library, tmp_path, mo
 
     monkeypatch.setattr(lib, "save_file", crash)
     with pytest.raises(OSError):
-        lib.write_skill(path, skill.agent, dict(skill.manifest), skill.transitions)
+        lib.write_skill(path, skill.agent, skill.info, skill.transitions)
     assert {p.name: _sha256(p) for p in path.iterdir()} == before
     skills.load(path)
 

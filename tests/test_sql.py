@@ -5,7 +5,21 @@ import math
 import pytest
 import torch
 
-from skills.sql import SamplerNetwork, estimate_soft_value, kernel_width, mixture_log_density, rbf_bandwidth, rbf_kernel, sampler_surrogate_loss, soft_bellman_target, soft_value_from_samples, soft_value_importance, squashed_score, svgd_direction, uniform_actions
+from skills.sql import (
+    SamplerNetwork,
+    estimate_soft_value,
+    kernel_width,
+    mixture_log_density,
+    rbf_bandwidth,
+    rbf_kernel,
+    sampler_surrogate_loss,
+    soft_bellman_target,
+    soft_value_from_samples,
+    soft_value_importance,
+    squashed_score,
+    svgd_direction,
+    uniform_actions,
+)
 
 
 def gaussian_mixture_score(means: torch.Tensor, std: float, weights: torch.Tensor):

@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 
 from compose import study as study_module
-from compose.study import aggregate, bootstrap_ci, iqm, study
+from compose.study import Runner, TrialOptions, aggregate, bootstrap_ci, iqm, study
 from skills.cli import seed_list
 
-SMOKE = {"steps": 200, "episodes": 2, "mc": False, "quick_build": True}
+SMOKE = TrialOptions(steps=200, episodes=2, mc=False, quick_build=True)
 
 
 def test_iqm_is_the_mean_of_the_middle_half_and_the_ci_covers_it():
@@ -35,7 +35,7 @@ def test_seed_lists_and_bad_specs():
 @pytest.fixture(scope="module")
 def smoke(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("study")
-    study(["reach+avoid"], [0, 1], out=out, workers=2, **SMOKE)
+    study(["reach+avoid"], [0, 1], out=out, trials=SMOKE, runner=Runner(workers=2))
     return out
 
 
@@ -72,7 +72,7 @@ def test_an_interrupted_study_reruns_only_what_is_missing(smoke, tmp_path, monke
 
     monkeypatch.setattr(study_module, "train_trial", no_training)
     monkeypatch.setattr(study_module, "eval_trial", counted_eval)
-    result = study(["reach+avoid"], [0, 1], out=out, library=str(smoke / "library"), workers=1, **SMOKE)
+    result = study(["reach+avoid"], [0, 1], out=out, library=str(smoke / "library"), trials=SMOKE, runner=Runner(workers=1))
     assert ran == [1] and result["failures"] == {}
     assert result["summary"]["reach+avoid"]["seeds_evaluated"] == [0, 1]
 
@@ -82,7 +82,7 @@ def test_a_failed_trial_is_reported_and_the_others_finish(smoke, tmp_path, monke
         raise RuntimeError(f"seed {seed} broke")
 
     monkeypatch.setattr(study_module, "eval_trial", broken)
-    result = study(["reach+avoid"], [0], out=tmp_path, library=str(smoke / "library"), workers=1, **SMOKE)
+    result = study(["reach+avoid"], [0], out=tmp_path, library=str(smoke / "library"), trials=SMOKE, runner=Runner(workers=1))
     assert result["failures"] == {"eval-reach+avoid-seed0": "RuntimeError: seed 0 broke"}
     assert "Failed trials" in (tmp_path / "study.md").read_text()
 
@@ -90,7 +90,8 @@ def test_a_failed_trial_is_reported_and_the_others_finish(smoke, tmp_path, monke
 def test_the_same_study_runs_as_ray_tasks(smoke, tmp_path):
     ray = pytest.importorskip("ray")
     try:
-        result = study(["reach+avoid"], [0], out=tmp_path, library=str(smoke / "library"), ray_address=None, **SMOKE)
+        result = study(["reach+avoid"], [0], out=tmp_path, library=str(smoke / "library"), trials=SMOKE,
+                       runner=Runner(ray_address=None))
     finally:
         ray.shutdown()
     assert result["failures"] == {}
@@ -99,13 +100,13 @@ def test_the_same_study_runs_as_ray_tasks(smoke, tmp_path):
 
 
 def test_a_stacked_study_trains_each_tasks_seeds_together_and_gets_the_same_skills(smoke, tmp_path, monkeypatch):
-    """``--stacked``: one trial per task trains its seeds in one process (skills.training.seeds); each seed's skill equals
+    """``--stacked``: one trial per task trains its seeds in one process (skills.training.loop); each seed's skill equals
     the one the per-seed trials trained (same weights, same learning curve), and a rerun trains nothing."""
     import torch
 
     from skills.library import read_skill
 
-    result = study(["reach+avoid"], [0, 1], out=tmp_path, workers=1, stacked=True, **SMOKE)
+    result = study(["reach+avoid"], [0, 1], out=tmp_path, trials=SMOKE, runner=Runner(workers=1, stacked=True))
     assert result["failures"] == {}
     records = {p.name for p in (tmp_path / "trials").glob("*.json")}
     assert {"train-reach-seeds0-1.json", "train-reach-seed0.json", "train-reach-seed1.json"} <= records
@@ -122,4 +123,4 @@ def test_a_stacked_study_trains_each_tasks_seeds_together_and_gets_the_same_skil
         raise AssertionError("a finished training was run again")
 
     monkeypatch.setattr(study_module, "train_seeds_trial", no_training)
-    assert study(["reach+avoid"], [0, 1], out=tmp_path, workers=1, stacked=True, **SMOKE)["failures"] == {}
+    assert study(["reach+avoid"], [0, 1], out=tmp_path, trials=SMOKE, runner=Runner(workers=1, stacked=True))["failures"] == {}

@@ -203,13 +203,12 @@ def soft_policy_evaluation(
     gamma: float,
     alpha: float,
     *,
-    tol: float = DEFAULT_TOL,
     max_iter: int = DEFAULT_MAX_ITER,
     Q0: Array | None = None,
     trace: list[Array] | None = None,
 ) -> Array:
     """Soft Q-function of a fixed policy by iterating ``Q <- T^pi Q`` (see
-    ``soft_bellman_backup``). Pass a list as ``trace`` to receive every iterate ``Q_k``
+    ``soft_bellman_backup``) to ``DEFAULT_TOL``. Pass a list as ``trace`` to receive every iterate ``Q_k``
     (the contraction test measures ``||Q_k - Q^pi||``). ``-> Q^pi[S, A]``."""
     P, R = _check_mdp(P, R, gamma)
     _check_alpha(alpha, allow_zero=True)
@@ -217,7 +216,7 @@ def soft_policy_evaluation(
     x0 = np.zeros_like(R) if Q0 is None else np.asarray(Q0, dtype=np.float64)
     return fixed_point(
         lambda Q: soft_bellman_backup(Q, P, R, policy, gamma, alpha),
-        x0, gamma, tol, max_iter, "soft policy evaluation", trace,
+        x0, gamma, DEFAULT_TOL, max_iter, "soft policy evaluation", trace,
     )
 
 

@@ -109,7 +109,7 @@ class JointDrive:
     def hold(self, ctrl: np.ndarray, qpos: np.ndarray) -> np.ndarray:
         """``ctrl`` [nu] that holds the chain at ``qpos``: position servos at their joint, the others at rest."""
         ctrl = ctrl.copy()
-        for i, (kind, a) in enumerate(zip(self.kinds, self.actuators)):
+        for i, (kind, a) in enumerate(zip(self.kinds, self.actuators, strict=False)):
             ctrl[a] = self.gear[i] * qpos[self.qadr[i]] if kind == "position" else 0.0
         return ctrl
 

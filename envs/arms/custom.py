@@ -298,7 +298,7 @@ class CustomArm(SiteArm):
     def _box_points(self) -> list[np.ndarray]:
         """The origin and the 8 corners of the target box, workspace frame."""
         low, high = np.array(LAYOUT.target_low), np.array(LAYOUT.target_high)
-        return [np.zeros(3)] + [np.array(c) for c in product(*zip(low, high))]
+        return [np.zeros(3)] + [np.array(c) for c in product(*zip(low, high, strict=False))]
 
     def _box_misses(self, q_start: np.ndarray, origin: np.ndarray) -> list[str]:
         """The task-box points around ``origin`` that IK from ``q_start`` cannot reach, described. No restarts: the

@@ -215,16 +215,37 @@ def convergence_report(policy: SoftPolicy, make_env: Callable[[], gym.Env], rewa
     ``make_env()`` gives an env of the skill's task; rollouts use ``env.unwrapped`` (no time limit).
     Returns the manifest's ``convergence`` record (see ``convergence_goal`` for the goals).
     """
-    alpha, gamma, act_dim = policy.alpha, policy.gamma, policy.act_dim
-    steps = rollout_steps(reward_range, alpha, act_dim, gamma, config.tail)
+    steps = rollout_steps(reward_range, policy.alpha, policy.act_dim, policy.gamma, config.tail)
+    report, on_policy = soft_return_gaps(policy, make_env, steps, config)
+    sets = {"on_policy": on_policy}
+    if transitions is not None:
+        rng = np.random.default_rng(config.seed)
+        idx = rng.choice(len(transitions["obs"]), size=min(config.residual_states, len(transitions["obs"])), replace=False)
+        sets["stored"] = {k: transitions[k][idx] for k in on_policy}
+    for name, data in sets.items():
+        report[name] = residual_record(policy, data, config)
+    report["bellman_residual_mean"] = report.get("stored", report["on_policy"])["bellman_residual_mean"]
+    report["bellman_residual_rms"] = report.get("stored", report["on_policy"])["bellman_residual_rms"]
+    if "stored" in report:
+        report["goal"] = convergence_goal(report, policy.alpha)
+    return report
+
+
+TRANSITION_KEYS = ("obs", "action", "reward", "next_obs", "terminated")
+
+
+def soft_return_gaps(policy: SoftPolicy, make_env: Callable[[], gym.Env], steps: int,
+                     config: ConvergenceConfig) -> tuple[dict, dict[str, np.ndarray]]:
+    """The Monte Carlo half of the report: ``config.rollouts`` rollouts of ``steps`` from each start state, their
+    soft returns against ``V(s_0)``; and the on-policy transitions they visited."""
     pool = [make_env().unwrapped for _ in range(config.rollouts)]
     gaps, v0s, returns, terms_max = [], [], [], 0.0  # per start: gap, V(s0), soft return estimates
-    on_policy: dict[str, list[np.ndarray]] = {k: [] for k in ("obs", "action", "reward", "next_obs", "terminated")}
+    on_policy: dict[str, list[np.ndarray]] = {k: [] for k in TRANSITION_KEYS}
     try:
         for k in range(config.start_states):
             rollouts = run_rollouts(pool, lambda o: policy.act(o), Start(config.seed + k), steps)
             q, v = rollout_values(policy, rollouts, config.value_samples)
-            g = soft_return_estimates(rollouts, q, v, gamma)
+            g = soft_return_estimates(rollouts, q, v, policy.gamma)
             gaps.append(g.mean() - v[0, 0])
             v0s.append(v[0, 0])
             returns.append(g)
@@ -240,8 +261,8 @@ def convergence_report(policy: SoftPolicy, make_env: Callable[[], gym.Env], rewa
         "method": "Monte Carlo soft return sum_t gamma^t (r_t - Q(s_t,a_t) + V(s_t)) of the skill's own stochastic "
                   "policy (one sampler draw per step) against V(s_0); V by importance sampling (mixture proposal)",
         "start_states": config.start_states, "rollouts_per_start": config.rollouts, "rollout_steps": steps,
-        "tail_bound": float(gamma**steps * terms_max / (1.0 - gamma)),
-        "value_samples": config.value_samples, "gamma": gamma, "alpha": alpha,
+        "tail_bound": float(policy.gamma**steps * terms_max / (1.0 - policy.gamma)),
+        "value_samples": config.value_samples, "gamma": policy.gamma, "alpha": policy.alpha,
         "V0_mean": float(np.mean(v0s)), "soft_return_mean": float(np.mean([r.mean() for r in returns])),
         "soft_return_gap": gap, "soft_return_gap_se": gap_se,
         "soft_return_gap_per_start": [float(x) for x in gaps],
@@ -249,25 +270,18 @@ def convergence_report(policy: SoftPolicy, make_env: Callable[[], gym.Env], rewa
         "soft_return_per_start": [float(r.mean()) for r in returns],
         "soft_return_se_per_start": [mean_and_se(r)[1] for r in returns],
     }
-    sets = {"on_policy": {k: np.concatenate(v) for k, v in on_policy.items()}}
-    if transitions is not None:
-        rng = np.random.default_rng(config.seed)
-        idx = rng.choice(len(transitions["obs"]), size=min(config.residual_states, len(transitions["obs"])), replace=False)
-        sets["stored"] = {k: transitions[k][idx] for k in on_policy}
-    for name, data in sets.items():
-        if len(data["obs"]) > config.residual_states:
-            keep = np.random.default_rng(config.seed + 1).choice(len(data["obs"]), config.residual_states, replace=False)
-            data = {k: v[keep] for k, v in data.items()}
-        res = bellman_residual(policy, data["obs"], data["action"], data["reward"], data["next_obs"],
-                               data["terminated"], gamma, config.value_samples)
-        report[name] = {"transitions": int(len(res)), "bellman_residual_mean": float(res.mean()),
-                        "bellman_residual_rms": float(np.sqrt(np.mean(res**2))),
-                        "bellman_residual_se": mean_and_se(res)[1]}
-    report["bellman_residual_mean"] = report.get("stored", report["on_policy"])["bellman_residual_mean"]
-    report["bellman_residual_rms"] = report.get("stored", report["on_policy"])["bellman_residual_rms"]
-    if "stored" in report:
-        report["goal"] = convergence_goal(report, alpha)
-    return report
+    return report, {k: np.concatenate(v) for k, v in on_policy.items()}
+
+
+def residual_record(policy: SoftPolicy, data: dict[str, np.ndarray], config: ConvergenceConfig) -> dict:
+    """Bellman residuals on (at most ``config.residual_states`` of) a set of transitions: count, mean, rms, se."""
+    if len(data["obs"]) > config.residual_states:
+        keep = np.random.default_rng(config.seed + 1).choice(len(data["obs"]), config.residual_states, replace=False)
+        data = {k: v[keep] for k, v in data.items()}
+    res = bellman_residual(policy, data["obs"], data["action"], data["reward"], data["next_obs"],
+                           data["terminated"], policy.gamma, config.value_samples)
+    return {"transitions": int(len(res)), "bellman_residual_mean": float(res.mean()),
+            "bellman_residual_rms": float(np.sqrt(np.mean(res**2))), "bellman_residual_se": mean_and_se(res)[1]}
 
 
 def format_report(report: dict) -> list[str]:

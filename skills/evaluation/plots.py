@@ -66,7 +66,7 @@ def plot_multigoal(paths: list[np.ndarray], goals: np.ndarray, path: str | Path,
     if q_contours is not None:
         ax.contourf(*q_contours, levels=20, cmap="Greys", alpha=0.35)
     colours = ["tab:blue", "tab:orange", "tab:green", "tab:red", "0.5"]
-    for p, g in zip(paths, goals):
+    for p, g in zip(paths, goals, strict=False):
         ax.plot(p[:, 0], p[:, 1], "-", lw=0.8, alpha=0.7, color=colours[g])
     for i, goal in enumerate(GOALS):
         ax.add_patch(plt.Circle(goal, GOAL_RADIUS, color=colours[i], alpha=0.3))

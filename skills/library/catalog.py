@@ -39,8 +39,12 @@ class SkillEntry:
     name: str
     version: int
     path: Path
-    manifest: dict  # the JSON object, validated (``info`` is its typed form)
     info: Manifest
+
+    @property
+    def manifest(self) -> dict:
+        """The manifest as JSON."""
+        return self.info.to_json()
 
     @property
     def complete(self) -> bool:
@@ -77,7 +81,7 @@ def _entry(name: str, version: int, path: Path) -> SkillEntry:
     if info.name != name or info.version != version:
         raise CorruptSkillError(f"{path} holds skill {info.name!r} v{info.version}, not {name!r} v{version}; "
                                 "load it by its path if that is intended")
-    return SkillEntry(name, version, path, info.raw, info)
+    return SkillEntry(name, version, path, info)
 
 
 def is_path(name_or_path: str | Path) -> bool:
@@ -141,7 +145,7 @@ def claim_version_dir(name: str, library: str | Path | None = None) -> Path:
     return claim_version(_library_root(library) / name)
 
 
-def stale_constituents(path: str | Path, manifest: dict | Manifest) -> list[str]:
+def stale_constituents(path: str | Path, manifest: Manifest) -> list[str]:
     """Why a saved composition (its manifest's ``composed_from``) no longer matches what its constituents'
     names resolve to today; ``[]`` when it does, or when the skill is not a saved composition.
 
@@ -149,8 +153,7 @@ def stale_constituents(path: str | Path, manifest: dict | Manifest) -> list[str]
     constituent publishes a new version, and the saved ``Q_w`` then no longer composes what the name
     means. Pinned names (``"reach@v1"``) never go stale.
     """
-    info = manifest if isinstance(manifest, Manifest) else Manifest.parse(manifest, Path(path) / MANIFEST)
-    record = info.composed_from
+    record = manifest.composed_from
     if record is None:
         return []
     library = Path(record.library) if record.library else Path(path).resolve().parent.parent
@@ -168,11 +171,11 @@ def stale_constituents(path: str | Path, manifest: dict | Manifest) -> list[str]
     return problems
 
 
-def check_fresh(path: str | Path, manifest: dict) -> None:
+def check_fresh(path: str | Path, manifest: Manifest) -> None:
     """Raise ``StaleSkillError`` when ``stale_constituents`` finds anything."""
     problems = stale_constituents(path, manifest)
     if problems:
-        specs = "+".join(p["spec"] for p in manifest["composed_from"]["constituents"])  # validated above
+        specs = "+".join(p.spec for p in manifest.composed_from.constituents)  # stale: it has them
         raise StaleSkillError(f"saved composition {path} is stale: " + "; ".join(problems)
                               + f". Compose again (compose.load({specs!r}).save()), or pass allow_stale=True "
                                 "to use the old one knowingly")

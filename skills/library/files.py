@@ -28,11 +28,9 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from ..sql.learner import SoftQLearning, SQLConfig
+from ..sql.learner import SoftQLearning
 from ..sql.many_skills import q_network
 from .manifest import (
-    FORMAT,
-    FORMAT_VERSION,
     MANIFEST,
     SKILL_FILES,
     TRANSITIONS,
@@ -116,9 +114,10 @@ def agent_tensors(agent: SoftQLearning, with_optimizer: bool = True) -> dict[str
     return tensors
 
 
-def write_skill(path: Path, agent: SoftQLearning, manifest: dict, transitions: dict[str, np.ndarray],
+def write_skill(path: Path, agent: SoftQLearning, manifest: Manifest, transitions: dict[str, np.ndarray],
                 extra_files: dict[str, Path] | None = None) -> Path:
-    """Write a skill directory atomically: stage everything, then swap it into place."""
+    """Write a skill directory atomically: stage everything, then swap it into place. The manifest gets the
+    written files' checksums."""
     path = Path(path)
     stage = staging_directory(path)
     save_file(agent_tensors(agent), str(stage / WEIGHTS))
@@ -127,16 +126,16 @@ def write_skill(path: Path, agent: SoftQLearning, manifest: dict, transitions: d
     for name, src in (extra_files or {}).items():
         if Path(src).exists():
             shutil.copyfile(src, stage / name)
-    manifest = dict(manifest, format=FORMAT, format_version=FORMAT_VERSION,
-                    files={name: sha256_file(stage / name) for name in (WEIGHTS, TRANSITIONS)})
-    (stage / MANIFEST).write_text(json.dumps(manifest, indent=2))  # the stage is not visible yet
+    manifest = manifest.with_fields(files={name: sha256_file(stage / name) for name in SKILL_FILES})
+    (stage / MANIFEST).write_text(json.dumps(manifest.to_json(), indent=2))  # the stage is not visible yet
     return publish_directory(stage, path)
 
 
-def update_manifest(path: Path, **fields) -> dict:
-    """Set ``fields`` in a skill's manifest (atomic replace); the checksummed files are untouched."""
-    manifest = load_manifest(path).raw | fields
-    atomic_write_text(Path(path) / MANIFEST, json.dumps(manifest, indent=2))
+def update_manifest(path: Path, **fields: Any) -> Manifest:
+    """Set ``fields`` in a skill's manifest (atomic replace; ``Manifest.with_fields``); the checksummed files are
+    untouched."""
+    manifest = load_manifest(path).with_fields(**fields)
+    atomic_write_text(Path(path) / MANIFEST, json.dumps(manifest.to_json(), indent=2))
     return manifest
 
 
@@ -150,8 +149,8 @@ def _check_files(path: Path, manifest: Manifest) -> None:
             raise CorruptSkillError(f"{file}: checksum mismatch; the file is truncated or was modified")
 
 
-def read_skill(path: str | Path, device: str | torch.device = "cpu") -> tuple[SoftQLearning, dict, dict[str, np.ndarray]]:
-    """Agent (with optimizer state), manifest (validated JSON) and stored transitions of a skill directory.
+def read_skill(path: str | Path, device: str | torch.device = "cpu") -> tuple[SoftQLearning, Manifest, dict[str, np.ndarray]]:
+    """Agent (with optimizer state), manifest (parsed once, here) and stored transitions of a skill directory.
 
     Order of checks: the manifest's fields, the files' checksums, the network sizes the manifest asks for
     against what the weight file holds (nothing is allocated beyond the file), then finite weights.
@@ -174,7 +173,7 @@ def read_skill(path: str | Path, device: str | torch.device = "cpu") -> tuple[So
     if bad:
         raise CorruptSkillError(f"{path / WEIGHTS}: non-finite values in {bad[:4]}{' ...' if len(bad) > 4 else ''}")
     try:
-        config = SQLConfig.from_dict(info.hyperparameters)
+        config = info.sql_config()
         q = q_network(info.architecture, info.obs_dim, info.act_dim, config.hidden,
                       torch.full((info.obs_dim,), float(config.obs_scale)))
     except (KeyError, TypeError, ValueError) as err:
@@ -189,7 +188,7 @@ def read_skill(path: str | Path, device: str | torch.device = "cpu") -> tuple[So
     except (RuntimeError, KeyError, ValueError, IndexError) as err:
         raise CorruptSkillError(f"{path / WEIGHTS}: weights do not match the manifest's architecture ({err})") from err
     agent.updates = info.updates
-    return agent, info.raw, transitions
+    return agent, info, transitions
 
 
 def space_record(space: Any) -> dict:

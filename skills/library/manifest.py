@@ -1,4 +1,5 @@
-"""The skill manifest, in one typed home: every reader goes through ``Manifest.parse``.
+"""The skill manifest, in one typed home: written from a ``Manifest`` (``to_json``) and read back through
+``Manifest.parse``, once per load; each fact is stored once (alpha and gamma at the top level only).
 
 A manifest is JSON written by this toolkit, but a library is a directory anyone can edit, so a
 manifest is checked before anything it says is used: its types and ranges, the file names it
@@ -12,12 +13,14 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from ..sql.learner import SQLConfig
+
 FORMAT = "composable-skills/skill"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: alpha and gamma stored once, at the top level; 1 repeated them in hyperparameters
 MANIFEST, WEIGHTS, TRANSITIONS = "manifest.json", "weights.safetensors", "transitions.npz"
 SKILL_FILES = (WEIGHTS, TRANSITIONS)  # the checksummed files; nothing else is opened by name
 STATUSES = ("training", "complete", "diverged")
@@ -26,8 +29,8 @@ SHA256 = re.compile(r"^[0-9a-f]{64}$")
 MAX_DIM = 4096  # observation / action dimensions a manifest may declare
 
 
-class SkillError(Exception):
-    """Base class of skill loading and saving errors."""
+class SkillError(ValueError):
+    """Base class of skill loading and saving errors: bad input (a name, a file), so a ``ValueError``."""
 
 
 class CorruptSkillError(SkillError):
@@ -47,6 +50,15 @@ class Space:
     low: tuple[float, ...] | None = None
     high: tuple[float, ...] | None = None
 
+    def to_json(self) -> dict:
+        bounds = {"low": list(self.low), "high": list(self.high)} if self.low is not None and self.high is not None else {}
+        return {"shape": list(self.shape), "dtype": self.dtype, **bounds}
+
+    @classmethod
+    def from_json(cls, record: dict) -> "Space":
+        """A space from its JSON record, checked as a manifest's are."""
+        return _Checker("space record").space({"space": record}, "space")
+
 
 @dataclass(frozen=True)
 class Constituent:
@@ -60,37 +72,58 @@ class Constituent:
 
 @dataclass(frozen=True)
 class ComposedFrom:
-    """``composed_from`` / ``adapted_from``: the constituents, the weights and where they live."""
+    """``composed_from`` / ``adapted_from``: the constituents, the weights and where they live; ``extra`` keeps
+    what else the record says (e.g. ``env_steps_used``), written back as it was."""
 
     constituents: tuple[Constituent, ...]
     weights: tuple[float, ...]
     library: str | None = None
+    extra: dict = field(default_factory=dict)
+
+    def to_json(self) -> dict:
+        return {"constituents": [dict(vars(c)) for c in self.constituents], "weights": list(self.weights),
+                "library": self.library, **self.extra}
+
+    @classmethod
+    def from_json(cls, record: dict) -> "ComposedFrom":
+        """A provenance record from its JSON, checked as a manifest's are."""
+        parsed = _Checker("provenance record").provenance({"record": record}, "record")
+        assert parsed is not None
+        return parsed
+
+
+# the fields of the model, in the order they are written; anything else is the manifest's ``record``
+FIELDS = ("name", "version", "status", "task", "task_kwargs", "family", "observation_space", "action_space", "alpha",
+          "gamma", "architecture", "hyperparameters", "seed", "env_steps", "updates", "wall_time_s", "composed_from",
+          "adapted_from")
+STORED_ONCE = ("alpha", "gamma")  # top-level facts that format 1 also kept inside hyperparameters
 
 
 @dataclass(frozen=True)
 class Manifest:
-    """The validated fields of a skill's ``manifest.json``; ``raw`` keeps the whole JSON object."""
+    """A skill's manifest: the fields every reader relies on, typed and validated, and ``record``, the rest of what
+    the toolkit writes about the skill (metrics, history, evaluation, convergence, versions...) as plain JSON."""
 
     name: str
     version: int
     status: str
     task: str
-    task_kwargs: dict
     family: str
     observation_space: Space
     action_space: Space
     alpha: float
     gamma: float
-    architecture: dict
-    hyperparameters: dict
-    seed: int | None
-    env_steps: int
-    updates: int
-    files: dict[str, str]
+    hyperparameters: dict  # SQLConfig's fields except alpha and gamma (``sql_config`` puts them together)
+    architecture: dict = field(default_factory=dict)
+    task_kwargs: dict = field(default_factory=dict)
+    seed: int | None = None
+    env_steps: int = 0
+    updates: int = 0
     wall_time_s: float | None = None
     composed_from: ComposedFrom | None = None
     adapted_from: ComposedFrom | None = None
-    raw: dict = field(default_factory=dict, repr=False, compare=False)
+    files: dict = field(default_factory=dict)  # file name -> sha256; empty until written
+    record: dict = field(default_factory=dict)
 
     @property
     def obs_dim(self) -> int:
@@ -108,18 +141,37 @@ class Manifest:
     def weights_sha256(self) -> str:
         return self.files[WEIGHTS]
 
-    @classmethod
-    def draft(cls, raw: dict, where: Path | str = "manifest being written") -> "Manifest":
-        """The typed form of a manifest not yet saved (no ``format`` or ``files``), e.g. a training run's, or a
-        ``Skill`` built in memory from name, task, alpha, gamma and spaces (the rest takes neutral defaults)."""
-        defaults = {"version": 1, "status": "training", "family": "unknown", "hyperparameters": {}, "env_steps": 0}
-        stamped = {"format": FORMAT, "format_version": FORMAT_VERSION, **defaults, **raw,
-                   "files": raw.get("files") or {name: "0" * 64 for name in SKILL_FILES}}
-        return cls.parse(stamped, where)
+    @property
+    def raw(self) -> dict:
+        """The manifest as JSON (``to_json``)."""
+        return self.to_json()
+
+    def sql_config(self) -> SQLConfig:
+        """The ``skills.sql.SQLConfig`` the skill was trained with: its hyperparameters with alpha and gamma."""
+        try:
+            return SQLConfig.from_dict({**self.hyperparameters, "alpha": self.alpha, "gamma": self.gamma})
+        except (KeyError, TypeError, ValueError) as err:
+            raise CorruptSkillError(f"{self.name} v{self.version}: malformed hyperparameters ({err})") from err
+
+    def with_fields(self, **fields: Any) -> "Manifest":
+        """A copy with ``fields`` set: model fields by name, anything else into ``record``."""
+        known = {k: v for k, v in fields.items() if k in FIELDS or k in ("files", "record")}
+        record = {**self.record, **{k: v for k, v in fields.items() if k not in known}}
+        return replace(self, **known, record=record)
+
+    def to_json(self) -> dict:
+        """The JSON object written to ``manifest.json`` (format version ``FORMAT_VERSION``)."""
+        out: dict[str, Any] = {}
+        for key in FIELDS:
+            value = getattr(self, key)
+            if key in ("wall_time_s", "composed_from", "adapted_from") and value is None:
+                continue
+            out[key] = value.to_json() if hasattr(value, "to_json") else value
+        return {"format": FORMAT, "format_version": FORMAT_VERSION, **out, **self.record, "files": dict(self.files)}
 
     @classmethod
     def parse(cls, raw: Any, where: Path | str) -> "Manifest":
-        """Check ``raw`` (the parsed JSON) field by field; ``where`` names the file in errors."""
+        """Check ``raw`` (the parsed JSON) field by field, migrating older formats; ``where`` names the file in errors."""
         check = _Checker(where)
         if not isinstance(raw, dict) or raw.get("format") != FORMAT:
             raise CorruptSkillError(f"{where}: not a composable-skills manifest (no \"format\": \"{FORMAT}\")")
@@ -129,30 +181,22 @@ class Manifest:
         if version > FORMAT_VERSION:
             raise UnsupportedFormatError(f"{where}: skill format version {version} is newer than this toolkit reads "
                                          f"(<= {FORMAT_VERSION}); upgrade composable-skills to load it")
-        files = check.mapping(raw, "files")
-        unknown = sorted(set(files) - set(SKILL_FILES))
-        if unknown:
-            raise CorruptSkillError(f"{where}: files lists {unknown}; a skill's checksummed files are only "
-                                    f"{list(SKILL_FILES)}, named without a directory")
-        for name in SKILL_FILES:
-            if not isinstance(files.get(name), str) or not SHA256.match(files[name]):
-                raise CorruptSkillError(f"{where}: files[{name!r}] must be a sha256 hex digest, got {files.get(name)!r}")
         status = check.string(raw, "status")
         if status not in STATUSES:
             raise CorruptSkillError(f"{where}: status must be one of {', '.join(STATUSES)}; got {status!r}")
-        obs, act = check.space(raw, "observation_space"), check.space(raw, "action_space")
-        hyper = check.mapping(raw, "hyperparameters")
         return cls(
             name=check.name(raw, "name"), version=check.integer(raw, "version", low=1), status=status,
             task=check.string(raw, "task"), task_kwargs=check.mapping(raw, "task_kwargs", default={}),
-            family=check.string(raw, "family"), observation_space=obs, action_space=act,
-            alpha=check.number(raw, "alpha", positive=True), gamma=check.number(raw, "gamma", low=0.0, high=1.0),
-            architecture=check.mapping(raw, "architecture", default={}), hyperparameters=hyper,
+            family=check.string(raw, "family"), observation_space=check.space(raw, "observation_space"),
+            action_space=check.space(raw, "action_space"), alpha=check.number(raw, "alpha", positive=True),
+            gamma=check.number(raw, "gamma", low=0.0, high=1.0), architecture=check.mapping(raw, "architecture", default={}),
+            hyperparameters=check.hyperparameters(raw, version),
             seed=check.integer(raw, "seed", low=None, optional=True), env_steps=check.integer(raw, "env_steps", low=0),
-            updates=check.integer(raw, "updates", low=0, default=0), files=dict(files),
+            updates=check.integer(raw, "updates", low=0, default=0),
             wall_time_s=check.number(raw, "wall_time_s", low=0.0, high=math.inf) if "wall_time_s" in raw else None,
             composed_from=check.provenance(raw, "composed_from"), adapted_from=check.provenance(raw, "adapted_from"),
-            raw=raw)
+            files=check.files(raw),
+            record={k: v for k, v in raw.items() if k not in FIELDS and k not in ("format", "format_version", "files")})
 
 
 class _Checker:
@@ -223,6 +267,33 @@ class _Checker:
             bounds.append(tuple(float(x) for x in b) if b is not None else None)
         return Space((shape[0],), str(value.get("dtype", "float32")), *bounds)
 
+    def files(self, raw: dict) -> dict[str, str]:
+        files = self.mapping(raw, "files")
+        unknown = sorted(set(files) - set(SKILL_FILES))
+        if unknown:
+            raise CorruptSkillError(f"{self.where}: files lists {unknown}; a skill's checksummed files are only "
+                                    f"{list(SKILL_FILES)}, named without a directory")
+        for name in SKILL_FILES:
+            if not isinstance(files.get(name), str) or not SHA256.match(files[name]):
+                raise CorruptSkillError(f"{self.where}: files[{name!r}] must be a sha256 hex digest, got {files.get(name)!r}")
+        return dict(files)
+
+    def hyperparameters(self, raw: dict, version: int) -> dict:
+        """The SQL hyperparameters without alpha and gamma. Format 1 repeated those two inside; the copies are
+        checked against the top-level values (which the skill was composed and evaluated with) and dropped."""
+        hyper = dict(self.mapping(raw, "hyperparameters"))
+        for key in STORED_ONCE:
+            if key not in hyper:
+                continue
+            if version >= 2:
+                raise CorruptSkillError(f"{self.where}: {key} is stored twice (top level {raw.get(key)!r}, hyperparameters "
+                                        f"{hyper[key]!r}); format {version} keeps it at the top level only")
+            if hyper[key] != raw.get(key):
+                raise CorruptSkillError(f"{self.where}: the two copies of {key} differ: {raw.get(key)!r} (top level) "
+                                        f"against {hyper[key]!r} (hyperparameters)")
+            del hyper[key]
+        return hyper
+
     def provenance(self, raw: dict, key: str) -> ComposedFrom | None:
         value = raw.get(key)
         if value is None:
@@ -242,12 +313,13 @@ class _Checker:
         library = value.get("library")
         if library is not None and not isinstance(library, str):
             raise self.fail(f"{key}.library", "a path or null", library)
-        return ComposedFrom(tuple(parts), tuple(float(w) for w in weights), library)
+        extra = {k: v for k, v in value.items() if k not in ("constituents", "weights", "library")}
+        return ComposedFrom(tuple(parts), tuple(float(w) for w in weights), library, extra)
 
 
 def mlp_parameters(sizes: list[int]) -> int:
     """Parameters of an MLP with layer widths ``sizes`` (input first): weights and biases."""
-    return sum(a * b + b for a, b in zip(sizes[:-1], sizes[1:]))
+    return sum(a * b + b for a, b in zip(sizes[:-1], sizes[1:], strict=False))
 
 
 def implied_parameters(manifest: Manifest) -> int:
@@ -259,7 +331,7 @@ def implied_parameters(manifest: Manifest) -> int:
     widths = [hidden] + ([arch.get("residual_hidden")] if arch.get("q") == "composed" else [])
     for w in widths:
         if not isinstance(w, list) or not w or not all(type(h) is int and h > 0 for h in w):
-            raise CorruptSkillError(f"{manifest.raw.get('name', '?')}: hidden widths must be positive integers, got {w!r}")
+            raise CorruptSkillError(f"{manifest.name}: hidden widths must be positive integers, got {w!r}")
     sampler = mlp_parameters([o + a, *hidden, a])
     if arch.get("q") == "composed":
         layers = arch.get("constituent_layers")

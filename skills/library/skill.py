@@ -17,16 +17,21 @@ from .catalog import check_fresh, resolve
 from .files import read_skill
 from .manifest import Manifest
 
+
 class Skill:
     """A trained maximum-entropy skill. Numpy in, numpy out; torch in, torch out (no gradient)."""
 
-    def __init__(self, agent: SoftQLearning, manifest: dict, transitions: dict[str, np.ndarray], path: Path):
-        """``manifest``: the JSON object (kept as ``manifest``); its typed, validated form is ``info``."""
-        self.agent, self.manifest, self.transitions, self.path = agent, manifest, transitions, path
-        self.info = Manifest.parse(manifest, path) if "files" in manifest else Manifest.draft(manifest, path)
-        self.name, self.task = self.info.name, self.info.task
-        self.alpha, self.gamma = self.info.alpha, self.info.gamma
-        self.obs_dim, self.act_dim = self.info.obs_dim, self.info.act_dim
+    def __init__(self, agent: SoftQLearning, info: Manifest, transitions: dict[str, np.ndarray], path: Path):
+        """``info``: the skill's manifest (``skills.library.manifest.Manifest``); ``manifest`` is its JSON."""
+        self.agent, self.info, self.transitions, self.path = agent, info, transitions, path
+        self.name, self.task = info.name, info.task
+        self.alpha, self.gamma = info.alpha, info.gamma
+        self.obs_dim, self.act_dim = info.obs_dim, info.act_dim
+
+    @property
+    def manifest(self) -> dict:
+        """The manifest as JSON (``info`` is its typed form)."""
+        return self.info.to_json()
 
     def __repr__(self) -> str:
         return (f"Skill({self.name!r} v{self.info.version}, task={self.task!r}, alpha={self.alpha}, "
@@ -80,7 +85,7 @@ def load(name_or_path: str | Path, library: str | Path | None = None, device: st
     refused (``StaleSkillError``) when a constituent has been retrained since, unless ``allow_stale``.
     """
     path = resolve(name_or_path, library)
-    agent, manifest, transitions = read_skill(path, device=device)
+    agent, info, transitions = read_skill(path, device=device)
     if not allow_stale:
-        check_fresh(path, manifest)
-    return Skill(agent, manifest, transitions, path)
+        check_fresh(path, info)
+    return Skill(agent, info, transitions, path)

@@ -97,7 +97,7 @@ def forward(net: nn.Module, state: torch.Tensor, x: torch.Tensor) -> tuple[torch
 def _pre_activation_gradients(weights: list[torch.Tensor], acts: Activations, grad_h_last: torch.Tensor) -> list[torch.Tensor]:
     """``dL/dz_l`` of every hidden layer [(S,) G*N, H_l], first layer first, from ``dL/dh`` of the last."""
     grads = [relu_backward(grad_h_last, acts.hidden[-1])]
-    for weight, h in zip(reversed(weights[1:-1]), reversed(acts.hidden[:-1])):
+    for weight, h in zip(reversed(weights[1:-1]), reversed(acts.hidden[:-1]), strict=False):
         grads.append(relu_backward(matmul(grads[-1], weight), h))
     return grads[::-1]
 
@@ -127,6 +127,6 @@ def parameter_gradients(net: nn.Module, acts: Activations, grad_out: torch.Tenso
     grad_z1_per_state = grad_z[0].view(*lead, -1, n_states, grad_z[0].shape[-1]).sum(-3)  # [(S,) N, H_1]
     weight_1 = torch.cat([matmul(grad_z1_per_state.mT, acts.state), matmul(grad_z[0].mT, acts.x)], dim=-1)
     grads = [weight_1, grad_z1_per_state.sum(-2)]
-    for g, h_in in zip(grad_z[1:], acts.hidden):
+    for g, h_in in zip(grad_z[1:], acts.hidden, strict=False):
         grads += [matmul(g.mT, h_in), g.sum(-2)]
     return grads

@@ -22,7 +22,6 @@ from .equations import (
     svgd_direction,
 )
 
-
 VALUE_PROPOSALS = ("uniform", "mixture")
 
 
@@ -156,7 +155,7 @@ def apply_gradients(learner, q_grads: list[torch.Tensor], sampler_grads: list[to
     ``skills.sql.many_seeds.StackedSoftQLearning`` (stacked parameters, the same schedule)."""
     for optimizer, net, grads in ((learner.q_optimizer, learner.q, q_grads),
                                   (learner.sampler_optimizer, learner.sampler, sampler_grads)):
-        for param, grad in zip(net.parameters(), grads):
+        for param, grad in zip(net.parameters(), grads, strict=False):
             param.grad = grad
         optimizer.step()
     learner.updates += 1

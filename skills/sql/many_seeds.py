@@ -60,7 +60,7 @@ class StackedMLP(nn.Module):
     @torch.no_grad()
     def copy_member(self, i: int, net: nn.Sequential) -> None:
         """Write network ``i`` of the stack into ``net`` (an ``sql.mlp`` of the same shape)."""
-        for (weight, bias), layer in zip(self.layers, backprop.linear_layers(net)):
+        for (weight, bias), layer in zip(self.layers, backprop.linear_layers(net), strict=False):
             layer.weight.copy_(weight[i])
             layer.bias.copy_(bias[i])
 
@@ -269,7 +269,7 @@ class StackedSoftQLearning:
         miss = self.target_values.misses(period, keys, ids)
         if bool(miss.any()):
             per_seed = miss.view(self.n, -1)
-            fresh = self.soft_values(self.q_target, [b["next_obs"][m] for b, m in zip(batches, per_seed)],
+            fresh = self.soft_values(self.q_target, [b["next_obs"][m] for b, m in zip(batches, per_seed, strict=False)],
                                      cfg.value_samples)
             self.target_values.store(keys, ids, miss, torch.cat(fresh))
         return self.target_values.values[keys].view(self.n, -1)
@@ -346,7 +346,7 @@ def stacked_memory_bytes(n: int, obs_dim: int, act_dim: int, capacity: int, hidd
     activations (float32, a few copies of the widest particle batch)."""
     replay = capacity * (4 * (2 * obs_dim + act_dim + 2) + 8)
     widths = [obs_dim + act_dim, *hidden]
-    mlp = sum(a * b + b for a, b in zip(widths, widths[1:]))
+    mlp = sum(a * b + b for a, b in zip(widths, widths[1:], strict=False))
     networks = 4 * 7 * (mlp + hidden[-1] * (1 + act_dim) + 1 + act_dim)
     activations = 4 * 4 * batch * max(particles, value_samples) * sum(hidden)
     return n * (replay + networks + activations)

@@ -36,7 +36,7 @@ class StackedQ(nn.Module):
         shapes = [(max(ls[depth].in_features for ls in linears), max(ls[depth].out_features for ls in linears))
                   for depth in range(len(linears[0]))]
         self._allocate(len(q_networks), shapes, q_networks[0].obs_scale.shape[0])
-        for depth, (w, b) in enumerate(zip(self.weights, self.biases)):
+        for depth, (w, b) in enumerate(zip(self.weights, self.biases, strict=False)):
             for i, ls in enumerate(linears):
                 layer = ls[depth]
                 w[i, : layer.in_features, : layer.out_features] = layer.weight.detach().T
@@ -80,7 +80,7 @@ class StackedQ(nn.Module):
         obs = obs.expand(*shape, obs.shape[-1]).reshape(1, -1, obs.shape[-1]) * self.obs_scale[:, None, :]
         act = act.expand(*shape, act.shape[-1]).reshape(1, -1, act.shape[-1]).expand(self.n, -1, -1)
         x = torch.cat([obs, act], dim=-1)  # [N, rows, o + a]
-        for depth, (w, b) in enumerate(zip(self.weights, self.biases)):
+        for depth, (w, b) in enumerate(zip(self.weights, self.biases, strict=False)):
             x = torch.baddbmm(b, x, w)
             if depth < self.depth - 1:
                 x = torch.relu(x)

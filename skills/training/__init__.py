@@ -1,8 +1,11 @@
-"""Training skills: the run's settings and tuned defaults (``defaults``), the training loop for one or many seeds
-(``trainer``, ``seeds``), the replay buffer (``buffer``) and the progress bar (``progress``)."""
+"""Training skills: the run's settings (``config``) and tuned defaults (``defaults``), one seed's run and its phases
+(``seed_run``), the one training loop for one or many seeds (``loop``), the training env (``envs``), the replay
+buffer (``buffer``) and the progress bar (``progress``)."""
 
 from __future__ import annotations
 
-from .trainer import TrainConfig, Trainer, TrainResult
+from .config import TrainConfig, TrainResult, check_seeds
+from .loop import MultiSeedTrainer, Trainer
+from .seed_run import SeedRun, StartFrom
 
-__all__ = ["TrainConfig", "TrainResult", "Trainer"]
+__all__ = ["MultiSeedTrainer", "SeedRun", "StartFrom", "TrainConfig", "TrainResult", "Trainer", "check_seeds"]

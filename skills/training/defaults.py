@@ -12,7 +12,7 @@ from dataclasses import replace
 import envs
 
 from ..sql.learner import SQLConfig
-from .trainer import TrainConfig
+from .config import TrainConfig
 
 FAMILY_SQL: dict[str, SQLConfig] = {
     # K=8 SVGD particles (not 16): 1.66x SAC's training steps/s against 1.16x, and the same steps

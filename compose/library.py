@@ -1,4 +1,5 @@
-"""Composed skills in the library: ``Composition.save()`` and reopening the entry.
+"""A composition as a skill-library entry: ``ComposedSkill.save()``, finding and reopening the entry, and the SQL
+agent it holds (``composed_agent``, where ``compose.adapt`` starts too).
 
 A saved composition is an ordinary skill directory (``skills.library``: safetensors + JSON, checksums)
 whose Q-network is ``skills.sql.many_skills.ComposedSoftQNetwork``: the constituents' frozen Q-networks, the
@@ -15,18 +16,27 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-import numpy as np
-
 import envs
 import skills
-from skills.sql.learner import SoftQLearning, SQLConfig
+from skills.library import (
+    CorruptSkillError,
+    Manifest,
+    check_fresh,
+    claim_version_dir,
+    default_library,
+    library_versions,
+    load_manifest,
+    read_skill,
+    release_claim,
+    write_skill,
+)
+from skills.library.manifest import NAME, ComposedFrom
+from skills.sql import SamplerNetwork
 from skills.sql.backprop import linear_layers
-from skills.library import CorruptSkillError, check_fresh, claim_version_dir, default_library, library_versions, load_manifest, read_skill, release_claim, write_skill
-from skills.library.manifest import NAME
+from skills.sql.learner import SoftQLearning, SQLConfig
 from skills.sql.many_skills import ComposedSoftQNetwork
 
 from .composition import Composition
-from .policy import ComposedPolicy
 
 SUFFIX = ".composed"  # saved compositions are named "<spec>.composed" beside the jointly trained "<spec>"
 
@@ -36,19 +46,11 @@ def default_name(composition: Composition) -> str:
     return composition.skill_names + SUFFIX
 
 
-def relabelled_transitions(composition: Composition) -> dict[str, np.ndarray]:
-    """The constituents' stored transitions with the combined task's reward ``r_w = sum_i w_i r_i``
-    recomputed from each batch (rewards are functions of ``(s', a)``, ``envs.core``)."""
-    data = composition.transitions()
-    data["reward"] = np.asarray(composition.task.reward(data["next_obs"], data["action"]), np.float32)
-    return data
-
-
-def composed_agent(composition: Composition, seed: int = 0, config: SQLConfig | None = None) -> SoftQLearning:
-    """A SQL agent whose Q is ``Q_w + R`` (``R`` = 0) and whose sampler is the composed sampler, so it acts
+def composed_agent(composition: Composition, sampler: SamplerNetwork, seed: int = 0,
+                   config: SQLConfig | None = None) -> SoftQLearning:
+    """A SQL agent whose Q is ``Q_w + R`` (``R`` = 0) and whose sampler is the composed ``sampler``, so it acts
     as the composition does; the start of ``compose.adapt`` and the content of a saved composition.
     ``config``: its SQL settings (default: the first constituent's, with the sampler's widths)."""
-    sampler = composition.policy.sampler
     hidden = tuple(layer.out_features for layer in linear_layers(sampler.net)[:-1])
     config = config or replace(composition.parts[0].agent.config, hidden=hidden)
     mismatch = {k: (getattr(config, k), v) for k, v in (("hidden", hidden), ("alpha", composition.alpha),
@@ -66,46 +68,49 @@ def composed_agent(composition: Composition, seed: int = 0, config: SQLConfig | 
 def provenance(composition: Composition, library: Path) -> dict:
     """What a composition was made from: each constituent as asked for and as resolved, and the weights."""
     constituents = [{"spec": label, "name": p.name, "version": p.info.version, "weights_sha256": p.info.weights_sha256}
-                    for label, p in zip(composition.labels, composition.parts)]
+                    for label, p in zip(composition.labels, composition.parts, strict=False)]
     own = Path(composition.library) if composition.library is not None else default_library()
     return {"constituents": constituents, "weights": composition.weights.tolist(),
             "library": None if own.resolve() == library.resolve() else str(own.resolve()),
             "env_steps_used": 0}
 
 
-def save(composition: Composition, name: str | None = None, library: str | Path | None = None,
-         progress: bool = True) -> Path:
-    """Write the composition as a new library version ``<library>/<name>/v<N>`` (never overwrites)."""
+def save(composition: Composition, sampler: SamplerNetwork | None, name: str | None = None,
+         library: str | Path | None = None) -> Path:
+    """Write the composition (with its built ``sampler``) as a new library version ``<library>/<name>/v<N>``
+    (never overwrites)."""
     root = Path(library) if library is not None else (Path(composition.library) if composition.library is not None
                                                        else default_library())
-    if composition.operator.name != "average":
+    if not composition.operator.bounded:
         raise ValueError(f"saving a composition is supported for operator 'average' only (its Q-network is "
                          f"sum_i w_i Q_i + R); {composition.operator.name!r} is rebuilt from the library cache instead")
+    if sampler is None:
+        raise ValueError("build the composition first: its sampler is what the saved entry acts with")
     name = name or default_name(composition)
     if not NAME.match(name):
         raise ValueError(f"invalid skill name {name!r}: letters, digits, '_', '.', '+', '-'; no '/' or '@'")
-    if composition._policy is None:
-        composition.build(progress=progress)
-    agent = composed_agent(composition, composition.seed)
+    agent = composed_agent(composition, sampler, composition.seed)
     path = claim_version_dir(name, root)
-    first = composition.parts[0].manifest  # spaces are copied as recorded
-    manifest = {
-        "name": name, "version": int(path.name[1:]), "status": "complete",
-        "task": composition.task.name, "task_kwargs": {}, "family": first["family"],
-        "observation_space": first["observation_space"], "action_space": first["action_space"],
-        "alpha": composition.alpha, "gamma": composition.gamma,
-        "architecture": {"sampler": "mlp, a = tanh(f(s, xi)), xi ~ N(0, I); the composed sampler (compose.sampling)",
-                         "hidden": list(agent.config.hidden), "activation": "relu",
-                         "noise_dim": composition.act_dim, **agent.q.architecture()},
-        "hyperparameters": agent.config.to_dict(), "seed": composition.seed, "env_steps": 0, "updates": 0,
-        "metrics": {}, "composed_from": provenance(composition, root),
-        "library_versions": library_versions(), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-    }
     try:
-        return write_skill(path, agent, manifest, relabelled_transitions(composition))
+        return write_skill(path, agent, saved_manifest(composition, agent, path, root), composition.relabelled_transitions())
     except BaseException:
         release_claim(path)
         raise
+
+
+def saved_manifest(composition: Composition, agent: SoftQLearning, path: Path, root: Path) -> Manifest:
+    """The manifest of a saved composition: the first constituent's spaces and family, ``composed_from``."""
+    first = composition.parts[0].info  # spaces are copied as recorded
+    hyper = {k: v for k, v in agent.config.to_dict().items() if k not in ("alpha", "gamma")}
+    return Manifest(
+        name=path.parent.name, version=int(path.name[1:]), status="complete", task=composition.task.name,
+        family=first.family, observation_space=first.observation_space, action_space=first.action_space,
+        alpha=composition.alpha, gamma=composition.gamma, hyperparameters=hyper,
+        architecture={"sampler": "mlp, a = tanh(f(s, xi)), xi ~ N(0, I); the composed sampler (compose.sampling)",
+                      "hidden": list(agent.config.hidden), "activation": "relu", "noise_dim": composition.act_dim,
+                      **agent.q.architecture()},
+        seed=composition.seed, composed_from=ComposedFrom.from_json(provenance(composition, root)),
+        record={"metrics": {}, "library_versions": library_versions(), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
 
 
 def saved_entry(spec: str, library: str | None) -> Path | None:
@@ -120,13 +125,15 @@ def saved_entry(spec: str, library: str | None) -> Path | None:
         return None
 
 
-def reopen(path: Path, library: str | None = None, seed: int = 0, allow_stale: bool = False) -> Composition:
-    """The ``Composition`` a saved entry holds: its constituents (the versions it was made from, checked
-    against its checksums), its weights, and its sampler, with no rebuild."""
-    agent, manifest, _ = read_skill(path)
+def reopen(path: Path, allow_stale: bool = False) -> tuple[list[skills.Skill], ComposedFrom, SamplerNetwork, Path]:
+    """What a saved entry holds: its constituents (the versions it was made from, checked against its checksums),
+    its record (weights, labels), its sampler, and the library the constituents live in."""
+    agent, info, _ = read_skill(path)
     if not allow_stale:
-        check_fresh(path, manifest)
-    record = load_manifest(path).composed_from
+        check_fresh(path, info)
+    record = info.composed_from
+    if record is None:
+        raise CorruptSkillError(f"{path}: not a saved composition (no composed_from)")
     own = Path(record.library) if record.library else path.resolve().parent.parent
     parts = []
     for part in record.constituents:
@@ -135,9 +142,4 @@ def reopen(path: Path, library: str | None = None, seed: int = 0, allow_stale: b
             raise CorruptSkillError(f"{skill.path}: its weights are not those {path} was composed from "
                                     f"({skill.info.weights_sha256[:12]} against {part.weights_sha256[:12]})")
         parts.append(skill)
-    composition = Composition(parts, list(record.weights), labels=[p.spec for p in record.constituents],
-                              library=library if library is not None else str(own), seed=seed)
-    composition._policy = ComposedPolicy(composition, agent.sampler, seed)
-    composition.saved = path
-    return composition
-
+    return parts, record, agent.sampler, own

@@ -1,24 +1,20 @@
-"""The training loop: environment steps, SQL updates, evaluation, checkpoints and logs."""
+"""One seed's training run: its env, replay buffer, random streams, agent, library version, log, evaluations and
+checkpoints, as named phases. The loop that drives one or many of them is ``skills.training.loop``."""
 
 from __future__ import annotations
 
 import csv
+import itertools
 import os
 import random
-import signal
 import socket
-import sys
-import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
-from functools import partial
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
-from gymnasium.vector import AsyncVectorEnv, AutoresetMode, SyncVectorEnv, VectorEnv
 
 import envs
 
@@ -38,65 +34,28 @@ from ..library import (
     update_manifest,
     write_skill,
 )
+from ..library.manifest import ComposedFrom, Space
 from ..sql.learner import SoftQLearning, SQLConfig, TrainingDiverged, torch_device
 from .buffer import ReplayBuffer
-from .progress import progress_bar
+from .config import STORED_TRANSITIONS, TrainConfig, TrainResult
+from .envs import training_env
 
-STORED_TRANSITIONS = 10_000  # transitions shipped with a skill for composition
-PROVENANCE = ("adapted_from",)  # manifest fields that say what a skill was made from; a resumed run keeps them
+LOG_COLUMNS = ["env_steps", "wall_time_s", "return_mean", "return_std", "success_rate", "collision_rate", "q_loss",
+               "sampler_loss"]
+DETERMINISTIC_COLUMNS = ["det_return_mean", "det_return_std", "det_success_rate"]
 
 
 @dataclass(frozen=True)
-class TrainConfig:
-    """What a training run does, beside the SQL hyperparameters."""
+class StartFrom:
+    """A run that starts from something other than fresh networks and an empty buffer (``compose.adapt``):
+    ``agent``'s networks, ``transitions`` in the replay buffer first (their rewards must be the task's),
+    ``provenance`` recorded in the manifest (e.g. ``{"adapted_from": ...}``, kept when the skill is resumed),
+    and the library ``name`` (default: the task's)."""
 
-    steps: int = 50_000  # environment steps (one SQL update per step after warm-up)
-    seed: int = 0  # seeds env, action space, numpy, python and torch
-    eval_interval: int = 5_000  # evaluate and checkpoint every N steps
-    eval_episodes: int = 20  # episodes per periodic evaluation (seeds 10_000, 10_001, ...)
-    final_eval_episodes: int = 100  # episodes of the final evaluation stored in the manifest
-    deterministic_eval: bool = False  # periodic evaluations: sampled (max-ent) policy unless True
-    deterministic_curve: bool = False  # also evaluate the deterministic policy periodically (det_* columns)
-    device: str = "cpu"  # torch device ("cpu", "cuda")
-    threads: int = 1  # torch CPU threads; 1 is robust on 2 cores (see docs/skills.md)
-    overlap_env_step: bool = True  # step the env in a child process (2nd core) while the SQL update runs
-    progress: bool = True  # show a progress bar
-    value_check_interval: int = 1000  # check soft values against their analytic bounds every N steps (0: never)
-    value_check_patience: int = 2  # stop when the excess over the bound has not shrunk over this many checks in a row
-    convergence: bool = True  # final report: Monte Carlo soft returns and Bellman residuals (skills.evaluation.diagnostics)
-
-    def __post_init__(self) -> None:
-        small = {k: getattr(self, k) for k in ("steps", "eval_interval", "eval_episodes", "final_eval_episodes", "threads",
-                                               "value_check_patience")
-                 if not (isinstance(getattr(self, k), int) and getattr(self, k) >= 1)}
-        if small or self.value_check_interval < 0:
-            small |= {"value_check_interval": self.value_check_interval} if self.value_check_interval < 0 else {}
-            raise ValueError(f"TrainConfig: {', '.join(f'{k}={v!r}' for k, v in small.items())}: steps, intervals, "
-                             "episodes and threads must be whole numbers >= 1 (value_check_interval >= 0)")
-
-
-
-
-@dataclass
-class TrainResult:
-    """Where the skill went and how it did."""
-
-    path: Path
-    metrics: dict
-    env_steps: int
-    wall_time_s: float
-    history: list[dict] = field(default_factory=list)
-
-
-def check_seeds(seeds) -> list[int]:
-    """The seeds as a list of ints; a ``ValueError`` for none, repeats or negatives."""
-    seeds = [int(s) for s in seeds]
-    repeated = sorted({s for s in seeds if seeds.count(s) > 1})
-    if repeated:
-        raise ValueError(f"seed(s) {repeated} given more than once; each seed trains once")
-    if not seeds or min(seeds) < 0:
-        raise ValueError(f"expected one or more seeds >= 0, got {seeds}")
-    return seeds
+    agent: SoftQLearning | None = None
+    transitions: dict[str, np.ndarray] | None = None
+    provenance: dict | None = None
+    name: str | None = None
 
 
 def seed_everything(seed: int) -> None:
@@ -106,48 +65,8 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-class InProcessVectorEnv(SyncVectorEnv):
-    """``SyncVectorEnv`` with ``AsyncVectorEnv``'s split step: the env steps inside ``step_wait``."""
-
-    def step_async(self, actions: np.ndarray) -> None:
-        self._pending_actions = actions
-
-    def step_wait(self):
-        return self.step(self._pending_actions)
-
-
-@contextmanager
-def _children_ignore_ctrl_c() -> Iterator[None]:
-    """Processes started inside ignore SIGINT (inherited), so Ctrl-C stops only the trainer,
-    which then closes them; without it the env worker dies first with its own traceback."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
-
-
-def training_env(task: str, in_child_process: bool, **env_kwargs) -> VectorEnv:
-    """One env of ``task`` behind gymnasium's vector API, resetting itself in the step that ends
-    an episode (the final observation is ``info["final_obs"]``).
-
-    In a child process (``AsyncVectorEnv``) the env steps between ``step_async`` and
-    ``step_wait`` while this process runs the update, with no GIL shared between them. The child
-    is forked on Linux (no re-import of the caller's script), spawned elsewhere. In process
-    it steps inside ``step_wait``.
-    """
-    make_env = [partial(envs.make, task, **env_kwargs)]
-    if in_child_process:
-        context = "fork" if sys.platform.startswith("linux") else "spawn"
-        with _children_ignore_ctrl_c():
-            return AsyncVectorEnv(make_env, context=context, autoreset_mode=AutoresetMode.SAME_STEP)
-    return InProcessVectorEnv(make_env, autoreset_mode=AutoresetMode.SAME_STEP)
-
-
-def _tensorboard(log_dir: Path):
+def tensorboard_writer(log_dir: Path):
+    """A TensorBoard ``SummaryWriter``, or None where tensorboard is not installed."""
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError:
@@ -155,28 +74,21 @@ def _tensorboard(log_dir: Path):
     return SummaryWriter(str(log_dir))
 
 
-class Trainer:
-    """Trains one skill and publishes it as a new library version."""
+class SeedRun:
+    """Trains one seed of a skill and publishes it as a new library version (driven by ``skills.training.loop``)."""
 
-    def __init__(self, task: str, sql: SQLConfig, run: TrainConfig, out: Path | str | None = None,
-                 resume: str | Path | None = None, *, name: str | None = None, agent: SoftQLearning | None = None,
-                 transitions: dict[str, np.ndarray] | None = None, provenance: dict | None = None,
-                 env_kwargs: dict | None = None):
-        """Train ``task`` into ``<out>/<name>/v<N+1>`` (``name`` defaults to the task's, or the resumed skill's).
-
-        ``agent``: start from these networks instead of fresh ones (``compose.adapt``); ``transitions``: put
-        these in the replay buffer first (rewards must be ``task``'s); ``provenance``: manifest fields to
-        record, e.g. ``{"adapted_from": ...}`` (kept when the skill is resumed); ``env_kwargs``: ``envs.make``
-        options such as a custom ``arm`` (recorded as the manifest's ``task_kwargs``).
-        """
+    def __init__(self, task: str, sql: SQLConfig, run: TrainConfig, *, out: Path | str | None = None,
+                 resume: str | Path | None = None, start: StartFrom = StartFrom(), env_kwargs: dict | None = None):
+        """Train ``task`` into ``<out>/<name>/v<N+1>`` (``name``: ``start.name``, the resumed skill's, or the task's).
+        ``resume``: a saved skill to continue (name, name@vN or path); ``env_kwargs``: ``envs.make`` options such as a
+        custom ``arm`` (recorded as the manifest's ``task_kwargs``)."""
         self.task = envs.get_task(task)
         torch_device(run.device)  # refuse an unusable device before the env process starts
-        self.sql, self.run = sql, run
-        self.library = out
+        self.sql, self.run, self.library = sql, run, out
         resumed = self._read_resume(resume) if resume is not None else None
-        self.name = name or (resumed[1]["name"] if resumed else self.task.name)
+        self.name = start.name or (resumed[1].name if resumed else self.task.name)
         self.resumed_from = str(resume) if resume is not None else None
-        self.provenance = dict(provenance or {})
+        self.provenance = dict(start.provenance or {})
         seed_everything(run.seed)
         torch.set_num_threads(run.threads)
         self.env_kwargs = dict(env_kwargs or {})
@@ -184,19 +96,8 @@ class Trainer:
         self.observation_space, self.action_space = self.env.single_observation_space, self.env.single_action_space
         self.eval_env = envs.make(task, **self.env_kwargs)
         self.action_space.seed(run.seed)
-        obs_dim, act_dim = self.observation_space.shape[0], self.action_space.shape[0]
         self.rng = np.random.default_rng(run.seed)
-        seeded = sum(len(t["reward"]) for t in (transitions, resumed and resumed[2]) if t)
-        self.buffer = ReplayBuffer(obs_dim, act_dim, min(sql.buffer_size, run.steps + STORED_TRANSITIONS + seeded))
-        self.agent = agent if agent is not None else SoftQLearning(obs_dim, act_dim, sql, device=run.device)
-        self.start_steps = 0
-        if resumed is not None:
-            self.agent, manifest, stored = resumed
-            self.start_steps = Manifest.parse(manifest, resume).env_steps
-            self.buffer.add_many(stored)
-            self.provenance = {k: manifest[k] for k in PROVENANCE if k in manifest} | self.provenance
-        if transitions is not None:
-            self.buffer.add_many(transitions)
+        self.agent, self.start_steps = self._start(resumed, start)
         self.history: list[dict] = []
         try:
             self.path = claim_version_dir(self.name, out)  # last: nothing after it can fail and leave the claim behind
@@ -204,36 +105,47 @@ class Trainer:
             self.close()
             raise
         self.log_path = self.path.parent / f".{self.path.name}.progress.csv"
-        self.steps_done = 0  # environment steps taken by this run (``step``)
+        self.steps_done = 0  # environment steps taken by this run (``send``/``receive``)
         self.losses: dict[str, torch.Tensor] = {}
         self._obs: np.ndarray | None = None
+        self._action: np.ndarray | None = None
         self._episode_return = 0.0
         self._random_episode = False
         self.convergence_record: dict | None = None
         self._violations: list[tuple[float, str]] = []  # consecutive failed value checks: (excess, message)
         self.value_warnings: list[str] = []  # every failed value check of this run
+        self._bar: Any = None
+        self._label = ""
+        self._start_time = 0.0
+        self._writer: Any = None
+        self._log_file: Any = None
+        self._log: Any = None
 
-    def step(self) -> dict | None:
-        """One environment step and ``updates_per_step`` SQL updates (after warm-up), then the
-        transition is stored.
+    def _start(self, resumed: tuple | None, start: StartFrom) -> tuple[SoftQLearning, int]:
+        """The agent and the buffer the run starts from: fresh, resumed (with its stored transitions), or ``start``'s."""
+        obs_dim, act_dim = self.observation_space.shape[0], self.action_space.shape[0]
+        seeded = sum(len(t["reward"]) for t in (start.transitions, resumed and resumed[2]) if t)
+        capacity = min(self.sql.buffer_size, self.run.steps + STORED_TRANSITIONS + seeded)
+        self.buffer = ReplayBuffer(obs_dim, act_dim, capacity)
+        agent = start.agent if start.agent is not None else SoftQLearning(obs_dim, act_dim, self.sql, device=self.run.device)
+        start_steps = 0
+        if resumed is not None:
+            agent, info, stored = resumed
+            start_steps = info.env_steps
+            self.buffer.add_many(stored)
+            if info.adapted_from is not None and "adapted_from" not in self.provenance:
+                self.provenance["adapted_from"] = info.adapted_from.to_json()
+        if start.transitions is not None:
+            self.buffer.add_many(start.transitions)
+        return agent, start_steps
 
-        The updates use the transitions stored before this step, so they run between the env's
-        ``step_async`` and ``step_wait``: with ``TrainConfig.overlap_env_step`` the env steps in
-        its child process meanwhile. Nothing else draws random numbers in between, so the weights
-        are those of the in-process loop. The first call resets the env with the run's seed.
-        Returns ``{"return", "success"}`` when the step ended an episode, else None. Raises
-        ``TrainingDiverged``.
-        """
-        self.send(None if self.explores() else self.agent.act(self.observation()))
-        try:
-            if self.updating():
-                for _ in range(self.sql.updates_per_step):
-                    self.losses = self.agent.update(self.sample_batch())
-        finally:
-            episode = self.receive()
-        return episode
+    def _read_resume(self, source: str | Path) -> tuple[SoftQLearning, Manifest, dict[str, np.ndarray]]:
+        agent, info, transitions = read_skill(resolve(source, self.library), device=self.run.device)
+        if info.task != self.task.name:
+            raise ValueError(f"cannot resume {info.task!r} skill as task {self.task.name!r}")
+        return agent, info, transitions
 
-    # ---- the phases of a step (``skills.training.seeds`` drives them for many seeds at once) ----
+    # ---- the phases of a step (``skills.training.loop`` drives them, for one seed or many at once) ----
     def observation(self) -> np.ndarray:
         """The observation the next action answers; the first call resets the env with the run's seed."""
         if self._obs is None:
@@ -285,16 +197,18 @@ class Trainer:
         """Stop the training env (and its child process)."""
         self.env.close()
 
-    def _read_resume(self, source: str | Path) -> tuple[SoftQLearning, dict, dict[str, np.ndarray]]:
-        agent, manifest, transitions = read_skill(resolve(source, self.library), device=self.run.device)
-        if manifest["task"] != self.task.name:  # read_skill validated the manifest (skills.library.manifest)
-            raise ValueError(f"cannot resume {manifest['task']!r} skill as task {self.task.name!r}")
-        return agent, manifest, transitions
+    def give_back(self) -> None:
+        """Close the env; a run that published nothing gives its claimed version (and its log) back."""
+        self.close()
+        if is_claim_only(self.path):
+            release_claim(self.path)
+            self.log_path.unlink(missing_ok=True)
 
+    # ---- checks, evaluations, records ----
     def check_values(self, states: int = 256, samples: int = 64, final: bool = False) -> None:
         """Raise ``TrainingDiverged`` when the soft value of stored states leaves its analytic bounds
-        (``skills.evaluation.diagnostics.soft_value_bounds``) and is running away: at once when a value is not finite or
-        lies beyond the bounds by more than their width, when the excess has not shrunk over
+        (``skills.evaluation.diagnostics.soft_value_bounds``) and is running away: at once when a value is not finite
+        or lies beyond the bounds by more than their width, when the excess has not shrunk over
         ``value_check_patience`` checks in a row, and at the final check. An overshoot that shrinks from
         check to check (seen early in training) is recorded (manifest ``value_check_warnings``), not fatal."""
         if self.buffer.size == 0:
@@ -312,7 +226,7 @@ class Trainer:
         self._violations.append((excess, message))
         self.value_warnings.append(message)
         recent = [e for e, _ in self._violations[-self.run.value_check_patience:]]
-        growing = len(recent) >= self.run.value_check_patience and all(b >= a for a, b in zip(recent, recent[1:]))
+        growing = len(recent) >= self.run.value_check_patience and all(b >= a for a, b in itertools.pairwise(recent))
         if final or not np.isfinite(excess) or excess > high - low or growing:
             raise TrainingDiverged("; ".join(m for _, m in self._violations[-self.run.value_check_patience:]))
 
@@ -328,30 +242,31 @@ class Trainer:
         deterministic = self.run.deterministic_eval if deterministic is None else deterministic
         return run_episodes(self.eval_env, lambda o: self.agent.act(o, deterministic), episodes, EVAL_SEED)
 
-    def manifest(self, status: str, env_steps: int, wall: float, metrics: dict) -> dict:
-        return {
-            "name": self.name, "version": int(self.path.name[1:]), "status": status,
-            "task": self.task.name, "task_kwargs": {k: list(v) if isinstance(v, tuple) else v
-                                                    for k, v in self.env_kwargs.items()}, "family": self.task.family.name,
-            "observation_space": space_record(self.observation_space),
-            "action_space": space_record(self.action_space),
-            "alpha": self.sql.alpha, "gamma": self.sql.gamma,
-            "architecture": {"q": "mlp", "sampler": "mlp, a = tanh(f(s, xi)), xi ~ N(0, I)",
-                             "hidden": list(self.sql.hidden), "activation": "relu",
-                             "noise_dim": self.action_space.shape[0], "obs_scale": self.sql.obs_scale,
-                             **(self.agent.q.architecture() if hasattr(self.agent.q, "architecture") else {})},
-            "hyperparameters": self.sql.to_dict(), "training": asdict(self.run),
-            "seed": self.run.seed, "env_steps": env_steps, "updates": self.agent.updates,
-            "wall_time_s": round(wall, 2), "metrics": metrics,
+    def manifest(self, status: str, env_steps: int, wall: float, metrics: dict) -> Manifest:
+        """The skill's manifest as it stands (``skills.library.manifest.Manifest``)."""
+        arch = {"q": "mlp", "sampler": "mlp, a = tanh(f(s, xi)), xi ~ N(0, I)", "hidden": list(self.sql.hidden),
+                "activation": "relu", "noise_dim": self.action_space.shape[0], "obs_scale": self.sql.obs_scale,
+                **(self.agent.q.architecture() if hasattr(self.agent.q, "architecture") else {})}
+        hyper = {k: v for k, v in self.sql.to_dict().items() if k not in ("alpha", "gamma")}
+        provenance = {k: ComposedFrom.from_json(v) for k, v in self.provenance.items()}
+        record = {
+            "training": asdict(self.run), "metrics": metrics,
             "evaluation": {"seed": EVAL_SEED, "periodic_deterministic": self.run.deterministic_eval,
                            "final": "both: 'stochastic' samples the sampler; 'deterministic' takes the "
                                     "highest-Q of 32 sampler actions"},
-            "history": self.history, "resumed_from": self.resumed_from, **self.provenance,
+            "history": self.history, "resumed_from": self.resumed_from,
             **({"value_check_warnings": self.value_warnings} if self.value_warnings else {}),
             **({"owner": {"host": socket.gethostname(), "pid": os.getpid()}} if status == "training" else {}),
             **({"convergence": self.convergence_record} if self.convergence_record is not None else {}),
             "library_versions": library_versions(), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
+        return Manifest(
+            name=self.name, version=int(self.path.name[1:]), status=status, task=self.task.name,
+            task_kwargs={k: list(v) if isinstance(v, tuple) else v for k, v in self.env_kwargs.items()},
+            family=self.task.family.name, observation_space=Space.from_json(space_record(self.observation_space)),
+            action_space=Space.from_json(space_record(self.action_space)), alpha=self.sql.alpha, gamma=self.sql.gamma,
+            architecture=arch, hyperparameters=hyper, seed=self.run.seed, env_steps=env_steps, updates=self.agent.updates,
+            wall_time_s=round(wall, 2), record=record, **provenance)
 
     def checkpoint(self, status: str, env_steps: int, wall: float, metrics: dict) -> None:
         extra = {"progress.csv": self.log_path}
@@ -370,54 +285,15 @@ class Trainer:
                 if file != self.log_path:
                     file.unlink(missing_ok=True)
 
-    def train(self) -> TrainResult:
-        """Run, evaluating and checkpointing every ``eval_interval`` steps. A run that ends by an exception
-        before its first checkpoint gives its claimed version back."""
-        try:
-            return self._train()
-        except BaseException:
-            if is_claim_only(self.path):  # nothing was published: give the version back, with its log
-                release_claim(self.path)
-                self.log_path.unlink(missing_ok=True)
-            raise
-
-    def _train(self) -> TrainResult:
-        run = self.run
-        bar = progress_bar(run.steps, run.progress)
-        recent_returns: list[float] = []
-        recent_success: list[bool] = []
-        try:
-            self.open_log(bar)
-            for step in range(1, run.steps + 1):
-                episode = self.step()
-                if episode is not None:
-                    recent_returns = (recent_returns + [episode["return"]])[-20:]
-                    recent_success = (recent_success + [episode["success"]])[-20:]
-                bar.update(1)
-                if step % 250 == 0 and recent_returns:
-                    bar.set_postfix(ret=f"{np.mean(recent_returns):.2f}",
-                                    succ=f"{np.mean(recent_success):.2f}", refresh=False)
-                self.after_step()
-        except TrainingDiverged as err:
-            raise self.diverged(err) from err
-        finally:
-            bar.close()
-            self.close()
-            self.close_log()
-        return self.finish()
-
-    # ---- the phases of a run (``skills.training.seeds`` drives them for many seeds at once) ----
+    # ---- the phases of a run ----
     def open_log(self, bar, label: str = "") -> None:
         """Start the clock, the progress log (``.vN.progress.csv``) and TensorBoard; a fresh run evaluates
         its untrained policy first, for the curve. ``bar`` shows evaluation lines, prefixed by ``label``."""
         self._bar, self._label = bar, label
-        self._start = time.perf_counter()
-        self._writer = _tensorboard(Path("runs") / "tensorboard" / f"{self.name}-{self.path.name}")
+        self._start_time = time.perf_counter()
+        self._writer = tensorboard_writer(Path("runs") / "tensorboard" / f"{self.name}-{self.path.name}")
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        columns = ["env_steps", "wall_time_s", "return_mean", "return_std", "success_rate", "collision_rate",
-                   "q_loss", "sampler_loss"]
-        if self.run.deterministic_curve:
-            columns += ["det_return_mean", "det_return_std", "det_success_rate"]
+        columns = LOG_COLUMNS + (DETERMINISTIC_COLUMNS if self.run.deterministic_curve else [])
         self._log_file = open(self.log_path, "w", newline="")
         self._log = csv.DictWriter(self._log_file, columns)
         self._log.writeheader()
@@ -432,7 +308,7 @@ class Trainer:
     def record(self, metrics: dict) -> dict:
         """One row of the learning curve (log, TensorBoard, history) from an evaluation's metrics."""
         run = self.run
-        row = {"env_steps": self.env_steps, "wall_time_s": round(time.perf_counter() - self._start, 2),
+        row = {"env_steps": self.env_steps, "wall_time_s": round(time.perf_counter() - self._start_time, 2),
                "return_mean": metrics["return_mean"], "return_std": metrics["return_std"],
                "success_rate": metrics["success_rate"], "collision_rate": metrics["collision_rate"],
                "q_loss": float(self.losses.get("q_loss", np.nan)),
@@ -472,27 +348,31 @@ class Trainer:
             if self.steps_done != self.run.steps:
                 self.checkpoint("training", self.env_steps, row["wall_time_s"], metrics)
 
-    def diverged(self, err: TrainingDiverged) -> TrainingDiverged:
-        """Mark the last checkpoint 'diverged' (it keeps its weights) and say where it is."""
-        checkpointed = (self.path / "manifest.json").exists()
-        kept = f"the last good checkpoint is {self.path} ({self.history[-1]['env_steps']} steps)" \
-            if checkpointed else "no checkpoint had been written yet"
-        if checkpointed:
+    def checkpoint_kept(self) -> str | None:
+        """The last checkpoint and its steps, or None when none was written."""
+        if not (self.path / "manifest.json").exists():
+            return None
+        return f"{self.path} ({self.history[-1]['env_steps']} steps)"
+
+    def mark_diverged(self, err: TrainingDiverged) -> str | None:
+        """Mark the last checkpoint 'diverged' (it keeps its weights); where it is, or None if there is none."""
+        kept = self.checkpoint_kept()
+        if kept is not None:
             update_manifest(self.path, status="diverged", error=str(err))
-        return TrainingDiverged(f"{err}. Training stopped; {kept}.")
+        return kept
 
     def close_log(self) -> None:
-        if getattr(self, "_log_file", None) is not None:
+        if self._log_file is not None:
             self._log_file.close()
             self._log_file = None
-        if getattr(self, "_writer", None) is not None:
+        if self._writer is not None:
             self._writer.close()
             self._writer = None
 
     def finish(self) -> TrainResult:
         """Final evaluations (stochastic and deterministic), the convergence report, the complete checkpoint."""
         run = self.run
-        wall = time.perf_counter() - self._start
+        wall = time.perf_counter() - self._start_time
         final = {"stochastic": self.evaluate(run.final_eval_episodes, deterministic=False),
                  "deterministic": self.evaluate(run.final_eval_episodes, deterministic=True)}
         if run.convergence:

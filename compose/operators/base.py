@@ -1,0 +1,206 @@
+"""What every composition operator is: an object that checks its own settings, says whether it applies to the
+skills being composed, builds and fits its learned parts offline, and gives the energy ``Q_op`` that the composed
+sampler samples (``pi ∝ exp(Q_op/alpha)``). The registry (``OPERATORS``, ``make_operator``) is the one place an
+operator is found by name.
+
+``Q_i``, ``V_i`` and ``pi_i`` are constituent ``i``'s soft Q-function, soft value and Boltzmann policy
+``exp((Q_i - V_i)/alpha)``; ``w`` the weights (sum 1).
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, fields, replace
+from typing import Any, ClassVar, Protocol
+
+import numpy as np
+import torch
+from torch import nn
+
+from skills.sql.many_skills import StackedQ
+
+Energy = Callable[[Any, Any], Any]
+"""``Q_op(obs [..., o], act [..., d]) -> [...]``: tensors in, tensors out (with autograd, for SVGD); numpy in,
+numpy out."""
+
+
+class OperatorError(ValueError):
+    """An operator that does not exist or does not apply: unknown name, weights it does not take, no order."""
+
+
+class ComposedParts(Protocol):
+    """What an operator reads of a composition (``compose.composition.Composition`` answers it)."""
+
+    parts: Sequence[Any]  # the constituent skills (``skills.Skill``)
+    labels: Sequence[str]
+    weights: np.ndarray
+    alpha: float
+    gamma: float
+    obs_dim: int
+    act_dim: int
+
+    @property
+    def q_w(self) -> Any: ...  # ``compose.composition.ComposedQ``: its ``stacked`` Q-networks and ``weights``
+
+    def transitions(self) -> dict[str, np.ndarray]: ...
+
+    def relabelled_transitions(self) -> dict[str, np.ndarray]: ...
+
+
+class NumpyOrTorch:
+    """An energy callable with tensors (autograd kept) or with numpy arrays (no gradient, numpy out)."""
+
+    def forward(self, obs: torch.Tensor, act: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def __call__(self, obs, act):
+        if isinstance(obs, torch.Tensor) and isinstance(act, torch.Tensor):
+            return self.forward(obs, act)
+        with torch.no_grad():
+            return self.forward(torch.as_tensor(np.asarray(obs, np.float32)),
+                                torch.as_tensor(np.asarray(act, np.float32))).numpy()
+
+
+def average(q_all: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """``Q_w = sum_i w_i Q_i`` (Haarnoja et al. 2018, Eq. 2): q_all [N, ...], weights [N] -> [...]."""
+    return torch.tensordot(weights, q_all, dims=1)
+
+
+def flat_states(obs: torch.Tensor) -> tuple[torch.Tensor, tuple[int, ...]]:
+    """obs [..., o] -> ([M, o], its leading shape)."""
+    return obs.reshape(-1, obs.shape[-1]), tuple(obs.shape[:-1])
+
+
+def tensors(data: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
+    """float32 tensors of a dict of arrays."""
+    return {k: torch.as_tensor(np.asarray(v), dtype=torch.float32) for k, v in data.items()}
+
+
+@dataclass(frozen=True)
+class Operator(ABC):
+    """One way of combining N soft Q-functions into one energy. Subclasses are frozen dataclasses whose fields are
+    the operator's settings; ``name`` is its registry name."""
+
+    name: ClassVar[str]
+    summary: ClassVar[str]
+    takes_weights: ClassVar[bool] = True  # the weights define the combined task r_w = sum_i w_i r_i
+    bounded: ClassVar[bool] = False  # the bound of Haarnoja et al. (2018) is about this operator
+
+    def why_not(self, labels: Sequence[str], weighted: bool) -> str | None:
+        """Why this operator does not apply to skills ``labels`` (``weighted``: the user gave weights), or None."""
+        if weighted and not self.takes_weights:
+            takers = ", ".join(n for n, cls in OPERATORS.items() if cls.takes_weights)
+            return f"takes no weights (weights define r_w for {takers} only); drop --weights"
+        return None
+
+    def checked(self, labels: Sequence[str], weighted: bool) -> "Operator":
+        """This operator, or an ``OperatorError`` saying why it does not apply."""
+        why = self.why_not(labels, weighted)
+        if why is not None:
+            raise OperatorError(f"operator {self.name!r} {why}")
+        return self
+
+    def settings(self) -> dict:
+        """What the built networks depend on (part of the cache key)."""
+        return {"name": self.name}
+
+    def cache_settings(self, sampler: dict, bound: dict) -> dict:
+        """Everything a cached build depends on beside the constituents and weights: the sampler's settings and
+        this operator's."""
+        return {"sampler": sampler, "operator": self.settings()}
+
+    def modules(self, composition: ComposedParts) -> dict[str, nn.Module]:
+        """Empty modules for the learned parts (filled by ``fit`` or from the cache)."""
+        return {}
+
+    def fit(self, composition: ComposedParts, progress: bool = False) -> tuple[dict[str, nn.Module], dict]:
+        """Fit the learned parts offline on the constituents' stored transitions (no environment samples)."""
+        return {}, {}
+
+    @abstractmethod
+    def energy(self, composition: ComposedParts, modules: dict[str, nn.Module]) -> Energy:
+        """``Q_op``, from the composition and the (fitted or loaded) learned parts."""
+
+
+@dataclass(frozen=True)
+class FittedOperator(Operator):
+    """An operator with networks fitted offline by TD on stored transitions (``compose.td``), run until
+    ``gamma^backups <= tolerance``."""
+
+    tolerance: float = 1e-2  # gamma^backups, what is left of the TD fit's initial error
+    target_update_interval: int = 25  # updates per backup (hard target copy)
+    batch_size: int = 256  # transitions per update
+    value_samples: int = 64  # importance samples per next state for soft values (a mixture around sampler actions)
+    lr: float = 1e-3  # Adam learning rate
+    hidden: tuple[int, ...] = (128, 128)  # network widths
+    seed: int = 0  # initialisation and draws
+
+    def __post_init__(self) -> None:
+        if not (0 < self.tolerance < 1):
+            raise OperatorError(f"{self.name}: tolerance must be in (0, 1), got {self.tolerance}")
+        small = [k for k in ("target_update_interval", "batch_size", "value_samples") if getattr(self, k) < 1]
+        if small:
+            raise OperatorError(f"{self.name}: {', '.join(small)} must be >= 1")
+
+    def backups(self, gamma: float) -> int:
+        """Target copies for ``gamma^k <= tolerance``."""
+        return max(1, math.ceil(math.log(self.tolerance) / math.log(gamma)))
+
+    def updates(self, gamma: float) -> int:
+        return self.backups(gamma) * self.target_update_interval
+
+    def settings(self) -> dict:
+        keep = ("tolerance", "target_update_interval", "batch_size", "lr", "hidden", "seed", "value_samples")
+        return {"name": self.name} | {k: list(v) if k == "hidden" else v for k, v in vars(self).items() if k in keep}
+
+
+OPERATORS: dict[str, type[Operator]] = {}
+"""Every operator class by name; ``compose.operators`` fills it, in the order the docs list them."""
+
+
+def make_operator(spec: "str | Operator" = "average", **settings: Any) -> Operator:
+    """The operator ``spec`` names (or ``spec`` itself) with ``settings`` (None values ignored). Clear errors for an
+    unknown name (listing the valid ones) and for a setting the operator does not take (naming those that do)."""
+    settings = {k: v for k, v in settings.items() if v is not None}
+    if isinstance(spec, Operator):
+        return replace(spec, **settings) if settings else spec
+    if spec not in OPERATORS:
+        raise OperatorError(f"unknown operator {spec!r}; valid operators: {', '.join(OPERATORS)}")
+    cls = OPERATORS[spec]
+    taken = {f.name for f in fields(cls)}
+    for key in settings:
+        if key not in taken:
+            takers = [n for n, c in OPERATORS.items() if key in {f.name for f in fields(c)}]
+            where = f"operator{'s' if len(takers) > 1 else ''} {', '.join(repr(t) for t in takers)} only" if takers \
+                else "no operator"
+            raise OperatorError(f"setting {key!r} applies to {where}, not {spec!r}")
+    return cls(**settings)
+
+
+@dataclass(frozen=True)
+class OfflineData:
+    """What an offline fit reads: the constituents' Q-networks (stacked) and samplers, stored transitions, and the
+    MDP's ``gamma``, ``alpha`` and observation scale; ``weights`` (dc) or ``values`` (gpi: ``V_i`` at every stored
+    next state) where the fit needs them."""
+
+    stacked: StackedQ
+    samplers: Sequence[nn.Module]
+    transitions: dict[str, np.ndarray]
+    gamma: float
+    obs_scale: torch.Tensor
+    alpha: float = 1.0
+    weights: np.ndarray | None = None
+    values: Sequence[np.ndarray] | None = None
+
+    @classmethod
+    def of(cls, composition: ComposedParts, transitions: dict[str, np.ndarray], **extra: Any) -> "OfflineData":
+        return cls(stacked=stacked_of(composition), samplers=[p.agent.sampler for p in composition.parts],
+                   transitions=transitions, gamma=composition.gamma, alpha=composition.alpha,
+                   obs_scale=composition.parts[0].agent.q.obs_scale, **extra)
+
+
+def stacked_of(composition: ComposedParts) -> StackedQ:
+    """The constituents' Q-networks as one batched ``StackedQ``."""
+    return composition.q_w.stacked

@@ -1,0 +1,78 @@
+"""The composition bound on a run's episodes: the Monte Carlo check (``compose.bound.mc_bound``) and the learned
+functions compared point by point (a diagnostic), for a bounded operator (``average``)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import replace
+
+import numpy as np
+import torch
+
+import skills
+from skills.evaluation import run_episodes
+
+from ..bound import check_bound, episode_starts, mc_bound, mc_soft_q
+from ..build import Built
+from ..composition import Composition
+from ..policy import ComposedPolicy
+from .evaluation import Pairs, record_pairs
+from .settings import EvaluationConfig
+
+MAX_BOUND_PAIRS = 5000
+FORM = "tight: C = gamma E[delta(s') + max_a' C(s',a')], delta = sum_i w_i V_i - V_w"
+
+
+def learned_bound(composition: Composition, built: Built, joint: skills.Skill | None, joint_note: str,
+                  pairs: Pairs) -> dict:
+    """``Q_w - C <= Q_joint <= Q_w`` point by point on the composed policy's pairs. This compares learned
+    functions with each other; it is kept as a diagnostic, not as a test of the theorem."""
+    assert built.correction is not None
+    obs = torch.as_tensor(np.stack([p[0] for p in pairs[:MAX_BOUND_PAIRS]]))
+    act = torch.as_tensor(np.stack([p[1] for p in pairs[:MAX_BOUND_PAIRS]]))
+    with torch.no_grad():
+        q_w = composition.q_w(obs, act).numpy()
+        c = built.correction(obs, act).numpy()
+    out = {"label": "learned functions compared point by point (Q_joint stands in for Q*_w); a diagnostic, "
+                    "not a test: see bound.mc"}
+    if joint is None:
+        return out | {"holds_fraction": None, "mean_C": float(np.mean(c)), "mean_gap": None,
+                      "mean_Q_w": float(np.mean(q_w)), "note": joint_note}
+    return out | check_bound(q_w, c, joint.q(obs.numpy(), act.numpy()))
+
+
+def bound_checks(composition: Composition, built: Built, reference: tuple[skills.Skill | None, str], pairs: Pairs,
+                 make_env: Callable, evaluation: EvaluationConfig) -> dict:
+    """The ``bound`` record of a report: the Monte Carlo check on fresh episodes of the composed policy (unless
+    ``evaluation.mc`` is None) and the learned comparison on ``pairs``."""
+    joint, joint_note = reference
+    assert built.correction is not None
+    bound: dict = {"form": FORM, "gap_on_stored_states": built.info.get("gap", {})}
+    if evaluation.mc is not None:
+        mc_policy = ComposedPolicy(composition, built.sampler, evaluation.seed + 1)
+        bound["mc"] = mc_bound(mc_policy, joint, built.correction, make_env, composition.task.reward_range,
+                               composition.task.family.horizon, evaluation.mc)
+    bound["learned"] = learned_bound(composition, built, joint, joint_note, pairs)
+    return bound
+
+
+def episode_bound(composition: Composition, composed: ComposedPolicy, built: Built, joint: skills.Skill | None,
+                  make_env: Callable, evaluation: EvaluationConfig) -> dict:
+    """Learned ``Q_w``, ``Q_w - C``, ``Q_joint`` along one composed episode, with Monte Carlo soft returns (95% CIs)
+    of both policies at every 5th step (``mc_rows``, when the MC check runs): the data of the episode figure."""
+    assert built.correction is not None
+    episode: Pairs = []
+    env = make_env()
+    run_episodes(env, record_pairs(lambda o: composed.act(o), episode), 1, evaluation.seed)
+    env.close()
+    e_obs, e_act = (np.stack([p[i] for p in episode]) for i in (0, 1))
+    with torch.no_grad():
+        q_w = composition.q_w(torch.as_tensor(e_obs), torch.as_tensor(e_act)).numpy()
+        c = built.correction(torch.as_tensor(e_obs), torch.as_tensor(e_act)).numpy()
+    q_joint = joint.q(e_obs, e_act) if joint is not None else None
+    mc_rows = None
+    if evaluation.mc is not None:
+        mc_cfg = replace(evaluation.mc, rollouts=max(2, evaluation.mc.rollouts // 2))
+        starts = episode_starts(composed, make_env, evaluation.seed, list(range(0, len(episode), 5)))
+        mc_rows, *_ = mc_soft_q(composed, joint, built.correction, make_env, composition.task.reward_range, starts, mc_cfg)
+    return {"q_w": q_w, "c": c, "q_joint": q_joint, "mc_rows": mc_rows}

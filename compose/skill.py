@@ -1,0 +1,119 @@
+"""A composition that acts like a skill: ``compose.load`` gives one.
+
+``ComposedSkill`` is a ``compose.composition.Composition`` (constituents, weights, operator, ``Q_w``) with the calls a
+skill answers (``act``, ``sample``, ``q``, ``value``; ``skills.policy.SoftPolicy``), ``build`` (the composed sampler
+and the operator's learned parts, from the library cache or trained on first use with no environment samples)
+and ``save`` (into the skill library, ``compose.library``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+import skills
+
+from .bound import BoundConfig
+from .build import Built, build
+from .composition import Composition
+from .library import reopen, save, saved_entry
+from .operators import Operator, make_operator
+from .policy import ComposedPolicy
+from .sampling import SamplerConfig
+
+
+class ComposedSkill(Composition):
+    """A composition of skills that acts like a skill (``act``, ``sample``, ``q``, ``value``).
+
+    The amortized sampler they need is built on first use (a progress bar; no environment samples) or loaded from
+    the library cache, where ``compose.run`` and ``build()`` leave it.
+    """
+
+    def __init__(self, parts: Sequence[skills.Skill], weights: Sequence[float] | None = None,
+                 labels: Sequence[str] | None = None, library: str | None = None, seed: int = 0,
+                 operator: str | Operator = "average"):
+        super().__init__(parts, weights, labels, library, seed, operator)
+        self._policy: ComposedPolicy | None = None
+        self.saved: Path | None = None  # the library entry it was reopened from (``load`` of a saved name)
+
+    def build(self, progress: bool = True, sampler_cfg: SamplerConfig | None = None,
+              bound_cfg: BoundConfig | None = None) -> Built:
+        """Train the composed sampler and what the operator needs (or load them from the library cache); returns
+        ``compose.build.Built``. Acting calls this on first use, with the default settings."""
+        built = build(self, self.library, progress, sampler_cfg, bound_cfg)
+        self._policy = ComposedPolicy(self, built.sampler, self.seed, q_fn=built.q)
+        return built
+
+    @property
+    def policy(self) -> ComposedPolicy:
+        """The composed max-ent policy (``compose.policy.ComposedPolicy``), built on first use."""
+        if self._policy is None:
+            self.build()
+        assert self._policy is not None
+        return self._policy
+
+    @property
+    def q(self):
+        """The composed soft Q-function the policy samples, ``pi ∝ exp(q/alpha)``: ``Q_w`` (``ComposedQ``, with
+        ``gap``) for ``average``; the operator's energy otherwise (its learned parts built on first use).
+        Callable: tensors in, tensors out (with autograd); numpy in, numpy out."""
+        return self.q_w if self.operator.bounded else self.policy.q_fn
+
+    def act(self, obs, deterministic: bool = False) -> np.ndarray:
+        """One action per state [o] or [B, o]: a sample of ``pi`` (``deterministic``: the best of 32 under the energy)."""
+        return self.policy.act(obs, deterministic)
+
+    def sample(self, obs, n: int):
+        """``n`` actions per state from the composed sampler: [B, o] -> [B, n, d]."""
+        return self.policy.sample(obs, n)
+
+    def value(self, obs, n_samples: int = 1024):
+        """``V(s) = alpha log ∫ exp(Q(s,a)/alpha) da`` of the energy: [B, o] -> [B]."""
+        return self.policy.value(obs, n_samples)
+
+    def save(self, name: str | None = None, library: str | Path | None = None, progress: bool = True) -> Path:
+        """Write this composition to the skill library as ``<name>/v<N>`` (default name ``"reach+avoid.composed"``,
+        default library its constituents'): ``compose.load(name)`` and ``skills.load(name)`` reopen it with no
+        rebuild. Builds the sampler first if needed. Returns the new version's directory."""
+        if self._policy is None and self.operator.bounded:
+            self.build(progress=progress)
+        sampler = self._policy.sampler if self._policy is not None else None
+        return save(self, sampler, name, library)
+
+
+def load(spec: str | Sequence[str], weights: Sequence[float] | None = None, library: str | None = None,
+         seed: int = 0, allow_stale: bool = False, operator: str | Operator = "average",
+         **settings: Any) -> ComposedSkill:
+    """Load ``"reach+avoid"`` (or a list of skill names) from the library and compose them; or reopen a
+    saved composition by its name (``"reach+avoid.composed"``, ``ComposedSkill.save``).
+
+    The result acts like a skill (``act``, ``sample``, ``q``, ``value``); its sampler comes from the saved
+    entry, the library cache, or is built on first use. ``seed`` seeds its sampling. A saved composition
+    whose constituents were retrained since is refused (``skills.StaleSkillError``) unless ``allow_stale``.
+    ``operator`` picks how the skills combine (an ``compose.operators.Operator``, or its name with its
+    ``settings``, e.g. ``operator="priority", order=["avoid", "reach"]``); every operator returns this same
+    policy object.
+    """
+    if isinstance(spec, (str, Path)):
+        saved = saved_entry(str(spec), library)
+        if saved is not None:
+            if weights is not None or operator != "average" or settings:
+                raise ValueError(f"{spec} is a saved composition with its own weights and operator; compose its "
+                                 "constituents to choose others")
+            return reopened(saved, library, seed, allow_stale)
+    names = str(spec).split("+") if isinstance(spec, (str, Path)) else list(spec)
+    return ComposedSkill([skills.load(n, library) for n in names], weights, labels=names, library=library, seed=seed,
+                         operator=make_operator(operator, **settings))
+
+
+def reopened(path: Path, library: str | None, seed: int, allow_stale: bool) -> ComposedSkill:
+    """The ``ComposedSkill`` a saved entry holds, with its sampler: no rebuild."""
+    parts, record, sampler, own = reopen(path, allow_stale)
+    composition = ComposedSkill(parts, list(record.weights), labels=[p.spec for p in record.constituents],
+                                library=library if library is not None else str(own), seed=seed)
+    composition._policy = ComposedPolicy(composition, sampler, seed)
+    composition.saved = path
+    return composition
