@@ -20,7 +20,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from envs.cli import add_arm_arguments, arm_kwargs
+from envs.cli import add_arm_arguments, add_task_arguments, arm_kwargs, load_task_modules
 from skills.cli import positive_int, weight_list
 from skills.train import run_training
 from skills.training import MultiSeedTrainer, Trainer, TrainResult
@@ -50,6 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.add_argument("--no-convergence", action="store_true", help="skip the final convergence report")
     add_arm_arguments(parser)
+    add_task_arguments(parser)
     return parser
 
 
@@ -61,6 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     names: list[str] = []
 
     def make_trainer() -> MultiSeedTrainer:
+        load_task_modules(args.tasks)
         composition = load(args.spec, weights=args.weights, library=args.library, seed=args.seed)
         names.append(composition.name)
         task = combined_task_name(composition)  # refuse before building anything

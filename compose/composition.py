@@ -14,7 +14,8 @@ import torch
 
 import envs
 import skills
-from envs.core import Task
+from envs.core import Task, weighted_task
+from skills.library import task_of
 from skills.sql import soft_value_from_samples, uniform_actions
 from skills.sql.many_skills import ComposedSoftQNetwork, StackedQ
 
@@ -106,17 +107,15 @@ class ComposedQ:
 
 def combined_task(parts: Sequence[skills.Skill], weights: np.ndarray) -> Task:
     """The task whose reward is ``sum_i w_i r_i`` over the parts' own tasks."""
-    tasks = [envs.get_task(s.task) for s in parts]
+    tasks = [task_of(s.info) for s in parts]
     name = "+".join(t.name for t in tasks)
-    if np.allclose(weights, weights[0]) and name in envs.TASKS:
-        return envs.TASKS[name]
-    terms: dict[str, float] = {}
-    for w, task in zip(weights, tasks, strict=False):
-        for term, tw in task.weights.items():
-            terms[term] = terms.get(term, 0.0) + float(w) * tw
-    success = tuple(dict.fromkeys(c for t in tasks for c in t.success))
-    label = "+".join(f"{w:.3g}*{t.name}" for w, t in zip(weights, tasks, strict=False))
-    return Task(label, tasks[0].family, terms, success, parts=tuple(t.name for t in tasks))
+    if np.allclose(weights, weights[0]):
+        try:
+            return envs.get_task(name)  # registered (e.g. reach+avoid), or the mean of distinct registered tasks
+        except envs.UnknownNameError:
+            return weighted_task(name, tasks, list(weights))  # e.g. two versions of one skill
+    label = "+".join(f"{w:.3g}*{t.name}" for w, t in zip(weights, tasks, strict=True))
+    return weighted_task(label, tasks, list(weights))
 
 
 class Composition:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from envs.cli import run_command
+from envs.cli import add_task_arguments, load_task_modules, run_command
 from skills.cli import weight_list
 
 from .skill import load
@@ -31,6 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "$COMPOSABLE_SKILLS_LIBRARY)")
     parser.add_argument("--out", help="library to write into (default: the skills' library)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar if the sampler must be built")
+    add_task_arguments(parser)
     return parser
 
 
@@ -38,6 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
 
     def body() -> int:
+        load_task_modules(args.tasks)
         composition = load(args.spec, weights=args.weights, library=args.library)
         path = composition.save(name=args.name, library=args.out or args.library, progress=not args.no_progress)
         made_from = ", ".join(f"{p.name} v{p.info.version}" for p in composition.parts)

@@ -85,14 +85,16 @@ class ComposedSkill(Composition):
 
 
 def load(spec: str | Sequence[str], weights: Sequence[float] | None = None, library: str | None = None,
-         seed: int = 0, allow_stale: bool = False, operator: str | Operator = "average",
+         seed: int = 0, allow_stale: bool = False, operator: str | Operator = "average", allow_changed_task: bool = False,
          **settings: Any) -> ComposedSkill:
     """Load ``"reach+avoid"`` (or a list of skill names) from the library and compose them; or reopen a
     saved composition by its name (``"reach+avoid.composed"``, ``ComposedSkill.save``).
 
     The result acts like a skill (``act``, ``sample``, ``q``, ``value``); its sampler comes from the saved
     entry, the library cache, or is built on first use. ``seed`` seeds its sampling. A saved composition
-    whose constituents were retrained since is refused (``skills.StaleSkillError``) unless ``allow_stale``.
+    whose constituents were retrained since is refused (``skills.StaleSkillError``) unless ``allow_stale``; skills
+    whose task has been defined differently since they were trained (``skills.TaskChangedError``) unless
+    ``allow_changed_task``.
     ``operator`` picks how the skills combine (an ``compose.operators.Operator``, or its name with its
     ``settings``, e.g. ``operator="priority", order=["avoid", "reach"]``); every operator returns this same
     policy object.
@@ -105,7 +107,8 @@ def load(spec: str | Sequence[str], weights: Sequence[float] | None = None, libr
                                  "constituents to choose others")
             return reopened(saved, library, seed, allow_stale)
     names = str(spec).split("+") if isinstance(spec, (str, Path)) else list(spec)
-    return ComposedSkill([skills.load(n, library) for n in names], weights, labels=names, library=library, seed=seed,
+    parts = [skills.load(n, library, allow_changed_task=allow_changed_task) for n in names]
+    return ComposedSkill(parts, weights, labels=names, library=library, seed=seed,
                          operator=make_operator(operator, **settings))
 
 

@@ -34,7 +34,7 @@ import torch
 
 import envs
 import skills
-from envs.cli import add_arm_arguments, arm_kwargs, run_command
+from envs.cli import add_arm_arguments, add_task_arguments, arm_kwargs, load_task_modules, run_command
 from skills.cli import positive_int, seed_list
 from skills.library import atomic_write_text
 from skills.training import MultiSeedTrainer, Trainer
@@ -82,7 +82,6 @@ def aggregate(per_seed: Sequence[float | None]) -> dict:
 @dataclass(frozen=True)
 class Settings:
     """What every trial of a study shares."""
-
     library: str  # where new skills go
     out: str  # where reports and trial records go
     steps: int | None = None  # override every training budget (smoke runs)
@@ -90,6 +89,7 @@ class Settings:
     mc: bool = True  # the Monte Carlo bound check in the stochastic evaluation
     quick_build: bool = False  # small composed-sampler and bound builds (tests)
     env_kwargs: tuple = ()  # envs.make options of the evaluation, e.g. a custom arm: (("arm", path), ...)
+    task_modules: tuple[str, ...] = ()  # a user's task definitions (--tasks), loaded in every trial's process
 
 
 def train_settings(task: str, seed: int, settings: Settings):
@@ -107,7 +107,6 @@ def train_settings(task: str, seed: int, settings: Settings):
 def find_trained(task: str, seed: int, settings: Settings) -> str | None:
     """A complete skill of ``task`` with this seed, budget and SQL settings, in the study library or the
     default one: its path, or None."""
-
     sql, run = train_settings(task, seed, settings)
     for library in (settings.library, None):
         for entry in reversed(skills.list_skills(library)):
@@ -120,8 +119,7 @@ def find_trained(task: str, seed: int, settings: Settings) -> str | None:
 
 def train_trial(task: str, seed: int, settings: Settings) -> dict:
     """Make sure a skill of ``task`` exists for ``seed``; returns its path and learning curve."""
-
-
+    load_task_modules(settings.task_modules)
     torch.set_num_threads(1)
     found = find_trained(task, seed, settings)
     if found is None:
@@ -136,8 +134,7 @@ def train_seeds_trial(task: str, seeds: Sequence[int], settings: Settings) -> di
     """Make sure skills of ``task`` exist for all ``seeds``, training the missing ones together in one process
     (``skills.training.loop``: one stacked update; each seed equals the seed trained alone); ``train_trial``'s record per
     seed, keyed by that trial's key."""
-
-
+    load_task_modules(settings.task_modules)
 
     torch.set_num_threads(1)
     missing = [seed for seed in seeds if find_trained(task, seed, settings) is None]
@@ -149,8 +146,7 @@ def train_seeds_trial(task: str, seeds: Sequence[int], settings: Settings) -> di
 
 def eval_trial(spec: str, seed: int, paths: dict[str, str], settings: Settings) -> dict:
     """``compose.run`` of this seed's skills, stochastic then deterministic: the rows that the study aggregates."""
-
-
+    load_task_modules(settings.task_modules)
     torch.set_num_threads(1)
     parts = spec.split("+")
     build_config = BuildConfig(progress=False)
@@ -230,7 +226,6 @@ def run_ray(jobs: list[tuple[str, Callable, tuple]], address: str | None, done: 
 def run_phase(jobs: list[tuple[str, Callable, tuple]], out: Path, executor: Callable) -> tuple[dict, dict]:
     """Run the jobs not yet recorded under ``out/trials``, recording each as it finishes (so an interrupted
     study loses only the trials in flight); returns (results, failures) by key."""
-
     results, failures, pending = {}, {}, []
     for key, fn, args in jobs:
         record = trial_record(out, key)
@@ -254,12 +249,12 @@ def run_phase(jobs: list[tuple[str, Callable, tuple]], out: Path, executor: Call
 @dataclass(frozen=True)
 class TrialOptions:
     """How each trial trains and evaluates (``Settings`` without the paths)."""
-
     steps: int | None = None  # override every training budget (smoke runs)
     episodes: int = 100  # evaluation episodes per policy
     mc: bool = True  # the Monte Carlo bound check in the stochastic evaluation
     quick_build: bool = False  # small composed-sampler and bound builds (tests)
     env_kwargs: dict | None = None  # envs.make options of the evaluation, e.g. a custom arm
+    task_modules: tuple[str, ...] = ()  # a user's task definitions (--tasks), loaded in every trial's process
 
 
 @dataclass(frozen=True)
@@ -267,7 +262,6 @@ class Runner:
     """Where the trials run: a local process pool of ``workers`` (default: the CPU count), or Ray (``ray_address``
     None: a local Ray; an address: that cluster; False: no Ray); ``stacked``: each task's missing seeds train together
     in one trial (``skills.training.loop``)."""
-
     workers: int | None = None
     ray_address: str | None | bool = False
     stacked: bool = False
@@ -283,16 +277,19 @@ class Runner:
 def study(specs: Sequence[str], seeds: Sequence[int], *, out: str | Path, library: str | Path | None = None,
           trials: TrialOptions = TrialOptions(), runner: Runner = Runner()) -> dict:
     """Train, compose and evaluate ``specs`` over ``seeds``; aggregate; write study.json, study.md and plots."""
-
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    load_task_modules(trials.task_modules)
     for spec in specs:
+        if spec not in envs.TASKS and "+" in spec:
+            envs.get_task(spec)  # the mean of registered tasks: registered now
         if spec not in envs.TASKS or not envs.TASKS[spec].parts:
             combined = [n for n, t in envs.TASKS.items() if t.parts]
             raise ValueError(f"{spec!r} is not a combined task with a joint reference; combined tasks: {', '.join(combined)}")
     settings = Settings(library=str(library or out / "library"), out=str(out), steps=trials.steps,
                         episodes=trials.episodes, mc=trials.mc, quick_build=trials.quick_build,
-                        env_kwargs=tuple(sorted((trials.env_kwargs or {}).items())))
+                        env_kwargs=tuple(sorted((trials.env_kwargs or {}).items())),
+                        task_modules=tuple(trials.task_modules))
     executor = runner.executor()
     started = time.perf_counter()
     tasks = list(dict.fromkeys(t for spec in specs for t in (*spec.split("+"), spec)))
@@ -324,7 +321,6 @@ def study(specs: Sequence[str], seeds: Sequence[int], *, out: str | Path, librar
 def train_stacked(tasks: Sequence[str], seeds: Sequence[int], settings: Settings, out: Path, executor: Callable) -> dict:
     """One ``train_seeds_trial`` per task over its seeds without a trial record; each finished seed gets its own
     record (as ``train_trial``'s), so a rerun skips it. Returns the failures by key."""
-
     jobs = []
     for task in tasks:
         pending = [seed for seed in seeds if not trial_record(out, f"train-{task}-seed{seed}").exists()]
@@ -484,13 +480,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--stacked", action="store_true", help="train each task's seeds together in one process "
                         "(skills.train --seeds: one stacked update, each seed as if trained alone)")
     add_arm_arguments(parser)
+    add_task_arguments(parser)
     args = parser.parse_args(argv)
     out = Path(args.out or Path("runs") / "study" / time.strftime("%Y%m%d-%H%M%S"))
 
     def body() -> int:
         result = study(args.specs, args.seeds, out=out, library=args.library,
                        trials=TrialOptions(steps=args.steps, episodes=args.episodes, mc=not args.no_mc,
-                                           env_kwargs=arm_kwargs(args)),
+                                           env_kwargs=arm_kwargs(args), task_modules=tuple(args.tasks)),
                        runner=Runner(workers=args.workers, ray_address=args.ray, stacked=args.stacked))
         print(markdown(result))
         if args.json:

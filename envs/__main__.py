@@ -8,6 +8,7 @@ import sys
 import numpy as np
 
 import envs
+from envs.cli import add_task_arguments, load_task_modules, run_command
 
 
 def save_frame(task: str, path: str, seed: int = 0, steps: int = 5, width: int = 640, height: int = 480) -> str:
@@ -30,19 +31,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("task", nargs="?", help="task to render")
     parser.add_argument("--frame", metavar="PNG", help="write a rendered frame here")
     parser.add_argument("--seed", type=int, default=0, help="reset seed (default: 0)")
+    add_task_arguments(parser)
     args = parser.parse_args(argv)
-    if args.task is None:
-        for name, task in envs.TASKS.items():
-            terms = " + ".join(f"{w:g}*{k}" for k, w in task.weights.items())
-            print(f"{name:16s} family {task.family.name:10s} reward {terms}")
-        return 0
-    try:
+
+    def body() -> int:
+        load_task_modules(args.tasks)
+        if args.task is None:
+            for name, task in envs.TASKS.items():
+                terms = " + ".join(f"{w:g}*{k}" for k, w in task.weights.items())
+                print(f"{name:16s} family {task.family.name:10s} reward {terms}   ({task.source})")
+            return 0
         envs.get_task(args.task)
-    except KeyError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    print(save_frame(args.task, args.frame or f"{args.task}.png", args.seed))
-    return 0
+        print(save_frame(args.task, args.frame or f"{args.task}.png", args.seed))
+        return 0
+
+    return run_command(body)
 
 
 if __name__ == "__main__":

@@ -12,6 +12,8 @@ import sys
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from .tasks import load_tasks
+
 BAD_INPUT, CANNOT_WRITE = 2, 1  # exit codes
 Handler = Callable[[BaseException], int]
 
@@ -48,6 +50,18 @@ def workspace_origin(text: str) -> tuple[float, float, float] | str:
     if len(values) != 3 or not all(math.isfinite(v) for v in values):
         raise argparse.ArgumentTypeError(f"expected X,Y,Z in metres (three finite numbers) or auto, got {text!r}")
     return values  # type: ignore[return-value]
+
+
+def add_task_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--tasks FILE_OR_MODULE`` (repeatable): tasks defined in a user's code (``envs.load_tasks``)."""
+    parser.add_argument("--tasks", action="append", metavar="FILE_OR_MODULE", default=[],
+                        help="load tasks defined in your own code first: a .py file or an importable module "
+                             "(repeatable); then name them like built-in tasks, e.g. reach+stay_low")
+
+
+def load_task_modules(modules: list[str] | tuple[str, ...]) -> list[str]:
+    """Load every user task module given with ``--tasks``; the names of the tasks they registered."""
+    return [name for module in modules for name in load_tasks(module)]
 
 
 def add_arm_arguments(parser: argparse.ArgumentParser) -> None:

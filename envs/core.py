@@ -12,14 +12,50 @@ so rewards can be recomputed on any batch of states, which composition and evalu
 from __future__ import annotations
 
 import difflib
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from types import MappingProxyType
+from typing import Any
 
 import numpy as np
 
 TermFn = Callable[[np.ndarray, np.ndarray], np.ndarray]
 """``(next_obs[B, obs_dim], action[B, act_dim]) -> value[B]``."""
+RANGE_TOLERANCE = 1e-6  # a term may exceed its declared (min, max) by this much (float rounding)
+
+
+class TermError(ValueError):
+    """A reward term or success check that broke its contract: wrong shape, NaN or inf, or outside its range."""
+
+
+@dataclass(frozen=True)
+class Term:
+    """A reward term a user declares: ``fn(next_obs [B, o], action [B, d]) -> [B]``, from observations and actions
+    alone (so rewards can be recomputed on stored batches), within ``range = (min, max)`` per step."""
+
+    name: str
+    fn: TermFn
+    range: tuple[float, float]
+
+    def __post_init__(self) -> None:
+        low, high = (float(x) for x in self.range)
+        if not (math.isfinite(low) and math.isfinite(high) and low <= high):
+            raise ValueError(f"term {self.name!r}: range must be two finite numbers (min, max) with min <= max, "
+                             f"got {self.range}")
+        if not callable(self.fn):
+            raise ValueError(f"term {self.name!r}: fn must be a function of (next_obs, action), got {self.fn!r}")
+        object.__setattr__(self, "range", (low, high))
+
+
+@dataclass(frozen=True)
+class Check:
+    """A success criterion a user declares: ``fn(next_obs [B, o], action [B, d]) -> [B] bool``; ``every_step``: it
+    must hold at every step of the episode (else at the last one)."""
+
+    name: str
+    fn: TermFn
+    every_step: bool = False
 
 
 class UnknownNameError(KeyError, ValueError):
@@ -32,7 +68,8 @@ class UnknownNameError(KeyError, ValueError):
         hint = f" Did you mean {close[0]!r}?" if close else ""
         place = f" in {where}" if where else ""
         listing = ", ".join(self.valid) if self.valid else "(none)"
-        super().__init__(f"unknown {kind} {name!r}{place}.{hint} Valid {kind}s: {listing}")
+        plural = kind[:-1] + "ies" if kind.endswith("y") else kind + "s"
+        super().__init__(f"unknown {kind} {name!r}{place}.{hint} Valid {plural}: {listing}")
 
     def __str__(self) -> str:  # KeyError would quote the message
         return self.args[0]
@@ -54,11 +91,47 @@ class Family:
     plane: Callable[[np.ndarray], np.ndarray] | None = None
     plane_marks: Callable[[np.ndarray], np.ndarray] | None = None
     plane_label: str = ""
+    # training settings a family suggests (SQLConfig fields such as alpha, and "steps"); the toolkit's own families
+    # keep theirs in skills.training.defaults
+    training: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         missing = set(self.terms) - set(self.term_ranges)
         if missing:
             raise ValueError(f"family {self.name!r}: no (min, max) range for reward terms {sorted(missing)}")
+        object.__setattr__(self, "terms", MappingProxyType(dict(self.terms)))
+        object.__setattr__(self, "success_checks", MappingProxyType(dict(self.success_checks)))
+        object.__setattr__(self, "term_ranges", MappingProxyType(dict(self.term_ranges)))
+
+    def extended(self, terms: Sequence[Term] = (), checks: Sequence[Check] = ()) -> "Family":
+        """This family (same MDP, same name) with more reward terms and success checks. A name that the family
+        already defines is refused unless it is the very same definition (as when a combined task gathers its
+        parts' terms)."""
+        new_terms, ranges = dict(self.terms), dict(self.term_ranges)
+        new_checks, every = dict(self.success_checks), set(self.every_step)
+        for term in terms:
+            if term.name in new_terms and (new_terms[term.name] is not term.fn or ranges[term.name] != term.range):
+                raise ValueError(f"reward term {term.name!r} collides with a term family {self.name!r} already defines "
+                                 f"(terms: {', '.join(sorted(new_terms))}); give yours another name")
+            new_terms[term.name], ranges[term.name] = term.fn, term.range
+        for check in checks:
+            if check.name in new_checks and (new_checks[check.name] is not check.fn or
+                                             (check.name in every) != check.every_step):
+                raise ValueError(f"success check {check.name!r} collides with a check family {self.name!r} already "
+                                 f"defines (checks: {', '.join(sorted(new_checks))}); give yours another name")
+            new_checks[check.name] = check.fn
+            if check.every_step:
+                every.add(check.name)
+        return replace(self, terms=new_terms, term_ranges=ranges, success_checks=new_checks, every_step=frozenset(every))
+
+    def merged(self, other: "Family") -> "Family":
+        """This family with ``other``'s terms and checks (the same MDP, as two tasks of it may define different
+        user terms); a name the two define differently is refused."""
+        if other.name != self.name:
+            raise ValueError(f"cannot combine tasks of different families: {self.name!r} and {other.name!r}")
+        terms = [Term(k, fn, other.term_ranges[k]) for k, fn in other.terms.items()]
+        checks = [Check(k, fn, k in other.every_step) for k, fn in other.success_checks.items()]
+        return self.extended(terms, checks)
 
 
 @dataclass(frozen=True)
@@ -70,11 +143,22 @@ class Task:
     weights: Mapping[str, float]  # term name -> weight
     success: tuple[str, ...]  # success criteria that must all hold (names in family.success_checks)
     parts: tuple[str, ...] = field(default=())  # constituent task names for a combined task
+    source: str = ""  # where the task is defined: a module name, or the file a user's tasks were loaded from
+
+    @property
+    def user_defined(self) -> bool:
+        """Defined (in part) outside the toolkit's own modules: a user's objective."""
+        return any(not part.strip().startswith("envs.") for part in self.source.split(","))
 
     def __post_init__(self) -> None:
         unknown = set(self.weights) - set(self.family.terms)
         if unknown:
-            raise ValueError(f"task {self.name!r}: no such reward terms {sorted(unknown)}")
+            raise ValueError(f"task {self.name!r}: no such reward terms {sorted(unknown)} in family "
+                             f"{self.family.name!r} (its terms: {', '.join(sorted(self.family.terms))})")
+        missing = set(self.success) - set(self.family.success_checks)
+        if missing:
+            raise ValueError(f"task {self.name!r}: no such success checks {sorted(missing)} in family "
+                             f"{self.family.name!r} (its checks: {', '.join(sorted(self.family.success_checks))})")
         object.__setattr__(self, "weights", MappingProxyType(dict(self.weights)))
 
     @property
@@ -93,9 +177,10 @@ class Task:
         return low, high
 
     def reward_terms(self, next_obs: np.ndarray, action: np.ndarray) -> dict[str, np.ndarray]:
-        """Every term of the family on a batch: ``{name: [B]}``."""
+        """Every term of the family on a batch: ``{name: [B]}``, each checked (``checked_term``)."""
         next_obs, action = np.atleast_2d(next_obs), np.atleast_2d(action)
-        return {name: fn(next_obs, action) for name, fn in self.family.terms.items()}
+        return {name: checked_term(name, fn(next_obs, action), next_obs, self.family.term_ranges[name])
+                for name, fn in self.family.terms.items()}
 
     def reward(self, next_obs: np.ndarray, action: np.ndarray) -> np.ndarray:
         """The task reward on a batch: ``[B]``."""
@@ -108,7 +193,34 @@ class Task:
     def checks(self, next_obs: np.ndarray, action: np.ndarray) -> dict[str, np.ndarray]:
         """Every success criterion of the family on a batch: ``{name: [B] bool}``."""
         next_obs, action = np.atleast_2d(next_obs), np.atleast_2d(action)
-        return {k: np.asarray(fn(next_obs, action), bool) for k, fn in self.family.success_checks.items()}
+        return {k: checked_term(k, fn(next_obs, action), next_obs, None).astype(bool)
+                for k, fn in self.family.success_checks.items()}
+
+
+def checked_term(name: str, values, next_obs: np.ndarray, bounds: tuple[float, float] | None) -> np.ndarray:
+    """A term's (or a check's) values on a batch, checked: shape ``[B]``, finite, and within ``bounds`` (a term's
+    declared per-step range, give or take ``RANGE_TOLERANCE``). A ``TermError`` says which term, what was wrong,
+    and where (the row and its observation)."""
+    batch = len(next_obs)
+    out = np.asarray(values)
+    if out.shape != (batch,):
+        raise TermError(f"reward term or check {name!r} returned shape {out.shape} for a batch of {batch} observations; "
+                        f"it must return one value per row: shape ({batch},)")
+    if out.dtype == bool:
+        return out
+    try:
+        x = out.astype(np.float64)  # for the checks only: the values go on as the term made them
+    except (TypeError, ValueError) as err:
+        raise TermError(f"reward term or check {name!r} returned {out.dtype} values; numbers are needed ({err})") from None
+    bad = ~np.isfinite(x)
+    if bounds is not None:
+        bad |= (x < bounds[0] - RANGE_TOLERANCE) | (x > bounds[1] + RANGE_TOLERANCE)
+    if bad.any():
+        row = int(np.argmax(bad))
+        where = f"at row {row} (next_obs {np.round(np.asarray(next_obs[row], np.float64), 4).tolist()})"
+        what = "a non-finite value" if not np.isfinite(x[row]) else f"{x[row]:.6g}, outside its declared range {bounds}"
+        raise TermError(f"reward term {name!r} returned {what} {where}")
+    return out
 
 
 def checked_action(action, dim: int) -> np.ndarray:
@@ -146,14 +258,25 @@ class EpisodeTracker:
         return float(self.task.combine(terms)), info
 
 
-def mean_task(name: str, tasks: list[Task]) -> Task:
+def mean_task(name: str, tasks: Sequence[Task]) -> Task:
     """The combined task whose reward is exactly the mean of ``tasks``' rewards."""
+    return weighted_task(name, tasks, [1.0 / len(tasks)] * len(tasks))
+
+
+def weighted_task(name: str, tasks: Sequence[Task], weights: Sequence[float]) -> Task:
+    """The combined task whose reward is ``sum_i w_i r_i`` over ``tasks``' rewards, on their family with every
+    term and check its parts use (user terms included); success needs every part's criteria."""
     families = {t.family.name for t in tasks}
     if len(families) != 1:
-        raise ValueError(f"cannot combine tasks of different families: {sorted(families)}")
-    weights: dict[str, float] = {}
-    for task in tasks:
-        for term, w in task.weights.items():
-            weights[term] = weights.get(term, 0.0) + w / len(tasks)
+        raise ValueError("cannot combine tasks of different families: "
+                         + ", ".join(f"{t.name!r} is {t.family.name!r}" for t in tasks))
+    family = tasks[0].family
+    for task in tasks[1:]:
+        family = family.merged(task.family)
+    combined: dict[str, float] = {}
+    for w, task in zip(weights, tasks, strict=True):
+        for term, tw in task.weights.items():
+            combined[term] = combined.get(term, 0.0) + float(w) * tw
     success = tuple(dict.fromkeys(s for t in tasks for s in t.success))
-    return Task(name, tasks[0].family, weights, success, parts=tuple(t.name for t in tasks))
+    sources = sorted({t.source for t in tasks if t.source})
+    return Task(name, family, combined, success, parts=tuple(t.name for t in tasks), source=", ".join(sources))

@@ -17,6 +17,7 @@ from .library import (
     Skill,
     SkillError,
     StaleSkillError,
+    TaskChangedError,
     UnsupportedFormatError,
     default_library,
     list_skills,
@@ -27,6 +28,7 @@ from .sql import SoftQLearning, SQLConfig, TrainingDiverged
 from .training import TrainConfig, Trainer, TrainResult
 
 __all__ = [
-    "CorruptSkillError", "SQLConfig", "Skill", "SkillError", "SoftQLearning", "StaleSkillError", "TrainConfig", "TrainResult",
+    "CorruptSkillError", "SQLConfig", "Skill", "SkillError", "SoftQLearning", "StaleSkillError", "TaskChangedError",
+    "TrainConfig", "TrainResult",
     "Trainer", "TrainingDiverged", "UnsupportedFormatError", "default_library", "list_skills", "load", "resolve",
 ]

@@ -21,13 +21,13 @@ from pathlib import Path
 import torch
 
 import envs
-from envs.cli import add_arm_arguments, arm_kwargs, run_command
+from envs.cli import add_arm_arguments, add_task_arguments, arm_kwargs, load_task_modules, run_command
 from envs.video import VideoWriter, draw_text, overlay_lines
 
 from .cli import non_negative_int, positive_int
 from .evaluation.diagnostics import ConvergenceConfig, convergence_report, format_report
 from .evaluation.episodes import EVAL_SEED, run_episodes
-from .library import atomic_write_text, load, update_manifest
+from .library import Skill, atomic_write_text, load, task_of, update_manifest
 
 RANDOM = "random"  # the uniform random policy, as a baseline
 
@@ -43,16 +43,16 @@ def evaluate_random(task: str | None, episodes: int, seed: int, render: str | Pa
     return metrics | {"skill": RANDOM, "task": task, "deterministic": False, "seed": seed}
 
 
-def evaluate_skill(skill_name: str, task: str | None = None, episodes: int = 100, seed: int = EVAL_SEED,
+def evaluate_skill(skill_name: str | Skill, task: str | None = None, episodes: int = 100, seed: int = EVAL_SEED,
                    deterministic: bool = False, render: str | Path | None = None, library: str | None = None,
                    env_kwargs: dict | None = None) -> dict:
-    """Metrics of ``skill_name`` on ``task`` (default: its own); optionally an mp4 at ``render``.
-    ``env_kwargs`` go to ``envs.make`` (a custom arm: ``arm``, ``ee_site``, ``workspace_origin``)."""
+    """Metrics of ``skill_name`` (a name, path, or a loaded ``Skill``) on ``task`` (default: its own); optionally an
+    mp4 at ``render``. ``env_kwargs`` go to ``envs.make`` (a custom arm: ``arm``, ``ee_site``, ``workspace_origin``)."""
     if skill_name == RANDOM:
         return evaluate_random(task, episodes, seed, render)
     torch.manual_seed(seed)  # sampler draws come from torch's global generator
-    skill = load(skill_name, library)
-    task_name = task or skill.task
+    skill = skill_name if isinstance(skill_name, Skill) else load(skill_name, library)
+    task_name = task or task_of(skill.info).name
     if envs.get_task(task_name).family.name != skill.info.family:
         raise ValueError(f"skill {skill.name!r} is for the {skill.info.family!r} family; "
                          f"task {task_name!r} is not in it")
@@ -73,14 +73,14 @@ def evaluate_skill(skill_name: str, task: str | None = None, episodes: int = 100
     return metrics
 
 
-def skill_convergence(skill_name: str, library: str | None = None, config: ConvergenceConfig | None = None,
+def skill_convergence(skill_name: str | Skill, library: str | None = None, config: ConvergenceConfig | None = None,
                       record: bool = True) -> dict:
     """``skills.evaluation.diagnostics.convergence_report`` of a saved skill on its own task; with ``record``, also
     written into its manifest under ``convergence`` (atomically; the checksummed files are untouched)."""
     config = config or ConvergenceConfig()
     torch.manual_seed(config.seed)
-    skill = load(skill_name, library)
-    task = envs.get_task(skill.task)
+    skill = skill_name if isinstance(skill_name, Skill) else load(skill_name, library)
+    task = task_of(skill.info)
     report = convergence_report(skill, skill.make_env, task.reward_range, skill.transitions, config)
     if record:
         update_manifest(skill.path, convergence=report)
@@ -123,6 +123,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--library", help="library directory (default: trained/)")
     parser.add_argument("--json", metavar="PATH", help="also write the metrics as JSON")
     add_arm_arguments(parser)
+    add_task_arguments(parser)
+    parser.add_argument("--allow-changed-task", action="store_true", help="use a skill whose task has been defined "
+                        "differently since it was trained (refused by default, with both definitions shown)")
     parser.add_argument("--plot", metavar="PNG", help="multigoal skills: plot the evaluated trajectories and the "
                         "goal each reached")
     return parser
@@ -135,14 +138,17 @@ def main(argv: list[str] | None = None) -> int:
         render = Path("runs/eval") / f"{Path(args.skill).name.replace('@', '-')}-{args.task or 'own'}.mp4"
 
     def body() -> int:
+        load_task_modules(args.tasks)
+        # a name is loaded by the evaluation itself (after it seeds torch, so its draws are those of earlier runs)
+        skill = load(args.skill, args.library, allow_changed_task=True) if args.allow_changed_task else args.skill
         if args.convergence:
-            report = skill_convergence(args.skill, args.library,
+            report = skill_convergence(skill, args.library,
                                        ConvergenceConfig(start_states=args.start_states, rollouts=args.rollouts))
             print("\n".join(convergence_lines(report)))
             result = report
         else:
-            result = evaluate_skill(args.skill, args.task, args.episodes, args.seed, args.deterministic, render,
-                                    args.library, env_kwargs=arm_kwargs(args))
+            result = evaluate_skill(skill, args.task, args.episodes, args.seed, args.deterministic, render, args.library,
+                                    env_kwargs=arm_kwargs(args))
             print("\n".join(metrics_lines(result)))
             if args.plot:
                 plot = plot_trajectories(args.skill, args.library, args.episodes, args.seed, args.deterministic, args.plot)

@@ -15,7 +15,7 @@ import sys
 from collections.abc import Callable
 
 import envs
-from envs.cli import run_command
+from envs.cli import add_task_arguments, load_task_modules, run_command
 
 from .cli import non_negative_int, positive_int, seed_list
 from .evaluation.diagnostics import format_report
@@ -28,7 +28,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m skills.train", description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("task", help=f"task to train: {', '.join(envs.TASKS)}")
+    parser.add_argument("task", help=f"task to train: {', '.join(envs.TASKS)}, a task of yours (--tasks), or a "
+                        "combination of registered tasks such as reach+stay_low (their mean)")
+    add_task_arguments(parser)
     parser.add_argument("--steps", type=positive_int, help="environment steps (default: tuned per task)")
     seeds = parser.add_mutually_exclusive_group()
     seeds.add_argument("--seed", type=non_negative_int, default=0, help="random seed (default: 0)")
@@ -62,6 +64,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--resume {args.resume} with --seeds: give --resume alone; each seed continues its newest version")
 
     def make_trainer() -> MultiSeedTrainer:
+        load_task_modules(args.tasks)
         task = envs.get_task(args.task)
         sql = sql_config(task.name, task.family.name, alpha=args.alpha)
         run = train_config(task.name, steps=args.steps, seed=args.seed, eval_interval=args.eval_interval,

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from envs.cli import add_arm_arguments, arm_kwargs, run_command
+from envs.cli import add_arm_arguments, add_task_arguments, arm_kwargs, load_task_modules, run_command
 from skills.cli import non_negative_int, positive_int, weight_list
 from skills.evaluation import EVAL_SEED
 from skills.library import atomic_write_text
@@ -60,6 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--json", metavar="PATH", help="also copy report.json here")
     parser.add_argument("--library", help="skill library (default: trained/ or $COMPOSABLE_SKILLS_LIBRARY)")
     add_arm_arguments(parser)
+    add_task_arguments(parser)
+    parser.add_argument("--allow-changed-task", action="store_true", help="compose skills whose task has been defined "
+                        "differently since they were trained (refused by default, with both definitions shown)")
     parser.add_argument("--threads", type=positive_int, default=1, help="torch CPU threads (default: 1; see docs/skills.md)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     return parser
@@ -79,12 +82,13 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
 
     def body() -> int:
+        load_task_modules(args.tasks)
         evaluation = EvaluationConfig(episodes=args.episodes, seed=args.seed, deterministic=args.deterministic,
                                       sampler=args.sampler, mc=None if args.no_mc else MCBoundConfig(),
                                       render=args.render, env_kwargs=arm_kwargs(args))
         report = run(args.spec, operators_asked(args), weights=args.weights, evaluation=evaluation,
                      build_config=BuildConfig(progress=not args.no_progress),
-                     sources=Sources(library=args.library, out=args.out))
+                     sources=Sources(library=args.library, out=args.out, allow_changed_task=args.allow_changed_task))
         print("\n".join(report.console()))
         if args.json:
             atomic_write_text(Path(args.json), json.dumps(report.to_json(), indent=2))

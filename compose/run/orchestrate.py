@@ -90,10 +90,10 @@ def compose_all(state: Run, operators: Sequence[str | Operator], weights: Sequen
     ops = [make_operator(op) for op in operators]
     if len(ops) == 1:
         state.compositions[ops[0].name] = load(state.spec, weights, state.sources.library, seed=state.evaluation.seed,
-                                               operator=ops[0])
+                                               operator=ops[0], allow_changed_task=state.sources.allow_changed_task)
         return
     names = str(state.spec).split("+") if isinstance(state.spec, str) else list(state.spec)
-    parts = [skills.load(n, state.sources.library) for n in names]
+    parts = [skills.load(n, state.sources.library, allow_changed_task=state.sources.allow_changed_task) for n in names]
     for op in ops:
         why = op.why_not(names, weights is not None)
         if why is not None:

@@ -55,3 +55,4 @@ class Sources:
     library: str | None = None  # skill library (default: trained/ or $COMPOSABLE_SKILLS_LIBRARY)
     out: str | Path | None = None  # output directory (default: runs/compose/<spec>-<time>)
     joint: str | None = None  # the jointly trained reference (default: the combined task's newest skill)
+    allow_changed_task: bool = False  # use skills whose task has been defined differently since they were trained

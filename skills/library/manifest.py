@@ -93,9 +93,9 @@ class ComposedFrom:
 
 
 # the fields of the model, in the order they are written; anything else is the manifest's ``record``
-FIELDS = ("name", "version", "status", "task", "task_kwargs", "family", "observation_space", "action_space", "alpha",
-          "gamma", "architecture", "hyperparameters", "seed", "env_steps", "updates", "wall_time_s", "composed_from",
-          "adapted_from")
+FIELDS = ("name", "version", "status", "task", "task_kwargs", "task_definition", "family", "observation_space",
+          "action_space", "alpha", "gamma", "architecture", "hyperparameters", "seed", "env_steps", "updates", "wall_time_s",
+          "composed_from", "adapted_from")
 STORED_ONCE = ("alpha", "gamma")  # top-level facts that format 1 also kept inside hyperparameters
 
 
@@ -116,6 +116,7 @@ class Manifest:
     hyperparameters: dict  # SQLConfig's fields except alpha and gamma (``sql_config`` puts them together)
     architecture: dict = field(default_factory=dict)
     task_kwargs: dict = field(default_factory=dict)
+    task_definition: dict | None = None  # what defined the task's reward when the skill was trained (envs.definition)
     seed: int | None = None
     env_steps: int = 0
     updates: int = 0
@@ -164,7 +165,7 @@ class Manifest:
         out: dict[str, Any] = {}
         for key in FIELDS:
             value = getattr(self, key)
-            if key in ("wall_time_s", "composed_from", "adapted_from") and value is None:
+            if key in ("wall_time_s", "composed_from", "adapted_from", "task_definition") and value is None:
                 continue
             out[key] = value.to_json() if hasattr(value, "to_json") else value
         return {"format": FORMAT, "format_version": FORMAT_VERSION, **out, **self.record, "files": dict(self.files)}
@@ -187,6 +188,7 @@ class Manifest:
         return cls(
             name=check.name(raw, "name"), version=check.integer(raw, "version", low=1), status=status,
             task=check.string(raw, "task"), task_kwargs=check.mapping(raw, "task_kwargs", default={}),
+            task_definition=check.task_definition(raw),
             family=check.string(raw, "family"), observation_space=check.space(raw, "observation_space"),
             action_space=check.space(raw, "action_space"), alpha=check.number(raw, "alpha", positive=True),
             gamma=check.number(raw, "gamma", low=0.0, high=1.0), architecture=check.mapping(raw, "architecture", default={}),
@@ -277,6 +279,17 @@ class _Checker:
             if not isinstance(files.get(name), str) or not SHA256.match(files[name]):
                 raise CorruptSkillError(f"{self.where}: files[{name!r}] must be a sha256 hex digest, got {files.get(name)!r}")
         return dict(files)
+
+    def task_definition(self, raw: dict) -> dict | None:
+        """The recorded definition of the task (``envs.definition``): its digest and terms, when present (skills
+        trained before definitions were recorded have none)."""
+        value = raw.get("task_definition")
+        if value is None:
+            return None
+        if not (isinstance(value, dict) and isinstance(value.get("digest"), str) and SHA256.match(value["digest"])
+                and isinstance(value.get("terms", {}), dict)):
+            raise self.fail("task_definition", "an object with a sha256 'digest' and 'terms'", value)
+        return value
 
     def hyperparameters(self, raw: dict, version: int) -> dict:
         """The SQL hyperparameters without alpha and gamma. Format 1 repeated those two inside; the copies are

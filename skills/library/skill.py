@@ -10,12 +10,47 @@ import numpy as np
 import torch
 
 import envs
+from envs.tasks import definition_changes
 
 from ..policy import ArrayLike, checked, like, value_in_chunks
 from ..sql.learner import SoftQLearning
 from .catalog import check_fresh, resolve
 from .files import read_skill
-from .manifest import Manifest
+from .manifest import Manifest, SkillError
+
+
+class TaskChangedError(SkillError):
+    """A skill whose task's definition (terms, ranges, weights, checks, code) has changed since it was trained."""
+
+
+def task_of(info: Manifest) -> envs.Task:
+    """The registered task a skill was trained on; if it is not registered (a user's task whose module was not
+    loaded), a ``SkillError`` says where it was defined and how to load it."""
+    try:
+        return envs.get_task(info.task)
+    except envs.UnknownNameError as err:
+        source = (info.task_definition or {}).get("source")
+        hint = f"; it was defined in {source}: load it with --tasks {source} (envs.load_tasks)" if source else ""
+        raise SkillError(f"skill {info.name!r} v{info.version}: its task {info.task!r} is not registered{hint}") from err
+
+
+def check_task_definition(path: Path, info: Manifest) -> None:
+    """Refuse a skill whose task, as registered now, is defined differently from when it was trained (both
+    definitions shown). Skills with no recorded definition, or whose task is not registered, are not checked:
+    loading never imports a user's module to find out."""
+    recorded = info.task_definition
+    if recorded is None:
+        return
+    try:
+        task = envs.get_task(info.task)
+    except envs.UnknownNameError:
+        return
+    changes = definition_changes(recorded, envs.definition(task))
+    if changes:
+        raise TaskChangedError(f"{path}: task {info.task!r} has changed since this skill was trained "
+                               f"(defined in {recorded.get('source') or '?'} then, {task.source or '?'} now): "
+                               + "; ".join(changes) + ". Retrain it, or pass allow_changed_task=True "
+                               "(--allow-changed-task) to use it knowingly")
 
 
 class Skill:
@@ -74,18 +109,22 @@ class Skill:
 
     def make_env(self, **kwargs: Any) -> gym.Env:
         """The skill's own task (kwargs such as ``arm=``, ``render_mode=`` go to ``envs.make``)."""
-        return envs.make(self.task, **{**self.info.task_kwargs, **kwargs})
+        return envs.make(task_of(self.info).name, **{**self.info.task_kwargs, **kwargs})
 
 
 def load(name_or_path: str | Path, library: str | Path | None = None, device: str = "cpu",
-         allow_stale: bool = False) -> Skill:
+         allow_stale: bool = False, allow_changed_task: bool = False) -> Skill:
     """Load a skill by name (``"reach"``, newest complete version), ``"reach@v2"``, or directory path.
 
-    A saved composition (``compose.Composition.save``) loads as a skill whose Q is ``Q_w``; it is
+    A saved composition (``compose.ComposedSkill.save``) loads as a skill whose Q is ``Q_w``; it is
     refused (``StaleSkillError``) when a constituent has been retrained since, unless ``allow_stale``.
+    A skill whose task is defined differently now than when it was trained is refused (``TaskChangedError``,
+    both definitions shown) unless ``allow_changed_task``.
     """
     path = resolve(name_or_path, library)
     agent, info, transitions = read_skill(path, device=device)
     if not allow_stale:
         check_fresh(path, info)
+    if not allow_changed_task:
+        check_task_definition(path, info)
     return Skill(agent, info, transitions, path)

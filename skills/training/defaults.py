@@ -7,7 +7,7 @@ Measurements behind these values are in docs/skills.md.
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import fields, replace
 
 import envs
 
@@ -47,19 +47,24 @@ TASK_STEPS: dict[str, int] = {
     "multigoal": 20_000,  # 8k left the soft return 10.8 from V(s0) (goal 9.8); 20k: 4.5 (docs/skills.md)
 }
 DEFAULT_STEPS = 30_000
+SQL_FIELDS = {f.name for f in fields(SQLConfig)}
 
 
 def sql_config(task_name: str, family: str, **overrides) -> SQLConfig:
-    """SQL hyperparameters for a task: family defaults (with the family's discount), task defaults,
-    then ``overrides`` (None ignored)."""
-    base = replace(FAMILY_SQL.get(family, SQLConfig()), gamma=envs.get_task(task_name).family.gamma,
+    """SQL hyperparameters for a task: family defaults (the toolkit's, or what a user's family suggests in its
+    ``training``; with the family's discount), task defaults, then ``overrides`` (None ignored)."""
+    task = envs.get_task(task_name)
+    suggested = {k: v for k, v in task.family.training.items() if k in SQL_FIELDS}
+    base = replace(FAMILY_SQL.get(family, SQLConfig(**suggested)), gamma=task.family.gamma,
                    **TASK_SQL.get(task_name, {}))
     return replace(base, **{k: v for k, v in overrides.items() if v is not None})
 
 
 def train_config(task_name: str, **overrides) -> TrainConfig:
-    """Run settings for a task: its tuned step budget, then ``overrides`` (None values ignored)."""
-    base = TrainConfig(steps=TASK_STEPS.get(task_name, DEFAULT_STEPS))
+    """Run settings for a task: its tuned step budget (or its family's suggested ``steps``), then ``overrides``
+    (None values ignored)."""
+    suggested = envs.get_task(task_name).family.training.get("steps", DEFAULT_STEPS)
+    base = TrainConfig(steps=TASK_STEPS.get(task_name, suggested))
     steps = overrides.get("steps") or base.steps
     base = replace(base, eval_interval=max(1, min(base.eval_interval, steps // 5)))
     return replace(base, **{k: v for k, v in overrides.items() if v is not None})

@@ -65,6 +65,25 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+PROBE_STEPS = 200  # random steps a user's task is tried on before training starts
+
+
+def probe_task(task: str, env_kwargs: dict, steps: int = PROBE_STEPS) -> None:
+    """Step ``task`` with uniform random actions (its own seeded stream): every reward term and check is computed
+    and checked on the way (``envs.core.checked_term``), so a term with the wrong shape, a NaN or a value outside
+    its declared range is refused (``envs.TermError``) before a version is claimed."""
+    env = envs.make(task, **env_kwargs)
+    try:
+        env.action_space.seed(0)
+        env.reset(seed=0)
+        for _ in range(steps):
+            _, _, terminated, truncated, _ = env.step(env.action_space.sample())
+            if terminated or truncated:
+                env.reset()
+    finally:
+        env.close()
+
+
 def tensorboard_writer(log_dir: Path):
     """A TensorBoard ``SummaryWriter``, or None where tensorboard is not installed."""
     try:
@@ -92,6 +111,8 @@ class SeedRun:
         seed_everything(run.seed)
         torch.set_num_threads(run.threads)
         self.env_kwargs = dict(env_kwargs or {})
+        if self.task.user_defined:
+            probe_task(self.task.name, self.env_kwargs)  # a user's terms: their mistakes surface before anything is saved
         self.env = training_env(task, in_child_process=run.overlap_env_step, **self.env_kwargs)
         self.observation_space, self.action_space = self.env.single_observation_space, self.env.single_action_space
         self.eval_env = envs.make(task, **self.env_kwargs)
@@ -263,6 +284,7 @@ class SeedRun:
         return Manifest(
             name=self.name, version=int(self.path.name[1:]), status=status, task=self.task.name,
             task_kwargs={k: list(v) if isinstance(v, tuple) else v for k, v in self.env_kwargs.items()},
+            task_definition=envs.definition(self.task),
             family=self.task.family.name, observation_space=Space.from_json(space_record(self.observation_space)),
             action_space=Space.from_json(space_record(self.action_space)), alpha=self.sql.alpha, gamma=self.sql.gamma,
             architecture=arch, hyperparameters=hyper, seed=self.run.seed, env_steps=env_steps, updates=self.agent.updates,

@@ -1,0 +1,153 @@
+"""Tasks defined in user code: your own objective on a family (the built-in ones, or one made from any Gymnasium env
+with ``envs.gym_family``), trained as a skill and composed with the shipped ones.
+
+>>> import numpy as np, envs
+>>> def below(next_obs, action):                       # a batched reward term: [B, 12], [B, 3] -> [B]
+...     return -np.clip((next_obs[:, 2] - 0.06) / 0.04, 0.0, 1.0)
+>>> stay_low = envs.task("stay_low", "fetch-arm", terms=[envs.Term("low", below, range=(-1.0, 0.0))],
+...                      weights={"low": 1.0}, success=[envs.Check("stayed_low", lambda o, a: o[:, 2] < 0.1,
+...                                                                 every_step=True)])
+
+Put such definitions in a file or module and give it to any command with ``--tasks my_tasks.py`` (or
+``envs.load_tasks("my_tasks.py")``); ``reach+stay_low`` then names the mean of the two. A task's definition
+(``definition``: terms, ranges, weights, checks and a digest of the code that computes them) goes into the manifest
+of every skill trained on it, so that a later change to the objective is caught when the skill is loaded.
+"""
+
+from __future__ import annotations
+
+import ast
+import contextlib
+import hashlib
+import importlib
+import importlib.util
+import inspect
+import json
+import sys
+import textwrap
+import traceback
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+
+from .core import Check, Family, Task, Term, TermFn
+from .registry import TASKS, family, register_task
+
+_LOADED: dict[str, str] = {}  # resolved file or module name -> the source name its tasks carry
+_loading: list[str] = []  # the module being loaded, so that tasks it defines know where they come from
+
+
+class TaskModuleError(ValueError):
+    """A user's task module could not be imported (its own error is in the message)."""
+
+
+def task(name: str, family_: str | Family, *, weights: Mapping[str, float], terms: Sequence[Term] = (),
+         success: Sequence[str | Check] = (), register: bool = True) -> Task:
+    """Declare a task: ``weights`` over reward terms of ``family_`` (a family's name or object) and the new ``terms``
+    it brings, with ``success`` criteria (check names the family defines, or new ``Check``s). Registered by name
+    (``envs.TASKS``) unless ``register`` is False. A term or check named like one the family already defines is
+    refused, so the family's built-in objectives keep their meaning."""
+    base = family(family_) if isinstance(family_, str) else family_
+    checks = [c for c in success if isinstance(c, Check)]
+    extended = base.extended(terms, checks)
+    names = tuple(c.name if isinstance(c, Check) else c for c in success)
+    source = _loading[-1] if _loading else _caller_module()
+    new = Task(name, extended, dict(weights), names, source=source)
+    return register_task(new) if register else new
+
+
+def _caller_module() -> str:
+    """The module that called ``task`` (two frames up), for tasks defined outside ``load_tasks``."""
+    frame = inspect.currentframe()
+    caller = frame.f_back.f_back if frame is not None and frame.f_back is not None else None
+    return str(caller.f_globals.get("__name__", "")) if caller is not None else ""
+
+
+@contextlib.contextmanager
+def _source(name: str) -> Iterator[None]:
+    _loading.append(name)
+    try:
+        yield
+    finally:
+        _loading.pop()
+
+
+def load_tasks(where: str | Path) -> list[str]:
+    """Import a user's task definitions: a Python file (``my_tasks.py``, a path) or an importable module name
+    (``my_package.tasks``). The tasks it declares are registered; returns their names. A file is loaded once per
+    process. If the module fails to import, a ``TaskModuleError`` shows its own error."""
+    text = str(where)
+    is_file = text.endswith(".py") or "/" in text
+    key = str(Path(text).resolve()) if is_file else text
+    if key in _LOADED:
+        return [n for n, t in TASKS.items() if t.source == _LOADED[key]]
+    if is_file and not Path(text).is_file():
+        raise TaskModuleError(f"no task file {text!r} (give a path to a .py file, or an importable module name)")
+    before = set(TASKS)
+    with _source(text):
+        try:
+            if is_file:
+                spec = importlib.util.spec_from_file_location(f"composable_skills_user_tasks_{len(_LOADED)}", key)
+                assert spec is not None and spec.loader is not None
+                module = importlib.util.module_from_spec(spec)
+                sys.modules[spec.name] = module
+                spec.loader.exec_module(module)
+            else:
+                importlib.import_module(text)
+        except (ValueError, KeyError) as err:  # the toolkit's own refusals (a colliding name, an unknown family)
+            raise TaskModuleError(f"tasks in {text}: {err}") from err
+        except Exception as err:  # noqa: BLE001 - the user's module: show its own error
+            last = traceback.extract_tb(err.__traceback__)[-1]
+            raise TaskModuleError(f"cannot import tasks from {text}: {type(err).__name__}: {err} "
+                                  f"({Path(last.filename).name}, line {last.lineno})") from err
+    _LOADED[key] = text
+    return sorted(set(TASKS) - before)
+
+
+# ---- what defines a task's reward, and its digest -------------------------------------------------------------
+def code_digest(fn: TermFn) -> str:
+    """A digest of the code that computes a term or check: its source with comments, docstrings, formatting and its
+    own name normalised away (``ast.dump``); for code without source (a lambda inside a longer line), its bytecode,
+    constants and names. Values the function reads from elsewhere (module constants) are not covered."""
+    try:
+        tree = ast.parse(textwrap.dedent(inspect.getsource(fn)))
+    except (OSError, TypeError, SyntaxError):
+        code = getattr(fn, "__code__", None)
+        raw = repr((code.co_code, code.co_consts, code.co_names)) if code is not None else repr(fn)
+        return hashlib.sha256(raw.encode()).hexdigest()
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            node.name = "_"  # what a function is called does not change what it computes
+        body = getattr(node, "body", None)
+        if isinstance(body, list) and body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant) \
+                and isinstance(body[0].value.value, str):
+            node.body = body[1:] or [ast.Pass()]  # type: ignore[attr-defined]
+    return hashlib.sha256(ast.dump(tree, annotate_fields=False).encode()).hexdigest()
+
+
+def definition(task_: Task) -> dict:
+    """What defines ``task_``'s reward and success, as recorded in a skill's manifest (``task_definition``): its
+    name, where it is defined, family, the weighted terms with their ranges and code digests, the success checks,
+    and one ``digest`` of all of it."""
+    fam = task_.family
+    terms = {k: {"weight": float(w), "range": list(fam.term_ranges[k]), "code": code_digest(fam.terms[k])}
+             for k, w in sorted(task_.weights.items())}
+    checks = {k: {"every_step": k in fam.every_step, "code": code_digest(fam.success_checks[k])}
+              for k in sorted(task_.success)}
+    core = {"family": fam.name, "gamma": fam.gamma, "horizon": fam.horizon, "terms": terms, "success": checks}
+    digest = hashlib.sha256(json.dumps(core, sort_keys=True).encode()).hexdigest()
+    return {"name": task_.name, "source": task_.source, **core, "digest": digest}
+
+
+def definition_changes(recorded: Mapping, now: Mapping) -> list[str]:
+    """How a task's definition ``now`` differs from the one ``recorded`` in a manifest (empty: the same)."""
+    if recorded.get("digest") == now.get("digest"):
+        return []
+    changes = [f"{key}: {recorded.get(key)!r} then, {now.get(key)!r} now" for key in ("family", "gamma", "horizon")
+               if recorded.get(key) != now.get(key)]
+    for kind in ("terms", "success"):
+        then, current = recorded.get(kind, {}), now.get(kind, {})
+        for name in sorted(set(then) | set(current)):
+            if then.get(name) != current.get(name):
+                changes.append(f"{kind[:-1] if kind == 'terms' else 'check'} {name!r}: {then.get(name)} then, "
+                               f"{current.get(name)} now")
+    return changes or ["the digest differs"]
