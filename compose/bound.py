@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 
+import gymnasium as gym
 import numpy as np
 import torch
 
@@ -30,6 +31,7 @@ from skills.evaluation.diagnostics import (
     run_rollouts,
     soft_return_estimates,
 )
+from skills.evaluation.lockstep import EnvPool, Episode, lockstep_episodes
 from skills.sql import SoftQNetwork, uniform_actions
 
 from .composition import ComposedQ, Composition
@@ -183,27 +185,32 @@ class MCBoundConfig:
 
 
 def pair_starts(composed, make_env, config: MCBoundConfig, horizon: int) -> list:
-    """One (s, a) pair per episode of the composed policy, at a random step: ``(Start, obs, step)``."""
+    """One (s, a) pair per episode of the composed policy (seeds ``config.seed + p``, in lockstep), at a random
+    step: ``(Start, obs, step)``."""
     rng = np.random.default_rng(config.seed)
-    return [episode_starts(composed, make_env, config.seed + p, [int(rng.integers(0, horizon))])[0]
-            for p in range(config.pairs)]
+    steps = [int(rng.integers(0, horizon)) for _ in range(config.pairs)]
+    episodes = traced_episodes(composed, make_env, [config.seed + p for p in range(config.pairs)], horizon)
+    return [starts_in(e, [t])[0] for e, t in zip(episodes, steps, strict=True)]
 
 
 def episode_starts(composed, make_env, seed: int, steps: list[int]) -> list:
     """``(Start, obs, step)`` at the given steps of one seeded episode of the composed policy; each
     ``Start`` replays the episode's actions up to its step and then takes the policy's action there."""
-    env = make_env().unwrapped
-    out, prefix = [], []
-    try:
-        obs, _ = env.reset(seed=seed)
-        for t in range(max(steps) + 1):
-            action = composed.act(obs)
-            if t in steps:
-                out.append((Start(seed, tuple(prefix), action), obs.astype(np.float32), t))
-            prefix.append(action)
-            obs, *_ = env.step(action)
-    finally:
-        env.close()
+    return starts_in(traced_episodes(composed, make_env, [seed], max(steps) + 1)[0], steps)
+
+
+def traced_episodes(policy, make_env, seeds: list[int], steps: int) -> list[Episode]:
+    """Episodes of ``policy`` (stochastic, in lockstep, each from its own stream), traced, ``steps`` long at most."""
+    with EnvPool(lambda: gym.wrappers.TimeLimit(make_env().unwrapped, max_episode_steps=steps)) as pool:
+        return lockstep_episodes(pool, policy, seeds, keep_trace=True)
+
+
+def starts_in(episode: Episode, steps: list[int]) -> list:
+    """``(Start, obs, step)`` at each of ``steps`` of a traced episode (a step past its end: its last step)."""
+    out = []
+    for t in steps:
+        t = min(t, episode.length - 1)
+        out.append((Start(episode.seed, tuple(episode.actions[:t]), episode.actions[t]), episode.obs[t], t))
     return out
 
 
@@ -213,31 +220,30 @@ def mc_soft_q(composed, joint, correction: torch.nn.Module, make_env, reward_ran
 
     ``G^pi(s, a) = r_0 + sum_{t>=1} gamma^t (r_t - Q(s_t,a_t) + V(s_t))`` estimates ``Q^pi(s, a)`` on ``r_w``
     (``Q = Q_w`` for the composed policy, the joint skill's own ``Q`` for the joint one); 95% Student-t
-    CIs over ``config.rollouts`` rollouts. Returns per-pair rows, ``T`` and the tail bound.
+    CIs over ``config.rollouts`` rollouts. Every start's rollouts step in lockstep (``run_rollouts``).
+    Returns per-pair rows, ``T`` and the tail bound.
     """
     gamma = composed.gamma
     steps = rollout_steps(reward_range, composed.alpha, composed.act_dim, gamma, config.tail)
-    pool = [make_env().unwrapped for _ in range(config.rollouts)]
+    obs = torch.as_tensor(np.stack([o for _, o, _ in starts]))
+    act = torch.as_tensor(np.stack([np.asarray(start.action, np.float32) for start, _, _ in starts]))
+    with torch.no_grad():
+        q_w, c = np.asarray(composed.q(obs, act), np.float64), correction(obs, act).numpy()
+    per_pair = [{"seed": start.seed, "step": t, "Q_w": float(q_w[i]), "C": float(c[i])}
+                for i, (start, _, t) in enumerate(starts)]
     policies = {"composed": composed} | ({"joint": joint} if joint is not None else {})
-    per_pair, term_max = [], 0.0
-    try:
-        for start, obs, t in starts:
-            with torch.no_grad():
-                o, a = torch.as_tensor(obs[None]), torch.as_tensor(np.asarray(start.action, np.float32)[None])
-                q_w, c = float(composed.q(o, a)[0]), float(correction(o, a)[0])
-            row = {"seed": start.seed, "step": t, "Q_w": q_w, "C": c}
-            for name, policy in policies.items():
-                rollouts = run_rollouts(pool, lambda x, p=policy: p.act(x), start, steps)
-                q, v = rollout_values(policy, rollouts, config.value_samples)
-                g = soft_return_estimates(rollouts, q, v, gamma, from_action=True)
-                term_max = max(term_max, float(np.max(np.abs(rollouts.alive * (rollouts.reward - q + v))[:, 1:])))
-                mean, se = mean_and_se(g)
-                half = t_critical_95(len(g) - 1) * se
+    term_max = 0.0
+    with EnvPool(make_env, unwrapped=True) as pool:
+        for key, (name, policy) in enumerate(policies.items()):
+            rollouts = run_rollouts(pool, policy, [s for s, _, _ in starts], config.rollouts, steps,
+                                    key=config.seed * 10 + key)
+            q, v = rollout_values(policy, rollouts, config.value_samples)
+            g = soft_return_estimates(rollouts, q, v, gamma, from_action=True).reshape(len(starts), config.rollouts)
+            term_max = max(term_max, float(np.max(np.abs(rollouts.alive * (rollouts.reward - q + v))[:, 1:])))
+            for row, g_pair in zip(per_pair, g, strict=True):
+                mean, se = mean_and_se(g_pair)
+                half = t_critical_95(len(g_pair) - 1) * se
                 row[name] = {"mean": mean, "se": se, "ci": [mean - half, mean + half]}
-            per_pair.append(row)
-    finally:
-        for env in pool:
-            env.close()
     return per_pair, steps, float(gamma**steps * term_max / (1.0 - gamma))
 
 

@@ -7,7 +7,7 @@ diagnostics and the Monte Carlo bound treat it exactly like a trained skill.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -28,7 +28,7 @@ class ComposedPolicy:
     """
 
     def __init__(self, composition: Composition, sampler: SamplerNetwork, seed: int = 0,
-                 particles: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                 particles: Callable[[torch.Tensor, Sequence[torch.Generator] | None], torch.Tensor] | None = None,
                  q_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None):
         """``particles``: act with other draws of ``pi_w`` instead, obs [B, o] -> actions [B, K, d] (per-decision
         SVGD, ``sampling.ParticlePolicy.particles``, or ``sampling.resampled_actions``); a sample is one of
@@ -49,22 +49,28 @@ class ComposedPolicy:
         return like(self.sampler.sample(o, n, generator=self.generator), obs)
 
     @torch.no_grad()
-    def act(self, obs: ArrayLike, deterministic: bool = False) -> np.ndarray:
-        """One action per state: a sampler draw, or (``deterministic``) the highest-``Q_w`` of 32 draws."""
+    def act(self, obs: ArrayLike, deterministic: bool = False,
+            generators: Sequence[torch.Generator] | None = None) -> np.ndarray:
+        """One action per state: a sampler draw, or (``deterministic``) the highest-``Q_w`` of 32 draws; from the
+        policy's own stream, or with ``generators`` from one stream per row."""
         o = checked(obs, self.obs_dim)
         single = o.dim() == 1
         o = o.reshape(-1, self.obs_dim)
         if self.particles is not None:
-            candidates = self.particles(o)  # [B, K, d]
-            pick = (self.q_fn(o.unsqueeze(1), candidates).argmax(dim=1) if deterministic
-                    else torch.randint(candidates.shape[1], (len(o),), generator=self.generator))
+            candidates = self.particles(o, generators)  # [B, K, d]
+            if deterministic:
+                pick = self.q_fn(o.unsqueeze(1), candidates).argmax(dim=1)
+            elif generators is not None:
+                pick = torch.cat([torch.randint(candidates.shape[1], (1,), generator=g) for g in generators])
+            else:
+                pick = torch.randint(candidates.shape[1], (len(o),), generator=self.generator)
             actions = candidates[torch.arange(len(o)), pick]
         elif deterministic:
-            candidates = self.sampler.sample(o, EVAL_PARTICLES, generator=self.generator)
+            candidates = self.sampler.sample(o, EVAL_PARTICLES, generator=self.generator, generators=generators)
             best = self.q_fn(o.unsqueeze(1), candidates).argmax(dim=1)
             actions = candidates[torch.arange(len(o)), best]
         else:
-            actions = self.sampler.sample(o, 1, generator=self.generator)[:, 0]
+            actions = self.sampler.sample(o, 1, generator=self.generator, generators=generators)[:, 0]
         out = actions.numpy()
         return out[0] if single else out
 

@@ -12,13 +12,14 @@ Both run SVGD in u-space (``a = tanh(u)``) with the same kernel and score as SQL
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
 
 from skills.sql import SamplerNetwork, sampler_svgd_loss, svgd_step_direction
+from skills.sql.equations import row_noise, row_uniform
 from skills.training.progress import progress_bar
 
 QFunction = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -79,11 +80,13 @@ class ParticleConfig:
 def constituent_init(samplers: list[SamplerNetwork]):
     """Start particles from the constituents' own samplers, an equal share each (pre-tanh ``u``)."""
 
-    def init(obs: torch.Tensor, k: int, generator: torch.Generator) -> torch.Tensor:
+    def init(obs: torch.Tensor, k: int, generator: torch.Generator,
+             generators: Sequence[torch.Generator] | None = None) -> torch.Tensor:
         shares = [k // len(samplers) + (i < k % len(samplers)) for i in range(len(samplers))]
         with torch.no_grad():
-            parts = [s(obs, torch.randn(len(obs), n, s.act_dim, generator=generator))
-                     for s, n in zip(samplers, shares, strict=False) if n > 0]
+            parts = [s(obs, torch.randn(len(obs), n, s.act_dim, generator=generator) if generators is None
+                       else row_noise(generators, (n, s.act_dim)))
+                     for s, n in zip(samplers, shares, strict=True) if n > 0]
         return torch.cat(parts, dim=1)
 
     return init
@@ -93,19 +96,22 @@ class ParticlePolicy:
     """Act by running SVGD on fresh particles for each state; returns one particle (a sample)."""
 
     def __init__(self, q_fn: QFunction, act_dim: int, alpha: float, config: ParticleConfig = ParticleConfig(),
-                 seed: int = 0, init: Callable[[torch.Tensor, int, torch.Generator], torch.Tensor] | None = None):
+                 seed: int = 0, init: Callable[..., torch.Tensor] | None = None):
         """``init(obs [B, o], K, generator) -> u [B, K, d]`` starts the particles (default: N(0, I))."""
         self.q_fn, self.act_dim, self.alpha, self.config = q_fn, act_dim, alpha, config
         self.generator = torch.Generator().manual_seed(seed)
         self.init = init
 
-    def particles(self, obs: torch.Tensor) -> torch.Tensor:
-        """SVGD particles (actions) per state: obs [B, o] -> [B, K, d]."""
+    def particles(self, obs: torch.Tensor, generators: Sequence[torch.Generator] | None = None) -> torch.Tensor:
+        """SVGD particles (actions) per state: obs [B, o] -> [B, K, d]; started from the policy's stream, or with
+        ``generators`` from one stream per row."""
         cfg = self.config
-        if self.init is None:
-            u = torch.randn(len(obs), cfg.particles, self.act_dim, generator=self.generator)
+        if self.init is not None:
+            u = self.init(obs, cfg.particles, self.generator, generators)
+        elif generators is not None:
+            u = row_noise(generators, (cfg.particles, self.act_dim))
         else:
-            u = self.init(obs, cfg.particles, self.generator)
+            u = torch.randn(len(obs), cfg.particles, self.act_dim, generator=self.generator)
         mean_square = None
         for _ in range(cfg.steps):
             phi = svgd_step_direction(self.q_fn, obs, u, u, self.alpha)
@@ -123,7 +129,8 @@ class ParticlePolicy:
 
 
 def resampled_actions(q_fn: QFunction, obs: torch.Tensor, k: int, alpha: float, act_dim: int, proposals: int = 8192,
-                      generator: torch.Generator | None = None) -> torch.Tensor:
+                      generator: torch.Generator | None = None,
+                      generators: Sequence[torch.Generator] | None = None) -> torch.Tensor:
     """``k`` draws per state from ``pi(a|s) ∝ exp(Q(s,a)/alpha)`` on the box by sampling-importance-
     resampling: ``proposals`` uniform actions weighted by ``softmax(Q/alpha)``. obs [B, o] -> [B, k, d].
 
@@ -131,7 +138,14 @@ def resampled_actions(q_fn: QFunction, obs: torch.Tensor, k: int, alpha: float, 
     8192 proposals carry the weight, so it is a reference, not a fast policy.
     """
     with torch.no_grad():
-        candidates = torch.rand(len(obs), proposals, act_dim, generator=generator) * 2.0 - 1.0
+        if generators is None:
+            candidates = torch.rand(len(obs), proposals, act_dim, generator=generator) * 2.0 - 1.0
+        else:
+            candidates = row_uniform(generators, (proposals, act_dim)) * 2.0 - 1.0
         weights = torch.softmax(q_fn(obs.unsqueeze(1), candidates) / alpha, dim=-1)  # [B, n]
-        pick = torch.multinomial(weights, k, replacement=True, generator=generator)  # [B, k]
+        if generators is None:
+            pick = torch.multinomial(weights, k, replacement=True, generator=generator)  # [B, k]
+        else:
+            pick = torch.stack([torch.multinomial(w, k, replacement=True, generator=g)
+                                for w, g in zip(weights, generators, strict=True)])
         return candidates.gather(1, pick.unsqueeze(-1).expand(-1, -1, act_dim))

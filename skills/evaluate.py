@@ -18,6 +18,7 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
 import torch
 
 import envs
@@ -26,51 +27,79 @@ from envs.video import VideoWriter, draw_text, overlay_lines
 
 from .cli import non_negative_int, positive_int
 from .evaluation.diagnostics import ConvergenceConfig, convergence_report, format_report
-from .evaluation.episodes import EVAL_SEED, run_episodes
+from .evaluation.episodes import EVAL_SEED, evaluate
+from .evaluation.lockstep import stream
 from .library import Skill, atomic_write_text, load, task_of, update_manifest
+from .sql.equations import row_uniform
 
 RANDOM = "random"  # the uniform random policy, as a baseline
 
 
 def evaluate_random(task: str | None, episodes: int, seed: int, render: str | Path | None) -> dict:
-    """The uniform random policy on ``task`` (seeded), for baselines such as avoid's collision rate."""
+    """The uniform random policy on ``task`` (seeded episodes, each with its own stream), for baselines such as
+    avoid's collision rate."""
     if task is None:
         raise ValueError("the random baseline needs --task")
-    env = envs.make(task)
-    env.action_space.seed(seed)
-    metrics = run_episodes(env, lambda o: env.action_space.sample(), episodes, seed)
-    env.close()
+    policy = UniformPolicy(envs.get_task(task).name)
+    metrics = evaluate(policy, lambda: envs.make(task), episodes, seed, soft=False)
+    if render:
+        metrics["video"] = str(film_episode(policy, envs.make(task, render_mode="rgb_array"), seed, False, render))
     return metrics | {"skill": RANDOM, "task": task, "deterministic": False, "seed": seed}
 
 
 def evaluate_skill(skill_name: str | Skill, task: str | None = None, episodes: int = 100, seed: int = EVAL_SEED,
                    deterministic: bool = False, render: str | Path | None = None, library: str | None = None,
                    env_kwargs: dict | None = None) -> dict:
-    """Metrics of ``skill_name`` (a name, path, or a loaded ``Skill``) on ``task`` (default: its own); optionally an
-    mp4 at ``render``. ``env_kwargs`` go to ``envs.make`` (a custom arm: ``arm``, ``ee_site``, ``workspace_origin``)."""
+    """Metrics of ``skill_name`` (a name, path, or a loaded ``Skill``) on ``task`` (default: its own), its episodes in
+    lockstep (``skills.evaluation.evaluate``); optionally an mp4 of the first episode at ``render``. ``env_kwargs``
+    go to ``envs.make`` (a custom arm: ``arm``, ``ee_site``, ``workspace_origin``)."""
     if skill_name == RANDOM:
         return evaluate_random(task, episodes, seed, render)
-    torch.manual_seed(seed)  # sampler draws come from torch's global generator
+    torch.manual_seed(seed)  # the soft returns' value estimates draw from torch's global generator
     skill = skill_name if isinstance(skill_name, Skill) else load(skill_name, library)
     task_name = task or task_of(skill.info).name
     if envs.get_task(task_name).family.name != skill.info.family:
         raise ValueError(f"skill {skill.name!r} is for the {skill.info.family!r} family; "
                          f"task {task_name!r} is not in it")
-    env = envs.make(task_name, render_mode="rgb_array" if render else None, **(env_kwargs or {}))
-    video = VideoWriter(render, env.metadata.get("render_fps", 25)) if render else None
-    step_count = [0]
-
-    def record(e, info):
-        step_count[0] += 1
-        video.add(draw_text(e.render(), overlay_lines(info, step_count[0])))
-
-    metrics = run_episodes(env, lambda o: skill.act(o, deterministic), episodes, seed,
-                           on_step=record if video else None, soft=None if deterministic else skill)
-    env.close()
+    kwargs = env_kwargs or {}
+    metrics = evaluate(skill, lambda: envs.make(task_name, **kwargs), episodes, seed, deterministic=deterministic)
     metrics |= {"skill": str(skill.path), "task": task_name, "deterministic": deterministic, "seed": seed}
-    if video:
-        metrics["video"] = str(video.close())
+    if render:
+        env = envs.make(task_name, render_mode="rgb_array", **kwargs)
+        metrics["video"] = str(film_episode(skill, env, seed, deterministic, render))
     return metrics
+
+
+def film_episode(policy, env, seed: int, deterministic: bool, path: str | Path) -> Path:
+    """An mp4 of the episode reset with ``seed`` (the evaluation's first), acting from that episode's stream as
+    the evaluation did, with the step's distances and rewards in the overlay."""
+    video = VideoWriter(path, env.metadata.get("render_fps", 25))
+    generator = stream(seed)
+    try:
+        obs, _ = env.reset(seed=seed)
+        for step in range(1, 10**6):
+            action = np.asarray(policy.act(np.asarray(obs, np.float32)[None], deterministic, [generator]))[0]
+            obs, _, terminated, truncated, info = env.step(action)
+            video.add(draw_text(env.render(), overlay_lines(info, step)))
+            if terminated or truncated:
+                break
+    finally:
+        env.close()
+    return video.close()
+
+
+class UniformPolicy:
+    """Uniform random actions on ``[-1, 1]^d``, each row from its own stream (the random baseline)."""
+
+    def __init__(self, task: str):
+        env = envs.make(task)
+        self.act_dim = env.action_space.shape[0]
+        env.close()
+
+    def act(self, obs, deterministic: bool = False, generators=None) -> np.ndarray:
+        rows = np.atleast_2d(obs).shape[0]
+        noise = row_uniform(generators, (self.act_dim,)) if generators is not None else torch.rand(rows, self.act_dim)
+        return (noise * 2.0 - 1.0).numpy()
 
 
 def skill_convergence(skill_name: str | Skill, library: str | None = None, config: ConvergenceConfig | None = None,

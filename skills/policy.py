@@ -6,7 +6,7 @@ a maximum-entropy policy ``pi(a|s) ∝ exp(Q(s,a)/alpha)`` with its soft Q-funct
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Protocol, runtime_checkable
 
 import numpy as np
@@ -55,8 +55,10 @@ class SoftPolicy(Protocol):
     obs_dim: int
     act_dim: int
 
-    def act(self, obs: ArrayLike, deterministic: bool = False) -> np.ndarray:
-        """One action per state, obs [o] or [B, o]: a sample of ``pi`` (``deterministic``: best of N under Q)."""
+    def act(self, obs: ArrayLike, deterministic: bool = False,
+            generators: Sequence[torch.Generator] | None = None) -> np.ndarray:
+        """One action per state, obs [o] or [B, o]: a sample of ``pi`` (``deterministic``: best of N under Q).
+        ``generators``: one random stream per row, so that each row acts as it would alone (lockstep evaluation)."""
 
     def sample(self, obs: ArrayLike, n: int) -> ArrayLike:
         """``n`` actions per state from the sampler: [B, o] -> [B, n, d]."""

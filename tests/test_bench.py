@@ -158,3 +158,20 @@ def test_device_profile_of_stacked_seeds_smoke(tmp_path, device):
     assert result["aggregate_updates_per_s"] > 0 and result["single_updates_per_s"] > 0 and result["speedup"] > 0
     if device == "cuda":
         assert 0 < result["device_busy_fraction"]
+
+
+def test_the_evaluation_benchmark_runs_and_finds_the_same_episodes(tmp_path):
+    """``bench.evaluation --quick``: the profile's sections, both sides of each comparison, and twin episodes that
+    do not part (to float rounding)."""
+    from bench import evaluation
+
+    result = evaluation.main(["--quick", "--json", str(tmp_path / "evaluation.json")])
+    assert set(result) == {"profile", "compose_run", "skills_evaluate", "twins"}
+    assert result["profile"]["kinds_s"]["env steps"] > 0 and result["profile"]["calls"]["policy calls (act)"] > 0
+    for key in ("compose_run", "skills_evaluate"):
+        one, lock = (result[key]["numbers"][m] for m in ("one at a time", "lockstep"))
+        assert set(result[key]["wall_s"]) == {"one at a time", "lockstep"}
+        flat = one.get("composed", one)
+        assert flat["success_rate"] == (lock.get("composed", lock))["success_rate"]
+    assert result["twins"]["success_differs"] == 0 and result["twins"]["largest_action_gap"] < 1e-3
+    assert (tmp_path / "evaluation.json").exists()

@@ -10,13 +10,12 @@ import numpy as np
 import torch
 
 import skills
-from skills.evaluation import run_episodes
 
-from ..bound import check_bound, episode_starts, mc_bound, mc_soft_q
+from ..bound import check_bound, episode_starts, mc_bound, mc_soft_q, traced_episodes
 from ..build import Built
 from ..composition import Composition
 from ..policy import ComposedPolicy
-from .evaluation import Pairs, record_pairs
+from .evaluation import Pairs
 from .settings import EvaluationConfig
 
 MAX_BOUND_PAIRS = 5000
@@ -61,11 +60,8 @@ def episode_bound(composition: Composition, composed: ComposedPolicy, built: Bui
     """Learned ``Q_w``, ``Q_w - C``, ``Q_joint`` along one composed episode, with Monte Carlo soft returns (95% CIs)
     of both policies at every 5th step (``mc_rows``, when the MC check runs): the data of the episode figure."""
     assert built.correction is not None
-    episode: Pairs = []
-    env = make_env()
-    run_episodes(env, record_pairs(lambda o: composed.act(o), episode), 1, evaluation.seed)
-    env.close()
-    e_obs, e_act = (np.stack([p[i] for p in episode]) for i in (0, 1))
+    episode = traced_episodes(composed, make_env, [evaluation.seed], composition.task.family.horizon)[0]
+    e_obs, e_act = np.stack(episode.obs), np.stack(episode.actions)
     with torch.no_grad():
         q_w = composition.q_w(torch.as_tensor(e_obs), torch.as_tensor(e_act)).numpy()
         c = built.correction(torch.as_tensor(e_obs), torch.as_tensor(e_act)).numpy()
@@ -73,6 +69,6 @@ def episode_bound(composition: Composition, composed: ComposedPolicy, built: Bui
     mc_rows = None
     if evaluation.mc is not None:
         mc_cfg = replace(evaluation.mc, rollouts=max(2, evaluation.mc.rollouts // 2))
-        starts = episode_starts(composed, make_env, evaluation.seed, list(range(0, len(episode), 5)))
+        starts = episode_starts(composed, make_env, evaluation.seed, list(range(0, episode.length, 5)))
         mc_rows, *_ = mc_soft_q(composed, joint, built.correction, make_env, composition.task.reward_range, starts, mc_cfg)
     return {"q_w": q_w, "c": c, "q_joint": q_joint, "mc_rows": mc_rows}

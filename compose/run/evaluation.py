@@ -3,15 +3,14 @@ reference and each constituent, every one as a ``skills.policy.SoftPolicy``."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import numpy as np
 import torch
 
 import envs
 import skills
 from envs.core import UnknownNameError
-from skills.evaluation import run_episodes
+from skills.evaluation.episodes import episode_soft_returns, summarise
+from skills.evaluation.lockstep import EnvPool, lockstep_episodes
 from skills.library import SkillError
 from skills.policy import SoftPolicy
 
@@ -22,6 +21,7 @@ from ..sampling import ParticleConfig, ParticlePolicy, constituent_init, resampl
 from .settings import EvaluationConfig
 
 Pairs = list[tuple[np.ndarray, np.ndarray]]  # (obs, action) pairs a policy produced
+VALUE_SAMPLES = 256  # importance samples per V in the soft returns
 
 
 def composed_policy(composition: Composition, built: Built, kind: str, seed: int) -> ComposedPolicy:
@@ -34,9 +34,9 @@ def composed_policy(composition: Composition, built: Built, kind: str, seed: int
     elif kind == "resampling":
         generator = torch.Generator().manual_seed(seed)
 
-        def particles(obs: torch.Tensor) -> torch.Tensor:
+        def particles(obs: torch.Tensor, generators=None) -> torch.Tensor:
             return resampled_actions(built.q, obs, EVAL_PARTICLES, composition.alpha, composition.act_dim,
-                                     generator=generator)
+                                     generator=generator, generators=generators)
     return ComposedPolicy(composition, built.sampler, seed, particles, q_fn=built.q)
 
 
@@ -58,36 +58,23 @@ def find_joint(composition: Composition, library: str | None, joint: str | None 
     return found, ""
 
 
-def record_pairs(policy: Callable[[np.ndarray], np.ndarray], store: Pairs | None) -> Callable[[np.ndarray], np.ndarray]:
-    """Wrap a policy so that every (obs, action) it produces is appended to ``store`` (if any)."""
-    if store is None:
-        return policy
-
-    def wrapped(obs):
-        action = policy(obs)
-        store.append((np.asarray(obs, np.float32).copy(), np.asarray(action, np.float32).copy()))
-        return action
-
-    return wrapped
-
-
-def evaluate_row(name: str, policy: SoftPolicy, make_env: Callable, evaluation: EvaluationConfig, cost: tuple[int, float],
+def evaluate_row(name: str, policy: SoftPolicy, pool: EnvPool, evaluation: EvaluationConfig, cost: tuple[int, float],
                  pairs: Pairs | None = None) -> dict:
-    """Seeded episodes of ``policy`` on the combined task; the soft return too when it samples. ``cost``: the
-    environment steps and wall time the policy took to make.
-
-    Skills sample from torch's global generator, so it is reseeded for every row: each row's draws
-    are the same whatever ran before it (a cached build or not, other rows or not)."""
+    """Seeded episodes of ``policy`` on the combined task, in lockstep, each with its own random stream; the soft
+    return too when it samples. ``cost``: the environment steps and wall time the policy took to make; ``pairs``
+    gets every (obs, action) it took. Torch's global generator (which skills' value estimates draw from) is
+    reseeded for every row, so each row's numbers are the same whatever ran before it."""
     torch.manual_seed(evaluation.seed)
-    act = record_pairs(lambda o: policy.act(o, evaluation.deterministic), pairs)
-    env = make_env()
-    try:
-        metrics = run_episodes(env, act, evaluation.episodes, evaluation.seed,
-                               soft=None if evaluation.deterministic else policy)
-    finally:
-        env.close()
+    seeds = [evaluation.seed + i for i in range(evaluation.episodes)]
+    traced = not evaluation.deterministic or pairs is not None
+    done = lockstep_episodes(pool, policy, seeds, evaluation.deterministic, keep_trace=traced)
+    metrics = summarise(done)
     if evaluation.deterministic:
         metrics |= {"soft_return_mean": None, "soft_return_note": "deterministic actions have no soft return"}
+    else:
+        metrics = episode_soft_returns(policy, done, VALUE_SAMPLES) | metrics
+    if pairs is not None:
+        pairs.extend((o, a) for e in done for o, a in zip(e.obs, e.actions, strict=True))
     env_steps, wall = cost
     return {"policy": name, **metrics, "env_steps_used": int(env_steps), "build_wall_time_s": round(float(wall), 2)}
 
@@ -97,25 +84,13 @@ def skill_cost(skill: skills.Skill) -> tuple[int, float]:
     return skill.info.env_steps, skill.info.wall_time_s or 0.0
 
 
-def trajectories(policy: SoftPolicy, make_env: Callable, episodes: int, evaluation: EvaluationConfig,
+def trajectories(policy: SoftPolicy, pool: EnvPool, episodes: int, evaluation: EvaluationConfig,
                  family: envs.Family) -> tuple[list, list, list]:
     """The first ``episodes`` seeded episodes of ``policy`` in the family's top view: (paths [T, 2], marks [K, 2]
-    of each episode's first observation, success flags). Torch's generator is reseeded as in ``evaluate_row``."""
+    of each episode's first observation, success flags); the table's first episodes, each from its own stream."""
     assert family.plane is not None
-    torch.manual_seed(evaluation.seed)
-    env = make_env()
-    paths, marks, successes = [], [], []
-    for episode in range(episodes):
-        obs, _ = env.reset(seed=evaluation.seed + episode)
-        seen = [obs]
-        while True:
-            obs, _, terminated, truncated, info = env.step(policy.act(obs, evaluation.deterministic))
-            seen.append(obs)
-            if terminated or truncated:
-                break
-        path = np.stack(seen)
-        paths.append(family.plane(path))
-        marks.append(family.plane_marks(path[0]) if family.plane_marks is not None else np.zeros((0, 2)))
-        successes.append(bool(info.get("is_success", False)))
-    env.close()
-    return paths, marks, successes
+    done = lockstep_episodes(pool, policy, [evaluation.seed + i for i in range(episodes)], evaluation.deterministic,
+                             keep_trace=True)
+    paths = [family.plane(e.path()) for e in done]
+    marks = [family.plane_marks(e.path()[0]) if family.plane_marks is not None else np.zeros((0, 2)) for e in done]
+    return paths, marks, [e.success for e in done]

@@ -3,7 +3,6 @@ Q over two action dimensions, the comparison bars, and the operators' trajectori
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +12,8 @@ import envs
 import skills
 from envs._gl import headless
 from envs.video import VideoWriter, draw_text, overlay_lines
+from skills.evaluation.lockstep import stream
+from skills.policy import SoftPolicy
 
 from ..bound import gap_on_states
 from ..build import Built
@@ -44,12 +45,14 @@ def video_episode(env, seed: int) -> int:
     return seed
 
 
-def render_episode(composition: Composition, policy: Callable[[np.ndarray], np.ndarray], path: Path, seed: int,
+def render_episode(composition: Composition, policy: SoftPolicy, deterministic: bool, path: Path, seed: int,
                    env_kwargs: dict) -> tuple[Path, int]:
-    """An mp4 of one composed episode (preferring one where the obstacle blocks the straight path); on the arm
-    family a side and a top view side by side with the end effector's path drawn, distances in the overlay."""
+    """An mp4 of one composed episode (preferring one where the obstacle blocks the straight path), acting from that
+    episode's own stream as the evaluation did; on the arm family a side and a top view side by side with the end
+    effector's path drawn, distances in the overlay."""
     env = envs.make_task_env(composition.task, render_mode="rgb_array", **env_kwargs)
     chosen = video_episode(env, seed)
+    generator = stream(chosen)
     video = VideoWriter(path, env.metadata.get("render_fps", 25))
     obs, info = env.reset(seed=chosen)
     arm = getattr(env.unwrapped, "arm", None)
@@ -66,7 +69,7 @@ def render_episode(composition: Composition, policy: Callable[[np.ndarray], np.n
     video.add(frame([f"{composition.name} (composed, 0 env samples)", "step 0"]
                     + (["left: side view; right: other side, from above"] if views else [])))
     while True:
-        actions.append(policy(obs))
+        actions.append(np.asarray(policy.act(np.asarray(obs, np.float32)[None], deterministic, [generator]))[0])
         obs, _, terminated, truncated, info = env.step(actions[-1])
         if arm is not None:
             trail.append(arm.ee_position())

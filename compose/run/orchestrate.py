@@ -14,6 +14,7 @@ import torch
 
 import envs
 import skills
+from skills.evaluation.lockstep import EnvPool
 from skills.library import atomic_write_text
 
 from ..build import Built, build
@@ -43,6 +44,7 @@ class Run:
     rows: dict[str, dict] = field(default_factory=dict)
     policies: dict[str, ComposedPolicy] = field(default_factory=dict)  # each composition's evaluated policy
     pairs: Pairs = field(default_factory=list)
+    pool: EnvPool | None = None  # the evaluation's envs, made once, reused by every row
     out: Path = Path()
     started: float = field(default_factory=time.perf_counter)
 
@@ -75,8 +77,9 @@ def run(spec: str | Sequence[str], operators: Sequence[str | Operator] = ("avera
         state.builds[name] = build(composition, sources.library, build_config.progress, build_config.sampler,
                                    build_config.bound)
     state.joint, state.joint_note = find_joint(state.base, sources.library, sources.joint)
-    evaluate_all(state)
-    report = single_report(state) if state.single else operators_report(state)
+    with EnvPool(state.make_env) as state.pool:
+        evaluate_all(state)
+        report = single_report(state) if state.single else operators_report(state)
     report.wall_time_s = round(time.perf_counter() - state.started, 1)
     report.out = str(state.out)
     atomic_write_text(state.out / "report.json", json.dumps(report.to_json(), indent=2))
@@ -116,12 +119,12 @@ def evaluate_all(state: Run) -> None:
         cost = built.info.get("operator_wall_time_s", 0.0) + (built.build_wall_time_s if kind == "amortized" else 0.0)
         row_name = "composed" if state.single else name
         state.policies[name] = composed_policy(composition, built, kind, evaluation.seed)
-        state.rows[row_name] = evaluate_row(row_name, state.policies[name], state.make_env, evaluation, (0, cost),
+        state.rows[row_name] = evaluate_row(row_name, state.policies[name], state.pool, evaluation, (0, cost),
                                             state.pairs if state.single else None)
     if state.joint is not None:
-        state.rows["joint"] = evaluate_row("joint", state.joint, state.make_env, evaluation, skill_cost(state.joint))
-    for label, part in zip(state.base.labels, state.base.parts, strict=False):
-        state.rows[label] = evaluate_row(label, part, state.make_env, evaluation, skill_cost(part))
+        state.rows["joint"] = evaluate_row("joint", state.joint, state.pool, evaluation, skill_cost(state.joint))
+    for label, part in zip(state.base.labels, state.base.parts, strict=True):
+        state.rows[label] = evaluate_row(label, part, state.pool, evaluation, skill_cost(part))
 
 
 def single_report(state: Run) -> CompositionReport:
@@ -151,7 +154,7 @@ def single_report(state: Run) -> CompositionReport:
         skills={label: str(p.path) for label, p in zip(composition.labels, composition.parts, strict=False)}
         | ({"joint": str(state.joint.path)} if state.joint else {}))
     if evaluation.render:
-        video, report.video_seed = render_episode(composition, lambda o: composed.act(o, evaluation.deterministic),
+        video, report.video_seed = render_episode(composition, composed, evaluation.deterministic,
                                                   state.out / "composed.mp4", evaluation.seed, evaluation.env_kwargs)
         report.video = str(video)
     return report
@@ -169,7 +172,7 @@ def operators_report(state: Run) -> OperatorsReport:
         policies |= ({"joint": state.joint} if state.joint is not None else {})
         policies |= dict(zip(state.base.labels, state.base.parts, strict=False))
         episodes = min(evaluation.trajectory_episodes, evaluation.episodes)
-        drawn = {name: trajectories(p, state.make_env, episodes, evaluation, family) for name, p in policies.items()}
+        drawn = {name: trajectories(p, state.pool, episodes, evaluation, family) for name, p in policies.items()}
         figures["trajectories"] = state.out / "trajectories.png"
         marks = next(iter(drawn.values()))[1]
         plot_trajectories({n: d[0] for n, d in drawn.items()}, marks, figures["trajectories"],

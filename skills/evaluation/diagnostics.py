@@ -27,12 +27,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 
 import gymnasium as gym
 import numpy as np
+import torch
 
 from ..policy import SoftPolicy
+from .lockstep import EnvPool, default_width, stream
 
 
 # ---- analytic bounds of soft values -----------------------------------------------------------
@@ -101,42 +103,61 @@ def rollout_steps(reward_range: tuple[float, float], alpha: float, act_dim: int,
     return int(min(max(steps, 1), max_steps))
 
 
-def run_rollouts(envs_: Sequence[gym.Env], act: Callable[[np.ndarray], np.ndarray], start: Start, steps: int) -> Rollouts:
-    """Roll ``len(envs_)`` copies of one start forward ``steps`` steps with the batched ``act``.
+def run_rollouts(pool: EnvPool, policy: SoftPolicy, starts: Sequence[Start], per_start: int, steps: int,
+                 key: int = 0, width: int | None = None) -> Rollouts:
+    """``per_start`` rollouts of ``policy``'s stochastic actions from each start, ``steps`` long, all stepped in
+    lockstep (``width`` envs at a time): arrays [S * per_start, T, ...], start-major. Rollout ``j`` of start ``k``
+    draws from its own stream ``stream(key, k, j)``.
 
-    The envs must be unwrapped (no time limit): rollouts go past it. Each env is reset with the
-    start's seed and replays its prefix, so all begin in the same state.
+    The pool's envs must be unwrapped (no time limit): rollouts go past it. Each env is reset with its start's seed
+    and replays the start's prefix, so the rollouts of a start all begin in the same state.
     """
-    n = len(envs_)
-    obs = []
-    for env in envs_:
-        o, _ = env.reset(seed=start.seed)
-        for a in start.prefix:
-            o, *_ = env.step(np.asarray(a))
-        obs.append(o)
-    obs = np.stack(obs).astype(np.float32)
-    o_dim, a_dim = obs.shape[1], envs_[0].action_space.shape[0]
+    rows = [(k, j) for k in range(len(starts)) for j in range(per_start)]
+    width = width or default_width()
+    parts = []
+    for first in range(0, len(rows), width):
+        chunk = rows[first:first + width]
+        envs = pool.take(len(chunk))
+        parts.append(_rollout_chunk(envs, policy, [starts[k] for k, _ in chunk], [stream(key, k, j) for k, j in chunk],
+                                    steps))
+    return Rollouts(*(np.concatenate([getattr(p, f.name) for p in parts]) for f in fields(Rollouts)))
+
+
+def _rollout_chunk(envs: Sequence[gym.Env], policy: SoftPolicy, starts: Sequence[Start],
+                   generators: Sequence[torch.Generator], steps: int) -> Rollouts:
+    """One lockstep batch of rollouts, env ``i`` from ``starts[i]`` with ``generators[i]``: arrays [n, T, ...]."""
+    n = len(envs)
+    obs = np.stack([_replay(env, start) for env, start in zip(envs, starts, strict=True)]).astype(np.float32)
+    o_dim, a_dim = obs.shape[1], envs[0].action_space.shape[0]
     out = Rollouts(np.zeros((n, steps, o_dim), np.float32), np.zeros((n, steps, a_dim), np.float32),
                    np.zeros((n, steps), np.float64), np.zeros((n, steps, o_dim), np.float32),
                    np.zeros((n, steps)), np.zeros((n, steps)))
     alive = np.ones(n, bool)
     for t in range(steps):
-        if t == 0 and start.action is not None:
-            actions = np.repeat(np.asarray(start.action, np.float32)[None], n, axis=0)
-        else:
-            actions = np.asarray(act(obs), np.float32).reshape(n, a_dim)
+        rows = np.flatnonzero(alive)
+        actions = np.zeros((n, a_dim), np.float32)
+        actions[rows] = np.asarray(policy.act(obs[rows], False, [generators[i] for i in rows]), np.float32).reshape(-1, a_dim)
+        if t == 0:
+            for i, start in enumerate(starts):
+                if start.action is not None:
+                    actions[i] = np.asarray(start.action, np.float32)
         out.obs[:, t], out.action[:, t], out.alive[:, t] = obs, actions, alive
-        for i, env in enumerate(envs_):
-            if not alive[i]:
-                continue
-            next_o, r, terminated, _, _ = env.step(actions[i])
+        for i in rows:
+            next_o, r, terminated, _, _ = envs[i].step(actions[i])
             out.reward[i, t], out.next_obs[i, t], out.terminated[i, t] = r, next_o, float(terminated)
             obs[i] = next_o
             alive[i] = not terminated
         if not alive.any():
-            out.alive[:, t + 1:] = 0.0
             break
     return out
+
+
+def _replay(env: gym.Env, start: Start) -> np.ndarray:
+    """Reset ``env`` with the start's seed and replay its prefix: the start's state."""
+    o, _ = env.reset(seed=start.seed)
+    for a in start.prefix:
+        o, *_ = env.step(np.asarray(a))
+    return o
 
 
 def soft_return_estimates(rollouts: Rollouts, q: np.ndarray, v: np.ndarray, gamma: float,
@@ -236,41 +257,33 @@ TRANSITION_KEYS = ("obs", "action", "reward", "next_obs", "terminated")
 
 def soft_return_gaps(policy: SoftPolicy, make_env: Callable[[], gym.Env], steps: int,
                      config: ConvergenceConfig) -> tuple[dict, dict[str, np.ndarray]]:
-    """The Monte Carlo half of the report: ``config.rollouts`` rollouts of ``steps`` from each start state, their
-    soft returns against ``V(s_0)``; and the on-policy transitions they visited."""
-    pool = [make_env().unwrapped for _ in range(config.rollouts)]
-    gaps, v0s, returns, terms_max = [], [], [], 0.0  # per start: gap, V(s0), soft return estimates
-    on_policy: dict[str, list[np.ndarray]] = {k: [] for k in TRANSITION_KEYS}
-    try:
-        for k in range(config.start_states):
-            rollouts = run_rollouts(pool, lambda o: policy.act(o), Start(config.seed + k), steps)
-            q, v = rollout_values(policy, rollouts, config.value_samples)
-            g = soft_return_estimates(rollouts, q, v, policy.gamma)
-            gaps.append(g.mean() - v[0, 0])
-            v0s.append(v[0, 0])
-            returns.append(g)
-            terms_max = max(terms_max, float(np.max(np.abs(rollouts.alive * (rollouts.reward - q + v)))))
-            live = rollouts.alive > 0
-            for key in on_policy:
-                on_policy[key].append(getattr(rollouts, key)[live])
-    finally:
-        for env in pool:
-            env.close()
-    gap, gap_se = mean_and_se(np.array(gaps))
+    """The Monte Carlo half of the report: ``config.rollouts`` rollouts of ``steps`` from each start state (all in
+    lockstep), their soft returns against ``V(s_0)``; and the on-policy transitions they visited."""
+    starts = [Start(config.seed + k) for k in range(config.start_states)]
+    with EnvPool(make_env, unwrapped=True) as pool:
+        rollouts = run_rollouts(pool, policy, starts, config.rollouts, steps, key=config.seed)
+    q, v = rollout_values(policy, rollouts, config.value_samples)
+    g = soft_return_estimates(rollouts, q, v, policy.gamma).reshape(config.start_states, config.rollouts)
+    v0s = v[:, 0].reshape(config.start_states, config.rollouts)[:, 0]
+    gaps = g.mean(axis=1) - v0s
+    terms_max = float(np.max(np.abs(rollouts.alive * (rollouts.reward - q + v))))
+    live = rollouts.alive > 0
+    on_policy = {key: getattr(rollouts, key)[live] for key in TRANSITION_KEYS}
+    gap, gap_se = mean_and_se(gaps)
     report = {
         "method": "Monte Carlo soft return sum_t gamma^t (r_t - Q(s_t,a_t) + V(s_t)) of the skill's own stochastic "
                   "policy (one sampler draw per step) against V(s_0); V by importance sampling (mixture proposal)",
         "start_states": config.start_states, "rollouts_per_start": config.rollouts, "rollout_steps": steps,
         "tail_bound": float(policy.gamma**steps * terms_max / (1.0 - policy.gamma)),
         "value_samples": config.value_samples, "gamma": policy.gamma, "alpha": policy.alpha,
-        "V0_mean": float(np.mean(v0s)), "soft_return_mean": float(np.mean([r.mean() for r in returns])),
+        "V0_mean": float(np.mean(v0s)), "soft_return_mean": float(np.mean(g.mean(axis=1))),
         "soft_return_gap": gap, "soft_return_gap_se": gap_se,
         "soft_return_gap_per_start": [float(x) for x in gaps],
         "V0_per_start": [float(x) for x in v0s],
-        "soft_return_per_start": [float(r.mean()) for r in returns],
-        "soft_return_se_per_start": [mean_and_se(r)[1] for r in returns],
+        "soft_return_per_start": [float(r.mean()) for r in g],
+        "soft_return_se_per_start": [mean_and_se(r)[1] for r in g],
     }
-    return report, {k: np.concatenate(v) for k, v in on_policy.items()}
+    return report, on_policy
 
 
 def residual_record(policy: SoftPolicy, data: dict[str, np.ndarray], config: ConvergenceConfig) -> dict:

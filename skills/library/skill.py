@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -88,10 +89,12 @@ class Skill:
         o = checked(obs, self.obs_dim, device=self.device)
         return like(self.agent.sampler.sample(o.reshape(-1, self.obs_dim), n), obs)
 
-    def act(self, obs: ArrayLike, deterministic: bool = False) -> np.ndarray:
-        """An action for one state [obs_dim] (or a batch); see ``SoftQLearning.act``."""
+    def act(self, obs: ArrayLike, deterministic: bool = False,
+            generators: Sequence[torch.Generator] | None = None) -> np.ndarray:
+        """An action for one state [obs_dim] (or a batch; ``generators``: one random stream per row); see
+        ``SoftQLearning.act``."""
         o = checked(obs, self.obs_dim).numpy()
-        return self.agent.act(o, deterministic)
+        return self.agent.act(o, deterministic, generators)
 
     @torch.no_grad()
     def value(self, obs: ArrayLike, n_samples: int = 1024, generator: torch.Generator | None = None,

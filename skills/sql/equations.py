@@ -16,7 +16,7 @@ so there is no mixing of spaces (softlearning issue #143) and no ``eps`` in the 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -93,10 +93,28 @@ class SamplerNetwork(nn.Module):
         out, acts = backprop.forward(self.net, obs * self.obs_scale, noise)
         return noise + out, acts
 
-    def sample(self, obs: torch.Tensor, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Actions ``tanh(f(s, xi))``: obs [B, obs_dim] -> [B, n, d]."""
-        noise = torch.randn(obs.shape[0], n, self.act_dim, generator=generator, device=obs.device)
+    def sample(self, obs: torch.Tensor, n: int, generator: torch.Generator | None = None,
+               generators: Sequence[torch.Generator] | None = None) -> torch.Tensor:
+        """Actions ``tanh(f(s, xi))``: obs [B, obs_dim] -> [B, n, d]. ``generators``: one per row, each row's noise
+        drawn from its own stream (``row_noise``), so a row's actions do not depend on the other rows."""
+        if generators is not None:
+            noise = row_noise(generators, (n, self.act_dim), obs.device)
+        else:
+            noise = torch.randn(obs.shape[0], n, self.act_dim, generator=generator, device=obs.device)
         return torch.tanh(self(obs, noise))
+
+
+def row_noise(generators: Sequence[torch.Generator], shape: tuple[int, ...], device: torch.device | str = "cpu"
+              ) -> torch.Tensor:
+    """Standard normal noise [B, *shape], row ``b`` drawn from ``generators[b]`` (CPU streams): what a row draws is the
+    same whichever rows are batched with it, as episodes stepped in lockstep need."""
+    return torch.stack([torch.randn(shape, generator=g) for g in generators]).to(device)
+
+
+def row_uniform(generators: Sequence[torch.Generator], shape: tuple[int, ...], device: torch.device | str = "cpu"
+                ) -> torch.Tensor:
+    """Uniform noise on [0, 1) [B, *shape], row ``b`` drawn from ``generators[b]`` (as ``row_noise``)."""
+    return torch.stack([torch.rand(shape, generator=g) for g in generators]).to(device)
 
 
 # ---- soft value and Bellman target ------------------------------------------------------------

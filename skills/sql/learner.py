@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields
 
 import numpy as np
@@ -248,18 +249,20 @@ class SoftQLearning:
 
     # ---- acting ----
     @torch.no_grad()
-    def act(self, obs: np.ndarray, deterministic: bool = False) -> np.ndarray:
+    def act(self, obs: np.ndarray, deterministic: bool = False,
+            generators: Sequence[torch.Generator] | None = None) -> np.ndarray:
         """One action per observation: obs [obs_dim] or [B, obs_dim] -> [act_dim] or [B, act_dim].
 
-        Stochastic: a sampler draw. Deterministic: the highest-Q of ``eval_particles`` draws.
+        Stochastic: a sampler draw. Deterministic: the highest-Q of ``eval_particles`` draws. The noise comes from
+        torch's global stream, or with ``generators`` from one stream per row (``SamplerNetwork.sample``).
         """
         single = np.ndim(obs) == 1
         o = torch.as_tensor(np.atleast_2d(obs), dtype=torch.float32, device=self.device)
         if deterministic:
-            candidates = self.sampler.sample(o, self.config.eval_particles)  # [B, N, d]
+            candidates = self.sampler.sample(o, self.config.eval_particles, generators=generators)  # [B, N, d]
             best = self.q(o.unsqueeze(1), candidates).argmax(dim=1)
             actions = candidates[torch.arange(len(o)), best]
         else:
-            actions = self.sampler.sample(o, 1)[:, 0]
+            actions = self.sampler.sample(o, 1, generators=generators)[:, 0]
         out = actions.cpu().numpy()
         return out[0] if single else out

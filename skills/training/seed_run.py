@@ -10,6 +10,7 @@ import random
 import socket
 import time
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,8 @@ import torch
 import envs
 
 from ..evaluation.diagnostics import ConvergenceConfig, convergence_report, soft_value_bounds, value_bound_violation
-from ..evaluation.episodes import EVAL_SEED, run_episodes
+from ..evaluation.episodes import EVAL_SEED, evaluate
+from ..evaluation.lockstep import EnvPool
 from ..evaluation.plots import plot_convergence, plot_learning_curve
 from ..library import (
     Manifest,
@@ -115,7 +117,7 @@ class SeedRun:
             probe_task(self.task.name, self.env_kwargs)  # a user's terms: their mistakes surface before anything is saved
         self.env = training_env(task, in_child_process=run.overlap_env_step, **self.env_kwargs)
         self.observation_space, self.action_space = self.env.single_observation_space, self.env.single_action_space
-        self.eval_env = envs.make(task, **self.env_kwargs)
+        self.eval_pool = EnvPool(partial(envs.make, task, **self.env_kwargs))  # periodic evaluations, in lockstep
         self.action_space.seed(run.seed)
         self.rng = np.random.default_rng(run.seed)
         self.agent, self.start_steps = self._start(resumed, start)
@@ -215,12 +217,13 @@ class SeedRun:
         return episode
 
     def close(self) -> None:
-        """Stop the training env (and its child process)."""
+        """Stop the training env (and its child process); the evaluation envs stay for the final evaluations."""
         self.env.close()
 
     def give_back(self) -> None:
-        """Close the env; a run that published nothing gives its claimed version (and its log) back."""
+        """Close the envs; a run that published nothing gives its claimed version (and its log) back."""
         self.close()
+        self.eval_pool.close()
         if is_claim_only(self.path):
             release_claim(self.path)
             self.log_path.unlink(missing_ok=True)
@@ -260,8 +263,10 @@ class SeedRun:
             return convergence_report(skill, skill.make_env, self.task.reward_range, transitions, config)
 
     def evaluate(self, episodes: int, deterministic: bool | None = None) -> dict:
+        """The agent on ``episodes`` seeded evaluation episodes, in lockstep, each from its own random stream (the
+        training stream is untouched)."""
         deterministic = self.run.deterministic_eval if deterministic is None else deterministic
-        return run_episodes(self.eval_env, lambda o: self.agent.act(o, deterministic), episodes, EVAL_SEED)
+        return evaluate(self.agent, self.eval_pool, episodes, EVAL_SEED, deterministic=deterministic, soft=False)
 
     def manifest(self, status: str, env_steps: int, wall: float, metrics: dict) -> Manifest:
         """The skill's manifest as it stands (``skills.library.manifest.Manifest``)."""
@@ -401,4 +406,5 @@ class SeedRun:
             self.convergence_record = self.convergence()
         self.checkpoint("complete", self.env_steps, wall, final)
         self.log_path.unlink(missing_ok=True)
+        self.eval_pool.close()
         return TrainResult(self.path, final, self.env_steps, wall, self.history)
