@@ -28,9 +28,11 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
+from typing import cast
 
 import gymnasium as gym
 import numpy as np
+from gymnasium.spaces import Box
 
 from ..policy import SoftPolicy
 
@@ -108,14 +110,14 @@ def run_rollouts(envs_: Sequence[gym.Env], act: Callable[[np.ndarray], np.ndarra
     start's seed and replays its prefix, so all begin in the same state.
     """
     n = len(envs_)
-    obs = []
+    first = []
     for env in envs_:
         o, _ = env.reset(seed=start.seed)
         for a in start.prefix:
             o, *_ = env.step(np.asarray(a))
-        obs.append(o)
-    obs = np.stack(obs).astype(np.float32)
-    o_dim, a_dim = obs.shape[1], envs_[0].action_space.shape[0]
+        first.append(o)
+    obs = np.stack(first).astype(np.float32)
+    o_dim, a_dim = obs.shape[1], cast(Box, envs_[0].action_space).shape[0]  # the tasks' action spaces are boxes
     out = Rollouts(np.zeros((n, steps, o_dim), np.float32), np.zeros((n, steps, a_dim), np.float32),
                    np.zeros((n, steps), np.float64), np.zeros((n, steps, o_dim), np.float32),
                    np.zeros((n, steps)), np.zeros((n, steps)))
