@@ -76,7 +76,8 @@ def make(name: str, **kwargs: Any) -> gym.Env:
 
 for _task in TASKS.values():
     if _task.gym_id not in gym.registry:
-        gym.register(id=_task.gym_id, entry_point=_create, kwargs={"task": _task.name},
+        # ignore: gymnasium's EnvCreator protocol takes **kwargs only; _create's task comes in kwargs
+        gym.register(id=_task.gym_id, entry_point=_create, kwargs={"task": _task.name},  # type: ignore[arg-type]
                      max_episode_steps=_task.family.horizon)
 
 __all__ = ["TASKS", "Family", "Task", "UnknownNameError", "get_task", "make", "make_task_env", "mean_task"]

@@ -15,8 +15,10 @@ import difflib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
+from typing import cast
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 TermFn = Callable[[np.ndarray, np.ndarray], np.ndarray]
 """``(next_obs[B, obs_dim], action[B, act_dim]) -> value[B]``."""
@@ -101,9 +103,10 @@ class Task:
         """The task reward on a batch: ``[B]``."""
         return self.combine(self.reward_terms(next_obs, action))
 
-    def combine(self, terms: Mapping[str, np.ndarray]) -> np.ndarray:
+    def combine(self, terms: Mapping[str, ArrayLike]) -> np.ndarray:
         """Weighted sum of already computed terms."""
-        return sum(w * np.asarray(terms[k]) for k, w in self.weights.items())
+        total = sum(w * np.asarray(terms[k]) for k, w in self.weights.items())
+        return cast(np.ndarray, total)  # a task has weights: never sum's empty 0
 
     def checks(self, next_obs: np.ndarray, action: np.ndarray) -> dict[str, np.ndarray]:
         """Every success criterion of the family on a batch: ``{name: [B] bool}``."""
