@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -193,7 +194,8 @@ def episode_starts(composed, make_env, seed: int, steps: list[int]) -> list:
     """``(Start, obs, step)`` at the given steps of one seeded episode of the composed policy; each
     ``Start`` replays the episode's actions up to its step and then takes the policy's action there."""
     env = make_env().unwrapped
-    out, prefix = [], []
+    out: list[tuple[Start, np.ndarray, int]] = []
+    prefix: list[np.ndarray] = []
     try:
         obs, _ = env.reset(seed=seed)
         for t in range(max(steps) + 1):
@@ -227,7 +229,7 @@ def mc_soft_q(composed, joint, correction: torch.nn.Module, make_env, reward_ran
                 q_w, c = float(composed.q(o, a)[0]), float(correction(o, a)[0])
             row = {"seed": start.seed, "step": t, "Q_w": q_w, "C": c}
             for name, policy in policies.items():
-                rollouts = run_rollouts(pool, lambda x, p=policy: p.act(x), start, steps)
+                rollouts = run_rollouts(pool, policy.act, start, steps)
                 q, v = rollout_values(policy, rollouts, config.value_samples)
                 g = soft_return_estimates(rollouts, q, v, gamma, from_action=True)
                 term_max = max(term_max, float(np.max(np.abs(rollouts.alive * (rollouts.reward - q + v))[:, 1:])))
@@ -263,7 +265,7 @@ def summarise_mc_bound(per_pair: list[dict], steps: int, tail_bound: float, conf
     falsified = {n: np.array([r[n]["ci"][0] > r["Q_w"] for r in per_pair]) for n in names}
     lower_holds = np.array([r["composed"]["ci"][1] >= r["Q_w"] - r["C"] for r in per_pair])
     g = {n: np.array([r[n]["mean"] for r in per_pair]) for n in names}
-    out = {
+    out: dict[str, Any] = {
         "method": "Monte Carlo soft returns G = r_0 + sum_{t>=1} gamma^t (r_t - Q(s_t,a_t) + V(s_t)) from (s, a) pairs on "
                   "the composed policy's own episodes (episode replayed to s, then a, then the policy), on r_w; "
                   "95% Student-t CIs over rollouts",

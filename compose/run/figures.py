@@ -12,6 +12,7 @@ import torch
 import envs
 import skills
 from envs._gl import headless
+from envs.rendering import MujocoRendering
 from envs.video import VideoWriter, draw_text, overlay_lines
 
 from ..bound import gap_on_states
@@ -58,8 +59,12 @@ def render_episode(composition: Composition, policy: Callable[[np.ndarray], np.n
 
     def frame(lines: list[str]) -> np.ndarray:
         if not views:
-            return draw_text(env.render(), lines)
-        images = [env.unwrapped.render_view(camera, np.array(trail)) for camera in views.values()]
+            image = env.render()
+            assert isinstance(image, np.ndarray)  # render_mode="rgb_array"
+            return draw_text(image, lines)
+        scene = env.unwrapped
+        assert isinstance(scene, MujocoRendering)  # an arm task's env
+        images = [scene.render_view(camera, np.array(trail)) for camera in views.values()]
         return draw_text(np.concatenate(images, axis=1), lines)
 
     actions = []

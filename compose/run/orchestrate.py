@@ -24,7 +24,7 @@ from ..skill import ComposedSkill, load
 from .checks import bound_checks, episode_bound
 from .evaluation import Pairs, composed_policy, evaluate_row, find_joint, skill_cost, trajectories
 from .figures import bound_episode_figure, q_slices_figure, render_episode
-from .report import CompositionReport, OperatorsReport, RunReport
+from .report import CompositionReport, OperatorsReport
 from .settings import BuildConfig, EvaluationConfig, Sources
 
 
@@ -61,7 +61,7 @@ class Run:
 
 def run(spec: str | Sequence[str], operators: Sequence[str | Operator] = ("average",), *,
         weights: Sequence[float] | None = None, evaluation: EvaluationConfig = EvaluationConfig(),
-        build_config: BuildConfig = BuildConfig(), sources: Sources = Sources()) -> RunReport:
+        build_config: BuildConfig = BuildConfig(), sources: Sources = Sources()) -> CompositionReport | OperatorsReport:
     """Compose the skills of ``spec`` with each of ``operators`` (names or ``compose.operators.Operator`` objects),
     run every composition, the jointly trained reference and each constituent on the same seeded episodes, and
     report. One operator gives a ``CompositionReport`` (with the bound checks for a bounded operator, figures and an
