@@ -25,6 +25,7 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -45,8 +46,8 @@ def trial(kind: str, spec: str, seed: int, steps: int, eval_interval: int, eval_
     from skills.training.defaults import sql_config, train_config
 
     torch.set_num_threads(1)
-    overrides = {"eval_interval": eval_interval, "eval_episodes": eval_episodes, "final_eval_episodes": 1,
-                 "progress": False, "convergence": False, "overlap_env_step": False}
+    overrides: dict[str, Any] = {"eval_interval": eval_interval, "eval_episodes": eval_episodes, "final_eval_episodes": 1,
+                                 "progress": False, "convergence": False, "overlap_env_step": False}
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as out:
         if kind == "joint":

@@ -15,6 +15,7 @@ import io
 import json
 import warnings
 from pathlib import Path
+from typing import cast
 
 import gymnasium as gym
 import numpy as np
@@ -26,8 +27,9 @@ from .timing import interleaved_rates, machine_info
 
 def stepping_workload(env: gym.Env, steps: int, seed: int):
     """A callable that steps ``env`` ``steps`` times with fixed random actions; returns steps."""
-    actions = np.random.default_rng(seed).uniform(-1, 1, size=(steps,) + env.action_space.shape)
-    actions = actions.astype(env.action_space.dtype)
+    space = cast(gym.spaces.Box, env.action_space)  # the tasks' actions are boxes
+    actions = np.random.default_rng(seed).uniform(-1, 1, size=(steps,) + space.shape)
+    actions = actions.astype(space.dtype)
 
     def run() -> int:
         env.reset(seed=seed)

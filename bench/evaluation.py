@@ -98,8 +98,8 @@ def profile(episodes: int, mc: bool, out: Path) -> dict:
     """Phase 1: one ``compose.run`` with timers on its phases and on each kind of work."""
     timers = Timers()
     with ExitStack() as stack:
-        for label, (owner, name) in PHASES.items():
-            stack.enter_context(timers.patch(owner, name, label))
+        for label, (phase_owner, name) in PHASES.items():
+            stack.enter_context(timers.patch(phase_owner, name, label))
         for label, places in kinds().items():
             for owner, name in places:
                 stack.enter_context(timers.patch(owner, name, label))

@@ -14,11 +14,12 @@ import json
 import sys
 import tempfile
 from dataclasses import replace
+from typing import Any
 
 import numpy as np
 import torch
 
-VARIANTS = {
+VARIANTS: dict[str, dict[str, Any]] = {  # SQLConfig fields to change
     "shipped": {},
     "no-random": {"random_episodes": 0.0},  # the policy's own data only
     "slow-copies": {"random_episodes": 0.0, "target_update_interval": 1000},  # the previous release's schedule

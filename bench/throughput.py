@@ -29,6 +29,7 @@ import time
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
+from typing import cast
 
 import gymnasium as gym
 import numpy as np
@@ -54,7 +55,7 @@ class ScaledObservation(gym.ObservationWrapper):
     def __init__(self, env: gym.Env, scale: float):
         super().__init__(env)
         self.scale = float(scale)
-        box = env.observation_space
+        box = cast(gym.spaces.Box, env.observation_space)  # the tasks' observations are boxes
         self.observation_space = gym.spaces.Box(box.low * self.scale, box.high * self.scale, box.shape, box.dtype)
 
     def observation(self, observation: np.ndarray) -> np.ndarray:

@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
 
 from bench import cli
 from bench.flops import count_dispatch
@@ -72,7 +73,8 @@ def _concat_sampler_forward(self: SamplerNetwork, obs: torch.Tensor, noise: torc
 @contextlib.contextmanager
 def concatenated_first_layer(agent: SoftQLearning) -> Iterator[None]:
     """Run ``agent``'s networks with the textbook ``W [s, a] + b`` first layer (same weights)."""
-    nets = [(agent.q, _concat_q_forward), (agent.q_target, _concat_q_forward), (agent.sampler, _concat_sampler_forward)]
+    nets: list[tuple[nn.Module, Callable[..., torch.Tensor]]] = [
+        (agent.q, _concat_q_forward), (agent.q_target, _concat_q_forward), (agent.sampler, _concat_sampler_forward)]
     for net, forward in nets:
         net.forward = forward.__get__(net)
     try:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import gymnasium as gym
 import numpy as np
@@ -269,7 +270,7 @@ def summarise_mc_bound(per_pair: list[dict], steps: int, tail_bound: float, conf
     falsified = {n: np.array([r[n]["ci"][0] > r["Q_w"] for r in per_pair]) for n in names}
     lower_holds = np.array([r["composed"]["ci"][1] >= r["Q_w"] - r["C"] for r in per_pair])
     g = {n: np.array([r[n]["mean"] for r in per_pair]) for n in names}
-    out = {
+    out: dict[str, Any] = {
         "method": "Monte Carlo soft returns G = r_0 + sum_{t>=1} gamma^t (r_t - Q(s_t,a_t) + V(s_t)) from (s, a) pairs on "
                   "the composed policy's own episodes (episode replayed to s, then a, then the policy), on r_w; "
                   "95% Student-t CIs over rollouts",

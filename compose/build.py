@@ -54,17 +54,24 @@ def build(composition: Composition, library: str | None, progress: bool, sampler
         warnings.warn(f"{err}; rebuilding it", stacklevel=2)
         manifest = None
     if manifest is not None:
-        return Built(modules["sampler"], modules.get("C"), True, manifest["sampler_wall_time_s"],
+        return Built(*built_networks(modules), True, manifest["sampler_wall_time_s"],
                      time.perf_counter() - start, manifest | {"cache": str(path)}, q=op.energy(composition, modules))
     modules, manifest, energy = fit_and_train(composition, modules, sampler_cfg, bound_cfg, progress)
     try:
         save_cached(path, modules, manifest, composition)
-        where = {"cache": str(path)}
+        where: dict[str, str | None] = {"cache": str(path)}
     except OSError as err:  # a read-only or full library: the build is still good, it just is not kept
         warnings.warn(f"could not cache the composition in {path} ({err}); it will be rebuilt next time", stacklevel=2)
         where = {"cache": None, "cache_error": str(err)}
-    return Built(modules["sampler"], modules.get("C"), False, manifest["sampler_wall_time_s"], 0.0, manifest | where,
+    return Built(*built_networks(modules), False, manifest["sampler_wall_time_s"], 0.0, manifest | where,
                  q=energy)
+
+
+def built_networks(modules: dict[str, torch.nn.Module]) -> tuple[SamplerNetwork, SoftQNetwork | None]:
+    """The composed sampler and (bounded operators) the bound's ``C`` among the built modules."""
+    sampler, correction = modules["sampler"], modules.get("C")
+    assert isinstance(sampler, SamplerNetwork) and (correction is None or isinstance(correction, SoftQNetwork))
+    return sampler, correction
 
 
 def fit_and_train(composition: Composition, modules: dict[str, torch.nn.Module], sampler_cfg: SamplerConfig,

@@ -101,6 +101,7 @@ def save(composition: Composition, sampler: SamplerNetwork | None, name: str | N
 def saved_manifest(composition: Composition, agent: SoftQLearning, path: Path, root: Path) -> Manifest:
     """The manifest of a saved composition: the first constituent's spaces and family, ``composed_from``."""
     first = composition.parts[0].info  # spaces are copied as recorded
+    assert isinstance(agent.q, ComposedSoftQNetwork)  # composed_agent's
     hyper = {k: v for k, v in agent.config.to_dict().items() if k not in ("alpha", "gamma")}
     return Manifest(
         name=path.parent.name, version=int(path.name[1:]), status="complete", task=composition.task.name,

@@ -28,9 +28,11 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
+from numpy.typing import ArrayLike
 
 import envs
 import skills
@@ -51,7 +53,7 @@ BOOTSTRAP_REPS = 2000
 
 
 # ---- statistics -------------------------------------------------------------------------------------
-def iqm(values: Sequence[float]) -> float:
+def iqm(values: ArrayLike) -> float:
     """Interquartile mean: the mean after cutting ``floor(n/4)`` runs from each end (as
     ``scipy.stats.trim_mean(x, 0.25)``, which rliable uses)."""
     x = np.sort(np.asarray(values, dtype=np.float64))
@@ -361,7 +363,7 @@ def curves(task: str, seeds: Sequence[int], trained: dict) -> dict:
     if not histories:
         return {}
     steps = sorted(set.intersection(*[{h["env_steps"] for h in hist} for hist in histories]))
-    out = {"env_steps": steps}
+    out: dict[str, Any] = {"env_steps": steps}
     for key in ("return_mean", "success_rate"):
         table = [[next(h[key] for h in hist if h["env_steps"] == s) for s in steps] for hist in histories]
         agg = [aggregate([row[i] for row in table]) for i in range(len(steps))]

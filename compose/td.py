@@ -17,9 +17,16 @@ from skills.training.progress import progress_bar
 
 
 class TDSettings(Protocol):
-    lr: float  # Adam learning rate
-    batch_size: int  # transitions per update
-    target_update_interval: int  # updates per hard target copy (one backup)
+    """What ``td_fit`` reads of its settings (frozen dataclasses answer it: the members are read-only)."""
+
+    @property
+    def lr(self) -> float: ...  # Adam learning rate
+
+    @property
+    def batch_size(self) -> int: ...  # transitions per update
+
+    @property
+    def target_update_interval(self) -> int: ...  # updates per hard target copy (one backup)
 
 
 def td_fit(net: nn.Module, td_pair: Callable[[torch.Tensor, nn.Module, nn.Module], tuple[torch.Tensor, torch.Tensor]],

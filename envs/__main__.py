@@ -21,6 +21,7 @@ def save_frame(task: str, path: str, seed: int = 0, steps: int = 5, width: int =
         env.step(np.zeros(env.action_space.shape, np.float32))
     frame = env.render()
     env.close()
+    assert isinstance(frame, np.ndarray)  # render_mode="rgb_array"
     if not cv2.imwrite(path, frame[:, :, ::-1]):
         raise OSError(f"could not write {path}")
     return path

@@ -103,7 +103,7 @@ def sample_scene(rng: np.random.Generator, layout: ArmLayout = LAYOUT) -> tuple[
         u = rng.uniform(*layout.blocking_span)
         sideways = rng.normal(size=3)
         sideways -= np.dot(sideways, target) / np.dot(target, target) * target
-        sideways *= rng.uniform(0.0, layout.blocking_offset) / max(np.linalg.norm(sideways), 1e-9)
+        sideways *= rng.uniform(0.0, layout.blocking_offset) / max(float(np.linalg.norm(sideways)), 1e-9)
         return target, u * target + sideways, True
     while True:
         obstacle = rng.uniform(low, high)

@@ -19,13 +19,17 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING, cast
 
 import numpy as np
 
 import envs
 from envs.cli import workspace_origin
 
-from .arm import MAX_DISPLACEMENT, TARGET_REL
+from .arm import MAX_DISPLACEMENT, TARGET_REL, ArmTaskEnv
+
+if TYPE_CHECKING:
+    from .arms.custom import CustomArm
 
 TRACKING_EPISODES, TRACKING_STEPS = 5, 20
 
@@ -68,7 +72,9 @@ def check(arm: str, ee_site: str | None, origin=None, episodes: int = 20, frame:
     """Build ``reach`` on the arm and measure; the report as a dict (``render_report`` prints it)."""
     kwargs = {"arm": arm, "ee_site": ee_site, "workspace_origin": origin}
     env = envs.make("reach", render_mode="rgb_array" if frame else None, **{k: v for k, v in kwargs.items() if v is not None})
-    backend = env.unwrapped.arm
+    task_env = env.unwrapped
+    assert isinstance(task_env, ArmTaskEnv)  # reach is an arm task
+    backend = cast("CustomArm", task_env.arm)  # arm is an MJCF path or jaco: a custom arm
     m = backend.model
     joints = [{"joint": m.joint(j).name, "actuator": m.actuator(a).name, "kind": kind}
               for j, a, kind in zip(backend._joints, backend.drive.actuators, backend.drive.kinds, strict=False)]
@@ -85,7 +91,9 @@ def check(arm: str, ee_site: str | None, origin=None, episodes: int = 20, frame:
 
         env.reset(seed=10_000)
         frame.parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(env.render()).save(frame)
+        image = env.render()
+        assert isinstance(image, np.ndarray)  # render_mode="rgb_array"
+        Image.fromarray(image).save(frame)
         report["frame"] = str(frame)
     env.close()
     return report

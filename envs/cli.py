@@ -49,7 +49,7 @@ def workspace_origin(text: str) -> tuple[float, float, float] | str:
         values = ()
     if len(values) != 3 or not all(math.isfinite(v) for v in values):
         raise argparse.ArgumentTypeError(f"expected X,Y,Z in metres (three finite numbers) or auto, got {text!r}")
-    return values  # type: ignore[return-value]
+    return values
 
 
 def add_task_arguments(parser: argparse.ArgumentParser) -> None:

@@ -16,9 +16,10 @@ import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 TermFn = Callable[[np.ndarray, np.ndarray], np.ndarray]
 """``(next_obs[B, obs_dim], action[B, act_dim]) -> value[B]``."""
@@ -186,9 +187,10 @@ class Task:
         """The task reward on a batch: ``[B]``."""
         return self.combine(self.reward_terms(next_obs, action))
 
-    def combine(self, terms: Mapping[str, np.ndarray]) -> np.ndarray:
+    def combine(self, terms: Mapping[str, ArrayLike]) -> np.ndarray:
         """Weighted sum of already computed terms."""
-        return sum(w * np.asarray(terms[k]) for k, w in self.weights.items())
+        total = sum(w * np.asarray(terms[k]) for k, w in self.weights.items())
+        return cast(np.ndarray, total)  # a task has weights: never sum's empty 0
 
     def checks(self, next_obs: np.ndarray, action: np.ndarray) -> dict[str, np.ndarray]:
         """Every success criterion of the family on a batch: ``{name: [B] bool}``."""

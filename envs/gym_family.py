@@ -28,8 +28,8 @@ EnvSource = str | Callable[..., gym.Env]  # a Gymnasium id, or a function making
 
 def make_inner(source: EnvSource, render_mode: str | None = None, **kwargs: Any) -> gym.Env:
     """The Gymnasium env behind a family: ``gym.make(id)`` or ``source()``, with ``render_mode`` when asked."""
-    extra = {"render_mode": render_mode} if render_mode is not None else {}
-    return gym.make(source, **extra, **kwargs) if isinstance(source, str) else source(**extra, **kwargs)
+    options: dict[str, Any] = {**({"render_mode": render_mode} if render_mode is not None else {}), **kwargs}
+    return gym.make(source, **options) if isinstance(source, str) else source(**options)
 
 
 def box_spaces(env: gym.Env, where: str) -> tuple[gym.spaces.Box, gym.spaces.Box]:

@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from . import _gl
 from ._gl import RENDER_INSTALL_HINT, headless
+
+if TYPE_CHECKING:
+    import mujoco
+    from gymnasium.envs.mujoco.mujoco_rendering import MujocoRenderer
 
 
 class RenderingUnavailable(RuntimeError):
@@ -45,8 +50,8 @@ class SceneRenderer:
         model.vis.global_.offwidth = max(int(model.vis.global_.offwidth), width)
         model.vis.global_.offheight = max(int(model.vis.global_.offheight), height)
         self._camera = free_camera(self.camera_config)
-        self._offscreen = None
-        self._window = None
+        self._offscreen: mujoco.Renderer | None = None
+        self._window: MujocoRenderer | None = None
 
     def render(self, mode: str = "rgb_array", camera: dict | None = None, trail: np.ndarray | None = None,
                trail_rgba: tuple = (0.1, 0.5, 1.0, 0.9)) -> np.ndarray | None:
@@ -100,7 +105,7 @@ class MujocoRendering:
     _size: tuple[int, int]
     _renderer: SceneRenderer | None = None
 
-    def _scene(self) -> tuple:
+    def _scene(self) -> tuple[Any, Any, dict]:  # model, data, camera
         raise NotImplementedError
 
     def render(self):
@@ -117,7 +122,9 @@ class MujocoRendering:
         """An ``rgb_array`` frame from another camera (``SceneRenderer.render``), with an optional trail."""
         if self._renderer is None:
             self._renderer = SceneRenderer(*self._scene(), *self._size)
-        return self._renderer.render("rgb_array", camera=camera, trail=trail)
+        frame = self._renderer.render("rgb_array", camera=camera, trail=trail)
+        assert frame is not None  # rgb_array: always a frame
+        return frame
 
     def close(self):
         if self._renderer is not None:

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    import cv2
 
 
 def overlay_lines(info: dict, step: int) -> list[str]:
@@ -40,7 +44,7 @@ class VideoWriter:
 
     def __init__(self, path: str | Path, fps: float):
         self.path, self.fps = Path(path), float(fps)
-        self._writer = None
+        self._writer: cv2.VideoWriter | None = None
 
     def add(self, frame: np.ndarray) -> None:
         import cv2
@@ -48,7 +52,8 @@ class VideoWriter:
         if self._writer is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             h, w = frame.shape[:2]
-            self._writer = cv2.VideoWriter(str(self.path), cv2.VideoWriter_fourcc(*"mp4v"), self.fps, (w, h))
+            fourcc = cv2.VideoWriter_fourcc(*"mp4v")  # type: ignore[attr-defined]  # missing from OpenCV's stubs
+            self._writer = cv2.VideoWriter(str(self.path), fourcc, self.fps, (w, h))
             if not self._writer.isOpened():
                 raise RuntimeError(f"OpenCV cannot write {self.path}")
         self._writer.write(np.ascontiguousarray(frame[:, :, ::-1]))

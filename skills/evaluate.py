@@ -93,7 +93,7 @@ class UniformPolicy:
 
     def __init__(self, task: str):
         env = envs.make(task)
-        self.act_dim = env.action_space.shape[0]
+        self.act_dim = int(np.prod(env.action_space.shape or (1,)))
         env.close()
 
     def act(self, obs, deterministic: bool = False, generators=None) -> np.ndarray:

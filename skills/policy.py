@@ -46,6 +46,16 @@ def value_in_chunks(value_fn: Callable[[torch.Tensor], torch.Tensor], obs: torch
 
 
 @runtime_checkable
+class Actor(Protocol):
+    """What acts in an evaluation: one action per row of observations, each row from its own random stream."""
+
+    def act(self, obs: np.ndarray, deterministic: bool = False,
+            generators: Sequence[torch.Generator] | None = None) -> np.ndarray:
+        """obs [B, o] -> actions [B, d]; row ``b``'s randomness from ``generators[b]`` when given."""
+        ...
+
+
+@runtime_checkable
 class SoftPolicy(Protocol):
     """A maximum-entropy policy and its soft Q-function. Numpy in, numpy out; torch in, torch out."""
 

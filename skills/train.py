@@ -120,6 +120,7 @@ def checkpoints_kept(trainer: MultiSeedTrainer | None) -> str:
     paths = [str(t.path) for t in (trainer.trainers if trainer is not None else []) if t.path.exists()]
     if not paths:
         return "no checkpoint had been written yet"
+    assert trainer is not None  # it wrote the paths
     if len(trainer.trainers) > 1:
         return f"each seed's last checkpoint is in {', '.join(paths)} (status 'training'; --resume continues them)"
     return f"its last checkpoint is in {paths[0]} (status 'training')"

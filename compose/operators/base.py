@@ -31,15 +31,28 @@ class OperatorError(ValueError):
 
 
 class ComposedParts(Protocol):
-    """What an operator reads of a composition (``compose.composition.Composition`` answers it)."""
+    """What an operator reads of a composition (``compose.composition.Composition`` answers it); read-only."""
 
-    parts: Sequence[Any]  # the constituent skills (``skills.Skill``)
-    labels: Sequence[str]
-    weights: np.ndarray
-    alpha: float
-    gamma: float
-    obs_dim: int
-    act_dim: int
+    @property
+    def parts(self) -> Sequence[Any]: ...  # the constituent skills (``skills.Skill``)
+
+    @property
+    def labels(self) -> Sequence[str]: ...
+
+    @property
+    def weights(self) -> np.ndarray: ...
+
+    @property
+    def alpha(self) -> float: ...
+
+    @property
+    def gamma(self) -> float: ...
+
+    @property
+    def obs_dim(self) -> int: ...
+
+    @property
+    def act_dim(self) -> int: ...
 
     @property
     def q_w(self) -> Any: ...  # ``compose.composition.ComposedQ``: its ``stacked`` Q-networks and ``weights``

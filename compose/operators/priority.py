@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from skills.sql import SamplerNetwork
 from skills.sql.many_skills import StackedQ
 
 from .base import ComposedParts, Energy, NumpyOrTorch, Operator, OperatorError, flat_states, stacked_of
@@ -72,7 +73,7 @@ class PriorityQ(NumpyOrTorch):
     ``max_a Q_k(s, a)`` is estimated per state as the best of ``max_candidates`` actions from skill ``k``'s own
     sampler (no gradient; drawn from this energy's generator)."""
 
-    def __init__(self, stacked: StackedQ, samplers: Sequence[nn.Module], rank: Sequence[int], config: Priority):
+    def __init__(self, stacked: StackedQ, samplers: Sequence[SamplerNetwork], rank: Sequence[int], config: Priority):
         """``rank``: the constituents' indices, highest priority first."""
         self.stacked, self.samplers, self.rank, self.config = stacked, list(samplers), list(rank), config
         self.generator = torch.Generator().manual_seed(config.seed)

@@ -37,7 +37,9 @@ def learned_bound(composition: Composition, built: Built, joint: skills.Skill | 
     if joint is None:
         return out | {"holds_fraction": None, "mean_C": float(np.mean(c)), "mean_gap": None,
                       "mean_Q_w": float(np.mean(q_w)), "note": joint_note}
-    return out | check_bound(q_w, c, joint.q(obs.numpy(), act.numpy()))
+    q_joint = joint.q(obs.numpy(), act.numpy())
+    assert isinstance(q_joint, np.ndarray)  # numpy in, numpy out
+    return out | check_bound(q_w, c, q_joint)
 
 
 def bound_checks(composition: Composition, built: Built, reference: tuple[skills.Skill | None, str], pairs: Pairs,

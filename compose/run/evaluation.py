@@ -29,13 +29,16 @@ def composed_policy(composition: Composition, built: Built, kind: str, seed: int
     importance resampling of ``exp(Q/alpha)`` (a slow reference with no sampler)."""
     particles = None
     if kind == "particles":
+        assert built.q is not None  # build sets the energy
         particles = ParticlePolicy(built.q, composition.act_dim, composition.alpha, ParticleConfig(), seed,
                                    init=constituent_init([p.agent.sampler for p in composition.parts])).particles
     elif kind == "resampling":
+        energy = built.q
+        assert energy is not None  # build sets the energy
         generator = torch.Generator().manual_seed(seed)
 
         def particles(obs: torch.Tensor, generators=None) -> torch.Tensor:
-            return resampled_actions(built.q, obs, EVAL_PARTICLES, composition.alpha, composition.act_dim,
+            return resampled_actions(energy, obs, EVAL_PARTICLES, composition.alpha, composition.act_dim,
                                      generator=generator, generators=generators)
     return ComposedPolicy(composition, built.sampler, seed, particles, q_fn=built.q)
 

@@ -11,6 +11,7 @@ import torch
 import envs
 import skills
 from envs._gl import headless
+from envs.rendering import MujocoRendering
 from envs.video import VideoWriter, draw_text, overlay_lines
 from skills.evaluation.lockstep import stream
 from skills.policy import SoftPolicy
@@ -61,8 +62,12 @@ def render_episode(composition: Composition, policy: SoftPolicy, deterministic: 
 
     def frame(lines: list[str]) -> np.ndarray:
         if not views:
-            return draw_text(env.render(), lines)
-        images = [env.unwrapped.render_view(camera, np.array(trail)) for camera in views.values()]
+            image = env.render()
+            assert isinstance(image, np.ndarray)  # render_mode="rgb_array"
+            return draw_text(image, lines)
+        scene = env.unwrapped
+        assert isinstance(scene, MujocoRendering)  # an arm task's env
+        images = [scene.render_view(camera, np.array(trail)) for camera in views.values()]
         return draw_text(np.concatenate(images, axis=1), lines)
 
     actions = []

@@ -25,7 +25,7 @@ from ..skill import ComposedSkill, load
 from .checks import bound_checks, episode_bound
 from .evaluation import Pairs, composed_policy, evaluate_row, find_joint, skill_cost, trajectories
 from .figures import bound_episode_figure, q_slices_figure, render_episode
-from .report import CompositionReport, OperatorsReport, RunReport
+from .report import CompositionReport, OperatorsReport
 from .settings import BuildConfig, EvaluationConfig, Sources
 
 
@@ -63,7 +63,7 @@ class Run:
 
 def run(spec: str | Sequence[str], operators: Sequence[str | Operator] = ("average",), *,
         weights: Sequence[float] | None = None, evaluation: EvaluationConfig = EvaluationConfig(),
-        build_config: BuildConfig = BuildConfig(), sources: Sources = Sources()) -> RunReport:
+        build_config: BuildConfig = BuildConfig(), sources: Sources = Sources()) -> CompositionReport | OperatorsReport:
     """Compose the skills of ``spec`` with each of ``operators`` (names or ``compose.operators.Operator`` objects),
     run every composition, the jointly trained reference and each constituent on the same seeded episodes, and
     report. One operator gives a ``CompositionReport`` (with the bound checks for a bounded operator, figures and an
@@ -111,7 +111,8 @@ def compose_all(state: Run, operators: Sequence[str | Operator], weights: Sequen
 def evaluate_all(state: Run) -> None:
     """Phase 2: every composition, the joint and each constituent on the same seeded episodes. The single
     composition's (s, a) pairs are kept for the bound and the Q slices."""
-    evaluation = state.evaluation
+    evaluation, pool = state.evaluation, state.pool
+    assert pool is not None, "run() makes the pool"
     for name, composition in state.compositions.items():
         built = state.builds[name]
         kind = evaluation.sampler if state.single else "amortized"
@@ -119,12 +120,12 @@ def evaluate_all(state: Run) -> None:
         cost = built.info.get("operator_wall_time_s", 0.0) + (built.build_wall_time_s if kind == "amortized" else 0.0)
         row_name = "composed" if state.single else name
         state.policies[name] = composed_policy(composition, built, kind, evaluation.seed)
-        state.rows[row_name] = evaluate_row(row_name, state.policies[name], state.pool, evaluation, (0, cost),
+        state.rows[row_name] = evaluate_row(row_name, state.policies[name], pool, evaluation, (0, cost),
                                             state.pairs if state.single else None)
     if state.joint is not None:
-        state.rows["joint"] = evaluate_row("joint", state.joint, state.pool, evaluation, skill_cost(state.joint))
+        state.rows["joint"] = evaluate_row("joint", state.joint, pool, evaluation, skill_cost(state.joint))
     for label, part in zip(state.base.labels, state.base.parts, strict=True):
-        state.rows[label] = evaluate_row(label, part, state.pool, evaluation, skill_cost(part))
+        state.rows[label] = evaluate_row(label, part, pool, evaluation, skill_cost(part))
 
 
 def single_report(state: Run) -> CompositionReport:
@@ -172,7 +173,9 @@ def operators_report(state: Run) -> OperatorsReport:
         policies |= ({"joint": state.joint} if state.joint is not None else {})
         policies |= dict(zip(state.base.labels, state.base.parts, strict=False))
         episodes = min(evaluation.trajectory_episodes, evaluation.episodes)
-        drawn = {name: trajectories(p, state.pool, episodes, evaluation, family) for name, p in policies.items()}
+        pool = state.pool
+        assert pool is not None, "run() makes the pool"
+        drawn = {name: trajectories(p, pool, episodes, evaluation, family) for name, p in policies.items()}
         figures["trajectories"] = state.out / "trajectories.png"
         marks = next(iter(drawn.values()))[1]
         plot_trajectories({n: d[0] for n, d in drawn.items()}, marks, figures["trajectories"],

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .core import soft_or, soft_or_reward, soft_q_iteration
+from .core import CompositionBound, soft_or, soft_or_reward, soft_q_iteration
 from .grids import KING_MOVES, Grid, hunt_grid, random_mdp, reach_probability, soft_or_grid
 from .report import OPERATORS, OperatorResult, compare_operators, tightness
 
@@ -27,7 +27,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def hunt_rows(grid: Grid, alpha: float) -> dict[str, tuple[dict[str, OperatorResult], dict]]:
+def hunt_rows(grid: Grid, alpha: float) -> dict[str, tuple[dict[str, OperatorResult], CompositionBound]]:
     w = np.array([0.5, 0.5])
     return {"+".join(t): compare_operators(grid.P, grid.stack(list(t)), w, grid.gamma, alpha, grid.start_dist)
             for t in HUNT_PAIRS}
@@ -122,9 +122,9 @@ def plot(grid: Grid, rows: dict, alpha: float, path: Path) -> None:
                 ax.text(cc, rr, f"{r_w[s]:g}", ha="center", va="center", fontsize=7, color=color)
             free = np.flatnonzero(~grid.goal)
             mean_move = o.policy[free] @ moves  # expected (d_row, d_col)
-            rr, cc = np.divmod(free, W)
+            free_rows, free_cols = np.divmod(free, W)
             # y axis points down (row 0 on top), so d_row is used as is.
-            ax.quiver(cc, rr, mean_move[:, 1], mean_move[:, 0], color="tab:blue", angles="xy",
+            ax.quiver(free_cols, free_rows, mean_move[:, 1], mean_move[:, 0], color="tab:blue", angles="xy",
                       scale_units="xy", scale=1.6, width=0.012)
             sr, sc = grid.cell(grid.start)
             ax.plot(sc, sr, marker="*", ms=14, color="tab:orange", mec="k")

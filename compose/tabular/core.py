@@ -22,6 +22,7 @@ returning an unconverged array.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import TypedDict
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
@@ -35,6 +36,25 @@ DEFAULT_MAX_ITER = 100_000
 class ConvergenceError(RuntimeError):
     """An iterative solver did not reach its tolerance within ``max_iter`` iterations
     (or produced non-finite values, e.g. ``gamma == 1`` with a policy that never ends)."""
+
+
+class SolverOptions(TypedDict):
+    """The stopping settings every iterative solver takes."""
+
+    tol: float
+    max_iter: int
+
+
+class CompositionBound(TypedDict):
+    """What ``composition_bound`` returns (see there)."""
+
+    Q_skills: Array
+    Q_composed: Array
+    Q_optimal: Array
+    delta: Array
+    C: Array
+    delta_renyi: Array | None
+    C_renyi: Array | None
 
 
 # ----------------------------------------------------------------------------- checks
@@ -309,7 +329,7 @@ def composition_bound(
     *,
     tol: float = DEFAULT_TOL,
     max_iter: int = DEFAULT_MAX_ITER,
-) -> dict[str, Array | None]:
+) -> CompositionBound:
     """Haarnoja et al. 2018 bound ``Q_composed >= Q_optimal >= Q_composed - C``.
 
     ``rewards[N, S, A]``, ``weights[N]`` (non-negative, sum 1, refused otherwise). Keys:
@@ -325,20 +345,21 @@ def composition_bound(
     P = np.asarray(P, dtype=np.float64)
     Rs = _stack(rewards, P.shape[:2], "rewards")
     w = check_weights(weights, Rs.shape[0])
-    kw = dict(tol=tol, max_iter=max_iter)
+    kw = SolverOptions(tol=tol, max_iter=max_iter)
     Qs = np.stack([soft_q_iteration(P, r, gamma, alpha, **kw) for r in Rs])
     Q_composed = composed_q(Qs, w)
     Q_optimal = soft_q_iteration(P, composed_q(Rs, w), gamma, alpha, **kw)
     delta = composition_gap(Qs, w, alpha)
-    out: dict[str, Array | None] = dict(
+    out = CompositionBound(
         Q_skills=Qs, Q_composed=Q_composed, Q_optimal=Q_optimal,
         delta=delta, C=hard_max_correction(P, delta, gamma, **kw),
         delta_renyi=None, C_renyi=None,
     )
     if len(w) == 2 and w[0] == w[1]:
         pi1, pi2 = soft_policy(Qs[0], alpha), soft_policy(Qs[1], alpha)
-        out["delta_renyi"] = alpha * renyi_half_divergence(pi1, pi2)
-        out["C_renyi"] = hard_max_correction(P, out["delta_renyi"], gamma, **kw)
+        delta_renyi = alpha * renyi_half_divergence(pi1, pi2)
+        out["delta_renyi"] = delta_renyi
+        out["C_renyi"] = hard_max_correction(P, delta_renyi, gamma, **kw)
     return out
 
 
@@ -383,7 +404,7 @@ def divergence_correction(
     P = np.asarray(P, dtype=np.float64)
     Rs = _stack(rewards, P.shape[:2], "rewards")
     w = check_weights(weights, Rs.shape[0])
-    kw = dict(tol=tol, max_iter=max_iter)
+    kw = SolverOptions(tol=tol, max_iter=max_iter)
     Qs = np.stack([soft_q_iteration(P, r, gamma, alpha, **kw) for r in Rs])
     return composed_q(Qs, w) - divergence_correction_term(P, Qs, w, gamma, alpha, **kw)
 
@@ -395,7 +416,7 @@ def gpi(
     gamma: float,
     alpha: float,
     *,
-    policies: ArrayLike | None = None,
+    policies: Sequence[ArrayLike] | np.ndarray | None = None,
     tol: float = DEFAULT_TOL,
     max_iter: int = DEFAULT_MAX_ITER,
 ) -> dict[str, Array]:

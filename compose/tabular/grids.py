@@ -14,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
+from numpy.typing import NDArray
 
 from .core import Array
 
@@ -34,7 +35,7 @@ class Grid:
 
     P: Array
     rewards: dict[str, Array]
-    goal: Array
+    goal: NDArray[np.bool_]
     start: int
     height: int
     width: int
@@ -48,7 +49,7 @@ class Grid:
         mu[self.start] = 1.0
         return mu
 
-    def cell(self, s: int) -> tuple[int, int]:
+    def cell(self, s: int | np.integer) -> tuple[int, int]:
         return divmod(int(s), self.width)
 
     def stack(self, tasks: list[str]) -> Array:

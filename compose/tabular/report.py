@@ -8,6 +8,7 @@ import numpy as np
 
 from .core import (
     Array,
+    CompositionBound,
     composed_q,
     composition_bound,
     divergence_correction_term,
@@ -34,7 +35,7 @@ class OperatorResult:
 
 def compare_operators(
     P: Array, rewards: Array, weights: Array, gamma: float, alpha: float, start: Array
-) -> tuple[dict[str, OperatorResult], dict]:
+) -> tuple[dict[str, OperatorResult], CompositionBound]:
     """CO = averaging (``sum_i w_i Q_i``, Haarnoja et al. 2018), GPI = max-ent GPI,
     DC = divergence correction, optimal = soft Q-iteration on ``r_w``. Returns the results
     per operator and the ``composition_bound`` dict."""
@@ -55,7 +56,7 @@ def compare_operators(
     return out, bound
 
 
-def tightness(bound: dict, floor: float = 1e-6) -> float:
+def tightness(bound: CompositionBound, floor: float = 1e-6) -> float:
     """Largest measured ``(Q_composed - Q_optimal) / C`` over pairs with ``C > floor``."""
     gap, C = bound["Q_composed"] - bound["Q_optimal"], bound["C"]
     mask = C > floor

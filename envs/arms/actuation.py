@@ -22,6 +22,7 @@ physics in one call per period, as before; the other kinds step substep by subst
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import cast
 
 import mujoco
 import numpy as np
@@ -85,7 +86,8 @@ class JointDrive:
         limited = model.actuator_ctrllimited[actuators].astype(bool)
         low = np.where(limited, model.actuator_ctrlrange[actuators, 0], -np.inf)
         high = np.where(limited, model.actuator_ctrlrange[actuators, 1], np.inf)
-        return cls(kinds=tuple(actuator_kind(model, a) for a in actuators), actuators=actuators,
+        kinds = tuple(cast(str, actuator_kind(model, a)) for a in actuators)  # servos only: each has a kind
+        return cls(kinds=kinds, actuators=actuators,
                    gear=model.actuator_gear[actuators, 0].copy(), qadr=model.jnt_qposadr[joints].copy(),
                    dofadr=model.jnt_dofadr[joints].copy(), ctrl_low=low, ctrl_high=high)
 

@@ -213,7 +213,8 @@ class CustomArm(SiteArm):
         m = self.model
         kinds = {a: actuator_kind(m, a) for a in range(m.nu)}
         servo_of_joint = {int(m.actuator_trnid[a, 0]): a for a in range(m.nu) if kinds[a] is not None}
-        chain, body = [], int(m.site_bodyid[self._ee_site])
+        chain: list[int] = []
+        body = int(m.site_bodyid[self._ee_site])
         while body != 0:
             chain.extend(int(j) for j in np.flatnonzero(m.jnt_bodyid == body))
             body = int(m.body_parentid[body])

@@ -28,10 +28,12 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, fields
+from typing import cast
 
 import gymnasium as gym
 import numpy as np
 import torch
+from gymnasium.spaces import Box
 
 from ..policy import SoftPolicy
 from .lockstep import EnvPool, default_width, stream
@@ -128,13 +130,13 @@ def _rollout_chunk(envs: Sequence[gym.Env], policy: SoftPolicy, starts: Sequence
     """One lockstep batch of rollouts, env ``i`` from ``starts[i]`` with ``generators[i]``: arrays [n, T, ...]."""
     n = len(envs)
     obs = np.stack([_replay(env, start) for env, start in zip(envs, starts, strict=True)]).astype(np.float32)
-    o_dim, a_dim = obs.shape[1], envs[0].action_space.shape[0]
+    o_dim, a_dim = obs.shape[1], cast(Box, envs[0].action_space).shape[0]  # the tasks' action spaces are boxes
     out = Rollouts(np.zeros((n, steps, o_dim), np.float32), np.zeros((n, steps, a_dim), np.float32),
                    np.zeros((n, steps), np.float64), np.zeros((n, steps, o_dim), np.float32),
                    np.zeros((n, steps)), np.zeros((n, steps)))
     alive = np.ones(n, bool)
     for t in range(steps):
-        rows = np.flatnonzero(alive)
+        rows = [int(i) for i in np.flatnonzero(alive)]
         actions = np.zeros((n, a_dim), np.float32)
         actions[rows] = np.asarray(policy.act(obs[rows], False, [generators[i] for i in rows]), np.float32).reshape(-1, a_dim)
         if t == 0:

@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 import gymnasium as gym
 import numpy as np
 
-from ..policy import SoftPolicy
+from ..policy import Actor, SoftPolicy
 from .lockstep import EnvPool, Episode, lockstep_episodes
 
 EVAL_SEED = 10_000  # first seed of evaluation episodes (training uses 0.., convergence checks 100_000..)
@@ -59,7 +59,7 @@ def summarise(episodes: Sequence[Episode]) -> dict:
     }
 
 
-def evaluate(policy: SoftPolicy, make_env: Callable[[], gym.Env] | EnvPool, episodes: int, seed: int = EVAL_SEED, *,
+def evaluate(policy: Actor | SoftPolicy, make_env: Callable[[], gym.Env] | EnvPool, episodes: int, seed: int = EVAL_SEED, *,
              deterministic: bool = False, soft: bool = True, value_samples: int = 256,
              width: int | None = None) -> dict:
     """``policy`` on ``episodes`` episodes seeded ``seed, seed+1, ...``, ``width`` stepped in lockstep (1: one at a
@@ -73,8 +73,10 @@ def evaluate(policy: SoftPolicy, make_env: Callable[[], gym.Env] | EnvPool, epis
     finally:
         if pool is not make_env:
             pool.close()
-    soft_stats = episode_soft_returns(policy, done, value_samples) if soft and not deterministic else {}
-    return soft_stats | summarise(done)
+    if soft and not deterministic:
+        assert isinstance(policy, SoftPolicy), "soft returns need the policy's Q and V (a SoftPolicy)"
+        return episode_soft_returns(policy, done, value_samples) | summarise(done)
+    return summarise(done)
 
 
 def run_episodes(env: gym.Env, policy: Policy, episodes: int, seed: int = 0,

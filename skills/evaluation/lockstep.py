@@ -16,12 +16,13 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
+from typing import SupportsFloat
 
 import gymnasium as gym
 import numpy as np
 import torch
 
-from ..policy import SoftPolicy
+from ..policy import Actor
 
 LOCKSTEP_WIDTH = 64  # envs stepped together by default: the batched policy call stays cheap well past this
 _WIDTH: ContextVar[int] = ContextVar("lockstep_width", default=LOCKSTEP_WIDTH)
@@ -96,7 +97,7 @@ class Episode:
     first_obs: np.ndarray | None = None
     final_obs: np.ndarray | None = None
 
-    def record(self, obs: np.ndarray, action: np.ndarray, reward: float, info: dict, keep_trace: bool) -> None:
+    def record(self, obs: np.ndarray, action: np.ndarray, reward: SupportsFloat, info: dict, keep_trace: bool) -> None:
         if keep_trace:
             self.obs.append(np.asarray(obs, np.float32))
             self.actions.append(np.asarray(action, np.float32))
@@ -114,10 +115,11 @@ class Episode:
 
     def path(self) -> np.ndarray:
         """Every observation of a traced episode, the final one included: [T + 1, o]."""
+        assert self.final_obs is not None, "the episode has not finished"
         return np.stack([*self.obs, self.final_obs])
 
 
-def lockstep_episodes(pool: EnvPool, policy: SoftPolicy, seeds: Sequence[int], deterministic: bool = False, *,
+def lockstep_episodes(pool: EnvPool, policy: Actor, seeds: Sequence[int], deterministic: bool = False, *,
                       width: int | None = None, keep_trace: bool = False) -> list[Episode]:
     """Run one episode per seed (``env.reset(seed=s)``), ``width`` at a time in lockstep, each drawing its actions
     from its own stream (``stream(s)``); an env that finishes starts the next pending episode. Returns the episodes

@@ -59,7 +59,7 @@ def list_skills(library: str | Path | None = None, problems: list[str] | None = 
     """Every readable skill version in the library, sorted by name then version. Unreadable ones are left
     out of the list and described in ``problems`` when it is given (runs still starting are not problems)."""
     root = _library_root(library)
-    entries = []
+    entries: list[SkillEntry] = []
     if not root.is_dir():
         return entries
     for skill_dir in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
@@ -175,7 +175,8 @@ def check_fresh(path: str | Path, manifest: Manifest) -> None:
     """Raise ``StaleSkillError`` when ``stale_constituents`` finds anything."""
     problems = stale_constituents(path, manifest)
     if problems:
-        specs = "+".join(p.spec for p in manifest.composed_from.constituents)  # stale: it has them
+        assert manifest.composed_from is not None  # stale: it has them
+        specs = "+".join(p.spec for p in manifest.composed_from.constituents)
         raise StaleSkillError(f"saved composition {path} is stale: " + "; ".join(problems)
                               + f". Compose again (compose.load({specs!r}).save()), or pass allow_stale=True "
                                 "to use the old one knowingly")

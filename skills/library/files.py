@@ -122,7 +122,8 @@ def write_skill(path: Path, agent: SoftQLearning, manifest: Manifest, transition
     stage = staging_directory(path)
     save_file(agent_tensors(agent), str(stage / WEIGHTS))
     with open(stage / TRANSITIONS, "wb") as f:
-        np.savez_compressed(f, **{k: np.asarray(v, np.float32) for k, v in transitions.items()})
+        # ignore: mypy checks the ** arrays against numpy's stub keyword allow_pickle (a bool) as well
+        np.savez_compressed(f, **{k: np.asarray(v, np.float32) for k, v in transitions.items()})  # type: ignore[arg-type]
     for name, src in (extra_files or {}).items():
         if Path(src).exists():
             shutil.copyfile(src, stage / name)

@@ -339,7 +339,7 @@ def implied_parameters(manifest: Manifest) -> int:
     """How many numbers the manifest's networks hold (Q, target Q, sampler), to compare with the weight
     file before anything is allocated: a manifest cannot make the loader allocate more than the file has."""
     o, a = manifest.obs_dim, manifest.act_dim
-    hidden = manifest.hyperparameters.get("hidden")
+    hidden: Any = manifest.hyperparameters.get("hidden")  # JSON, checked below
     arch = manifest.architecture
     widths = [hidden] + ([arch.get("residual_hidden")] if arch.get("q") == "composed" else [])
     for w in widths:

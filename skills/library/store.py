@@ -165,7 +165,7 @@ def recover(directory: Path) -> list[str]:
         if not target.exists():
             stages = [e for e, kind, _ in entries if kind == "tmp" and (e / MANIFEST).exists()]
             olds = [e for e, kind, _ in entries if kind == "old" and (e / MANIFEST).exists()]
-            chosen = (stages or olds or [None])[0]
+            chosen = next(iter(stages or olds), None)
             if chosen is not None:
                 os.rename(chosen, target)
                 done.append(f"restored {target} from {chosen.name}")

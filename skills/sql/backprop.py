@@ -24,6 +24,7 @@ arithmetic is otherwise the same, so S seeds cost one chain of ops instead of S.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 from torch import nn
@@ -42,12 +43,19 @@ class Activations:
         return Activations(self.state, self.x[..., start:stop, :], tuple(h[..., start:stop, :] for h in self.hidden))
 
 
+class StackedLayers(Protocol):
+    """S networks of one shape as stacked parameters (``skills.sql.many_seeds.StackedMLP``)."""
+
+    @property
+    def layers(self) -> list[tuple[torch.Tensor, torch.Tensor]]: ...  # (weight [S, out, in], bias [S, out]) per layer
+
+
 def linear_layers(net: nn.Sequential) -> list[nn.Linear]:
     """The ``nn.Linear`` layers of an ``sql.mlp`` network, input first."""
     return [layer for layer in net if isinstance(layer, nn.Linear)]
 
 
-def layer_parameters(net: nn.Module) -> list[tuple[torch.Tensor, torch.Tensor]]:
+def layer_parameters(net: nn.Sequential | StackedLayers) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """``(weight [(S,) out, in], bias [(S,) out])`` of every layer, input first: an ``sql.mlp``'s
     ``nn.Linear`` layers, or a stacked network's ``layers``."""
     if isinstance(net, nn.Sequential):
@@ -77,7 +85,7 @@ def relu_backward(grad_h: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def forward(net: nn.Module, state: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, Activations]:
+def forward(net: nn.Sequential | StackedLayers, state: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, Activations]:
     """``net([s, x])`` for every row: state [(S,) N, d_s], x [(S,) G, N, d_x] -> out [(S,) G, N, d_out], activations."""
     (w_1, b_1), *hidden_layers, (w_out, b_out) = layer_parameters(net)
     *lead, groups, n, d_x = x.shape
@@ -103,7 +111,7 @@ def _pre_activation_gradients(weights: list[torch.Tensor], acts: Activations, gr
 
 
 @torch.no_grad()
-def input_gradient(net: nn.Module, acts: Activations, n_groups: int) -> torch.Tensor:
+def input_gradient(net: nn.Sequential | StackedLayers, acts: Activations, n_groups: int) -> torch.Tensor:
     """``d out / dx`` of a scalar-output network (e.g. ``dQ(s, a)/da``): -> [(S,) G, N, d_x].
 
     ``dL/dh`` of the last hidden layer is the output layer's weight row for every sample, used
@@ -118,7 +126,7 @@ def input_gradient(net: nn.Module, acts: Activations, n_groups: int) -> torch.Te
 
 
 @torch.no_grad()
-def parameter_gradients(net: nn.Module, acts: Activations, grad_out: torch.Tensor) -> list[torch.Tensor]:
+def parameter_gradients(net: nn.Sequential | StackedLayers, acts: Activations, grad_out: torch.Tensor) -> list[torch.Tensor]:
     """``dL/dθ`` from ``dL/d out`` [(S,) G*N, d_out], in ``net.parameters()`` order (W_1, b_1, W_2, ...)."""
     weights = [w for w, _ in layer_parameters(net)]
     grad_h_last = matmul(grad_out, weights[-1])

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from typing import Protocol, cast
 
 import torch
 import torch.nn.functional as F
@@ -46,8 +47,22 @@ def split_first_layer(layer: nn.Linear, state: torch.Tensor, x: torch.Tensor) ->
     return F.linear(state, layer.weight[:, :n], layer.bias) + F.linear(x, layer.weight[:, n:])
 
 
+class ScaledMLP(Protocol):
+    """A network made of one ``mlp`` (``net``) with its observations scaled by ``obs_scale``: ``SoftQNetwork``,
+    ``SamplerNetwork`` (and ``skills.sql.many_skills.ComposedSoftQNetwork``, whose ``net`` is its residual's)."""
+
+    @property
+    def net(self) -> nn.Sequential: ...
+
+    @property
+    def obs_scale(self) -> torch.Tensor: ...
+
+
 class SoftQNetwork(nn.Module):
     """``Q(s, a)``: obs [..., obs_dim], act [..., act_dim] -> [...]. Inputs scaled by ``obs_scale``."""
+
+    net: nn.Sequential
+    obs_scale: torch.Tensor  # a buffer [obs_dim]
 
     def __init__(self, obs_dim: int, act_dim: int, hidden: tuple[int, ...], obs_scale: torch.Tensor | None = None):
         super().__init__()
@@ -56,7 +71,7 @@ class SoftQNetwork(nn.Module):
 
     def forward(self, obs: torch.Tensor, act: torch.Tensor) -> torch.Tensor:
         """obs [..., obs_dim] broadcast against act [..., d] (e.g. obs [B, 1, o] with act [B, K, d])."""
-        return self.net[1:](split_first_layer(self.net[0], obs * self.obs_scale, act)).squeeze(-1)
+        return self.net[1:](split_first_layer(cast(nn.Linear, self.net[0]), obs * self.obs_scale, act)).squeeze(-1)
 
     def traced(self, obs: torch.Tensor, act: torch.Tensor) -> tuple[torch.Tensor, backprop.Activations]:
         """``forward`` without autograd, saving activations for ``backprop``: obs [N, o], act [G, N, d] -> [G, N]."""
@@ -78,6 +93,9 @@ class SamplerNetwork(nn.Module):
     sampler covers the box (std ~0.6) and keeps both modes (docs/skills.md, tests/test_sql.py).
     """
 
+    net: nn.Sequential
+    obs_scale: torch.Tensor  # a buffer [obs_dim]
+
     def __init__(self, obs_dim: int, act_dim: int, hidden: tuple[int, ...], obs_scale: torch.Tensor | None = None):
         super().__init__()
         self.act_dim = act_dim
@@ -86,7 +104,8 @@ class SamplerNetwork(nn.Module):
 
     def forward(self, obs: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         """Pre-tanh particles: obs [B, obs_dim], noise [B, K, d] -> u [B, K, d]."""
-        return noise + self.net[1:](split_first_layer(self.net[0], (obs * self.obs_scale).unsqueeze(-2), noise))
+        first = cast(nn.Linear, self.net[0])
+        return noise + self.net[1:](split_first_layer(first, (obs * self.obs_scale).unsqueeze(-2), noise))
 
     def traced(self, obs: torch.Tensor, noise: torch.Tensor) -> tuple[torch.Tensor, backprop.Activations]:
         """``forward`` without autograd, saving activations for ``backprop``: obs [N, o], noise [G, N, d] -> u [G, N, d]."""
@@ -269,7 +288,8 @@ def squashed_score(u: torch.Tensor, dq_da: torch.Tensor, alpha: float) -> torch.
     return (1.0 - a * a) * dq_da / alpha - 2.0 * a
 
 
-def q_action_gradient(q_net: nn.Module, obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+def q_action_gradient(q_net: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], obs: torch.Tensor,
+                      actions: torch.Tensor) -> torch.Tensor:
     """``dQ(s, a)/da`` at fixed particles, no parameter gradients: [B, K, d] -> [B, K, d]."""
     actions = actions.detach().requires_grad_(True)
     with torch.enable_grad():

@@ -22,12 +22,15 @@ from .equations import (
     squashed_score,
     svgd_direction,
 )
+from .many_skills import ComposedSoftQNetwork
 
 VALUE_PROPOSALS = ("uniform", "mixture")
 
 
 class TrainingDiverged(FloatingPointError):
     """A loss became NaN or infinite; the networks keep their last finite weights."""
+
+    members: list[int]  # set by stacked training: the seeds (stack members) that diverged
 
 
 def torch_device(name: str | torch.device) -> torch.device:
@@ -168,7 +171,7 @@ class SoftQLearning:
     """Networks, optimizers and one update step of SQL."""
 
     def __init__(self, obs_dim: int, act_dim: int, config: SQLConfig, device: str | torch.device = "cpu",
-                 q: torch.nn.Module | None = None):
+                 q: SoftQNetwork | ComposedSoftQNetwork | None = None):
         """``q``: another soft Q-network to train (e.g. ``skills.sql.many_skills.ComposedSoftQNetwork``); it must answer
         ``forward``, ``traced``, ``action_gradient`` and expose its trained MLP as ``net``. Default: an MLP."""
         self.config, self.obs_dim, self.act_dim = config, obs_dim, act_dim

@@ -16,6 +16,7 @@ from torch import nn
 
 from . import backprop
 from .equations import (
+    ScaledMLP,
     SoftQNetwork,
     kernel_width,
     mixture_log_density,
@@ -69,12 +70,15 @@ class _StackedMembers(nn.Module):
     """S networks of one kind (each an ``sql.mlp`` ``net`` and an ``obs_scale``), stacked: ``net`` a ``StackedMLP``,
     ``obs_scale`` [S, 1, o]."""
 
-    def __init__(self, members: Sequence[nn.Module]):
+    net: StackedMLP
+    obs_scale: torch.Tensor  # a buffer [S, 1, o]
+
+    def __init__(self, members: Sequence[ScaledMLP]):
         super().__init__()
         self.net = StackedMLP([m.net for m in members])
         self.register_buffer("obs_scale", torch.stack([m.obs_scale for m in members]).unsqueeze(-2))
 
-    def copy_member(self, i: int, member: nn.Module) -> None:
+    def copy_member(self, i: int, member: ScaledMLP) -> None:
         """Write stacked network ``i``'s weights into ``member``."""
         self.net.copy_member(i, member.net)
 

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from . import backprop
-from .equations import SoftQNetwork
+from .equations import ScaledMLP, SoftQNetwork
 
 COMPOSED = "composed"  # the manifest's architecture["q"] of a composed Q-network
 
@@ -30,7 +30,9 @@ class StackedQ(nn.Module):
     (padded ReLU units are always 0 and feed nothing). The weights are buffers: frozen.
     """
 
-    def __init__(self, q_networks: Sequence[nn.Module]):
+    obs_scale: torch.Tensor  # a buffer [N, o]
+
+    def __init__(self, q_networks: Sequence[ScaledMLP]):
         super().__init__()
         linears = [[m for m in q.net if isinstance(m, nn.Linear)] for q in q_networks]
         shapes = [(max(ls[depth].in_features for ls in linears), max(ls[depth].out_features for ls in linears))
@@ -51,7 +53,7 @@ class StackedQ(nn.Module):
         stacked._allocate(n, [tuple(s) for s in shapes], obs_dim)
         return stacked
 
-    def _allocate(self, n: int, shapes: list[tuple[int, int]], obs_dim: int) -> None:
+    def _allocate(self, n: int, shapes: Sequence[tuple[int, ...]], obs_dim: int) -> None:
         self.depth = len(shapes)
         for depth, (in_dim, out_dim) in enumerate(shapes):
             self.register_buffer(f"weight{depth}", torch.zeros(n, in_dim, out_dim))
@@ -94,9 +96,10 @@ def zero_residual(obs_dim: int, act_dim: int, hidden: tuple[int, ...], obs_scale
     layer, and from then on gradients reach the rest (as in zero-initialised residual branches).
     """
     residual = SoftQNetwork(obs_dim, act_dim, hidden, obs_scale)
+    output = backprop.linear_layers(residual.net)[-1]  # the output layer
     with torch.no_grad():
-        residual.net[-1].weight.zero_()
-        residual.net[-1].bias.zero_()
+        output.weight.zero_()
+        output.bias.zero_()
     return residual
 
 
@@ -106,6 +109,10 @@ class ComposedSoftQNetwork(nn.Module):
     ``stacked`` holds the frozen ``Q_i``, ``mix`` the weights ``w`` [N], ``residual`` the trainable ``R``.
     Its parameters are ``R``'s alone, so an optimizer over ``parameters()`` trains only ``R``.
     """
+
+    stacked: StackedQ
+    residual: SoftQNetwork
+    mix: torch.Tensor  # a buffer [N]
 
     def __init__(self, stacked: StackedQ, weights: torch.Tensor, residual: SoftQNetwork):
         super().__init__()
@@ -156,12 +163,12 @@ class ComposedSoftQNetwork(nn.Module):
         return cls(stacked, torch.tensor([float(w) for w in record["weights"]]), residual)
 
     @classmethod
-    def compose(cls, q_networks: Sequence[SoftQNetwork], weights: Sequence[float], hidden: tuple[int, ...],
+    def compose(cls, q_networks: Sequence[ScaledMLP], weights: Sequence[float], hidden: tuple[int, ...],
                 seed: int = 0) -> "ComposedSoftQNetwork":
         """``sum_i w_i Q_i`` of trained networks, plus a fresh residual (hidden layers seeded by ``seed``) at 0."""
         first = q_networks[0]
         obs_dim = first.obs_scale.shape[0]
-        act_dim = first.net[0].in_features - obs_dim
+        act_dim = backprop.linear_layers(first.net)[0].in_features - obs_dim  # the first layer's
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             residual = zero_residual(obs_dim, act_dim, hidden, first.obs_scale)
@@ -169,7 +176,7 @@ class ComposedSoftQNetwork(nn.Module):
 
 
 def q_network(architecture: dict, obs_dim: int, act_dim: int, hidden: tuple[int, ...],
-              obs_scale: torch.Tensor) -> nn.Module:
+              obs_scale: torch.Tensor) -> SoftQNetwork | ComposedSoftQNetwork:
     """The Q-network a manifest's ``architecture`` describes: an MLP, or a composed one."""
     if architecture.get("q", "mlp") == COMPOSED:
         return ComposedSoftQNetwork.from_architecture(architecture, obs_dim, act_dim)

@@ -11,7 +11,7 @@ from contextlib import contextmanager
 from functools import partial
 
 import numpy as np
-from gymnasium.vector import AsyncVectorEnv, AutoresetMode, SyncVectorEnv, VectorEnv
+from gymnasium.vector import AsyncVectorEnv, AutoresetMode, SyncVectorEnv
 
 import envs
 
@@ -40,7 +40,7 @@ def children_ignore_ctrl_c() -> Iterator[None]:
         signal.signal(signal.SIGINT, previous)
 
 
-def training_env(task: str, in_child_process: bool, **env_kwargs) -> VectorEnv:
+def training_env(task: str, in_child_process: bool, **env_kwargs) -> AsyncVectorEnv | InProcessVectorEnv:
     """One env of ``task`` behind gymnasium's vector API, resetting itself in the step that ends
     an episode (the final observation is ``info["final_obs"]``).
 

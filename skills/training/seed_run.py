@@ -12,10 +12,11 @@ import time
 from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
+from gymnasium.spaces import Box
 
 import envs
 
@@ -38,6 +39,7 @@ from ..library import (
 )
 from ..library.manifest import ComposedFrom, Space
 from ..sql.learner import SoftQLearning, SQLConfig, TrainingDiverged, torch_device
+from ..sql.many_skills import ComposedSoftQNetwork
 from .buffer import ReplayBuffer
 from .config import STORED_TRANSITIONS, TrainConfig, TrainResult
 from .envs import training_env
@@ -116,7 +118,9 @@ class SeedRun:
         if self.task.user_defined:
             probe_task(self.task.name, self.env_kwargs)  # a user's terms: their mistakes surface before anything is saved
         self.env = training_env(task, in_child_process=run.overlap_env_step, **self.env_kwargs)
-        self.observation_space, self.action_space = self.env.single_observation_space, self.env.single_action_space
+        # the tasks' spaces are boxes (envs.core)
+        self.observation_space = cast(Box, self.env.single_observation_space)
+        self.action_space = cast(Box, self.env.single_action_space)
         self.eval_pool = EnvPool(partial(envs.make, task, **self.env_kwargs))  # periodic evaluations, in lockstep
         self.action_space.seed(run.seed)
         self.rng = np.random.default_rng(run.seed)
@@ -272,9 +276,9 @@ class SeedRun:
         """The skill's manifest as it stands (``skills.library.manifest.Manifest``)."""
         arch = {"q": "mlp", "sampler": "mlp, a = tanh(f(s, xi)), xi ~ N(0, I)", "hidden": list(self.sql.hidden),
                 "activation": "relu", "noise_dim": self.action_space.shape[0], "obs_scale": self.sql.obs_scale,
-                **(self.agent.q.architecture() if hasattr(self.agent.q, "architecture") else {})}
+                **(self.agent.q.architecture() if isinstance(self.agent.q, ComposedSoftQNetwork) else {})}
         hyper = {k: v for k, v in self.sql.to_dict().items() if k not in ("alpha", "gamma")}
-        provenance = {k: ComposedFrom.from_json(v) for k, v in self.provenance.items()}
+        provenance: dict[str, Any] = {k: ComposedFrom.from_json(v) for k, v in self.provenance.items()}  # Manifest fields
         record = {
             "training": asdict(self.run), "metrics": metrics,
             "evaluation": {"seed": EVAL_SEED, "periodic_deterministic": self.run.deterministic_eval,
