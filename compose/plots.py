@@ -56,7 +56,7 @@ def q_grid(q_fn, obs: np.ndarray, act_dim: int, n: int = 61, fixed: float = 0.0)
 def plot_episode_bound(q_w: np.ndarray, c: np.ndarray, q_joint: np.ndarray | None, path: str | Path,
                        title: str, mc_rows: list[dict] | None = None) -> None:
     """``Q_w``, ``Q_w - C`` and ``Q_joint`` along one episode of the composed policy; with ``mc_rows``
-    (``bound.mc_soft_q``), Monte Carlo soft returns of each policy from (s_t, a_t) with 95% CIs."""
+    (``compose.mc_check.soft_q_rows``), Monte Carlo soft returns of each policy from (s_t, a_t) with 95% CIs."""
     plt = _pyplot()
     steps = np.arange(len(q_w))
     fig, ax = plt.subplots(figsize=(6.5, 4.6), dpi=110)

@@ -42,7 +42,8 @@ from skills.library import atomic_write_text
 from skills.training import MultiSeedTrainer, Trainer
 from skills.training.defaults import sql_config, train_config
 
-from .bound import BoundConfig, MCBoundConfig
+from .bound import BoundConfig
+from .mc_check import MCBoundConfig
 from .run import BuildConfig, CompositionReport, EvaluationConfig, Sources, run
 from .sampling import SamplerConfig
 

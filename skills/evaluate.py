@@ -30,7 +30,7 @@ from .evaluation.diagnostics import ConvergenceConfig, convergence_report, forma
 from .evaluation.episodes import EVAL_SEED, evaluate
 from .evaluation.lockstep import stream
 from .library import Skill, atomic_write_text, load, task_of, update_manifest
-from .sql.equations import row_uniform
+from .policy import UniformPolicy
 
 RANDOM = "random"  # the uniform random policy, as a baseline
 
@@ -40,7 +40,9 @@ def evaluate_random(task: str | None, episodes: int, seed: int, render: str | Pa
     avoid's collision rate."""
     if task is None:
         raise ValueError("the random baseline needs --task")
-    policy = UniformPolicy(envs.get_task(task).name)
+    env = envs.make(task)
+    policy = UniformPolicy(int(np.prod(env.action_space.shape or (1,))))
+    env.close()
     metrics = evaluate(policy, lambda: envs.make(task), episodes, seed, soft=False)
     if render:
         metrics["video"] = str(film_episode(policy, envs.make(task, render_mode="rgb_array"), seed, False, render))
@@ -86,20 +88,6 @@ def film_episode(policy, env, seed: int, deterministic: bool, path: str | Path) 
     finally:
         env.close()
     return video.close()
-
-
-class UniformPolicy:
-    """Uniform random actions on ``[-1, 1]^d``, each row from its own stream (the random baseline)."""
-
-    def __init__(self, task: str):
-        env = envs.make(task)
-        self.act_dim = int(np.prod(env.action_space.shape or (1,)))
-        env.close()
-
-    def act(self, obs, deterministic: bool = False, generators=None) -> np.ndarray:
-        rows = np.atleast_2d(obs).shape[0]
-        noise = row_uniform(generators, (self.act_dim,)) if generators is not None else torch.rand(rows, self.act_dim)
-        return (noise * 2.0 - 1.0).numpy()
 
 
 def skill_convergence(skill_name: str | Skill, library: str | None = None, config: ConvergenceConfig | None = None,

@@ -78,3 +78,21 @@ class SoftPolicy(Protocol):
 
     def value(self, obs: ArrayLike, n_samples: int = 1024) -> ArrayLike:
         """Soft value ``V(s) = alpha log ∫ exp(Q(s,a)/alpha) da``: [B, o] -> [B]."""
+
+
+class UniformPolicy:
+    """Uniform random actions on ``[-1, 1]^d`` (the random baseline and control), row ``b`` from ``generators[b]``."""
+
+    def __init__(self, act_dim: int):
+        self.act_dim = act_dim
+
+    def act(self, obs: np.ndarray, deterministic: bool = False,
+            generators: Sequence[torch.Generator] | None = None) -> np.ndarray:
+        rows = np.atleast_2d(obs).shape[0]
+        if generators is None:
+            return (torch.rand(rows, self.act_dim) * 2.0 - 1.0).numpy()
+        return np.stack([(torch.rand(self.act_dim, generator=g) * 2.0 - 1.0).numpy() for g in generators])
+
+    def sample(self, obs: np.ndarray, n: int) -> np.ndarray:
+        """``n`` uniform actions per state (torch's global stream): [B, n, d]."""
+        return (torch.rand(np.atleast_2d(obs).shape[0], n, self.act_dim) * 2.0 - 1.0).numpy()

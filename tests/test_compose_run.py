@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from compose import run as compose_run
-from compose.bound import BoundConfig, MCBoundConfig
+from compose.bound import BoundConfig
+from compose.mc_check import MCBoundConfig
 from compose.sampling import SamplerConfig
 from skills.sql.learner import SQLConfig
 from skills.training import TrainConfig, Trainer
@@ -76,36 +77,46 @@ def test_deterministic_mode_is_labelled_and_has_no_soft_return(library, tmp_path
     assert report["mode"] == "deterministic" and report["composed"]["soft_return_mean"] is None
 
 
-def test_the_mc_bound_check_can_fail_on_both_sides(library):
-    """Q_w shifted down by more than any slack: every CI of G lies above Q_w (upper side falsified).
-    Shifted up with C = 0: every CI lies below Q_w - C (lower side fails). Shifting Q by a constant
-    leaves pi_w and the entropy terms V - Q unchanged, so G is the same ground truth throughout."""
-
+def test_the_mc_check_scores_every_actor_and_reports_its_controls(library):
+    """The Monte Carlo check on the small multigoal pair: every actor (the composed sampler, the exact pi_w, the random
+    actor and each constituent alone) gets soft returns with its own entropy, every control has a verdict, and the
+    random actor's nearest-neighbour entropy is checked against its exact one on the same rollouts."""
     import envs
     from compose import load
-    from compose.bound import mc_bound
     from compose.build import build
+    from compose.mc_check import BoundInputs, mc_bound
     from compose.policy import ComposedPolicy
 
     composition = load("multigoal@v1+multigoal@v2", library=str(library))
     built = build(composition, str(library), False, FAST["sampler_cfg"], FAST["bound_cfg"])
+    inputs = BoundInputs(composed=ComposedPolicy(composition, built.sampler, 0), joint=None,
+                         constituents=list(zip(composition.labels, composition.parts, strict=True)),
+                         correction=built.correction,
+                         make_env=lambda: envs.make_task_env(composition.task), reward_range=composition.task.reward_range,
+                         horizon=composition.task.family.horizon)
+    mc = mc_bound(inputs, replace(SMALL_MC, exact_pairs=2, exact_steps=20, entropy_samples=32))
+    assert set(mc["actors"]) == {"composed", "random", "multigoal@v1 alone", "multigoal@v2 alone"}
+    assert mc["exact_pi_w"]["pairs"] == 2 and "Metropolis-Hastings" in mc["exact_pi_w"]["entropy"]
+    assert [c["check"] for c in mc["controls"]][:2] == ["upper side", "lower side"] and len(mc["controls"]) == 5
+    assert all("verdict" in c for c in mc["controls"]) and set(mc["verdict"]) >= {"upper_side_can_fail", "note"}
+    assert mc["controls"][0]["failed"], "Q_w shifted down by twice the slack must falsify the upper side"
+    check = mc["random_entropy_estimate"]
+    assert set(check) >= {"exact_mean", "estimated_mean", "difference", "soft_return_se", "within_3_se"}
 
-    def make_env():
-        return envs.make_task_env(composition.task)
 
-    def shifted(delta: float) -> ComposedPolicy:
-        return ComposedPolicy(composition, built.sampler, seed=0, q_fn=lambda o, a: composition.q(o, a) + delta)
+def test_the_controls_fail_when_they_must_and_say_when_a_check_is_uninformative():
+    from compose.mc_check import controls, side_fractions, verdict
 
-    args = (built.correction, make_env, composition.task.reward_range, composition.task.family.horizon, SMALL_MC)
-    honest = mc_bound(shifted(0.0), None, *args)
-    slack = max(abs(r["Q_w"] - r["composed"]["mean"]) + (r["composed"]["ci"][1] - r["composed"]["ci"][0])
-                for r in honest["per_pair"]) + abs(honest["C_mean"]) + 10.0
-    assert mc_bound(shifted(-slack), None, *args)["upper_falsified_fraction"] == 1.0
+    def row(q_w, c, **actors):
+        return {"Q_w": q_w, "C": c, **{k: {"mean": m, "ci": [m - 0.1, m + 0.1]} for k, m in actors.items()}}
 
-    zero_c = torch.nn.Module()
-    zero_c.forward = lambda o, a: torch.zeros(len(o))
-    lower = mc_bound(shifted(+slack), None, zero_c, *args[1:])
-    assert lower["lower_holds_fraction"] == 0.0 and not lower["goals"]["lower_holds_fraction >= 0.95"]
+    rows = [row(1.0, 5.0, composed=0.0, random=-2.0) for _ in range(10)]  # C loose: random still above Q_w - C
+    assert side_fractions(rows, "composed") == (0.0, 1.0)
+    checks = controls(rows, ["composed", "random"])
+    assert checks[0]["failed"] and checks[1]["failed"] and not checks[2]["failed"]
+    assert "C is too loose" in verdict(checks)["note"] and not verdict(checks)["tells_policies_apart"]
+    tight = [row(1.0, 1.5, composed=0.0, random=-2.0) for _ in range(10)]
+    assert verdict(controls(tight, ["composed", "random"]))["tells_policies_apart"]
 
 
 def test_cli_refuses_bad_weights_and_unknown_skills(library, capsys):

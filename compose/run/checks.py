@@ -11,9 +11,10 @@ import torch
 
 import skills
 
-from ..bound import check_bound, episode_starts, mc_bound, mc_soft_q, traced_episodes
+from ..bound import check_bound
 from ..build import Built
 from ..composition import Composition
+from ..mc_check import BoundInputs, episode_starts, mc_bound, soft_q_rows, traced_episodes
 from ..policy import ComposedPolicy
 from .evaluation import Pairs
 from .settings import EvaluationConfig
@@ -50,11 +51,20 @@ def bound_checks(composition: Composition, built: Built, reference: tuple[skills
     assert built.correction is not None
     bound: dict = {"form": FORM, "gap_on_stored_states": built.info.get("gap", {})}
     if evaluation.mc is not None:
-        mc_policy = ComposedPolicy(composition, built.sampler, evaluation.seed + 1)
-        bound["mc"] = mc_bound(mc_policy, joint, built.correction, make_env, composition.task.reward_range,
-                               composition.task.family.horizon, evaluation.mc)
+        bound["mc"] = mc_bound(bound_inputs(composition, built, joint, make_env), evaluation.mc)
     bound["learned"] = learned_bound(composition, built, joint, joint_note, pairs)
     return bound
+
+
+def bound_inputs(composition: Composition, built: Built, joint: skills.Skill | None, make_env: Callable,
+                 composed: ComposedPolicy | None = None) -> BoundInputs:
+    """What the Monte Carlo check needs from a run (the composed policy: a fresh one unless given)."""
+    assert built.correction is not None
+    policy = composed if composed is not None else ComposedPolicy(composition, built.sampler, 1, q_fn=built.q)
+    return BoundInputs(composed=policy, joint=joint, constituents=list(zip(composition.labels, composition.parts,
+                                                                            strict=True)),
+                       correction=built.correction, make_env=make_env, reward_range=composition.task.reward_range,
+                       horizon=composition.task.family.horizon)
 
 
 def episode_bound(composition: Composition, composed: ComposedPolicy, built: Built, joint: skills.Skill | None,
@@ -72,5 +82,6 @@ def episode_bound(composition: Composition, composed: ComposedPolicy, built: Bui
     if evaluation.mc is not None:
         mc_cfg = replace(evaluation.mc, rollouts=max(2, evaluation.mc.rollouts // 2))
         starts = episode_starts(composed, make_env, evaluation.seed, list(range(0, episode.length, 5)))
-        mc_rows, *_ = mc_soft_q(composed, joint, built.correction, make_env, composition.task.reward_range, starts, mc_cfg)
+        inputs = bound_inputs(composition, built, joint, make_env, composed)
+        mc_rows = soft_q_rows(inputs, starts, mc_cfg, names=("composed", "joint"))["rows"]
     return {"q_w": q_w, "c": c, "q_joint": q_joint, "mc_rows": mc_rows}

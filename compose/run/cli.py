@@ -23,7 +23,7 @@ from skills.cli import non_negative_int, positive_int, weight_list
 from skills.evaluation import EVAL_SEED
 from skills.library import atomic_write_text
 
-from ..bound import MCBoundConfig
+from ..mc_check import MCBoundConfig
 from ..operators import OPERATORS, Operator, make_operator
 from .orchestrate import run
 from .settings import SAMPLERS, BuildConfig, EvaluationConfig, Sources

@@ -195,7 +195,27 @@ def mc_lines(mc: dict) -> list[str]:
         lines.append(f"- suboptimality G_joint - G_composed = {mc['suboptimality_mean']:.3f} (95% CI {lo:.3f} to {hi:.3f}) "
                      f"against mean C {mc['C_mean']:.3f}")
     goals = ", ".join(f"{k}: {'met' if v else 'MISSED'}" for k, v in mc["goals"].items())
-    return lines + [f"- goals: {goals}"]
+    lines.append(f"- goals: {goals}")
+    if "exact_pi_w" in mc:
+        e = mc["exact_pi_w"]
+        lines.append(f"- the exact pi_w (Metropolis-Hastings, credited V_w - Q_w) on {e['pairs']} pairs: soft return "
+                     f"{e['soft_return_mean']:.3f} against the composed sampler's "
+                     f"{e['composed_sampler_on_the_same_pairs']:.3f} "
+                     f"and Q_w {e['Q_w_on_the_same_pairs']:.3f}; upper side falsified {e['upper_falsified_fraction']:.0%}, "
+                     f"lower side holds {e['lower_holds_fraction']:.0%}")
+    for name, actor in mc.get("actors", {}).items():
+        lines.append(f"- {name}: soft return {actor['soft_return_mean']:.3f} (Q_w - G {actor['slack_to_Q_w_mean']:.3f}); "
+                     f"upper side falsified {actor['upper_falsified_fraction']:.0%}, lower side holds "
+                     f"{actor['lower_holds_fraction']:.0%}")
+    for control in mc.get("controls", []):
+        lines.append(f"- control, {control['control']} ({control['check']}): {control['verdict']}")
+    if "verdict" in mc:
+        lines.append(f"- verdict: {mc['verdict']['note']}")
+    if "random_entropy_estimate" in mc:
+        r = mc["random_entropy_estimate"]
+        lines.append(f"- the entropy estimator on the random actor: soft return {r['estimated_mean']:.3f} estimated against "
+                     f"{r['exact_mean']:.3f} exact (SE {r['soft_return_se']:.3f}; within 3 SE: {r['within_3_se']})")
+    return lines
 
 
 def bound_lines(bound: dict) -> list[str]:

@@ -9,7 +9,8 @@ from typing import Any
 
 from skills.evaluation import EVAL_SEED
 
-from ..bound import BoundConfig, MCBoundConfig
+from ..bound import BoundConfig
+from ..mc_check import MCBoundConfig
 from ..sampling import SamplerConfig
 
 SAMPLERS = ("amortized", "particles", "resampling")

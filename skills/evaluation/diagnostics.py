@@ -35,7 +35,7 @@ import numpy as np
 import torch
 from gymnasium.spaces import Box
 
-from ..policy import SoftPolicy
+from ..policy import Actor, SoftPolicy
 from .lockstep import EnvPool, default_width, stream
 
 
@@ -105,7 +105,7 @@ def rollout_steps(reward_range: tuple[float, float], alpha: float, act_dim: int,
     return int(min(max(steps, 1), max_steps))
 
 
-def run_rollouts(pool: EnvPool, policy: SoftPolicy, starts: Sequence[Start], per_start: int, steps: int,
+def run_rollouts(pool: EnvPool, policy: Actor, starts: Sequence[Start], per_start: int, steps: int,
                  key: int = 0, width: int | None = None) -> Rollouts:
     """``per_start`` rollouts of ``policy``'s stochastic actions from each start, ``steps`` long, all stepped in
     lockstep (``width`` envs at a time): arrays [S * per_start, T, ...], start-major. Rollout ``j`` of start ``k``
@@ -125,7 +125,7 @@ def run_rollouts(pool: EnvPool, policy: SoftPolicy, starts: Sequence[Start], per
     return Rollouts(*(np.concatenate([getattr(p, f.name) for p in parts]) for f in fields(Rollouts)))
 
 
-def _rollout_chunk(envs: Sequence[gym.Env], policy: SoftPolicy, starts: Sequence[Start],
+def _rollout_chunk(envs: Sequence[gym.Env], policy: Actor, starts: Sequence[Start],
                    generators: Sequence[torch.Generator], steps: int) -> Rollouts:
     """One lockstep batch of rollouts, env ``i`` from ``starts[i]`` with ``generators[i]``: arrays [n, T, ...]."""
     n = len(envs)

@@ -1,0 +1,176 @@
+"""Monte Carlo soft returns of the policy that acts, scored with that policy's own entropy.
+
+A rollout's soft return on ``r_w`` from a pair ``(s, a)`` is ``G = r_0 + sum_{t>=1} gamma^t (r_t + alpha H_t)``, where
+``alpha H_t = -alpha log pi(a_t | s_t)`` belongs to the policy ``pi`` that chose ``a_t``. Crediting the entropy with a
+learned ``V - Q`` instead is right only for the Boltzmann policy of that ``Q``: for any other actor the estimate
+telescopes to ``Q(s_0, a_0)`` minus the accumulated gaps, whatever the actions (a uniformly random actor then "earns"
+``Q_w``). So each actor here brings its own entropy:
+
+* ``uniform_actor``: uniform on ``[-1, 1]^d``, ``alpha H = alpha d log 2``, exact;
+* ``sampler_actor``: an amortized sampler (a skill's, the composition's), whose density is not tractable: ``H`` of its
+  actions at each visited state by the Kozachenko-Leonenko nearest-neighbour estimator on ``samples`` draws
+  (``knn_entropy``; its bias on known densities is measured in tests/test_soft_returns.py);
+* ``boltzmann_actor``: the exact ``pi_w ∝ exp(Q_w/alpha)`` by importance resampling, whose ``-alpha log pi_w(a|s)`` is
+  ``V_w(s) - Q_w(s, a)`` (given an accurate ``V_w``).
+
+The expected ``-log pi(a_t|s_t)`` over the actor's own draw is ``H(pi(.|s_t))``, so a state's entropy estimate
+stands in for the single-sample one (less variance, the same mean).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from skills.evaluation.diagnostics import Rollouts, Start, mean_and_se, run_rollouts
+from skills.evaluation.lockstep import EnvPool, stream
+from skills.policy import Actor, UniformPolicy
+from skills.sql.equations import row_noise, row_uniform
+
+Credit = Callable[[np.ndarray, np.ndarray], np.ndarray]
+"""``credit(obs [N, o], act [N, d]) -> alpha * (-log pi(a|s))`` estimates [N]."""
+
+
+def knn_entropy(samples: torch.Tensor, k: int = 3) -> torch.Tensor:
+    """Differential entropy of each set of samples by the Kozachenko-Leonenko estimator:
+    ``H ≈ psi(M) - psi(k) + log c_d + (d/M) sum_i log r_i``, ``r_i`` the distance from sample ``i`` to its ``k``-th
+    nearest neighbour, ``c_d`` the volume of the unit ``d``-ball. samples [S, M, d] -> [S] (nats)."""
+    s, m, d = samples.shape
+    dist = torch.cdist(samples.double(), samples.double())  # [S, M, M]
+    dist = dist + torch.eye(m, dtype=dist.dtype) * 1e30  # not one's own neighbour
+    r = dist.kthvalue(k, dim=-1).values.clamp_min(1e-12)  # [S, M]
+    log_ball = (d / 2) * math.log(math.pi) - math.lgamma(d / 2 + 1)
+    return (torch.digamma(torch.tensor(float(m))) - torch.digamma(torch.tensor(float(k))) + log_ball
+            + d * r.log().mean(dim=-1)).float()
+
+
+@dataclass
+class ActingPolicy:
+    """A policy that acts in the Monte Carlo check, and how its entropy is known."""
+
+    name: str
+    policy: Actor  # act(obs, deterministic, generators)
+    credit: Credit  # alpha * (-log pi(a|s)) for its own actions
+    entropy: str  # how: exact, nearest-neighbour estimate, Boltzmann identity
+
+
+def uniform_actor(act_dim: int, alpha: float) -> ActingPolicy:
+    """The uniformly random actor; ``alpha H = alpha d log 2`` exactly."""
+    return ActingPolicy("random", UniformPolicy(act_dim), lambda o, a: np.full(len(o), alpha * act_dim * math.log(2.0)),
+                        f"exact: alpha d log 2 = {alpha * act_dim * math.log(2.0):.4g} per step")
+
+
+def squashed_entropy(actions: torch.Tensor, k: int = 1) -> torch.Tensor:
+    """Entropy of actions ``a = tanh(u)`` on the box from draws [S, M, d]: ``knn_entropy`` of ``u = atanh(a)`` (an
+    unbounded density, where the estimator is least biased) plus ``E sum_k log(1 - a_k^2)`` (the change of variables).
+    -> [S] nats."""
+    a = actions.double().clamp(-1 + 1e-7, 1 - 1e-7)
+    return (knn_entropy(torch.atanh(a), k).double() + torch.log1p(-a.pow(2)).sum(-1).mean(-1)).float()
+
+
+def sampler_actor(name: str, policy, alpha: float, samples: int = 64, k: int = 1, seed: int = 0) -> ActingPolicy:
+    """An amortized sampler (anything with ``act`` and ``sample(obs, n)``), its entropy per visited state estimated
+    by ``squashed_entropy`` on ``samples`` draws there."""
+    torch_seed = int(seed)
+
+    def credit(obs: np.ndarray, act: np.ndarray) -> np.ndarray:
+        out = []
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(torch_seed)
+            for chunk in np.array_split(obs, max(1, len(obs) // 2048)):
+                draws = torch.as_tensor(np.asarray(policy.sample(chunk, samples)), dtype=torch.float32)
+                out.append(squashed_entropy(draws, k).numpy())
+        return alpha * np.concatenate(out).astype(np.float64)
+
+    return ActingPolicy(name, policy, credit, f"nearest-neighbour estimate (Kozachenko-Leonenko, k={k}, in pre-tanh "
+                                              f"space) on {samples} sampler draws per visited state")
+
+
+def reflect(a: torch.Tensor) -> torch.Tensor:
+    """Fold values back into ``[-1, 1]`` by reflection at the walls (a symmetric map, so a random-walk proposal
+    through it stays symmetric)."""
+    y = torch.remainder(a + 1.0, 4.0)
+    return torch.where(y > 2.0, 4.0 - y, y) - 1.0
+
+
+class BoltzmannPolicy:
+    """``pi(a|s) ∝ exp(Q(s,a)/alpha)`` on the box, sampled by Metropolis-Hastings: a random walk (reflected at the
+    walls, step sizes cycling through ``scales``) started from a draw of ``start`` (the amortized sampler, which only
+    has to start the chain near the mass). ``steps`` accept/reject rounds per action; row ``b`` draws from its own
+    stream. Its density is known up to ``V``: ``-alpha log pi(a|s) = V(s) - Q(s, a)``."""
+
+    def __init__(self, energy, alpha: float, start: Actor, steps: int = 100, scales: Sequence[float] = (0.02, 0.1, 0.3)):
+        self.energy, self.alpha, self.start, self.steps, self.scales = energy, alpha, start, steps, tuple(scales)
+
+    @torch.no_grad()
+    def act(self, obs: np.ndarray, deterministic: bool = False,
+            generators: Sequence[torch.Generator] | None = None) -> np.ndarray:
+        o = torch.as_tensor(np.atleast_2d(obs), dtype=torch.float32)
+        a = torch.as_tensor(np.asarray(self.start.act(o.numpy(), False, generators)), dtype=torch.float32)
+        d = a.shape[-1]
+        if generators is None:
+            noise, uniform = torch.randn(len(o), self.steps, d), torch.rand(len(o), self.steps)
+        else:
+            noise, uniform = row_noise(generators, (self.steps, d)), row_uniform(generators, (self.steps,))
+        q = self.energy(o, a)
+        for t in range(self.steps):
+            proposal = reflect(a + self.scales[t % len(self.scales)] * noise[:, t])
+            q_new = self.energy(o, proposal)
+            accept = torch.log(uniform[:, t].clamp_min(1e-30)) < (q_new - q) / self.alpha
+            a = torch.where(accept[:, None], proposal, a)
+            q = torch.where(accept, q_new, q)
+        return a.numpy()
+
+
+def boltzmann_actor(energy, value: Callable[[np.ndarray], np.ndarray], alpha: float, start: Actor,
+                    steps: int = 100) -> ActingPolicy:
+    """The exact Boltzmann policy of ``energy`` (Metropolis-Hastings from ``start``), credited ``V(s) - Q(s, a)``."""
+    def credit(obs: np.ndarray, act: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            q = np.asarray(energy(obs.astype(np.float32), act.astype(np.float32)), np.float64)
+        return np.asarray(value(obs), np.float64) - q
+
+    return ActingPolicy("composed (exact pi_w)", BoltzmannPolicy(energy, alpha, start, steps), credit,
+                        f"V_w - Q_w (the Boltzmann policy of Q_w by {steps} Metropolis-Hastings steps per action, "
+                        "started from the composed sampler)")
+
+
+def soft_returns(actor: ActingPolicy, rollouts: Rollouts, gamma: float) -> np.ndarray:
+    """``G = r_0 + sum_{t>=1} gamma^t (r_t + credit_t)`` per rollout (the first action was given, not the actor's):
+    [n]."""
+    n, steps = rollouts.reward.shape
+    credit = np.zeros((n, steps))
+    live = rollouts.alive > 0
+    live[:, 0] = False
+    if live.any():
+        credit[live] = actor.credit(rollouts.obs[live], rollouts.action[live])
+    discount = gamma ** np.arange(steps)
+    return np.sum(discount * rollouts.alive * (rollouts.reward + credit), axis=1)
+
+
+def actor_returns(actor: ActingPolicy, make_env, starts: Sequence[Start], per_start: int, steps: int, gamma: float,
+                  key: int) -> tuple[np.ndarray, Rollouts]:
+    """``per_start`` rollouts of ``actor`` from each start (all in lockstep): soft returns [S, per_start] and the
+    rollouts."""
+    with EnvPool(make_env, unwrapped=True) as pool:
+        rollouts = run_rollouts(pool, actor.policy, starts, per_start, steps, key=key)
+    return soft_returns(actor, rollouts, gamma).reshape(len(starts), per_start), rollouts
+
+
+def intervals(g: np.ndarray, t_critical: Callable[[int], float]) -> list[dict]:
+    """Per pair: mean, standard error and the two-sided 95% Student-t interval over its rollouts. g [S, n]."""
+    out = []
+    for row in g:
+        mean, se = mean_and_se(row)
+        half = t_critical(len(row) - 1) * se
+        out.append({"mean": mean, "se": se, "ci": [mean - half, mean + half]})
+    return out
+
+
+def stream_key(*parts: int) -> int:
+    """A rollout key from several integers (``skills.evaluation.lockstep.stream`` mixes them again per rollout)."""
+    return int(torch.randint(0, 2**31 - 1, (1,), generator=stream(*parts)).item())
