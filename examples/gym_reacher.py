@@ -42,10 +42,12 @@ envs.task("reacher-near", reacher, weights={"near": 1.0}, success=["at_target"])
 envs.task("reacher-effort", reacher, weights={"effort": 1.0})
 
 
-if __name__ == "__main__":  # train the three skills the composition and its reference need (tasks defined above)
-    from skills import train
+if __name__ == "__main__":  # train the three skills the composition and its reference need, one process each
+    import subprocess
+    from pathlib import Path
 
+    here = Path(__file__).relative_to(Path.cwd()) if Path(__file__).is_relative_to(Path.cwd()) else Path(__file__)
     for name in ("reacher-near", "reacher-effort", "reacher-near+reacher-effort"):
-        code = train.main([name, *sys.argv[1:]])
+        code = subprocess.call([sys.executable, "-m", "skills.train", name, "--tasks", str(here), *sys.argv[1:]])
         if code:
             sys.exit(code)
