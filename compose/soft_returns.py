@@ -27,25 +27,13 @@ import numpy as np
 import torch
 
 from skills.evaluation.diagnostics import Rollouts, Start, mean_and_se, run_rollouts
+from skills.evaluation.entropy import policy_entropy
 from skills.evaluation.lockstep import EnvPool, stream
 from skills.policy import Actor, UniformPolicy
 from skills.sql.equations import row_noise, row_uniform
 
 Credit = Callable[[np.ndarray, np.ndarray], np.ndarray]
 """``credit(obs [N, o], act [N, d]) -> alpha * (-log pi(a|s))`` estimates [N]."""
-
-
-def knn_entropy(samples: torch.Tensor, k: int = 3) -> torch.Tensor:
-    """Differential entropy of each set of samples by the Kozachenko-Leonenko estimator:
-    ``H ≈ psi(M) - psi(k) + log c_d + (d/M) sum_i log r_i``, ``r_i`` the distance from sample ``i`` to its ``k``-th
-    nearest neighbour, ``c_d`` the volume of the unit ``d``-ball. samples [S, M, d] -> [S] (nats)."""
-    s, m, d = samples.shape
-    dist = torch.cdist(samples.double(), samples.double())  # [S, M, M]
-    dist = dist + torch.eye(m, dtype=dist.dtype) * 1e30  # not one's own neighbour
-    r = dist.kthvalue(k, dim=-1).values.clamp_min(1e-12)  # [S, M]
-    log_ball = (d / 2) * math.log(math.pi) - math.lgamma(d / 2 + 1)
-    return (torch.digamma(torch.tensor(float(m))) - torch.digamma(torch.tensor(float(k))) + log_ball
-            + d * r.log().mean(dim=-1)).float()
 
 
 @dataclass
@@ -64,27 +52,11 @@ def uniform_actor(act_dim: int, alpha: float) -> ActingPolicy:
                         f"exact: alpha d log 2 = {alpha * act_dim * math.log(2.0):.4g} per step")
 
 
-def squashed_entropy(actions: torch.Tensor, k: int = 1) -> torch.Tensor:
-    """Entropy of actions ``a = tanh(u)`` on the box from draws [S, M, d]: ``knn_entropy`` of ``u = atanh(a)`` (an
-    unbounded density, where the estimator is least biased) plus ``E sum_k log(1 - a_k^2)`` (the change of variables).
-    -> [S] nats."""
-    a = actions.double().clamp(-1 + 1e-7, 1 - 1e-7)
-    return (knn_entropy(torch.atanh(a), k).double() + torch.log1p(-a.pow(2)).sum(-1).mean(-1)).float()
-
-
 def sampler_actor(name: str, policy, alpha: float, samples: int = 64, k: int = 1, seed: int = 0) -> ActingPolicy:
     """An amortized sampler (anything with ``act`` and ``sample(obs, n)``), its entropy per visited state estimated
     by ``squashed_entropy`` on ``samples`` draws there."""
-    torch_seed = int(seed)
-
     def credit(obs: np.ndarray, act: np.ndarray) -> np.ndarray:
-        out = []
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(torch_seed)
-            for chunk in np.array_split(obs, max(1, len(obs) // 2048)):
-                draws = torch.as_tensor(np.asarray(policy.sample(chunk, samples)), dtype=torch.float32)
-                out.append(squashed_entropy(draws, k).numpy())
-        return alpha * np.concatenate(out).astype(np.float64)
+        return alpha * policy_entropy(policy, obs, samples, k, seed)
 
     return ActingPolicy(name, policy, credit, f"nearest-neighbour estimate (Kozachenko-Leonenko, k={k}, in pre-tanh "
                                               f"space) on {samples} sampler draws per visited state")

@@ -32,12 +32,12 @@ from typing import Any
 
 import numpy as np
 import torch
-from numpy.typing import ArrayLike
 
 import envs
 import skills
 from envs.cli import add_arm_arguments, add_task_arguments, arm_kwargs, load_task_modules, run_command
 from skills.cli import positive_int, seed_list
+from skills.evaluation import EVAL_SEED
 from skills.library import atomic_write_text
 from skills.training import MultiSeedTrainer, Trainer
 from skills.training.defaults import sql_config, train_config
@@ -46,39 +46,11 @@ from .bound import BoundConfig
 from .mc_check import MCBoundConfig
 from .run import BuildConfig, CompositionReport, EvaluationConfig, Sources, run
 from .sampling import SamplerConfig
+from .stats import aggregate, episode_seed
 
 POLICIES_FIXED = ("composed", "joint")
 METRICS = ("success_rate", "return_mean", "soft_return_mean")
 BOUND_FIGURES = ("suboptimality_mean", "upper_falsified_fraction", "lower_holds_fraction")
-BOOTSTRAP_REPS = 2000
-
-
-# ---- statistics -------------------------------------------------------------------------------------
-def iqm(values: ArrayLike) -> float:
-    """Interquartile mean: the mean after cutting ``floor(n/4)`` runs from each end (as
-    ``scipy.stats.trim_mean(x, 0.25)``, which rliable uses)."""
-    x = np.sort(np.asarray(values, dtype=np.float64))
-    cut = int(0.25 * len(x))
-    return float(x[cut: len(x) - cut].mean())
-
-
-def bootstrap_ci(values: Sequence[float], statistic: Callable[[np.ndarray], float] = iqm, reps: int = BOOTSTRAP_REPS,
-                 seed: int = 0) -> list[float]:
-    """95% percentile bootstrap interval of ``statistic`` over the runs in ``values`` (resampled with replacement)."""
-    x = np.asarray(values, dtype=np.float64)
-    if len(x) < 2:
-        return [float(x[0]), float(x[0])] if len(x) else [float("nan")] * 2
-    rng = np.random.default_rng(seed)
-    stats = [statistic(x[rng.integers(0, len(x), len(x))]) for _ in range(reps)]
-    return [float(np.percentile(stats, 2.5)), float(np.percentile(stats, 97.5))]
-
-
-def aggregate(per_seed: Sequence[float | None]) -> dict:
-    """``{"iqm", "ci", "per_seed"}`` over the seeds that have a value."""
-    values = [v for v in per_seed if v is not None and np.isfinite(v)]
-    if not values:
-        return {"iqm": None, "ci": [None, None], "per_seed": list(per_seed)}
-    return {"iqm": iqm(values), "ci": bootstrap_ci(values), "per_seed": list(per_seed)}
 
 
 # ---- trials -------------------------------------------------------------------------------------------
@@ -160,6 +132,7 @@ def eval_trial(spec: str, seed: int, paths: dict[str, str], settings: Settings) 
     for mode in ("stochastic", "deterministic"):
         deterministic = mode == "deterministic"
         evaluation = EvaluationConfig(episodes=settings.episodes, deterministic=deterministic,
+                                      seed=episode_seed(seed, EVAL_SEED),
                                       mc=MCBoundConfig() if settings.mc and not deterministic else None,
                                       env_kwargs=dict(settings.env_kwargs))
         sources = Sources(library=settings.library, joint=paths.get(spec),
@@ -167,13 +140,16 @@ def eval_trial(spec: str, seed: int, paths: dict[str, str], settings: Settings) 
         report = run([paths[p] for p in parts], evaluation=evaluation, build_config=build_config, sources=sources)
         rows = {"composed": report.rows["composed"], "joint": report.reference(),
                 **{p: report.rows[label] for p, label in zip(parts, report.constituents, strict=False)}}
-        out[mode] = {name: {k: row.get(k) for k in METRICS} | {"final_measures": row.get("final_measures", {})}
+        out[mode] = {name: {k: row.get(k) for k in METRICS} | {"final_measures": row.get("final_measures", {}),
+                                                               "per_episode": row.get("per_episode", {})}
                      for name, row in rows.items()}
         if mode == "stochastic":
             assert isinstance(report, CompositionReport)
             mc_report = report.bound.get("mc", {})
             out["bound"] = {k: mc_report.get(k) for k in BOUND_FIGURES} | {
-                "mean_C": report.bound.get("learned", {}).get("mean_C")}
+                "mean_C": report.bound.get("learned", {}).get("mean_C"), "verdict": mc_report.get("verdict"),
+                "controls": mc_report.get("controls"),
+                "actors": {n: a.get("soft_return_mean") for n, a in mc_report.get("actors", {}).items()}}
     return {"spec": spec, "seed": seed, **out}
 
 
@@ -337,25 +313,44 @@ def train_stacked(tasks: Sequence[str], seeds: Sequence[int], settings: Settings
 
 
 def summarise_spec(spec: str, seeds: Sequence[int], evaluated: dict) -> dict:
-    """``summary[spec][policy][metric] = {"iqm", "ci", "per_seed"}`` (stochastic), the deterministic figures
-    under ``"deterministic"``, the composed/joint success ratio and the bound figures."""
+    """``summary[spec][policy][metric] = {"iqm", "ci", "method", "per_seed", "seeds", "seeds_failed"}`` (stochastic),
+    the deterministic figures under ``"deterministic"``, the composed/joint success ratio and the bound figures.
+    Success, return and soft return and the ratio get hierarchical (seed, episode) intervals from each seed's own
+    episodes (``compose.stats``); seeds with no evaluation are counted as failed, by seed."""
     runs = [evaluated.get(f"eval-{spec}-seed{seed}") for seed in seeds]
     policies = [*POLICIES_FIXED, *spec.split("+")]
     out: dict = {}
     for mode, target in (("stochastic", out), ("deterministic", out.setdefault("deterministic", {}))):
         for policy in policies:
             target[policy] = {metric.removesuffix("_rate").removesuffix("_mean"): aggregate(
-                [r[mode][policy].get(metric) if r else None for r in runs]) for metric in METRICS}
+                [r[mode][policy].get(metric) if r else None for r in runs], episodes_of(runs, mode, policy, metric))
+                for metric in METRICS}
             measures = sorted({k for r in runs if r for k in r[mode][policy].get("final_measures", {})})
             for measure in measures:  # e.g. the pusher's final puck-goal distance (envs.pusher)
                 target[policy][f"final_{measure}"] = aggregate(
                     [r[mode][policy].get("final_measures", {}).get(measure) if r else None for r in runs])
         ratio = [r[mode]["composed"]["success_rate"] / r[mode]["joint"]["success_rate"]
                  if r and r[mode]["joint"].get("success_rate") else None for r in runs]
-        target["composed_over_joint"] = aggregate(ratio)
+        target["composed_over_joint"] = aggregate(ratio, episodes_of(runs, mode, "composed", "success_rate"),
+                                                  episodes_of(runs, mode, "joint", "success_rate"))
     out["bound"] = {k: aggregate([r["bound"].get(k) if r else None for r in runs]) for k in (*BOUND_FIGURES, "mean_C")}
-    out["seeds_evaluated"] = [seed for seed, r in zip(seeds, runs, strict=False) if r]
+    out["bound"]["controls_failed_as_they_must"] = [
+        all(c["failed"] for c in r["bound"].get("controls") or []) if r and r["bound"].get("controls") else None
+        for r in runs]
+    out["seeds_evaluated"] = [seed for seed, r in zip(seeds, runs, strict=True) if r]
+    out["seeds_failed"] = [seed for seed, r in zip(seeds, runs, strict=True) if not r]
     return out
+
+
+EPISODE_KEYS = {"success_rate": "success", "return_mean": "return", "soft_return_mean": "soft_return"}
+
+
+def episodes_of(runs: Sequence[dict | None], mode: str, policy: str, metric: str) -> list | None:
+    """Each seed's per-episode outcomes of ``metric`` (None for a seed without them), or None if no seed has any."""
+    key = EPISODE_KEYS[metric]
+    found = [np.asarray(r[mode][policy].get("per_episode", {}).get(key), np.float64)
+             if r and r[mode][policy].get("per_episode", {}).get(key) is not None else None for r in runs]
+    return found if any(f is not None for f in found) else None
 
 
 def curves(task: str, seeds: Sequence[int], trained: dict) -> dict:
@@ -382,8 +377,10 @@ def fmt(cell: dict, digits: int = 2) -> str:
 
 def markdown(result: dict) -> str:
     lines = [f"# Study: {', '.join(result['specs'])}, seeds {result['seeds']}", "",
-             "IQM [95% bootstrap CI over seeds]. Stochastic: every policy samples its max-ent policy; deterministic: "
-             "the best of 32 sampled actions under its Q.", ""]
+             "IQM over seeds [95% interval]. Success, return, soft return and composed/joint: a hierarchical bootstrap "
+             "over (seed, episode), each seed evaluated on its own episodes (compose.stats); the bound's figures: a "
+             "percentile bootstrap over seeds. Stochastic: every policy samples its max-ent policy; deterministic: the "
+             "best of 32 sampled actions under its Q. Soft returns credit each policy with its own entropy.", ""]
     for spec, s in result["summary"].items():
         policies = [*POLICIES_FIXED, *spec.split("+")]
         lines += [f"## {spec} (seeds evaluated: {s['seeds_evaluated']})", "",
@@ -397,10 +394,13 @@ def markdown(result: dict) -> str:
             lines += ["", "| policy | " + " | ".join(m.removeprefix("final_") + " at the end (m)" for m in measures) + " |",
                       "|---|" + "---|" * len(measures)]
             lines += [f"| {p} | " + " | ".join(fmt(s[p][m], 3) for m in measures) + " |" for p in policies]
+        figures = {k: v for k, v in s["bound"].items() if isinstance(v, dict)}
         lines += ["", f"composed / joint success: stochastic {fmt(s['composed_over_joint'])}, deterministic "
                   f"{fmt(s['deterministic']['composed_over_joint'])}", "",
                   "Bound (Monte Carlo, stochastic policies): " + ", ".join(
-                      f"{k} {fmt(v, 3)}" for k, v in s["bound"].items()), "",
+                      f"{k} {fmt(v, 3)}" for k, v in figures.items()), "",
+                  f"Every negative control failed as it must, per seed: {s['bound']['controls_failed_as_they_must']}", "",
+                  f"Seeds that failed (no evaluation): {s['seeds_failed'] or 'none'}", "",
                   "Per seed (stochastic success): " + "; ".join(
                       f"{p} {s[p]['success']['per_seed']}" for p in policies), ""]
     if result["failures"]:

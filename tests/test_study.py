@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from compose import study as study_module
-from compose.study import Runner, TrialOptions, aggregate, bootstrap_ci, iqm, study
+from compose.stats import aggregate, bootstrap_ci, iqm
+from compose.study import Runner, TrialOptions, study
 from skills.cli import seed_list
 
 SMOKE = TrialOptions(steps=200, episodes=2, mc=False, quick_build=True)
@@ -44,9 +45,13 @@ def test_a_smoke_study_writes_the_documented_summary(smoke):
     summary = result["summary"]["reach+avoid"]
     for policy in ("composed", "joint", "reach", "avoid"):
         cell = summary[policy]["success"]
-        assert set(cell) == {"iqm", "ci", "per_seed"} and len(cell["per_seed"]) == 2
+        assert set(cell) == {"iqm", "ci", "method", "per_seed", "seeds", "seeds_failed"} and len(cell["per_seed"]) == 2
+        assert "hierarchical bootstrap over (seed, episode)" in cell["method"] and "only 2 seeds" in cell["method"]
         assert summary["deterministic"][policy]["success"]["per_seed"] != [None, None]
-    assert set(summary["composed_over_joint"]) >= {"iqm", "ci"}
+    assert set(summary["composed_over_joint"]) >= {"iqm", "ci"} and summary["seeds_failed"] == []
+    runs = [json.loads((smoke / "trials" / f"eval-reach+avoid-seed{s}.json").read_text()) for s in (0, 1)]
+    first = [r["stochastic"]["composed"]["per_episode"]["seeds"][0] for r in runs]
+    assert first[0] != first[1], "each seed is evaluated on its own episodes"
     assert result["failures"] == {} and result["curves"]["reach"]["env_steps"][-1] == 200
     assert (smoke / "study.md").read_text().startswith("# Study: reach+avoid")
     assert (smoke / "study_reach+avoid_success.png").stat().st_size > 0
@@ -124,3 +129,26 @@ def test_a_stacked_study_trains_each_tasks_seeds_together_and_gets_the_same_skil
 
     monkeypatch.setattr(study_module, "train_seeds_trial", no_training)
     assert study(["reach+avoid"], [0, 1], out=tmp_path, trials=SMOKE, runner=Runner(workers=1, stacked=True))["failures"] == {}
+
+
+def test_the_hierarchical_interval_covers_what_the_percentile_one_over_few_seeds_misses():
+    """Simulated studies (true success 0.7, seeds differing by +-0.1, 100 episodes each): over 4 seeds the percentile
+    bootstrap over per-seed values covers the truth less often than its nominal 95%; the hierarchical bootstrap over
+    (seed, episode) covers it at least as often, and the failed seeds are counted, not dropped."""
+    from compose.stats import hierarchical_ci
+
+    rng = np.random.default_rng(0)
+    covered = {"percentile": 0, "hierarchical": 0}
+    trials = 120
+    for _ in range(trials):
+        rates = np.clip(0.7 + rng.normal(0, 0.1, 4), 0, 1)
+        episodes = [rng.uniform(size=100) < r for r in rates]
+        means = [e.mean() for e in episodes]
+        lo, hi = bootstrap_ci(means, reps=400, seed=int(rng.integers(1 << 30)))
+        covered["percentile"] += lo <= 0.7 <= hi
+        _, (lo, hi) = hierarchical_ci(episodes, reps=400, seed=int(rng.integers(1 << 30)))
+        covered["hierarchical"] += lo <= 0.7 <= hi
+    assert covered["percentile"] / trials < 0.93
+    assert covered["hierarchical"] >= covered["percentile"]
+    cell = aggregate([0.5, None, 0.7], [np.ones(10) * 0.5, None, np.ones(10) * 0.7])
+    assert cell["seeds_failed"] == [1] and cell["seeds"] == 2

@@ -75,7 +75,12 @@ def evaluate_row(name: str, policy: SoftPolicy, pool: EnvPool, evaluation: Evalu
     if evaluation.deterministic:
         metrics |= {"soft_return_mean": None, "soft_return_note": "deterministic actions have no soft return"}
     else:
-        metrics = episode_soft_returns(policy, done, VALUE_SAMPLES) | metrics
+        soft = episode_soft_returns(policy, done, VALUE_SAMPLES)
+        metrics = {k: v for k, v in soft.items() if k != "soft_returns"} | metrics
+    metrics["per_episode"] = {"seeds": seeds, "success": [bool(e.success) for e in done],
+                              "return": [float(e.total) for e in done]}
+    if not evaluation.deterministic:
+        metrics["per_episode"]["soft_return"] = [float(x) for x in soft["soft_returns"]]
     if pairs is not None:
         pairs.extend((o, a) for e in done for o, a in zip(e.obs, e.actions, strict=True))
     env_steps, wall = cost

@@ -14,6 +14,7 @@ import gymnasium as gym
 import numpy as np
 
 from ..policy import Actor, SoftPolicy
+from .entropy import policy_entropy
 from .lockstep import EnvPool, Episode, lockstep_episodes
 
 EVAL_SEED = 10_000  # first seed of evaluation episodes (training uses 0.., convergence checks 100_000..)
@@ -23,19 +24,24 @@ Policy = Callable[[np.ndarray], np.ndarray]
 
 
 def episode_soft_returns(soft: SoftPolicy, episodes: Sequence[Episode], value_samples: int) -> dict:
-    """Discounted soft returns ``sum_t gamma^t (r_t + V(s_t) - Q(s_t, a_t))`` of recorded episodes (traced), with
-    ``V - Q = -alpha log pi`` of ``soft``'s Boltzmann policy; Q and V of every visited state in one batched call,
-    in the order (episode, step), whatever order the episodes ran in."""
+    """Discounted soft returns ``sum_t gamma^t (r_t + alpha H_t)`` of recorded episodes (traced), ``H_t`` the entropy of
+    the policy that acted: its sampler's actions at ``s_t``, estimated (``skills.evaluation.entropy``). Also the same
+    return credited with ``V(s_t) - Q(s_t, a_t)`` of the policy's own Q (``soft_return_vq_mean``): right only for the
+    exact Boltzmann policy of that Q, it overstates an amortized sampler's soft return by its accumulated
+    ``alpha KL(sampler || pi)``, which the difference estimates. States are valued in the order (episode, step)."""
     obs = np.concatenate([np.stack(e.obs) for e in episodes])
     act = np.concatenate([np.stack(e.actions) for e in episodes])
     step = np.concatenate([np.arange(e.length) for e in episodes])
     reward = np.concatenate([np.asarray(e.rewards, np.float64) for e in episodes])
     q = np.asarray(soft.q(obs, act), np.float64)
     v = np.asarray(soft.value(obs, n_samples=value_samples), np.float64)
-    terms = soft.gamma**step * (reward + v - q)
-    g = np.bincount(np.repeat(np.arange(len(episodes)), [e.length for e in episodes]), weights=terms)
+    entropy = soft.alpha * policy_entropy(soft, obs)
+    owner = np.repeat(np.arange(len(episodes)), [e.length for e in episodes])
+    g = np.bincount(owner, weights=soft.gamma**step * (reward + entropy))
+    g_vq = np.bincount(owner, weights=soft.gamma**step * (reward + v - q))
     return {"soft_return_mean": float(g.mean()), "soft_return_std": float(g.std()),
-            "entropy_term_mean": float(np.mean(v - q))}
+            "entropy_term_mean": float(np.mean(entropy)), "soft_return_vq_mean": float(g_vq.mean()),
+            "entropy_term_vq_mean": float(np.mean(v - q)), "soft_returns": g}
 
 
 def summarise(episodes: Sequence[Episode]) -> dict:
@@ -75,7 +81,9 @@ def evaluate(policy: Actor | SoftPolicy, make_env: Callable[[], gym.Env] | EnvPo
             pool.close()
     if soft and not deterministic:
         assert isinstance(policy, SoftPolicy), "soft returns need the policy's Q and V (a SoftPolicy)"
-        return episode_soft_returns(policy, done, value_samples) | summarise(done)
+        stats = episode_soft_returns(policy, done, value_samples)
+        stats.pop("soft_returns")
+        return stats | summarise(done)
     return summarise(done)
 
 

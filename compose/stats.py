@@ -1,0 +1,106 @@
+"""Statistics across seeds: the interquartile mean, and intervals that mean what they say.
+
+A percentile bootstrap over a handful of per-seed values returns little more than their min and max (over 4 seeds
+its nominal 95% covered 86-89% in simulation). Here the headline intervals come from a **hierarchical bootstrap over
+(seed, episode)**: each replicate resamples the seeds with replacement, then each chosen seed's own episodes with
+replacement, so both the spread between seeds and the noise of each seed's evaluation enter the interval. Each seed is
+evaluated on its own episodes (``episode_seed``). A seed whose run failed is not dropped silently: it is counted and
+named beside the aggregate (``seeds_failed``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+BOOTSTRAP_REPS = 2000
+HEADLINE_SEEDS = 10  # fewer seeds than this: the interval is flagged as unreliable
+EPISODE_SEEDS_PER_SEED = 1000  # seed s is evaluated on episodes EVAL_SEED + 1000 s, ..., a set of its own
+
+
+def iqm(values: Sequence[float] | np.ndarray) -> float:
+    """Interquartile mean: the mean after cutting ``floor(n/4)`` runs from each end (as
+    ``scipy.stats.trim_mean(x, 0.25)``, which rliable uses)."""
+    x = np.sort(np.asarray(values, dtype=np.float64))
+    cut = int(0.25 * len(x))
+    return float(x[cut: len(x) - cut].mean())
+
+
+def bootstrap_ci(values: Sequence[float], statistic: Callable[[np.ndarray], float] = iqm, reps: int = BOOTSTRAP_REPS,
+                 seed: int = 0) -> list[float]:
+    """95% percentile bootstrap interval of ``statistic`` over the runs in ``values`` (resampled with replacement).
+    Over few runs this is close to their range: prefer ``hierarchical_ci`` where the episodes are known."""
+    x = np.asarray(values, dtype=np.float64)
+    if len(x) < 2:
+        return [float(x[0]), float(x[0])] if len(x) else [float("nan")] * 2
+    rng = np.random.default_rng(seed)
+    stats = [statistic(x[rng.integers(0, len(x), len(x))]) for _ in range(reps)]
+    return [float(np.percentile(stats, 2.5)), float(np.percentile(stats, 97.5))]
+
+
+def episode_seed(seed: int, first: int) -> int:
+    """The first episode seed of training seed ``seed``'s evaluation: its own set, apart from every other seed's."""
+    return first + EPISODE_SEEDS_PER_SEED * seed
+
+
+def hierarchical_ci(episodes: Sequence[np.ndarray], paired: Sequence[np.ndarray] | None = None,
+                    reps: int = BOOTSTRAP_REPS, seed: int = 0) -> tuple[float, list[float]]:
+    """IQM over seeds of each seed's mean episode outcome, and its 95% interval by a hierarchical bootstrap over
+    (seed, episode). ``episodes[i]``: seed ``i``'s per-episode outcomes. With ``paired`` (a second policy on the same
+    episodes, seed by seed) the statistic is the IQM of per-seed ratios ``mean(episodes) / mean(paired)``, the episodes
+    resampled jointly for both; seeds whose denominator is 0 are left out of that replicate."""
+    rng = np.random.default_rng(seed)
+    per_seed = [np.asarray(e, np.float64) for e in episodes]
+    other = [np.asarray(e, np.float64) for e in paired] if paired is not None else None
+    point = _statistic(per_seed, other, [None] * len(per_seed))
+    stats = []
+    for _ in range(reps):
+        chosen = rng.integers(0, len(per_seed), len(per_seed))
+        picks = [rng.integers(0, len(per_seed[i]), len(per_seed[i])) for i in chosen]
+        value = _statistic([per_seed[i] for i in chosen], [other[i] for i in chosen] if other else None, picks)
+        if np.isfinite(value):
+            stats.append(value)
+    if not stats:
+        return point, [float("nan")] * 2
+    return point, [float(np.percentile(stats, 2.5)), float(np.percentile(stats, 97.5))]
+
+
+def _statistic(per_seed: list[np.ndarray], other: list[np.ndarray] | None, picks: list) -> float:
+    """IQM over seeds of per-seed means (or of per-seed ratios to ``other``), episodes chosen by ``picks``."""
+    values = []
+    for i, x in enumerate(per_seed):
+        idx = picks[i] if picks[i] is not None else slice(None)
+        if other is None:
+            values.append(float(x[idx].mean()))
+            continue
+        denominator = float(other[i][idx].mean())
+        if denominator > 0:
+            values.append(float(x[idx].mean()) / denominator)
+    return iqm(values) if values else float("nan")
+
+
+def aggregate(per_seed: Sequence[float | None], episodes: Sequence[np.ndarray | None] | None = None,
+              paired: Sequence[np.ndarray | None] | None = None) -> dict:
+    """``{"iqm", "ci", "method", "per_seed", "seeds", "seeds_failed"}`` over the seeds that have a value. With each
+    seed's per-episode outcomes (``episodes``, and ``paired`` for a ratio), the interval is the hierarchical bootstrap
+    over (seed, episode); else the percentile bootstrap over the per-seed values (flagged: over few seeds it is about
+    their range)."""
+    ok = [i for i, v in enumerate(per_seed) if v is not None and np.isfinite(v)]
+    failed = [i for i in range(len(per_seed)) if i not in ok]
+    if not ok:
+        return {"iqm": None, "ci": [None, None], "method": "no seed", "per_seed": list(per_seed), "seeds": 0,
+                "seeds_failed": failed}
+    outcomes = [episodes[i] for i in ok] if episodes is not None else []
+    others = [paired[i] for i in ok] if paired is not None else []
+    if episodes is not None and all(o is not None and len(o) for o in outcomes) and all(o is not None for o in others):
+        point, ci = hierarchical_ci([np.asarray(o) for o in outcomes], [np.asarray(o) for o in others] or None)
+        method = "IQM over seeds; 95% hierarchical bootstrap over (seed, episode)"
+    else:
+        values = [float(v) for v in per_seed if v is not None and np.isfinite(v)]
+        point, ci = iqm(values), bootstrap_ci(values)
+        method = "IQM over seeds; 95% percentile bootstrap over seeds"
+    if len(ok) < HEADLINE_SEEDS:
+        method += f" (only {len(ok)} seeds: fewer than {HEADLINE_SEEDS}, the interval understates the uncertainty)"
+    return {"iqm": point, "ci": ci, "method": method, "per_seed": list(per_seed), "seeds": len(ok),
+            "seeds_failed": failed}
