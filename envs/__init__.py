@@ -34,7 +34,8 @@ from .registry import (  # noqa: E402
 from .tasks import TaskModuleError, definition, load_tasks, task  # noqa: E402
 
 # family module -> the gymnasium.Env class that runs its tasks
-BUILT_IN_FAMILIES = {"arm": "ArmTaskEnv", "multigoal": "MultiGoalEnv", "plane": "PlaneEnv", "pusher": "PusherEnv", "twogoal": "TwoGoalEnv"}
+BUILT_IN_FAMILIES = {"arm": "ArmTaskEnv", "multigoal": "MultiGoalEnv", "plane": "PlaneEnv", "pusher": "PusherEnv",
+                     "twogoal": "TwoGoalEnv"}
 
 
 def _register_built_ins() -> None:

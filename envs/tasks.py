@@ -26,8 +26,12 @@ import json
 import sys
 import textwrap
 import traceback
+import types
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
+from typing import Any
+
+import numpy as np
 
 from .core import Check, Family, Task, Term, TermFn
 from .registry import TASKS, family, register_task
@@ -107,7 +111,7 @@ def load_tasks(where: str | Path) -> list[str]:
 def code_digest(fn: TermFn) -> str:
     """A digest of the code that computes a term or check: its source with comments, docstrings, formatting and its
     own name normalised away (``ast.dump``); for code without source (a lambda inside a longer line), its bytecode,
-    constants and names. Values the function reads from elsewhere (module constants) are not covered."""
+    constants and names. What it reads from elsewhere is ``reads_digest``'s."""
     try:
         tree = ast.parse(textwrap.dedent(inspect.getsource(fn)))
     except (OSError, TypeError, SyntaxError):
@@ -124,30 +128,106 @@ def code_digest(fn: TermFn) -> str:
     return hashlib.sha256(ast.dump(tree, annotate_fields=False).encode()).hexdigest()
 
 
+def _names_read(code: types.CodeType) -> list[str]:
+    """The global names a code object reads, nested code (comprehensions, inner functions) included."""
+    names: set[str] = set()
+    stack = [code]
+    while stack:
+        c = stack.pop()
+        names.update(c.co_names)
+        stack.extend(k for k in c.co_consts if isinstance(k, types.CodeType))
+    return sorted(names)
+
+
+def _value_key(value: Any, seen: set[int]) -> Any:
+    """What a value a term reads contributes to its digest: data by value (numbers, strings, arrays, containers),
+    functions by their code and what they read in turn, modules and classes by name."""
+    if value is None or isinstance(value, (bool, int, float, complex, str, bytes)):
+        return repr(value)
+    if isinstance(value, np.ndarray):
+        data = np.ascontiguousarray(value).tobytes()
+        return ["ndarray", str(value.dtype), list(value.shape), hashlib.sha256(data).hexdigest()]
+    if isinstance(value, np.generic):
+        return repr(value.item())
+    if isinstance(value, (tuple, list, frozenset, set)):
+        items = [_value_key(v, seen) for v in value]
+        return [type(value).__name__, sorted(map(repr, items)) if isinstance(value, (set, frozenset)) else items]
+    if isinstance(value, Mapping):
+        return ["mapping", sorted((repr(k), repr(_value_key(v, seen))) for k, v in value.items())]
+    if isinstance(value, types.FunctionType):
+        if id(value) in seen:
+            return ["function", value.__qualname__]
+        seen.add(id(value))
+        return ["function", code_digest(value), _reads(value, seen)]
+    if isinstance(value, types.ModuleType):
+        return ["module", value.__name__]
+    return ["object", type(value).__module__, type(value).__qualname__]
+
+
+def _reads(fn: Any, seen: set[int]) -> list:
+    code = getattr(fn, "__code__", None)
+    if code is None:
+        return []
+    module = getattr(fn, "__globals__", {})
+    out = [[name, _value_key(module[name], seen)] for name in _names_read(code) if name in module]
+    for var, cell in zip(code.co_freevars, getattr(fn, "__closure__", None) or (), strict=False):
+        try:
+            out.append([var, _value_key(cell.cell_contents, seen)])
+        except ValueError:  # an empty cell
+            out.append([var, "<empty>"])
+    return out
+
+
+def reads_digest(fn: TermFn) -> str:
+    """A digest of what a term or check reads from outside its own code: the module constants and closure values it
+    uses (``CEILING = 0.12``), and the code of the functions it calls from its module, recursively. Changing
+    ``CEILING`` changes what the term computes, and so this digest."""
+    return hashlib.sha256(json.dumps(_reads(fn, {id(fn)}), sort_keys=True, default=repr).encode()).hexdigest()
+
+
 def definition(task_: Task) -> dict:
     """What defines ``task_``'s reward and success, as recorded in a skill's manifest (``task_definition``): its
     name, where it is defined, family, the weighted terms with their ranges and code digests, the success checks,
     and one ``digest`` of all of it."""
     fam = task_.family
-    terms = {k: {"weight": float(w), "range": list(fam.term_ranges[k]), "code": code_digest(fam.terms[k])}
-             for k, w in sorted(task_.weights.items())}
-    checks = {k: {"every_step": k in fam.every_step, "code": code_digest(fam.success_checks[k])}
-              for k in sorted(task_.success)}
+    terms = {k: {"weight": float(w), "range": list(fam.term_ranges[k]), "code": code_digest(fam.terms[k]),
+                 "reads": reads_digest(fam.terms[k])} for k, w in sorted(task_.weights.items())}
+    checks = {k: {"every_step": k in fam.every_step, "code": code_digest(fam.success_checks[k]),
+                  "reads": reads_digest(fam.success_checks[k])} for k in sorted(task_.success)}
     core = {"family": fam.name, "gamma": fam.gamma, "horizon": fam.horizon, "terms": terms, "success": checks}
     digest = hashlib.sha256(json.dumps(core, sort_keys=True).encode()).hexdigest()
     return {"name": task_.name, "source": task_.source, **core, "digest": digest}
 
 
 def definition_changes(recorded: Mapping, now: Mapping) -> list[str]:
-    """How a task's definition ``now`` differs from the one ``recorded`` in a manifest (empty: the same)."""
+    """How a task's definition ``now`` differs from the one ``recorded`` in a manifest (empty: the same). What a
+    manifest did not record (``reads``, before it was recorded) is not compared."""
     if recorded.get("digest") == now.get("digest"):
         return []
+
+    def comparable(then_entry: Any, now_entry: Any) -> Any:
+        if isinstance(then_entry, Mapping) and isinstance(now_entry, Mapping):
+            return {k: v for k, v in now_entry.items() if k in then_entry}
+        return now_entry
+
     changes = [f"{key}: {recorded.get(key)!r} then, {now.get(key)!r} now" for key in ("family", "gamma", "horizon")
                if recorded.get(key) != now.get(key)]
     for kind in ("terms", "success"):
         then, current = recorded.get(kind, {}), now.get(kind, {})
         for name in sorted(set(then) | set(current)):
-            if then.get(name) != current.get(name):
-                changes.append(f"{kind[:-1] if kind == 'terms' else 'check'} {name!r}: {then.get(name)} then, "
-                               f"{current.get(name)} now")
-    return changes or ["the digest differs"]
+            if then.get(name) != comparable(then.get(name), current.get(name)):
+                changes.append(f"{kind[:-1] if kind == 'terms' else 'check'} {name!r}: "
+                               + _entry_change(then.get(name), current.get(name)))
+    return changes
+
+
+ENTRY_CHANGES = {"code": "its code changed", "reads": "what it reads changed (module constants, closure values or "
+                 "functions it calls)"}
+
+
+def _entry_change(then: Any, now: Any) -> str:
+    """One term's or check's change in words."""
+    if not isinstance(then, Mapping) or not isinstance(now, Mapping):
+        return f"{'absent' if then is None else 'present'} then, {'absent' if now is None else 'present'} now"
+    return "; ".join(ENTRY_CHANGES.get(k, f"{k} {then.get(k)!r} then, {now.get(k)!r} now")
+                     for k in then if then.get(k) != now.get(k))

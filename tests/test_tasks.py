@@ -162,6 +162,29 @@ def test_the_code_digest_ignores_comments_and_docstrings_and_sees_the_arithmetic
     assert code_digest(a) == code_digest(b) != code_digest(c)
 
 
+def test_the_reads_digest_sees_the_constants_and_helpers_a_term_uses(tmp_path):
+    """Changing ``CEILING = 0.12`` in a task file changes what the term computes: the definition records it, and a
+    manifest from before ``reads`` was recorded compares only what it recorded."""
+    from envs.tasks import definition_changes, reads_digest
+
+    def load(ceiling: float, helper_scale: float) -> dict:
+        namespace: dict = {"np": np}
+        exec(f"CEILING = {ceiling}\n"
+             f"def scale(x):\n    return {helper_scale} * x\n"
+             "def term(o, a):\n    return -scale(np.clip(o[:, 2] - CEILING, 0.0, 1.0))\n", namespace)
+        return namespace
+
+    base, moved, rescaled = load(0.12, 1.0), load(0.15, 1.0), load(0.12, 2.0)
+    assert reads_digest(base["term"]) == reads_digest(load(0.12, 1.0)["term"])
+    assert reads_digest(base["term"]) != reads_digest(moved["term"]) != reads_digest(rescaled["term"])
+    then = {"digest": "x", "terms": {"low": {"weight": 1.0, "code": "c", "reads": reads_digest(base["term"])}}}
+    now = {"digest": "y", "terms": {"low": {"weight": 1.0, "code": "c", "reads": reads_digest(moved["term"])}}}
+    assert definition_changes(then, now) == ["term 'low': what it reads changed (module constants, closure values or "
+                                             "functions it calls)"]
+    older = {"digest": "x", "terms": {"low": {"weight": 1.0, "code": "c"}}}  # recorded before 'reads' existed
+    assert definition_changes(older, now) == []
+
+
 def test_loading_a_skill_never_imports_the_users_module(tmp_path):
     """A skill trained on a user's task loads in a fresh process without its module; composing it (which needs its
     reward) names the module to load."""

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -26,6 +27,7 @@ from skills.library import atomic_write_text
 from ..mc_check import MCBoundConfig
 from ..operators import OPERATORS, Operator, make_operator
 from .orchestrate import run
+from .selection import VALIDATION_EPISODES, VALIDATION_SEED, Candidates, select
 from .settings import SAMPLERS, BuildConfig, EvaluationConfig, Sources
 
 
@@ -44,6 +46,15 @@ def build_parser() -> argparse.ArgumentParser:
                         help="priority: the skills, highest priority first, e.g. avoid,reach")
     parser.add_argument("--epsilon", type=float, help="priority: indifference margin in Q units "
                         "(default: compose.operators.Priority.epsilon)")
+    parser.add_argument("--select", metavar="SETTING=V1,V2,...", type=Candidates.parse,
+                        help="choose an operator setting on validation episodes before the run, e.g. epsilon=0.1,0.3,0.6: "
+                             "each value is evaluated on --validation-episodes episodes from --validation-seed (disjoint "
+                             "from the reported ones), the rule in compose.run.selection picks one, and the report says "
+                             "how")
+    parser.add_argument("--validation-seed", type=non_negative_int, default=VALIDATION_SEED,
+                        help=f"first validation episode seed for --select (default: {VALIDATION_SEED})")
+    parser.add_argument("--validation-episodes", type=positive_int, default=VALIDATION_EPISODES,
+                        help=f"validation episodes per candidate for --select (default: {VALIDATION_EPISODES})")
     parser.add_argument("--sampler", choices=SAMPLERS, default="amortized",
                         help="amortized: a fresh sampler network trained on Q_w (cached); "
                              "particles: SVGD on action particles at each step; resampling: importance resampling "
@@ -86,9 +97,19 @@ def main(argv: list[str] | None = None) -> int:
         evaluation = EvaluationConfig(episodes=args.episodes, seed=args.seed, deterministic=args.deterministic,
                                       sampler=args.sampler, mc=None if args.no_mc else MCBoundConfig(),
                                       render=args.render, env_kwargs=arm_kwargs(args))
-        report = run(args.spec, operators_asked(args), weights=args.weights, evaluation=evaluation,
-                     build_config=BuildConfig(progress=not args.no_progress),
-                     sources=Sources(library=args.library, out=args.out, allow_changed_task=args.allow_changed_task))
+        build_config = BuildConfig(progress=not args.no_progress)
+        sources = Sources(library=args.library, out=args.out, allow_changed_task=args.allow_changed_task)
+        operators, chosen = operators_asked(args), None
+        if args.select is not None:
+            if len(operators) != 1:
+                raise ValueError("--select chooses a setting of one operator; give --operator NAME, not all")
+            validation = replace(evaluation, seed=args.validation_seed, episodes=args.validation_episodes, mc=None,
+                                 render=False)
+            chosen = select(args.spec, operators[0], args.select, test=evaluation, validation=validation,
+                            build_config=build_config, sources=sources)
+            operators = [chosen.operator]
+        report = run(args.spec, operators, weights=args.weights, evaluation=evaluation, build_config=build_config,
+                     sources=sources, selection=chosen.record if chosen is not None else None)
         print("\n".join(report.console()))
         if args.json:
             atomic_write_text(Path(args.json), json.dumps(report.to_json(), indent=2))

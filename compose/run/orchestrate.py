@@ -63,12 +63,15 @@ class Run:
 
 def run(spec: str | Sequence[str], operators: Sequence[str | Operator] = ("average",), *,
         weights: Sequence[float] | None = None, evaluation: EvaluationConfig = EvaluationConfig(),
-        build_config: BuildConfig = BuildConfig(), sources: Sources = Sources()) -> CompositionReport | OperatorsReport:
+        build_config: BuildConfig = BuildConfig(), sources: Sources = Sources(),
+        selection: dict | None = None) -> CompositionReport | OperatorsReport:
     """Compose the skills of ``spec`` with each of ``operators`` (names or ``compose.operators.Operator`` objects),
     run every composition, the jointly trained reference and each constituent on the same seeded episodes, and
     report. One operator gives a ``CompositionReport`` (with the bound checks for a bounded operator, figures and an
     optional video); several give an ``OperatorsReport`` (one table, one trajectory figure; operators that do not
-    apply are skipped with the reason). Writes report.json and report.md to the output directory."""
+    apply are skipped with the reason). ``selection``: how the operator's setting was chosen on validation episodes
+    (``compose.run.selection.select``), carried into the report. Writes report.json and report.md to the output
+    directory."""
     state = Run(spec, evaluation, sources)
     torch.manual_seed(evaluation.seed)  # constituents and the joint skill sample from torch's global generator
     compose_all(state, operators, weights)
@@ -80,6 +83,7 @@ def run(spec: str | Sequence[str], operators: Sequence[str | Operator] = ("avera
     with EnvPool(state.make_env) as state.pool:
         evaluate_all(state)
         report = single_report(state) if state.single else operators_report(state)
+    report.selection = selection
     report.wall_time_s = round(time.perf_counter() - state.started, 1)
     report.out = str(state.out)
     atomic_write_text(state.out / "report.json", json.dumps(report.to_json(), indent=2))

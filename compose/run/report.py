@@ -10,6 +10,8 @@ from typing import Any
 
 import numpy as np
 
+from .selection import selection_lines
+
 MODE_NOTES = {"stochastic": "stochastic: every policy draws one sampler action per step (its max-ent policy)",
               "deterministic": "deterministic: every policy takes the highest-Q of 32 sampled actions"}
 
@@ -34,14 +36,19 @@ class RunReport:
     env_kwargs: dict[str, str] = field(default_factory=dict)
     wall_time_s: float = 0.0
     out: str = ""
+    selection: dict | None = None  # how a setting was chosen on validation episodes (compose.run.selection)
 
     @property
     def mode(self) -> str:
         return "deterministic" if self.deterministic else "stochastic"
 
     def header(self) -> dict[str, Any]:
-        return {"spec": self.spec, "task": self.task, "weights": self.weights, "alpha": self.alpha, "gamma": self.gamma,
-                "episodes": self.episodes, "seed": self.seed}
+        out = {"spec": self.spec, "task": self.task, "weights": self.weights, "alpha": self.alpha, "gamma": self.gamma,
+               "episodes": self.episodes, "seed": self.seed}
+        return out | ({"selection": self.selection} if self.selection is not None else {})
+
+    def selection_markdown(self) -> list[str]:
+        return [*selection_lines(self.selection), ""] if self.selection is not None else []
 
     def reference(self) -> dict:
         return self.rows.get("joint", {"note": self.joint_note})
@@ -84,9 +91,10 @@ class CompositionReport(RunReport):
         lines = [f"# Composition report: {self.spec} on {self.task}", "",
                  (f"weights {self.weights}, alpha {self.alpha}, gamma {self.gamma}, {self.episodes} episodes from seed "
                   f"{self.seed}, sampler {self.sampler}; {MODE_NOTES[self.mode]}"), "",
-                 "Soft return: discounted over the episode, sum_t gamma^t (r_t + V(s_t) - Q(s_t, a_t)) with each policy's "
-                 "own Q and V.", "",
-                 comparison_table(self.rows), "", "## Bound (tight form)", "", *bound_lines(self.bound), "",
+                 "Soft return: discounted over the episode, sum_t gamma^t (r_t + alpha H_t), each policy credited with "
+                 "its own entropy (skills.evaluation.entropy; report.json keeps the V - Q credit as soft_return_vq_mean).",
+                 "", *self.selection_markdown(), comparison_table(self.rows), "", "## Bound (tight form)", "",
+                 *bound_lines(self.bound), "",
                  "Error sources: delta by importance sampling (common random numbers); C by TD on the skills'",
                  "stored transitions with a max over sampled actions; Monte Carlo soft returns carry sampling",
                  "error (the CIs) and a tail bound; their entropy terms use each policy's own Q and V.", "",
@@ -124,7 +132,8 @@ class OperatorsReport(RunReport):
     def markdown(self) -> str:
         lines = [f"# Composition operators: {self.spec} on {self.task}", "",
                  f"{self.episodes} seeded episodes from seed {self.seed}, {self.mode}; alpha {self.alpha}, "
-                 f"gamma {self.gamma}; every operator uses 0 environment samples.", "", comparison_table(self.rows), ""]
+                 f"gamma {self.gamma}; every operator uses 0 environment samples.", "", *self.selection_markdown(),
+                 comparison_table(self.rows), ""]
         ratios = self.to_json()["ratios_to_joint"]
         if ratios:
             lines += ["| operator | success / joint | return / joint | return − joint (± se) |", "|---|---|---|---|"]

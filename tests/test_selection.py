@@ -1,0 +1,75 @@
+"""compose.run.selection: a setting chosen on validation episodes by a written rule, reported on other episodes."""
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from compose import run as compose_run
+from compose.bound import BoundConfig
+from compose.run.selection import Candidates, SelectionRule, check_disjoint, selection_lines
+from compose.sampling import SamplerConfig
+
+SHIPPED = Path(__file__).resolve().parent.parent / "trained"
+
+
+def row(success: float, collisions: float, ret: float) -> dict:
+    return {"success_rate": success, "collision_rate": collisions, "return_mean": ret}
+
+
+def test_the_rule_prefers_safe_candidates_then_success_then_return():
+    rule = SelectionRule(max_collisions=0.01)
+    assert rule.choose([row(0.9, 0.05, -1), row(0.8, 0.0, -3), row(0.8, 0.0, -2)]) == 2  # the unsafe one is out
+    assert rule.choose([row(0.9, 0.05, -1), row(0.95, 0.2, -1)]) == 1  # none is safe: all compete
+    assert rule.choose([row(0.5, 0.0, -1), row(0.5, 0.0, -1)]) == 0  # a full tie: the earlier
+    assert "validation" in rule.describe()
+
+
+@pytest.mark.parametrize("text", ["epsilon", "epsilon=0.3", "=0.1,0.2", "epsilon=a,b"])
+def test_bad_candidate_lists_are_refused(text):
+    with pytest.raises(ValueError, match="SETTING=V1,V2"):
+        Candidates.parse(text)
+
+
+def test_validation_and_reported_episodes_must_not_overlap():
+    test = compose_run.EvaluationConfig(episodes=100, seed=10_000)
+    check_disjoint(compose_run.EvaluationConfig(episodes=50, seed=20_000), test)
+    with pytest.raises(ValueError, match="overlap"):
+        check_disjoint(compose_run.EvaluationConfig(episodes=50, seed=10_050), test)
+
+
+@pytest.fixture
+def two_goal_library(tmp_path) -> Path:
+    root = tmp_path / "lib"
+    for name in ("west", "east", "west+east"):
+        shutil.copytree(SHIPPED / name, root / name)
+    return root
+
+
+def test_compose_run_selects_on_validation_and_reports_on_test_episodes(two_goal_library, tmp_path, monkeypatch):
+    """``--select`` evaluates each candidate on the validation seeds only, and the report (on its own seeds) says
+    which was chosen, by which rule, with the validation table."""
+    small = compose_run.BuildConfig(sampler=SamplerConfig(updates=30), bound=BoundConfig(updates=10), progress=False)
+    monkeypatch.setattr(compose_run.cli, "BuildConfig", lambda progress=True: small)
+    out = tmp_path / "run"
+    code = compose_run.main(["west+east", "--operator", "priority", "--order", "west,east", "--select",
+                             "epsilon=0.1,5.0", "--episodes", "4", "--validation-episodes", "3", "--no-mc",
+                             "--library", str(two_goal_library), "--out", str(out), "--no-progress"])
+    assert code == 0
+    report = json.loads((out / "report.json").read_text())
+    selection = report["selection"]
+    assert selection["setting"] == "epsilon" and selection["chosen"] in (0.1, 5.0)
+    assert [c["value"] for c in selection["candidates"]] == [0.1, 5.0]
+    assert selection["validation"] == {"seed": 20_000, "episodes": 3, "mode": "stochastic"}
+    assert report["operator"]["epsilon"] == selection["chosen"] and report["seed"] == 10_000
+    assert "chosen on validation episodes" in (out / "report.md").read_text()
+    assert any("(chosen)" in line for line in selection_lines(selection))
+
+
+def test_select_refuses_overlapping_seeds_and_several_operators(two_goal_library, capsys):
+    args = ["west+east", "--select", "epsilon=0.1,0.6", "--library", str(two_goal_library), "--no-mc", "--no-progress"]
+    assert compose_run.main([*args, "--operator", "priority", "--order", "west,east", "--seed", "20010"]) == 2
+    assert "overlap" in capsys.readouterr().err
+    assert compose_run.main([*args, "--operator", "all"]) == 2
+    assert "one operator" in capsys.readouterr().err
