@@ -1,0 +1,130 @@
+"""Why does divergence correction trail averaging on reach+avoid's success? A paired measurement:
+
+    python -m bench.dc_vs_average [--episodes 300] [--seed 30000] [--json PATH]
+
+Both compositions (``average``: ``Q_w``; ``dc``: ``Q_w - C_w``, Hunt et al. 2019) act on the same seeded episodes
+(seeds ``--seed`` onward, disjoint from the 10000-range the reports use), stochastic. Reported: success and return
+of each, the paired differences (dc - average) with 95% bootstrap CIs over episodes, the reward terms, collisions,
+and the same split by whether the obstacle sits on the straight path (the arm family's ``on_path`` episodes, half of
+them). Also DC's correction ``C_w`` along its own episodes, near the obstacle and away from it: where DC changes the
+energy is where the two policies can differ.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+SPEC = "reach+avoid"
+
+
+def paired_ci(diff: np.ndarray, reps: int = 10_000, seed: int = 0) -> list[float]:
+    """95% percentile bootstrap interval of the mean of per-episode differences."""
+    rng = np.random.default_rng(seed)
+    means = diff[rng.integers(0, len(diff), size=(reps, len(diff)))].mean(axis=1)
+    return [float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))]
+
+
+def evaluate(policy, episodes: int, seed: int, library: str | None) -> list:
+    """Seeded stochastic episodes of ``policy`` on the combined task, traced."""
+    import envs
+    from skills.evaluation.lockstep import EnvPool, lockstep_episodes
+
+    torch.manual_seed(seed)
+    with EnvPool(lambda: envs.make(SPEC)) as pool:
+        return lockstep_episodes(pool, policy, [seed + i for i in range(episodes)], keep_trace=True)
+
+
+def correction_along(composition, built, done: list) -> dict:
+    """DC's ``C_w`` at the states and actions of its own episodes, split by distance to the obstacle (obs[9:12] is
+    the obstacle relative to the end effector, metres)."""
+    obs = np.concatenate([np.asarray(e.obs, np.float32) for e in done])
+    act = np.concatenate([np.asarray(e.actions, np.float32) for e in done])
+    with torch.no_grad():
+        energy = np.asarray(built.q(obs, act), np.float64)
+        q_w = np.asarray(composition.q_w(obs, act), np.float64)
+    c_w = q_w - energy
+    near = np.linalg.norm(obs[:, 9:12], axis=-1) < 0.1
+    return {"C_w_mean": float(c_w.mean()), "C_w_near_obstacle_mean": float(c_w[near].mean()) if near.any() else None,
+            "C_w_far_mean": float(c_w[~near].mean()), "near_share": float(near.mean()),
+            "C_w_spread_near": float(c_w[near].std()) if near.any() else None}
+
+
+def blocks_path(episode, clearance: float = 0.06) -> bool:
+    """Does the obstacle sit on the straight start-target segment (within ``clearance``)? From the first
+    observation: target relative to the end effector at obs[6:9], obstacle at obs[9:12]."""
+    first = np.asarray(episode.first_obs if episode.first_obs is not None else episode.obs[0], np.float64)
+    target, obstacle = first[6:9], first[9:12]
+    along = float(np.clip(obstacle @ target / max(float(target @ target), 1e-12), 0.0, 1.0))
+    return bool(np.linalg.norm(obstacle - along * target) < clearance)
+
+
+def near_target(composition, done: list, radius: float = 0.05, samples: int = 64) -> dict:
+    """How each policy ends: the final distance to the target (obs[6:9]), and at the states of its episodes within
+    ``radius`` of the target, the spread of its actions (mean per-dimension std of ``samples`` draws) and how far
+    the mean draw points at the target (cosine)."""
+    final = np.array([np.linalg.norm(np.asarray(e.final_obs if e.final_obs is not None else e.obs[-1])[6:9])
+                      for e in done])
+    obs = np.concatenate([np.asarray(e.obs, np.float32) for e in done])
+    close = obs[np.linalg.norm(obs[:, 6:9], axis=-1) < radius][:2000]
+    out = {"final_distance_mean": float(final.mean()), "final_distance_median": float(np.median(final)),
+           "states_near_target": int(len(close))}
+    if len(close):
+        draws = np.asarray(composition.sample(close, samples), np.float64)  # [N, samples, 3]
+        mean = draws.mean(axis=1)
+        cos = np.sum(mean * close[:, 6:9], axis=-1) / (np.linalg.norm(mean, axis=-1) * np.linalg.norm(close[:, 6:9],
+                                                                                                         axis=-1) + 1e-9)
+        out |= {"action_std_near_target": float(draws.std(axis=1).mean()), "mean_action_norm": float(
+            np.linalg.norm(mean, axis=-1).mean()), "cosine_to_target": float(cos.mean())}
+    return out
+
+
+def summary(done: list, mask: np.ndarray | None = None) -> dict:
+    chosen = [e for i, e in enumerate(done) if mask is None or mask[i]]
+    return {"episodes": len(chosen), "success": float(np.mean([e.success for e in chosen])),
+            "return": float(np.mean([e.total for e in chosen])), "collisions": float(np.mean([e.collided for e in chosen])),
+            "terms": {t: float(np.mean([e.terms[t] for e in chosen])) for t in chosen[0].terms}}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.dc_vs_average", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--episodes", type=int, default=300, help="paired episodes (default 300)")
+    parser.add_argument("--seed", type=int, default=30_000, help="first episode seed (default 30000)")
+    parser.add_argument("--library", help="skill library (default: trained/)")
+    parser.add_argument("--json", metavar="PATH", help="write the measurement as JSON")
+    args = parser.parse_args(argv)
+    import compose
+
+    torch.set_num_threads(1)
+    runs, builds, comps = {}, {}, {}
+    for op in ("average", "dc"):
+        comps[op] = compose.load(SPEC, library=args.library, seed=args.seed, operator=op)
+        builds[op] = comps[op].build(progress=False)
+        runs[op] = evaluate(comps[op].policy, args.episodes, args.seed, args.library)
+    on_path = np.array([blocks_path(e) for e in runs["average"]])
+    out: dict = {"spec": SPEC, "episodes": args.episodes, "seed": args.seed,
+                 "operators": {op: summary(done) for op, done in runs.items()},
+                 "obstacle_on_path": {op: summary(done, on_path) for op, done in runs.items()},
+                 "obstacle_off_path": {op: summary(done, ~on_path) for op, done in runs.items()}}
+    for key, attr in (("success", "success"), ("return", "total")):
+        diff = np.array([float(getattr(d, attr)) - float(getattr(a, attr)) for d, a in zip(runs["dc"], runs["average"],
+                                                                                              strict=True)])
+        out[f"{key}_dc_minus_average"] = {"mean": float(diff.mean()), "ci95": paired_ci(diff)}
+    out["on_path_share"] = float(on_path.mean())
+    out["near_target"] = {op: near_target(comps[op], done) for op, done in runs.items()}
+    out["correction"] = correction_along(comps["dc"], builds["dc"], runs["dc"])
+    print(json.dumps(out, indent=2))
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(out, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
