@@ -238,11 +238,16 @@ def test_names_resolve_in_the_library_never_in_the_working_directory(tiny, tmp_p
 
 
 def test_a_version_directory_holding_another_skill_is_refused(tiny, tmp_path):
-    other = copy_version(tiny, tmp_path / "elsewhere", name="avoid")
+    other = copy_version(tiny, tmp_path / "lib", name="avoid")  # a link inside the library, to another skill
     (tmp_path / "lib" / "multigoal").mkdir(parents=True)
     (tmp_path / "lib" / "multigoal" / "v1").symlink_to(other, target_is_directory=True)
     with pytest.raises(skills.CorruptSkillError, match="holds skill 'avoid' v1, not 'multigoal' v1"):
         skills.load("multigoal", tmp_path / "lib")
+    outside = copy_version(tiny, tmp_path / "elsewhere")  # a link out of the library: refused before it is read
+    (tmp_path / "lib" / "multigoal" / "v1").unlink()
+    (tmp_path / "lib" / "multigoal" / "v1").symlink_to(outside, target_is_directory=True)
+    with pytest.raises(skills.CorruptSkillError, match="is outside .*lib; only files inside it are read"):
+        skills.load("multigoal@v1", tmp_path / "lib")
 
 
 # ---- 5. the composition cache -----------------------------------------------------------------------

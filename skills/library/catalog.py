@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from envs.core import UnknownNameError
+from envs.files import UnsafeFileError, within
 
 from .files import load_manifest
 from .manifest import MANIFEST, NAME, CorruptSkillError, Manifest, SkillError
@@ -68,20 +69,31 @@ def list_skills(library: str | Path | None = None, problems: list[str] | None = 
             if not (match and vdir.is_dir()) or is_claim_only(vdir):
                 continue
             try:
-                entries.append(_entry(skill_dir.name, int(match.group(1)), vdir))
+                entries.append(_entry(skill_dir.name, int(match.group(1)), vdir, root))
             except SkillError as err:
                 if problems is not None:
                     problems.append(str(err))
     return sorted(entries, key=lambda e: (e.name, e.version))
 
 
-def _entry(name: str, version: int, path: Path) -> SkillEntry:
-    """A version directory's entry, checked to hold *this* skill (not a copy or a link to another)."""
+def _entry(name: str, version: int, path: Path, root: Path) -> SkillEntry:
+    """A version directory's entry, checked to lie inside the library ``root`` (not a link out of it) and to hold
+    *this* skill (not a copy or a link to another)."""
+    inside_library(path, root)
     info = load_manifest(path)
     if info.name != name or info.version != version:
         raise CorruptSkillError(f"{path} holds skill {info.name!r} v{info.version}, not {name!r} v{version}; "
                                 "load it by its path if that is intended")
     return SkillEntry(name, version, path, info)
+
+
+def inside_library(path: str | Path, root: str | Path, what: str = "") -> Path:
+    """``path`` resolved, after checking that it lies inside the library ``root``; ``CorruptSkillError`` otherwise
+    (a link out of the library, or a path a record names outside it)."""
+    try:
+        return within(path, root)
+    except UnsafeFileError as err:
+        raise CorruptSkillError(f"{what}{': ' if what else ''}{err}") from None
 
 
 def is_path(name_or_path: str | Path) -> bool:
@@ -118,12 +130,12 @@ def resolve(name_or_path: str | Path, library: str | Path | None = None, fallbac
         wanted = [p for n, p in versions if f"v{n}" == version]
         if not wanted:
             raise UnknownNameError(f"version of skill {name!r}", version, [f"v{n}" for n, _ in reversed(versions)])
-        _entry(name, int(version[1:]), wanted[0])
+        _entry(name, int(version[1:]), wanted[0], root)
         return wanted[0]
     skipped = []
     for number, path in versions:
         try:
-            entry = _entry(name, number, path)
+            entry = _entry(name, number, path, root)
         except SkillError as err:
             if fallback:
                 continue
@@ -145,24 +157,38 @@ def claim_version_dir(name: str, library: str | Path | None = None) -> Path:
     return claim_version(_library_root(library) / name)
 
 
+def constituents_library(path: str | Path, manifest: Manifest) -> Path:
+    """The library a saved composition's constituents live in: the library holding the entry. A ``library`` in its
+    ``composed_from`` (written by older versions when the entry was saved elsewhere) is used only when it lies
+    inside that library; a path pointing out of it is refused (``CorruptSkillError``): received files never
+    make the toolkit read outside the library."""
+    own = Path(path).resolve().parent.parent
+    record = manifest.composed_from
+    if record is None or not record.library:
+        return own
+    return inside_library(record.library, own, f"{Path(path) / MANIFEST}: composed_from.library")
+
+
 def stale_constituents(path: str | Path, manifest: Manifest) -> list[str]:
     """Why a saved composition (its manifest's ``composed_from``) no longer matches what its constituents'
     names resolve to today; ``[]`` when it does, or when the skill is not a saved composition.
 
     A composition is made from names (``"reach"`` is the newest complete version); retraining a
     constituent publishes a new version, and the saved ``Q_w`` then no longer composes what the name
-    means. Pinned names (``"reach@v1"``) never go stale.
+    means. Pinned names (``"reach@v1"``) never go stale, nor do constituents named by a path (they are checked
+    as ``name@vN`` in the library: a recorded path is never opened).
     """
     record = manifest.composed_from
     if record is None:
         return []
-    library = Path(record.library) if record.library else Path(path).resolve().parent.parent
+    library = constituents_library(path, manifest)
     problems = []
     for part in record.constituents:
+        spec = f"{part.name}@v{part.version}" if is_path(part.spec) else part.spec
         try:
-            now = resolve(part.spec, library)
+            now = resolve(spec, library)
             digest = load_manifest(now).weights_sha256
-        except SkillError as err:
+        except (SkillError, UnknownNameError) as err:
             problems.append(f"{part.spec!r} cannot be checked in {library}: {err}")
             continue
         if digest != part.weights_sha256:
