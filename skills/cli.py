@@ -5,18 +5,11 @@ from __future__ import annotations
 import argparse
 import math
 
+from envs.cli import positive_int
+
 from .training.config import MAX_SEEDS, check_seeds
 
-
-def positive_int(text: str) -> int:
-    """An integer >= 1 (steps, episodes, intervals)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
+__all__ = ["non_negative_int", "positive_float", "positive_int", "seed_list", "weight_list"]
 
 
 def non_negative_int(text: str) -> int:

@@ -34,11 +34,10 @@ import numpy as np
 from dm_control import mjcf
 
 from .actuation import JointDrive, actuator_kind, describe_actuator
-from .base import LAYOUT, MARKER_START, MARKERS, MAX_DISPLACEMENT, SHADOW_SIZE, SiteArm
+from .base import LAYOUT, MARKER_START, MARKERS, MAX_DISPLACEMENT, MAX_ORIGIN, SHADOW_SIZE, SiteArm
 from .mjcf_files import MAX_BODIES, read_mjcf
 
 ARM_PREFIX = "arm"  # the attached arm's namespace: its site "ee" becomes "arm/ee"
-MAX_ORIGIN = 100.0  # m: a workspace origin farther than this from the base is refused (1e308 would give NaN)
 
 
 def _box_distance_to_axis(origin: np.ndarray) -> float:
