@@ -48,6 +48,9 @@ def open_regular(path: str | os.PathLike, inside: str | os.PathLike | None = Non
     """``path`` opened for binary reading, once it is known to be a regular file (inside ``inside`` when given) of
     at most ``limit`` bytes; ``UnsafeFileError`` otherwise, ``FileNotFoundError`` when there is none."""
     real = within(path, inside) if inside is not None else Path(os.path.realpath(path))
+    mode = os.stat(real).st_mode  # a FIFO, socket or device is refused before it is opened (FileNotFoundError if none)
+    if not stat.S_ISREG(mode):
+        raise UnsafeFileError(f"{what} {path} is {kind_of(mode)}, not a regular file; refused")
     flags = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
     try:
         fd = os.open(real, flags)
@@ -57,7 +60,7 @@ def open_regular(path: str | os.PathLike, inside: str | os.PathLike | None = Non
         raise
     try:
         info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
+        if not stat.S_ISREG(info.st_mode):  # replaced between the two looks
             raise UnsafeFileError(f"{what} {path} is {kind_of(info.st_mode)}, not a regular file; refused")
         if limit is not None and info.st_size > limit:
             raise UnsafeFileError(f"{what} {path} is {info.st_size} bytes; at most {limit} are read")

@@ -378,21 +378,22 @@ class CustomArm(SiteArm):
         grid = [np.array(c) for c in product(*zip(low, (low + high) / 2, high, strict=False))]
         return [g for g in grid if not np.allclose(g, (low + high) / 2)]
 
-    def _box_contacts(self, q_start: np.ndarray, origin: np.ndarray) -> list[str]:
+    def _box_contacts(self, q_start: np.ndarray, origin: np.ndarray, first: bool = True) -> list[str]:
         """Self-contacts of the arm at the start pose and along straight paths from the origin to each of
         ``_path_points``, moved as the controller moves (waypoints ``path_step`` apart, a few DLS steps each from the
-        last pose), then at the IK pose of the point; each contact with where it happens. Empty: contact-free."""
+        last pose), then at the IK pose of the point; each contact with where it happens, sorted. Empty:
+        contact-free. ``first``: stop at the first path (or start pose) with a contact."""
         cfg = self.controller
-        found = [f"{c} at the start pose" for c in self.contacts_at(q_start)]
+        found = {c: "at the start pose" for c in self.contacts_at(q_start)}
         for point in self._path_points():
-            if found:
+            if found and first:
                 break
             q = q_start
             steps = max(1, int(np.ceil(np.linalg.norm(point) / cfg.path_step)))
             for k in range(1, steps + 1):
                 q, _ = self._ik(q, origin + point * k / steps, cfg.step_iterations if k < steps else cfg.solve_iterations)
-                found += [f"{c} on the way to {_fmt(point)}" for c in self.contacts_at(q)]
-        return found
+                found |= {c: f"on the way to {_fmt(point)}" for c in self.contacts_at(q) if c not in found}
+        return [f"{c} {where}" for c, where in sorted(found.items())]
 
     def _search_origin(self, q_home: np.ndarray, near: np.ndarray) -> tuple[np.ndarray, np.ndarray, list[str]] | None:
         """The candidate origin nearest ``near`` whose task box is reachable and free of self-contact
@@ -486,24 +487,22 @@ class CustomArm(SiteArm):
         return [self.model.joint(j).name for j in self._joints if int(self.model.jnt_bodyid[j]) in path]
 
     def _check_self_contacts(self) -> list[str]:
-        """Refuse an arm that touches itself at the start pose (it would be jammed); warn about self-contacts at
-        the poses that reach the task box's corners. Returns the latter. (``"auto"`` chooses a box without them
-        where one is reachable: ``_search_origin``.)"""
-        start = self.contacts_at(self._start_qpos[self._qadr])
+        """Refuse an arm that touches itself at the start pose (it would be jammed); warn about self-contacts on the
+        way into the task box (``_box_contacts``: straight paths to its corners, edge midpoints and face centres).
+        Returns the latter, as ``"pair (blocks joint ...)"``. (``"auto"`` chooses a box without them where one is
+        reachable: ``_search_origin``.)"""
+        q_start = self._start_qpos[self._qadr]
+        start = self.contacts_at(q_start)
         if start:
             raise ValueError(f"the arm touches itself at its start pose: {'; '.join(start)}. MuJoCo does not filter "
                              "contacts with a body welded to the world, nor between bodies two joints apart; exclude the "
                              "pair (<contact><exclude body1=... body2=.../></contact>) or give one geom contype=0 "
                              "conaffinity=0")
-        moves = set()
-        q_start = self._start_qpos[self._qadr]
-        for point in self._box_points()[1:]:
-            q, _ = self._ik(q_start, self.workspace_origin + point, self.controller.solve_iterations)
-            moves.update(self.contacts_at(q))
+        moves = sorted({c.split(" on the way to ")[0] for c in self._box_contacts(q_start, self.workspace_origin, False)})
         if moves:
-            warnings.warn(f"the arm touches itself when it reaches into the task box: {'; '.join(sorted(moves))}; "
+            warnings.warn(f"the arm touches itself when it reaches into the task box: {'; '.join(moves)}; "
                           "it may stall there", stacklevel=4)
-        return sorted(moves)
+        return moves
 
     def _default_camera(self) -> dict:
         """From the arm's front left, framing its base (the world origin) and the workspace box."""

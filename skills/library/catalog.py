@@ -114,7 +114,7 @@ def resolve(name_or_path: str | Path, library: str | Path | None = None, fallbac
     """
     if is_path(name_or_path):
         path = Path(name_or_path).expanduser()
-        if not (path / MANIFEST).is_file():
+        if not os.path.lexists(path / MANIFEST):  # one that is there but not a regular file: load_manifest says why
             raise CorruptSkillError(f"{path}: not a skill directory (no {MANIFEST})")
         return path
     text = str(name_or_path)

@@ -107,8 +107,8 @@ class SQLConfig:
         """Every field checked: counts are whole numbers within ``COUNT_LIMITS``, hidden widths within
         ``MAX_HIDDEN_LAYERS`` x ``MAX_HIDDEN_WIDTH``, real settings finite within ``NUMBER_LIMITS`` (alpha > 0): an
         invalid value is a ``ValueError`` naming the field, so it never reaches a training run or a saved version."""
-        if self.value_proposal not in VALUE_PROPOSALS:
-            raise ValueError(f"unknown value_proposal {self.value_proposal!r}; valid: {', '.join(VALUE_PROPOSALS)}")
+        if not isinstance(self.value_proposal, str) or self.value_proposal not in VALUE_PROPOSALS:
+            raise ValueError(f"unknown value_proposal={self.value_proposal!r}; valid: {', '.join(VALUE_PROPOSALS)}")
         bad = [f"{k}={getattr(self, k)!r} (a whole number in [{lo}, {hi}])" for k, (lo, hi) in COUNT_LIMITS.items()
                if not (type(getattr(self, k)) is int and lo <= getattr(self, k) <= hi)]
         for k, (lo, hi, closed) in NUMBER_LIMITS.items():
