@@ -54,17 +54,18 @@ def constituent_checksums(composition: Composition) -> list[str]:
 def load_cached(path: Path, modules: dict[str, torch.nn.Module], composition: Composition | None = None) -> dict | None:
     """Fill ``modules`` from a cache entry; ``None`` when there is none.
 
-    The entry is checked before use: both files regular, inside the entry and bounded in size; its manifest's fields
-    (``check_cache_manifest``); its networks file against its recorded checksum; the constituents it was built for
-    against ``composition``'s; every weight finite. Any failure raises ``CorruptSkillError`` saying why (``build``
-    then rebuilds the entry).
+    The entry is checked before use: both files regular, inside the library's cache folder and bounded in size; its
+    manifest's fields (``check_cache_manifest``); its networks file against its recorded checksum; the constituents it
+    was built for against ``composition``'s; every weight finite. Any failure raises ``CorruptSkillError`` saying why
+    (``build`` then rebuilds the entry).
     """
     if not (path / "manifest.json").exists():
         return None
     try:
-        manifest = check_cache_manifest(json.loads(read_bounded(path / "manifest.json", MAX_MANIFEST_BYTES, inside=path,
+        cache = path.parent  # an entry linked out of <library>/.composed is refused with its files
+        manifest = check_cache_manifest(json.loads(read_bounded(path / "manifest.json", MAX_MANIFEST_BYTES, inside=cache,
                                                                 what="cache manifest")))
-        networks = read_bounded(path / NETWORKS, MAX_WEIGHTS_BYTES, inside=path, what="cache networks")
+        networks = read_bounded(path / NETWORKS, MAX_WEIGHTS_BYTES, inside=cache, what="cache networks")
         if hashlib.sha256(networks).hexdigest() != manifest.get("networks_sha256"):
             raise ValueError(f"{NETWORKS} does not match its recorded checksum")
         if composition is not None and manifest.get("constituents_sha256") != constituent_checksums(composition):

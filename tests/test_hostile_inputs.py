@@ -442,6 +442,13 @@ def test_a_cache_manifest_missing_a_field_is_rebuilt_not_a_keyerror(two_versions
     (entry / "manifest.json").symlink_to("/dev/zero")
     with pytest.warns(UserWarning, match="is outside"):
         assert not finishes(lambda: small_build(two_versions))[1].cached
+    outside = two_versions.parent / "outside-entry"  # an entry linked out of the library's cache folder
+    shutil.copytree(entry, outside)
+    shutil.rmtree(entry)
+    entry.symlink_to(outside, target_is_directory=True)
+    with pytest.warns(UserWarning, match="is outside .*.composed"):
+        assert not small_build(two_versions)[1].cached
+    assert entry.is_dir() and not entry.is_symlink() and small_build(two_versions)[1].cached
 
 
 # ---- 6. compositions: bad input at the API ------------------------------------------------------------------

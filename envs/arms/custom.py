@@ -1,7 +1,8 @@
 """Any fixed-base MJCF arm with joint actuators (position, velocity or torque) as an ``Arm`` backend.
 
 ``envs.make("reach+avoid", arm=<MJCF path, dm_control.mjcf.RootElement or a function building one>,
-ee_site="<site>", workspace_origin=<(x, y, z), "auto" or None>)``; docs/arms.md.
+ee_site="<site>", workspace_origin=<(x, y, z), "auto" or None>)``; docs/arms.md. A path is read safely
+(``envs.arms.mjcf_files``); an element with attached models is flattened through its XML (``flatten``).
 
 Scene (``dm_control.mjcf``): a floor, a shadow-casting light and the task's target and obstacle
 sites (``base.MARKERS``, visual only), with a copy of the user's arm attached at the world origin
@@ -199,11 +200,16 @@ def _build_scene(arm: mjcf.RootElement, gravity_compensation: bool) -> mjcf.Root
 class CustomArm(SiteArm):
     """A user's MJCF arm, its end effector driven in Cartesian space by DLS IK on its joint actuators.
 
+    ``arm``: an MJCF path (read by ``envs.arms.mjcf_files.read_mjcf``: from its own folder, bounded), an element
+    (copied; one with attached models is flattened, ``flatten``) or a function building one.
+
     ``workspace_origin``: world point that becomes the workspace-frame origin (the end effector at
     reset); default: the end effector at the home pose (keyframe "home", else the first keyframe,
     else ``qpos0``, clipped to the joint limits); ``"auto"``: of seeded candidate points, the one
-    nearest the home pose's end effector whose whole task box is reachable, above the floor and
-    clear of the base (``workspace_choice`` says which rule chose the origin). The start pose for a
+    nearest the home pose's end effector whose whole task box is reachable, above the floor,
+    clear of the base, and in which the arm does not touch itself (``_box_contacts``);
+    ``workspace_choice`` says which rule chose the origin, ``workspace_rejected`` which boxes were
+    refused for self-contact and why. The start pose for a
     given origin comes from IK that restarts from seeded random poses where damped least squares
     stalls (stretched or singular poses). Construction checks that local IK from the start pose, as
     the controller moves, reaches the origin and the corners of the task's target box around it
