@@ -128,6 +128,16 @@ def test_a_skill_file_that_is_a_device_link_fifo_or_socket_is_refused_at_once(ti
     assert len(listed) == (0 if name == "manifest.json" else 1) and len(problems) == 1 - len(listed)
 
 
+def test_a_skill_name_linked_out_of_the_library_is_not_looked_into(tiny, tmp_path):
+    copy_version(tiny, tmp_path / "elsewhere")
+    (tmp_path / "lib").mkdir()
+    (tmp_path / "lib" / "multigoal").symlink_to(tmp_path / "elsewhere" / "multigoal", target_is_directory=True)
+    problems: list[str] = []
+    assert skills.list_skills(tmp_path / "lib", problems) == [] and "is outside" in problems[0]
+    with pytest.raises(skills.CorruptSkillError, match="skill 'multigoal': .*is outside"):
+        skills.load("multigoal", tmp_path / "lib")
+
+
 def test_files_linked_inside_the_skill_directory_still_load(tiny, tmp_path):
     path = copy_version(tiny, tmp_path / "lib")
     (path / "manifest.json").rename(path / "real-manifest.json")

@@ -64,16 +64,40 @@ def list_skills(library: str | Path | None = None, problems: list[str] | None = 
     if not root.is_dir():
         return entries
     for skill_dir in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        for vdir in skill_dir.iterdir():
-            match = _VERSION_DIR.match(vdir.name)
-            if not (match and vdir.is_dir()) or is_claim_only(vdir):
-                continue
+        for vdir in _version_dirs(skill_dir, root, problems):
             try:
-                entries.append(_entry(skill_dir.name, int(match.group(1)), vdir, root))
+                entries.append(_entry(skill_dir.name, int(vdir.name[1:]), vdir, root))
             except SkillError as err:
                 if problems is not None:
                     problems.append(str(err))
     return sorted(entries, key=lambda e: (e.name, e.version))
+
+
+def _version_dirs(skill_dir: Path, root: Path, problems: list[str] | None = None, keep_outside: bool = False
+                  ) -> list[Path]:
+    """The version directories (``v<N>``, not bare claims) of ``skill_dir``, none looked into unless it lies inside the
+    library ``root``: a link out of it is described in ``problems`` and skipped (``keep_outside``: kept, unopened, for
+    ``_entry`` to refuse by name)."""
+    found = []
+    for path in sorted(skill_dir.iterdir()) if _inside(skill_dir, root, problems) else []:
+        if not (_VERSION_DIR.match(path.name) and path.is_dir()):
+            continue
+        if not _inside(path, root, None if keep_outside else problems):
+            if keep_outside:
+                found.append(path)
+        elif not is_claim_only(path):
+            found.append(path)
+    return found
+
+
+def _inside(path: Path, root: Path, problems: list[str] | None) -> bool:
+    try:
+        inside_library(path, root)
+        return True
+    except CorruptSkillError as err:
+        if problems is not None:
+            problems.append(str(err))
+        return False
 
 
 def _entry(name: str, version: int, path: Path, root: Path) -> SkillEntry:
@@ -120,9 +144,11 @@ def resolve(name_or_path: str | Path, library: str | Path | None = None, fallbac
     text = str(name_or_path)
     name, _, version = text.partition("@")
     root = _library_root(library)
-    versions = sorted(((int(m.group(1)), p) for p in (root / name).iterdir() if (m := _VERSION_DIR.match(p.name))
-                       and p.is_dir() and not is_claim_only(p)), reverse=True) \
-        if NAME.match(name) and (root / name).is_dir() else []
+    listed = bool(NAME.match(name)) and (root / name).is_dir()
+    if listed:
+        inside_library(root / name, root, f"skill {name!r}")  # a name linked out of the library is not looked into
+    found = _version_dirs(root / name, root, keep_outside=True) if listed else []
+    versions = sorted(((int(p.name[1:]), p) for p in found), reverse=True)
     if not versions:
         available = sorted({e.name for e in list_skills(library)})
         raise UnknownNameError("skill", text, available, where=str(root))
