@@ -189,8 +189,11 @@ def test_missing_fields_and_future_formats_are_named(tiny, tmp_path):
 def test_huge_networks_in_a_small_file_are_refused_before_allocation(tiny, tmp_path):
     path = copy_version(tiny, tmp_path)
     manifest = json.loads((path / "manifest.json").read_text())
-    edit_manifest(path, hyperparameters=manifest["hyperparameters"] | {"hidden": [40000, 40000]})
+    edit_manifest(path, hyperparameters=manifest["hyperparameters"] | {"hidden": [8192, 8192]})
     with pytest.raises(skills.CorruptSkillError, match="need .* numbers, but weights.safetensors holds at most"):
+        skills.load(path)
+    edit_manifest(path, hyperparameters=manifest["hyperparameters"] | {"hidden": [40000, 40000]})  # beyond any bound
+    with pytest.raises(skills.CorruptSkillError, match=r"hidden=\(40000, 40000\) \(1 to 16 widths"):
         skills.load(path)
 
 
