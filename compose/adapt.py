@@ -21,7 +21,7 @@ import argparse
 import sys
 
 from envs.cli import add_arm_arguments, add_task_arguments, arm_kwargs, load_task_modules
-from skills.cli import positive_int, weight_list
+from skills.cli import non_negative_int, positive_int, weight_list
 from skills.train import run_training
 from skills.training import MultiSeedTrainer, Trainer, TrainResult
 
@@ -37,7 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--weights", type=weight_list, help="comma-separated weights summing to 1 (default: equal)")
     parser.add_argument("--steps", type=positive_int,
                         help=f"environment steps (default: {ADAPT_SHARE * 100:.0f}%% of the joint skill's tuned budget)")
-    parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    parser.add_argument("--seed", type=non_negative_int, default=0, help="random seed (default: 0)")
     parser.add_argument("--library", help="library to load the skills from (default: trained/ or "
                         "$COMPOSABLE_SKILLS_LIBRARY)")
     parser.add_argument("--out", help="library to write the adapted skill into (default: the skills' library)")
@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
         return (f"adapting {names[0]} on {run.task.name!r} for {run.run.steps} steps (Q = Q_w + R, R = 0 at the start; "
                 f"seed {run.run.seed}) -> {run.path}")
 
-    return run_training(make_trainer, headline, zero_shot)
+    return run_training(make_trainer, headline, zero_shot, resume_command=f"python -m compose.adapt {args.spec}")
 
 
 if __name__ == "__main__":

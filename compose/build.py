@@ -60,7 +60,8 @@ def build(composition: Composition, library: str | None, progress: bool, sampler
     try:
         save_cached(path, modules, manifest, composition)
         where: dict[str, str | None] = {"cache": str(path)}
-    except OSError as err:  # a read-only or full library: the build is still good, it just is not kept
+    except (OSError, ValueError) as err:  # a read-only or full library, a hostile lock file: the build is still good,
+        # it just is not kept
         warnings.warn(f"could not cache the composition in {path} ({err}); it will be rebuilt next time", stacklevel=2)
         where = {"cache": None, "cache_error": str(err)}
     return Built(*built_networks(modules), False, manifest["sampler_wall_time_s"], 0.0, manifest | where,

@@ -78,13 +78,16 @@ class ComposedQ:
     weights: torch.Tensor  # [N]
     alpha: float
     act_dim: int
+    obs_dim: int | None = None  # checked on every call when given (a composition gives it)
 
     def __call__(self, obs, act):
-        """``Q_w(s, a)``: [...]. Tensors in, tensors out (with autograd, for SVGD); numpy in, numpy out."""
+        """``Q_w(s, a)``: [...]. Tensors in, tensors out (with autograd, for SVGD); numpy in, numpy out. Inputs are
+        checked (``checked_pair``): the wrong width or a NaN is a ``ValueError``, not a raw error or NaN values."""
+        obs, act = checked_pair(obs, act, self.obs_dim, self.act_dim)
         if isinstance(obs, torch.Tensor) and isinstance(act, torch.Tensor):
             return torch.tensordot(self.weights, self.stacked(obs, act), dims=1)
         with torch.no_grad():
-            return self(torch.as_tensor(np.asarray(obs, np.float32)), torch.as_tensor(np.asarray(act, np.float32))).numpy()
+            return self(torch.as_tensor(obs), torch.as_tensor(act)).numpy()
 
     def soft_values(self, obs: torch.Tensor, n_samples: int = 1024,
                     generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -103,6 +106,31 @@ class ComposedQ:
         """Per-state gap ``delta(s) = sum_i w_i V_i(s) - V_w(s) >= 0``: [B]."""
         v_i, v_w = self.soft_values(obs, n_samples, generator)
         return torch.tensordot(self.weights, v_i, dims=1) - v_w
+
+
+def checked_pair(obs, act, obs_dim: int | None, act_dim: int):
+    """Observations [..., obs_dim] and actions [..., act_dim] for a soft Q-function, checked: numpy (or lists) as
+    float32 arrays, finite; tensors by shape, and finite unless they carry gradients (SVGD's particles, where a check
+    would cost a sync per step); ``obs_dim`` None: any width. A ``ValueError`` naming the expected shape otherwise."""
+    out: list[torch.Tensor | np.ndarray] = []
+    for x, dim, what in ((obs, obs_dim, "observation"), (act, act_dim, "action")):
+        if isinstance(x, torch.Tensor):
+            if x.dim() == 0 or dim is not None and x.shape[-1] != dim:
+                raise ValueError(f"{what} must have shape [..., {dim}], got {list(x.shape)}")
+            if not x.requires_grad and not bool(torch.isfinite(x).all()):
+                raise ValueError(f"{what} must be finite; got NaN or inf")
+            out.append(x)
+            continue
+        try:
+            array = np.asarray(x, np.float32)
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"{what} must be numbers of shape [..., {dim}] ({err})") from None
+        if array.ndim == 0 or dim is not None and array.shape[-1] != dim:
+            raise ValueError(f"{what} must have shape [..., {dim}], got {list(array.shape)}")
+        if not np.all(np.isfinite(array)):
+            raise ValueError(f"{what} must be finite; got NaN or inf")
+        out.append(array)
+    return out[0], out[1]
 
 
 def combined_task(parts: Sequence[skills.Skill], weights: np.ndarray) -> Task:
@@ -145,7 +173,7 @@ class Composition:
         self.gamma = parts[0].gamma
         self.obs_dim, self.act_dim = parts[0].obs_dim, parts[0].act_dim
         self.q_w = ComposedQ(StackedQ([s.agent.q for s in parts]),
-                             torch.tensor(self.weights, dtype=torch.float32), self.alpha, self.act_dim)
+                             torch.tensor(self.weights, dtype=torch.float32), self.alpha, self.act_dim, self.obs_dim)
         self.task = combined_task(parts, self.weights)
         self.library, self.seed = library, seed
 

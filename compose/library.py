@@ -23,7 +23,9 @@ from skills.library import (
     Manifest,
     check_fresh,
     claim_version_dir,
+    constituents_library,
     default_library,
+    inside_library,
     library_versions,
     load_manifest,
     read_skill,
@@ -66,7 +68,9 @@ def composed_agent(composition: Composition, sampler: SamplerNetwork, seed: int 
 
 
 def provenance(composition: Composition, library: Path) -> dict:
-    """What a composition was made from: each constituent as asked for and as resolved, and the weights."""
+    """What a composition was made from: each constituent as asked for and as resolved, the weights, and the
+    constituents' library when it is not ``library`` (a record only: a saved composition's is always its own,
+    ``check_beside``)."""
     constituents = [{"spec": label, "name": p.name, "version": p.info.version, "weights_sha256": p.info.weights_sha256}
                     for label, p in zip(composition.labels, composition.parts, strict=False)]
     own = Path(composition.library) if composition.library is not None else default_library()
@@ -75,10 +79,24 @@ def provenance(composition: Composition, library: Path) -> dict:
             "env_steps_used": 0}
 
 
+def check_beside(composition: Composition, root: Path) -> None:
+    """A saved composition reopens its constituents from its own library only (a path in a manifest is never
+    followed out of it), so each constituent must be the version of its name in ``root``."""
+    for part in composition.parts:
+        try:
+            here = inside_library(part.path, root)
+        except CorruptSkillError:
+            here = None
+        if here is None or here != (root / part.name / f"v{part.info.version}").resolve():
+            raise ValueError(f"cannot save into {root}: constituent {part.name} v{part.info.version} lives in "
+                             f"{part.path}, not in that library; a saved composition reopens its constituents from its "
+                             "own library, so save it there (--out) or copy the constituents into it first")
+
+
 def save(composition: Composition, sampler: SamplerNetwork | None, name: str | None = None,
          library: str | Path | None = None) -> Path:
     """Write the composition (with its built ``sampler``) as a new library version ``<library>/<name>/v<N>``
-    (never overwrites)."""
+    (never overwrites; the library must hold its constituents)."""
     root = Path(library) if library is not None else (Path(composition.library) if composition.library is not None
                                                        else default_library())
     if not composition.operator.bounded:
@@ -89,6 +107,7 @@ def save(composition: Composition, sampler: SamplerNetwork | None, name: str | N
     name = name or default_name(composition)
     if not NAME.match(name):
         raise ValueError(f"invalid skill name {name!r}: letters, digits, '_', '.', '+', '-'; no '/' or '@'")
+    check_beside(composition, root)
     agent = composed_agent(composition, sampler, composition.seed)
     path = claim_version_dir(name, root)
     try:
@@ -110,7 +129,7 @@ def saved_manifest(composition: Composition, agent: SoftQLearning, path: Path, r
         architecture={"sampler": "mlp, a = tanh(f(s, xi)), xi ~ N(0, I); the composed sampler (compose.sampling)",
                       "hidden": list(agent.config.hidden), "activation": "relu", "noise_dim": composition.act_dim,
                       **agent.q.architecture()},
-        seed=composition.seed, composed_from=ComposedFrom.from_json(provenance(composition, root)),
+        seed=composition.seed, composed_from=ComposedFrom.from_json(provenance(composition, root) | {"library": None}),
         record={"metrics": {}, "library_versions": library_versions(), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
 
 
@@ -135,7 +154,7 @@ def reopen(path: Path, allow_stale: bool = False) -> tuple[list[skills.Skill], C
     record = info.composed_from
     if record is None:
         raise CorruptSkillError(f"{path}: not a saved composition (no composed_from)")
-    own = Path(record.library) if record.library else path.resolve().parent.parent
+    own = constituents_library(path, info)
     parts = []
     for part in record.constituents:
         skill = skills.load(f"{part.name}@v{part.version}", own)

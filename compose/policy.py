@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 
-from skills.policy import ArrayLike, checked, like, value_in_chunks
+from skills.policy import MAX_SAMPLES, ArrayLike, check_count, checked, like, value_in_chunks
 from skills.sql import SamplerNetwork, estimate_soft_value
 
 from .composition import Composition
@@ -46,7 +46,7 @@ class ComposedPolicy:
     def sample(self, obs: ArrayLike, n: int) -> ArrayLike:
         """``n`` sampler actions per state: [B, o] -> [B, n, d]."""
         o = checked(obs, self.obs_dim).reshape(-1, self.obs_dim)
-        return like(self.sampler.sample(o, n, generator=self.generator), obs)
+        return like(self.sampler.sample(o, check_count(n, "n", MAX_SAMPLES), generator=self.generator), obs)
 
     @torch.no_grad()
     def act(self, obs: ArrayLike, deterministic: bool = False,

@@ -13,16 +13,32 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 import skills
 
 from .bound import BoundConfig
 from .build import Built, build
-from .composition import Composition
+from .composition import Composition, checked_pair
 from .library import reopen, save, saved_entry
 from .operators import Operator, make_operator
 from .policy import ComposedPolicy
 from .sampling import SamplerConfig
+
+
+class CheckedEnergy:
+    """An operator's energy ``q(obs, act)`` as ``ComposedSkill.q`` gives it: inputs checked (``checked_pair``); tensors
+    in, tensors out; numpy in, numpy out."""
+
+    def __init__(self, fn, obs_dim: int, act_dim: int):
+        self.fn, self.obs_dim, self.act_dim = fn, obs_dim, act_dim
+
+    def __call__(self, obs, act):
+        obs, act = checked_pair(obs, act, self.obs_dim, self.act_dim)
+        if isinstance(obs, torch.Tensor) and isinstance(act, torch.Tensor):
+            return self.fn(obs, act)
+        with torch.no_grad():
+            return self.fn(torch.as_tensor(obs), torch.as_tensor(act)).numpy()
 
 
 class ComposedSkill(Composition):
@@ -60,7 +76,7 @@ class ComposedSkill(Composition):
         """The composed soft Q-function the policy samples, ``pi ∝ exp(q/alpha)``: ``Q_w`` (``ComposedQ``, with
         ``gap``) for ``average``; the operator's energy otherwise (its learned parts built on first use).
         Callable: tensors in, tensors out (with autograd); numpy in, numpy out."""
-        return self.q_w if self.operator.bounded else self.policy.q_fn
+        return self.q_w if self.operator.bounded else CheckedEnergy(self.policy.q_fn, self.obs_dim, self.act_dim)
 
     def act(self, obs, deterministic: bool = False) -> np.ndarray:
         """One action per state [o] or [B, o]: a sample of ``pi`` (``deterministic``: the best of 32 under the energy)."""

@@ -13,17 +13,27 @@ Trials are plain functions. By default they run in a local process pool sized to
 thread each); ``--ray`` starts a local Ray and runs them as Ray tasks, ``--ray ADDRESS`` joins a cluster
 (give a ``--library`` and ``--out`` on shared storage). Ray is the optional extra ``.[cluster]``.
 A study is resumable: each finished trial leaves ``<out>/trials/<trial>.json`` and is not run again; a
-failed trial is reported and does not stop the others.
+failed trial is reported and does not stop the others. A record is checked when it is read back
+(``compose.trial_records``): one that is unreadable, malformed, out of range or names a skill outside the study's
+libraries is named (a warning, and ``rerun`` in study.json) and its trial runs again. Local workers end with the
+study: each exits when the study's process dies (a parent-death signal, and a watch on its parent as a fallback),
+taking its own child processes with it.
 """
 
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
+import multiprocessing
 import os
+import re
+import signal
 import sys
+import threading
 import time
 import traceback
+import warnings
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, replace
@@ -47,6 +57,7 @@ from .mc_check import MCBoundConfig
 from .run import BuildConfig, CompositionReport, EvaluationConfig, Sources, run
 from .sampling import SamplerConfig
 from .stats import aggregate, episode_seed
+from .trial_records import BadRecord, clean_numbers, read_record
 
 POLICIES_FIXED = ("composed", "joint")
 METRICS = ("success_rate", "return_mean", "soft_return_mean")
@@ -157,6 +168,14 @@ def trial_record(out: Path, key: str) -> Path:
     return out / "trials" / f"{key.replace('/', '_')}.json"
 
 
+def record_kind(key: str) -> str:
+    """What the record of trial ``key`` holds: ``"train"`` (train-<task>-seed<N>), ``"group"`` (train-<task>-seeds<N-M..>:
+    several seeds' train records) or ``"eval"`` (eval-<spec>-seed<N>)."""
+    if key.startswith("train-"):
+        return "group" if re.search(r"-seeds[\d-]+$", key) else "train"
+    return "eval"
+
+
 def _call(fn: Callable, args: tuple) -> dict:
     """Run one trial, catching its failure so that the others go on."""
     try:
@@ -169,13 +188,44 @@ def _call(fn: Callable, args: tuple) -> dict:
 Done = Callable[[str, dict], None]
 
 
+PARENT_WATCH_S = 0.5  # how often a worker checks that the study's process still lives (the fallback)
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def _end_worker(*_: Any) -> None:
+    """End this worker and the processes it started (e.g. a trial's env processes) at once."""
+    for child in multiprocessing.active_children():
+        child.kill()
+    os._exit(1)
+
+
+def _watch_parent(parent: int) -> None:
+    while os.getppid() == parent:
+        time.sleep(PARENT_WATCH_S)
+    _end_worker()
+
+
+def end_with_parent(parent: int) -> None:
+    """Make this process (a study worker) end when ``parent`` does: Linux's parent-death signal (SIGTERM, whose
+    handler also ends the worker's own children), and a daemon thread watching ``os.getppid()`` where there is none."""
+    signal.signal(signal.SIGTERM, _end_worker)
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
+    except (OSError, AttributeError):  # not Linux: the watch below is the only check
+        pass
+    if os.getppid() != parent:  # the study died before the signal was armed
+        _end_worker()
+    threading.Thread(target=_watch_parent, args=(parent,), daemon=True, name="watch-study").start()
+
+
 def run_local(jobs: list[tuple[str, Callable, tuple]], workers: int, done: Done) -> None:
-    """Trials in a local process pool; ``done(key, {"ok", "result" | "error"})`` as each one finishes."""
+    """Trials in a local process pool; ``done(key, {"ok", "result" | "error"})`` as each one finishes. The workers
+    end with this process (``end_with_parent``), even when it is killed."""
     if workers <= 1:
         for key, fn, args in jobs:
             done(key, _call(fn, args))
         return
-    with ProcessPoolExecutor(max_workers=workers) as pool:
+    with ProcessPoolExecutor(max_workers=workers, initializer=end_with_parent, initargs=(os.getpid(),)) as pool:
         futures = {pool.submit(_call, fn, args): key for key, fn, args in jobs}
         for future in as_completed(futures):
             done(futures[future], future.result())
@@ -202,21 +252,29 @@ def run_ray(jobs: list[tuple[str, Callable, tuple]], address: str | None, done: 
 
 
 # ---- the study ----------------------------------------------------------------------------------------
-def run_phase(jobs: list[tuple[str, Callable, tuple]], out: Path, executor: Callable) -> tuple[dict, dict]:
+def run_phase(jobs: list[tuple[str, Callable, tuple]], out: Path, executor: Callable,
+              libraries: Sequence[str | Path] = (), rerun: dict | None = None) -> tuple[dict, dict]:
     """Run the jobs not yet recorded under ``out/trials``, recording each as it finishes (so an interrupted
-    study loses only the trials in flight); returns (results, failures) by key."""
+    study loses only the trials in flight); returns (results, failures) by key. A record that fails its checks
+    (``compose.trial_records.read_record``; a train record's skill must lie in one of ``libraries``) is named in a
+    warning and in ``rerun``, and its trial runs again."""
     results, failures, pending = {}, {}, []
     for key, fn, args in jobs:
         record = trial_record(out, key)
-        if record.exists():
-            results[key] = json.loads(record.read_text())
-        else:
-            pending.append((key, fn, args))
+        if record.exists() or record.is_symlink():
+            try:
+                results[key] = read_record(record, record_kind(key), libraries)
+                continue
+            except BadRecord as err:
+                warnings.warn(f"{err}; running trial {key} again", stacklevel=2)
+                if rerun is not None:
+                    rerun[key] = str(err)
+        pending.append((key, fn, args))
 
     def done(key: str, outcome: dict) -> None:
         if outcome["ok"]:
-            results[key] = outcome["result"]
-            atomic_write_text(trial_record(out, key), json.dumps(outcome["result"]))
+            results[key] = clean_numbers(outcome["result"])
+            atomic_write_text(trial_record(out, key), json.dumps(results[key]))
         else:
             failures[key] = outcome["error"]
 
@@ -273,11 +331,13 @@ def study(specs: Sequence[str], seeds: Sequence[int], *, out: str | Path, librar
     started = time.perf_counter()
     tasks = list(dict.fromkeys(t for spec in specs for t in (*spec.split("+"), spec)))
     train_jobs = [(f"train-{task}-seed{seed}", train_trial, (task, seed, settings)) for seed in seeds for task in tasks]
-    failures = {}
+    failures: dict = {}
+    rerun: dict[str, str] = {}
+    libraries = (settings.library, str(skills.default_library()))
     if runner.stacked:
         failures = train_stacked(tasks, seeds, settings, out, executor)
         train_jobs = [job for job in train_jobs if trial_record(out, job[0]).exists()]  # a failed group is not retried
-    trained, train_failures = run_phase(train_jobs, out, executor)
+    trained, train_failures = run_phase(train_jobs, out, executor, libraries, rerun)
     failures |= train_failures
     eval_jobs = []
     for spec in specs:
@@ -286,13 +346,13 @@ def study(specs: Sequence[str], seeds: Sequence[int], *, out: str | Path, librar
             if all(k in trained for k in keys.values()):
                 paths = {t: trained[k]["path"] for t, k in keys.items()}
                 eval_jobs.append((f"eval-{spec}-seed{seed}", eval_trial, (spec, seed, paths, settings)))
-    evaluated, eval_failures = run_phase(eval_jobs, out, executor)
+    evaluated, eval_failures = run_phase(eval_jobs, out, executor, libraries, rerun)
     failures |= eval_failures
     result = {"specs": list(specs), "seeds": list(seeds), "settings": settings.__dict__ | {
                   "env_kwargs": {k: str(v) for k, v in settings.env_kwargs}},
               "summary": {spec: summarise_spec(spec, seeds, evaluated) for spec in specs},
               "curves": {task: curves(task, seeds, trained) for task in tasks},
-              "failures": failures, "wall_time_s": round(time.perf_counter() - started, 1)}
+              "failures": failures, "rerun": rerun, "wall_time_s": round(time.perf_counter() - started, 1)}
     write_outputs(result, out)
     return result
 
@@ -305,10 +365,10 @@ def train_stacked(tasks: Sequence[str], seeds: Sequence[int], settings: Settings
         pending = [seed for seed in seeds if not trial_record(out, f"train-{task}-seed{seed}").exists()]
         if pending:
             jobs.append((f"train-{task}-seeds{'-'.join(map(str, pending))}", train_seeds_trial, (task, pending, settings)))
-    groups, failures = run_phase(jobs, out, executor)
+    groups, failures = run_phase(jobs, out, executor, (settings.library, str(skills.default_library())))
     for per_seed in groups.values():
         for key, record in per_seed.items():
-            atomic_write_text(trial_record(out, key), json.dumps(record))
+            atomic_write_text(trial_record(out, key), json.dumps(clean_numbers(record)))
     return failures
 
 

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, cast
 import numpy as np
 
 import envs
-from envs.cli import workspace_origin
+from envs.cli import BAD_INPUT, positive_int, run_command, workspace_origin
 
 from .arm import MAX_DISPLACEMENT, TARGET_REL, ArmTaskEnv
 
@@ -83,7 +83,8 @@ def check(arm: str, ee_site: str | None, origin=None, episodes: int = 20, frame:
                                       backend.controller.solve_iterations)[1]} for point in backend._box_points()]
     report = {"arm": str(arm), "ee_site": backend.ee_site, "joints": joints,
               "workspace_origin": [round(float(x), 4) for x in backend.workspace_origin],
-              "workspace_choice": backend.workspace_choice, "reach_tolerance_m": backend.controller.reach_tolerance,
+              "workspace_choice": backend.workspace_choice, "workspace_rejected": backend.workspace_rejected,
+              "reach_tolerance_m": backend.controller.reach_tolerance,
               "box": box, "self_contacts": backend.self_contacts, "tracking": tracking_error(backend),
               "straight_line_reach": straight_line(env, episodes)}
     if frame is not None:
@@ -104,6 +105,10 @@ def render_report(report: dict) -> str:
     lines += [f"  {j['joint']:24s} {j['kind']:9s} ({j['actuator']})" for j in report["joints"]]
     origin = ", ".join(f"{x:.3f}" for x in report["workspace_origin"])
     lines.append(f"workspace origin ({origin}) m, chosen: {report['workspace_choice']}")
+    rejected = report.get("workspace_rejected", [])
+    if rejected:
+        lines.append(f"  {len(rejected)} nearer candidate box{'es' if len(rejected) > 1 else ''} rejected: "
+                     + "; ".join(rejected))
     worst = max(p["residual_m"] for p in report["box"])
     reached = sum(p["residual_m"] <= report["reach_tolerance_m"] for p in report["box"])
     lines.append(f"task box reachable from the start pose: {reached} of {len(report['box'])} points (worst IK residual "
@@ -127,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ee-site", help="end-effector site (jaco: jaco_hand/pinchsite)")
     parser.add_argument("--workspace-origin", type=workspace_origin, metavar="X,Y,Z|auto",
                         help="world point that becomes the workspace origin, or auto (default: the home pose's end effector)")
-    parser.add_argument("--episodes", type=int, default=20, help="straight-line episodes on reach (default 20)")
+    parser.add_argument("--episodes", type=positive_int, default=20, help="straight-line episodes on reach (default 20)")
     parser.add_argument("--frame", type=Path, default=Path("check_arm.png"), help="rendered frame (default check_arm.png)")
     parser.add_argument("--json", type=Path, help="also write the report as JSON")
     args = parser.parse_args(argv)
@@ -137,15 +142,19 @@ def main(argv: list[str] | None = None) -> int:
     if args.arm != "jaco" and args.ee_site is None:
         print("error: --ee-site is needed: the name of the arm's end-effector site", file=sys.stderr)
         return 2
-    try:
+
+    def body() -> int:
         report = check(args.arm, args.ee_site, args.workspace_origin, args.episodes, args.frame)
-    except (ValueError, TypeError, FileNotFoundError) as err:
+        print(render_report(report))
+        if args.json:
+            args.json.write_text(json.dumps(report, indent=2))
+        return 0
+
+    def refused(err: BaseException) -> int:  # a missing file or a builder returning the wrong type: bad input too
         print(f"error: {err}", file=sys.stderr)
-        return 2
-    print(render_report(report))
-    if args.json:
-        args.json.write_text(json.dumps(report, indent=2))
-    return 0
+        return BAD_INPUT
+
+    return run_command(body, {FileNotFoundError: refused, TypeError: refused})
 
 
 if __name__ == "__main__":

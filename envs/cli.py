@@ -12,6 +12,7 @@ import sys
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from .arms.base import MAX_ORIGIN
 from .tasks import load_tasks
 
 BAD_INPUT, CANNOT_WRITE = 2, 1  # exit codes
@@ -39,16 +40,29 @@ def run_command(body: Callable[[], int], handlers: Mapping[type[BaseException], 
         raise
 
 
+def positive_int(text: str) -> int:
+    """An integer >= 1 (steps, episodes, intervals)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
 def workspace_origin(text: str) -> tuple[float, float, float] | str:
-    """``"X,Y,Z"`` (metres, world frame) -> a 3-tuple, or ``"auto"``; a clear error otherwise."""
+    """``"X,Y,Z"`` (metres, world frame, each within ``MAX_ORIGIN``) -> a 3-tuple, or ``"auto"``; a clear error
+    otherwise."""
     if text == "auto":
         return text
     try:
         values = tuple(float(v) for v in text.split(","))
     except ValueError:
         values = ()
-    if len(values) != 3 or not all(math.isfinite(v) for v in values):
-        raise argparse.ArgumentTypeError(f"expected X,Y,Z in metres (three finite numbers) or auto, got {text!r}")
+    if len(values) != 3 or not all(math.isfinite(v) and abs(v) <= MAX_ORIGIN for v in values):
+        raise argparse.ArgumentTypeError(f"expected X,Y,Z in metres (three finite numbers, each within {MAX_ORIGIN:g} "
+                                         f"m of the base) or auto, got {text!r}")
     return values
 
 

@@ -5,18 +5,11 @@ from __future__ import annotations
 import argparse
 import math
 
-from .training.config import check_seeds
+from envs.cli import positive_int
 
+from .training.config import MAX_SEEDS, check_seeds
 
-def positive_int(text: str) -> int:
-    """An integer >= 1 (steps, episodes, intervals)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
+__all__ = ["non_negative_int", "positive_float", "positive_int", "seed_list", "weight_list"]
 
 
 def non_negative_int(text: str) -> int:
@@ -27,6 +20,17 @@ def non_negative_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}") from None
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """A finite number > 0 (the temperature alpha)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
     return value
 
 
@@ -42,14 +46,21 @@ def weight_list(text: str) -> list[float]:
 
 
 def seed_list(text: str) -> list[int]:
-    """Seeds: ``5`` (seeds 0-4), a list ``0,1,2`` or a range ``3-7``; each at most once, none negative."""
+    """Seeds: ``5`` (seeds 0-4), a list ``0,1,2`` or a range ``3-7``; each at most once, none negative, at most
+    ``MAX_SEEDS`` (counted before the list is built: ``0-99999999`` is refused at once)."""
     try:
         if "," in text:
             seeds = [int(s) for s in text.split(",")]
         elif "-" in text.strip("-"):
             lo, hi = (int(s) for s in text.split("-"))
+            if hi - lo + 1 > MAX_SEEDS:
+                raise argparse.ArgumentTypeError(f"{hi - lo + 1} seeds; one process trains at most {MAX_SEEDS} side by "
+                                                 f"side (from {text!r})")
             seeds = list(range(lo, hi + 1))
         else:
+            if int(text) > MAX_SEEDS:
+                raise argparse.ArgumentTypeError(f"{int(text)} seeds; one process trains at most {MAX_SEEDS} side by "
+                                                 f"side (from {text!r})")
             seeds = list(range(int(text)))
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected N, a list 0,1,2 or a range 3-7, got {text!r}") from None

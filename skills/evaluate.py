@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -91,14 +92,16 @@ def film_episode(policy, env, seed: int, deterministic: bool, path: str | Path) 
 
 
 def skill_convergence(skill_name: str | Skill, library: str | None = None, config: ConvergenceConfig | None = None,
-                      record: bool = True) -> dict:
-    """``skills.evaluation.diagnostics.convergence_report`` of a saved skill on its own task; with ``record``, also
-    written into its manifest under ``convergence`` (atomically; the checksummed files are untouched)."""
+                      record: bool = True, env_kwargs: dict | None = None) -> dict:
+    """``skills.evaluation.diagnostics.convergence_report`` of a saved skill on its own task (``env_kwargs``, e.g. the
+    arm it was trained on, override what its manifest recorded; ``Skill.make_env``); with ``record``, also written
+    into its manifest under ``convergence`` (atomically; the checksummed files are untouched)."""
     config = config or ConvergenceConfig()
     torch.manual_seed(config.seed)
     skill = skill_name if isinstance(skill_name, Skill) else load(skill_name, library)
     task = task_of(skill.info)
-    report = convergence_report(skill, skill.make_env, task.reward_range, skill.transitions, config)
+    report = convergence_report(skill, partial(skill.make_env, **(env_kwargs or {})), task.reward_range,
+                                skill.transitions, config)
     if record:
         update_manifest(skill.path, convergence=report)
     return report | {"skill": str(skill.path)}
@@ -160,7 +163,8 @@ def main(argv: list[str] | None = None) -> int:
         skill = load(args.skill, args.library, allow_changed_task=True) if args.allow_changed_task else args.skill
         if args.convergence:
             report = skill_convergence(skill, args.library,
-                                       ConvergenceConfig(start_states=args.start_states, rollouts=args.rollouts))
+                                       ConvergenceConfig(start_states=args.start_states, rollouts=args.rollouts),
+                                       env_kwargs=arm_kwargs(args))
             print("\n".join(convergence_lines(report)))
             result = report
         else:

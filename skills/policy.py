@@ -14,6 +14,16 @@ import torch
 
 ArrayLike = np.ndarray | torch.Tensor
 VALUE_ROWS = 65536  # Q evaluations per chunk when valuing many states (states x importance samples)
+MAX_VALUE_SAMPLES = 1 << 20  # importance samples per state for a soft value
+MAX_SAMPLES = 1 << 16  # sampler actions per state
+
+
+def check_count(n: object, what: str, high: int) -> int:
+    """``n`` as a whole number in ``[1, high]`` (``n_samples``, ``n``): a clear ``ValueError`` otherwise, instead of
+    a division by zero or an allocation the size of the request."""
+    if type(n) is not int or not 1 <= n <= high:
+        raise ValueError(f"{what} must be a whole number in [1, {high}], got {n!r}")
+    return n
 
 
 def as_tensor(x: ArrayLike, device: torch.device | str = "cpu") -> torch.Tensor:
@@ -39,7 +49,9 @@ def like(value: torch.Tensor, template: ArrayLike) -> ArrayLike:
 
 
 def value_in_chunks(value_fn: Callable[[torch.Tensor], torch.Tensor], obs: torch.Tensor, n_samples: int) -> torch.Tensor:
-    """``value_fn`` over obs [B, o] in chunks of at most ``VALUE_ROWS`` Q evaluations: -> [B]."""
+    """``value_fn`` over obs [B, o] in chunks of at most ``VALUE_ROWS`` Q evaluations: -> [B]. ``n_samples`` is
+    checked (``check_count``, at most ``MAX_VALUE_SAMPLES``)."""
+    check_count(n_samples, "n_samples", MAX_VALUE_SAMPLES)
     if not len(obs):
         return obs.new_zeros(0)
     return torch.cat([value_fn(chunk) for chunk in obs.split(max(1, VALUE_ROWS // n_samples))])

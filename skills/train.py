@@ -17,7 +17,7 @@ from collections.abc import Callable
 import envs
 from envs.cli import add_task_arguments, load_task_modules, run_command
 
-from .cli import non_negative_int, positive_int, seed_list
+from .cli import non_negative_int, positive_float, positive_int, seed_list
 from .evaluation.diagnostics import format_report
 from .sql import TrainingDiverged
 from .training import MultiSeedTrainer, Trainer, TrainResult
@@ -36,7 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     seeds.add_argument("--seed", type=non_negative_int, default=0, help="random seed (default: 0)")
     seeds.add_argument("--seeds", type=seed_list, help="train several seeds in one process, each saved as its own "
                        "version: N (seeds 0..N-1), a list 0,1,2 or a range 3-7")
-    parser.add_argument("--alpha", type=float, help="temperature (default: tuned per task family; "
+    parser.add_argument("--alpha", type=positive_float, help="temperature (default: tuned per task family; "
                         "skills you want to compose must share it)")
     parser.add_argument("--out", help="library directory to write into (default: trained/ or "
                         "$COMPOSABLE_SKILLS_LIBRARY)")
@@ -87,12 +87,13 @@ def headline(trainer: MultiSeedTrainer) -> str:
 
 
 def run_training(make_trainer: Callable[[], MultiSeedTrainer], headline: Callable[[MultiSeedTrainer], str],
-                 summary: Callable[[TrainResult], list[str]] | None = None) -> int:
+                 summary: Callable[[TrainResult], list[str]] | None = None, resume_command: str | None = None) -> int:
     """Build a trainer (one seed or several), train, and report as the training CLIs do; returns the exit code.
 
     2: bad input (unknown names, bad skills or settings); 3: training diverged; 130: Ctrl-C (the last
-    checkpoint is kept with status 'training'; earlier versions are untouched); 1: cannot write. ``summary``
-    adds lines after a single run's saved path.
+    checkpoint is kept with status 'training'; earlier versions are untouched, and the message says how to resume:
+    ``resume_command`` followed by ``--resume <name>@v<N>``); 1: cannot write. ``summary`` adds lines after a single
+    run's saved path.
     """
     made: list[MultiSeedTrainer] = []
 
@@ -108,22 +109,26 @@ def run_training(make_trainer: Callable[[], MultiSeedTrainer], headline: Callabl
         return 3
 
     def interrupted(err: BaseException) -> int:
-        print(f"\ninterrupted: {checkpoints_kept(made[0] if made else None)}; earlier versions are untouched",
-              file=sys.stderr)
+        print(f"\ninterrupted: {checkpoints_kept(made[0] if made else None, resume_command)}; earlier versions are "
+              "untouched", file=sys.stderr)
         return 130
 
     return run_command(body, {TrainingDiverged: diverged, KeyboardInterrupt: interrupted})
 
 
-def checkpoints_kept(trainer: MultiSeedTrainer | None) -> str:
-    """Where an interrupted run's checkpoints are."""
-    paths = [str(t.path) for t in (trainer.trainers if trainer is not None else []) if t.path.exists()]
-    if not paths:
+def checkpoints_kept(trainer: MultiSeedTrainer | None, resume_command: str | None = None) -> str:
+    """Where an interrupted run's checkpoints are, and how to continue: ``resume_command --resume <name>@v<N>``
+    (default ``python -m skills.train <task>``)."""
+    kept = [t.path for t in (trainer.trainers if trainer is not None else []) if t.path.exists()]
+    if not kept:
         return "no checkpoint had been written yet"
     assert trainer is not None  # it wrote the paths
+    paths = [str(p) for p in kept]
     if len(trainer.trainers) > 1:
         return f"each seed's last checkpoint is in {', '.join(paths)} (status 'training'; --resume continues them)"
-    return f"its last checkpoint is in {paths[0]} (status 'training')"
+    command = resume_command or f"python -m skills.train {trainer.trainers[0].task.name}"
+    return (f"its last checkpoint is in {paths[0]} (status 'training'); continue it with "
+            f"{command} --resume {kept[0].parent.name}@{kept[0].name}")
 
 
 def print_results(trainer: MultiSeedTrainer, results: list[TrainResult],

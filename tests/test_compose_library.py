@@ -209,7 +209,9 @@ def test_ctrl_c_during_adaptation_keeps_the_checkpoint_and_earlier_versions(libr
 
     monkeypatch.setattr(Trainer, "step", interrupted)
     assert compose_adapt.main(["reach+avoid", "--library", str(library), *TINY_ADAPT]) == 130
-    assert "interrupted: its last checkpoint is in" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "interrupted: its last checkpoint is in" in err
+    assert "continue it with python -m compose.adapt reach+avoid --resume reach+avoid.adapted@v2" in err  # issue 31
     v2 = skills.list_skills(library)
     kept = {e.version: e.manifest["status"] for e in v2 if e.name == "reach+avoid.adapted"}
     assert kept == {1: "complete", 2: "training"}

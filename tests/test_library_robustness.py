@@ -189,8 +189,11 @@ def test_missing_fields_and_future_formats_are_named(tiny, tmp_path):
 def test_huge_networks_in_a_small_file_are_refused_before_allocation(tiny, tmp_path):
     path = copy_version(tiny, tmp_path)
     manifest = json.loads((path / "manifest.json").read_text())
-    edit_manifest(path, hyperparameters=manifest["hyperparameters"] | {"hidden": [40000, 40000]})
+    edit_manifest(path, hyperparameters=manifest["hyperparameters"] | {"hidden": [8192, 8192]})
     with pytest.raises(skills.CorruptSkillError, match="need .* numbers, but weights.safetensors holds at most"):
+        skills.load(path)
+    edit_manifest(path, hyperparameters=manifest["hyperparameters"] | {"hidden": [40000, 40000]})  # beyond any bound
+    with pytest.raises(skills.CorruptSkillError, match=r"hidden=\(40000, 40000\) \(1 to 16 widths"):
         skills.load(path)
 
 
@@ -238,11 +241,16 @@ def test_names_resolve_in_the_library_never_in_the_working_directory(tiny, tmp_p
 
 
 def test_a_version_directory_holding_another_skill_is_refused(tiny, tmp_path):
-    other = copy_version(tiny, tmp_path / "elsewhere", name="avoid")
+    other = copy_version(tiny, tmp_path / "lib", name="avoid")  # a link inside the library, to another skill
     (tmp_path / "lib" / "multigoal").mkdir(parents=True)
     (tmp_path / "lib" / "multigoal" / "v1").symlink_to(other, target_is_directory=True)
     with pytest.raises(skills.CorruptSkillError, match="holds skill 'avoid' v1, not 'multigoal' v1"):
         skills.load("multigoal", tmp_path / "lib")
+    outside = copy_version(tiny, tmp_path / "elsewhere")  # a link out of the library: refused before it is read
+    (tmp_path / "lib" / "multigoal" / "v1").unlink()
+    (tmp_path / "lib" / "multigoal" / "v1").symlink_to(outside, target_is_directory=True)
+    with pytest.raises(skills.CorruptSkillError, match="is outside .*lib; only files inside it are read"):
+        skills.load("multigoal@v1", tmp_path / "lib")
 
 
 # ---- 5. the composition cache -----------------------------------------------------------------------

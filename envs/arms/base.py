@@ -12,6 +12,7 @@ from typing import Any, Protocol
 import numpy as np
 
 MAX_DISPLACEMENT = 0.05  # metres per step at |a| = 1 (the Fetch mocap scale)
+MAX_ORIGIN = 100.0  # m: a workspace origin farther than this from the base is refused (1e308 would turn IK into NaN)
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,8 @@
 """Any fixed-base MJCF arm with joint actuators (position, velocity or torque) as an ``Arm`` backend.
 
 ``envs.make("reach+avoid", arm=<MJCF path, dm_control.mjcf.RootElement or a function building one>,
-ee_site="<site>", workspace_origin=<(x, y, z), "auto" or None>)``; docs/arms.md.
+ee_site="<site>", workspace_origin=<(x, y, z), "auto" or None>)``; docs/arms.md. A path is read safely
+(``envs.arms.mjcf_files``); an element with attached models is flattened through its XML (``flatten``).
 
 Scene (``dm_control.mjcf``): a floor, a shadow-casting light and the task's target and obstacle
 sites (``base.MARKERS``, visual only), with a copy of the user's arm attached at the world origin
@@ -34,7 +35,8 @@ import numpy as np
 from dm_control import mjcf
 
 from .actuation import JointDrive, actuator_kind, describe_actuator
-from .base import LAYOUT, MARKER_START, MARKERS, MAX_DISPLACEMENT, SHADOW_SIZE, SiteArm
+from .base import LAYOUT, MARKER_START, MARKERS, MAX_DISPLACEMENT, MAX_ORIGIN, SHADOW_SIZE, SiteArm
+from .mjcf_files import MAX_BODIES, read_mjcf
 
 ARM_PREFIX = "arm"  # the attached arm's namespace: its site "ee" becomes "arm/ee"
 
@@ -65,7 +67,8 @@ class ControllerConfig:
     reach_tolerance: float = 0.01  # a point is reachable when IK gets this close to it
     restarts: int = 12  # the start pose: DLS from this many seeded random joint configurations when the first try stalls
     auto_candidates: int = 400  # workspace_origin="auto": candidate origins (EE positions of seeded random poses)
-    auto_tries: int = 40  # ... of which at most this many, nearest first, get the full reachability check
+    auto_tries: int = 120  # ... of which at most this many, nearest first, may fail the reachability check
+    path_step: float = 0.025  # self-contact check: waypoints this far apart on the straight paths into the box (m)
     floor_clearance: float = 0.05  # "auto": the task box's lowest target stays this far above the floor (z = 0)
     base_clearance: float = 0.12  # "auto": the task box stays this far (horizontally) from the arm's base axis
     gravity_compensation: bool = True  # set gravcomp = 1 on the arm's bodies
@@ -74,38 +77,83 @@ class ControllerConfig:
 CONTROLLER = ControllerConfig()
 
 
-def _load_arm(arm: str | os.PathLike | mjcf.RootElement | Callable[[], mjcf.RootElement]) -> mjcf.RootElement:
-    """A private copy of the user's arm, which the scene may change: a path is parsed, an element is deep-copied
-    (never mutated), a builder function is called for a fresh element (for models that dm_control cannot copy,
-    e.g. an arm with a hand attached)."""
+def _load_arm(arm: str | os.PathLike | mjcf.RootElement | Callable[[], mjcf.RootElement]
+              ) -> tuple[mjcf.RootElement, bool]:
+    """A private copy of the user's arm, which the scene may change, and whether it was flattened: a path is read
+    safely (``envs.arms.mjcf_files``: inside its folder, bounded, no entities) and parsed; an element is deep-copied
+    (never mutated), or, when it has attached models (e.g. a hand) that dm_control cannot copy, flattened through
+    its XML and assets (``flatten``); a builder function is called for a fresh element."""
     if isinstance(arm, (str, os.PathLike)):
         path = Path(arm)
         if not path.is_file():
             raise FileNotFoundError(f"no MJCF file at {str(path)!r} for the custom arm")
-        return mjcf.from_path(str(path))
+        xml, assets, folder = read_mjcf(path)
+        return _parsed(lambda: mjcf.from_xml_string(xml, model_dir=str(folder), assets=assets), str(path)), False
     if isinstance(arm, mjcf.RootElement):
+        _check_size(arm)
         try:
-            return copy.deepcopy(arm)
-        except NotImplementedError as err:  # dm_control: "Cannot copy from elements with attachments"
-            raise ValueError(f"the arm {arm.model!r} has attached models (e.g. a hand), and dm_control cannot copy such "
-                             f"an element ({err}); pass a function that builds it instead, e.g. arm=make_my_arm, "
-                             "so each env gets its own") from None
+            return copy.deepcopy(arm), False
+        except NotImplementedError:  # dm_control: "Cannot copy from elements with attachments"
+            return flatten(arm), True
     if callable(arm):
         built = arm()
         if not isinstance(built, mjcf.RootElement):
             raise TypeError(f"the arm builder {getattr(arm, '__name__', arm)!r} returned {type(built).__name__}, "
                             "not a dm_control.mjcf.RootElement")
-        return built
+        _check_size(built)
+        return built, False
     raise TypeError(f"arm must be an MJCF path, a dm_control.mjcf.RootElement or a function returning one, "
                     f"got {type(arm).__name__}")
 
 
-def _find_site(arm: mjcf.RootElement, ee_site: str) -> mjcf.Element:
-    """The arm's site called ``ee_site``, plain ("ee") or prefixed ("arm/ee", "<model>/ee")."""
+def flatten(arm: mjcf.RootElement) -> mjcf.RootElement:
+    """A copy of an element with attached models, as one model: its XML (the attached models' names prefixed, e.g.
+    ``jaco_hand/pinchsite``) and assets parsed again, the prefixes' '/' escaped as dm_control requires; the scene's
+    XML un-escapes them (``_scene_xml``), so the compiled names are those of the element as given."""
+    return _parsed(lambda: mjcf.from_xml_string(arm.to_xml_string(), escape_separators=True, assets=arm.get_assets()),
+                   f"the element {arm.model!r}")
+
+
+def _parsed(parse: Callable[[], mjcf.RootElement], where: str) -> mjcf.RootElement:
+    """``parse()``, dm_control's errors (unknown elements or attributes, bad references, ...) as one ``ValueError``."""
+    try:
+        return parse()
+    except ValueError:
+        raise
+    except (AttributeError, KeyError, TypeError, LookupError, SyntaxError, RecursionError) as err:
+        raise ValueError(f"{where}: dm_control cannot parse it as MJCF ({type(err).__name__}: {err})") from None
+
+
+def _check_size(arm: mjcf.RootElement) -> None:
+    """Refuse an element with more than ``MAX_BODIES`` bodies (as ``read_mjcf`` refuses such a file)."""
+    bodies = len(arm.find_all("body"))
+    if bodies > MAX_BODIES:
+        raise ValueError(f"the arm {arm.model!r} has {bodies} bodies; at most {MAX_BODIES} (an arm has tens)")
+
+
+def _scene_xml(scene: mjcf.RootElement, flattened: bool) -> str:
+    """The scene's XML for MuJoCo; a flattened arm's escaped separators ('\\') back to '/' (``flatten``)."""
+    xml = scene.to_xml_string()
+    return xml.replace("\\", "/") if flattened else xml
+
+
+def _compile(xml: str, assets: dict) -> mujoco.MjModel:
+    """MuJoCo's model of the scene; its errors (``ValueError``, ``FatalError``) as one ``ValueError``."""
+    try:
+        return mujoco.MjModel.from_xml_string(xml, assets=assets)
+    except (ValueError, mujoco.FatalError) as err:
+        raise ValueError(f"MuJoCo cannot compile the arm: {str(err).strip().splitlines()[0] if str(err) else err}") from None
+
+
+def _find_site(arm: mjcf.RootElement, ee_site: str, flattened: bool = False) -> mjcf.Element:
+    """The arm's site called ``ee_site``, plain ("ee") or prefixed ("arm/ee", "<model>/ee"); in a flattened element
+    (``flatten``) an attached model's site as named in the element given (``jaco_hand/pinchsite``)."""
     names = [ee_site]
     for prefix in (f"{ARM_PREFIX}/", f"{arm.model}/"):
         if ee_site.startswith(prefix):
             names.append(ee_site[len(prefix):])
+    if flattened:
+        names = [escaped for name in names for escaped in (name.replace("/", "\\"), name)]
     for name in names:
         try:
             site = arm.find("site", name)
@@ -152,11 +200,16 @@ def _build_scene(arm: mjcf.RootElement, gravity_compensation: bool) -> mjcf.Root
 class CustomArm(SiteArm):
     """A user's MJCF arm, its end effector driven in Cartesian space by DLS IK on its joint actuators.
 
+    ``arm``: an MJCF path (read by ``envs.arms.mjcf_files.read_mjcf``: from its own folder, bounded), an element
+    (copied; one with attached models is flattened, ``flatten``) or a function building one.
+
     ``workspace_origin``: world point that becomes the workspace-frame origin (the end effector at
     reset); default: the end effector at the home pose (keyframe "home", else the first keyframe,
     else ``qpos0``, clipped to the joint limits); ``"auto"``: of seeded candidate points, the one
-    nearest the home pose's end effector whose whole task box is reachable, above the floor and
-    clear of the base (``workspace_choice`` says which rule chose the origin). The start pose for a
+    nearest the home pose's end effector whose whole task box is reachable, above the floor,
+    clear of the base, and in which the arm does not touch itself (``_box_contacts``);
+    ``workspace_choice`` says which rule chose the origin, ``workspace_rejected`` which boxes were
+    refused for self-contact and why. The start pose for a
     given origin comes from IK that restarts from seeded random poses where damped least squares
     stalls (stretched or singular poses). Construction checks that local IK from the start pose, as
     the controller moves, reaches the origin and the corners of the task's target box around it
@@ -173,17 +226,17 @@ class CustomArm(SiteArm):
         controller: ControllerConfig = CONTROLLER,
     ):
         self.controller = controller
-        arm_model = _load_arm(arm)
-        site = _find_site(arm_model, ee_site)
+        arm_model, flattened = _load_arm(arm)
+        site = _find_site(arm_model, ee_site, flattened)
         arm_name = arm_model.model
         scene = _build_scene(arm_model, controller.gravity_compensation)
-        self.model = mujoco.MjModel.from_xml_string(scene.to_xml_string(), assets=scene.get_assets())
+        self.model = _compile(_scene_xml(scene, flattened), scene.get_assets())
         self.model.vis.global_.offwidth = max(int(self.model.vis.global_.offwidth), width)
         self.model.vis.global_.offheight = max(int(self.model.vis.global_.offheight), height)
         self.data = mujoco.MjData(self.model)
         self._scratch = mujoco.MjData(self.model)  # IK workspace
         self._jacp = np.zeros((3, self.model.nv))  # site position Jacobian, all dofs
-        self.ee_site = site.full_identifier
+        self.ee_site = site.full_identifier.replace("\\", "/") if flattened else site.full_identifier
         self._bind_sites(self.ee_site)
 
         n_substeps = round(controller.control_period / self.model.opt.timestep)
@@ -273,6 +326,7 @@ class CustomArm(SiteArm):
     def _choose_workspace(self, requested: Sequence[float] | str | None, q_home: np.ndarray
                           ) -> tuple[np.ndarray, np.ndarray, str]:
         """(origin [3], start joint angles [n], how it was chosen) for ``workspace_origin=requested``."""
+        self.workspace_rejected: list[str] = []  # "auto": the candidate boxes refused because the arm touches itself
         if requested is None:
             return self.home_ee.copy(), q_home, "home"
         if isinstance(requested, str):
@@ -284,13 +338,15 @@ class CustomArm(SiteArm):
                                  f"nearest the home pose's end effector {_fmt(self.home_ee)} has its whole task box "
                                  f"({LAYOUT.target_low}..{LAYOUT.target_high} around it) within reach; the arm may be "
                                  "too small for the task, or its joint limits too tight")
+            self.workspace_rejected = found[2]
             return found[0], found[1], "auto"
         origin = np.asarray(requested, dtype=np.float64)
-        if origin.size != 3 or not np.all(np.isfinite(origin)):
-            raise ValueError(f"workspace_origin must be three finite numbers (x, y, z, metres), got {requested!r}")
+        if origin.size != 3 or not np.all(np.isfinite(origin)) or np.abs(origin).max() > MAX_ORIGIN:
+            raise ValueError(f"workspace_origin must be three finite numbers (x, y, z, metres, each within "
+                             f"{MAX_ORIGIN:g} m of the base), got {requested!r}")
         origin = origin.reshape(3).copy()
         q, residual = self._solve(q_home, origin)
-        if residual > self.controller.reach_tolerance:
+        if not residual <= self.controller.reach_tolerance:  # also NaN, which no comparison passes
             raise ValueError(f"the arm's end effector cannot reach workspace_origin={_fmt(origin)} (IK stops "
                              f"{residual * 100:.1f} cm away; at the home pose it is at {_fmt(self.home_ee)}); "
                              + self._suggestion(q_home, origin))
@@ -307,16 +363,54 @@ class CustomArm(SiteArm):
         misses = []
         for point in self._box_points():
             _, residual = self._ik(q_start, origin + point, self.controller.solve_iterations)
-            if residual > self.controller.reach_tolerance:
+            if not residual <= self.controller.reach_tolerance:  # NaN is a miss too
                 misses.append(f"{_fmt(point)} ({residual * 100:.1f} cm short)")
         return misses
 
-    def _search_origin(self, q_home: np.ndarray, near: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
-        """The candidate origin nearest ``near`` whose task box is reachable, and its joint angles; None if none is.
+    def _box_reachable(self, q_start: np.ndarray, origin: np.ndarray) -> bool:
+        """``not _box_misses(q_start, origin)``, stopping at the first miss (the points farthest from the base
+        first, as they fail most often): the quick test of a candidate."""
+        points = sorted(self._box_points(), key=lambda p: -float(np.linalg.norm(origin + p)))
+        for point in points:
+            _, residual = self._ik(q_start, origin + point, self.controller.solve_iterations)
+            if not residual <= self.controller.reach_tolerance:
+                return False
+        return True
+
+    def _path_points(self) -> list[np.ndarray]:
+        """Where the self-contact check sends the end effector, workspace frame: the 26 points of the target box's
+        3 x 3 x 3 grid other than its centre (the 8 corners, 12 edge midpoints and 6 face centres)."""
+        low, high = np.array(LAYOUT.target_low), np.array(LAYOUT.target_high)
+        grid = [np.array(c) for c in product(*zip(low, (low + high) / 2, high, strict=False))]
+        return [g for g in grid if not np.allclose(g, (low + high) / 2)]
+
+    def _box_contacts(self, q_start: np.ndarray, origin: np.ndarray, first: bool = True) -> list[str]:
+        """Self-contacts of the arm at the start pose and along straight paths from the origin to each of
+        ``_path_points``, moved as the controller moves (waypoints ``path_step`` apart, a few DLS steps each from the
+        last pose), then at the IK pose of the point; each contact with where it happens, sorted. Empty:
+        contact-free. ``first``: stop at the first path (or start pose) with a contact."""
+        cfg = self.controller
+        found = {c: "at the start pose" for c in self.contacts_at(q_start)}
+        for point in self._path_points():
+            if found and first:
+                break
+            q = q_start
+            steps = max(1, int(np.ceil(np.linalg.norm(point) / cfg.path_step)))
+            for k in range(1, steps + 1):
+                q, _ = self._ik(q, origin + point * k / steps, cfg.step_iterations if k < steps else cfg.solve_iterations)
+                found |= {c: f"on the way to {_fmt(point)}" for c in self.contacts_at(q) if c not in found}
+        return [f"{c} {where}" for c, where in sorted(found.items())]
+
+    def _search_origin(self, q_home: np.ndarray, near: np.ndarray) -> tuple[np.ndarray, np.ndarray, list[str]] | None:
+        """The candidate origin nearest ``near`` whose task box is reachable and free of self-contact
+        (``_box_contacts``), its joint angles, and the candidates refused for self-contact (described); None if no
+        box is reachable. Should every reachable box make the arm touch itself, the nearest is returned with that
+        said (construction then warns, as for a given origin).
 
         Candidates: the end effector at the home pose and at ``auto_candidates`` seeded random poses within the
         joint limits, keeping the box ``floor_clearance`` above the floor and ``base_clearance`` from the base
-        axis. Deterministic.
+        axis; at most ``auto_tries`` of them may fail the reachability check (a refusal for self-contact does not
+        count). Deterministic.
         """
         cfg = self.controller
         rng = np.random.default_rng(0)
@@ -327,10 +421,23 @@ class CustomArm(SiteArm):
         candidates = [(p, q) for p, q in candidates if p[2] + lowest >= cfg.floor_clearance
                       and _box_distance_to_axis(p) >= cfg.base_clearance]
         candidates.sort(key=lambda c: float(np.linalg.norm(c[0] - near)))
-        for origin, q in candidates[: cfg.auto_tries]:
-            if not self._box_misses(q, origin):
-                return origin, q
-        return None
+        rejected: list[str] = []
+        first: tuple[np.ndarray, np.ndarray] | None = None
+        misses = 0
+        for origin, q in candidates:
+            if misses >= cfg.auto_tries:
+                break
+            if not self._box_reachable(q, origin):
+                misses += 1
+                continue
+            contacts = self._box_contacts(q, origin)
+            if not contacts:
+                return origin, q, rejected
+            rejected.append(f"{_fmt(origin)}: the arm touches itself, {contacts[0]}")
+            first = first or (origin, q)
+        if first is None:
+            return None
+        return first[0], first[1], rejected + [f"every reachable box makes the arm touch itself; kept {_fmt(first[0])}"]
 
     def _suggestion(self, q_home: np.ndarray, wanted: np.ndarray) -> str:
         """The nearest reachable origin to ``wanted``, as advice for an error message."""
@@ -355,10 +462,13 @@ class CustomArm(SiteArm):
         ``"geom A - geom B (blocks joint J, ...)"``: the joints named are those between the two bodies, which the
         contact resists."""
         m = self.model
-        data = mujoco.MjData(m)
+        if getattr(self, "_contact_data", None) is None:
+            self._contact_data = mujoco.MjData(m)
+        data = self._contact_data
         data.qpos[:] = self._start_qpos
         data.qpos[self._qadr] = q
-        mujoco.mj_forward(m, data)
+        mujoco.mj_kinematics(m, data)  # geometry only: collision needs positions, not dynamics
+        mujoco.mj_collision(m, data)
         found = []
         for contact in data.contact[: data.ncon]:
             bodies = [int(m.geom_bodyid[g]) for g in (contact.geom1, contact.geom2)]
@@ -383,23 +493,22 @@ class CustomArm(SiteArm):
         return [self.model.joint(j).name for j in self._joints if int(self.model.jnt_bodyid[j]) in path]
 
     def _check_self_contacts(self) -> list[str]:
-        """Refuse an arm that touches itself at the start pose (it would be jammed); warn about self-contacts at
-        the poses that reach the task box's corners. Returns the latter."""
-        start = self.contacts_at(self._start_qpos[self._qadr])
+        """Refuse an arm that touches itself at the start pose (it would be jammed); warn about self-contacts on the
+        way into the task box (``_box_contacts``: straight paths to its corners, edge midpoints and face centres).
+        Returns the latter, as ``"pair (blocks joint ...)"``. (``"auto"`` chooses a box without them where one is
+        reachable: ``_search_origin``.)"""
+        q_start = self._start_qpos[self._qadr]
+        start = self.contacts_at(q_start)
         if start:
             raise ValueError(f"the arm touches itself at its start pose: {'; '.join(start)}. MuJoCo does not filter "
                              "contacts with a body welded to the world, nor between bodies two joints apart; exclude the "
                              "pair (<contact><exclude body1=... body2=.../></contact>) or give one geom contype=0 "
                              "conaffinity=0")
-        moves = set()
-        q_start = self._start_qpos[self._qadr]
-        for point in self._box_points()[1:]:
-            q, _ = self._ik(q_start, self.workspace_origin + point, self.controller.solve_iterations)
-            moves.update(self.contacts_at(q))
+        moves = sorted({c.split(" on the way to ")[0] for c in self._box_contacts(q_start, self.workspace_origin, False)})
         if moves:
-            warnings.warn(f"the arm touches itself when it reaches into the task box: {'; '.join(sorted(moves))}; "
+            warnings.warn(f"the arm touches itself when it reaches into the task box: {'; '.join(moves)}; "
                           "it may stall there", stacklevel=4)
-        return sorted(moves)
+        return moves
 
     def _default_camera(self) -> dict:
         """From the arm's front left, framing its base (the world origin) and the workspace box."""

@@ -14,7 +14,9 @@ from .catalog import (
     StaleSkillError,
     check_fresh,
     claim_version_dir,
+    constituents_library,
     default_library,
+    inside_library,
     is_path,
     list_skills,
     resolve,
@@ -37,8 +39,9 @@ from .store import atomic_write_text, claim_version, is_claim_only, publish_dire
 __all__ = [
     "CorruptSkillError", "Manifest", "Skill", "SkillEntry", "SkillError", "StaleSkillError", "TaskChangedError",
     "UnsupportedFormatError", "check_task_definition", "task_of",
-    "agent_tensors", "atomic_write_text", "check_fresh", "claim_version", "claim_version_dir", "default_library",
-    "is_claim_only", "is_path", "library_versions", "list_skills", "load", "load_manifest", "publish_directory",
+    "agent_tensors", "atomic_write_text", "check_fresh", "claim_version", "claim_version_dir", "constituents_library",
+    "default_library", "inside_library", "is_claim_only", "is_path", "library_versions", "list_skills", "load",
+    "load_manifest", "publish_directory",
     "read_skill", "release_claim", "resolve", "sha256_file", "space_record", "stale_constituents", "staging_directory",
     "update_manifest", "write_skill",
 ]

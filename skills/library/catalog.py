@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from envs.core import UnknownNameError
+from envs.files import UnsafeFileError, within
 
 from .files import load_manifest
 from .manifest import MANIFEST, NAME, CorruptSkillError, Manifest, SkillError
@@ -63,25 +64,60 @@ def list_skills(library: str | Path | None = None, problems: list[str] | None = 
     if not root.is_dir():
         return entries
     for skill_dir in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        for vdir in skill_dir.iterdir():
-            match = _VERSION_DIR.match(vdir.name)
-            if not (match and vdir.is_dir()) or is_claim_only(vdir):
-                continue
+        for vdir in _version_dirs(skill_dir, root, problems):
             try:
-                entries.append(_entry(skill_dir.name, int(match.group(1)), vdir))
+                entries.append(_entry(skill_dir.name, int(vdir.name[1:]), vdir, root))
             except SkillError as err:
                 if problems is not None:
                     problems.append(str(err))
     return sorted(entries, key=lambda e: (e.name, e.version))
 
 
-def _entry(name: str, version: int, path: Path) -> SkillEntry:
-    """A version directory's entry, checked to hold *this* skill (not a copy or a link to another)."""
+def _version_dirs(skill_dir: Path, root: Path, problems: list[str] | None = None, keep_outside: bool = False
+                  ) -> list[Path]:
+    """The version directories (``v<N>``, not bare claims) of ``skill_dir``, none looked into unless it lies inside the
+    library ``root``: a link out of it is described in ``problems`` and skipped (``keep_outside``: kept, unopened, for
+    ``_entry`` to refuse by name)."""
+    found = []
+    for path in sorted(skill_dir.iterdir()) if _inside(skill_dir, root, problems) else []:
+        if not (_VERSION_DIR.match(path.name) and path.is_dir()):
+            continue
+        if not _inside(path, root, None if keep_outside else problems):
+            if keep_outside:
+                found.append(path)
+        elif not is_claim_only(path):
+            found.append(path)
+    return found
+
+
+def _inside(path: Path, root: Path, problems: list[str] | None) -> bool:
+    try:
+        inside_library(path, root)
+        return True
+    except CorruptSkillError as err:
+        if problems is not None:
+            problems.append(str(err))
+        return False
+
+
+def _entry(name: str, version: int, path: Path, root: Path) -> SkillEntry:
+    """A version directory's entry, checked to lie inside the library ``root`` (not a link out of it) and to hold
+    *this* skill (not a copy or a link to another)."""
+    inside_library(path, root)
     info = load_manifest(path)
     if info.name != name or info.version != version:
         raise CorruptSkillError(f"{path} holds skill {info.name!r} v{info.version}, not {name!r} v{version}; "
                                 "load it by its path if that is intended")
     return SkillEntry(name, version, path, info)
+
+
+def inside_library(path: str | Path, root: str | Path, what: str = "") -> Path:
+    """``path`` resolved, after checking that it lies inside the library ``root``; ``CorruptSkillError`` otherwise
+    (a link out of the library, or a path a record names outside it)."""
+    try:
+        return within(path, root)
+    except UnsafeFileError as err:
+        raise CorruptSkillError(f"{what}{': ' if what else ''}{err}") from None
 
 
 def is_path(name_or_path: str | Path) -> bool:
@@ -102,15 +138,17 @@ def resolve(name_or_path: str | Path, library: str | Path | None = None, fallbac
     """
     if is_path(name_or_path):
         path = Path(name_or_path).expanduser()
-        if not (path / MANIFEST).is_file():
+        if not os.path.lexists(path / MANIFEST):  # one that is there but not a regular file: load_manifest says why
             raise CorruptSkillError(f"{path}: not a skill directory (no {MANIFEST})")
         return path
     text = str(name_or_path)
     name, _, version = text.partition("@")
     root = _library_root(library)
-    versions = sorted(((int(m.group(1)), p) for p in (root / name).iterdir() if (m := _VERSION_DIR.match(p.name))
-                       and p.is_dir() and not is_claim_only(p)), reverse=True) \
-        if NAME.match(name) and (root / name).is_dir() else []
+    listed = bool(NAME.match(name)) and (root / name).is_dir()
+    if listed:
+        inside_library(root / name, root, f"skill {name!r}")  # a name linked out of the library is not looked into
+    found = _version_dirs(root / name, root, keep_outside=True) if listed else []
+    versions = sorted(((int(p.name[1:]), p) for p in found), reverse=True)
     if not versions:
         available = sorted({e.name for e in list_skills(library)})
         raise UnknownNameError("skill", text, available, where=str(root))
@@ -118,12 +156,12 @@ def resolve(name_or_path: str | Path, library: str | Path | None = None, fallbac
         wanted = [p for n, p in versions if f"v{n}" == version]
         if not wanted:
             raise UnknownNameError(f"version of skill {name!r}", version, [f"v{n}" for n, _ in reversed(versions)])
-        _entry(name, int(version[1:]), wanted[0])
+        _entry(name, int(version[1:]), wanted[0], root)
         return wanted[0]
     skipped = []
     for number, path in versions:
         try:
-            entry = _entry(name, number, path)
+            entry = _entry(name, number, path, root)
         except SkillError as err:
             if fallback:
                 continue
@@ -145,24 +183,38 @@ def claim_version_dir(name: str, library: str | Path | None = None) -> Path:
     return claim_version(_library_root(library) / name)
 
 
+def constituents_library(path: str | Path, manifest: Manifest) -> Path:
+    """The library a saved composition's constituents live in: the library holding the entry. A ``library`` in its
+    ``composed_from`` (written by older versions when the entry was saved elsewhere) is used only when it lies
+    inside that library; a path pointing out of it is refused (``CorruptSkillError``): received files never
+    make the toolkit read outside the library."""
+    own = Path(path).resolve().parent.parent
+    record = manifest.composed_from
+    if record is None or not record.library:
+        return own
+    return inside_library(record.library, own, f"{Path(path) / MANIFEST}: composed_from.library")
+
+
 def stale_constituents(path: str | Path, manifest: Manifest) -> list[str]:
     """Why a saved composition (its manifest's ``composed_from``) no longer matches what its constituents'
     names resolve to today; ``[]`` when it does, or when the skill is not a saved composition.
 
     A composition is made from names (``"reach"`` is the newest complete version); retraining a
     constituent publishes a new version, and the saved ``Q_w`` then no longer composes what the name
-    means. Pinned names (``"reach@v1"``) never go stale.
+    means. Pinned names (``"reach@v1"``) never go stale, nor do constituents named by a path (they are checked
+    as ``name@vN`` in the library: a recorded path is never opened).
     """
     record = manifest.composed_from
     if record is None:
         return []
-    library = Path(record.library) if record.library else Path(path).resolve().parent.parent
+    library = constituents_library(path, manifest)
     problems = []
     for part in record.constituents:
+        spec = f"{part.name}@v{part.version}" if is_path(part.spec) else part.spec
         try:
-            now = resolve(part.spec, library)
+            now = resolve(spec, library)
             digest = load_manifest(now).weights_sha256
-        except SkillError as err:
+        except (SkillError, UnknownNameError) as err:
             problems.append(f"{part.spec!r} cannot be checked in {library}: {err}")
             continue
         if digest != part.weights_sha256:

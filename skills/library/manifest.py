@@ -148,10 +148,13 @@ class Manifest:
         return self.to_json()
 
     def sql_config(self) -> SQLConfig:
-        """The ``skills.sql.SQLConfig`` the skill was trained with: its hyperparameters with alpha and gamma."""
+        """The ``skills.sql.SQLConfig`` the skill was trained with: its hyperparameters with alpha and gamma, every one
+        checked (``SQLConfig``: types, and bounds on each count); ``CorruptSkillError`` naming the field otherwise."""
         try:
             return SQLConfig.from_dict({**self.hyperparameters, "alpha": self.alpha, "gamma": self.gamma})
-        except (KeyError, TypeError, ValueError) as err:
+        except KeyError as err:
+            raise CorruptSkillError(f"{self.name} v{self.version}: hyperparameters lack {err}") from err
+        except (TypeError, ValueError) as err:
             raise CorruptSkillError(f"{self.name} v{self.version}: malformed hyperparameters ({err})") from err
 
     def with_fields(self, **fields: Any) -> "Manifest":
@@ -185,7 +188,7 @@ class Manifest:
         status = check.string(raw, "status")
         if status not in STATUSES:
             raise CorruptSkillError(f"{where}: status must be one of {', '.join(STATUSES)}; got {status!r}")
-        return cls(
+        manifest = cls(
             name=check.name(raw, "name"), version=check.integer(raw, "version", low=1), status=status,
             task=check.string(raw, "task"), task_kwargs=check.mapping(raw, "task_kwargs", default={}),
             task_definition=check.task_definition(raw),
@@ -199,6 +202,11 @@ class Manifest:
             composed_from=check.provenance(raw, "composed_from"), adapted_from=check.provenance(raw, "adapted_from"),
             files=check.files(raw),
             record={k: v for k, v in raw.items() if k not in FIELDS and k not in ("format", "format_version", "files")})
+        try:
+            manifest.sql_config()  # every hyperparameter typed and bounded (SQLConfig), before anything is sized by them
+        except CorruptSkillError as err:
+            raise CorruptSkillError(f"{where}: {err}") from None
+        return manifest
 
 
 class _Checker:

@@ -11,13 +11,14 @@ import numpy as np
 import torch
 
 import envs
+from envs.arms import BUILTIN as BUILTIN_ARMS
 from envs.tasks import definition_changes
 
-from ..policy import ArrayLike, checked, like, value_in_chunks
+from ..policy import MAX_SAMPLES, ArrayLike, check_count, checked, like, value_in_chunks
 from ..sql.learner import SoftQLearning
-from .catalog import check_fresh, resolve
+from .catalog import check_fresh, inside_library, resolve
 from .files import read_skill
-from .manifest import Manifest, SkillError
+from .manifest import MANIFEST, Manifest, SkillError
 
 
 class TaskChangedError(SkillError):
@@ -87,7 +88,7 @@ class Skill:
     def sample(self, obs: ArrayLike, n: int) -> ArrayLike:
         """``n`` actions per state from the sampler: obs [B, obs_dim] -> [B, n, act_dim]."""
         o = checked(obs, self.obs_dim, device=self.device)
-        return like(self.agent.sampler.sample(o.reshape(-1, self.obs_dim), n), obs)
+        return like(self.agent.sampler.sample(o.reshape(-1, self.obs_dim), check_count(n, "n", MAX_SAMPLES)), obs)
 
     def act(self, obs: ArrayLike, deterministic: bool = False,
             generators: Sequence[torch.Generator] | None = None) -> np.ndarray:
@@ -111,8 +112,28 @@ class Skill:
         return like(v, obs)
 
     def make_env(self, **kwargs: Any) -> gym.Env:
-        """The skill's own task (kwargs such as ``arm=``, ``render_mode=`` go to ``envs.make``)."""
-        return envs.make(task_of(self.info).name, **{**self.info.task_kwargs, **kwargs})
+        """The skill's own task (kwargs such as ``arm=``, ``render_mode=`` go to ``envs.make``), with the settings its
+        manifest recorded (``task_kwargs``, ``recorded_env_kwargs``) where ``kwargs`` do not say otherwise."""
+        return envs.make(task_of(self.info).name, **{**recorded_env_kwargs(self.info, self.path, kwargs), **kwargs})
+
+
+def recorded_env_kwargs(info: Manifest, path: Path, given: dict) -> dict:
+    """The ``envs.make`` settings a skill's manifest records (``task_kwargs``), checked, for those ``given`` leaves
+    open. A recorded ``arm`` is a built-in name, or a path inside the skill's library (a path out of it is refused:
+    a received manifest never makes the toolkit read elsewhere; pass ``arm=`` yourself to use that arm)."""
+    recorded = {k: v for k, v in info.task_kwargs.items() if k not in given}
+    arm = recorded.get("arm")
+    if arm is None or (isinstance(arm, str) and arm in BUILTIN_ARMS):
+        return recorded
+    where = f"{path / MANIFEST}: task_kwargs.arm"
+    if not isinstance(arm, str):
+        raise SkillError(f"{where} must be a built-in arm name or an MJCF path, got {type(arm).__name__}")
+    library = path.resolve().parent.parent
+    try:
+        recorded["arm"] = str(inside_library(library / arm, library, where))
+    except SkillError as err:
+        raise SkillError(f"{err}; pass the arm yourself (arm=..., --arm) to run skill {info.name!r} on it") from None
+    return recorded
 
 
 def load(name_or_path: str | Path, library: str | Path | None = None, device: str = "cpu",

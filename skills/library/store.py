@@ -14,18 +14,24 @@
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import os
 import re
 import shutil
 import socket
+import stat
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
+
+from envs.files import UnsafeFileError, kind_of, read_bounded
 
 CLAIM, LOCK, MANIFEST = ".claim", ".lock", "manifest.json"
+MAX_RECORD_BYTES = 16 << 20  # a manifest or claim read while repairing (a claim is ~100 bytes)
 _VERSION = re.compile(r"^v(\d+)$")
 _HIDDEN = re.compile(r"^\.v(\d+)\.(tmp|old)\.(\d+)(?:\.\d+)?@(.+)$")  # .v3.tmp.<pid>@<host>, .v3.old.<pid>.<ns>@<host>
 _LOG = re.compile(r"^\.v(\d+)\.(progress\.csv|curve\.png|convergence\.png)$")
@@ -51,14 +57,33 @@ def owner_alive(host: str, pid: int) -> bool:
 
 @contextmanager
 def name_lock(directory: Path) -> Iterator[None]:
-    """Exclusive lock on ``directory/.lock`` (created, never removed) for claims and swaps."""
+    """Exclusive lock on ``directory/.lock`` (created, never removed) for claims and swaps. The lock file is opened
+    without following a link and must be a regular file (a link out of the library, a FIFO or a device is refused)."""
     directory.mkdir(parents=True, exist_ok=True)
-    with open(directory / LOCK, "a+") as handle:
-        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+    flags = os.O_RDWR | os.O_CREAT | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+    try:
+        fd = os.open(directory / LOCK, flags, 0o644)
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            raise UnsafeFileError(f"{directory / LOCK} is a symbolic link; the lock file must be a regular file") from None
+        raise
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise UnsafeFileError(f"{directory / LOCK} is {kind_of(mode)}; the lock file must be a regular file")
+        fcntl.flock(fd, fcntl.LOCK_EX)
         try:
             yield
         finally:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
+
+
+def read_record(file: Path) -> Any:
+    """A JSON record (a manifest or a claim) read while repairing: a regular file inside its directory, bounded
+    (``envs.files.read_bounded``); raises ``OSError`` or ``ValueError``."""
+    return json.loads(read_bounded(file, MAX_RECORD_BYTES, inside=file.parent))
 
 
 def taken_versions(directory: Path) -> set[int]:
@@ -104,7 +129,7 @@ def staging_directory(path: Path) -> Path:
 
 def _status(path: Path) -> str | None:
     try:
-        return json.loads((path / MANIFEST).read_text()).get("status")
+        return read_record(path / MANIFEST).get("status")
     except (OSError, ValueError, AttributeError):
         return None
 
@@ -176,7 +201,7 @@ def recover(directory: Path) -> list[str]:
     for entry in list(directory.iterdir()):
         if _VERSION.match(entry.name) and is_claim_only(entry):
             try:
-                claim = json.loads((entry / CLAIM).read_text())
+                claim = read_record(entry / CLAIM)
                 dead = not owner_alive(str(claim["host"]), int(claim["pid"]))
             except (OSError, ValueError, KeyError, TypeError):
                 dead = False  # unreadable claim: leave it, someone may be writing it
@@ -198,9 +223,9 @@ def _owner(path: Path) -> tuple[str, int] | None:
     """The (host, pid) training ``path``, from its claim or its checkpoint's manifest."""
     try:
         if is_claim_only(path):
-            record = json.loads((path / CLAIM).read_text())
+            record = read_record(path / CLAIM)
         else:
-            record = json.loads((path / MANIFEST).read_text()).get("owner") or {}
+            record = read_record(path / MANIFEST).get("owner") or {}
         return str(record["host"]), int(record["pid"])
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields
 
@@ -25,6 +26,17 @@ from .equations import (
 from .many_skills import ComposedSoftQNetwork
 
 VALUE_PROPOSALS = ("uniform", "mixture")
+# the counts of SQLConfig and their bounds (inclusive): a saved manifest asking for more is refused at load, before
+# anything is allocated (a manifest's eval_particles of 2e9 would otherwise ask for 16 GB at the first act)
+COUNT_LIMITS = {"batch_size": (1, 16_384), "value_samples": (1, 4096), "proposal_centers": (1, 256),
+                "particles": (1, 1024), "eval_particles": (1, 4096), "target_update_interval": (1, 10**9),
+                "buffer_size": (1, 10**8), "warmup_steps": (0, 10**9), "updates_per_step": (1, 64)}
+MAX_HIDDEN_LAYERS, MAX_HIDDEN_WIDTH = 16, 8192
+# the real-valued settings: (low, high, whether low itself is allowed)
+NUMBER_LIMITS = {"alpha": (0.0, math.inf, False), "gamma": (0.0, 1.0, True), "q_lr": (0.0, 1.0, False),
+                 "sampler_lr": (0.0, 1.0, False), "proposal_uniform_share": (0.0, 1.0, True),
+                 "fixed_fraction": (0.0, 1.0, True), "obs_scale": (0.0, math.inf, False),
+                 "random_episodes": (0.0, 1.0, True)}
 
 
 class TrainingDiverged(FloatingPointError):
@@ -92,8 +104,27 @@ class SQLConfig:
         return cls(**d)
 
     def __post_init__(self) -> None:
-        if self.value_proposal not in VALUE_PROPOSALS:
-            raise ValueError(f"unknown value_proposal {self.value_proposal!r}; valid: {', '.join(VALUE_PROPOSALS)}")
+        """Every field checked: counts are whole numbers within ``COUNT_LIMITS``, hidden widths within
+        ``MAX_HIDDEN_LAYERS`` x ``MAX_HIDDEN_WIDTH``, real settings finite within ``NUMBER_LIMITS`` (alpha > 0): an
+        invalid value is a ``ValueError`` naming the field, so it never reaches a training run or a saved version."""
+        if not isinstance(self.value_proposal, str) or self.value_proposal not in VALUE_PROPOSALS:
+            raise ValueError(f"unknown value_proposal={self.value_proposal!r}; valid: {', '.join(VALUE_PROPOSALS)}")
+        bad = [f"{k}={getattr(self, k)!r} (a whole number in [{lo}, {hi}])" for k, (lo, hi) in COUNT_LIMITS.items()
+               if not (type(getattr(self, k)) is int and lo <= getattr(self, k) <= hi)]
+        for k, (lo, hi, closed) in NUMBER_LIMITS.items():
+            v = getattr(self, k)
+            ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v <= hi
+            if not (ok and (v >= lo if closed else v > lo)):
+                bad.append(f"{k}={v!r} (a finite number {'>=' if closed else '>'} {lo}" + (f", <= {hi})" if hi < math.inf
+                                                                                           else ")"))
+        hidden = self.hidden
+        if not (isinstance(hidden, tuple) and 1 <= len(hidden) <= MAX_HIDDEN_LAYERS
+                and all(type(h) is int and 1 <= h <= MAX_HIDDEN_WIDTH for h in hidden)):
+            bad.append(f"hidden={hidden!r} (1 to {MAX_HIDDEN_LAYERS} widths, each a whole number in [1, {MAX_HIDDEN_WIDTH}])")
+        if not isinstance(self.cache_target_values, bool):
+            bad.append(f"cache_target_values={self.cache_target_values!r} (true or false)")
+        if bad:
+            raise ValueError("invalid SQL hyperparameters: " + "; ".join(bad))
 
 
 class TargetValueCache:

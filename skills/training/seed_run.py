@@ -264,7 +264,8 @@ class SeedRun:
         skill = Skill(self.agent, self.manifest("training", 0, 0.0, {}), transitions, self.path)
         with torch.random.fork_rng(devices=[]):  # leaves the training RNG stream as it was
             torch.manual_seed(self.run.seed + 2)
-            return convergence_report(skill, skill.make_env, self.task.reward_range, transitions, config)
+            make_env = partial(envs.make, self.task.name, **self.env_kwargs)  # this run's env, as it was given
+            return convergence_report(skill, make_env, self.task.reward_range, transitions, config)
 
     def evaluate(self, episodes: int, deterministic: bool | None = None) -> dict:
         """The agent on ``episodes`` seeded evaluation episodes, in lockstep, each from its own random stream (the
