@@ -34,6 +34,8 @@ from typing import Any
 
 import numpy as np
 
+from .cli import write_json
+
 MODES = {"stochastic": "return_mean", "deterministic": "det_return_mean"}
 STD = {"stochastic": "return_std", "deterministic": "det_return_std"}
 THRESHOLD = 0.95
@@ -231,8 +233,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = {k: getattr(args, k) for k in ("spec", "seeds", "joint_steps", "adapt_steps", "eval_interval",
                                               "eval_episodes")}
     if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps({"settings": settings, "summary": summary, "runs": runs}, indent=1))
+        write_json(args.json, {"settings": settings, "summary": summary, "runs": runs}, indent=1)
     if args.plot:
         plot(runs, summary, Path(args.plot), args.spec)
     return 0

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import json
+from pathlib import Path
+from typing import Any
 
 import torch
 
+from skills.library import atomic_write_text
 from skills.sql.learner import torch_device
 
 
@@ -19,3 +23,9 @@ def parse(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.N
             parser.error(str(err))
     torch.set_num_threads(args.threads)
     return args
+
+
+def write_json(path: str | Path, data: Any, indent: int = 2) -> None:
+    """Write a benchmark's result as JSON (atomically; the folder made if needed) and say where."""
+    atomic_write_text(Path(path), json.dumps(data, indent=indent) + "\n")
+    print(f"wrote {path}")

@@ -6,8 +6,9 @@ Both compositions (``average``: ``Q_w``; ``dc``: ``Q_w - C_w``, Hunt et al. 2019
 (seeds ``--seed`` onward, disjoint from the 10000-range the reports use), stochastic. Reported: success and return
 of each, the paired differences (dc - average) with 95% bootstrap CIs over episodes, the reward terms, collisions,
 and the same split by whether the obstacle sits on the straight path (the arm family's ``on_path`` episodes, half of
-them). Also DC's correction ``C_w`` along its own episodes, near the obstacle and away from it: where DC changes the
-energy is where the two policies can differ.
+them). Also DC's correction ``C_w`` along its own episodes, near the obstacle and away from it, how each policy
+ends near the target (final distance, the spread and direction of its actions there), and the action-slopes of
+``Q_w`` and ``C_w`` by distance to the target: where DC tilts the energy is where the two policies differ.
 """
 
 from __future__ import annotations
@@ -15,10 +16,11 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 
 import numpy as np
 import torch
+
+from .cli import write_json
 
 SPEC = "reach+avoid"
 
@@ -84,6 +86,28 @@ def near_target(composition, done: list, radius: float = 0.05, samples: int = 64
     return out
 
 
+def slopes(composition, built, done: list, bands=((0.0, 0.05), (0.05, 0.15), (0.15, 10.0))) -> list[dict]:
+    """Where DC's correction tilts the energy: at DC's own states, by distance to the target, the action-gradient of
+    ``Q_w`` and of ``C_w`` at one sampled action (norms, their median ratio, and the cosine between ``dQ_w/da`` and
+    ``-dC_w/da``: near 0 means the correction's slope is unrelated to the task's)."""
+    obs = np.concatenate([np.asarray(e.obs, np.float32) for e in done])
+    dist = np.linalg.norm(obs[:, 6:9], axis=-1)
+    out = []
+    for lo, hi in bands:
+        o = torch.as_tensor(obs[(dist >= lo) & (dist < hi)][:1500])
+        if not len(o):
+            continue
+        a = torch.as_tensor(np.asarray(composition.sample(o.numpy(), 1))[:, 0]).requires_grad_(True)
+        (g_q,) = torch.autograd.grad(composition.q_w(o, a).sum(), a)
+        b = a.detach().clone().requires_grad_(True)
+        (g_c,) = torch.autograd.grad((composition.q_w(o, b) - built.q(o, b)).sum(), b)
+        out.append({"distance": [lo, hi], "states": int(len(o)), "dQ_w_da": float(g_q.norm(dim=1).mean()),
+                    "dC_w_da": float(g_c.norm(dim=1).mean()),
+                    "ratio_median": float((g_c.norm(dim=1) / g_q.norm(dim=1).clamp_min(1e-9)).median()),
+                    "cosine": float(torch.nn.functional.cosine_similarity(g_q, -g_c).mean())})
+    return out
+
+
 def summary(done: list, mask: np.ndarray | None = None) -> dict:
     chosen = [e for i, e in enumerate(done) if mask is None or mask[i]]
     return {"episodes": len(chosen), "success": float(np.mean([e.success for e in chosen])),
@@ -118,11 +142,11 @@ def main(argv: list[str] | None = None) -> int:
         out[f"{key}_dc_minus_average"] = {"mean": float(diff.mean()), "ci95": paired_ci(diff)}
     out["on_path_share"] = float(on_path.mean())
     out["near_target"] = {op: near_target(comps[op], done) for op, done in runs.items()}
+    out["slopes"] = slopes(comps["dc"], builds["dc"], runs["dc"])
     out["correction"] = correction_along(comps["dc"], builds["dc"], runs["dc"])
     print(json.dumps(out, indent=2))
     if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(out, indent=2) + "\n")
+        write_json(args.json, out)
     return 0
 
 

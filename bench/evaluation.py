@@ -34,6 +34,7 @@ from skills.evaluation import EVAL_SEED
 from skills.evaluation.lockstep import EnvPool, lockstep_episodes, lockstep_width
 
 from . import cli
+from .cli import write_json
 
 SPEC = "reach+avoid"
 PHASES = {"build (cache)": (orchestrate, "build"), "evaluation rows": (orchestrate, "evaluate_all"),
@@ -177,9 +178,7 @@ def main(argv: list[str] | None = None) -> dict:
         result["twins"] = twins(episodes)
     print(json.dumps({k: v for k, v in result.items()}, indent=1))
     if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(result, indent=2))
-        print(f"wrote {args.json}")
+        write_json(args.json, result)
     return result
 
 

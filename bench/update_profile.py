@@ -19,12 +19,10 @@ from __future__ import annotations
 import argparse
 import contextlib
 import functools
-import json
 import statistics
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import replace
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -219,9 +217,7 @@ def main(argv: list[str] | None = None) -> dict:
     for name, t in result["sections_ms"].items():
         print(f"  {name:48s} {t:7.3f} ms")
     if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(result, indent=2))
-        print(f"wrote {args.json}")
+        cli.write_json(args.json, result)
     return result
 
 

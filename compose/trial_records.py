@@ -23,6 +23,7 @@ MAX_RECORD_BYTES = 64 << 20  # a record is a few KB (a learning curve, a few row
 MAX_MAGNITUDE = 1e9  # returns, soft returns, bound figures, wall times: anything larger is not a measurement
 METRICS = ("success_rate", "return_mean", "soft_return_mean")
 MODES = ("stochastic", "deterministic")
+MAX_EPISODES = 100_000  # per-episode outcomes in one record
 
 
 class BadRecord(ValueError):
@@ -142,5 +143,45 @@ def check_eval_record(record: Any) -> None:
                 raise BadRecord(f"{mode}.{policy}.final_measures must be a JSON object")
             for name, value in measures.items():
                 _number(value, f"{mode}.{policy}.final_measures.{name}")
-    for name, value in _mapping(record, "bound", "").items():
-        _number(value, f"bound.{name}")
+            check_per_episode(row.get("per_episode", {}), f"{mode}.{policy}.per_episode")
+    check_bound(_mapping(record, "bound", ""))
+
+
+def check_per_episode(per_episode: Any, where: str) -> None:
+    """Per-episode outcomes: equal-length lists (at most ``MAX_EPISODES``) of whole seeds, booleans and numbers."""
+    if not isinstance(per_episode, dict):
+        raise BadRecord(f"{where} must be a JSON object")
+    lengths = set()
+    for key, values in per_episode.items():
+        if not isinstance(values, list) or len(values) > MAX_EPISODES:
+            raise BadRecord(f"{where}.{key} must be a list of at most {MAX_EPISODES} values")
+        lengths.add(len(values))
+        for value in values:
+            if key == "success" and not isinstance(value, bool):
+                raise BadRecord(f"{where}.success must hold true or false, got {value!r}"[:200])
+            if key == "seeds" and type(value) is not int:
+                raise BadRecord(f"{where}.seeds must hold whole numbers, got {value!r}"[:200])
+            if key not in ("success", "seeds"):
+                _number(value, f"{where}.{key}[]")
+    if len(lengths) > 1:
+        raise BadRecord(f"{where}: lists of different lengths {sorted(lengths)}")
+
+
+def check_bound(bound: dict) -> None:
+    """The bound figures (numbers or null), the controls (a list of objects with a boolean ``failed``), the verdict
+    (an object or null) and each actor's soft return (numbers or null)."""
+    for name, value in bound.items():
+        if name == "controls":
+            if value is not None and not (isinstance(value, list) and len(value) <= 64 and all(
+                    isinstance(c, dict) and isinstance(c.get("failed"), bool) for c in value)):
+                raise BadRecord("bound.controls must be a list of objects, each with a boolean 'failed'")
+        elif name == "verdict":
+            if value is not None and not isinstance(value, dict):
+                raise BadRecord("bound.verdict must be a JSON object or null")
+        elif name == "actors":
+            if not isinstance(value, dict) or len(value) > 64:
+                raise BadRecord("bound.actors must be a JSON object")
+            for actor, soft in value.items():
+                _number(soft, f"bound.actors.{actor}")
+        else:
+            _number(value, f"bound.{name}")

@@ -1,4 +1,7 @@
-"""The ``device`` fixture: a test that takes it runs on the CPU and, where torch sees one, on CUDA."""
+"""Shared fixtures: ``device`` (a test that takes it runs on the CPU and, where torch sees one, on CUDA) and ``tiny``
+(a complete tiny multigoal skill, obs 2 and actions 2, to copy from)."""
+
+from pathlib import Path
 
 import pytest
 import torch
@@ -10,3 +13,10 @@ CUDA = pytest.param("cuda", marks=[pytest.mark.cuda, pytest.mark.skipif(
 @pytest.fixture(params=["cpu", CUDA])
 def device(request) -> str:
     return request.param
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> Path:
+    from test_skills import train_tiny
+
+    return train_tiny(tmp_path_factory.mktemp("tiny"))

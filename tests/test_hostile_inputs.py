@@ -26,8 +26,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from library_helpers import copy_version, edit_manifest
 from safetensors import SafetensorError
-from test_skills import train_tiny
 
 import envs
 import skills
@@ -58,25 +58,6 @@ def finishes(fn, seconds: float = 30.0, fifos: tuple[Path, ...] = ()):
             os.close(os.open(fifo, os.O_RDWR | os.O_NONBLOCK))
         pytest.fail(f"still running after {seconds} s: it hangs")
     return outcome.get("error", outcome.get("value"))
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory) -> Path:
-    """A complete tiny multigoal skill (obs 2, actions 2), to copy from."""
-    return train_tiny(tmp_path_factory.mktemp("tiny"))
-
-
-def copy_version(src: Path, library: Path, name: str = "multigoal", version: int = 1) -> Path:
-    dst = library / name / f"v{version}"
-    shutil.copytree(src, dst)
-    manifest = json.loads((dst / "manifest.json").read_text())
-    (dst / "manifest.json").write_text(json.dumps(manifest | {"name": name, "version": version}))
-    return dst
-
-
-def edit_manifest(path: Path, **fields) -> None:
-    manifest = json.loads((path / "manifest.json").read_text())
-    (path / "manifest.json").write_text(json.dumps(manifest | fields))
 
 
 def rechecksum(path: Path) -> None:

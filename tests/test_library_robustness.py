@@ -17,8 +17,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from library_helpers import copy_version, edit_manifest
 from safetensors.torch import load_file, save_file
-from test_skills import TINY_RUN, TINY_SQL, train_tiny
+from test_skills import TINY_RUN, TINY_SQL
 
 import envs
 import skills
@@ -33,25 +34,6 @@ TRAIN = [sys.executable, "-m", "skills.train", "multigoal", "--steps", "300", "-
 def hermetic_env() -> dict:
     env = {k: v for k, v in os.environ.items() if k != "COMPOSABLE_SKILLS_LIBRARY"}
     return env | {"PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory) -> Path:
-    """A complete tiny multigoal skill, to copy from."""
-    return train_tiny(tmp_path_factory.mktemp("tiny"))
-
-
-def copy_version(src: Path, library: Path, name: str = "multigoal", version: int = 1) -> Path:
-    dst = library / name / f"v{version}"
-    shutil.copytree(src, dst)
-    manifest = json.loads((dst / "manifest.json").read_text())
-    (dst / "manifest.json").write_text(json.dumps(manifest | {"name": name, "version": version}))
-    return dst
-
-
-def edit_manifest(path: Path, **fields) -> None:
-    manifest = json.loads((path / "manifest.json").read_text())
-    (path / "manifest.json").write_text(json.dumps(manifest | fields))
 
 
 def dead_pid() -> int:

@@ -267,7 +267,8 @@ class MultiSeedTrainer:
             where = f"the last good checkpoint is {kept[0]}" if kept[0] else "no checkpoint had been written yet"
             return TrainingDiverged(f"{err}. Training stopped; {where}.")
         listed = "; ".join(f"seed {t.run.seed}: {k}" for t, k in zip(self.trainers, kept, strict=False) if k)
-        return TrainingDiverged(f"{err}. All seeds stopped; last good checkpoints: "
+        which = ", ".join(str(self.trainers[i].run.seed) for i in members)
+        return TrainingDiverged(f"seed {which}: {err}. All seeds stopped; last good checkpoints: "
                                 f"{listed or 'no checkpoint had been written yet'}. Seeds that did not diverge can be "
                                 "resumed with --resume.")
 
