@@ -2,12 +2,12 @@
 
 For every seed: train each constituent and the joint skill (reusing any complete skill of that task,
 seed, budget and settings already in the study library or the default one), compose them, and run
-``compose.run`` on the same seeded episodes, stochastic (the max-ent policies, with the Monte Carlo
-bound check) and deterministic. Then aggregate across seeds: the interquartile mean (IQM) and a 95%
-bootstrap confidence interval over seeds (Agarwal et al. 2021; each spec is resampled on its own, i.e.
-stratified by spec) of success, return, soft return, the composed/joint success ratio and the bound
-figures, learning curves with CI bands, and a per-seed table. Writes ``study.json``, ``study.md`` and
-plots under ``--out``.
+``compose.run``, stochastic (the max-ent policies, with the Monte Carlo
+bound check) and deterministic, each seed on its own episodes. Then aggregate across seeds: the
+interquartile mean (IQM; Agarwal et al. 2021) with a 95% hierarchical bootstrap interval over (seed,
+episode) (``compose.stats``; each spec on its own) of success, return, soft return and the composed/joint
+success ratio, the bound figures, learning curves with CI bands, and a per-seed table. Writes ``study.json``,
+``study.md`` and plots under ``--out``.
 
 Trials are plain functions. By default they run in a local process pool sized to the cores (one torch
 thread each); ``--ray`` starts a local Ray and runs them as Ray tasks, ``--ray ADDRESS`` joins a cluster
