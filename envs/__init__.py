@@ -33,15 +33,21 @@ from .registry import (  # noqa: E402
 )
 from .tasks import TaskModuleError, definition, load_tasks, task  # noqa: E402
 
-# family module -> the gymnasium.Env class that runs its tasks
-BUILT_IN_FAMILIES = {"arm": "ArmTaskEnv", "multigoal": "MultiGoalEnv", "plane": "PlaneEnv", "pusher": "PusherEnv",
-                     "twogoal": "TwoGoalEnv"}
+# family module -> the gymnasium.Env class that runs its tasks (a module with several families, such as
+# manipulation's fetch-place and fetch-puck: family name -> class)
+BUILT_IN_FAMILIES: dict[str, str | dict[str, str]] = {
+    "arm": "ArmTaskEnv", "multigoal": "MultiGoalEnv", "plane": "PlaneEnv", "pusher": "PusherEnv",
+    "twogoal": "TwoGoalEnv", "manipulation": {"fetch-place": "FetchPlaceEnv", "fetch-puck": "FetchPuckEnv"},
+}
 
 
 def _register_built_ins() -> None:
-    for module_name, class_name in BUILT_IN_FAMILIES.items():
+    for module_name, classes in BUILT_IN_FAMILIES.items():
         module = importlib.import_module(f".{module_name}", __name__)
-        register_family(module.FAMILY, getattr(module, class_name))
+        families = {t.family.name: t.family for t in module.TASKS}
+        for family_name, class_name in (classes.items() if isinstance(classes, dict)
+                                        else [(module.FAMILY.name, classes)]):
+            register_family(families[family_name], getattr(module, class_name))
         family_tasks = {t.name: t for t in module.TASKS}
         for name, parts in getattr(module, "COMBINED", []):
             family_tasks[name] = mean_task(name, [family_tasks[p] for p in parts])
