@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from compose.soft_returns import BoltzmannPolicy, knn_entropy, reflect, squashed_entropy, uniform_actor
+from compose.soft_returns import BoltzmannPolicy, reflect, uniform_actor
+from skills.evaluation.entropy import knn_entropy, squashed_entropy
 from skills.policy import UniformPolicy
 
 
