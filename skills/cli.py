@@ -46,25 +46,37 @@ def weight_list(text: str) -> list[float]:
 
 
 def seed_list(text: str) -> list[int]:
-    """Seeds: ``5`` (seeds 0-4), a list ``0,1,2`` or a range ``3-7``; each at most once, none negative, at most
-    ``MAX_SEEDS`` (counted before the list is built: ``0-99999999`` is refused at once)."""
+    """Seeds: ``5`` (seeds 0-4), or a comma-separated list of seeds and ranges: ``0,1,2``, ``3-7``, ``0,1,3-9``; each
+    at most once, none negative, at most ``MAX_SEEDS`` (counted before the list is built: ``0-99999999`` is refused at
+    once)."""
     try:
-        if "," in text:
-            seeds = [int(s) for s in text.split(",")]
-        elif "-" in text.strip("-"):
-            lo, hi = (int(s) for s in text.split("-"))
-            if hi - lo + 1 > MAX_SEEDS:
-                raise argparse.ArgumentTypeError(f"{hi - lo + 1} seeds; one process trains at most {MAX_SEEDS} side by "
+        if "," not in text and "-" not in text.strip("-"):
+            count = int(text)
+            if count > MAX_SEEDS:
+                raise argparse.ArgumentTypeError(f"{count} seeds; one process trains at most {MAX_SEEDS} side by "
                                                  f"side (from {text!r})")
-            seeds = list(range(lo, hi + 1))
+            seeds = list(range(count))
         else:
-            if int(text) > MAX_SEEDS:
-                raise argparse.ArgumentTypeError(f"{int(text)} seeds; one process trains at most {MAX_SEEDS} side by "
+            bounds = [_seed_item(item) for item in text.split(",")]
+            total = sum(hi - lo + 1 for lo, hi in bounds)
+            if total > MAX_SEEDS:
+                raise argparse.ArgumentTypeError(f"{total} seeds; one process trains at most {MAX_SEEDS} side by "
                                                  f"side (from {text!r})")
-            seeds = list(range(int(text)))
+            seeds = [seed for lo, hi in bounds for seed in range(lo, hi + 1)]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected N, a list 0,1,2 or a range 3-7, got {text!r}") from None
+        raise argparse.ArgumentTypeError(f"expected N, or seeds and ranges such as 0,1,2 or 3-7 or 0,1,3-9, got {text!r}") \
+            from None
     try:
         return check_seeds(seeds)
     except ValueError as err:
         raise argparse.ArgumentTypeError(f"{err} (from {text!r})") from None
+
+
+def _seed_item(item: str) -> tuple[int, int]:
+    """One item of a seed list: ``7`` -> (7, 7), ``3-7`` -> (3, 7); a reversed range is refused."""
+    if "-" in item.strip("-"):
+        lo, hi = (int(s) for s in item.split("-"))
+        if hi < lo:
+            raise ValueError(f"range {item!r} runs backwards")
+        return lo, hi
+    return int(item), int(item)

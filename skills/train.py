@@ -35,7 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     seeds = parser.add_mutually_exclusive_group()
     seeds.add_argument("--seed", type=non_negative_int, default=0, help="random seed (default: 0)")
     seeds.add_argument("--seeds", type=seed_list, help="train several seeds in one process, each saved as its own "
-                       "version: N (seeds 0..N-1), a list 0,1,2 or a range 3-7")
+                       "version: N (seeds 0..N-1), or seeds and ranges: 0,1,2 or 3-7 or 0,1,3-9")
     parser.add_argument("--alpha", type=positive_float, help="temperature (default: tuned per task family; "
                         "skills you want to compose must share it)")
     parser.add_argument("--out", help="library directory to write into (default: trained/ or "

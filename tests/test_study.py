@@ -1,5 +1,6 @@
 """compose.study: statistics with known answers, a smoke study (local pool and Ray), resuming."""
 
+import argparse
 import json
 from pathlib import Path
 
@@ -30,6 +31,12 @@ def test_iqm_is_the_mean_of_the_middle_half_and_the_ci_covers_it():
 
 def test_seed_lists_and_bad_specs():
     assert seed_list("3") == [0, 1, 2] and seed_list("0,4") == [0, 4] and seed_list("2-4") == [2, 3, 4]
+    assert seed_list("0,1,3-5") == [0, 1, 3, 4, 5] and seed_list("7,2-3") == [7, 2, 3]
+    for bad in ("5-3", "0,2-x", "1,,2", "0,1-3,2"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            seed_list(bad)
+    with pytest.raises(argparse.ArgumentTypeError, match="seeds; one process trains at most"):
+        seed_list("0,1-99999999")
     assert study_module.main(["reach+nothing", "--seeds", "1"]) == 2
 
 
