@@ -28,7 +28,7 @@ import torch
 
 from skills.evaluation.diagnostics import Rollouts, Start, mean_and_se, run_rollouts
 from skills.evaluation.entropy import policy_entropy
-from skills.evaluation.lockstep import EnvPool, stream
+from skills.evaluation.lockstep import EnvPool
 from skills.policy import Actor, UniformPolicy
 from skills.sql.equations import row_noise, row_uniform
 
@@ -141,8 +141,3 @@ def intervals(g: np.ndarray, t_critical: Callable[[int], float]) -> list[dict]:
         half = t_critical(len(row) - 1) * se
         out.append({"mean": mean, "se": se, "ci": [mean - half, mean + half]})
     return out
-
-
-def stream_key(*parts: int) -> int:
-    """A rollout key from several integers (``skills.evaluation.lockstep.stream`` mixes them again per rollout)."""
-    return int(torch.randint(0, 2**31 - 1, (1,), generator=stream(*parts)).item())

@@ -79,8 +79,8 @@ class Settings:
 
 
 def train_settings(task: str, seed: int, settings: Settings):
-
-
+    """The SQL and run settings a study trains ``task`` with for ``seed``: the task's tuned defaults, or with
+    ``settings.steps`` a short smoke budget (few evaluations, no convergence report)."""
     family = envs.get_task(task).family.name
     sql = sql_config(task, family)
     overrides = {"seed": seed, "progress": False, "overlap_env_step": False, "threads": 1}

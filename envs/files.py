@@ -79,9 +79,3 @@ def read_bounded(path: str | os.PathLike, limit: int, inside: str | os.PathLike 
     if len(data) > limit:
         raise UnsafeFileError(f"{what} {path} grew past {limit} bytes while it was read")
     return data
-
-
-def regular_size(path: str | os.PathLike, inside: str | os.PathLike | None = None, what: str = "file") -> int:
-    """The size of a regular file (checked as ``open_regular`` does, without reading it)."""
-    with open_regular(path, inside, None, what) as f:
-        return os.fstat(f.fileno()).st_size

@@ -54,7 +54,7 @@ def evaluate_skill(skill_name: str | Skill, task: str | None = None, episodes: i
                    deterministic: bool = False, render: str | Path | None = None, library: str | None = None,
                    env_kwargs: dict | None = None) -> dict:
     """Metrics of ``skill_name`` (a name, path, or a loaded ``Skill``) on ``task`` (default: its own), its episodes in
-    lockstep (``skills.evaluation.evaluate``); optionally an mp4 of the first episode at ``render``. ``env_kwargs``
+    lockstep (``skills.evaluation.episodes.evaluate``); optionally an mp4 of the first episode at ``render``. ``env_kwargs``
     go to ``envs.make`` (a custom arm: ``arm``, ``ee_site``, ``workspace_origin``)."""
     if skill_name == RANDOM:
         return evaluate_random(task, episodes, seed, render)
@@ -191,7 +191,7 @@ def metrics_lines(m: dict) -> list[str]:
              f"  return (mean)    {m['return_mean']:.3f} ± {m['return_std']:.3f}"]
     if m.get("soft_return_mean") is not None:
         lines.append(f"  soft return      {m['soft_return_mean']:.3f} ± {m['soft_return_std']:.3f}  (discounted, "
-                     "entropy term V - Q)")
+                     "each step credited with the policy's own entropy)")
     lines += [f"    {k:14s} {v:.3f}" for k, v in m["term_returns"].items()]
     lines += [f"  collision rate   {m['collision_rate']:.3f}", f"  episode length   {m['episode_length']:.1f}"]
     return lines + ([f"video: {m['video']}"] if "video" in m else [])

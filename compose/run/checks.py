@@ -1,4 +1,4 @@
-"""The composition bound on a run's episodes: the Monte Carlo check (``compose.bound.mc_bound``) and the learned
+"""The composition bound on a run's episodes: the Monte Carlo check (``compose.mc_check.mc_bound``) and the learned
 functions compared point by point (a diagnostic), for a bounded operator (``average``)."""
 
 from __future__ import annotations

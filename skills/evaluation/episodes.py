@@ -71,7 +71,8 @@ def evaluate(policy: Actor | SoftPolicy, make_env: Callable[[], gym.Env] | EnvPo
     """``policy`` on ``episodes`` episodes seeded ``seed, seed+1, ...``, ``width`` stepped in lockstep (1: one at a
     time, the same episodes), each acting from its own stream. Returns ``summarise``'s metrics and, when the policy
     samples (not ``deterministic``) and ``soft``, ``soft_return_mean``/``soft_return_std``: the discounted soft return
-    ``sum_t gamma^t (r_t + alpha H_t)`` with ``alpha H_t = V(s_t) - Q(s_t, a_t)`` (Boltzmann policy of its Q)."""
+    ``sum_t gamma^t (r_t + alpha H_t)`` with ``H_t`` the acting policy's own entropy (``episode_soft_returns``; the
+    ``V - Q`` credit beside it as ``soft_return_vq_mean``)."""
     pool = make_env if isinstance(make_env, EnvPool) else EnvPool(make_env)
     try:
         done = lockstep_episodes(pool, policy, [seed + i for i in range(episodes)], deterministic, width=width,
