@@ -278,15 +278,15 @@ def start_states(seeds: list[int]) -> np.ndarray:
 
 
 def value_returns(actor: ActingPolicy, seeds: list[int], per_start: int, steps: int, gamma: float,
-                  key: int, credit_entropy: bool = True) -> np.ndarray:
+                  key: int) -> tuple[np.ndarray, np.ndarray]:
     """Monte Carlo soft values ``sum_t gamma^t (r_t + alpha H_t)`` from each start (the first action the actor's own,
-    so credited too): [K, per_start]. ``credit_entropy=False``: plain returns (a control)."""
+    so credited too), and the plain returns of the same rollouts (without the entropy credit: a control); each
+    [K, per_start]."""
     g, rollouts = actor_returns(actor, lambda: envs.make(JOINT), [Start(s) for s in seeds], per_start, steps, gamma,
                                 key=key)
-    if not credit_entropy:
-        return np.sum(gamma ** np.arange(steps) * rollouts.alive * rollouts.reward, axis=1).reshape(g.shape)
+    plain = np.sum(gamma ** np.arange(steps) * rollouts.alive * rollouts.reward, axis=1).reshape(g.shape)
     first = actor.credit(rollouts.obs[:, 0], rollouts.action[:, 0]) * rollouts.alive[:, 0]
-    return g + first.reshape(g.shape)
+    return g + first.reshape(g.shape), plain
 
 
 def coverage(g: np.ndarray, truth: np.ndarray) -> dict:
@@ -308,8 +308,7 @@ def machinery_check(solution: Solution, seeds: list[int], per_start: int = 16) -
     entropy credit."""
     actor = uniform_actor(2, solution.alpha)
     truth = solution.value("uniform", start_states(seeds))
-    with_credit = value_returns(actor, seeds, per_start, STEPS, solution.gamma, key=7)
-    without = value_returns(actor, seeds, per_start, STEPS, solution.gamma, key=7, credit_entropy=False)
+    with_credit, without = value_returns(actor, seeds, per_start, STEPS, solution.gamma, key=7)
     real, control = coverage(with_credit, truth), coverage(without, truth)
     return {"random": real, "control_no_entropy": control,
             "passes": abs(real["z"]) < 3.0, "control_fails": abs(control["z"]) >= 3.0}
@@ -358,7 +357,7 @@ def policy_values(actors: dict[str, ActingPolicy], solution: Solution, seeds: li
     out: dict[str, dict] = {"exact pi_w": {"suboptimality": float(np.mean(optimum - solution.value("pi_w", starts)))},
                             "random": {"suboptimality": float(np.mean(optimum - solution.value("uniform", starts)))}}
     for key, (label, actor) in enumerate(actors.items()):
-        g = value_returns(actor, seeds, per_start, STEPS, solution.gamma, key=100 + key)
+        g, _ = value_returns(actor, seeds, per_start, STEPS, solution.gamma, key=100 + key)
         per_start_gap = optimum - g.mean(axis=1)
         out[label] = {"suboptimality": float(per_start_gap.mean()),
                       "se": float(per_start_gap.std(ddof=1) / math.sqrt(len(seeds))), "entropy": actor.entropy}
