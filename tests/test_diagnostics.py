@@ -4,6 +4,7 @@ analytic value bounds that catch blow-up."""
 
 import math
 from dataclasses import replace
+from pathlib import Path
 
 import gymnasium as gym
 import numpy as np
@@ -19,6 +20,8 @@ from skills.evaluation.diagnostics import (
     soft_value_bounds,
     value_bound_violation,
 )
+from skills.evaluation.lockstep import EnvPool
+from skills.library.manifest import Manifest, Space
 from skills.library.skill import Skill
 from skills.sql.learner import SoftQLearning, SQLConfig, TrainingDiverged
 
@@ -78,9 +81,10 @@ def train_bandit(target_update_interval: int, updates: int = 800, seed: int = 0)
     for _ in range(updates):
         idx = rng.integers(0, m, 64)
         agent.update({k: torch.as_tensor(v[idx]) for k, v in data.items()})
-    manifest = {"name": "bandit", "task": "bandit", "alpha": ALPHA, "gamma": GAMMA,
-                "observation_space": {"shape": [1]}, "action_space": {"shape": [1]}}
-    return Skill(agent, manifest, data, path=None)
+    manifest = Manifest(name="bandit", version=1, status="complete", task="bandit", family="bandit",
+                        observation_space=Space((1,), "float32"), action_space=Space((1,), "float32", (-1.0,), (1.0,)),
+                        alpha=ALPHA, gamma=GAMMA, hyperparameters={})
+    return Skill(agent, manifest, data, path=Path("bandit"))
 
 
 REWARD_RANGE = (-CURVATURE * 1.5**2, 0.0)
@@ -118,8 +122,12 @@ def test_a_truncated_q_is_detected(converged):
 
 def test_rollouts_replay_their_start_exactly():
     """A Start's prefix is replayed, and a given first action is taken by every rollout."""
-    envs_ = [RepeatedBandit() for _ in range(3)]
-    rollouts = run_rollouts(envs_, lambda o: np.zeros((len(o), 1)), Start(0, (np.array([0.2]),), np.array([0.5])), 4)
+    class Zero:
+        def act(self, obs, deterministic=False, generators=None):
+            return np.zeros((len(obs), 1))
+
+    start = Start(0, (np.array([0.2]),), np.array([0.5]))
+    rollouts = run_rollouts(EnvPool(RepeatedBandit), Zero(), [start], per_start=3, steps=4)
     assert np.all(rollouts.action[:, 0, 0] == 0.5) and np.all(rollouts.action[:, 1:, 0] == 0.0)
     assert rollouts.reward[0, 0] == pytest.approx(0.0) and rollouts.reward[0, 1] == pytest.approx(-1.0)
 
