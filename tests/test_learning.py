@@ -47,11 +47,13 @@ def test_multigoal_samples_reach_all_four_goals(tmp_path):
 
 
 def test_reach_clearly_learns_within_a_short_budget(tmp_path, device):
+    """5k steps of reach: success >= 0.6 over 100 sampled episodes (20 were too few for a bar this close: seed 0
+    read 0.50 on 20 and 0.69 on 100 episodes after the trainer's evaluations got their own streams)."""
     env = envs.make("reach")
     rng = np.random.default_rng(0)
-    random_policy = run_episodes(env, lambda o: rng.uniform(-1, 1, 3), 20, seed=10_000)
+    random_policy = run_episodes(env, lambda o: rng.uniform(-1, 1, 3), 100, seed=10_000)
     skill = train("reach", 5000, tmp_path, device=device)
-    learned = run_episodes(env, lambda o: skill.act(o), 20, seed=10_000)
+    learned = run_episodes(env, lambda o: skill.act(o), 100, seed=10_000)
     assert random_policy["success_rate"] <= 0.1
     assert learned["success_rate"] >= 0.6, learned
     assert learned["return_mean"] > random_policy["return_mean"] + 10, (learned, random_policy)
