@@ -1,6 +1,8 @@
-"""Shared fixtures: ``device`` (a test that takes it runs on the CPU and, where torch sees one, on CUDA) and ``tiny``
-(a complete tiny multigoal skill, obs 2 and actions 2, to copy from)."""
+"""Shared fixtures: ``device`` (a test that takes it runs on the CPU and, where torch sees one, on CUDA), ``tiny``
+(a complete tiny multigoal skill, obs 2 and actions 2, to copy from) and ``two_goal_library`` (a copy of the shipped
+``west``, ``east`` and ``west+east`` skills)."""
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -20,3 +22,14 @@ def tiny(tmp_path_factory) -> Path:
     from test_skills import train_tiny
 
     return train_tiny(tmp_path_factory.mktemp("tiny"))
+
+
+SHIPPED = Path(__file__).resolve().parent.parent / "trained"
+
+
+@pytest.fixture
+def two_goal_library(tmp_path) -> Path:
+    root = tmp_path / "lib"
+    for name in ("west", "east", "west+east"):
+        shutil.copytree(SHIPPED / name, root / name)
+    return root

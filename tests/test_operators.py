@@ -13,7 +13,6 @@
 from __future__ import annotations
 
 import math
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -291,21 +290,12 @@ def test_the_registry_names_every_operator_and_no_string_dispatch_is_left():
 
 
 # ---- the operators as policies, on the shipped two-goal skills ------------------------------------------------
-SHIPPED = Path(__file__).resolve().parent.parent / "trained"
 TINY_SAMPLER = SamplerConfig(updates=30)
 TINY_FIT = dict(tolerance=0.6, batch_size=64, value_samples=16, hidden=(32, 32))
 TINY_OPERATORS = {"average": compose.operators.Average(), "dc": DivergenceCorrection(**TINY_FIT),
                   "gpi": GPI(**TINY_FIT, next_actions=4), "or": compose.operators.SoftOr()}
 TINY_BUILD = compose_run.BuildConfig(sampler=SamplerConfig(updates=30), bound=BoundConfig(updates=10), progress=False)
 TINY_BOUND = BoundConfig(updates=10)
-
-
-@pytest.fixture
-def two_goal_library(tmp_path) -> Path:
-    root = tmp_path / "lib"
-    for name in ("west", "east", "west+east"):
-        shutil.copytree(SHIPPED / name, root / name)
-    return root
 
 
 @pytest.mark.parametrize("name", ["average", "dc", "gpi", "or"])

@@ -1,8 +1,6 @@
 """compose.run.selection: a setting chosen on validation episodes by a written rule, reported on other episodes."""
 
 import json
-import shutil
-from pathlib import Path
 
 import pytest
 
@@ -10,8 +8,6 @@ from compose import run as compose_run
 from compose.bound import BoundConfig
 from compose.run.selection import Candidates, SelectionRule, check_disjoint, selection_lines
 from compose.sampling import SamplerConfig
-
-SHIPPED = Path(__file__).resolve().parent.parent / "trained"
 
 
 def row(success: float, collisions: float, ret: float) -> dict:
@@ -37,14 +33,6 @@ def test_validation_and_reported_episodes_must_not_overlap():
     check_disjoint(compose_run.EvaluationConfig(episodes=50, seed=20_000), test)
     with pytest.raises(ValueError, match="overlap"):
         check_disjoint(compose_run.EvaluationConfig(episodes=50, seed=10_050), test)
-
-
-@pytest.fixture
-def two_goal_library(tmp_path) -> Path:
-    root = tmp_path / "lib"
-    for name in ("west", "east", "west+east"):
-        shutil.copytree(SHIPPED / name, root / name)
-    return root
 
 
 def test_compose_run_selects_on_validation_and_reports_on_test_episodes(two_goal_library, tmp_path, monkeypatch):
