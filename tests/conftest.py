@@ -2,7 +2,6 @@
 (a complete tiny multigoal skill, obs 2 and actions 2, to copy from) and ``two_goal_library`` (a copy of the shipped
 ``west``, ``east`` and ``west+east`` skills)."""
 
-import shutil
 from pathlib import Path
 
 import pytest
@@ -24,12 +23,8 @@ def tiny(tmp_path_factory) -> Path:
     return train_tiny(tmp_path_factory.mktemp("tiny"))
 
 
-SHIPPED = Path(__file__).resolve().parent.parent / "trained"
-
-
 @pytest.fixture
 def two_goal_library(tmp_path) -> Path:
-    root = tmp_path / "lib"
-    for name in ("west", "east", "west+east"):
-        shutil.copytree(SHIPPED / name, root / name)
-    return root
+    from library_helpers import shipped_library
+
+    return shipped_library(tmp_path / "lib", ("west", "east", "west+east"))

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from library_helpers import SHIPPED, shipped_library
 from safetensors.torch import load_file, save_file
 
 import compose
@@ -20,7 +21,6 @@ from skills.sql import SoftQNetwork
 from skills.sql.learner import SoftQLearning, SQLConfig
 from skills.sql.many_skills import ComposedSoftQNetwork
 
-SHIPPED = Path(__file__).resolve().parent.parent / "trained"
 TINY_ADAPT = ["--steps", "120", "--eval-interval", "60", "--eval-episodes", "1", "--final-eval-episodes", "1",
               "--no-progress", "--no-convergence"]
 
@@ -28,10 +28,7 @@ TINY_ADAPT = ["--steps", "120", "--eval-interval", "60", "--eval-episodes", "1",
 @pytest.fixture
 def library(tmp_path) -> Path:
     """reach, avoid and the shipped reach+avoid sampler cache (no rebuilds), in a writable library."""
-    root = tmp_path / "lib"
-    for name in ("reach", "avoid", ".composed"):
-        shutil.copytree(SHIPPED / name, root / name)
-    return root
+    return shipped_library(tmp_path / "lib", ("reach", "avoid", ".composed"))
 
 
 def states(n: int = 6) -> np.ndarray:
