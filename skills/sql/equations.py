@@ -225,6 +225,18 @@ def estimate_soft_value(q_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tenso
     return soft_value_importance(q_fn(obs.unsqueeze(1), actions), log_q, actions, alpha)
 
 
+def project_soft_value(value: torch.Tensor, v_min: float, v_max: float) -> torch.Tensor:
+    """``clip(V(s'), V_min, V_max)``: the soft value projected onto its analytic interval. [(S,) B] -> same.
+
+    Every soft value on ``[-1, 1]^d`` lies in ``[V_min, V_max] = [(r_min + alpha d log 2)/(1 - gamma),
+    (r_max + alpha d log 2)/(1 - gamma)]`` (Eq. 10 bounded by the uniform density and by ``max_a Q``). Clipping is
+    1-Lipschitz in the sup norm and leaves ``V*`` in place, so the projected soft Bellman operator is still a
+    ``gamma``-contraction with the same fixed point ``Q*``; it only stops an importance-sampled overestimate past the
+    ceiling from being bootstrapped (the value run-away of ``avoid``, whose values sit at the ceiling).
+    """
+    return value.clamp(v_min, v_max)
+
+
 def soft_bellman_target(reward: torch.Tensor, terminated: torch.Tensor, next_value: torch.Tensor,
                         gamma: float) -> torch.Tensor:
     """``Q_hat = r + gamma (1 - terminated) V(s')``; bootstraps through time-limit truncation. [B]."""

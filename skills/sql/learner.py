@@ -15,6 +15,7 @@ from .equations import (
     SamplerNetwork,
     SoftQNetwork,
     estimate_soft_value,
+    project_soft_value,
     sampler_surrogate_gradient,
     sampler_surrogate_loss,
     soft_bellman_target,
@@ -83,6 +84,7 @@ class SQLConfig:
     updates_per_step: int = 1  # gradient updates per environment step
     eval_particles: int = 32  # candidates for deterministic actions (argmax of Q among samples)
     cache_target_values: bool = True  # reuse V_target(s') of a transition until the target network changes
+    clip_target_value: bool = False  # project V_target(s') onto the task's analytic soft-value interval (Eq. 10 bounds)
 
     @property
     def n_fixed(self) -> int:
@@ -121,8 +123,8 @@ class SQLConfig:
         if not (isinstance(hidden, tuple) and 1 <= len(hidden) <= MAX_HIDDEN_LAYERS
                 and all(type(h) is int and 1 <= h <= MAX_HIDDEN_WIDTH for h in hidden)):
             bad.append(f"hidden={hidden!r} (1 to {MAX_HIDDEN_LAYERS} widths, each a whole number in [1, {MAX_HIDDEN_WIDTH}])")
-        if not isinstance(self.cache_target_values, bool):
-            bad.append(f"cache_target_values={self.cache_target_values!r} (true or false)")
+        bad += [f"{k}={getattr(self, k)!r} (true or false)" for k in ("cache_target_values", "clip_target_value")
+                if not isinstance(getattr(self, k), bool)]
         if bad:
             raise ValueError("invalid SQL hyperparameters: " + "; ".join(bad))
 
@@ -184,6 +186,17 @@ def last_of_each(keys: torch.Tensor) -> torch.Tensor:
     return order[last]
 
 
+def target_value_in_range(learner, next_value: torch.Tensor) -> torch.Tensor:
+    """``V_target(s')`` [(S,) B] projected onto the learner's ``value_range`` when its config asks for it
+    (``clip_target_value``); unchanged otherwise. ``learner``: a ``SoftQLearning`` or a stacked one."""
+    if not learner.config.clip_target_value:
+        return next_value
+    if learner.value_range is None:
+        raise ValueError("clip_target_value is set but the learner has no value_range: the trainer sets it from the task's "
+                         "reward range (skills.evaluation.diagnostics.soft_value_bounds)")
+    return project_soft_value(next_value, *learner.value_range)
+
+
 def apply_gradients(learner, q_grads: list[torch.Tensor], sampler_grads: list[torch.Tensor]) -> None:
     """One Adam step of the Q-network and of the sampler with these gradients, then count the update and copy Q
     into the target network every ``target_update_interval`` updates. ``learner``: a ``SoftQLearning`` or a
@@ -216,6 +229,9 @@ class SoftQLearning:
         self.sampler_optimizer = torch.optim.Adam(self.sampler.parameters(), lr=config.sampler_lr, fused=True)
         self.updates = 0
         self.target_values = TargetValueCache(self.device)
+        # (V_min, V_max) of the task (``skills.evaluation.diagnostics.soft_value_bounds``), set by the trainer: with
+        # ``clip_target_value`` the soft value target is projected onto it (``project_soft_value``)
+        self.value_range: tuple[float, float] | None = None
 
     # ---- losses ----
     @torch.no_grad()
@@ -246,7 +262,8 @@ class SoftQLearning:
     def q_loss_and_gradients(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """Soft Bellman residual ``J_Q`` (SQL Eq. 11) and ``dJ_Q/dθ_Q``, with an importance-sampled
         soft value of the target network."""
-        q_hat = soft_bellman_target(batch["reward"], batch["terminated"], self.next_state_value(batch), self.config.gamma)
+        next_value = target_value_in_range(self, self.next_state_value(batch))
+        q_hat = soft_bellman_target(batch["reward"], batch["terminated"], next_value, self.config.gamma)
         q, acts = self.q.traced(batch["obs"], batch["action"].unsqueeze(0))
         q = q[0]
         grads = backprop.parameter_gradients(self.q.net, acts, soft_q_loss_gradient(q, q_hat).unsqueeze(-1))

@@ -32,7 +32,7 @@ from .equations import (
     svgd_direction,
     uniform_actions,
 )
-from .learner import SoftQLearning, TargetValueCache, TrainingDiverged, apply_gradients
+from .learner import SoftQLearning, TargetValueCache, TrainingDiverged, apply_gradients, target_value_in_range
 
 
 class StackedMLP(nn.Module):
@@ -200,6 +200,10 @@ class StackedSoftQLearning:
         stack_optimizer_state(self.sampler_optimizer, [a.sampler_optimizer for a in agents])
         self.updates = updates[0]
         self.target_values = TargetValueCache(self.device)
+        ranges = {a.value_range for a in agents}
+        if len(ranges) != 1:
+            raise ValueError(f"stacked agents must share one value_range; got {sorted(ranges, key=str)}")
+        self.value_range = ranges.pop()
         self.member_index = torch.arange(len(agents), device=self.device).unsqueeze(1)  # [S, 1]
         self.per_seed_streams = self.device.type == "cpu" if per_seed_streams is None else per_seed_streams
 
@@ -282,6 +286,7 @@ class StackedSoftQLearning:
     def q_loss_and_gradients(self, batch: dict[str, torch.Tensor], next_values: torch.Tensor
                              ) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """Soft Bellman residual ``J_Q`` (SQL Eq. 11) of every seed [S] and ``dJ_Q/dθ_Q`` (stacked)."""
+        next_values = target_value_in_range(self, next_values)
         q_hat = soft_bellman_target(batch["reward"], batch["terminated"], next_values, self.config.gamma)  # [S, B]
         q, acts = self.q.traced(batch["obs"], batch["action"].unsqueeze(1))
         q = q[:, 0]
