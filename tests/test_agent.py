@@ -118,3 +118,57 @@ def test_last_of_each_picks_the_last_occurrence_of_every_key():
     keys = torch.tensor([3, 1, 3, 2, 1])
     assert last_of_each(keys).tolist() == [4, 3, 2]  # keys 1, 2, 3
     assert last_of_each(torch.tensor([7])).tolist() == [0]
+
+
+# ---- the soft value target projected onto its analytic interval (clip_target_value) ----
+def test_projected_soft_value_iteration_keeps_the_fixed_point_and_clipping_is_active():
+    """On a random tabular MDP (n actions, so the entropy bonus is alpha log n), soft value iteration with the target
+    projected onto [(r_min + alpha log n)/(1 - gamma), (r_max + alpha log n)/(1 - gamma)] reaches the unprojected fixed
+    point, from a start far above the ceiling where the projection acts. A bound that cut into V* would move it."""
+    from skills.sql.equations import project_soft_value
+
+    rng = np.random.default_rng(0)
+    states, actions, alpha, gamma = 6, 3, 0.5, 0.9
+    reward = torch.tensor(rng.uniform(-1.0, 0.0, (states, actions)))
+    nxt = torch.tensor(rng.integers(0, states, (states, actions)))
+    bonus = alpha * np.log(actions)
+    low, high = (-1.0 + bonus) / (1 - gamma), (0.0 + bonus) / (1 - gamma)
+
+    def iterate(clip: bool) -> tuple[torch.Tensor, int]:
+        v, clipped = torch.full((states,), 50.0, dtype=torch.float64), 0
+        for _ in range(400):
+            target = project_soft_value(v, low, high) if clip else v
+            clipped += int((target != v).sum())
+            q = reward + gamma * target[nxt]
+            v = alpha * torch.logsumexp(q / alpha, dim=1)
+        return v, clipped
+
+    exact, _ = iterate(False)
+    projected, clipped = iterate(True)
+    assert clipped > 0  # the projection did act
+    assert torch.allclose(projected, exact, atol=1e-9)
+    assert bool(((exact >= low) & (exact <= high)).all())
+
+
+def test_clipped_targets_enter_the_loss_and_need_the_value_range():
+    config = SQLConfig(hidden=(8,), batch_size=8, clip_target_value=True)
+    batch = filled_buffer(8).sample(8, np.random.default_rng(0))
+    agent = SoftQLearning(4, 2, config)
+    agent.next_state_value = lambda b: torch.full((len(b["reward"]),), 100.0)  # far past any ceiling
+    with pytest.raises(ValueError, match="no value_range"):
+        agent.q_loss_and_gradients(batch)
+    agent.value_range = (-3.0, 1.5)
+    loss, _ = agent.q_loss_and_gradients(batch)
+    q = agent.q(batch["obs"], batch["action"])
+    expected = 0.5 * (batch["reward"] + config.gamma * (1 - batch["terminated"]) * 1.5 - q).pow(2).mean()
+    assert torch.allclose(loss, expected)
+    plain = SoftQLearning(4, 2, replace(config, clip_target_value=False))
+    plain.q.load_state_dict(agent.q.state_dict())
+    plain.next_state_value = agent.next_state_value
+    unclipped, _ = plain.q_loss_and_gradients(batch)
+    assert float(unclipped) > 10 * float(loss)  # without the projection the 100s reach the loss
+    with pytest.raises(ValueError, match="clip_target_value=1 \\(true or false\\)"):
+        SQLConfig(clip_target_value=1)
+    legacy = SQLConfig().to_dict()
+    del legacy["clip_target_value"]
+    assert not SQLConfig.from_dict(legacy).clip_target_value  # skills saved before it trained without it

@@ -175,3 +175,26 @@ def test_the_evaluation_benchmark_runs_and_finds_the_same_episodes(tmp_path):
         assert flat["success_rate"] == (lock.get("composed", lock))["success_rate"]
     assert result["twins"]["success_differs"] == 0 and result["twins"]["largest_action_gap"] < 1e-3
     assert (tmp_path / "evaluation.json").exists()
+
+
+def test_c_tightness_compares_c_with_each_stand_in_on_the_composed_pairs(tmp_path):
+    """With the joint skill passed as the adapted one, both rows agree exactly; the gap is Q_w - Q_standin."""
+    import numpy as np
+    from library_helpers import shipped_library
+
+    from bench import c_tightness
+
+    library = shipped_library(tmp_path / "lib", ("reach", "avoid", "reach+avoid", ".composed"))
+    out = tmp_path / "c.json"
+    assert c_tightness.main(["reach+avoid", "--adapted", str(library / "reach+avoid" / "v1"), "--library", str(library),
+                             "--episodes", "2", "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    adapted, joint = result["standins"]["adapted"], result["standins"]["joint"]
+    assert result["pairs"] > 0 and adapted["gap_mean"] == joint["gap_mean"]
+    assert adapted["C_mean"] > 0 and 0 <= joint["lower_holds"] <= 1 and 0 <= joint["upper_holds"] <= 1
+    assert joint["C_over_gap"] == pytest.approx(joint["C_mean"] / joint["gap_mean"])
+    # gaps -0.5 (upper side fails) and 1.0 (C = 0.5 below it: lower side fails)
+    small = c_tightness.tightness(np.array([1.0, 2.0]), np.array([0.5, 0.5]), np.array([1.5, 1.0]))
+    assert small.pop("gap_p05_p95") == pytest.approx([-0.425, 0.925])
+    assert small == pytest.approx({"gap_mean": 0.25, "gap_median": 0.25, "C_mean": 0.5, "C_over_gap": 2.0,
+                                   "upper_holds": 0.5, "lower_holds": 0.5, "covered_within_2x": 0.0})

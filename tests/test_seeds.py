@@ -45,11 +45,14 @@ def filled_buffer(seed: int, obs_dim=5, act_dim=2, n=100) -> ReplayBuffer:
     return buffer
 
 
-@pytest.mark.parametrize("proposal", ["mixture", "uniform"])
-def test_a_stacked_update_equals_single_seed_updates_on_the_same_batches_and_noise(proposal):
+@pytest.mark.parametrize("proposal, clip", [("mixture", False), ("uniform", False), ("mixture", True)])
+def test_a_stacked_update_equals_single_seed_updates_on_the_same_batches_and_noise(proposal, clip):
     config = SQLConfig(alpha=0.5, hidden=(32, 32), batch_size=16, value_samples=8, particles=8,
-                       value_proposal=proposal, target_update_interval=3)  # target copies and cache periods included
+                       value_proposal=proposal, target_update_interval=3,  # target copies and cache periods included
+                       clip_target_value=clip)
     agents, generators = fresh_agents(config, SEEDS)
+    for agent in agents:
+        agent.value_range = (-0.05, 0.05)  # narrow: the projection acts on most targets
     singles = [copy.deepcopy(a) for a in agents]
     single_streams = []
     for g in generators:
@@ -89,6 +92,24 @@ def test_stacked_agents_must_match():
     agents[1].updates = 5
     with pytest.raises(ValueError, match=r"same number of updates; got \[0, 5\]"):
         StackedSoftQLearning(agents, generators)
+    agents[1].updates, agents[1].value_range = 0, (-1.0, 1.0)
+    with pytest.raises(ValueError, match="one value_range"):
+        StackedSoftQLearning(agents, generators)
+
+
+def test_a_clipped_stacked_run_trains_with_the_tasks_analytic_value_range(tmp_path):
+    """The trainer hands each seed the task's (V_min, V_max) (``soft_value_bounds``): the projection needs it."""
+    import envs
+    from skills.evaluation.diagnostics import soft_value_bounds
+    from skills.training.defaults import sql_config
+
+    sql = replace(TINY_SQL, clip_target_value=True)
+    trainer = MultiSeedTrainer("multigoal", sql, TINY_RUN, [0, 1], out=tmp_path)
+    expected = soft_value_bounds(envs.get_task("multigoal").reward_range, sql.alpha, 2, sql.gamma)
+    assert all(t.agent.value_range == expected for t in trainer.trainers)
+    results = trainer.train()
+    assert [r.env_steps for r in results] == [300, 300] and all(np.isfinite(r.history[-1]["q_loss"]) for r in results)
+    assert sql_config("avoid", "fetch-arm").clip_target_value  # the task whose values sit at the ceiling
 
 
 @pytest.fixture(scope="module")
