@@ -61,3 +61,23 @@ def test_select_refuses_overlapping_seeds_and_several_operators(two_goal_library
     assert "overlap" in capsys.readouterr().err
     assert compose_run.main([*args, "--operator", "all"]) == 2
     assert "one operator" in capsys.readouterr().err
+
+
+def test_the_samplers_updates_are_selected_on_validation_and_the_chosen_build_is_reported(two_goal_library, tmp_path,
+                                                                                          monkeypatch):
+    """``--select sampler.updates=...`` builds one sampler per candidate, chooses on the validation seeds, and the
+    reported run uses the chosen sampler (its build record says how many updates)."""
+    small = compose_run.BuildConfig(bound=BoundConfig(updates=10, n_value_samples=8), progress=False)
+    monkeypatch.setattr(compose_run.cli, "BuildConfig", lambda progress=True: small)
+    out = tmp_path / "run"
+    code = compose_run.main(["west+east", "--select", "sampler.updates=5,40", "--episodes", "4", "--validation-episodes",
+                             "3", "--no-mc", "--library", str(two_goal_library), "--out", str(out), "--no-progress"])
+    assert code == 0
+    report = json.loads((out / "report.json").read_text())
+    selection = report["selection"]
+    assert selection["setting"] == "sampler.updates" and [c["value"] for c in selection["candidates"]] == [5, 40]
+    assert report["build"]["sampler"]["updates"] == selection["chosen"]
+    with pytest.raises(ValueError, match="unknown sampler setting 'sampler.steps'; valid: sampler.updates"):
+        Candidates.parse("sampler.steps=1,2")
+    with pytest.raises(ValueError, match="whole numbers"):
+        Candidates.parse("sampler.updates=10,2.5")

@@ -46,11 +46,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help="priority: the skills, highest priority first, e.g. avoid,reach")
     parser.add_argument("--epsilon", type=float, help="priority: indifference margin in Q units "
                         "(default: compose.operators.Priority.epsilon)")
-    parser.add_argument("--select", metavar="SETTING=V1,V2,...", type=Candidates.parse,
-                        help="choose an operator setting on validation episodes before the run, e.g. epsilon=0.1,0.3,0.6: "
-                             "each value is evaluated on --validation-episodes episodes from --validation-seed (disjoint "
-                             "from the reported ones), the rule in compose.run.selection picks one, and the report says "
-                             "how")
+    parser.add_argument("--select", metavar="SETTING=V1,V2,...", type=candidates_argument,
+                        help="choose an operator setting, or the amortized sampler's (sampler.updates, sampler.lr, ...), "
+                             "on validation episodes before the run, e.g. epsilon=0.1,0.3,0.6: each value is evaluated "
+                             "on --validation-episodes episodes from --validation-seed (disjoint from the reported ones), "
+                             "the rule in compose.run.selection picks one, and the report says how")
     parser.add_argument("--validation-seed", type=non_negative_int, default=VALIDATION_SEED,
                         help=f"first validation episode seed for --select (default: {VALIDATION_SEED})")
     parser.add_argument("--validation-episodes", type=positive_int, default=VALIDATION_EPISODES,
@@ -88,6 +88,14 @@ def operators_asked(args: argparse.Namespace) -> list[Operator]:
     return [make_operator(args.operator, **priority)]
 
 
+def candidates_argument(text: str) -> Candidates:
+    """``--select``'s value, with the reason in argparse's message when it is refused."""
+    try:
+        return Candidates.parse(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -108,6 +116,7 @@ def main(argv: list[str] | None = None) -> int:
             chosen = select(args.spec, operators[0], args.select, test=evaluation, validation=validation,
                             build_config=build_config, sources=sources)
             operators = [chosen.operator]
+            build_config = chosen.build_config or build_config
         report = run(args.spec, operators, weights=args.weights, evaluation=evaluation, build_config=build_config,
                      sources=sources, selection=chosen.record if chosen is not None else None)
         print("\n".join(report.console()))

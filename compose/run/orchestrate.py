@@ -153,7 +153,7 @@ def single_report(state: Run) -> CompositionReport:
                                                        f"episodes, {evaluation.mode}")
     report = CompositionReport(
         **common_fields(state, figures), operator=composition.operator.settings(), sampler=evaluation.sampler,
-        bound=bound, build={"cached": built.cached, "cache": built.info.get("cache"),
+        bound=bound, build={"cached": built.cached, "cache": built.info.get("cache"), "sampler": built.info.get("sampler"),
                             "sampler_wall_time_s": round(built.build_wall_time_s, 2),
                             "load_wall_time_s": round(built.load_wall_time_s, 3)},
         skills={label: str(p.path) for label, p in zip(composition.labels, composition.parts, strict=False)}

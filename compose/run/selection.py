@@ -1,8 +1,10 @@
 """Settings chosen on validation episodes and reported on others.
 
     python -m compose.run reach+avoid --operator priority --order avoid,reach --select epsilon=0.1,0.3,0.6,1.0
+    python -m compose.run reach+avoid --select sampler.updates=3000,10000,20000
 
-``select`` evaluates the composition with each candidate value of one operator setting on *validation* episodes
+``select`` evaluates the composition with each candidate value of one setting (of the operator, or of the amortized
+sampler's build, ``sampler.FIELD`` of ``compose.sampling.SamplerConfig``) on *validation* episodes
 (seeds from ``VALIDATION_SEED``), picks one by a rule written down in advance (``SelectionRule``), and returns the
 chosen operator with the record of how it was chosen. ``compose.run`` then reports that operator on its own
 episodes (seeds from ``skills.evaluation.EVAL_SEED``), which must not overlap the validation ones, and the report
@@ -13,7 +15,7 @@ selection: only the composition's setting is chosen, and only the composition ru
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 from functools import partial
 
 import envs
@@ -21,12 +23,16 @@ from skills.evaluation.lockstep import EnvPool
 
 from ..build import build
 from ..operators import Operator, make_operator
+from ..sampling import SamplerConfig
 from ..skill import load
 from .evaluation import composed_policy, evaluate_row
 from .settings import BuildConfig, EvaluationConfig, Sources
 
 VALIDATION_SEED = 20_000  # validation episodes: seeds 20000, 20001, ... (reports use 10000, 10001, ...)
 VALIDATION_EPISODES = 50
+SAMPLER_PREFIX = "sampler."
+SAMPLER_SETTINGS = {f.name: f.type for f in fields(SamplerConfig) if f.name in ("updates", "batch_size", "particles",
+                                                                              "fixed_fraction", "lr")}
 
 
 @dataclass(frozen=True)
@@ -64,7 +70,27 @@ class Candidates:
             parsed = ()
         if not sep or not name.strip() or len(parsed) < 2:
             raise ValueError(f"--select takes SETTING=V1,V2[,...] with at least two numbers, got {text!r}")
-        return cls(name.strip(), parsed)
+        candidates = cls(name.strip(), parsed)
+        if candidates.setting.startswith(SAMPLER_PREFIX):
+            candidates.sampler_values()  # a bad sampler setting is refused before anything runs
+        return candidates
+
+    @property
+    def is_sampler(self) -> bool:
+        return self.setting.startswith(SAMPLER_PREFIX)
+
+    def sampler_values(self) -> list[SamplerConfig]:
+        """Each candidate as the default ``SamplerConfig`` with the one field replaced (``sampler.updates`` ...)."""
+        name = self.setting[len(SAMPLER_PREFIX):]
+        if name not in SAMPLER_SETTINGS:
+            raise ValueError(f"unknown sampler setting {self.setting!r}; valid: "
+                             f"{', '.join(SAMPLER_PREFIX + k for k in SAMPLER_SETTINGS)}")
+        whole = SAMPLER_SETTINGS[name] in (int, "int")
+        if whole and any(v != int(v) or v < 1 for v in self.values):
+            raise ValueError(f"{self.setting} takes whole numbers >= 1, got {', '.join(f'{v:g}' for v in self.values)}")
+        if not whole and any(not v > 0 for v in self.values):
+            raise ValueError(f"{self.setting} takes numbers > 0, got {', '.join(f'{v:g}' for v in self.values)}")
+        return [replace(SamplerConfig(), **{name: int(v) if whole else v}) for v in self.values]
 
 
 @dataclass
@@ -73,6 +99,7 @@ class Selection:
 
     operator: Operator
     record: dict = field(default_factory=dict)
+    build_config: BuildConfig | None = None  # the chosen build settings (a ``sampler.`` setting), else None
 
 
 def check_disjoint(validation: EvaluationConfig, test: EvaluationConfig) -> None:
@@ -88,14 +115,18 @@ def select(spec: str, operator: Operator, candidates: Candidates, *, test: Evalu
            validation: EvaluationConfig, rule: SelectionRule = SelectionRule(), build_config: BuildConfig = BuildConfig(),
            sources: Sources = Sources()) -> Selection:
     """Evaluate ``operator`` with each candidate value of ``candidates.setting`` on the validation episodes (the
-    composition alone, stochastic), choose by ``rule``, and return the chosen operator and the record."""
+    composition alone, stochastic), choose by ``rule``, and return the chosen operator (and, for a ``sampler.``
+    setting, the build settings) and the record."""
     check_disjoint(validation, test)
     rows = []
-    for value in candidates.values:
-        op = make_operator(operator, **{candidates.setting: value})
+    builds = ([replace(build_config, sampler=s) for s in candidates.sampler_values()] if candidates.is_sampler
+              else [build_config] * len(candidates.values))
+    for value, candidate_build in zip(candidates.values, builds, strict=True):
+        op = operator if candidates.is_sampler else make_operator(operator, **{candidates.setting: value})
         composition = load(spec, library=sources.library, seed=validation.seed, operator=op,
                            allow_changed_task=sources.allow_changed_task)
-        built = build(composition, sources.library, build_config.progress, build_config.sampler, build_config.bound)
+        built = build(composition, sources.library, candidate_build.progress, candidate_build.sampler,
+                      candidate_build.bound)
         policy = composed_policy(composition, built, validation.sampler, validation.seed)
         with EnvPool(partial(envs.make_task_env, composition.task, **validation.env_kwargs)) as pool:
             row = evaluate_row(f"{candidates.setting}={value:g}", policy, pool, validation, (0, 0.0))
@@ -106,6 +137,8 @@ def select(spec: str, operator: Operator, candidates: Candidates, *, test: Evalu
     record = {"setting": candidates.setting, "chosen": value, "rule": rule.describe(),
               "validation": {"seed": validation.seed, "episodes": validation.episodes, "mode": validation.mode},
               "candidates": rows}
+    if candidates.is_sampler:
+        return Selection(operator, record, builds[chosen])
     return Selection(make_operator(operator, **{candidates.setting: value}), record)
 
 
