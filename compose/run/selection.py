@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field, fields, replace
 from functools import partial
+from typing import Any
 
 import envs
 from skills.evaluation.lockstep import EnvPool
@@ -90,7 +91,8 @@ class Candidates:
             raise ValueError(f"{self.setting} takes whole numbers >= 1, got {', '.join(f'{v:g}' for v in self.values)}")
         if not whole and any(not v > 0 for v in self.values):
             raise ValueError(f"{self.setting} takes numbers > 0, got {', '.join(f'{v:g}' for v in self.values)}")
-        return [replace(SamplerConfig(), **{name: int(v) if whole else v}) for v in self.values]
+        settings: list[dict[str, Any]] = [{name: int(v) if whole else v} for v in self.values]
+        return [replace(SamplerConfig(), **one) for one in settings]
 
 
 @dataclass
