@@ -125,8 +125,8 @@ class SeedRun:
         self.action_space.seed(run.seed)
         self.rng = np.random.default_rng(run.seed)
         self.agent, self.start_steps = self._start(resumed, start)
-        self.agent.value_range = soft_value_bounds(self.task.reward_range, self.sql.alpha, self.action_space.shape[0],
-                                                   self.sql.gamma)
+        cfg = self.agent.config  # a resumed agent keeps its own settings
+        self.agent.value_range = soft_value_bounds(self.task.reward_range, cfg.alpha, self.action_space.shape[0], cfg.gamma)
         self.history: list[dict] = []
         try:
             self.path = claim_version_dir(self.name, out)  # last: nothing after it can fail and leave the claim behind
