@@ -21,13 +21,12 @@ from its fixed point says little about ``Q*_w``.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
 import numpy as np
 import torch
 
-from .cli import write_json
+from .cli import show_and_write
 
 
 def composed_pairs(composed, episodes: int, seed: int, spec: str) -> tuple[np.ndarray, np.ndarray, float]:
@@ -91,9 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     for name, skill in (("adapted", adapted), ("joint", joint)):
         q = np.asarray(skill.q(obs, act), np.float64)
         out["standins"][name] = tightness(q_w, c, q) | standin_record(skill)
-    print(json.dumps(out, indent=2))
-    if args.json:
-        write_json(args.json, out)
+    show_and_write(out, args.json)
     return 0
 
 

@@ -29,3 +29,10 @@ def write_json(path: str | Path, data: Any, indent: int = 2) -> None:
     """Write a benchmark's result as JSON (atomically; the folder made if needed) and say where."""
     atomic_write_text(Path(path), json.dumps(data, indent=indent) + "\n")
     print(f"wrote {path}")
+
+
+def show_and_write(data: Any, path: str | Path | None) -> None:
+    """Print a benchmark's result as JSON, and write it to ``path`` when one is given."""
+    print(json.dumps(data, indent=2))
+    if path:
+        write_json(path, data)

@@ -14,13 +14,12 @@ ends near the target (final distance, the spread and direction of its actions th
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
 import numpy as np
 import torch
 
-from .cli import write_json
+from .cli import show_and_write
 
 SPEC = "reach+avoid"
 
@@ -144,9 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     out["near_target"] = {op: near_target(comps[op], done) for op, done in runs.items()}
     out["slopes"] = slopes(comps["dc"], builds["dc"], runs["dc"])
     out["correction"] = correction_along(comps["dc"], builds["dc"], runs["dc"])
-    print(json.dumps(out, indent=2))
-    if args.json:
-        write_json(args.json, out)
+    show_and_write(out, args.json)
     return 0
 
 
