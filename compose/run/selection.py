@@ -80,8 +80,8 @@ class Candidates:
     def is_sampler(self) -> bool:
         return self.setting.startswith(SAMPLER_PREFIX)
 
-    def sampler_values(self) -> list[SamplerConfig]:
-        """Each candidate as the default ``SamplerConfig`` with the one field replaced (``sampler.updates`` ...)."""
+    def sampler_values(self, base: SamplerConfig | None = None) -> list[SamplerConfig]:
+        """Each candidate as ``base`` (default: ``SamplerConfig()``) with the one field replaced (``sampler.updates``)."""
         name = self.setting[len(SAMPLER_PREFIX):]
         if name not in SAMPLER_SETTINGS:
             raise ValueError(f"unknown sampler setting {self.setting!r}; valid: "
@@ -92,7 +92,7 @@ class Candidates:
         if not whole and any(not v > 0 for v in self.values):
             raise ValueError(f"{self.setting} takes numbers > 0, got {', '.join(f'{v:g}' for v in self.values)}")
         settings: list[dict[str, Any]] = [{name: int(v) if whole else v} for v in self.values]
-        return [replace(SamplerConfig(), **one) for one in settings]
+        return [replace(base or SamplerConfig(), **one) for one in settings]
 
 
 @dataclass
@@ -121,7 +121,8 @@ def select(spec: str, operator: Operator, candidates: Candidates, *, test: Evalu
     setting, the build settings) and the record."""
     check_disjoint(validation, test)
     rows = []
-    builds = ([replace(build_config, sampler=s) for s in candidates.sampler_values()] if candidates.is_sampler
+    builds = ([replace(build_config, sampler=s) for s in candidates.sampler_values(build_config.sampler)]
+              if candidates.is_sampler
               else [build_config] * len(candidates.values))
     for value, candidate_build in zip(candidates.values, builds, strict=True):
         op = operator if candidates.is_sampler else make_operator(operator, **{candidates.setting: value})
