@@ -54,6 +54,7 @@ from skills.training.defaults import sql_config, train_config
 
 from .bound import BoundConfig
 from .mc_check import MCBoundConfig
+from .operators import OPERATORS, FittedOperator, make_operator
 from .run import BuildConfig, CompositionReport, EvaluationConfig, Sources, run
 from .sampling import SamplerConfig
 from .stats import aggregate, episode_seed
@@ -76,6 +77,12 @@ class Settings:
     quick_build: bool = False  # small composed-sampler and bound builds (tests)
     env_kwargs: tuple = ()  # envs.make options of the evaluation, e.g. a custom arm: (("arm", path), ...)
     task_modules: tuple[str, ...] = ()  # a user's task definitions (--tasks), loaded in every trial's process
+    operator: str = "average"  # how each seed's skills are composed (compose.operators); the bound is average's
+    order: tuple[str, ...] = ()  # priority: the skills, highest priority first
+
+    def make_operator(self):
+        """The composition operator of every evaluation trial (``compose.operators.make_operator``'s errors)."""
+        return make_operator(self.operator, **({"order": list(self.order)} if self.order else {}))
 
 
 def train_settings(task: str, seed: int, settings: Settings):
@@ -148,7 +155,11 @@ def eval_trial(spec: str, seed: int, paths: dict[str, str], settings: Settings) 
                                       env_kwargs=dict(settings.env_kwargs))
         sources = Sources(library=settings.library, joint=paths.get(spec),
                           out=Path(settings.out) / "runs" / f"{spec}-seed{seed}-{mode}")
-        report = run([paths[p] for p in parts], evaluation=evaluation, build_config=build_config, sources=sources)
+        operator = settings.make_operator()
+        if settings.quick_build and isinstance(operator, FittedOperator):
+            operator = replace(operator, tolerance=0.5, target_update_interval=5, value_samples=8)
+        report = run([paths[p] for p in parts], [operator], evaluation=evaluation,
+                     build_config=build_config, sources=sources)
         rows = {"composed": report.rows["composed"], "joint": report.reference(),
                 **{p: report.rows[label] for p, label in zip(parts, report.constituents, strict=False)}}
         out[mode] = {name: {k: row.get(k) for k in METRICS} | {"final_measures": row.get("final_measures", {}),
@@ -162,6 +173,11 @@ def eval_trial(spec: str, seed: int, paths: dict[str, str], settings: Settings) 
                 "controls": mc_report.get("controls"),
                 "actors": {n: a.get("soft_return_mean") for n, a in mc_report.get("actors", {}).items()}}
     return {"spec": spec, "seed": seed, **out}
+
+
+def eval_key(spec: str, seed: int, operator: str = "average") -> str:
+    """The evaluation trial's key (and record name); another operator's evaluations are other trials."""
+    return f"eval-{spec}-seed{seed}" + ("" if operator == "average" else f"-{operator}")
 
 
 def trial_record(out: Path, key: str) -> Path:
@@ -292,6 +308,8 @@ class TrialOptions:
     quick_build: bool = False  # small composed-sampler and bound builds (tests)
     env_kwargs: dict | None = None  # envs.make options of the evaluation, e.g. a custom arm
     task_modules: tuple[str, ...] = ()  # a user's task definitions (--tasks), loaded in every trial's process
+    operator: str = "average"  # how each seed's skills are composed (compose.operators)
+    order: tuple[str, ...] = ()  # priority: the skills, highest priority first
 
 
 @dataclass(frozen=True)
@@ -326,7 +344,8 @@ def study(specs: Sequence[str], seeds: Sequence[int], *, out: str | Path, librar
     settings = Settings(library=str(library or out / "library"), out=str(out), steps=trials.steps,
                         episodes=trials.episodes, mc=trials.mc, quick_build=trials.quick_build,
                         env_kwargs=tuple(sorted((trials.env_kwargs or {}).items())),
-                        task_modules=tuple(trials.task_modules))
+                        task_modules=tuple(trials.task_modules), operator=trials.operator, order=tuple(trials.order))
+    settings.make_operator()  # an unknown operator or a setting it does not take: refused before any training
     executor = runner.executor()
     started = time.perf_counter()
     tasks = list(dict.fromkeys(t for spec in specs for t in (*spec.split("+"), spec)))
@@ -345,12 +364,12 @@ def study(specs: Sequence[str], seeds: Sequence[int], *, out: str | Path, librar
             keys = {t: f"train-{t}-seed{seed}" for t in (*spec.split("+"), spec)}
             if all(k in trained for k in keys.values()):
                 paths = {t: trained[k]["path"] for t, k in keys.items()}
-                eval_jobs.append((f"eval-{spec}-seed{seed}", eval_trial, (spec, seed, paths, settings)))
+                eval_jobs.append((eval_key(spec, seed, settings.operator), eval_trial, (spec, seed, paths, settings)))
     evaluated, eval_failures = run_phase(eval_jobs, out, executor, libraries, rerun)
     failures |= eval_failures
     result = {"specs": list(specs), "seeds": list(seeds), "settings": settings.__dict__ | {
                   "env_kwargs": {k: str(v) for k, v in settings.env_kwargs}},
-              "summary": {spec: summarise_spec(spec, seeds, evaluated) for spec in specs},
+              "summary": {spec: summarise_spec(spec, seeds, evaluated, settings.operator) for spec in specs},
               "curves": {task: curves(task, seeds, trained) for task in tasks},
               "failures": failures, "rerun": rerun, "wall_time_s": round(time.perf_counter() - started, 1)}
     write_outputs(result, out)
@@ -372,12 +391,12 @@ def train_stacked(tasks: Sequence[str], seeds: Sequence[int], settings: Settings
     return failures
 
 
-def summarise_spec(spec: str, seeds: Sequence[int], evaluated: dict) -> dict:
+def summarise_spec(spec: str, seeds: Sequence[int], evaluated: dict, operator: str = "average") -> dict:
     """``summary[spec][policy][metric] = {"iqm", "ci", "method", "per_seed", "seeds", "seeds_failed"}`` (stochastic),
     the deterministic figures under ``"deterministic"``, the composed/joint success ratio and the bound figures.
     Success, return and soft return and the ratio get hierarchical (seed, episode) intervals from each seed's own
     episodes (``compose.stats``); seeds with no evaluation are counted as failed, by seed."""
-    runs = [evaluated.get(f"eval-{spec}-seed{seed}") for seed in seeds]
+    runs = [evaluated.get(eval_key(spec, seed, operator)) for seed in seeds]
     policies = [*POLICIES_FIXED, *spec.split("+")]
     out: dict = {}
     for mode, target in (("stochastic", out), ("deterministic", out.setdefault("deterministic", {}))):
@@ -441,6 +460,9 @@ def markdown(result: dict) -> str:
              "over (seed, episode), each seed evaluated on its own episodes (compose.stats); the bound's figures: a "
              "percentile bootstrap over seeds. Stochastic: every policy samples its max-ent policy; deterministic: the "
              "best of 32 sampled actions under its Q. Soft returns credit each policy with its own entropy.", ""]
+    operator = result["settings"].get("operator", "average")
+    bounded = make_operator(operator, **({"order": list(o)} if (o := result["settings"].get("order")) else {})).bounded
+    lines += [f"Composed with `{operator}` (compose.operators), zero environment samples.", ""]
     for spec, s in result["summary"].items():
         policies = [*POLICIES_FIXED, *spec.split("+")]
         lines += [f"## {spec} (seeds evaluated: {s['seeds_evaluated']})", "",
@@ -457,9 +479,10 @@ def markdown(result: dict) -> str:
         figures = {k: v for k, v in s["bound"].items() if isinstance(v, dict)}
         lines += ["", f"composed / joint success: stochastic {fmt(s['composed_over_joint'])}, deterministic "
                   f"{fmt(s['deterministic']['composed_over_joint'])}", "",
-                  "Bound (Monte Carlo, stochastic policies): " + ", ".join(
+                  *(["Bound (Monte Carlo, stochastic policies): " + ", ".join(
                       f"{k} {fmt(v, 3)}" for k, v in figures.items()), "",
-                  f"Every negative control failed as it must, per seed: {s['bound']['controls_failed_as_they_must']}", "",
+                     f"Every negative control failed as it must, per seed: {s['bound']['controls_failed_as_they_must']}", ""]
+                    if bounded else ["Bound: not checked; it is `average`'s (Haarnoja et al. 2018).", ""]),
                   f"Seeds that failed (no evaluation): {s['seeds_failed'] or 'none'}", "",
                   "Per seed (stochastic success): " + "; ".join(
                       f"{p} {s[p]['success']['per_seed']}" for p in policies), ""]
@@ -542,6 +565,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", metavar="PATH", help="also copy study.json here")
     parser.add_argument("--stacked", action="store_true", help="train each task's seeds together in one process "
                         "(skills.train --seeds: one stacked update, each seed as if trained alone)")
+    parser.add_argument("--operator", choices=list(OPERATORS), default="average",
+                        help="how each seed's skills are composed (as compose.run --operator; default: average, the "
+                             "operator the Monte Carlo bound check is about)")
+    parser.add_argument("--order", type=lambda s: tuple(x for x in s.split(",") if x), default=(),
+                        help="priority: the skills, highest priority first, e.g. avoid,reach")
     add_arm_arguments(parser)
     add_task_arguments(parser)
     args = parser.parse_args(argv)
@@ -550,7 +578,8 @@ def main(argv: list[str] | None = None) -> int:
     def body() -> int:
         result = study(args.specs, args.seeds, out=out, library=args.library,
                        trials=TrialOptions(steps=args.steps, episodes=args.episodes, mc=not args.no_mc,
-                                           env_kwargs=arm_kwargs(args), task_modules=tuple(args.tasks)),
+                                           env_kwargs=arm_kwargs(args), task_modules=tuple(args.tasks),
+                                           operator=args.operator, order=args.order),
                        runner=Runner(workers=args.workers, ray_address=args.ray, stacked=args.stacked))
         print(markdown(result))
         if args.json:

@@ -2,6 +2,7 @@
 
 import argparse
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -87,6 +88,34 @@ def test_an_interrupted_study_reruns_only_what_is_missing(smoke, tmp_path, monke
     result = study(["reach+avoid"], [0, 1], out=out, library=str(smoke / "library"), trials=SMOKE, runner=Runner(workers=1))
     assert ran == [1] and result["failures"] == {}
     assert result["summary"]["reach+avoid"]["seeds_evaluated"] == [0, 1]
+
+
+def test_a_study_composes_with_the_operator_it_is_given(smoke, tmp_path, monkeypatch):
+    """``--operator gpi``: every seed's skills are composed with it (not average), its evaluations are their own trials
+    beside average's, the bound is not claimed for it, and an unknown operator is refused before anything trains."""
+    out = tmp_path / "gpi"
+    (out / "trials").mkdir(parents=True)
+    for record in (smoke / "trials").glob("*.json"):  # average's finished study in the same folder
+        (out / "trials" / record.name).write_text(record.read_text())
+
+    def no_training(*args):
+        raise AssertionError("a finished training was run again")
+
+    monkeypatch.setattr(study_module, "train_trial", no_training)
+    result = study(["reach+avoid"], [0], out=out, library=str(smoke / "library"), trials=replace(SMOKE, operator="gpi"),
+                   runner=Runner(workers=1))
+    assert result["failures"] == {} and result["settings"]["operator"] == "gpi"
+    assert (out / "trials" / "eval-reach+avoid-seed0-gpi.json").exists()
+    for mode in ("stochastic", "deterministic"):
+        report = json.loads((out / "runs" / f"reach+avoid-seed0-{mode}" / "report.json").read_text())
+        assert report["operator"]["name"] == "gpi"
+    markdown = (out / "study.md").read_text()
+    assert "Composed with `gpi`" in markdown and "Bound: not checked" in markdown
+    with pytest.raises(ValueError, match="valid operators: average, dc, gpi, or, priority"):
+        study(["reach+avoid"], [0], out=tmp_path / "bad", trials=replace(SMOKE, operator="mean"))
+    assert not (tmp_path / "bad" / "library").exists()
+    with pytest.raises(SystemExit):  # argparse names the valid choices
+        study_module.main(["reach+avoid", "--operator", "mean"])
 
 
 def test_a_failed_trial_is_reported_and_the_others_finish(smoke, tmp_path, monkeypatch):
