@@ -192,16 +192,17 @@ def test_a_loaded_composition_acts_like_a_skill(library):
     assert composition.sample(obs, 4).shape == (2, 4, 2) and composition.value(obs, n_samples=64).shape == (2,)
 
 
-def test_the_shipped_composition_acts_from_its_cache_without_rebuilding():
-    """From a fresh clone: ``compose.load("reach+avoid").act(obs)`` in a user's own loop, with the
-    shipped cache (no training)."""
+@pytest.mark.parametrize("spec", ["reach+avoid", "puck-x+puck-y"])
+def test_the_shipped_composition_acts_from_its_cache_without_rebuilding(spec):
+    """From a fresh clone: ``compose.load(spec).act(obs)`` in a user's own loop, with the shipped cache (no
+    training), on the arm and on the Fetch with objects."""
     import envs
     from compose import load
 
-    composition = load("reach+avoid")
+    composition = load(spec)
     built = composition.build(progress=False)
-    assert built.cached, "the shipped library should hold the reach+avoid cache"
-    env = envs.make("reach+avoid")
+    assert built.cached, f"the shipped library should hold the {spec} cache"
+    env = envs.make(spec)
     obs, _ = env.reset(seed=0)
     for _ in range(5):
         obs, *_ = env.step(composition.act(obs))
