@@ -192,7 +192,7 @@ def test_a_loaded_composition_acts_like_a_skill(library):
     assert composition.sample(obs, 4).shape == (2, 4, 2) and composition.value(obs, n_samples=64).shape == (2,)
 
 
-@pytest.mark.parametrize("spec", ["reach+avoid", "puck-x+puck-y"])
+@pytest.mark.parametrize("spec", ["reach+avoid", "puck-x+puck-y", "place+clear"])
 def test_the_shipped_composition_acts_from_its_cache_without_rebuilding(spec):
     """From a fresh clone: ``compose.load(spec).act(obs)`` in a user's own loop, with the shipped cache (no
     training), on the arm and on the Fetch with objects."""
