@@ -198,3 +198,16 @@ def test_c_tightness_compares_c_with_each_stand_in_on_the_composed_pairs(tmp_pat
     assert small.pop("gap_p05_p95") == pytest.approx([-0.425, 0.925])
     assert small == pytest.approx({"gap_mean": 0.25, "gap_median": 0.25, "C_mean": 0.5, "C_over_gap": 2.0,
                                    "upper_holds": 0.5, "lower_holds": 0.5, "covered_within_2x": 0.0})
+
+
+def test_place_failures_splits_the_success_test_into_parts_that_give_it_back(tmp_path):
+    """``bench.place_failures`` on the shipped place skills: the three parts of ``placed`` and ``no_collision``,
+    recomputed from the last step, equal the env's own success on every episode, for both policies."""
+    from bench import place_failures
+
+    result = place_failures.main(["--episodes", "2", "--json", str(tmp_path / "pf.json")])
+    for policy in ("composed", "joint"):
+        row = result[policy]
+        assert row["episodes"] == 2 and row["parts_give_the_env_success"] is True
+        assert row["success"] <= min(row["xy_within"], row["height_within"], row["speed_below"])
+    assert json.loads((tmp_path / "pf.json").read_text())["thresholds"]["rest_speed_m_s"] == 0.1
