@@ -461,7 +461,7 @@ def markdown(result: dict) -> str:
              "percentile bootstrap over seeds. Stochastic: every policy samples its max-ent policy; deterministic: the "
              "best of 32 sampled actions under its Q. Soft returns credit each policy with its own entropy.", ""]
     operator = result["settings"].get("operator", "average")
-    bounded = make_operator(operator, **({"order": list(o)} if (o := result["settings"].get("order")) else {})).bounded
+    bounded = OPERATORS[operator].bounded
     lines += [f"Composed with `{operator}` (compose.operators), zero environment samples.", ""]
     for spec, s in result["summary"].items():
         policies = [*POLICIES_FIXED, *spec.split("+")]
