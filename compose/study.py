@@ -63,6 +63,7 @@ from .trial_records import BadRecord, clean_numbers, read_record
 POLICIES_FIXED = ("composed", "joint")
 METRICS = ("success_rate", "return_mean", "soft_return_mean")
 BOUND_FIGURES = ("suboptimality_mean", "upper_falsified_fraction", "lower_holds_fraction")
+COLLISIONS = "collision_rate"  # per seed only (no per-episode record): its interval is a percentile bootstrap over seeds
 
 
 # ---- trials -------------------------------------------------------------------------------------------
@@ -162,7 +163,7 @@ def eval_trial(spec: str, seed: int, paths: dict[str, str], settings: Settings) 
                      build_config=build_config, sources=sources)
         rows = {"composed": report.rows["composed"], "joint": report.reference(),
                 **{p: report.rows[label] for p, label in zip(parts, report.constituents, strict=False)}}
-        out[mode] = {name: {k: row.get(k) for k in METRICS} | {"final_measures": row.get("final_measures", {}),
+        out[mode] = {name: {k: row.get(k) for k in (*METRICS, COLLISIONS)} | {"final_measures": row.get("final_measures", {}),
                                                                "per_episode": row.get("per_episode", {})}
                      for name, row in rows.items()}
         if mode == "stochastic":
@@ -404,6 +405,9 @@ def summarise_spec(spec: str, seeds: Sequence[int], evaluated: dict, operator: s
             target[policy] = {metric.removesuffix("_rate").removesuffix("_mean"): aggregate(
                 [r[mode][policy].get(metric) if r else None for r in runs], episodes_of(runs, mode, policy, metric))
                 for metric in METRICS}
+            collisions = [r[mode][policy].get(COLLISIONS) if r else None for r in runs]
+            if any(c is not None for c in collisions):  # records written before collisions were kept have none
+                target[policy]["collision"] = aggregate(collisions)
             measures = sorted({k for r in runs if r for k in r[mode][policy].get("final_measures", {})})
             for measure in measures:  # e.g. the pusher's final puck-goal distance (envs.pusher)
                 target[policy][f"final_{measure}"] = aggregate(
@@ -466,11 +470,13 @@ def markdown(result: dict) -> str:
     for spec, s in result["summary"].items():
         policies = [*POLICIES_FIXED, *spec.split("+")]
         lines += [f"## {spec} (seeds evaluated: {s['seeds_evaluated']})", "",
-                  "| policy | success (stochastic) | return | soft return | success (deterministic) |",
-                  "|---|---|---|---|---|"]
+                  "| policy | success (stochastic) | return | soft return | collisions (stochastic) "
+                  "| success (deterministic) |",
+                  "|---|---|---|---|---|---|"]
         for p in policies:
+            collisions = fmt(s[p]["collision"]) if "collision" in s[p] else "–"
             lines.append(f"| {p} | {fmt(s[p]['success'])} | {fmt(s[p]['return'])} | {fmt(s[p]['soft_return'])} | "
-                         f"{fmt(s['deterministic'][p]['success'])} |")
+                         f"{collisions} | {fmt(s['deterministic'][p]['success'])} |")
         measures = [k for k in s["composed"] if k.startswith("final_")]
         if measures:
             lines += ["", "| policy | " + " | ".join(m.removeprefix("final_") + " at the end (m)" for m in measures) + " |",

@@ -138,6 +138,8 @@ def check_eval_record(record: Any) -> None:
                 rate = metric == "success_rate"
                 _number(row.get(metric), f"{mode}.{policy}.{metric}", low=0.0 if rate else -MAX_MAGNITUDE,
                         high=1.0 if rate else MAX_MAGNITUDE)
+            # optional: records from before it was kept lack it
+            _number(row.get("collision_rate"), f"{mode}.{policy}.collision_rate", low=0.0, high=1.0)
             measures = row.get("final_measures", {})
             if not isinstance(measures, dict):
                 raise BadRecord(f"{mode}.{policy}.final_measures must be a JSON object")

@@ -461,7 +461,7 @@ def test_composed_q_refuses_nan_and_wrong_shapes(two_versions):
 
 # ---- 7. study records ----------------------------------------------------------------------------------------
 def good_eval(spec: str = "reach+avoid") -> dict:
-    row = {"success_rate": 0.5, "return_mean": -3.0, "soft_return_mean": -2.0, "final_measures": {}}
+    row = {"success_rate": 0.5, "return_mean": -3.0, "soft_return_mean": -2.0, "collision_rate": 0.25, "final_measures": {}}
     rows = {p: dict(row) for p in ("composed", "joint", *spec.split("+"))}
     return {"spec": spec, "seed": 0, "stochastic": rows, "deterministic": rows,
             "bound": {"suboptimality_mean": 0.1, "mean_C": 2.0}}
@@ -474,6 +474,7 @@ BAD_RECORDS = {
     "NaN": ("eval-reach+avoid-seed0", json.dumps(good_eval()).replace("-3.0", "NaN", 1), "NaN is not a number"),
     "1e308": ("eval-reach+avoid-seed0", json.dumps(good_eval()).replace("-3.0", "1e308", 1), "in [-1e+09, 1e+09]"),
     "a rate of 7": ("eval-reach+avoid-seed0", json.dumps(good_eval()).replace("0.5", "7", 1), "success_rate"),
+    "collisions of -1": ("eval-reach+avoid-seed0", json.dumps(good_eval()).replace("0.25", "-1", 1), "collision_rate"),
     "wrong types": ("train-reach-seed0", json.dumps({"task": "reach", "seed": "0", "path": 3, "env_steps": 1,
                                                      "history": []}), "must be text"),
     "a path out of the libraries": ("train-reach-seed0", json.dumps({"task": "reach", "seed": 0, "path": "/etc",

@@ -57,11 +57,15 @@ def test_a_smoke_study_writes_the_documented_summary(smoke):
         assert "hierarchical bootstrap over (seed, episode)" in cell["method"] and "only 2 seeds" in cell["method"]
         assert summary["deterministic"][policy]["success"]["per_seed"] != [None, None]
     assert set(summary["composed_over_joint"]) >= {"iqm", "ci"} and summary["seeds_failed"] == []
+    collisions = summary["composed"]["collision"]
+    assert len(collisions["per_seed"]) == 2 and "percentile bootstrap" in collisions["method"]
+    assert all(0 <= c <= 1 for c in summary["avoid"]["collision"]["per_seed"])
     runs = [json.loads((smoke / "trials" / f"eval-reach+avoid-seed{s}.json").read_text()) for s in (0, 1)]
     first = [r["stochastic"]["composed"]["per_episode"]["seeds"][0] for r in runs]
     assert first[0] != first[1], "each seed is evaluated on its own episodes"
     assert result["failures"] == {} and result["curves"]["reach"]["env_steps"][-1] == 200
     assert (smoke / "study.md").read_text().startswith("# Study: reach+avoid")
+    assert "collisions (stochastic)" in (smoke / "study.md").read_text()
     assert (smoke / "study_reach+avoid_success.png").stat().st_size > 0
     assert len(list((smoke / "trials").glob("*.json"))) == 8  # 3 trainings and 1 evaluation per seed
 
