@@ -147,6 +147,9 @@ def eval_trial(spec: str, seed: int, paths: dict[str, str], settings: Settings) 
     if settings.quick_build:
         build_config = BuildConfig(sampler=SamplerConfig(updates=100, batch_size=32),
                                    bound=BoundConfig(updates=100, batch_size=64, n_value_samples=64), progress=False)
+    operator = settings.make_operator()
+    if settings.quick_build and isinstance(operator, FittedOperator):
+        operator = replace(operator, tolerance=0.5, target_update_interval=5, value_samples=8)
     out = {}
     for mode in ("stochastic", "deterministic"):
         deterministic = mode == "deterministic"
@@ -156,9 +159,6 @@ def eval_trial(spec: str, seed: int, paths: dict[str, str], settings: Settings) 
                                       env_kwargs=dict(settings.env_kwargs))
         sources = Sources(library=settings.library, joint=paths.get(spec),
                           out=Path(settings.out) / "runs" / f"{spec}-seed{seed}-{mode}")
-        operator = settings.make_operator()
-        if settings.quick_build and isinstance(operator, FittedOperator):
-            operator = replace(operator, tolerance=0.5, target_update_interval=5, value_samples=8)
         report = run([paths[p] for p in parts], [operator], evaluation=evaluation,
                      build_config=build_config, sources=sources)
         rows = {"composed": report.rows["composed"], "joint": report.reference(),
