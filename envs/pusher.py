@@ -20,7 +20,7 @@ slides on two damped slide joints (x, y), so it stops soon after it is no longer
 Tasks: ``push-x`` moves the puck to the line ``x = goal_x`` (any y), ``push-y`` to the line
 ``y = goal_y`` (any x), and ``push-x+push-y`` (their mean) to the lines' crossing. The puck
 starts near ``puck_start``: push-x pushes it away from the base (+x), push-y sideways (+y), and
-the combined task needs a diagonal push. Horizon 50, gamma 0.99, no termination.
+the combined task needs a diagonal push. Horizon 50, gamma 0.95, no termination.
 """
 
 from __future__ import annotations
@@ -152,7 +152,10 @@ FAMILY = Family(
     terms={"puck_x": puck_x_term, "puck_y": puck_y_term, "fingertip_to_puck": fingertip_to_puck_term},
     success_checks={"puck_at_x": puck_at_x, "puck_at_y": puck_at_y},
     every_step=frozenset(),
-    gamma=0.99,
+    # effective horizon 1/(1-gamma) = 20 steps inside the 50-step episode. At 0.99 (100 steps) 61% of V(s0)'s weight
+    # lay on states after the time limit, which no stored transition starts from: push-x's values missed their Monte
+    # Carlo returns by up to 16 whatever the target schedule, budget or exploration (docs/skills.md, "The pusher")
+    gamma=0.95,
     horizon=50,
     term_ranges={"puck_x": (-1.0, 0.0), "puck_y": (-1.0, 0.0), "fingertip_to_puck": (-1.0, 0.0)},
     measures={"puck_goal_distance": puck_goal_distance, "puck_x_distance": puck_x_distance,

@@ -82,7 +82,7 @@ def test_registry_and_spaces():
         assert env.observation_space.shape == (OBS_DIM,) and env.action_space.shape == (3,)
         env.close()
     assert envs.TASKS["push-x+push-y"].parts == ("push-x", "push-y")
-    assert FAMILY.gamma == 0.99 and abs(LAYOUT.dt - 0.05) < 1e-12
+    assert FAMILY.gamma == 0.95 and abs(LAYOUT.dt - 0.05) < 1e-12
     assert PusherEnv.metadata["render_fps"] == round(1 / LAYOUT.dt)
 
 
