@@ -211,3 +211,22 @@ def test_place_failures_splits_the_success_test_into_parts_that_give_it_back(tmp
         assert row["episodes"] == 2 and row["parts_give_the_env_success"] is True
         assert row["success"] <= min(row["xy_within"], row["height_within"], row["speed_below"])
     assert json.loads((tmp_path / "pf.json").read_text())["thresholds"]["rest_speed_m_s"] == 0.1
+
+
+def test_pusher_sweep_trains_each_variant_with_its_change_and_reports_the_gap_goal(tmp_path):
+    """``bench.pusher_sweep`` on a tiny budget: each variant's skill carries its change (the discount before and
+    after the sweep), every seed is reported with its convergence goal recomputed from its own numbers, and an
+    unknown variant is refused with the valid ones."""
+    from bench import pusher_sweep
+
+    out = tmp_path / "sweep.json"
+    result = pusher_sweep.main(["--seeds", "1", "--steps", "1100", "--variants", "current,gamma-0.99", "--json", str(out)])
+    assert [r["variant"] for r in result] == ["current", "gamma-0.99"]
+    assert [r["seeds"][0]["gamma"] for r in result] == [0.95, 0.99]
+    for row in (r["seeds"][0] for r in result):
+        assert row["seed"] == 0 and 0.0 <= row["success_stochastic"] <= 1.0
+        tolerance = 0.05 * abs(row["V0"]) + 0.05 + 3 * row["gap_se"]
+        assert row["goal"]["soft_return_gap"] == (abs(row["gap"]) <= tolerance)
+    assert json.loads(out.read_text())[1]["changes"] == {"gamma": 0.99}
+    with pytest.raises(SystemExit):
+        pusher_sweep.main(["--variants", "gamma-0.9"])
