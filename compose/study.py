@@ -58,10 +58,9 @@ from .operators import OPERATORS, FittedOperator, make_operator
 from .run import BuildConfig, CompositionReport, EvaluationConfig, Sources, run
 from .sampling import SamplerConfig
 from .stats import aggregate, episode_seed
-from .trial_records import BadRecord, clean_numbers, read_record
+from .trial_records import METRICS, BadRecord, clean_numbers, read_record
 
 POLICIES_FIXED = ("composed", "joint")
-METRICS = ("success_rate", "return_mean", "soft_return_mean")
 BOUND_FIGURES = ("suboptimality_mean", "upper_falsified_fraction", "lower_holds_fraction")
 COLLISIONS = "collision_rate"  # per seed only (no per-episode record): its interval is a percentile bootstrap over seeds
 
