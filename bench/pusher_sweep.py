@@ -16,7 +16,6 @@ that time, 0.99: ``--variants gamma-0.99+random-0.3,gamma-0.99+q-lr-1e-4`` repea
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 from dataclasses import replace
 from typing import Any
@@ -30,7 +29,6 @@ VARIANTS: dict[str, dict[str, Any]] = {  # SQLConfig fields to change
     "random-0.3": {"random_episodes": 0.3},  # uniform-action episodes: unvisited actions stay in the data
     "q-lr-1e-4": {"q_lr": 1e-4},  # a slower Q-network
     "copy-300": {"target_update_interval": 300},  # a slower target
-    "gamma-0.95": {"gamma": 0.95},
 }
 
 
@@ -93,4 +91,3 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
 if __name__ == "__main__":
     main()
-    sys.exit(0)
