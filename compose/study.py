@@ -58,11 +58,10 @@ from .operators import OPERATORS, FittedOperator, make_operator
 from .run import BuildConfig, CompositionReport, EvaluationConfig, Sources, run
 from .sampling import SamplerConfig
 from .stats import aggregate, episode_seed
-from .trial_records import METRICS, BadRecord, clean_numbers, read_record
+from .trial_records import COLLISIONS, METRICS, BadRecord, clean_numbers, read_record
 
 POLICIES_FIXED = ("composed", "joint")
 BOUND_FIGURES = ("suboptimality_mean", "upper_falsified_fraction", "lower_holds_fraction")
-COLLISIONS = "collision_rate"  # per seed only (no per-episode record): its interval is a percentile bootstrap over seeds
 
 
 # ---- trials -------------------------------------------------------------------------------------------

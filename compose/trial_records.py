@@ -22,6 +22,7 @@ from skills.library import SkillError, inside_library
 MAX_RECORD_BYTES = 64 << 20  # a record is a few KB (a learning curve, a few rows)
 MAX_MAGNITUDE = 1e9  # returns, soft returns, bound figures, wall times: anything larger is not a measurement
 METRICS = ("success_rate", "return_mean", "soft_return_mean")
+COLLISIONS = "collision_rate"  # per seed only (no per-episode record): its interval is a percentile bootstrap over seeds
 MODES = ("stochastic", "deterministic")
 MAX_EPISODES = 100_000  # per-episode outcomes in one record
 
@@ -139,7 +140,7 @@ def check_eval_record(record: Any) -> None:
                 _number(row.get(metric), f"{mode}.{policy}.{metric}", low=0.0 if rate else -MAX_MAGNITUDE,
                         high=1.0 if rate else MAX_MAGNITUDE)
             # optional: records from before it was kept lack it
-            _number(row.get("collision_rate"), f"{mode}.{policy}.collision_rate", low=0.0, high=1.0)
+            _number(row.get(COLLISIONS), f"{mode}.{policy}.{COLLISIONS}", low=0.0, high=1.0)
             measures = row.get("final_measures", {})
             if not isinstance(measures, dict):
                 raise BadRecord(f"{mode}.{policy}.final_measures must be a JSON object")
