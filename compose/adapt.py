@@ -42,7 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "$COMPOSABLE_SKILLS_LIBRARY)")
     parser.add_argument("--out", help="library to write the adapted skill into (default: the skills' library)")
     parser.add_argument("--resume", metavar="SKILL", help="continue adapting a saved adapted skill (name, name@vN "
-                        "or path); saved as a new version")
+                        "or path); saved as a new version. An interrupted run (status 'training') runs the rest of its "
+                        "budget; a finished one adapts --steps more")
     parser.add_argument("--eval-interval", type=positive_int,
                         help=f"evaluate and checkpoint every N steps (default {EVAL_INTERVAL})")
     parser.add_argument("--eval-episodes", type=positive_int, help="episodes per periodic evaluation (default 20)")
@@ -68,7 +69,8 @@ def main(argv: list[str] | None = None) -> int:
         task = combined_task_name(composition)  # refuse before building anything
         if args.resume:  # the saved adapted skill holds everything: nothing to build
             sql, run = adapt_configs(task, args.steps, seed=args.seed, **overrides)
-            return Trainer(task, sql, run, out=args.out or args.library, resume=args.resume, env_kwargs=arm_kwargs(args))
+            return Trainer(task, sql, run, out=args.out or args.library, resume=args.resume, env_kwargs=arm_kwargs(args),
+                           finish=args.steps is None)  # an interrupted run finishes its budget unless --steps says
         composition.build(progress=not args.no_progress)
         return adapted_trainer(composition, steps=args.steps, seed=args.seed, out=args.out or args.library,
                                env_kwargs=arm_kwargs(args), **overrides)

@@ -42,7 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "$COMPOSABLE_SKILLS_LIBRARY)")
     parser.add_argument("--resume", metavar="SKILL", nargs="?", const="", help="continue training a saved skill "
                         "(name, name@vN or path); the result is saved as a new version. With --seeds: no SKILL; each "
-                        "seed continues its newest saved version")
+                        "seed continues its newest saved version. An interrupted run (status 'training') runs the rest "
+                        "of its budget; a finished skill trains --steps more (default: the task's budget)")
     parser.add_argument("--eval-interval", type=positive_int, help="evaluate and checkpoint every N steps")
     parser.add_argument("--eval-episodes", type=positive_int, help="episodes per periodic evaluation")
     parser.add_argument("--final-eval-episodes", type=positive_int, help="episodes of the final evaluation (default 100)")
@@ -71,9 +72,10 @@ def main(argv: list[str] | None = None) -> int:
                            eval_episodes=args.eval_episodes, final_eval_episodes=args.final_eval_episodes,
                            device=args.device, progress=not args.no_progress,
                            overlap_env_step=not args.no_overlap, convergence=not args.no_convergence)
+        finish = args.steps is None  # an interrupted checkpoint runs the rest of its budget unless --steps says
         if args.seeds is not None:
-            return MultiSeedTrainer(task.name, sql, run, args.seeds, out=args.out, resume=args.resume == "")
-        return Trainer(task.name, sql, run, out=args.out, resume=args.resume)
+            return MultiSeedTrainer(task.name, sql, run, args.seeds, out=args.out, resume=args.resume == "", finish=finish)
+        return Trainer(task.name, sql, run, out=args.out, resume=args.resume, finish=finish)
 
     return run_training(make_trainer, headline)
 
@@ -83,7 +85,8 @@ def headline(trainer: MultiSeedTrainer) -> str:
     first = trainer.trainers[0]
     seeds = f"seed={first.run.seed}" if len(trainer.seeds) == 1 else f"seeds {trainer.seeds} stacked"
     where = ", ".join(map(str, trainer.paths))
-    return f"training {first.task.name!r} for {first.run.steps} steps ({seeds}, alpha={first.sql.alpha}) -> {where}"
+    steps = f"{first.run.steps} steps" + (f" from step {first.start_steps}" if first.start_steps else "")
+    return f"training {first.task.name!r} for {steps} ({seeds}, alpha={first.sql.alpha}) -> {where}"
 
 
 def run_training(make_trainer: Callable[[], MultiSeedTrainer], headline: Callable[[MultiSeedTrainer], str],

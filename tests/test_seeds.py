@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 from test_skills import TINY_RUN, TINY_SQL
 
 from skills import train as train_cli
-from skills.library import read_skill
+from skills.library import load_manifest, read_skill
 from skills.sql.learner import SoftQLearning, SQLConfig, TrainingDiverged
 from skills.sql.many_seeds import StackedSoftQLearning, global_stream
 from skills.training import MultiSeedTrainer, Trainer
@@ -159,13 +159,24 @@ def test_ctrl_c_keeps_every_seed_checkpoint_and_resume_finishes_them(tmp_path, m
     for seed, path in zip((3, 4), trainer.paths, strict=False):
         manifest = json.loads((path / "manifest.json").read_text())
         assert (manifest["status"], manifest["seed"], manifest["env_steps"]) == ("training", seed, 150)
+        assert load_manifest(path).steps_left == 150
     monkeypatch.setattr(StackedSoftQLearning, "update", real_update)
-    resumed = MultiSeedTrainer("multigoal", TINY_SQL, replace(TINY_RUN, steps=150), [3, 4], out=tmp_path, resume=True)
+    # finish (the CLI's default without --steps): the rest of the interrupted budget, not run.steps more
+    resumed = MultiSeedTrainer("multigoal", TINY_SQL, replace(TINY_RUN, steps=1000), [3, 4], out=tmp_path, resume=True,
+                               finish=True)
+    assert resumed.run.steps == 150
     results = resumed.train()
     for seed, result in zip((3, 4), results, strict=False):
         manifest = json.loads((result.path / "manifest.json").read_text())
         assert (manifest["status"], manifest["seed"], manifest["env_steps"]) == ("complete", seed, 300)
         assert manifest["resumed_from"] == str(trainer.paths[seed - 3])
+        assert manifest["training"]["until_env_steps"] == 300 and load_manifest(result.path).steps_left == 0
+    # what the budget left reads from: a resumed run's own target; a manifest from before targets were recorded
+    interrupted = load_manifest(trainer.paths[0])
+    assert interrupted.with_fields(training={"steps": 100, "until_env_steps": 400}).steps_left == 250
+    assert interrupted.with_fields(resumed_from="multigoal@v1", training={"steps": 100}).steps_left == 0
+    assert interrupted.with_fields(training={"steps": 100}).steps_left == 0  # 150 steps done of 100: nothing left
+    assert interrupted.with_fields(status="diverged").steps_left == 0
 
 
 def test_a_diverged_seed_stops_all_and_every_seed_keeps_its_checkpoint(tmp_path, monkeypatch):

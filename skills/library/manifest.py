@@ -139,6 +139,17 @@ class Manifest:
         return self.status == "complete"
 
     @property
+    def steps_left(self) -> int:
+        """Environment steps an interrupted run (status 'training') had left of its budget: ``training.until_env_steps``
+        (or, for a run that did not itself resume, ``training.steps``) minus ``env_steps``; 0 for a finished or diverged
+        skill, or when the manifest records no budget."""
+        training = self.record.get("training")
+        if self.status != "training" or not isinstance(training, dict):
+            return 0
+        until = training.get("until_env_steps", None if self.record.get("resumed_from") else training.get("steps"))
+        return max(0, until - self.env_steps) if isinstance(until, int) and not isinstance(until, bool) else 0
+
+    @property
     def weights_sha256(self) -> str:
         return self.files[WEIGHTS]
 
