@@ -12,12 +12,13 @@ success ratio, the bound figures, learning curves with CI bands, and a per-seed 
 Trials are plain functions. By default they run in a local process pool sized to the cores (one torch
 thread each); ``--ray`` starts a local Ray and runs them as Ray tasks, ``--ray ADDRESS`` joins a cluster
 (give a ``--library`` and ``--out`` on shared storage). Ray is the optional extra ``.[cluster]``.
-A study is resumable: each finished trial leaves ``<out>/trials/<trial>.json`` and is not run again; a
-failed trial is reported and does not stop the others. A record is checked when it is read back
-(``compose.trial_records``): one that is unreadable, malformed, out of range or names a skill outside the study's
-libraries is named (a warning, and ``rerun`` in study.json) and its trial runs again. Local workers end with the
-study: each exits when the study's process dies (a parent-death signal, and a watch on its parent as a fallback),
-taking its own child processes with it.
+A study is resumable: each finished trial leaves ``<out>/trials/<trial>.json`` and is not run again, and a seed
+whose training was interrupted finishes from its last checkpoint (one whose run is dead and whose budget is the
+study's) instead of starting over; a failed trial is reported and does not stop the others. A record is checked
+when it is read back (``compose.trial_records``): one that is unreadable, malformed, out of range or names a skill
+outside the study's libraries is named (a warning, and ``rerun`` in study.json) and its trial runs again. Local
+workers end with the study: each exits when the study's process dies (a parent-death signal, and a watch on its
+parent as a fallback), taking its own child processes with it.
 """
 
 from __future__ import annotations
@@ -109,14 +110,31 @@ def find_trained(task: str, seed: int, settings: Settings) -> str | None:
     return None
 
 
+def find_interrupted(task: str, seed: int, settings: Settings) -> tuple[str, int] | None:
+    """The newest interrupted checkpoint of ``task`` for this seed in the study library whose run is dead and whose
+    budget ends at the study's (same SQL settings): its path and the steps it has done, or None. The study finishes
+    it rather than starting the seed over (``skills.train --resume``'s rule)."""
+    sql, run = train_settings(task, seed, settings)
+    for entry in reversed(skills.list_skills(settings.library)):
+        info = entry.info
+        if (entry.name == task and info.status == "training" and info.seed == seed and info.composed_from is None
+                and info.steps_left and info.env_steps + info.steps_left == run.steps and info.sql_config() == sql
+                and skills.library.abandoned(entry.path)):
+            return str(entry.path), info.env_steps
+    return None
+
+
 def train_trial(task: str, seed: int, settings: Settings) -> dict:
-    """Make sure a skill of ``task`` exists for ``seed``; returns its path and learning curve."""
+    """Make sure a skill of ``task`` exists for ``seed`` (finishing an interrupted one); returns its path and learning
+    curve."""
     load_task_modules(settings.task_modules)
     torch.set_num_threads(1)
     found = find_trained(task, seed, settings)
     if found is None:
         sql, run = train_settings(task, seed, settings)
-        found = str(Trainer(task, sql, run, out=settings.library).train().path)
+        interrupted = find_interrupted(task, seed, settings)
+        found = str(Trainer(task, sql, run, out=settings.library, resume=interrupted and interrupted[0],
+                            finish=True).train().path)
     skill = skills.load(found)
     return {"task": task, "seed": seed, "path": found, "env_steps": skill.info.env_steps,
             "wall_time_s": skill.info.wall_time_s, "history": skill.info.raw.get("history", [])}
@@ -130,9 +148,15 @@ def train_seeds_trial(task: str, seeds: Sequence[int], settings: Settings) -> di
 
     torch.set_num_threads(1)
     missing = [seed for seed in seeds if find_trained(task, seed, settings) is None]
-    if missing:
-        sql, run = train_settings(task, missing[0], settings)
-        MultiSeedTrainer(task, sql, replace(run, overlap_env_step=True), missing, out=settings.library).train()
+    groups: dict[int, dict[int, str | None]] = {}  # steps done -> {seed: checkpoint}; seeds stacked must step together
+    for seed in missing:
+        interrupted = find_interrupted(task, seed, settings)
+        groups.setdefault(interrupted[1] if interrupted else 0, {})[seed] = interrupted and interrupted[0]
+    for done, group in sorted(groups.items()):
+        sql, run = train_settings(task, min(group), settings)
+        resume = {seed: path for seed, path in group.items() if path is not None} if done else None
+        MultiSeedTrainer(task, sql, replace(run, overlap_env_step=True), sorted(group), out=settings.library, resume=resume,
+                         finish=True).train()
     return {f"train-{task}-seed{seed}": train_trial(task, seed, settings) for seed in seeds}
 
 

@@ -192,3 +192,34 @@ def test_the_hierarchical_interval_covers_what_the_percentile_one_over_few_seeds
     assert covered["hierarchical"] >= covered["percentile"]
     cell = aggregate([0.5, None, 0.7], [np.ones(10) * 0.5, None, np.ones(10) * 0.7])
     assert cell["seeds_failed"] == [1] and cell["seeds"] == 2
+
+
+def test_a_study_finishes_an_interrupted_training_from_its_checkpoint(tmp_path):
+    """A seed whose training stopped (its run dead, its budget the study's) is finished from its checkpoint, stacked
+    apart from the fresh seeds; a checkpoint whose run is alive is left to it."""
+    import socket
+    import subprocess
+    import sys
+
+    from library_helpers import edit_manifest
+
+    from skills.training import Trainer
+
+    settings = study_module.Settings(library=str(tmp_path / "lib"), out=str(tmp_path), steps=200, episodes=2, mc=False)
+    sql, run = study_module.train_settings("reach", 0, settings)
+    checkpoint = Trainer("reach", sql, run, out=settings.library).train().path  # stands for a run stopped at step 100
+    training = {**json.loads((checkpoint / "manifest.json").read_text())["training"], "until_env_steps": 200}
+    edit_manifest(checkpoint, status="training", env_steps=100, training=training,
+                  owner={"host": socket.gethostname(), "pid": __import__("os").getpid()})
+    assert study_module.find_interrupted("reach", 0, settings) is None  # its run (this process) is alive
+    dead = int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                              text=True, check=True).stdout)
+    edit_manifest(checkpoint, owner={"host": socket.gethostname(), "pid": dead})
+    assert study_module.find_interrupted("reach", 0, settings) == (str(checkpoint), 100)
+    assert study_module.find_interrupted("reach", 1, settings) is None
+    records = study_module.train_seeds_trial("reach", [0, 1], settings)
+    finished, fresh = (json.loads((Path(records[f"train-reach-seed{s}"]["path"]) / "manifest.json").read_text())
+                       for s in (0, 1))
+    assert (finished["status"], finished["env_steps"], finished["resumed_from"]) == ("complete", 200, str(checkpoint))
+    assert finished["training"]["steps"] == 100  # the 100 steps left, not the budget again
+    assert (fresh["status"], fresh["env_steps"], fresh["resumed_from"]) == ("complete", 200, None)

@@ -34,14 +34,22 @@ from .files import (
 )
 from .manifest import CorruptSkillError, Manifest, SkillError, UnsupportedFormatError
 from .skill import Skill, TaskChangedError, check_task_definition, load, task_of
-from .store import atomic_write_text, claim_version, is_claim_only, publish_directory, release_claim, staging_directory
+from .store import (
+    abandoned,
+    atomic_write_text,
+    claim_version,
+    is_claim_only,
+    publish_directory,
+    release_claim,
+    staging_directory,
+)
 
 __all__ = [
     "CorruptSkillError", "Manifest", "Skill", "SkillEntry", "SkillError", "StaleSkillError", "TaskChangedError",
     "UnsupportedFormatError", "check_task_definition", "task_of",
-    "agent_tensors", "atomic_write_text", "check_fresh", "claim_version", "claim_version_dir", "constituents_library",
-    "default_library", "inside_library", "is_claim_only", "is_path", "library_versions", "list_skills", "load",
-    "load_manifest", "publish_directory",
+    "abandoned", "agent_tensors", "atomic_write_text", "check_fresh", "claim_version", "claim_version_dir",
+    "constituents_library", "default_library", "inside_library", "is_claim_only", "is_path", "library_versions",
+    "list_skills", "load", "load_manifest", "publish_directory",
     "read_skill", "release_claim", "resolve", "sha256_file", "space_record", "stale_constituents", "staging_directory",
     "update_manifest", "write_skill",
 ]

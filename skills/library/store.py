@@ -219,6 +219,13 @@ def recover(directory: Path) -> list[str]:
     return done
 
 
+def abandoned(path: str | Path) -> bool:
+    """A version (claim or checkpoint) whose run is certainly dead: its owner a process of this host that no longer
+    exists. Unknown owners and other hosts' runs count as alive."""
+    owner = _owner(Path(path))
+    return owner is not None and not owner_alive(*owner)
+
+
 def _owner(path: Path) -> tuple[str, int] | None:
     """The (host, pid) training ``path``, from its claim or its checkpoint's manifest."""
     try:

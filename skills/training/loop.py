@@ -17,7 +17,7 @@ run per seed on its own agent, with its own random stream as torch's global one.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import replace
 from pathlib import Path
@@ -143,18 +143,20 @@ class MultiSeedTrainer:
     One seed is the plain single-seed run (``Trainer`` is this class for one seed)."""
 
     def __init__(self, task: str, sql: SQLConfig, run: TrainConfig, seeds: Sequence[int], *,
-                 out: Path | str | None = None, resume: bool | str | Path | None = None, start: StartFrom = StartFrom(),
-                 env_kwargs: dict | None = None, finish: bool = False):
+                 out: Path | str | None = None, resume: bool | str | Path | Mapping[int, str | Path] | None = None,
+                 start: StartFrom = StartFrom(), env_kwargs: dict | None = None, finish: bool = False):
         """``run.seed`` is replaced by each seed. ``resume``: True continues each seed's newest saved version; a name,
-        name@vN or path continues that skill (one seed); ``finish``: an interrupted checkpoint runs only the steps
-        left of its budget, not ``run.steps`` more. ``start``: fresh runs start from this (``compose.adapt``)."""
+        name@vN or path continues that skill (one seed); a mapping seed -> skill continues each seed's own.
+        ``finish``: an interrupted checkpoint runs only the steps left of its budget, not ``run.steps`` more.
+        ``start``: fresh runs start from this (``compose.adapt``)."""
         self.seeds = check_seeds(seeds)
         self.sql, self.run = sql, run
         self.trainers: list[SeedRun] = []
         streams: list[torch.Generator] = []
         try:
             for seed in self.seeds:
-                source = newest_of_seed(start.name or task, seed, out) if resume is True else (resume or None)
+                source = (newest_of_seed(start.name or task, seed, out) if resume is True
+                          else resume[seed] if isinstance(resume, Mapping) else (resume or None))
                 member = SeedRun(task, sql, replace(run, seed=seed), out=out, resume=source, start=start,
                                  env_kwargs=env_kwargs, finish=finish)
                 self.trainers.append(member)
