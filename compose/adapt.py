@@ -23,7 +23,7 @@ import sys
 from envs.cli import add_arm_arguments, add_task_arguments, arm_kwargs, load_task_modules
 from skills.cli import non_negative_int, positive_int, weight_list
 from skills.train import run_training
-from skills.training import MultiSeedTrainer, Trainer, TrainResult
+from skills.training import MultiSeedTrainer, Trainer, TrainResult, rest_of_budget
 
 from .adaptation import ADAPT_SHARE, EVAL_INTERVAL, adapt_configs, adapted_trainer, combined_task_name
 from .skill import load
@@ -69,8 +69,9 @@ def main(argv: list[str] | None = None) -> int:
         task = combined_task_name(composition)  # refuse before building anything
         if args.resume:  # the saved adapted skill holds everything: nothing to build
             sql, run = adapt_configs(task, args.steps, seed=args.seed, **overrides)
-            return Trainer(task, sql, run, out=args.out or args.library, resume=args.resume, env_kwargs=arm_kwargs(args),
-                           finish=args.steps is None)  # an interrupted run finishes its budget unless --steps says
+            if args.steps is None:  # an interrupted run finishes its budget
+                run = rest_of_budget(run, [args.resume], args.out or args.library)
+            return Trainer(task, sql, run, out=args.out or args.library, resume=args.resume, env_kwargs=arm_kwargs(args))
         composition.build(progress=not args.no_progress)
         return adapted_trainer(composition, steps=args.steps, seed=args.seed, out=args.out or args.library,
                                env_kwargs=arm_kwargs(args), **overrides)

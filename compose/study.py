@@ -50,7 +50,7 @@ from envs.cli import add_arm_arguments, add_task_arguments, arm_kwargs, load_tas
 from skills.cli import positive_int, seed_list
 from skills.evaluation import EVAL_SEED
 from skills.library import atomic_write_text
-from skills.training import MultiSeedTrainer, Trainer
+from skills.training import MultiSeedTrainer, Trainer, rest_of_budget
 from skills.training.defaults import sql_config, train_config
 
 from .bound import BoundConfig
@@ -133,8 +133,10 @@ def train_trial(task: str, seed: int, settings: Settings) -> dict:
     if found is None:
         sql, run = train_settings(task, seed, settings)
         interrupted = find_interrupted(task, seed, settings)
-        found = str(Trainer(task, sql, run, out=settings.library, resume=interrupted and interrupted[0],
-                            finish=True).train().path)
+        resume = interrupted and interrupted[0]
+        if resume:
+            run = rest_of_budget(run, [resume], settings.library)
+        found = str(Trainer(task, sql, run, out=settings.library, resume=resume).train().path)
     skill = skills.load(found)
     return {"task": task, "seed": seed, "path": found, "env_steps": skill.info.env_steps,
             "wall_time_s": skill.info.wall_time_s, "history": skill.info.raw.get("history", [])}
@@ -155,8 +157,10 @@ def train_seeds_trial(task: str, seeds: Sequence[int], settings: Settings) -> di
     for done, group in sorted(groups.items()):
         sql, run = train_settings(task, min(group), settings)
         resume = {seed: path for seed, path in group.items() if path is not None} if done else None
-        MultiSeedTrainer(task, sql, replace(run, overlap_env_step=True), sorted(group), out=settings.library, resume=resume,
-                         finish=True).train()
+        if resume:
+            run = rest_of_budget(run, list(resume.values()), settings.library)
+        MultiSeedTrainer(task, sql, replace(run, overlap_env_step=True), sorted(group), out=settings.library,
+                         resume=resume).train()
     return {f"train-{task}-seed{seed}": train_trial(task, seed, settings) for seed in seeds}
 
 

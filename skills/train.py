@@ -20,7 +20,7 @@ from envs.cli import add_task_arguments, load_task_modules, run_command
 from .cli import non_negative_int, positive_float, positive_int, seed_list
 from .evaluation.diagnostics import format_report
 from .sql import TrainingDiverged
-from .training import MultiSeedTrainer, Trainer, TrainResult
+from .training import MultiSeedTrainer, Trainer, TrainResult, newest_of_seed, rest_of_budget
 from .training.defaults import sql_config, train_config
 
 
@@ -72,10 +72,12 @@ def main(argv: list[str] | None = None) -> int:
                            eval_episodes=args.eval_episodes, final_eval_episodes=args.final_eval_episodes,
                            device=args.device, progress=not args.no_progress,
                            overlap_env_step=not args.no_overlap, convergence=not args.no_convergence)
-        finish = args.steps is None  # an interrupted checkpoint runs the rest of its budget unless --steps says
+        if args.resume is not None and args.steps is None:  # an interrupted checkpoint runs the rest of its budget
+            sources = [args.resume] if args.seeds is None else [newest_of_seed(task.name, s, args.out) for s in args.seeds]
+            run = rest_of_budget(run, sources, args.out)
         if args.seeds is not None:
-            return MultiSeedTrainer(task.name, sql, run, args.seeds, out=args.out, resume=args.resume == "", finish=finish)
-        return Trainer(task.name, sql, run, out=args.out, resume=args.resume, finish=finish)
+            return MultiSeedTrainer(task.name, sql, run, args.seeds, out=args.out, resume=args.resume == "")
+        return Trainer(task.name, sql, run, out=args.out, resume=args.resume)
 
     return run_training(make_trainer, headline)
 

@@ -15,7 +15,7 @@ from skills import train as train_cli
 from skills.library import load_manifest, read_skill
 from skills.sql.learner import SoftQLearning, SQLConfig, TrainingDiverged
 from skills.sql.many_seeds import StackedSoftQLearning, global_stream
-from skills.training import MultiSeedTrainer, Trainer
+from skills.training import MultiSeedTrainer, Trainer, rest_of_budget
 from skills.training.buffer import ReplayBuffer
 
 SEEDS = [0, 1, 2]
@@ -161,16 +161,18 @@ def test_ctrl_c_keeps_every_seed_checkpoint_and_resume_finishes_them(tmp_path, m
         assert (manifest["status"], manifest["seed"], manifest["env_steps"]) == ("training", seed, 150)
         assert load_manifest(path).steps_left == 150
     monkeypatch.setattr(StackedSoftQLearning, "update", real_update)
-    # finish (the CLI's default without --steps): the rest of the interrupted budget, not run.steps more
-    resumed = MultiSeedTrainer("multigoal", TINY_SQL, replace(TINY_RUN, steps=1000), [3, 4], out=tmp_path, resume=True,
-                               finish=True)
-    assert resumed.run.steps == 150
-    results = resumed.train()
-    for seed, result in zip((3, 4), results, strict=False):
-        manifest = json.loads((result.path / "manifest.json").read_text())
+    # the CLI's default without --steps: the rest of the interrupted budget, not run.steps more
+    rest = rest_of_budget(replace(TINY_RUN, steps=1000), trainer.paths, tmp_path)
+    assert rest.steps == 150
+    assert train_cli.main(["multigoal", "--seeds", "3,4", "--resume", "--out", str(tmp_path), "--no-progress",
+                           "--no-convergence", "--eval-episodes", "2", "--final-eval-episodes", "5"]) == 0
+    for seed, path in zip((3, 4), trainer.paths, strict=False):
+        resumed = path.parent / f"v{int(path.name[1:]) + 2}"  # v3, v4: the seeds' new versions
+        manifest = json.loads((resumed / "manifest.json").read_text())
         assert (manifest["status"], manifest["seed"], manifest["env_steps"]) == ("complete", seed, 300)
         assert manifest["resumed_from"] == str(trainer.paths[seed - 3])
-        assert manifest["training"]["until_env_steps"] == 300 and load_manifest(result.path).steps_left == 0
+        assert manifest["training"]["until_env_steps"] == 300 and load_manifest(resumed).steps_left == 0
+        assert rest_of_budget(TINY_RUN, [resumed], tmp_path) == TINY_RUN  # a finished skill trains a budget more
     # what the budget left reads from: a resumed run's own target; a manifest from before targets were recorded
     interrupted = load_manifest(trainer.paths[0])
     assert interrupted.with_fields(training={"steps": 100, "until_env_steps": 400}).steps_left == 250

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..library import list_skills
+from ..library import list_skills, load_manifest, resolve
 from ..sql.learner import SoftQLearning, SQLConfig, TrainingDiverged
 from ..sql.many_seeds import StackedSoftQLearning, global_stream, stacked_memory_bytes
 from .config import STORED_TRANSITIONS, TrainConfig, TrainResult, check_seeds
@@ -62,9 +62,16 @@ def check_memory(n: int, obs_dim: int, act_dim: int, sql: SQLConfig, run: TrainC
                          f"available; train at most {max(1, int(0.8 * have // per_seed))} seeds at once")
 
 
-def starts_and_budgets(trainers: Sequence[SeedRun]) -> list[str]:
-    """Each seed's resumed step count and the steps it is to run, for a message: '55000 +45000'."""
-    return [f"{t.start_steps} +{t.run.steps}" for t in trainers]
+def rest_of_budget(run: TrainConfig, sources: Sequence[str | Path], library: str | Path | None) -> TrainConfig:
+    """``run`` to finish the interrupted checkpoints ``sources`` (names, name@vN or paths): its steps are what they
+    had left of their budget (``Manifest.steps_left``); unchanged when none was interrupted part way. Stacked seeds
+    step together, so their steps left must agree."""
+    left = {load_manifest(resolve(source, library)).steps_left for source in sources}
+    if len(left) > 1:
+        raise ValueError(f"--resume: the checkpoints have different steps left of their budgets {sorted(left)}; "
+                         "stacked seeds step together, so resume them one by one")
+    steps = left.pop() if left else 0
+    return replace(run, steps=steps, eval_interval=min(run.eval_interval, steps)) if steps else run
 
 
 def newest_of_seed(name: str, seed: int, library: str | Path | None) -> Path:
@@ -144,10 +151,10 @@ class MultiSeedTrainer:
 
     def __init__(self, task: str, sql: SQLConfig, run: TrainConfig, seeds: Sequence[int], *,
                  out: Path | str | None = None, resume: bool | str | Path | Mapping[int, str | Path] | None = None,
-                 start: StartFrom = StartFrom(), env_kwargs: dict | None = None, finish: bool = False):
+                 start: StartFrom = StartFrom(), env_kwargs: dict | None = None):
         """``run.seed`` is replaced by each seed. ``resume``: True continues each seed's newest saved version; a name,
-        name@vN or path continues that skill (one seed); a mapping seed -> skill continues each seed's own.
-        ``finish``: an interrupted checkpoint runs only the steps left of its budget, not ``run.steps`` more.
+        name@vN or path continues that skill (one seed); a mapping seed -> skill continues each seed's own. A resumed
+        run trains ``run.steps`` more (``rest_of_budget`` gives the run that finishes an interrupted one).
         ``start``: fresh runs start from this (``compose.adapt``)."""
         self.seeds = check_seeds(seeds)
         self.sql, self.run = sql, run
@@ -158,17 +165,16 @@ class MultiSeedTrainer:
                 source = (newest_of_seed(start.name or task, seed, out) if resume is True
                           else resume[seed] if isinstance(resume, Mapping) else (resume or None))
                 member = SeedRun(task, sql, replace(run, seed=seed), out=out, resume=source, start=start,
-                                 env_kwargs=env_kwargs, finish=finish)
+                                 env_kwargs=env_kwargs)
                 self.trainers.append(member)
                 if len(self.trainers) == 1:
                     check_memory(len(self.seeds), member.agent.obs_dim, member.agent.act_dim, sql, run)
                 streams.append(seed_stream(member))
-            starts = {(t.start_steps, t.run.steps) for t in self.trainers}
+            starts = {t.start_steps for t in self.trainers}
             if len(starts) != 1:
-                raise ValueError(f"--resume: the seeds' newest versions stopped at different steps or budgets "
-                                 f"{dict(zip(self.seeds, starts_and_budgets(self.trainers), strict=False))}; "
+                raise ValueError(f"--resume: the seeds' newest versions stopped at different steps "
+                                 f"{dict(zip(self.seeds, (t.start_steps for t in self.trainers), strict=False))}; "
                                  "stacked seeds step together, so resume them one by one")
-            self.run = replace(run, steps=self.trainers[0].run.steps, eval_interval=self.trainers[0].run.eval_interval)
             self.learner = OneLearner(self.trainers[0].agent) if len(self.trainers) == 1 else \
                 StackedLearner([t.agent for t in self.trainers], streams)
         except BaseException:
@@ -294,13 +300,10 @@ class Trainer(MultiSeedTrainer):
     """Trains one skill (seed ``run.seed``) and publishes it as a new library version: the loop with one seed."""
 
     def __init__(self, task: str, sql: SQLConfig, run: TrainConfig, out: Path | str | None = None,
-                 resume: str | Path | None = None, *, start: StartFrom = StartFrom(), env_kwargs: dict | None = None,
-                 finish: bool = False):
+                 resume: str | Path | None = None, *, start: StartFrom = StartFrom(), env_kwargs: dict | None = None):
         """Train ``task`` into ``<out>/<name>/v<N+1>``; ``resume``: a saved skill to continue (name, name@vN or
-        path); ``finish``: an interrupted one runs only the rest of its budget; ``start``: what a fresh run starts
-        from (``StartFrom``); ``env_kwargs``: ``envs.make`` options."""
-        super().__init__(task, sql, run, [run.seed], out=out, resume=resume, start=start, env_kwargs=env_kwargs,
-                         finish=finish)
+        path); ``start``: what a fresh run starts from (``StartFrom``); ``env_kwargs``: ``envs.make`` options."""
+        super().__init__(task, sql, run, [run.seed], out=out, resume=resume, start=start, env_kwargs=env_kwargs)
 
     @property
     def seed_run(self) -> SeedRun:

@@ -9,7 +9,7 @@ import os
 import random
 import socket
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any, cast
@@ -101,19 +101,14 @@ class SeedRun:
     """Trains one seed of a skill and publishes it as a new library version (driven by ``skills.training.loop``)."""
 
     def __init__(self, task: str, sql: SQLConfig, run: TrainConfig, *, out: Path | str | None = None,
-                 resume: str | Path | None = None, start: StartFrom = StartFrom(), env_kwargs: dict | None = None,
-                 finish: bool = False):
+                 resume: str | Path | None = None, start: StartFrom = StartFrom(), env_kwargs: dict | None = None):
         """Train ``task`` into ``<out>/<name>/v<N+1>`` (``name``: ``start.name``, the resumed skill's, or the task's).
-        ``resume``: a saved skill to continue (name, name@vN or path); ``finish``: if it is an interrupted checkpoint,
-        run only the steps left of its budget (``Manifest.steps_left``) instead of ``run.steps`` more; ``env_kwargs``:
-        ``envs.make`` options such as a custom ``arm`` (recorded as the manifest's ``task_kwargs``)."""
+        ``resume``: a saved skill to continue (name, name@vN or path); ``env_kwargs``: ``envs.make`` options such as a
+        custom ``arm`` (recorded as the manifest's ``task_kwargs``)."""
         self.task = envs.get_task(task)
         torch_device(run.device)  # refuse an unusable device before the env process starts
         self.sql, self.run, self.library = sql, run, out
         resumed = self._read_resume(resume) if resume is not None else None
-        if finish and resumed is not None and resumed[1].steps_left:
-            left = resumed[1].steps_left
-            self.run = run = replace(run, steps=left, eval_interval=min(run.eval_interval, left))
         self.name = start.name or (resumed[1].name if resumed else self.task.name)
         self.resumed_from = str(resume) if resume is not None else None
         self.provenance = dict(start.provenance or {})
