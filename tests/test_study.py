@@ -223,3 +223,5 @@ def test_a_study_finishes_an_interrupted_training_from_its_checkpoint(tmp_path):
     assert (finished["status"], finished["env_steps"], finished["resumed_from"]) == ("complete", 200, str(checkpoint))
     assert finished["training"]["steps"] == 100  # the 100 steps left, not the budget again
     assert (fresh["status"], fresh["env_steps"], fresh["resumed_from"]) == ("complete", 200, None)
+    versions = sorted(p.name for p in (tmp_path / "lib" / "reach").iterdir() if p.name.startswith("v"))
+    assert versions == ["v1", "v2", "v3"]  # the checkpoint and one new version per seed: nothing trained twice
