@@ -42,8 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "$COMPOSABLE_SKILLS_LIBRARY)")
     parser.add_argument("--out", help="library to write the adapted skill into (default: the skills' library)")
     parser.add_argument("--resume", metavar="SKILL", help="continue adapting a saved adapted skill (name, name@vN "
-                        "or path); saved as a new version. An interrupted run (status 'training') runs the rest of its "
-                        "budget; a finished one adapts --steps more")
+                        "or path); saved as a new version. Without --steps, an interrupted run (status 'training') runs "
+                        "the rest of its budget; --steps N is always N more")
     parser.add_argument("--eval-interval", type=positive_int,
                         help=f"evaluate and checkpoint every N steps (default {EVAL_INTERVAL})")
     parser.add_argument("--eval-episodes", type=positive_int, help="episodes per periodic evaluation (default 20)")

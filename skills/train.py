@@ -42,8 +42,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "$COMPOSABLE_SKILLS_LIBRARY)")
     parser.add_argument("--resume", metavar="SKILL", nargs="?", const="", help="continue training a saved skill "
                         "(name, name@vN or path); the result is saved as a new version. With --seeds: no SKILL; each "
-                        "seed continues its newest saved version. An interrupted run (status 'training') runs the rest "
-                        "of its budget; a finished skill trains --steps more (default: the task's budget)")
+                        "seed continues its newest saved version. Without --steps, an interrupted run (status "
+                        "'training') runs the rest of its budget and a finished skill the task's budget more; --steps N "
+                        "is always N more")
     parser.add_argument("--eval-interval", type=positive_int, help="evaluate and checkpoint every N steps")
     parser.add_argument("--eval-episodes", type=positive_int, help="episodes per periodic evaluation")
     parser.add_argument("--final-eval-episodes", type=positive_int, help="episodes of the final evaluation (default 100)")
