@@ -154,9 +154,9 @@ def train_seeds_trial(task: str, seeds: Sequence[int], settings: Settings) -> di
     for seed in missing:
         interrupted = find_interrupted(task, seed, settings)
         groups.setdefault(interrupted[1] if interrupted else 0, {})[seed] = interrupted and interrupted[0]
-    for done, group in sorted(groups.items()):
+    for _, group in sorted(groups.items()):
         sql, run = train_settings(task, min(group), settings)
-        resume = {seed: path for seed, path in group.items() if path is not None} if done else None
+        resume = {seed: path for seed, path in group.items() if path is not None} or None
         if resume:
             run = rest_of_budget(run, list(resume.values()), settings.library)
         MultiSeedTrainer(task, sql, replace(run, overlap_env_step=True), sorted(group), out=settings.library,
