@@ -73,11 +73,14 @@ def main(argv: list[str] | None = None) -> int:
                            eval_episodes=args.eval_episodes, final_eval_episodes=args.final_eval_episodes,
                            device=args.device, progress=not args.no_progress,
                            overlap_env_step=not args.no_overlap, convergence=not args.no_convergence)
-        if args.resume is not None and args.steps is None:  # an interrupted checkpoint runs the rest of its budget
+        if args.resume is None:
+            sources = []
+        else:  # each seed's newest version, found once; an interrupted one runs the rest of its budget
             sources = [args.resume] if args.seeds is None else [newest_of_seed(task.name, s, args.out) for s in args.seeds]
-            run = rest_of_budget(run, sources, args.out)
+            run = rest_of_budget(run, sources, args.out) if args.steps is None else run
         if args.seeds is not None:
-            return MultiSeedTrainer(task.name, sql, run, args.seeds, out=args.out, resume=args.resume == "")
+            resume = dict(zip(args.seeds, sources, strict=True)) if sources else None
+            return MultiSeedTrainer(task.name, sql, run, args.seeds, out=args.out, resume=resume)
         return Trainer(task.name, sql, run, out=args.out, resume=args.resume)
 
     return run_training(make_trainer, headline)
