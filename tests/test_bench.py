@@ -230,3 +230,20 @@ def test_pusher_sweep_trains_each_variant_with_its_change_and_reports_the_gap_go
     assert json.loads(out.read_text())[1]["changes"] == {"gamma": 0.99}
     with pytest.raises(SystemExit):
         pusher_sweep.main(["--variants", "gamma-0.9"])
+
+
+def test_residual_sources_splits_the_training_estimators_share_from_the_rest(tmp_path):
+    """On the shipped clear skill: one record per sample count; the estimator's share is the 32- minus the 8192-sample
+    mean; clear's values reach its ceiling, so some V(s') lie above V_max."""
+    from pathlib import Path
+
+    from bench import residuals
+
+    out = tmp_path / "r.json"
+    trained = str(Path(__file__).resolve().parents[1] / "trained")
+    assert residuals.main(["clear", "--library", trained, "--states", "300", "--json", str(out)]) == 0
+    result = json.loads(out.read_text())["clear"]
+    assert list(result["residual_mean"]) == ["32", "256", "1024", "8192"]
+    assert result["estimator_share"] == pytest.approx(result["residual_mean"]["32"] - result["residual_mean"]["8192"])
+    assert result["goal"] == pytest.approx(0.001) and result["states"] == 300
+    assert 0 < result["above_v_max"] < 1 and result["clip_share"] < 0

@@ -295,7 +295,7 @@ def test_evaluate_cli_writes_json_with_required_keys(library, tmp_path, capsys):
     assert "success rate" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("module", ["skills.train", "skills.evaluate", "skills"])
+@pytest.mark.parametrize("module", ["skills.train", "skills.evaluate", "skills.polish", "skills"])
 def test_clis_have_help(module):
     import subprocess
     import sys

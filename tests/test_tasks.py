@@ -301,8 +301,8 @@ def test_a_gymnasium_env_becomes_a_family_whose_skills_train_and_compose(user_ta
 
 
 def test_every_cli_takes_tasks():
-    for module in ("skills.train", "skills.evaluate", "compose.run", "compose.study", "compose.adapt", "compose.save",
-                   "envs"):
+    for module in ("skills.train", "skills.evaluate", "skills.polish", "compose.run", "compose.study", "compose.adapt",
+                   "compose.save", "envs"):
         done = subprocess.run([sys.executable, "-m", module, "--help"], cwd=ROOT, capture_output=True, text=True,
                               timeout=120)
         assert done.returncode == 0 and "--tasks" in done.stdout, module

@@ -63,7 +63,7 @@ TASK_STEPS: dict[str, int] = {
     "east": 10_000,
     "west+east": 10_000,
     "multigoal": 20_000,  # 8k left the soft return 10.8 from V(s0) (goal 9.8); 20k: 4.5 (docs/skills.md)
-    # envs.manipulation: provisional budgets (their tuning was not finished; no skill of these families is trained)
+    # envs.manipulation: the budgets of the shipped skills, not tuned further (docs/manipulation.md, "Training settings")
     "place": 100_000,
     "clear": 30_000,
     "place+clear": 100_000,
