@@ -32,17 +32,17 @@ def residual_sources(skill, states: int, seed: int) -> dict:
 
     t = skill.transitions
     idx = np.random.default_rng(seed).choice(len(t["reward"]), size=min(states, len(t["reward"])), replace=False)
-    data = [t[k][idx] for k in ("obs", "action", "reward", "next_obs", "terminated")]
+    obs, action, reward, next_obs, terminated = (t[k][idx] for k in ("obs", "action", "reward", "next_obs", "terminated"))
     out: dict = {"skill": str(skill.path), "alpha": skill.alpha, "goal": 0.1 * skill.alpha, "states": len(idx),
                  "residual_mean": {}, "residual_se": {}}
     for n in SAMPLE_COUNTS:
         torch.manual_seed(seed)
-        res = bellman_residual(skill, *data, skill.gamma, n)
+        res = bellman_residual(skill, obs, action, reward, next_obs, terminated, skill.gamma, n)
         out["residual_mean"][n] = float(res.mean())
         out["residual_se"][n] = float(res.std(ddof=1) / np.sqrt(len(res)))
     _, v_max = soft_value_bounds(task_of(skill.info).reward_range, skill.alpha, skill.act_dim, skill.gamma)
     torch.manual_seed(seed)
-    v_next = np.asarray(skill.value(data[3], n_samples=1024), np.float64)
+    v_next = np.asarray(skill.value(next_obs, n_samples=1024), np.float64)
     out["estimator_share"] = out["residual_mean"][SAMPLE_COUNTS[0]] - out["residual_mean"][SAMPLE_COUNTS[-1]]
     out["above_v_max"] = float(np.mean(v_next > v_max))
     out["clip_share"] = float(-skill.gamma * np.mean(np.clip(v_next - v_max, 0.0, None)))
