@@ -113,3 +113,13 @@ def test_polishing_brings_a_fetch_skill_closer_to_its_fixed_point():
     after = residual_mean(skill, idx)
     assert abs(before) > 0.005
     assert abs(after) < 0.5 * abs(before), (before, after)
+
+
+def test_the_same_seed_polishes_to_the_same_weights(library):
+    weights = []
+    for _ in range(2):
+        skill = skills.load("multigoal", str(library))
+        polish_agent(skill.agent, skill.transitions, PolishConfig(updates=20, value_samples=16, batch_size=32, seed=3,
+                                                                  progress=False))
+        weights.append([p.clone() for p in skill.agent.q.parameters()])
+    assert all(torch.equal(a, b) for a, b in zip(*weights, strict=True))
