@@ -27,7 +27,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m skills.polish", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("skill", help="skill name (newest version), name@vN, or a skill directory")
-    parser.add_argument("--library", help="library directory (default: trained/); the new version goes there too")
+    parser.add_argument("--library", help="library to find SKILL in (default: trained/); the new version goes beside "
+                        "the one it polishes")
     parser.add_argument("--updates", type=positive_int, default=PolishConfig.updates,
                         help=f"SQL updates on the stored transitions (default {PolishConfig.updates})")
     parser.add_argument("--lr", type=positive_float, default=PolishConfig.lr,

@@ -82,6 +82,9 @@ def test_the_cli_saves_a_polished_version_and_leaves_the_original_untouched(libr
     assert (lib / "multigoal" / "v2" / "convergence.png").exists()
     out = capsys.readouterr().out
     assert "polished from v1" in out and "Bellman residual" in out
+    # given as a path, with no --library: the new version goes beside it, not into trained/
+    assert polish_cli.main([str(lib / "multigoal" / "v1"), "--updates", "10", "--value-samples", "16", "--no-progress"]) == 0
+    assert skills.load("multigoal", str(lib)).info.version == 3
 
 
 def test_an_interrupted_skill_is_refused_with_how_to_finish_it(library, tmp_path, capsys):

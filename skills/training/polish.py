@@ -131,9 +131,9 @@ def polish_agent(agent: SoftQLearning, transitions: dict[str, np.ndarray], confi
 
 def polish_skill(source: str | Path, library: str | Path | None = None, config: PolishConfig = PolishConfig(),
                  convergence: ConvergenceConfig = ConvergenceConfig()) -> Path:
-    """Polish a saved skill (name, name@vN or path) into a new version of its name in ``library``: the polished
-    networks, the same stored transitions, ``polished_from`` and ``polish`` in its manifest, then a fresh final
-    evaluation and convergence report (``skills.evaluate``), as a training run ends. Returns the new version's path."""
+    """Polish a saved skill (name, name@vN or path, looked up in ``library``) into a new version of its name in the
+    library that holds it: the polished networks, the same stored transitions, ``polished_from`` and ``polish`` in its
+    manifest, a fresh final evaluation and convergence report, as a training run ends. Returns the new version's path."""
     path = resolve(source, library)
     agent, info, transitions = read_skill(path)
     if info.status != "complete":
@@ -141,19 +141,20 @@ def polish_skill(source: str | Path, library: str | Path | None = None, config: 
                          f"`python -m skills.train {info.task} --resume {path}`)")
     agent.value_range = soft_value_bounds(task_of(info).reward_range, agent.config.alpha, info.act_dim, agent.config.gamma)
     record = polish_agent(agent, transitions, config)
-    out = claim_version_dir(info.name, library)
+    out = claim_version_dir(info.name, path.parent.parent)  # beside the original, wherever it was found
+    plot = out.parent / f".{out.name}.convergence.png"
     try:
         manifest = info.with_fields(version=int(out.name[1:]), updates=info.updates + config.updates, files={}, polish=record,
                                     polished_from={"path": str(path), "version": info.version,
                                                    "weights_sha256": info.weights_sha256})
         manifest = manifest.with_fields(**final_checks(Skill(agent, manifest, transitions, out), info, convergence))
-        plot = out.parent / f".{out.name}.convergence.png"
         plot_convergence(manifest.record["convergence"], plot, f"{info.name}: polished, against Monte Carlo soft returns")
         write_skill(out, agent, manifest, transitions, {"convergence.png": plot})
-        plot.unlink(missing_ok=True)
     except BaseException:
         release_claim(out)
         raise
+    finally:
+        plot.unlink(missing_ok=True)
     return out
 
 
