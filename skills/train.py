@@ -52,6 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-overlap", action="store_true", help="step the env and update in sequence "
                         "(default: the env steps in a child process while the update runs; same results)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--polish", type=non_negative_int, default=0, metavar="N",
+                        help="after the last step, N updates of skills.polish's settings on the whole replay buffer "
+                        "(no new env samples; see python -m skills.polish --help); default 0: none")
     parser.add_argument("--no-convergence", action="store_true", help="skip the final convergence report (Monte Carlo "
                         "soft returns against V(s0), Bellman residuals; about 30 s on the arm tasks)")
     return parser
@@ -72,7 +75,8 @@ def main(argv: list[str] | None = None) -> int:
         run = train_config(task.name, steps=args.steps, seed=args.seed, eval_interval=args.eval_interval,
                            eval_episodes=args.eval_episodes, final_eval_episodes=args.final_eval_episodes,
                            device=args.device, progress=not args.no_progress,
-                           overlap_env_step=not args.no_overlap, convergence=not args.no_convergence)
+                           overlap_env_step=not args.no_overlap, convergence=not args.no_convergence,
+                           polish_updates=args.polish)
         if args.resume is None:
             sources = []
         else:  # each seed's newest version, found once; an interrupted one runs the rest of its budget

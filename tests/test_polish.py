@@ -3,6 +3,7 @@ old one untouched, bad settings refused."""
 
 import json
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -126,3 +127,21 @@ def test_the_same_seed_polishes_to_the_same_weights(library):
                                                                   progress=False))
         weights.append([p.clone() for p in skill.agent.q.parameters()])
     assert all(torch.equal(a, b) for a, b in zip(*weights, strict=True))
+
+
+def test_a_training_run_can_end_with_a_polish_on_its_whole_buffer(tmp_path):
+    """``TrainConfig.polish_updates`` (``skills.train --polish N``): the same run, then N updates on every stored
+    transition; recorded in the manifest, and the final evaluation and convergence report are of the polished skill."""
+    sql = SQLConfig(alpha=10.0, obs_scale=0.2, hidden=(32, 32), warmup_steps=100, batch_size=32, particles=8, value_samples=8)
+    run = TrainConfig(steps=300, eval_interval=150, eval_episodes=2, final_eval_episodes=3, progress=False,
+                      convergence=False)
+    plain = Trainer("multigoal", sql, run, out=tmp_path / "a").train().path
+    polished = Trainer("multigoal", sql, replace(run, polish_updates=20), out=tmp_path / "b").train().path
+    a, b = (json.loads((p / "manifest.json").read_text()) for p in (plain, polished))
+    assert "polish" not in a and b["polish"]["updates"] == 20 and b["polish"]["transitions"] == 300
+    assert b["updates"] == a["updates"] + 20 and b["training"]["polish_updates"] == 20
+    def curve(m: dict) -> list[dict]:
+        return [{k: v for k, v in row.items() if k != "wall_time_s"} for row in m["history"]]
+
+    assert curve(b) == curve(a)  # the training itself is the same run
+    assert a["files"]["weights.safetensors"] != b["files"]["weights.safetensors"]

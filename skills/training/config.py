@@ -29,18 +29,21 @@ class TrainConfig:
     value_check_interval: int = 1000  # check soft values against their analytic bounds every N steps (0: never)
     value_check_patience: int = 2  # stop when the excess over the bound has not shrunk over this many checks in a row
     convergence: bool = True  # final report: Monte Carlo soft returns and Bellman residuals (skills.evaluation.diagnostics)
+    polish_updates: int = 0  # after the last step: this many updates of skills.training.polish on the whole buffer (0: none)
 
     def __post_init__(self) -> None:
         small = {k: getattr(self, k) for k in ("steps", "eval_interval", "eval_episodes", "final_eval_episodes", "threads",
                                                "value_check_patience")
                  if not (isinstance(getattr(self, k), int) and getattr(self, k) >= 1)}
-        if not (isinstance(self.value_check_interval, int) and self.value_check_interval >= 0):
-            small["value_check_interval"] = self.value_check_interval
+        for name in ("value_check_interval", "polish_updates"):
+            if not (isinstance(getattr(self, name), int) and getattr(self, name) >= 0):
+                small[name] = getattr(self, name)
         if not (isinstance(self.seed, int) and self.seed >= 0):
             small["seed"] = self.seed
         if small:
             raise ValueError(f"TrainConfig: {', '.join(f'{k}={v!r}' for k, v in small.items())}: steps, intervals, "
-                             "episodes and threads must be whole numbers >= 1 (value_check_interval and seed >= 0)")
+                             "episodes and threads must be whole numbers >= 1 (value_check_interval, polish_updates "
+                             "and seed >= 0)")
 
 
 @dataclass

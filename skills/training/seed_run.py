@@ -43,6 +43,7 @@ from ..sql.many_skills import ComposedSoftQNetwork
 from .buffer import ReplayBuffer
 from .config import STORED_TRANSITIONS, TrainConfig, TrainResult
 from .envs import training_env
+from .polish import PolishConfig, polish_agent
 
 LOG_COLUMNS = ["env_steps", "wall_time_s", "return_mean", "return_std", "success_rate", "collision_rate", "q_loss",
                "sampler_loss"]
@@ -141,6 +142,7 @@ class SeedRun:
         self._episode_return = 0.0
         self._random_episode = False
         self.convergence_record: dict | None = None
+        self.polish_record: dict | None = None  # skills.training.polish's record, when the run polishes at its end
         self._violations: list[tuple[float, str]] = []  # consecutive failed value checks: (excess, message)
         self.value_warnings: list[str] = []  # every failed value check of this run
         self._bar: Any = None
@@ -291,6 +293,7 @@ class SeedRun:
             **({"value_check_warnings": self.value_warnings} if self.value_warnings else {}),
             **({"owner": {"host": socket.gethostname(), "pid": os.getpid()}} if status == "training" else {}),
             **({"convergence": self.convergence_record} if self.convergence_record is not None else {}),
+            **({"polish": self.polish_record} if self.polish_record is not None else {}),
             "library_versions": library_versions(), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
         return Manifest(
@@ -403,9 +406,19 @@ class SeedRun:
             self._writer.close()
             self._writer = None
 
+    def polish(self) -> None:
+        """``skills.training.polish`` of the trained networks on the whole replay buffer (``run.polish_updates``
+        updates, seeded by the run's seed; the training's random streams are left as they were)."""
+        config = PolishConfig(updates=self.run.polish_updates, seed=self.run.seed, progress=self.run.progress)
+        data = self.buffer.subsample(self.buffer.size, np.random.default_rng(self.run.seed))
+        with torch.random.fork_rng(devices=[]):
+            self.polish_record = polish_agent(self.agent, data, config)
+
     def finish(self) -> TrainResult:
         """Final evaluations (stochastic and deterministic), the convergence report, the complete checkpoint."""
         run = self.run
+        if run.polish_updates:
+            self.polish()
         wall = time.perf_counter() - self._start_time
         final = {"stochastic": self.evaluate(run.final_eval_episodes, deterministic=False),
                  "deterministic": self.evaluate(run.final_eval_episodes, deterministic=True)}
