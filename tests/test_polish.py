@@ -97,6 +97,18 @@ def test_an_interrupted_skill_is_refused_with_how_to_finish_it(library, tmp_path
     assert not (lib / "multigoal" / "v2").exists()
 
 
+def test_a_saved_composition_is_refused(tmp_path, capsys):
+    from library_helpers import shipped_library
+
+    import compose
+
+    lib = shipped_library(tmp_path / "lib", ("reach", "avoid", "reach+avoid", ".composed"))
+    compose.load("reach+avoid", library=str(lib)).save(progress=False)
+    assert polish_cli.main(["reach+avoid.composed", "--library", str(lib), "--updates", "5", "--no-progress"]) != 0
+    assert "is a saved composition of reach@v1+avoid@v1" in capsys.readouterr().err
+    assert not (lib / "reach+avoid.composed" / "v2").exists()
+
+
 def residual_mean(skill: skills.Skill, idx: np.ndarray) -> float:
     t = skill.transitions
     torch.manual_seed(7)

@@ -139,6 +139,11 @@ def polish_skill(source: str | Path, library: str | Path | None = None, config: 
     if info.status != "complete":
         raise ValueError(f"{path} is {info.status!r}: polish a complete skill (finish an interrupted one with "
                          f"`python -m skills.train {info.task} --resume {path}`)")
+    if info.composed_from is not None:
+        parts = "+".join(f"{p.name}@v{p.version}" for p in info.composed_from.constituents)
+        raise ValueError(f"{path} is a saved composition of {parts}: "
+                         "its Q is theirs, averaged with no training, and polishing would make it something else; "
+                         f"`python -m compose.adapt {info.task}` trains a composition on the combined reward")
     agent.value_range = soft_value_bounds(task_of(info).reward_range, agent.config.alpha, info.act_dim, agent.config.gamma)
     record = polish_agent(agent, transitions, config)
     out = claim_version_dir(info.name, path.parent.parent)  # beside the original, wherever it was found
