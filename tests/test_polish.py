@@ -157,3 +157,30 @@ def test_a_training_run_can_end_with_a_polish_on_its_whole_buffer(tmp_path):
 
     assert curve(b) == curve(a)  # the training itself is the same run
     assert a["files"]["weights.safetensors"] != b["files"]["weights.safetensors"]
+
+
+def test_a_polish_that_diverges_is_undone_and_the_trained_skill_kept(tmp_path, monkeypatch, capsys):
+    """A NaN in the polish at the end of training loses nothing: the saved networks are the trained ones (the same
+    weights as the run without a polish), and the manifest says the polish diverged."""
+    from skills.sql.learner import TrainingDiverged
+    from skills.training import seed_run
+
+    def diverging(agent, transitions, config):
+        with torch.no_grad():
+            for p in agent.q.parameters():
+                p.add_(1.0)
+        agent.updates += 7
+        raise TrainingDiverged("non-finite loss at update 7 (a test)")
+
+    monkeypatch.setattr(seed_run, "polish_agent", diverging)
+    sql = SQLConfig(alpha=10.0, obs_scale=0.2, hidden=(32, 32), warmup_steps=100, batch_size=32, particles=8, value_samples=8)
+    run = TrainConfig(steps=200, eval_interval=100, eval_episodes=2, final_eval_episodes=2, progress=False,
+                      convergence=False)
+    plain = Trainer("multigoal", sql, run, out=tmp_path / "a").train().path
+    kept = Trainer("multigoal", sql, replace(run, polish_updates=50), out=tmp_path / "b").train().path
+    a, b = (json.loads((p / "manifest.json").read_text()) for p in (plain, kept))
+    assert b["polish"]["diverged"].startswith("non-finite loss") and b["updates"] == a["updates"]
+    assert a["files"]["weights.safetensors"] == b["files"]["weights.safetensors"]
+    assert "the polish diverged and was undone" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="polish_updates=2000000"):
+        TrainConfig(polish_updates=2_000_000)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 STORED_TRANSITIONS = 10_000  # transitions shipped with a skill for composition
 MAX_SEEDS = 1024  # seeds one process may train side by side
+POLISH_LIMIT = 1_000_000  # updates of one polish (skills.training.polish): a typo such as 50000000 is refused
 
 
 @dataclass(frozen=True)
@@ -35,15 +36,16 @@ class TrainConfig:
         small = {k: getattr(self, k) for k in ("steps", "eval_interval", "eval_episodes", "final_eval_episodes", "threads",
                                                "value_check_patience")
                  if not (isinstance(getattr(self, k), int) and getattr(self, k) >= 1)}
-        for name in ("value_check_interval", "polish_updates"):
-            if not (isinstance(getattr(self, name), int) and getattr(self, name) >= 0):
-                small[name] = getattr(self, name)
+        if not (isinstance(self.value_check_interval, int) and self.value_check_interval >= 0):
+            small["value_check_interval"] = self.value_check_interval
+        if not (isinstance(self.polish_updates, int) and 0 <= self.polish_updates <= POLISH_LIMIT):
+            small["polish_updates"] = self.polish_updates
         if not (isinstance(self.seed, int) and self.seed >= 0):
             small["seed"] = self.seed
         if small:
             raise ValueError(f"TrainConfig: {', '.join(f'{k}={v!r}' for k, v in small.items())}: steps, intervals, "
                              "episodes and threads must be whole numbers >= 1 (value_check_interval, polish_updates "
-                             "and seed >= 0)")
+                             f"and seed >= 0; polish_updates <= {POLISH_LIMIT})")
 
 
 @dataclass

@@ -41,9 +41,8 @@ from ..library.manifest import Manifest
 from ..library.skill import Skill, task_of
 from ..library.store import release_claim
 from ..sql.learner import SoftQLearning, TargetValueCache
+from .config import POLISH_LIMIT
 from .progress import progress_bar
-
-POLISH_LIMIT = 1_000_000  # updates of one polish (a typo such as 50000000 is refused, not run for days)
 
 
 @dataclass(frozen=True)

@@ -3,11 +3,13 @@ checkpoints, as named phases. The loop that drives one or many of them is ``skil
 
 from __future__ import annotations
 
+import copy
 import csv
 import itertools
 import os
 import random
 import socket
+import sys
 import time
 from dataclasses import asdict, dataclass
 from functools import partial
@@ -96,6 +98,20 @@ def tensorboard_writer(log_dir: Path):
     except ImportError:
         return None
     return SummaryWriter(str(log_dir))
+
+
+def agent_state(agent: SoftQLearning) -> dict:
+    """A deep copy of everything an update changes: networks, optimizers and the update count."""
+    modules = {"q": agent.q, "q_target": agent.q_target, "sampler": agent.sampler, "q_optimizer": agent.q_optimizer,
+               "sampler_optimizer": agent.sampler_optimizer}
+    return {"updates": agent.updates, **{k: copy.deepcopy(m.state_dict()) for k, m in modules.items()}}
+
+
+def restore_agent(agent: SoftQLearning, state: dict) -> None:
+    """Put back what ``agent_state`` copied."""
+    for key in ("q", "q_target", "sampler", "q_optimizer", "sampler_optimizer"):
+        getattr(agent, key).load_state_dict(state[key])
+    agent.updates = state["updates"]
 
 
 class SeedRun:
@@ -408,11 +424,18 @@ class SeedRun:
 
     def polish(self) -> None:
         """``skills.training.polish`` of the trained networks on the whole replay buffer (``run.polish_updates``
-        updates, seeded by the run's seed; the training's random streams are left as they were)."""
+        updates, seeded by the run's seed; the training's random streams are left as they were). A polish that
+        diverges is undone: the run ends with the networks it trained, and the manifest says why."""
         config = PolishConfig(updates=self.run.polish_updates, seed=self.run.seed, progress=self.run.progress)
         data = self.buffer.subsample(self.buffer.size, np.random.default_rng(self.run.seed))
-        with torch.random.fork_rng(devices=[]):
-            self.polish_record = polish_agent(self.agent, data, config)
+        before = agent_state(self.agent)
+        try:
+            with torch.random.fork_rng(devices=[]):
+                self.polish_record = polish_agent(self.agent, data, config)
+        except TrainingDiverged as err:
+            restore_agent(self.agent, before)
+            self.polish_record = {"updates": 0, "diverged": str(err), "kept": "the networks as trained, unpolished"}
+            print(f"{self.name}: the polish diverged and was undone; the skill is saved as trained ({err})", file=sys.stderr)
 
     def finish(self) -> TrainResult:
         """Final evaluations (stochastic and deterministic), the convergence report, the complete checkpoint."""
