@@ -20,14 +20,15 @@ from skills.training import TrainConfig, Trainer
 from skills.training.polish import PolishConfig, polish_agent, polish_lr
 
 ROOT = Path(__file__).resolve().parents[1]
+TINY_SQL = SQLConfig(alpha=10.0, obs_scale=0.2, hidden=(32, 32), warmup_steps=100, batch_size=32, particles=8, value_samples=8)
+TINY_RUN = TrainConfig(steps=300, eval_interval=150, eval_episodes=2, final_eval_episodes=3, progress=False,
+                       convergence=False)
 
 
 @pytest.fixture(scope="module")
 def library(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("polish-library")
-    sql = SQLConfig(alpha=10.0, obs_scale=0.2, hidden=(32, 32), warmup_steps=100, batch_size=32, particles=8, value_samples=8)
-    Trainer("multigoal", sql, TrainConfig(steps=300, eval_interval=150, eval_episodes=2, final_eval_episodes=3,
-                                          progress=False, convergence=False), out=root).train()
+    Trainer("multigoal", TINY_SQL, TINY_RUN, out=root).train()
     return root
 
 
@@ -144,11 +145,9 @@ def test_the_same_seed_polishes_to_the_same_weights(library):
 def test_a_training_run_can_end_with_a_polish_on_its_whole_buffer(tmp_path):
     """``TrainConfig.polish_updates`` (``skills.train --polish N``): the same run, then N updates on every stored
     transition; recorded in the manifest, and the final evaluation and convergence report are of the polished skill."""
-    sql = SQLConfig(alpha=10.0, obs_scale=0.2, hidden=(32, 32), warmup_steps=100, batch_size=32, particles=8, value_samples=8)
-    run = TrainConfig(steps=300, eval_interval=150, eval_episodes=2, final_eval_episodes=3, progress=False,
-                      convergence=False)
-    plain = Trainer("multigoal", sql, run, out=tmp_path / "a").train().path
-    polished = Trainer("multigoal", sql, replace(run, polish_updates=20), out=tmp_path / "b").train().path
+    run = TINY_RUN
+    plain = Trainer("multigoal", TINY_SQL, run, out=tmp_path / "a").train().path
+    polished = Trainer("multigoal", TINY_SQL, replace(run, polish_updates=20), out=tmp_path / "b").train().path
     a, b = (json.loads((p / "manifest.json").read_text()) for p in (plain, polished))
     assert "polish" not in a and b["polish"]["updates"] == 20 and b["polish"]["transitions"] == 300
     assert b["updates"] == a["updates"] + 20 and b["training"]["polish_updates"] == 20
@@ -173,11 +172,9 @@ def test_a_polish_that_diverges_is_undone_and_the_trained_skill_kept(tmp_path, m
         raise TrainingDiverged("non-finite loss at update 7 (a test)")
 
     monkeypatch.setattr(seed_run, "polish_agent", diverging)
-    sql = SQLConfig(alpha=10.0, obs_scale=0.2, hidden=(32, 32), warmup_steps=100, batch_size=32, particles=8, value_samples=8)
-    run = TrainConfig(steps=200, eval_interval=100, eval_episodes=2, final_eval_episodes=2, progress=False,
-                      convergence=False)
-    plain = Trainer("multigoal", sql, run, out=tmp_path / "a").train().path
-    kept = Trainer("multigoal", sql, replace(run, polish_updates=50), out=tmp_path / "b").train().path
+    run = replace(TINY_RUN, steps=200, eval_interval=100)
+    plain = Trainer("multigoal", TINY_SQL, run, out=tmp_path / "a").train().path
+    kept = Trainer("multigoal", TINY_SQL, replace(run, polish_updates=50), out=tmp_path / "b").train().path
     a, b = (json.loads((p / "manifest.json").read_text()) for p in (plain, kept))
     assert b["polish"]["diverged"].startswith("non-finite loss") and b["updates"] == a["updates"]
     assert a["files"]["weights.safetensors"] == b["files"]["weights.safetensors"]
