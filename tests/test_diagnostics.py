@@ -14,7 +14,9 @@ import torch
 from skills.evaluation.diagnostics import (
     ConvergenceConfig,
     Start,
+    convergence_goal,
     convergence_report,
+    format_report,
     rollout_steps,
     run_rollouts,
     soft_value_bounds,
@@ -228,3 +230,28 @@ def test_sql_config_refuses_unknown_proposals_and_fields():
         SQLConfig(value_proposal="gaussian")
     with pytest.raises(ValueError, match="unknown SQL hyperparameters"):
         SQLConfig.from_dict(replace(SQLConfig()).to_dict() | {"nope": 1})
+
+
+def _report(stored: tuple[float, float], on_policy: tuple[float, float]) -> dict:
+    """A convergence report whose gap meets its goal, with the residual sets' (mean, se)."""
+    rec = [{"bellman_residual_mean": m, "bellman_residual_se": se, "bellman_residual_rms": 0.1, "transitions": 4000}
+           for m, se in (stored, on_policy)]
+    return {"soft_return_gap": 0.0, "soft_return_gap_se": 0.01, "V0_mean": -1.0, "stored": rec[0], "on_policy": rec[1]}
+
+
+@pytest.mark.parametrize("stored, on_policy, met, inside", [
+    ((0.0002, 0.0001), (0.0003, 0.0001), True, False),   # both means 2 se inside the goal: decided
+    ((0.0001, 0.0009), (0.0003, 0.0001), True, True),    # met, but 2 se of the stored mean reach past 0.001
+    ((-0.0040, 0.0009), (0.0003, 0.0001), False, False),  # missed by more than 2 se: decided
+    ((-0.0015, 0.0009), (0.0003, 0.0001), False, True),  # missed by less than 2 se
+    ((-0.0015, 0.0009), (0.0030, 0.0005), False, False),  # one set missed decisively decides it
+])
+def test_a_residual_verdict_inside_the_noise_says_so(stored, on_policy, met, inside):
+    """Goal 0.1 alpha = 0.001: the verdict, and whether 2 standard errors of a mean could flip it."""
+    report = _report(stored, on_policy) | {"alpha": 0.01}
+    goal = convergence_goal(report, alpha=0.01)
+    assert goal["bellman_residual"] is met and goal["bellman_residual_inside_noise"] is inside
+    line = [x for x in format_report(report | {"goal": goal, "start_states": 4, "rollouts_per_start": 2,
+                                               "rollout_steps": 9, "tail_bound": 0.0, "soft_return_mean": -1.0})
+            if x.startswith("goals")][0]
+    assert ("inside the noise" in line) is inside
