@@ -17,12 +17,13 @@ Estimation, and where its errors come from (reported with every result):
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
 
-from skills.sql import SoftQNetwork, uniform_actions
+from skills.sql import SoftQNetwork, kernel_width, mixture_log_density, mixture_proposal, uniform_actions
 
 from .composition import ComposedQ, Composition
 from .td import td_fit
@@ -79,12 +80,56 @@ def correction_td_target(next_gap: torch.Tensor, next_max_c: torch.Tensor, termi
     return gamma * (1.0 - terminated) * (next_gap + next_max_c)
 
 
+def policy_gap_td_target(next_gap: torch.Tensor, next_mean_d: torch.Tensor, terminated: torch.Tensor,
+                         gamma: float) -> torch.Tensor:
+    """``D_hat = gamma (1 - terminated) (delta(s') + E_{a' ~ pi} D(s', a'))``: [B].
+
+    The acting policy's own gap, evaluated rather than maximised. With exact ``Q_i``, ``Q_w = r_w + gamma E[V_w(s') +
+    delta(s')]`` and ``V_w(s') = E_{a'~pi}[Q_w(s', a') - alpha log pi_w(a'|s')]`` for any ``pi``, so
+    ``Q_w - Q^pi = gamma E[delta(s') + alpha KL(pi || pi_w)(s') + E_{a'~pi} (Q_w - Q^pi)(s', a')]``. For the Boltzmann
+    ``pi_w`` the KL is 0 and ``Q^{pi_w} = Q_w - D`` exactly; for another ``pi`` (an amortized sampler) ``Q_w - D``
+    exceeds its ``Q^pi`` by its discounted KL to ``pi_w``. Since ``E_pi D <= max D``, ``D <= C*``, and for ``pi_w``
+    ``Q*_w >= Q^{pi_w} = Q_w - D >= Q_w - C*``: the tighter lower bound on ``Q*_w``."""
+    return gamma * (1.0 - terminated) * (next_gap + next_mean_d)
+
+
+def boltzmann_draws(q_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+                    centers: Callable[[torch.Tensor], torch.Tensor], alpha: float, proposals: int = 256,
+                    generator: torch.Generator | None = None) -> Callable[[torch.Tensor, int], torch.Tensor]:
+    """A ``sample`` function for ``pi_w ∝ exp(Q_w/alpha)`` by sampling-importance-resampling from the defensive mixture
+    around ``centers(obs)`` (e.g. 8 composed-sampler actions, [B, M, d]): ``proposals`` draws weighted by
+    ``exp(Q_w/alpha) / q(a)`` (0 outside the box), ``draws`` of them picked by those weights. obs [B, o] -> [B, n, d]."""
+
+    def sample(obs: torch.Tensor, n: int) -> torch.Tensor:
+        c = centers(obs)
+        width = kernel_width(c)
+        acts = mixture_proposal(c, proposals, width, 0.1, generator)
+        inside = (acts.abs() <= 1.0).all(-1)
+        log_w = q_fn(obs.unsqueeze(1), acts) / alpha - mixture_log_density(acts, c, width, 0.1)
+        weights = torch.softmax(torch.where(inside, log_w, torch.full_like(log_w, -math.inf)), dim=-1)
+        pick = torch.multinomial(weights, n, replacement=True, generator=generator)
+        return acts.gather(1, pick.unsqueeze(-1).expand(-1, -1, acts.shape[-1]))
+
+    return sample
+
+
+def policy_next_actions(sample: Callable[[torch.Tensor, int], torch.Tensor], next_obs: np.ndarray, draws: int,
+                        chunk: int = 4096) -> torch.Tensor:
+    """``draws`` actions of the acting policy at every next state, chunked: [M, o] -> [M, draws, d]."""
+    with torch.no_grad():
+        return torch.cat([torch.as_tensor(sample(torch.as_tensor(next_obs[i:i + chunk], dtype=torch.float32), draws))
+                          for i in range(0, len(next_obs), chunk)]).float()
+
+
 def fit_correction(transitions: dict[str, np.ndarray], next_gap: np.ndarray, gamma: float,
-                   obs_scale: torch.Tensor, config: BoundConfig = BoundConfig()) -> tuple[SoftQNetwork, dict]:
+                   obs_scale: torch.Tensor, config: BoundConfig = BoundConfig(),
+                   next_actions: torch.Tensor | None = None) -> tuple[SoftQNetwork, dict]:
     """Learn ``C(s, a)`` by TD on stored transitions, given ``delta(s')`` at every next state.
 
     transitions: ``obs [M, o]``, ``action [M, d]``, ``next_obs [M, o]``, ``terminated [M]``;
-    next_gap: ``delta(next_obs)`` [M]. No environment samples.
+    next_gap: ``delta(next_obs)`` [M]. No environment samples. ``next_actions`` [M, K, d]: draws of an acting policy
+    at each next state; given, the fit is that policy's gap ``D`` (``policy_gap_td_target``, a mean over the draws)
+    instead of ``C*`` (a max over ``config.max_actions`` uniform actions).
     """
     generator = torch.Generator().manual_seed(config.seed)
     torch.manual_seed(config.seed)
@@ -98,9 +143,13 @@ def fit_correction(transitions: dict[str, np.ndarray], next_gap: np.ndarray, gam
 
     def td_pair(idx, c_net, c_target):
         with torch.no_grad():
-            candidates = uniform_actions(config.batch_size, config.max_actions, act_dim, generator)
-            next_max = c_target(next_obs[idx].unsqueeze(1), candidates).max(dim=1).values
-            target = correction_td_target(gap[idx], next_max, terminated[idx], gamma)
+            if next_actions is not None:
+                next_mean = c_target(next_obs[idx].unsqueeze(1), next_actions[idx]).mean(dim=1)
+                target = policy_gap_td_target(gap[idx], next_mean, terminated[idx], gamma)
+            else:
+                candidates = uniform_actions(config.batch_size, config.max_actions, act_dim, generator)
+                next_max = c_target(next_obs[idx].unsqueeze(1), candidates).max(dim=1).values
+                target = correction_td_target(gap[idx], next_max, terminated[idx], gamma)
         return c_net(obs[idx], act[idx]), target
 
     total = config.total_updates(gamma)
@@ -120,6 +169,17 @@ def fit_composition_correction(composition: Composition, config: BoundConfig = B
     data = composition.transitions()
     next_gap = gap_on_states(composition.q_w, data["next_obs"], config.n_value_samples, config.seed)
     return fit_correction(data, next_gap, composition.gamma, composition.parts[0].agent.q.obs_scale, config)
+
+
+def fit_policy_gap(composition: Composition, sample: Callable[[torch.Tensor, int], torch.Tensor], draws: int = 16,
+                   config: BoundConfig = BoundConfig()) -> tuple[SoftQNetwork, dict]:
+    """The acting policy's gap ``D`` (``policy_gap_td_target``) by TD on the constituents' stored transitions, with
+    ``delta`` by CRN sampling and ``draws`` actions of ``sample`` (obs [B, o], n -> [B, n, d]) at each next state."""
+    data = composition.transitions()
+    next_gap = gap_on_states(composition.q_w, data["next_obs"], config.n_value_samples, config.seed)
+    acts = policy_next_actions(sample, data["next_obs"], draws)
+    return fit_correction(data, next_gap, composition.gamma, composition.parts[0].agent.q.obs_scale, config,
+                          next_actions=acts)
 
 
 def check_bound(q_w: np.ndarray, c: np.ndarray, q_joint: np.ndarray) -> dict:

@@ -2,6 +2,7 @@
 
 import json
 
+import numpy as np
 import pytest
 
 from bench import env_throughput
@@ -247,3 +248,29 @@ def test_residual_sources_splits_the_training_estimators_share_from_the_rest(tmp
     assert result["estimator_share"] == pytest.approx(result["residual_mean"]["32"] - result["residual_mean"]["8192"])
     assert result["goal"] == pytest.approx(0.001) and result["states"] == 300
     assert 0 < result["above_v_max"] < 1 and result["clip_share"] < 0
+
+
+def test_policy_gap_scores_both_lower_sides_on_the_same_rollouts(tmp_path):
+    """``bench.policy_gap --quick`` on the shipped reach+avoid: D fitted beside the cached C*, one set of Monte Carlo
+    soft returns scored with each, every actor and control in both tables."""
+    from library_helpers import shipped_library
+
+    from bench import policy_gap
+
+    library = shipped_library(tmp_path / "lib", ("reach", "avoid", "reach+avoid", ".composed"))
+    out = tmp_path / "gap.json"
+    assert policy_gap.main(["reach+avoid", "--library", str(library), "--pairs", "2", "--quick", "--fit-updates", "50",
+                            "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["pairs"] == 2 and result["fit_D"]["updates"] == 50 and result["C_star_mean"] > 0
+    rows = result["per_pair"]
+    assert len(rows) == 2 and all({"C", "D", "Q_w", "composed", "random"} <= set(r) for r in rows)
+    for side in ("with_C_star", "with_D"):
+        table = result[side]
+        assert set(table["lower_holds"]) == {"composed", "joint", "random", "reach alone", "avoid alone"}
+        assert [c["check"] for c in table["controls"]][:2] == ["upper side", "lower side"]
+        assert table["exact_pi_w"] is not None
+    # the two tables differ only in the correction they subtract from Q_w
+    for side, key in (("with_C_star", "C"), ("with_D", "D")):
+        for name, share in result[side]["lower_holds"].items():
+            assert share == np.mean([r[name]["ci"][1] >= r["Q_w"] - r[key] for r in rows]), (side, name)

@@ -156,6 +156,56 @@ def test_skills_loaded_on_a_gpu_are_refused_with_their_devices():
         Composition(parts)
 
 
+def chain_transitions(m: int, rng: np.random.Generator) -> tuple[dict, np.ndarray]:
+    """A two-state chain whose next state is the action's sign: s' = 1 if a > 0 else 0, delta(1) = 1, delta(0) = 0."""
+    obs = rng.integers(0, 2, size=(m, 1)).astype(np.float32)
+    action = rng.uniform(-1, 1, size=(m, 1)).astype(np.float32)
+    next_obs = (action > 0).astype(np.float32)
+    return {"obs": obs, "action": action, "next_obs": next_obs, "terminated": np.zeros(m, np.float32)}, next_obs[:, 0]
+
+
+@pytest.mark.learning
+def test_the_policy_gap_evaluates_the_acting_policy_where_c_star_maximises():
+    """gamma 0.5 on the chain: a policy that always steps to state 0 has D(., a > 0) = gamma delta(1) = 0.5 and
+    D(., a < 0) = 0 (Q_w - Q^pi exactly), where C* maximises over the next action: C*(., a > 0) = gamma / (1 - gamma) = 1
+    and C*(., a < 0) = 0.5. Fitted by the same TD on the same transitions, D <= C* with the gap each should have."""
+    from compose.bound import BoundConfig
+
+    data, gap = chain_transitions(4000, np.random.default_rng(0))
+    config = BoundConfig(hidden=(32, 32), updates=3000, tolerance=1e-3)
+    stay_low = torch.full((len(gap), 4, 1), -0.5)  # the acting policy's draws at each next state
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        d_net, _ = fit_correction(data, gap, 0.5, torch.ones(1), config, next_actions=stay_low)
+        c_net, _ = fit_correction(data, gap, 0.5, torch.ones(1), config)
+    finally:
+        torch.set_num_threads(threads)
+    probe = torch.tensor([[0.0], [1.0], [0.0], [1.0]]), torch.tensor([[0.7], [0.7], [-0.7], [-0.7]])
+    with torch.no_grad():
+        d, c = d_net(*probe).numpy(), c_net(*probe).numpy()
+    assert d == pytest.approx([0.5, 0.5, 0.0, 0.0], abs=0.06)
+    assert c == pytest.approx([1.0, 1.0, 0.5, 0.5], abs=0.08)
+
+
+def test_boltzmann_draws_follow_exp_q_over_alpha():
+    """Resampled from the mixture around off-centre sampler actions, the draws of pi ∝ exp(Q/alpha) for
+    Q = -alpha |a - mu|^2 / (2 sigma^2) have the Gaussian's mean and spread (sigma 0.2), not the centres'."""
+    from compose.bound import boltzmann_draws
+
+    mu = torch.tensor([0.3, -0.2])
+
+    def q_fn(obs, act):
+        return -ALPHA * (act - mu).pow(2).sum(-1) / (2 * SIGMA**2)
+
+    generator = torch.Generator().manual_seed(0)
+    sample = boltzmann_draws(q_fn, lambda o: torch.zeros(len(o), 8, 2) + 0.1, ALPHA, proposals=2048, generator=generator)
+    draws = sample(torch.zeros(64, 3), 32).reshape(-1, 2)
+    assert draws.mean(0).numpy() == pytest.approx(mu.numpy(), abs=0.03)
+    assert draws.std(0).numpy() == pytest.approx([SIGMA, SIGMA], abs=0.03)
+    assert draws.abs().max() <= 1.0
+
+
 def test_log_volume_constant_in_composed_values():
     """Equal Q's compose to themselves: V_w = V_i and delta = 0."""
     same = ComposedQ(GaussianQ(MEANS[:1].repeat(2, 1), torch.tensor([0.2, 0.2])), torch.tensor([0.5, 0.5]),
