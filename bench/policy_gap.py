@@ -14,8 +14,12 @@ Then one set of Monte Carlo soft returns (``compose.mc_check``: pairs on the com
 ``--seed``, every actor credited with its own entropy) is scored twice: the lower side with ``C*`` and with ``D``, each
 with its negative controls (the random actor and each constituent acting alone must fail it; ``C`` or ``D`` = 0 must
 fail it). With ``D`` the lower side is an equality for the exact ``pi_w`` (reported on its pairs, both sides), and the
-amortized sampler falls below it by its discounted ``alpha KL(sampler || pi_w)`` and the constituents' errors. The
-record says, per actor, the share of pairs on which each lower side holds, and each control's verdict.
+amortized sampler falls below it by its discounted ``alpha KL(sampler || pi_w)`` and the constituents' errors, whose
+one-step part is measured too: each constituent's Bellman residual on the composed policy's own transitions (the
+pairs' episodes), and their weighted mean ``eps_w``, which adds about ``eps_w / (1 - gamma)`` to ``Q_w - Q^{pi_w}``
+when steady. The record says, per actor, the share of pairs on which each lower side holds, each control's verdict,
+and ``pooled``: the margin ``G - (Q_w - C*)`` or ``G - (Q_w - D)`` averaged over the pairs with its standard error
+across them (so the correction's own pointwise error counts as noise), holding on average when ``mean + 2 se >= 0``.
 """
 
 from __future__ import annotations
@@ -55,6 +59,30 @@ def pair_tensors(starts: list) -> tuple[torch.Tensor, torch.Tensor]:
     return obs, torch.as_tensor(np.stack([np.asarray(s.action, np.float32) for s, _, _ in starts]))
 
 
+def pooled(rows: list[dict], key: str) -> dict:
+    """Per actor, ``G - (Q_w - key)`` averaged over the pairs with its standard error across them (which takes in the
+    correction's own pointwise error, unlike one pair's CI), and whether the lower side holds on average: ``mean + 2 se
+    >= 0``. rows: ``per_pair`` records with each actor's ``mean`` (an actor missing from some rows: on the rest), ``Q_w``
+    and the correction under ``key``."""
+    names = [k for k, v in rows[0].items() if isinstance(v, dict) and "mean" in v]
+    out = {}
+    for name in names:
+        margin = np.array([r[name]["mean"] - (r["Q_w"] - r[key]) for r in rows if name in r])
+        se = float(margin.std(ddof=1) / np.sqrt(len(margin))) if len(margin) > 1 else float("inf")
+        out[name] = {"pairs": len(margin), "margin_mean": float(margin.mean()), "margin_se": se,
+                     "holds": bool(margin.mean() + 2 * se >= 0)}
+    return out
+
+
+def with_exact(rows: list[dict], exact: dict | None) -> list[dict]:
+    """The pairs on which the exact ``pi_w`` acted, with its figures under ``"exact pi_w"`` (all pairs when it did not
+    act): the pooled margins of every actor are then taken on the same pairs."""
+    if exact is None:
+        return rows
+    return [r | {"exact pi_w": p} for r, p in zip(rows[:exact["pairs"]], exact["per_pair"], strict=True)] + rows[
+        exact["pairs"]:]
+
+
 def side_table(summary: dict) -> dict:
     """Per actor the lower side's holding share, and the controls' verdicts, of one ``summarise`` record."""
     return {"lower_holds": {name: a["lower_holds_fraction"] for name, a in summary["actors"].items()},
@@ -62,6 +90,41 @@ def side_table(summary: dict) -> dict:
             "verdict": summary["verdict"], "exact_pi_w": {k: summary["exact_pi_w"][k] for k in
                                                           ("upper_falsified_fraction", "lower_holds_fraction")}
             if "exact_pi_w" in summary else None}
+
+
+def composed_transitions(policy, make_env, seeds: list[int], horizon: int) -> dict[str, np.ndarray]:
+    """The composed policy's own transitions on seeded episodes (stochastic, in lockstep); ``terminated`` where an
+    episode ended before ``horizon``."""
+    from compose.mc_check import traced_episodes
+
+    rows: dict[str, list] = {"obs": [], "action": [], "next_obs": [], "terminated": []}
+    for e in traced_episodes(policy, make_env, seeds, horizon):
+        nxt = e.obs[1:] + [e.final_obs]
+        rows["obs"] += e.obs
+        rows["action"] += e.actions
+        rows["next_obs"] += nxt
+        rows["terminated"] += [0.0] * (e.length - 1) + [float(e.length < horizon)]
+    return {k: np.asarray(v, np.float32) for k, v in rows.items()}
+
+
+def residuals_on_composed(composition, data: dict[str, np.ndarray], value_samples: int = 1024) -> dict:
+    """Each constituent's Bellman residual ``Q_i - (r_i + gamma V_i(s'))`` on the composed policy's own transitions, and
+    their weighted mean ``eps_w``: what enters ``Q_w - Q^{pi_w}`` beside ``D`` (about ``eps_w / (1 - gamma)`` when it is
+    steady along the way)."""
+    from skills.evaluation.diagnostics import bellman_residual, mean_and_se
+    from skills.library import task_of
+
+    out, eps_w = {}, np.zeros(len(data["obs"]))
+    for label, part, w in zip(composition.labels, composition.parts, composition.weights, strict=True):
+        reward = np.asarray(task_of(part.info).reward(data["next_obs"], data["action"]), np.float64)
+        res = bellman_residual(part, data["obs"], data["action"], reward, data["next_obs"], data["terminated"],
+                               composition.gamma, value_samples)
+        mean, se = mean_and_se(res)
+        out[label] = {"mean": mean, "se": se}
+        eps_w += float(w) * res
+    mean, se = mean_and_se(eps_w)
+    return {"transitions": len(eps_w), "per_constituent": out, "eps_w_mean": mean, "eps_w_se": se,
+            "accumulated_estimate": mean / (1.0 - composition.gamma)}
 
 
 def quick(config: MCBoundConfig) -> MCBoundConfig:
@@ -92,6 +155,7 @@ def measure(spec: str, library: str | None, config: MCBoundConfig, fit_updates: 
         c_star = built.correction(*pair_tensors(starts)).numpy()
     with_c = {**scored, "rows": [r | {"C": float(c), "D": r["C"]} for r, c in zip(scored["rows"], c_star, strict=True)]}
     by_c, by_d = summarise(with_c, exact, config), summarise(scored, exact, config)
+    own = composed_transitions(inputs.composed, inputs.make_env, [seed + p for p in range(config.pairs)], inputs.horizon)
     g = np.array([r["composed"]["mean"] for r in scored["rows"]])
     q_w = np.array([r["Q_w"] for r in scored["rows"]])
     d = np.array([r["C"] for r in scored["rows"]])
@@ -99,8 +163,10 @@ def measure(spec: str, library: str | None, config: MCBoundConfig, fit_updates: 
             "rollout_steps": scored["steps"], "fit_D": fit, "C_star_mean": float(c_star.mean()), "D_mean": float(d.mean()),
             "Q_w_minus_G_composed_mean": float(np.mean(q_w - g)),
             "soft_return_mean": {name: a["soft_return_mean"] for name, a in by_d["actors"].items()},
-            "with_C_star": side_table(by_c), "with_D": side_table(by_d),
-            "exact_pi_w": by_d.get("exact_pi_w"), "per_pair": with_c["rows"]}
+            "with_C_star": side_table(by_c) | {"pooled": pooled(with_exact(with_c["rows"], exact), "C")},
+            "with_D": side_table(by_d) | {"pooled": pooled(with_exact(with_c["rows"], exact), "D")},
+            "exact_pi_w": by_d.get("exact_pi_w"),
+            "constituent_residuals_on_composed": residuals_on_composed(composition, own), "per_pair": with_c["rows"]}
 
 
 def main(argv: list[str] | None = None) -> int:

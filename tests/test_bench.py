@@ -265,6 +265,9 @@ def test_policy_gap_scores_both_lower_sides_on_the_same_rollouts(tmp_path):
     assert result["pairs"] == 2 and result["fit_D"]["updates"] == 50 and result["C_star_mean"] > 0
     rows = result["per_pair"]
     assert len(rows) == 2 and all({"C", "D", "Q_w", "composed", "random"} <= set(r) for r in rows)
+    eps = result["constituent_residuals_on_composed"]
+    assert eps["transitions"] > 0 and set(eps["per_constituent"]) == {"reach", "avoid"}
+    assert eps["eps_w_mean"] == pytest.approx(sum(0.5 * r["mean"] for r in eps["per_constituent"].values()))
     for side in ("with_C_star", "with_D"):
         table = result[side]
         assert set(table["lower_holds"]) == {"composed", "joint", "random", "reach alone", "avoid alone"}
@@ -274,3 +277,5 @@ def test_policy_gap_scores_both_lower_sides_on_the_same_rollouts(tmp_path):
     for side, key in (("with_C_star", "C"), ("with_D", "D")):
         for name, share in result[side]["lower_holds"].items():
             assert share == np.mean([r[name]["ci"][1] >= r["Q_w"] - r[key] for r in rows]), (side, name)
+            margin = [r[name]["mean"] - r["Q_w"] + r[key] for r in rows]
+            assert result[side]["pooled"][name]["margin_mean"] == pytest.approx(np.mean(margin))
