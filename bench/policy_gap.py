@@ -42,13 +42,13 @@ DRAWS, PROPOSALS, CENTERS = 16, 256, 8
 def fit_gap(composition, policy, seed: int, updates: int | None = None) -> tuple[torch.nn.Module, dict]:
     """``D`` of the Boltzmann ``pi_w`` of ``composition`` (its sampler centring the resampling), and the fit's record;
     ``updates`` None: to the fixed point (``BoundConfig``'s schedule, as ``C*``)."""
-    from compose.bound import BoundConfig, boltzmann_draws, fit_policy_gap
+    from compose.bound import BoundConfig, boltzmann_draws, fit_composition_correction
 
     generator = torch.Generator().manual_seed(seed)
     sample = boltzmann_draws(composition.q_w, lambda o: policy.sampler.sample(o, CENTERS, generator=generator),
                              composition.alpha, PROPOSALS, generator)
     start = time.perf_counter()
-    d_net, info = fit_policy_gap(composition, sample, DRAWS, BoundConfig(seed=seed, updates=updates))
+    d_net, info = fit_composition_correction(composition, BoundConfig(seed=seed, updates=updates), sample, DRAWS)
     return d_net, info | {"wall_s": time.perf_counter() - start, "draws": DRAWS, "proposals": PROPOSALS,
                           "centers": CENTERS}
 

@@ -95,17 +95,19 @@ def policy_gap_td_target(next_gap: torch.Tensor, next_mean_d: torch.Tensor, term
 
 def boltzmann_draws(q_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
                     centers: Callable[[torch.Tensor], torch.Tensor], alpha: float, proposals: int = 256,
-                    generator: torch.Generator | None = None) -> Callable[[torch.Tensor, int], torch.Tensor]:
+                    generator: torch.Generator | None = None, uniform_share: float = 0.1
+                    ) -> Callable[[torch.Tensor, int], torch.Tensor]:
     """A ``sample`` function for ``pi_w ∝ exp(Q_w/alpha)`` by sampling-importance-resampling from the defensive mixture
-    around ``centers(obs)`` (e.g. 8 composed-sampler actions, [B, M, d]): ``proposals`` draws weighted by
-    ``exp(Q_w/alpha) / q(a)`` (0 outside the box), ``draws`` of them picked by those weights. obs [B, o] -> [B, n, d]."""
+    around ``centers(obs)`` (e.g. 8 composed-sampler actions, [B, M, d]; ``uniform_share`` of it uniform): ``proposals``
+    draws weighted by ``exp(Q_w/alpha) / q(a)`` (0 outside the box), ``n`` of them picked by those weights.
+    obs [B, o], n -> [B, n, d]."""
 
     def sample(obs: torch.Tensor, n: int) -> torch.Tensor:
         c = centers(obs)
         width = kernel_width(c)
-        acts = mixture_proposal(c, proposals, width, 0.1, generator)
+        acts = mixture_proposal(c, proposals, width, uniform_share, generator)
         inside = (acts.abs() <= 1.0).all(-1)
-        log_w = q_fn(obs.unsqueeze(1), acts) / alpha - mixture_log_density(acts, c, width, 0.1)
+        log_w = q_fn(obs.unsqueeze(1), acts) / alpha - mixture_log_density(acts, c, width, uniform_share)
         weights = torch.softmax(torch.where(inside, log_w, torch.full_like(log_w, -math.inf)), dim=-1)
         pick = torch.multinomial(weights, n, replacement=True, generator=generator)
         return acts.gather(1, pick.unsqueeze(-1).expand(-1, -1, acts.shape[-1]))
@@ -117,7 +119,7 @@ def policy_next_actions(sample: Callable[[torch.Tensor, int], torch.Tensor], nex
                         chunk: int = 4096) -> torch.Tensor:
     """``draws`` actions of the acting policy at every next state, chunked: [M, o] -> [M, draws, d]."""
     with torch.no_grad():
-        return torch.cat([torch.as_tensor(sample(torch.as_tensor(next_obs[i:i + chunk], dtype=torch.float32), draws))
+        return torch.cat([sample(torch.as_tensor(next_obs[i:i + chunk], dtype=torch.float32), draws)
                           for i in range(0, len(next_obs), chunk)]).float()
 
 
@@ -164,20 +166,14 @@ def fit_correction(transitions: dict[str, np.ndarray], next_gap: np.ndarray, gam
                    "C_constant_delta_reference": float(gamma * gap.mean() / (1.0 - gamma))}
 
 
-def fit_composition_correction(composition: Composition, config: BoundConfig = BoundConfig()) -> tuple[SoftQNetwork, dict]:
-    """``fit_correction`` on the constituents' stored transitions, with ``delta`` by CRN sampling."""
+def fit_composition_correction(composition: Composition, config: BoundConfig = BoundConfig(),
+                               sample: Callable[[torch.Tensor, int], torch.Tensor] | None = None,
+                               draws: int = 16) -> tuple[SoftQNetwork, dict]:
+    """``fit_correction`` on the constituents' stored transitions, with ``delta`` by CRN sampling: ``C*``, or with
+    ``sample`` (obs [B, o], n -> [B, n, d]) the acting policy's gap ``D`` from ``draws`` of its actions per next state."""
     data = composition.transitions()
     next_gap = gap_on_states(composition.q_w, data["next_obs"], config.n_value_samples, config.seed)
-    return fit_correction(data, next_gap, composition.gamma, composition.parts[0].agent.q.obs_scale, config)
-
-
-def fit_policy_gap(composition: Composition, sample: Callable[[torch.Tensor, int], torch.Tensor], draws: int = 16,
-                   config: BoundConfig = BoundConfig()) -> tuple[SoftQNetwork, dict]:
-    """The acting policy's gap ``D`` (``policy_gap_td_target``) by TD on the constituents' stored transitions, with
-    ``delta`` by CRN sampling and ``draws`` actions of ``sample`` (obs [B, o], n -> [B, n, d]) at each next state."""
-    data = composition.transitions()
-    next_gap = gap_on_states(composition.q_w, data["next_obs"], config.n_value_samples, config.seed)
-    acts = policy_next_actions(sample, data["next_obs"], draws)
+    acts = policy_next_actions(sample, data["next_obs"], draws) if sample is not None else None
     return fit_correction(data, next_gap, composition.gamma, composition.parts[0].agent.q.obs_scale, config,
                           next_actions=acts)
 
