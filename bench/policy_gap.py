@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from dataclasses import replace
 
 import numpy as np
@@ -36,51 +35,19 @@ from compose.mc_check import MCBoundConfig
 
 from .cli import show_and_write
 
-DRAWS, PROPOSALS, CENTERS = 16, 256, 8
 
+def fit_gap(composition, sampler, seed: int, updates: int | None = None) -> tuple[torch.nn.Module, dict]:
+    """``D`` of the Boltzmann ``pi_w`` of ``composition`` (``sampler`` centring the resampling; ``PolicyGapConfig``'s
+    draws), and the fit's record; ``updates`` None: to the fixed point (``BoundConfig``'s schedule, as ``C*``)."""
+    from compose.bound import BoundConfig, fit_policy_gap
 
-def fit_gap(composition, policy, seed: int, updates: int | None = None) -> tuple[torch.nn.Module, dict]:
-    """``D`` of the Boltzmann ``pi_w`` of ``composition`` (its sampler centring the resampling), and the fit's record;
-    ``updates`` None: to the fixed point (``BoundConfig``'s schedule, as ``C*``)."""
-    from compose.bound import BoundConfig, boltzmann_draws, fit_composition_correction
-
-    generator = torch.Generator().manual_seed(seed)
-    sample = boltzmann_draws(composition.q_w, lambda o: policy.sampler.sample(o, CENTERS, generator=generator),
-                             composition.alpha, PROPOSALS, generator)
-    start = time.perf_counter()
-    d_net, info = fit_composition_correction(composition, BoundConfig(seed=seed, updates=updates), sample, DRAWS)
-    return d_net, info | {"wall_s": time.perf_counter() - start, "draws": DRAWS, "proposals": PROPOSALS,
-                          "centers": CENTERS}
+    return fit_policy_gap(composition, sampler, BoundConfig(seed=seed, updates=updates))
 
 
 def pair_tensors(starts: list) -> tuple[torch.Tensor, torch.Tensor]:
     """(obs [N, o], actions [N, d]) of the check's (s, a) pairs."""
     obs = torch.as_tensor(np.stack([o for _, o, _ in starts]))
     return obs, torch.as_tensor(np.stack([np.asarray(s.action, np.float32) for s, _, _ in starts]))
-
-
-def pooled(rows: list[dict], key: str) -> dict:
-    """Per actor, ``G - (Q_w - key)`` averaged over the pairs with its standard error across them (which takes in the
-    correction's own pointwise error, unlike one pair's CI), and whether the lower side holds on average: ``mean + 2 se
-    >= 0``. rows: ``per_pair`` records with each actor's ``mean`` (an actor missing from some rows: on the rest), ``Q_w``
-    and the correction under ``key``."""
-    names = [k for k, v in rows[0].items() if isinstance(v, dict) and "mean" in v]
-    out = {}
-    for name in names:
-        margin = np.array([r[name]["mean"] - (r["Q_w"] - r[key]) for r in rows if name in r])
-        se = float(margin.std(ddof=1) / np.sqrt(len(margin))) if len(margin) > 1 else float("inf")
-        out[name] = {"pairs": len(margin), "margin_mean": float(margin.mean()), "margin_se": se,
-                     "holds": bool(margin.mean() + 2 * se >= 0)}
-    return out
-
-
-def with_exact(rows: list[dict], exact: dict | None) -> list[dict]:
-    """The pairs on which the exact ``pi_w`` acted, with its figures under ``"exact pi_w"`` (all pairs when it did not
-    act): the pooled margins of every actor are then taken on the same pairs."""
-    if exact is None:
-        return rows
-    return [r | {"exact pi_w": p} for r, p in zip(rows[:exact["pairs"]], exact["per_pair"], strict=True)] + rows[
-        exact["pairs"]:]
 
 
 def side_table(summary: dict) -> dict:
@@ -137,36 +104,34 @@ def measure(spec: str, library: str | None, config: MCBoundConfig, fit_updates: 
     import envs
     import skills
     from compose import load
-    from compose.mc_check import exact_actor_rows, pair_starts, soft_q_rows, summarise
+    from compose.mc_check import exact_actor_rows, pair_starts, pooled, soft_q_rows, summarise, with_exact
     from compose.run.checks import bound_inputs
 
     seed = config.seed
     composition = load(spec, library=library, seed=seed, operator="average")
     built = composition.build(progress=False)
     assert built.correction is not None  # the average operator fits C*
-    d_net, fit = fit_gap(composition, composition.policy, seed, fit_updates)
+    d_net, fit = fit_gap(composition, built.sampler, seed, fit_updates)
     joint = skills.load(spec, library=library)
     inputs = bound_inputs(composition, built, joint, lambda: envs.make_task_env(composition.task))
-    inputs.correction = d_net
+    inputs.policy_gap = d_net
     starts = pair_starts(inputs.composed, inputs.make_env, config, inputs.horizon)
-    scored = soft_q_rows(inputs, starts, config)  # rows carry D as "C"
+    scored = soft_q_rows(inputs, starts, config)  # rows carry C* as "C" and D as "D"
     exact = exact_actor_rows(inputs, starts, config, scored["steps"])
-    with torch.no_grad():
-        c_star = built.correction(*pair_tensors(starts)).numpy()
-    with_c = {**scored, "rows": [r | {"C": float(c), "D": r["C"]} for r, c in zip(scored["rows"], c_star, strict=True)]}
-    by_c, by_d = summarise(with_c, exact, config), summarise(scored, exact, config)
+    by_d_rows = {**scored, "rows": [{k: v for k, v in r.items() if k != "D"} | {"C": r["D"]} for r in scored["rows"]]}
+    by_c, by_d = summarise(scored, exact, config), summarise(by_d_rows, exact, config)
     own = composed_transitions(inputs.composed, inputs.make_env, [seed + p for p in range(config.pairs)], inputs.horizon)
     g = np.array([r["composed"]["mean"] for r in scored["rows"]])
     q_w = np.array([r["Q_w"] for r in scored["rows"]])
-    d = np.array([r["C"] for r in scored["rows"]])
+    d, c_star = np.array([r["D"] for r in scored["rows"]]), np.array([r["C"] for r in scored["rows"]], np.float32)
     return {"spec": spec, "library": library or "trained/", "seed": seed, "pairs": len(starts), "mc": config.to_dict(),
             "rollout_steps": scored["steps"], "fit_D": fit, "C_star_mean": float(c_star.mean()), "D_mean": float(d.mean()),
             "Q_w_minus_G_composed_mean": float(np.mean(q_w - g)),
             "soft_return_mean": {name: a["soft_return_mean"] for name, a in by_d["actors"].items()},
-            "with_C_star": side_table(by_c) | {"pooled": pooled(with_exact(with_c["rows"], exact), "C")},
-            "with_D": side_table(by_d) | {"pooled": pooled(with_exact(with_c["rows"], exact), "D")},
+            "with_C_star": side_table(by_c) | {"pooled": pooled(with_exact(scored["rows"], exact), "C")},
+            "with_D": side_table(by_d) | {"pooled": pooled(with_exact(scored["rows"], exact), "D")},
             "exact_pi_w": by_d.get("exact_pi_w"),
-            "constituent_residuals_on_composed": residuals_on_composed(composition, own), "per_pair": with_c["rows"]}
+            "constituent_residuals_on_composed": residuals_on_composed(composition, own), "per_pair": scored["rows"]}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -17,6 +17,7 @@ Estimation, and where its errors come from (reported with every result):
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
@@ -176,6 +177,31 @@ def fit_composition_correction(composition: Composition, config: BoundConfig = B
     acts = policy_next_actions(sample, data["next_obs"], draws) if sample is not None else None
     return fit_correction(data, next_gap, composition.gamma, composition.parts[0].agent.q.obs_scale, config,
                           next_actions=acts)
+
+
+@dataclass(frozen=True)
+class PolicyGapConfig:
+    """How ``E_{a'~pi_w}`` is drawn for the policy's own gap ``D`` (``policy_gap_td_target``): ``draws`` per next state by
+    sampling-importance-resampling from ``proposals`` around ``centers`` composed-sampler actions (``boltzmann_draws``)."""
+
+    draws: int = 16
+    proposals: int = 256
+    centers: int = 8
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def fit_policy_gap(composition: Composition, sampler, config: BoundConfig = BoundConfig(),
+                   gap: PolicyGapConfig = PolicyGapConfig()) -> tuple[SoftQNetwork, dict]:
+    """``D`` of the Boltzmann ``pi_w`` of ``composition`` (``sampler``'s actions centring the resampling), fitted by TD
+    on the constituents' stored transitions with ``config``'s schedule, as ``C*`` is; and the fit's record."""
+    generator = torch.Generator().manual_seed(config.seed)
+    sample = boltzmann_draws(composition.q_w, lambda o: sampler.sample(o, gap.centers, generator=generator),
+                             composition.alpha, gap.proposals, generator)
+    start = time.perf_counter()
+    d_net, info = fit_composition_correction(composition, config, sample, gap.draws)
+    return d_net, info | {"wall_s": time.perf_counter() - start, **gap.to_dict()}
 
 
 def check_bound(q_w: np.ndarray, c: np.ndarray, q_joint: np.ndarray) -> dict:

@@ -4,6 +4,7 @@ from the library cache (``compose.cache``)."""
 
 from __future__ import annotations
 
+import hashlib
 import time
 import warnings
 from collections.abc import Callable
@@ -14,7 +15,7 @@ import torch
 from skills.library import CorruptSkillError
 from skills.sql import SamplerNetwork, SoftQNetwork
 
-from .bound import BoundConfig, fit_composition_correction
+from .bound import BoundConfig, PolicyGapConfig, fit_composition_correction, fit_policy_gap
 from .cache import cache_path, load_cached, save_cached
 from .composition import Composition
 from .sampling import SamplerConfig, train_amortized_sampler
@@ -101,3 +102,39 @@ def fit_and_train(composition: Composition, modules: dict[str, torch.nn.Module],
         manifest |= {"bound": bound_cfg.to_dict(), "correction_wall_time_s": time.perf_counter() - c_start,
                      "gap": c_info}
     return modules, manifest, energy
+
+
+def module_sha256(module: torch.nn.Module) -> str:
+    """A checksum of a module's weights (names, shapes and values)."""
+    digest = hashlib.sha256()
+    for name, tensor in module.state_dict().items():
+        digest.update(name.encode())
+        digest.update(str(tuple(tensor.shape)).encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def build_policy_gap(composition: Composition, built: Built, library: str | None, bound_cfg: BoundConfig | None = None,
+                     gap_cfg: PolicyGapConfig = PolicyGapConfig()) -> tuple[SoftQNetwork, dict]:
+    """The composed policy's own gap ``D`` (``compose.bound.fit_policy_gap``; bounded operators), loaded from the
+    library cache or fitted with no environment samples and cached. Its entry is keyed by the constituents, the
+    settings and the composed sampler's weights (the resampling is centred on its actions)."""
+    bound_cfg = bound_cfg or BoundConfig()
+    net = SoftQNetwork(composition.obs_dim, composition.act_dim, bound_cfg.hidden, composition.parts[0].agent.q.obs_scale)
+    settings = {"policy_gap": gap_cfg.to_dict(), "bound": bound_cfg.to_dict(), "sampler_sha256": module_sha256(built.sampler)}
+    path = cache_path(composition, settings, library)
+    try:
+        manifest = load_cached(path, {"D": net}, composition, required=("correction_wall_time_s",))
+    except CorruptSkillError as err:
+        warnings.warn(f"{err}; refitting it", stacklevel=2)
+        manifest = None
+    if manifest is not None:
+        return net, manifest["gap"] | {"cache": str(path), "cached": True}
+    net, info = fit_policy_gap(composition, built.sampler, bound_cfg, gap_cfg)
+    manifest = {"kind": "policy_gap", "settings": settings, "correction_wall_time_s": info["wall_s"], "gap": info,
+                "env_steps_used": 0}
+    try:
+        save_cached(path, {"D": net}, manifest, composition)
+    except (OSError, ValueError) as err:
+        warnings.warn(f"could not cache the policy gap in {path} ({err}); it will be refitted next time", stacklevel=2)
+    return net, info | {"cache": str(path), "cached": False}

@@ -51,20 +51,21 @@ def constituent_checksums(composition: Composition) -> list[str]:
     return [p.info.weights_sha256 for p in composition.parts]
 
 
-def load_cached(path: Path, modules: dict[str, torch.nn.Module], composition: Composition | None = None) -> dict | None:
+def load_cached(path: Path, modules: dict[str, torch.nn.Module], composition: Composition | None = None,
+                required: tuple[str, ...] = ("sampler_wall_time_s",)) -> dict | None:
     """Fill ``modules`` from a cache entry; ``None`` when there is none.
 
     The entry is checked before use: both files regular, inside the library's cache folder and bounded in size; its
-    manifest's fields (``check_cache_manifest``); its networks file against its recorded checksum; the constituents it
-    was built for against ``composition``'s; every weight finite. Any failure raises ``CorruptSkillError`` saying why
-    (``build`` then rebuilds the entry).
+    manifest's fields (``check_cache_manifest``, ``required`` among them); its networks file against its recorded
+    checksum; the constituents it was built for against ``composition``'s; every weight finite. Any failure raises
+    ``CorruptSkillError`` saying why (``build`` then rebuilds the entry).
     """
     if not (path / "manifest.json").exists():
         return None
     try:
         cache = path.parent  # an entry linked out of <library>/.composed is refused with its files
         manifest = check_cache_manifest(json.loads(read_bounded(path / "manifest.json", MAX_MANIFEST_BYTES, inside=cache,
-                                                                what="cache manifest")))
+                                                                what="cache manifest")), required)
         networks = read_bounded(path / NETWORKS, MAX_WEIGHTS_BYTES, inside=cache, what="cache networks")
         if hashlib.sha256(networks).hexdigest() != manifest.get("networks_sha256"):
             raise ValueError(f"{NETWORKS} does not match its recorded checksum")
@@ -82,14 +83,14 @@ def load_cached(path: Path, modules: dict[str, torch.nn.Module], composition: Co
     return manifest
 
 
-def check_cache_manifest(manifest: object) -> dict:
-    """A cache manifest's fields that a build reads: a JSON object with a finite ``sampler_wall_time_s`` >= 0, finite
-    ``operator_wall_time_s`` and ``correction_wall_time_s`` where present, objects for ``gap`` and ``operator_fit``.
-    A ``ValueError`` naming the field otherwise."""
+def check_cache_manifest(manifest: object, required: tuple[str, ...] = ("sampler_wall_time_s",)) -> dict:
+    """A cache manifest's fields that a build reads: a JSON object with finite wall times >= 0
+    (``sampler_wall_time_s``, ``operator_wall_time_s``, ``correction_wall_time_s``; those in ``required`` must be
+    there), objects for ``gap`` and ``operator_fit``. A ``ValueError`` naming the field otherwise."""
     if not isinstance(manifest, dict):
         raise ValueError("the manifest is not a JSON object")
     for key in ("sampler_wall_time_s", "operator_wall_time_s", "correction_wall_time_s"):
-        value = manifest.get(key, 0.0 if key != "sampler_wall_time_s" else None)
+        value = manifest.get(key, None if key in required else 0.0)
         if not (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value >= 0):
             raise ValueError(f"its manifest's {key} must be a finite number >= 0, got {value!r}")
     for key in ("gap", "operator_fit"):

@@ -7,7 +7,11 @@ resampling), the jointly trained skill, and as controls a uniformly random actor
 
 * upper side: ``Q^pi <= Q*_w <= Q_w`` for any policy: a CI of ``G^pi(s, a)`` wholly above ``Q_w(s, a)`` falsifies it;
 * lower side: ``Q^{pi_w} >= Q_w - C*`` for the Boltzmann policy of ``Q_w`` (exact ``Q_i``): it fails when the CI of the
-  composed policy's ``G`` lies wholly below ``Q_w - C``.
+  composed policy's ``G`` lies wholly below ``Q_w - C``;
+* lower side with the policy's own gap ``D`` (``compose.bound.policy_gap_td_target``; when ``BoundInputs.policy_gap``
+  is given): ``Q^{pi_w} = Q_w - D`` with exact ``Q_i``, so an actor worse than ``pi_w`` by more than the noise falls
+  below it. ``D``'s pointwise error exceeds one pair's Monte Carlo noise on the Fetch, so this side is scored pooled:
+  the margin ``G - (Q_w - D)`` averaged over the pairs, holding when ``mean + 2 se >= 0`` (se across pairs).
 
 A check is evidence only if something can fail it, so every report carries controls with their verdicts:
 ``Q_w`` shifted down by twice the measured slack must falsify the upper side; ``C`` shrunk to 0 (below the accumulated
@@ -73,7 +77,8 @@ class MCBoundConfig:
 @dataclass
 class BoundInputs:
     """What the check needs: the composed policy (``compose.policy.ComposedPolicy``), the joint skill (or None), the
-    constituents by label, the bound's ``C``, and the combined task's env, reward range and horizon."""
+    constituents by label, the bound's ``C`` (and the policy's own gap ``D``, optional), and the combined task's env,
+    reward range and horizon."""
 
     composed: Any
     joint: Any | None
@@ -82,6 +87,7 @@ class BoundInputs:
     make_env: Callable
     reward_range: tuple[float, float]
     horizon: int
+    policy_gap: torch.nn.Module | None = None  # the composed policy's own gap D (None: the lower side with C* only)
     alpha: float = field(init=False)
     gamma: float = field(init=False)
 
@@ -138,14 +144,17 @@ def actors(inputs: BoundInputs, config: MCBoundConfig) -> dict[str, tuple[Acting
 
 
 def soft_q_rows(inputs: BoundInputs, starts: list, config: MCBoundConfig, names: Sequence[str] | None = None) -> dict:
-    """Per pair ``Q_w`` and ``C``, and each actor's soft returns with 95% CIs: ``{"rows": [...], "steps", "tail_bound",
-    "returns": {actor: [S, n]}}``; ``names`` limits the actors."""
+    """Per pair ``Q_w`` and ``C`` (and ``D``), and each actor's soft returns with 95% CIs: ``{"rows": [...], "steps",
+    "tail_bound", "returns": {actor: [S, n]}}``; ``names`` limits the actors."""
     steps = rollout_steps(inputs.reward_range, inputs.alpha, inputs.composed.act_dim, inputs.gamma, config.tail)
     obs = torch.as_tensor(np.stack([o for _, o, _ in starts]))
     act = torch.as_tensor(np.stack([np.asarray(s.action, np.float32) for s, _, _ in starts]))
     with torch.no_grad():
         q_w, c = np.asarray(inputs.composed.q(obs, act), np.float64), inputs.correction(obs, act).numpy()
-    rows = [{"seed": s.seed, "step": t, "Q_w": float(q_w[i]), "C": float(c[i])} for i, (s, _, t) in enumerate(starts)]
+        d = inputs.policy_gap(obs, act).numpy() if inputs.policy_gap is not None else None
+    rows = [{"seed": s.seed, "step": t, "Q_w": float(q_w[i]), "C": float(c[i])} | ({"D": float(d[i])} if d is not None
+                                                                                   else {})
+            for i, (s, _, t) in enumerate(starts)]
     returns, term_max = {}, 0.0
     for key, (name, (actor, per_start)) in enumerate(actors(inputs, config).items()):
         if names is not None and name not in names:
@@ -176,11 +185,12 @@ def exact_actor_rows(inputs: BoundInputs, starts: list, config: MCBoundConfig, s
 
 
 # ---- verdicts -------------------------------------------------------------------------------------------------
-def side_fractions(rows: list[dict], name: str, q_shift: float = 0.0, c_scale: float = 1.0) -> tuple[float, float]:
+def side_fractions(rows: list[dict], name: str, q_shift: float = 0.0, c_scale: float = 1.0,
+                   key: str = "C") -> tuple[float, float]:
     """(upper side falsified, lower side holds) shares for actor ``name``'s CIs, with ``Q_w`` shifted by ``q_shift``
-    and ``C`` scaled by ``c_scale`` (the controls)."""
+    and the correction under ``key`` (``C``, or ``D``) scaled by ``c_scale`` (the controls)."""
     upper = [r[name]["ci"][0] > r["Q_w"] + q_shift for r in rows]
-    lower = [r[name]["ci"][1] >= r["Q_w"] + q_shift - c_scale * r["C"] for r in rows]
+    lower = [r[name]["ci"][1] >= r["Q_w"] + q_shift - c_scale * r[key] for r in rows]
     return float(np.mean(upper)), float(np.mean(lower))
 
 
@@ -201,6 +211,60 @@ def controls(rows: list[dict], names: Sequence[str]) -> list[dict]:
         control["verdict"] = "failed, as it must" if control["failed"] else \
             f"passed: the {control['check']} cannot tell this from the real thing"
     return out
+
+
+def pooled(rows: list[dict], key: str, scale: float = 1.0) -> dict:
+    """Per actor, the margin ``G - (Q_w - scale * key)`` averaged over the pairs with its standard error across them
+    (which takes in the correction's own pointwise error, unlike one pair's CI), and whether the lower side holds on
+    average: ``mean + 2 se >= 0``. rows: ``per_pair`` records with each actor's ``mean`` (an actor missing from some
+    rows: on the rest), ``Q_w`` and the correction under ``key``."""
+    names = [k for k, v in rows[0].items() if isinstance(v, dict) and "mean" in v]
+    out = {}
+    for name in names:
+        margin = np.array([r[name]["mean"] - (r["Q_w"] - scale * r[key]) for r in rows if name in r])
+        se = float(margin.std(ddof=1) / np.sqrt(len(margin))) if len(margin) > 1 else float("inf")
+        out[name] = {"pairs": len(margin), "margin_mean": float(margin.mean()), "margin_se": se,
+                     "holds": bool(margin.mean() + 2 * se >= 0)}
+    return out
+
+
+def with_exact(rows: list[dict], exact: dict | None) -> list[dict]:
+    """The pairs on which the exact ``pi_w`` acted, with its figures under ``"exact pi_w"`` (all pairs when it did not
+    act): the pooled margins of every actor are then taken on the same pairs."""
+    if exact is None:
+        return rows
+    return [r | {"exact pi_w": p} for r, p in zip(rows[:exact["pairs"]], exact["per_pair"], strict=True)] + rows[
+        exact["pairs"]:]
+
+
+def policy_gap_side(rows: list[dict], exact: dict | None) -> dict:
+    """The lower side against the policy's own gap ``D``, pooled over pairs (``pooled``): every actor's margin, the
+    share of pairs on which its CI reaches ``Q_w - D``, the controls (``D`` = 0; the random actor and each constituent
+    alone, each of which must fall below it unless it is no worse than the composition) and the verdict."""
+    table = pooled(with_exact(rows, exact), "D")
+    names = [n for n in table if n != "exact pi_w"]
+    checks: list[dict[str, Any]] = [{"control": "D shrunk to 0",
+                                      "failed": not pooled(rows, "D", scale=0.0)["composed"]["holds"]}]
+    checks += [{"control": f"{n} acting (its own entropy)", "failed": not table[n]["holds"]}
+               for n in names if n not in ("composed", "joint")]
+    for check in checks:
+        check["verdict"] = "failed, as it must" if check["failed"] else "passed: no worse than the composition here"
+    note = []
+    if table["composed"]["holds"]:
+        note.append("the composed sampler meets Q_w - D within the noise")
+    else:
+        note.append("the composed sampler falls below Q_w - D by more than 2 SE: it is short of the Boltzmann pi_w "
+                    "(its discounted KL to pi_w) or the constituents' errors are")
+    if "exact pi_w" in table:
+        note.append("the exact pi_w " + ("meets it within the noise" if table["exact pi_w"]["holds"] else
+                                         "falls below it by more than 2 SE (D or the constituents are off)"))
+    passed = [str(c["control"]) for c in checks if not c["failed"]]
+    if passed:
+        note.append("it holds for " + ", ".join(passed) + " too")
+    return {"method": "margin G - (Q_w - D) averaged over the pairs, mean +- SE across pairs; holds when mean + 2 SE >= 0",
+            "D_mean": float(np.mean([r["D"] for r in rows])), "pooled": table,
+            "pairs_holding": {n: side_fractions(rows, n, key="D")[1] for n in names},
+            "controls": checks, "tells_policies_apart": not passed, "note": "; ".join(note)}
 
 
 def summarise(scored: dict, exact: dict | None, config: MCBoundConfig) -> dict:
@@ -248,6 +312,8 @@ def summarise(scored: dict, exact: dict | None, config: MCBoundConfig) -> dict:
                     f"lower_holds_fraction >= {LOWER_GOAL}": out["lower_holds_fraction"] >= LOWER_GOAL}
     out["controls"] = controls(rows, names)
     out["verdict"] = verdict(out["controls"])
+    if "D" in rows[0]:
+        out["policy_gap"] = policy_gap_side(rows, exact)
     return out
 
 

@@ -198,8 +198,27 @@ def eval_trial(spec: str, seed: int, paths: dict[str, str], settings: Settings) 
             out["bound"] = {k: mc_report.get(k) for k in BOUND_FIGURES} | {
                 "mean_C": report.bound.get("learned", {}).get("mean_C"), "verdict": mc_report.get("verdict"),
                 "controls": mc_report.get("controls"),
-                "actors": {n: a.get("soft_return_mean") for n, a in mc_report.get("actors", {}).items()}}
+                "actors": {n: a.get("soft_return_mean") for n, a in mc_report.get("actors", {}).items()}} | (
+                policy_gap_figures(mc_report["policy_gap"]) if "policy_gap" in mc_report else {})
     return {"spec": spec, "seed": seed, **out}
+
+
+def policy_gap_lines(bound: dict) -> list[str]:
+    """The study's lines on the lower side against ``D`` (pooled over each seed's pairs), when it was checked."""
+    if "lower_D_holds_composed" not in bound:
+        return []
+    return [f"Lower side with the policy's own gap D (margin G - (Q_w - D) pooled over pairs; holds when mean + 2 SE >= 0), "
+            f"per seed: composed sampler {bound['lower_D_holds_composed']}, exact pi_w {bound['lower_D_holds_exact']}; "
+            f"every control failed as it must: {bound['D_controls_failed_as_they_must']}", ""]
+
+
+def policy_gap_figures(side: dict) -> dict:
+    """A seed's lower side against the policy's own gap ``D`` (``compose.mc_check.policy_gap_side``), as study figures."""
+    composed = side["pooled"]["composed"]
+    return {"D_mean": side["D_mean"], "lower_D_margin_composed": composed["margin_mean"],
+            "lower_D_margin_se_composed": composed["margin_se"], "lower_D_holds_composed": composed["holds"],
+            "lower_D_holds_exact": side["pooled"].get("exact pi_w", {}).get("holds"),
+            "lower_D_controls": side["controls"]}
 
 
 def eval_key(spec: str, seed: int, operator: str = "average") -> str:
@@ -446,6 +465,14 @@ def summarise_spec(spec: str, seeds: Sequence[int], evaluated: dict, operator: s
     out["bound"]["controls_failed_as_they_must"] = [
         all(c["failed"] for c in r["bound"].get("controls") or []) if r and r["bound"].get("controls") else None
         for r in runs]
+    if any(r and "D_mean" in r["bound"] for r in runs):  # records written before D was fitted have none
+        out["bound"] |= {k: aggregate([r["bound"].get(k) if r else None for r in runs])
+                         for k in ("D_mean", "lower_D_margin_composed")}
+        out["bound"] |= {k: [r["bound"].get(k) if r else None for r in runs]
+                         for k in ("lower_D_holds_composed", "lower_D_holds_exact")}
+        out["bound"]["D_controls_failed_as_they_must"] = [
+            all(c["failed"] for c in r["bound"]["lower_D_controls"]) if r and "lower_D_controls" in r["bound"] else None
+            for r in runs]
     out["seeds_evaluated"] = [seed for seed, r in zip(seeds, runs, strict=True) if r]
     out["seeds_failed"] = [seed for seed, r in zip(seeds, runs, strict=True) if not r]
     return out
@@ -513,7 +540,8 @@ def markdown(result: dict) -> str:
                   f"{fmt(s['deterministic']['composed_over_joint'])}", "",
                   *(["Bound (Monte Carlo, stochastic policies): " + ", ".join(
                       f"{k} {fmt(v, 3)}" for k, v in figures.items()), "",
-                     f"Every negative control failed as it must, per seed: {s['bound']['controls_failed_as_they_must']}", ""]
+                     f"Every negative control failed as it must, per seed: {s['bound']['controls_failed_as_they_must']}", "",
+                     *policy_gap_lines(s["bound"])]
                     if bounded else ["Bound: not checked; it is `average`'s (Haarnoja et al. 2018).", ""]),
                   f"Seeds that failed (no evaluation): {s['seeds_failed'] or 'none'}", "",
                   "Per seed (stochastic success): " + "; ".join(

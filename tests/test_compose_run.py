@@ -4,6 +4,7 @@ import json
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -60,10 +61,40 @@ def test_report_has_the_documented_keys_and_the_second_run_uses_the_cache(librar
     assert mc["pairs"] == SMALL_MC.pairs and 0.0 <= mc["upper_falsified_fraction"] <= 1.0
     for figure in report["figures"].values():
         assert Path(figure).stat().st_size > 5_000
+    gap = mc["policy_gap"]  # the lower side against the policy's own gap D, pooled over the pairs
+    assert set(gap["pooled"]) >= {"composed", "random", "multigoal@v1 alone", "multigoal@v2 alone"}
+    assert gap["pooled"]["composed"]["pairs"] == SMALL_MC.pairs and gap["controls"][0]["control"] == "D shrunk to 0"
+    assert report["bound"]["policy_gap_fit"]["cached"] is False and report["bound"]["policy_gap_fit"]["draws"] == 16
+    assert "policy's own gap" in (tmp_path / "a" / "report.md").read_text()
     assert (tmp_path / "a" / "report.md").read_text().startswith("# Composition report")
     assert first["build"]["cached"] is False
     second = small_run(spec, tmp_path / "b", library, episodes=2)
     assert second["build"]["cached"] is True
+    assert second.bound["policy_gap_fit"]["cached"] is True
+
+
+def test_the_policy_gap_is_cached_per_sampler_and_a_damaged_entry_is_refitted(library):
+    """``compose.build.build_policy_gap``: fitted once, then loaded with the same weights; a damaged entry is refitted
+    with a warning; another composed sampler (the resampling's centres) gets its own entry."""
+    from compose import load
+    from compose.build import build, build_policy_gap
+
+    composition = load("multigoal@v1+multigoal@v2", library=str(library))
+    built = build(composition, str(library), False, FAST["sampler_cfg"], FAST["bound_cfg"])
+    first, info = build_policy_gap(composition, built, str(library), FAST["bound_cfg"])
+    again, info_again = build_policy_gap(composition, built, str(library), FAST["bound_cfg"])
+    assert info_again["cached"] and info_again["cache"] == info["cache"]
+    for a, b in zip(first.state_dict().values(), again.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+    (Path(info["cache"]) / "networks.safetensors").write_bytes(b"not safetensors")
+    with pytest.warns(UserWarning, match="refitting it"):
+        _, refit = build_policy_gap(composition, built, str(library), FAST["bound_cfg"])
+    assert refit["cached"] is False
+    with torch.no_grad():
+        for p in built.sampler.parameters():
+            p.add_(0.01)
+    _, other = build_policy_gap(composition, built, str(library), replace(FAST["bound_cfg"], updates=20))
+    assert other["cache"] != info["cache"] and other["cached"] is False
 
 
 def test_particle_sampler_runs_without_training(library, tmp_path):
@@ -117,6 +148,31 @@ def test_the_controls_fail_when_they_must_and_say_when_a_check_is_uninformative(
     assert "C is too loose" in verdict(checks)["note"] and not verdict(checks)["tells_policies_apart"]
     tight = [row(1.0, 1.5, composed=0.0, random=-2.0) for _ in range(10)]
     assert verdict(controls(tight, ["composed", "random"]))["tells_policies_apart"]
+
+
+def test_the_lower_side_with_d_is_pooled_and_tells_a_poor_actor_from_the_composed_one():
+    """``policy_gap_side``: the margin ``G - (Q_w - D)`` averaged over pairs with its SE across them. The composed
+    actor scattered around ``Q_w - D`` holds; the random actor 1.0 below fails, as does ``D`` = 0; an actor as good as
+    the composition passes and the note says so; a composed actor below it by many SE fails."""
+    from compose.mc_check import policy_gap_side
+
+    rng = np.random.default_rng(0)
+
+    def row(noise, **actors):
+        return {"Q_w": 2.0, "C": 5.0, "D": 1.0,
+                **{k: {"mean": 1.0 + m + noise, "ci": [0.9 + m + noise, 1.1 + m + noise]} for k, m in actors.items()}}
+
+    rows = [row(float(rng.normal(0, 0.2)), composed=0.0, random=-1.0, **{"a alone": 0.05}) for _ in range(20)]
+    side = policy_gap_side(rows, None)
+    assert side["pooled"]["composed"]["holds"] and not side["pooled"]["random"]["holds"]
+    assert side["pooled"]["composed"]["margin_mean"] == pytest.approx(np.mean([r["composed"]["mean"] - 1.0 for r in rows]))
+    failed = {c["control"]: c["failed"] for c in side["controls"]}
+    assert failed == {"D shrunk to 0": True, "random acting (its own entropy)": True,
+                      "a alone acting (its own entropy)": False}
+    assert not side["tells_policies_apart"] and "holds for a alone acting" in side["note"]
+    below = [row(float(rng.normal(0, 0.2)), composed=-0.5, random=-1.0) for _ in range(20)]
+    assert not policy_gap_side(below, None)["pooled"]["composed"]["holds"]
+    assert "falls below Q_w - D" in policy_gap_side(below, None)["note"]
 
 
 def test_cli_refuses_bad_weights_and_unknown_skills(library, capsys):

@@ -44,14 +44,20 @@ def learned_bound(composition: Composition, built: Built, joint: skills.Skill | 
 
 
 def bound_checks(composition: Composition, built: Built, reference: tuple[skills.Skill | None, str], pairs: Pairs,
-                 make_env: Callable, evaluation: EvaluationConfig) -> dict:
+                 make_env: Callable, evaluation: EvaluationConfig,
+                 gap: tuple[torch.nn.Module, dict] | None = None) -> dict:
     """The ``bound`` record of a report: the Monte Carlo check on fresh episodes of the composed policy (unless
-    ``evaluation.mc`` is None) and the learned comparison on ``pairs``."""
+    ``evaluation.mc`` is None; its lower side also against the policy's own gap ``D`` when ``gap``, ``(D, its fit's
+    record)``, is given) and the learned comparison on ``pairs``."""
     joint, joint_note = reference
     assert built.correction is not None
     bound: dict = {"form": FORM, "gap_on_stored_states": built.info.get("gap", {})}
     if evaluation.mc is not None:
-        bound["mc"] = mc_bound(bound_inputs(composition, built, joint, make_env), evaluation.mc)
+        inputs = bound_inputs(composition, built, joint, make_env)
+        if gap is not None:
+            inputs.policy_gap = gap[0]
+            bound["policy_gap_fit"] = gap[1]
+        bound["mc"] = mc_bound(inputs, evaluation.mc)
     bound["learned"] = learned_bound(composition, built, joint, joint_note, pairs)
     return bound
 

@@ -17,7 +17,7 @@ import skills
 from skills.evaluation.lockstep import EnvPool
 from skills.library import atomic_write_text
 
-from ..build import Built, build
+from ..build import Built, build, build_policy_gap
 from ..operators import Operator, make_operator
 from ..plots import plot_comparison, plot_trajectories
 from ..policy import ComposedPolicy
@@ -36,6 +36,7 @@ class Run:
     spec: str | Sequence[str]
     evaluation: EvaluationConfig
     sources: Sources
+    build_config: BuildConfig = BuildConfig()
     compositions: dict[str, ComposedSkill] = field(default_factory=dict)
     builds: dict[str, Built] = field(default_factory=dict)
     skipped: dict[str, str] = field(default_factory=dict)
@@ -72,7 +73,7 @@ def run(spec: str | Sequence[str], operators: Sequence[str | Operator] = ("avera
     apply are skipped with the reason). ``selection``: how the operator's setting was chosen on validation episodes
     (``compose.run.selection.select``), carried into the report. Writes report.json and report.md to the output
     directory."""
-    state = Run(spec, evaluation, sources)
+    state = Run(spec, evaluation, sources, build_config)
     torch.manual_seed(evaluation.seed)  # constituents and the joint skill sample from torch's global generator
     compose_all(state, operators, weights)
     state.out = output_directory(sources.out, state.base.skill_names + ("" if len(operators) == 1 else "-operators"))
@@ -140,7 +141,10 @@ def single_report(state: Run) -> CompositionReport:
     figures = {name: state.out / f"{name}.png" for name in ("bound_episode", "q_slices", "comparison")
                if composition.operator.bounded or name != "bound_episode"}
     if composition.operator.bounded:
-        bound = bound_checks(composition, built, (state.joint, state.joint_note), state.pairs, state.make_env, evaluation)
+        gap = (build_policy_gap(composition, built, state.sources.library, state.build_config.bound)
+               if evaluation.mc is not None else None)
+        bound = bound_checks(composition, built, (state.joint, state.joint_note), state.pairs, state.make_env, evaluation,
+                             gap)
         data = episode_bound(composition, composed, built, state.joint, state.make_env, evaluation)
         bound["mc_episode"] = data["mc_rows"]
         bound_episode_figure(data, figures["bound_episode"], f"{composition.name}: one composed episode "

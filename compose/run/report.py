@@ -226,6 +226,21 @@ def mc_lines(mc: dict) -> list[str]:
         r = mc["random_entropy_estimate"]
         lines.append(f"- the entropy estimator on the random actor: soft return {r['estimated_mean']:.3f} estimated against "
                      f"{r['exact_mean']:.3f} exact (SE {r['soft_return_se']:.3f}; within 3 SE: {r['within_3_se']})")
+    if "policy_gap" in mc:
+        lines += policy_gap_lines(mc["policy_gap"])
+    return lines
+
+
+def policy_gap_lines(side: dict) -> list[str]:
+    """The lower side against the policy's own gap ``D`` (pooled over pairs) as report lines."""
+    lines = [f"- lower side with the policy's own gap `Q^pi_w >= Q_w - D` (mean D {side['D_mean']:.3f}; "
+             f"{side['method']}):"]
+    for name, p in side["pooled"].items():
+        lines.append(f"  - {name}: margin {p['margin_mean']:+.3f} +- {p['margin_se']:.3f} over {p['pairs']} pairs, "
+                     + ("holds" if p["holds"] else "FAILS"))
+    for control in side["controls"]:
+        lines.append(f"  - control, {control['control']}: {control['verdict']}")
+    lines.append(f"  - verdict: {side['note']}")
     return lines
 
 
