@@ -99,17 +99,20 @@ def quick(config: MCBoundConfig) -> MCBoundConfig:
     return replace(config, rollouts=2, control_rollouts=2, tail=0.5, exact_pairs=1, exact_steps=10, entropy_samples=16)
 
 
-def measure(spec: str, library: str | None, config: MCBoundConfig, fit_updates: int | None = None) -> dict:
-    """Both lower sides on the same Monte Carlo soft returns (phases: build, fit ``D``, roll out, score twice)."""
+def measure(spec: str, library: str | None, config: MCBoundConfig, fit_updates: int | None = None,
+            sampler_updates: int | None = None) -> dict:
+    """Both lower sides on the same Monte Carlo soft returns (phases: build, fit ``D``, roll out, score twice);
+    ``sampler_updates``: the composed sampler's training length (None: ``SamplerConfig``'s default)."""
     import envs
     import skills
     from compose import load
     from compose.mc_check import exact_actor_rows, pair_starts, pooled, soft_q_rows, summarise, with_exact
     from compose.run.checks import bound_inputs
+    from compose.sampling import SamplerConfig
 
     seed = config.seed
     composition = load(spec, library=library, seed=seed, operator="average")
-    built = composition.build(progress=False)
+    built = composition.build(progress=False, sampler_cfg=SamplerConfig(updates=sampler_updates) if sampler_updates else None)
     assert built.correction is not None  # the average operator fits C*
     d_net, fit = fit_gap(composition, built.sampler, seed, fit_updates)
     joint = skills.load(spec, library=library)
@@ -125,6 +128,7 @@ def measure(spec: str, library: str | None, config: MCBoundConfig, fit_updates: 
     q_w = np.array([r["Q_w"] for r in scored["rows"]])
     d, c_star = np.array([r["D"] for r in scored["rows"]]), np.array([r["C"] for r in scored["rows"]], np.float32)
     return {"spec": spec, "library": library or "trained/", "seed": seed, "pairs": len(starts), "mc": config.to_dict(),
+            **({"sampler_updates": sampler_updates} if sampler_updates else {}),
             "rollout_steps": scored["steps"], "fit_D": fit, "C_star_mean": float(c_star.mean()), "D_mean": float(d.mean()),
             "Q_w_minus_G_composed_mean": float(np.mean(q_w - g)),
             "soft_return_mean": {name: a["soft_return_mean"] for name, a in by_d["actors"].items()},
@@ -144,6 +148,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--exact-pairs", type=int, default=8,
                         help="pairs on which the exact pi_w (Metropolis-Hastings) acts too (default 8, at most --pairs; slow)")
     parser.add_argument("--fit-updates", type=int, help="TD updates of the D fit (default: to its fixed point, as C*)")
+    parser.add_argument("--sampler-updates", type=int,
+                        help="train the composed sampler this long (default: SamplerConfig's 10,000; cached in the library)")
     parser.add_argument("--quick", action="store_true", help="a smoke run: 2 rollouts per pair, short rollouts")
     parser.add_argument("--json", metavar="PATH", help="write the measurement as JSON")
     args = parser.parse_args(argv)
@@ -153,13 +159,14 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--seed must be >= 0, got {args.seed}")
     if args.exact_pairs < 0:
         parser.error(f"--exact-pairs must be >= 0, got {args.exact_pairs}")
-    if args.fit_updates is not None and args.fit_updates < 1:
-        parser.error(f"--fit-updates must be >= 1, got {args.fit_updates}")
+    for flag in ("fit_updates", "sampler_updates"):
+        if getattr(args, flag) is not None and getattr(args, flag) < 1:
+            parser.error(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
     torch.set_num_threads(1)
     torch.manual_seed(args.seed)
     config = MCBoundConfig(pairs=args.pairs, seed=args.seed, exact_pairs=min(args.exact_pairs, args.pairs))
     config = quick(config) if args.quick else config
-    show_and_write(measure(args.spec, args.library, config, args.fit_updates), args.json)
+    show_and_write(measure(args.spec, args.library, config, args.fit_updates, args.sampler_updates), args.json)
     return 0
 
 

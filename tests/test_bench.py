@@ -282,7 +282,7 @@ def test_policy_gap_scores_both_lower_sides_on_the_same_rollouts(tmp_path):
 
 
 @pytest.mark.parametrize("argv", [["--pairs", "1"], ["--exact-pairs", "-1"],
-                                  ["--fit-updates", "0"], ["--seed", "-1"]])
+                                  ["--fit-updates", "0"], ["--sampler-updates", "0"], ["--seed", "-1"]])
 def test_policy_gap_refuses_bad_arguments_before_loading_anything(argv, capsys):
     from bench import policy_gap
 
