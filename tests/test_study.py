@@ -225,3 +225,26 @@ def test_a_study_finishes_an_interrupted_training_from_its_checkpoint(tmp_path):
     assert (fresh["status"], fresh["env_steps"], fresh["resumed_from"]) == ("complete", 200, None)
     versions = sorted(p.name for p in (tmp_path / "lib" / "reach").iterdir() if p.name.startswith("v"))
     assert versions == ["v1", "v2", "v3"]  # the checkpoint and one new version per seed: nothing trained twice
+
+
+def test_the_study_carries_each_seeds_lower_side_against_d(smoke):
+    """A seed's ``bound.mc.policy_gap`` (``compose.mc_check.policy_gap_side``) becomes study figures: ``D`` and the
+    composed margin aggregated over seeds, and per seed whether the sampler holds and every control failed."""
+    from compose.mc_check import policy_gap_side
+
+    def row(composed, random):
+        return {"Q_w": 2.0, "C": 5.0, "D": 1.0, **{k: {"mean": 1.0 + m, "ci": [0.9 + m, 1.1 + m]}
+                                                   for k, m in (("composed", composed), ("random", random))}}
+
+    sides = [policy_gap_side([row(0.01 * k, -1.0) for k in range(-3, 4)], None),  # random below: fails, as it must
+             policy_gap_side([row(0.01 * k, 0.01 * k) for k in range(-3, 4)], None)]  # random as good: passes
+    evaluated = {}
+    for seed, side in zip((0, 1), sides, strict=True):
+        record = json.loads((smoke / "trials" / f"eval-reach+avoid-seed{seed}.json").read_text())
+        record["bound"] |= study_module.policy_gap_figures(side)
+        evaluated[study_module.eval_key("reach+avoid", seed)] = record
+    bound = study_module.summarise_spec("reach+avoid", [0, 1], evaluated)["bound"]
+    assert bound["D_controls_failed_as_they_must"] == [True, False]
+    assert bound["lower_D_holds_composed"] == [True, True] and bound["D_mean"]["per_seed"] == [1.0, 1.0]
+    assert bound["lower_D_margin_composed"]["per_seed"] == pytest.approx([0.0, 0.0], abs=1e-12)
+    assert "every control failed as it must: [True, False]" in study_module.policy_gap_lines(bound)[0]
