@@ -1,15 +1,64 @@
-"""List the skill library:  python -m skills [--library DIR]"""
+"""List the skill library:  python -m skills [--library DIR] [--markdown]
+
+``--markdown`` prints every skill as a table row read off its manifest: steps, wall time, the final evaluation of the
+stochastic and the deterministic policy, and the convergence verdicts recomputed from the stored convergence record
+(``skills.evaluation.diagnostics.convergence_goal``; a residual verdict that 2 standard errors of a mean could flip is
+marked "inside the noise"). Nothing is rerun.
+"""
 
 from __future__ import annotations
 
 import argparse
 
-from .library import default_library, list_skills
+from .library import SkillEntry, default_library, list_skills
+
+
+def plain_lines(entries: list[SkillEntry]) -> list[str]:
+    """One line per skill: status, steps, alpha and the final stochastic evaluation."""
+    lines = [f"  {'skill':28s} {'status':10s} {'steps':>8s} {'alpha':>6s} {'success*':>8s} {'return':>9s}"]
+    for e in entries:
+        m = e.info.raw.get("metrics", {})
+        m = m.get("stochastic", m)
+        lines.append(f"  {e.name + '@v' + str(e.version):28s} {e.info.status:10s} {e.info.env_steps:8d} {e.info.alpha:6.3g} "
+                     f"{m.get('success_rate', float('nan')):8.2f} {m.get('return_mean', float('nan')):9.2f}")
+    return lines + ["  * final evaluation of the stochastic (max-ent) policy"]
+
+
+def convergence_cells(raw: dict) -> tuple[str, str]:
+    """(soft-return gap, Bellman residual) verdicts of a manifest's convergence record, recomputed from its figures."""
+    from .evaluation.diagnostics import convergence_goal
+
+    report = raw.get("convergence")
+    if not isinstance(report, dict) or "stored" not in report:
+        return "–", "–"
+    goal = convergence_goal(report, float(raw["alpha"]))
+    residuals = "/".join(f"{report[k]['bellman_residual_mean']:+.4f}" for k in ("on_policy", "stored"))
+    residual = ("✔" if goal["bellman_residual"] else "✘") + f" ({residuals}; goal {0.1 * float(raw['alpha']):.4g}" + (
+        ", inside the noise)" if goal["bellman_residual_inside_noise"] else ")")
+    return "✔" if goal["soft_return_gap"] else "✘", residual
+
+
+def markdown_lines(entries: list[SkillEntry]) -> list[str]:
+    """Every skill as a markdown table row (see the module docstring)."""
+    lines = ["| skill | steps | wall time | alpha | success, stochastic | collisions, stochastic | success, deterministic "
+             "| soft-return gap | Bellman residual (on-policy/stored) |", "|---|---|---|---|---|---|---|---|---|"]
+    for e in entries:
+        raw = e.info.raw
+        metrics = raw.get("metrics", {})
+        sto, det = metrics.get("stochastic", {}), metrics.get("deterministic", {})
+        gap, residual = convergence_cells(raw)
+        cells = [f"`{e.name}` v{e.version}", f"{e.info.env_steps:,}", f"{raw.get('wall_time_s', float('nan')):.0f} s",
+                 f"{e.info.alpha:g}", *(f"{m.get(k, float('nan')):.2f}" for m, k in (
+                     (sto, "success_rate"), (sto, "collision_rate"), (det, "success_rate"))), gap, residual]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m skills", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m skills", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--library", help="library directory (default: trained/ or $COMPOSABLE_SKILLS_LIBRARY)")
+    parser.add_argument("--markdown", action="store_true", help="a markdown table with evaluation and convergence")
     args = parser.parse_args(argv)
     root = args.library or default_library()
     problems: list[str] = []
@@ -18,16 +67,10 @@ def main(argv: list[str] | None = None) -> None:
     if not entries:
         print("  (empty) train one with: python -m skills.train reach")
     else:
-        print(f"  {'skill':28s} {'status':10s} {'steps':>8s} {'alpha':>6s} {'success*':>8s} {'return':>9s}")
-    for e in entries:
-        m = e.info.raw.get("metrics", {})
-        m = m.get("stochastic", m)
-        print(f"  {e.name + '@v' + str(e.version):28s} {e.info.status:10s} {e.info.env_steps:8d} {e.info.alpha:6.3g} "
-              f"{m.get('success_rate', float('nan')):8.2f} {m.get('return_mean', float('nan')):9.2f}")
-    if entries:
-        print("  * final evaluation of the stochastic (max-ent) policy")
+        print("\n".join(markdown_lines(entries) if args.markdown else plain_lines(entries)))
     for problem in problems:
         print(f"  unreadable: {problem}")
+
 
 if __name__ == "__main__":
     main()

@@ -343,3 +343,24 @@ def test_training_records_the_convergence_report_and_its_plot(tmp_path):
     assert evaluate.main([str(path), "--convergence", "--start-states", "2", "--rollouts", "2"]) == 0
     rerun = skills.load(path).manifest["convergence"]
     assert rerun["start_states"] == 2 and rerun["gamma"] == record["gamma"]
+
+
+def test_the_library_listing_prints_every_skill_and_a_markdown_table(capsys):
+    """``python -m skills`` on the shipped library: one line per skill; ``--markdown`` one table row per skill with its
+    convergence verdicts recomputed from the stored record (agreeing with the stored goal)."""
+    from skills.__main__ import main
+
+    shipped = Path(__file__).resolve().parents[1] / "trained"
+    manifests = sorted(shipped.glob("*/v*/manifest.json"))
+    main(["--library", str(shipped)])
+    plain = capsys.readouterr().out
+    assert all(f"{m.parts[-3]}@{m.parts[-2]}" in plain for m in manifests)
+    main(["--library", str(shipped), "--markdown"])
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| `")]
+    assert len(rows) == len(manifests)
+    for manifest in manifests:
+        goal = json.loads(manifest.read_text())["convergence"]["goal"]
+        row = next(r for r in rows if r.startswith(f"| `{manifest.parts[-3]}` {manifest.parts[-2]} |"))
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        assert cells[-2] == ("✔" if goal["soft_return_gap"] else "✘")
+        assert cells[-1].startswith("✔" if goal["bellman_residual"] else "✘"), (manifest, cells[-1])
