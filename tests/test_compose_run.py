@@ -263,3 +263,21 @@ def test_the_shipped_composition_acts_from_its_cache_without_rebuilding(spec):
     for _ in range(5):
         obs, *_ = env.step(composition.act(obs))
     env.close()
+
+
+@pytest.mark.parametrize("spec", ["reach+avoid", "puck-x+puck-y", "place+clear", "plane-upper+plane-lower", "west+east"])
+def test_the_shipped_policy_gap_loads_from_its_cache(spec, tmp_path):
+    """``compose.run SPEC``'s lower side against ``D`` finds the shipped ``D`` (same settings, same composed sampler)
+    instead of refitting it; on a copy of the shipped library, so that a miss cannot write into ``trained/``."""
+    from library_helpers import shipped_library
+
+    from compose import load
+    from compose.build import build_policy_gap
+
+    names = tuple(spec.split("+")) + (spec, ".composed")
+    library = str(shipped_library(tmp_path / "lib", names))
+    composition = load(spec, library=library)
+    built = composition.build(progress=False)
+    assert built.cached
+    _, info = build_policy_gap(composition, built, library, compose_run.BuildConfig().bound)
+    assert info["cached"], f"the shipped library should hold the {spec} policy gap (refit: {info})"
