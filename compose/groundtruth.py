@@ -156,10 +156,16 @@ def boltzmann_log_density(q: np.ndarray, alpha: float, log_weight: float) -> np.
     return (q - soft_max(q, alpha, log_weight)[:, None]) / alpha
 
 
+def policy_mass(log_pi: np.ndarray, log_weight: float) -> np.ndarray:
+    """Each quadrature cell's probability under a policy density ``log pi`` [S, A] (cells of log-area
+    ``log_weight``), normalised per state: [S, A]."""
+    mass = np.exp(log_pi + log_weight)
+    return mass / mass.sum(axis=1, keepdims=True)
+
+
 def soft_policy_value(moves: Transitions, log_pi: np.ndarray, alpha: float, gamma: float) -> np.ndarray:
     """``V^pi(s) = E_{a~pi}[r(s') + gamma V^pi(s') - alpha log pi(a|s)]`` (soft policy evaluation): [S]."""
-    mass = np.exp(log_pi + moves.grid.log_weight)  # each quadrature cell's probability
-    mass /= mass.sum(axis=1, keepdims=True)
+    mass = policy_mass(log_pi, moves.grid.log_weight)
     return fixed_point(lambda v: np.sum(mass * (moves.rewards + gamma * moves.at_next(v) - alpha * log_pi), axis=1),
                        len(moves.index), "soft policy evaluation")
 
@@ -169,6 +175,16 @@ def correction_fixed_point(moves: Transitions, delta: np.ndarray, gamma: float) 
     c_max = fixed_point(lambda m: (gamma * (moves.at_next(delta) + moves.at_next(m))).max(axis=1), len(delta),
                         "the correction's fixed point")
     return gamma * (moves.at_next(delta) + moves.at_next(c_max))
+
+
+def policy_gap_fixed_point(moves: Transitions, delta: np.ndarray, log_pi: np.ndarray, gamma: float) -> np.ndarray:
+    """The acting policy's own gap ``D(s, a) = gamma (delta(s') + E_{a'~pi} D(s', a'))`` (``compose.bound``'s
+    ``policy_gap_td_target``) for a state gap ``delta`` [S] and a policy density ``log pi`` [S, A]: [S, A]. For the
+    Boltzmann ``pi_w`` of the exact ``Q_w``, ``Q_w - D`` is ``Q^{pi_w}`` exactly."""
+    mass = policy_mass(log_pi, moves.grid.log_weight)
+    d_mean = fixed_point(lambda m: np.sum(mass * gamma * (moves.at_next(delta) + moves.at_next(m)), axis=1), len(delta),
+                         "the policy gap's fixed point")
+    return gamma * (moves.at_next(delta) + moves.at_next(d_mean))
 
 
 def q_at(grid: Grid, reward: Reward, v: np.ndarray, gamma: float, obs: np.ndarray, act: np.ndarray) -> np.ndarray:
@@ -192,8 +208,9 @@ def task_reward(name: str) -> Reward:
 @dataclass
 class Solution:
     """The plane tasks solved on a grid: ``V*`` [S] and ``Q*`` [S, A] per task, and for the mean task ``r_w``:
-    ``Q_w`` of the exact constituents, its soft value ``V_w``, the gap ``delta``, ``C*``, and the soft values of the
-    exact ``pi_w ∝ exp(Q_w/alpha)`` and of the uniformly random policy."""
+    ``Q_w`` of the exact constituents, its soft value ``V_w``, the gap ``delta``, ``C*``, the soft values of the
+    exact ``pi_w ∝ exp(Q_w/alpha)`` and of the uniformly random policy, and ``pi_w``'s own gap ``D`` [S, A] beside
+    its soft Q ``Q^{pi_w}`` [S, A]."""
 
     grid: Grid
     alpha: float
@@ -206,6 +223,8 @@ class Solution:
     c_star: np.ndarray
     v_pi_w: np.ndarray
     v_uniform: np.ndarray
+    d_pi_w: np.ndarray
+    q_pi_w: np.ndarray
 
     def value(self, name: str, obs: np.ndarray) -> np.ndarray:
         """``V*`` of task ``name`` at any states [N, 2] (``"pi_w"``, ``"uniform"``: those policies' soft values
@@ -229,9 +248,11 @@ def solve(alpha: float, grid: Grid = Grid()) -> Solution:
     delta = 0.5 * (v[PARTS[0]] + v[PARTS[1]]) - v_w
     joint = moves[JOINT]
     uniform = np.full_like(q_w, -math.log(4.0))
-    return Solution(grid, alpha, gamma, v, q, q_w, v_w, delta, correction_fixed_point(joint, delta, gamma),
-                    soft_policy_value(joint, boltzmann_log_density(q_w, alpha, grid.log_weight), alpha, gamma),
-                    soft_policy_value(joint, uniform, alpha, gamma))
+    log_pi_w = boltzmann_log_density(q_w, alpha, grid.log_weight)
+    v_pi_w = soft_policy_value(joint, log_pi_w, alpha, gamma)
+    return Solution(grid, alpha, gamma, v, q, q_w, v_w, delta, correction_fixed_point(joint, delta, gamma), v_pi_w,
+                    soft_policy_value(joint, uniform, alpha, gamma), policy_gap_fixed_point(joint, delta, log_pi_w, gamma),
+                    q_values(joint, v_pi_w, gamma))
 
 
 # ---- against the truth ----------------------------------------------------------------------------------------
@@ -268,7 +289,19 @@ def exact_theorem(solution: Solution) -> dict:
             "delta_mean": float(solution.delta.mean()),
             "pi_w_suboptimality_mean": float(subopt.mean()), "pi_w_suboptimality_max": float(subopt.max()),
             "pi_w_suboptimality_min": float(subopt.min()),
-            "uniform_suboptimality_mean": float(np.mean(solution.v[JOINT] - solution.v_uniform))}
+            "uniform_suboptimality_mean": float(np.mean(solution.v[JOINT] - solution.v_uniform)),
+            **policy_gap_theorem(solution, gap, slack)}
+
+
+def policy_gap_theorem(solution: Solution, gap: np.ndarray, slack: float) -> dict:
+    """``pi_w``'s own gap ``D`` with the exact ``Q_i``: the identity ``Q_w - D = Q^{pi_w}`` (its largest error),
+    ``Q*_w >= Q_w - D >= Q_w - C*`` on every pair, and the control that must fail (``C*`` in ``D``'s place: the identity
+    off by ``C* - D``)."""
+    identity = np.abs(solution.q_w - solution.d_pi_w - solution.q_pi_w)
+    return {"D_mean": float(solution.d_pi_w.mean()), "D_identity_max_error": float(identity.max()),
+            "D_lower_holds": bool(np.all(gap <= solution.d_pi_w + slack)),
+            "D_at_most_C_star": bool(np.all(solution.d_pi_w <= solution.c_star + slack)),
+            "control_C_star_identity_max_error": float(np.abs(solution.q_w - solution.c_star - solution.q_pi_w).max())}
 
 
 def start_states(seeds: list[int]) -> np.ndarray:
@@ -331,9 +364,10 @@ def learned_q_error(skill, solution: Solution, name: str, n: int = 2000, seed: i
     return out
 
 
-def learned_bound(composed, correction, solution: Solution, n: int = 2000, seed: int = 1) -> dict:
+def learned_bound(composed, correction, solution: Solution, n: int = 2000, seed: int = 1, policy_gap=None) -> dict:
     """The learned ``Q_w`` and fitted ``C`` against the truth on the composed policy's actions at uniform states:
-    does ``Q_w >= Q*_w`` (upper side) and ``C >= Q_w - Q*_w`` (lower side) hold, and how loose is ``C``."""
+    does ``Q_w >= Q*_w`` (upper side) and ``C >= Q_w - Q*_w`` (lower side) hold, and how loose is ``C``; with
+    ``policy_gap`` (the fitted ``D``), the same for ``D`` and its error against the exact ``pi_w``'s ``D``."""
     rng = np.random.default_rng(seed)
     obs = rng.uniform(-1, 1, size=(n, 2)).astype(np.float32)
     act = np.asarray(composed.act(obs), np.float32)
@@ -343,10 +377,18 @@ def learned_bound(composed, correction, solution: Solution, n: int = 2000, seed:
     truth = solution.q_star(JOINT, obs, act)
     exact_q_w = 0.5 * (solution.q_star(PARTS[0], obs, act) + solution.q_star(PARTS[1], obs, act))
     gap = q_w - truth
-    return {"pairs": n, "Q_w_error_mean_abs": float(np.mean(np.abs(q_w - exact_q_w))),
-            "upper_holds": float(np.mean(gap >= 0)), "gap_mean": float(gap.mean()),
-            "lower_holds": float(np.mean(c >= gap)), "lower_min_margin": float(np.min(c - gap)), "C_mean": float(c.mean()),
-            "C_over_gap": float(c.mean() / max(float(gap.mean()), 1e-12))}
+    out = {"pairs": n, "Q_w_error_mean_abs": float(np.mean(np.abs(q_w - exact_q_w))),
+           "upper_holds": float(np.mean(gap >= 0)), "gap_mean": float(gap.mean()),
+           "lower_holds": float(np.mean(c >= gap)), "lower_min_margin": float(np.min(c - gap)), "C_mean": float(c.mean()),
+           "C_over_gap": float(c.mean() / max(float(gap.mean()), 1e-12))}
+    if policy_gap is not None:
+        with torch.no_grad():
+            d = policy_gap(torch.as_tensor(obs), torch.as_tensor(act)).numpy().astype(np.float64)
+        exact_d = policy_gap_at(solution, obs.astype(np.float64), act.astype(np.float64))
+        out |= {"D_mean": float(d.mean()), "D_exact_mean": float(exact_d.mean()),
+                "D_error_mean_abs": float(np.mean(np.abs(d - exact_d))), "D_lower_holds": float(np.mean(d >= gap)),
+                "D_over_gap": float(d.mean() / max(float(gap.mean()), 1e-12))}
+    return out
 
 
 def policy_values(actors: dict[str, ActingPolicy], solution: Solution, seeds: list[int], per_start: int = 8) -> dict:
@@ -379,6 +421,15 @@ def c_star_at(solution: Solution, obs: np.ndarray, act: np.ndarray) -> np.ndarra
     nxt = np.clip(obs + STEP * act, -1.0, 1.0)
     best = solution.c_star.max(axis=1)
     return solution.gamma * (interpolate(solution.grid, solution.delta, nxt) + interpolate(solution.grid, best, nxt))
+
+
+def policy_gap_at(solution: Solution, obs: np.ndarray, act: np.ndarray) -> np.ndarray:
+    """The exact ``pi_w``'s own gap ``D(s, a) = gamma (delta(s') + E_{a'~pi_w} D(s', a'))`` at any states and actions
+    (interpolated): [N]."""
+    nxt = np.clip(obs + STEP * act, -1.0, 1.0)
+    log_pi = boltzmann_log_density(solution.q_w, solution.alpha, solution.grid.log_weight)
+    mean_d = np.sum(policy_mass(log_pi, solution.grid.log_weight) * solution.d_pi_w, axis=1)
+    return solution.gamma * (interpolate(solution.grid, solution.delta, nxt) + interpolate(solution.grid, mean_d, nxt))
 
 
 def figure(solution: Solution, path: Path, learned: dict[str, np.ndarray] | None = None) -> None:
@@ -436,6 +487,8 @@ def learned_section(solution: Solution, config: GroundTruthConfig, seeds: list[i
     import compose
     import skills
 
+    from .build import build_policy_gap
+
     try:
         parts = {name: skills.load(name, config.library) for name in (*PARTS, JOINT)}
     except ValueError as exc:
@@ -448,8 +501,9 @@ def learned_section(solution: Solution, config: GroundTruthConfig, seeds: list[i
     assert built.correction is not None, "averaging fits the bound's C"
     if config.figure is not None:
         figure(solution, config.figure, learned_line(composed, built.correction, solution))
+    d_net, _ = build_policy_gap(composed, built, config.library)  # the cached D where the library has it
     return {"q_error": {name: learned_q_error(skill, solution, name) for name, skill in parts.items()},
-            "bound": learned_bound(composed, built.correction, solution),
+            "bound": learned_bound(composed, built.correction, solution, policy_gap=d_net),
             "policies": policy_values(actors, solution, seeds)}
 
 
@@ -487,7 +541,10 @@ def markdown(report: dict) -> str:
              f"({t['C_star_over_gap']:.2f}x the gap)",
              f"- the exact pi_w is {t['pi_w_suboptimality_mean']:.3f} below V*_w on average "
              f"(range {t['pi_w_suboptimality_min']:.3f} to {t['pi_w_suboptimality_max']:.3f}); "
-             f"the random policy {t['uniform_suboptimality_mean']:.3f}", "",
+             f"the random policy {t['uniform_suboptimality_mean']:.3f}",
+             f"- pi_w's own gap D (mean {t['D_mean']:.3f}): `Q_w - D = Q^pi_w` to {t['D_identity_max_error']:.1e} at "
+             f"worst (with C* in its place: {t['control_C_star_identity_max_error']:.3f}); `Q_w - D <= Q*_w` on every "
+             f"pair: {t['D_lower_holds']}; `D <= C*`: {t['D_at_most_C_star']}", "",
              "## The Monte Carlo machinery against the truth", "",
              f"- random actor, exact entropy credit: mean error {m['random']['mean_error']:+.3f} "
              f"(SE {m['random']['mean_error_se']:.3f}, z {m['random']['z']:+.2f}); per-start 95% CIs cover the truth "
@@ -511,7 +568,10 @@ def markdown(report: dict) -> str:
                   f"gap mean {b['gap_mean']:.3f}",
                   f"- lower side with the fitted C: holds on {b['lower_holds']:.1%} (smallest C - gap "
                   f"{b['lower_min_margin']:+.3f}); C mean {b['C_mean']:.3f} = "
-                  f"{b['C_over_gap']:.2f}x the true gap (exact: C* is {t['C_star_over_gap']:.2f}x)", "",
+                  f"{b['C_over_gap']:.2f}x the true gap (exact: C* is {t['C_star_over_gap']:.2f}x)",
+                  *([f"- the fitted D (pi_w's own gap): mean {b['D_mean']:.3f} against the exact pi_w's "
+                     f"{b['D_exact_mean']:.3f} (mean abs error {b['D_error_mean_abs']:.3f}); D >= the true gap on "
+                     f"{b['D_lower_holds']:.1%} of pairs; {b['D_over_gap']:.2f}x the gap"] if "D_mean" in b else []), "",
                   "Soft value below the optimum V*_w from the same starts (Monte Carlo with each sampler's own "
                   "entropy; exact on the grid for pi_w and random):", ""]
         for label, p in learned["policies"].items():

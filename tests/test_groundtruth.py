@@ -53,6 +53,17 @@ def test_the_theorem_holds_exactly_and_its_controls_fail(solution):
     assert 0 < t["pi_w_suboptimality_mean"] < t["uniform_suboptimality_mean"]
 
 
+def test_the_policy_gap_is_exactly_the_boltzmann_policys_loss(solution):
+    """With exact ``Q_i``, ``pi_w``'s own gap ``D`` (evaluated under ``pi_w``) makes ``Q_w - D`` equal ``Q^{pi_w}``
+    (two independent fixed points agree), and ``Q*_w >= Q_w - D >= Q_w - C*``; ``C*`` in its place misses the
+    identity by far more (the control)."""
+    t = gt.exact_theorem(solution)
+    assert t["D_identity_max_error"] < 1e-6
+    assert t["D_lower_holds"] and t["D_at_most_C_star"]
+    assert t["control_C_star_identity_max_error"] > 0.05
+    assert 0 < t["D_mean"] < t["C_star_mean"]
+
+
 def test_the_truth_converges_as_the_action_rule_is_refined(solution):
     """The midpoint rule's error falls like 1/actions^2: refining from 5 to 7 actions per axis moves V by less than
     half what refining from 3 to 5 did, and by under 1% of V's range on average."""
@@ -101,11 +112,15 @@ def test_cli_help_and_bad_grid(capsys):
     assert "odd" in capsys.readouterr().err
 
 
-def test_the_shipped_plane_skills_and_their_bound_against_the_truth():
+def test_the_shipped_plane_skills_and_their_bound_against_the_truth(tmp_path):
     """SQL's learned Q of each shipped plane skill within 5% of Q*'s range; the shipped composition's Q_w above
-    Q*_w and its fitted C above the true gap Q_w - Q*_w on the composed policy's actions (C = 0 must fail)."""
+    Q*_w and its fitted C above the true gap Q_w - Q*_w on the composed policy's actions (C = 0 must fail); its fitted
+    D (the shipped one, read from a copy of the library) within 1% of the value range of the exact pi_w's D."""
+    from library_helpers import shipped_library
+
     import compose
     import skills
+    from compose.build import build_policy_gap
 
     truth = gt.solve(ALPHA, gt.Grid(7))  # V within about 0.15 of the continuum's (refinement; docs/results.md)
     for name in (*gt.PARTS, gt.JOINT):
@@ -114,7 +129,11 @@ def test_the_shipped_plane_skills_and_their_bound_against_the_truth():
     composed = compose.load(list(gt.PARTS))
     built = composed.build(progress=False)  # the shipped cache: no training
     assert built.cached
-    bound = gt.learned_bound(composed, built.correction, truth, n=500)
+    d_net, fit = build_policy_gap(composed, built, str(shipped_library(tmp_path / "lib", (".composed",))))
+    assert fit["cached"]
+    bound = gt.learned_bound(composed, built.correction, truth, n=500, policy_gap=d_net)
     assert bound["upper_holds"] >= 0.99 and bound["lower_holds"] >= 0.99, bound
+    assert bound["D_error_mean_abs"] < 0.01 * np.ptp(truth.v[gt.JOINT]), bound  # C* in its place is off by 0.2
+    assert bound["D_mean"] < bound["C_mean"]
     assert bound["lower_min_margin"] > -0.15, bound  # any miss is within the truth's own error
     assert bound["gap_mean"] > 0.5  # so C = 0 (the control) fails on most pairs
