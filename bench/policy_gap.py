@@ -44,12 +44,6 @@ def fit_gap(composition, sampler, seed: int, updates: int | None = None) -> tupl
     return fit_policy_gap(composition, sampler, BoundConfig(seed=seed, updates=updates))
 
 
-def pair_tensors(starts: list) -> tuple[torch.Tensor, torch.Tensor]:
-    """(obs [N, o], actions [N, d]) of the check's (s, a) pairs."""
-    obs = torch.as_tensor(np.stack([o for _, o, _ in starts]))
-    return obs, torch.as_tensor(np.stack([np.asarray(s.action, np.float32) for s, _, _ in starts]))
-
-
 def side_table(summary: dict) -> dict:
     """Per actor the lower side's holding share, and the controls' verdicts, of one ``summarise`` record."""
     return {"lower_holds": {name: a["lower_holds_fraction"] for name, a in summary["actors"].items()},
