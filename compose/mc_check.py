@@ -65,7 +65,7 @@ class MCBoundConfig:
     tail: float = 0.05  # rollout length T: gamma^T (max|r| + alpha d log 2)/(1 - gamma) <= tail
     value_samples: int = 128  # importance samples for each V (the exact actor's entropy, the episode figure)
     seed: int = 0
-    entropy_samples: int = 64  # sampler draws per visited state for the nearest-neighbour entropy
+    entropy_samples: int = 64  # sampler draws per visited state for its entropy (compose.soft_returns.sampler_actor)
     control_rollouts: int = 4  # rollouts per pair of each control actor (random, each constituent)
     exact_pairs: int = 8  # pairs on which the exact Boltzmann pi_w acts too (0: none)
     exact_steps: int = 100  # Metropolis-Hastings steps per action of the exact pi_w

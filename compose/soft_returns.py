@@ -7,9 +7,12 @@ telescopes to ``Q(s_0, a_0)`` minus the accumulated gaps, whatever the actions (
 ``Q_w``). So each actor here brings its own entropy:
 
 * ``uniform_actor``: uniform on ``[-1, 1]^d``, ``alpha H = alpha d log 2``, exact;
-* ``sampler_actor``: an amortized sampler (a skill's, the composition's), whose density is not tractable: ``H`` of its
-  actions at each visited state by the Kozachenko-Leonenko nearest-neighbour estimator on ``samples`` draws
-  (``knn_entropy``; its bias on known densities is measured in tests/test_soft_returns.py);
+* ``sampler_actor``: an amortized sampler (a skill's, the composition's) ``a = tanh(f(s, xi))``: ``H`` of its actions at
+  each visited state from ``samples`` draws by the change of variables, ``-log sigma(a|s) = -log N(xi) + log|det
+  df/dxi| + sum log(1 - a^2)`` (``skills.sql.sampler_log_density``), exact where ``f(s, .)`` is one-to-one; where it
+  folds (the Jacobian's sign changes among the draws), and for a sampler without a network, by the Kozachenko-Leonenko
+  nearest-neighbour estimator (``knn_entropy``), which reads low: about -0.09 nats at 64 draws on the exact ``pi_w``
+  of ``reach+avoid`` (``bench/sampler_entropy.py``; on known densities, tests/test_soft_returns.py);
 * ``boltzmann_actor``: the exact ``pi_w ∝ exp(Q_w/alpha)`` by importance resampling, whose ``-alpha log pi_w(a|s)`` is
   ``V_w(s) - Q_w(s, a)`` (given an accurate ``V_w``).
 
@@ -27,7 +30,7 @@ import numpy as np
 import torch
 
 from skills.evaluation.diagnostics import Rollouts, Start, mean_and_se, run_rollouts
-from skills.evaluation.entropy import policy_entropy
+from skills.evaluation.entropy import change_of_variables_entropy, policy_entropy, sampler_network
 from skills.evaluation.lockstep import EnvPool
 from skills.policy import Actor, UniformPolicy
 from skills.sql.equations import row_noise, row_uniform
@@ -53,13 +56,29 @@ def uniform_actor(act_dim: int, alpha: float) -> ActingPolicy:
 
 
 def sampler_actor(name: str, policy, alpha: float, samples: int = 64, k: int = 1, seed: int = 0) -> ActingPolicy:
-    """An amortized sampler (anything with ``act`` and ``sample(obs, n)``), its entropy per visited state estimated
-    by ``squashed_entropy`` on ``samples`` draws there."""
-    def credit(obs: np.ndarray, act: np.ndarray) -> np.ndarray:
+    """An amortized sampler (anything with ``act`` and ``sample(obs, n)``), its entropy per visited state from
+    ``samples`` draws there: by the change of variables through its network (``change_of_variables_entropy``: exact
+    where the map from noise to action is one-to-one) when it acts with one, else, and at states where the map folds,
+    by the nearest-neighbour estimate (``squashed_entropy``, which reads low: bench/sampler_entropy.py)."""
+    network = sampler_network(policy) if getattr(policy, "particles", None) is None else None
+    nearest = (f"nearest-neighbour estimate (Kozachenko-Leonenko, k={k}, in pre-tanh space) on {samples} sampler draws "
+               "per visited state")
+
+    def estimated(obs: np.ndarray, act: np.ndarray) -> np.ndarray:
         return alpha * policy_entropy(policy, obs, samples, k, seed)
 
-    return ActingPolicy(name, policy, credit, f"nearest-neighbour estimate (Kozachenko-Leonenko, k={k}, in pre-tanh "
-                                              f"space) on {samples} sampler draws per visited state")
+    if network is None:
+        return ActingPolicy(name, policy, estimated, nearest)
+
+    def credit(obs: np.ndarray, act: np.ndarray) -> np.ndarray:
+        entropy, folded = change_of_variables_entropy(network, obs, samples, seed)
+        if folded.any():
+            entropy[folded] = policy_entropy(policy, obs[folded], samples, k, seed)
+        return alpha * entropy
+
+    return ActingPolicy(name, policy, credit, f"change of variables through the sampler network on {samples} draws per "
+                                              f"visited state (exact where noise -> action is one-to-one); where it folds, "
+                                              f"the {nearest}")
 
 
 def reflect(a: torch.Tensor) -> torch.Tensor:

@@ -281,6 +281,34 @@ def test_policy_gap_scores_both_lower_sides_on_the_same_rollouts(tmp_path):
             assert result[side]["pooled"][name]["margin_mean"] == pytest.approx(np.mean(margin))
 
 
+def test_sampler_entropy_splits_the_samplers_shortfall(tmp_path):
+    """``bench.sampler_entropy --quick`` on the shipped reach+avoid: the exact pi_w's rollouts scored with its known
+    entropy and with the nearest-neighbour estimate (the difference is that estimate's error alone), the sampler's with
+    the estimate and by the change of variables, and the per-state table; the paired differences are per pair."""
+    from library_helpers import shipped_library
+
+    from bench import sampler_entropy
+
+    library = shipped_library(tmp_path / "lib", ("reach", "avoid", "reach+avoid", ".composed"))
+    out = tmp_path / "entropy.json"
+    assert sampler_entropy.main(["reach+avoid", "--library", str(library), "--quick", "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["D"]["cached"] and result["pairs"] == 2
+    exact, sampler = result["exact_pi_w"], result["composed_sampler"]
+    base, estimated = exact["margin_credited_V_w_minus_Q_w"], exact["margin_credited_16_draw_estimate"]
+    assert estimated["margin_mean"] - base["margin_mean"] == pytest.approx(exact["estimator_share_of_margin"], abs=1e-9)
+    for m in ("16", "32"):
+        row = exact["entropy_per_state_nats"][m]
+        assert row["error"]["mean"] == pytest.approx(row["estimate"]["mean"] - row["exact"]["mean"], abs=1e-9)
+        srow = sampler["entropy_per_state_nats"][m]
+        assert 0 <= srow["folded_share"] <= 1
+        assert srow["kl_to_pi_w_by_change_of_variables"]["mean"] == pytest.approx(
+            srow["cross_entropy_to_pi_w"]["mean"] - srow["change_of_variables"]["mean"], abs=1e-9)
+    paired = result["sampler_minus_exact_pi_w"]["change_of_variables"]
+    diff = np.subtract(sampler["margin_credited_change_of_variables"]["per_pair"], base["per_pair"])
+    assert paired["mean"] == pytest.approx(diff.mean())
+
+
 @pytest.mark.parametrize("argv", [["--pairs", "1"], ["--exact-pairs", "-1"],
                                   ["--fit-updates", "0"], ["--sampler-updates", "0"], ["--seed", "-1"]])
 def test_policy_gap_refuses_bad_arguments_before_loading_anything(argv, capsys):

@@ -11,8 +11,9 @@ import pytest
 import torch
 
 from compose.soft_returns import BoltzmannPolicy, reflect, uniform_actor
-from skills.evaluation.entropy import knn_entropy, squashed_entropy
+from skills.evaluation.entropy import change_of_variables_entropy, knn_entropy, squashed_entropy
 from skills.policy import UniformPolicy
+from skills.sql import SamplerNetwork, sampler_log_density
 
 
 def test_the_entropy_estimator_on_known_densities():
@@ -29,6 +30,47 @@ def test_the_entropy_estimator_on_known_densities():
     exact = 1.5 * math.log(2 * math.pi * math.e * 0.25) + torch.log1p(-torch.tanh(torch.randn(200_000, 3) * 0.5 + 0.3)
                                                                         .pow(2)).sum(-1).mean().item()
     assert squashed_entropy(torch.tanh(u)).mean().item() == pytest.approx(exact, abs=0.1)
+
+
+def folding_sampler(obs_dim: int, d: int) -> SamplerNetwork:
+    """A sampler with ``u = xi - 2 relu(xi) = -|xi|`` per coordinate: two noise values reach every ``u`` (a fold)."""
+    net = SamplerNetwork(obs_dim, d, (d, d))
+    with torch.no_grad():
+        for p in net.parameters():
+            p.zero_()
+        net.net[0].weight[:, obs_dim:] = torch.eye(d)
+        net.net[2].weight.copy_(torch.eye(d))
+        net.net[4].weight.copy_(-2 * torch.eye(d))
+    return net
+
+
+def test_the_samplers_log_density_by_the_change_of_variables():
+    """Exact where the sampler's map is one-to-one: ``u = xi`` gives the squashed Gaussian's density to 1e-5, and a
+    random sampler's entropy agrees with the nearest-neighbour estimate on 4,096 draws; where the map folds, the flag is
+    raised and the change of variables overstates the entropy by exactly what the fold merges (``d log 2`` here)."""
+    torch.manual_seed(0)
+    obs = torch.randn(6, 4)
+    identity = SamplerNetwork(4, 2, (16, 16))
+    with torch.no_grad():
+        for p in identity.parameters():
+            p.zero_()
+    xi = torch.randn(6, 32, 2)
+    log_p, sign = sampler_log_density(identity, obs, xi)
+    expected = (-0.5 * xi.pow(2).sum(-1) - math.log(2 * math.pi) - torch.log1p(-torch.tanh(xi).pow(2)).sum(-1))
+    torch.testing.assert_close(log_p, expected, atol=1e-5, rtol=1e-5)
+    assert bool((sign == 1).all())
+    sampler = SamplerNetwork(4, 2, (32, 32))
+    by_change, folded = change_of_variables_entropy(sampler, obs.numpy(), 4096, seed=1)
+    with torch.no_grad():
+        knn = squashed_entropy(sampler.sample(obs, 4096)).numpy()
+    assert not folded.any()
+    np.testing.assert_allclose(by_change, knn, atol=0.05)
+    fold = folding_sampler(4, 2)
+    by_change, folded = change_of_variables_entropy(fold, obs.numpy(), 4096, seed=1)
+    with torch.no_grad():
+        knn = squashed_entropy(fold.sample(obs, 4096)).numpy()
+    assert folded.all()
+    np.testing.assert_allclose(by_change - knn, 2 * math.log(2), atol=0.08)
 
 
 def test_reflection_keeps_values_in_the_box_and_is_symmetric():

@@ -11,6 +11,15 @@ import numpy as np
 import torch
 
 ENTROPY_SAMPLES = 64  # draws per state
+PAIRWISE_BUDGET = 1 << 24  # pairwise distances held at once (8 bytes each: 128 MiB)
+DRAW_BUDGET = 1 << 20  # sampler draws per call (states x samples)
+
+
+def nearest(samples: torch.Tensor, k: int) -> torch.Tensor:
+    """Distance from each sample to its ``k``-th nearest other sample of the same set: [S, M, d] -> [S, M]."""
+    dist = torch.cdist(samples, samples)  # [S, M, M]
+    dist.diagonal(dim1=-2, dim2=-1).fill_(math.inf)  # not one's own neighbour
+    return dist.kthvalue(k, dim=-1).values.clamp_min(1e-12)
 
 
 def knn_entropy(samples: torch.Tensor, k: int = 3) -> torch.Tensor:
@@ -18,9 +27,8 @@ def knn_entropy(samples: torch.Tensor, k: int = 3) -> torch.Tensor:
     ``H ≈ psi(M) - psi(k) + log c_d + (d/M) sum_i log r_i``, ``r_i`` the distance from sample ``i`` to its ``k``-th
     nearest neighbour, ``c_d`` the volume of the unit ``d``-ball. samples [S, M, d] -> [S] (nats)."""
     s, m, d = samples.shape
-    dist = torch.cdist(samples.double(), samples.double())  # [S, M, M]
-    dist = dist + torch.eye(m, dtype=dist.dtype) * 1e30  # not one's own neighbour
-    r = dist.kthvalue(k, dim=-1).values.clamp_min(1e-12)  # [S, M]
+    per_chunk = max(1, PAIRWISE_BUDGET // (m * m))  # states whose [M, M] distances are held at once
+    r = torch.cat([nearest(chunk.double(), k) for chunk in samples.split(per_chunk)]) if s else samples.new_zeros(0, m)
     log_ball = (d / 2) * math.log(math.pi) - math.lgamma(d / 2 + 1)
     return (torch.digamma(torch.tensor(float(m))) - torch.digamma(torch.tensor(float(k))) + log_ball
             + d * r.log().mean(dim=-1)).float()
@@ -40,7 +48,34 @@ def policy_entropy(policy, obs: np.ndarray, samples: int = ENTROPY_SAMPLES, k: i
     out = []
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(int(seed))
-        for chunk in np.array_split(obs, max(1, len(obs) // 2048)):
+        for chunk in np.array_split(obs, max(1, len(obs) // max(1, min(2048, DRAW_BUDGET // samples)))):
             draws = torch.as_tensor(np.asarray(policy.sample(chunk, samples)), dtype=torch.float32)
             out.append(squashed_entropy(draws, k).numpy())
     return np.concatenate(out).astype(np.float64)
+
+
+def sampler_network(policy):
+    """The amortized sampler network of a skill or a composed policy (``skills.sql.SamplerNetwork``), or None."""
+    sampler = getattr(policy, "sampler", None)
+    if sampler is None and hasattr(policy, "agent"):
+        sampler = getattr(policy.agent, "sampler", None)
+    return sampler if isinstance(sampler, torch.nn.Module) else None
+
+
+def change_of_variables_entropy(sampler, obs: np.ndarray, samples: int = ENTROPY_SAMPLES,
+                                seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """``H(sigma(.|s)) = -E log sigma(a|s)`` at each state of ``obs`` [N, o], the log-density of each of ``samples``
+    draws by the change of variables (``skills.sql.sampler_log_density``; its own noise stream, seeded with ``seed``):
+    exact where ``f(s, .)`` is one-to-one, an upper bound where it folds. -> (H [N] nats, folded [N]: the Jacobian's
+    determinant changed sign among the draws, so ``f(s, .)`` folds there)."""
+    from skills.sql.equations import sampler_log_density
+
+    generator = torch.Generator().manual_seed(int(seed))
+    o = torch.as_tensor(np.asarray(obs), dtype=torch.float32)
+    entropy, folded = [], []
+    for chunk in o.split(max(1, DRAW_BUDGET // 16 // samples)):
+        noise = torch.randn(len(chunk), samples, sampler.act_dim, generator=generator)
+        log_p, sign = sampler_log_density(sampler, chunk, noise)
+        entropy.append(-log_p.double().mean(-1))
+        folded.append(sign.amin(-1) != sign.amax(-1))
+    return torch.cat(entropy).numpy(), torch.cat(folded).numpy()

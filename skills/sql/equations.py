@@ -136,6 +136,26 @@ def row_uniform(generators: Sequence[torch.Generator], shape: tuple[int, ...], d
     return torch.stack([torch.rand(shape, generator=g) for g in generators]).to(device)
 
 
+def sampler_log_density(sampler: SamplerNetwork, obs: torch.Tensor, noise: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The sampler's own log-density at its draws ``a = tanh(u)``, ``u = f(s, xi)``, by the change of variables:
+
+        log sigma(a|s) = log N(xi; 0, I) - log |det df(s, xi)/dxi| - sum_k log(1 - a_k^2)
+
+    exact where ``f(s, .)`` is one-to-one; where it folds (other ``xi`` reach the same ``u``) the true density is the
+    sum over those preimages, so this is a lower bound on ``log sigma`` (an upper bound on the entropy).
+    obs [B, o], noise [B, K, d] -> (log sigma [B, K], the sign of the Jacobian's determinant [B, K])."""
+    d = noise.shape[-1]
+    with torch.enable_grad():
+        xi = noise.detach().requires_grad_(True)
+        u = sampler(obs, xi)
+        rows = [torch.autograd.grad(u[..., i].sum(), xi, retain_graph=i < d - 1)[0] for i in range(d)]
+    sign, log_det = torch.linalg.slogdet(torch.stack(rows, dim=-2).double())  # [B, K]: du_i / dxi_j
+    u = u.detach().double()
+    log_normal = -0.5 * noise.double().pow(2).sum(-1) - 0.5 * d * math.log(2.0 * math.pi)
+    log_squash = (2.0 * (math.log(2.0) - u - F.softplus(-2.0 * u))).sum(-1)  # log(1 - tanh(u)^2), stably
+    return (log_normal - log_det - log_squash).float(), sign.float()
+
+
 # ---- soft value and Bellman target ------------------------------------------------------------
 def uniform_actions(batch: int, n: int, act_dim: int, generator: torch.Generator | None = None,
                     device: torch.device | str = "cpu") -> torch.Tensor:
