@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from skills.evaluation.diagnostics import Rollouts, Start, mean_and_se, run_rollouts
-from skills.evaluation.entropy import change_of_variables_entropy, policy_entropy, sampler_network
+from skills.evaluation.entropy import acting_entropy, sampler_network
 from skills.evaluation.lockstep import EnvPool
 from skills.policy import Actor, UniformPolicy
 from skills.sql.equations import row_noise, row_uniform
@@ -56,29 +56,14 @@ def uniform_actor(act_dim: int, alpha: float) -> ActingPolicy:
 
 
 def sampler_actor(name: str, policy, alpha: float, samples: int = 64, k: int = 1, seed: int = 0) -> ActingPolicy:
-    """An amortized sampler (anything with ``act`` and ``sample(obs, n)``), its entropy per visited state from
-    ``samples`` draws there: by the change of variables through its network (``change_of_variables_entropy``: exact
-    where the map from noise to action is one-to-one) when it acts with one, else, and at states where the map folds,
-    by the nearest-neighbour estimate (``squashed_entropy``, which reads low: bench/sampler_entropy.py)."""
-    network = sampler_network(policy) if getattr(policy, "particles", None) is None else None
-    nearest = (f"nearest-neighbour estimate (Kozachenko-Leonenko, k={k}, in pre-tanh space) on {samples} sampler draws "
-               "per visited state")
-
-    def estimated(obs: np.ndarray, act: np.ndarray) -> np.ndarray:
-        return alpha * policy_entropy(policy, obs, samples, k, seed)
-
-    if network is None:
-        return ActingPolicy(name, policy, estimated, nearest)
-
-    def credit(obs: np.ndarray, act: np.ndarray) -> np.ndarray:
-        entropy, folded = change_of_variables_entropy(network, obs, samples, seed)
-        if folded.any():
-            entropy[folded] = policy_entropy(policy, obs[folded], samples, k, seed)
-        return alpha * entropy
-
-    return ActingPolicy(name, policy, credit, f"change of variables through the sampler network on {samples} draws per "
-                                              f"visited state (exact where noise -> action is one-to-one); where it folds, "
-                                              f"the {nearest}")
+    """An amortized sampler (anything with ``act`` and ``sample(obs, n)``), its entropy at each visited state from
+    ``samples`` draws there (``skills.evaluation.entropy.acting_entropy``)."""
+    how = (f"nearest-neighbour estimate (Kozachenko-Leonenko, k={k}, in pre-tanh space) on {samples} sampler draws per "
+           "visited state")
+    if sampler_network(policy) is not None:
+        how = (f"change of variables through the sampler network on {samples} draws per visited state (exact where "
+               f"noise -> action is one-to-one); where it folds, the {how}")
+    return ActingPolicy(name, policy, lambda o, a: alpha * acting_entropy(policy, o, samples, k, seed), how)
 
 
 def reflect(a: torch.Tensor) -> torch.Tensor:

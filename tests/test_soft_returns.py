@@ -98,3 +98,27 @@ def test_the_metropolis_hastings_policy_samples_a_known_boltzmann_density():
 def test_the_uniform_actor_is_credited_its_exact_entropy():
     actor = uniform_actor(3, 0.05)
     assert actor.credit(np.zeros((5, 12)), np.zeros((5, 3))) == pytest.approx(np.full(5, 0.05 * 3 * math.log(2)))
+
+
+def test_the_acting_entropy_uses_the_network_the_policy_acts_with(tmp_path):
+    """A skill and a composed policy are credited through their own sampler network, agreeing with the nearest-neighbour
+    estimate on many draws (which reads a little low); a policy with no network, or acting with other draws, falls back
+    to the estimate."""
+    from library_helpers import shipped_library
+
+    import skills
+    from compose.policy import ComposedPolicy
+    from skills.evaluation.entropy import acting_entropy, policy_entropy, sampler_network
+
+    library = shipped_library(tmp_path / "lib", ("reach",))
+    skill = skills.load("reach", library=str(library))
+    assert sampler_network(skill) is skill.agent.sampler
+    assert sampler_network(UniformPolicy(3)) is None
+    obs = skill.transitions["obs"][:: max(1, len(skill.transitions["obs"]) // 24)][:24]
+    by_change = acting_entropy(skill, obs, 64)
+    estimate = policy_entropy(skill, obs, 1024)
+    assert abs(float(np.mean(by_change - estimate))) < 0.1
+    assert np.all(np.isfinite(by_change))
+    with_particles = ComposedPolicy.__new__(ComposedPolicy)
+    with_particles.sampler, with_particles.particles = skill.agent.sampler, lambda o, g: o
+    assert sampler_network(with_particles) is None

@@ -14,7 +14,7 @@ import gymnasium as gym
 import numpy as np
 
 from ..policy import Actor, SoftPolicy
-from .entropy import policy_entropy
+from .entropy import acting_entropy
 from .lockstep import EnvPool, Episode, lockstep_episodes
 
 EVAL_SEED = 10_000  # first seed of evaluation episodes (training uses 0.., convergence checks 100_000..)
@@ -25,7 +25,7 @@ Policy = Callable[[np.ndarray], np.ndarray]
 
 def episode_soft_returns(soft: SoftPolicy, episodes: Sequence[Episode], value_samples: int) -> dict:
     """Discounted soft returns ``sum_t gamma^t (r_t + alpha H_t)`` of recorded episodes (traced), ``H_t`` the entropy of
-    the policy that acted: its sampler's actions at ``s_t``, estimated (``skills.evaluation.entropy``). Also the same
+    the policy that acted: its sampler's actions at ``s_t`` (``skills.evaluation.entropy.acting_entropy``). Also the same
     return credited with ``V(s_t) - Q(s_t, a_t)`` of the policy's own Q (``soft_return_vq_mean``): right only for the
     exact Boltzmann policy of that Q, it overstates an amortized sampler's soft return by its accumulated
     ``alpha KL(sampler || pi)``, which the difference estimates. States are valued in the order (episode, step)."""
@@ -35,7 +35,7 @@ def episode_soft_returns(soft: SoftPolicy, episodes: Sequence[Episode], value_sa
     reward = np.concatenate([np.asarray(e.rewards, np.float64) for e in episodes])
     q = np.asarray(soft.q(obs, act), np.float64)
     v = np.asarray(soft.value(obs, n_samples=value_samples), np.float64)
-    entropy = soft.alpha * policy_entropy(soft, obs)
+    entropy = soft.alpha * acting_entropy(soft, obs)
     owner = np.repeat(np.arange(len(episodes)), [e.length for e in episodes])
     g = np.bincount(owner, weights=soft.gamma**step * (reward + entropy))
     g_vq = np.bincount(owner, weights=soft.gamma**step * (reward + v - q))
