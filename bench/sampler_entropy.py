@@ -15,9 +15,12 @@ pairs of ``bench.policy_gap`` (the composed policy's own episodes from ``--seed`
 2. **The same rollouts of ``pi_w`` scored twice**: credited ``V_w - Q_w`` (as the report does) and credited with the
    64-draw estimate (as the sampler is). The difference in the margin ``G - (Q_w - D)`` is the estimator's share
    alone, on identical trajectories.
-3. **The sampler's rollouts scored with 64 and 1,024 draws per state**, and at sampled visited states its
-   entropy estimates and its cross-entropy ``E_{a~sampler}[V_w - Q_w]/alpha`` to ``pi_w``, whose difference is the
-   estimated ``KL(sampler || pi_w)``: what is left of the shortfall once the estimator's error is taken out.
+3. **The sampler's rollouts scored three ways**: with the estimate on 64 and on 1,024 draws per state, and with its
+   entropy by the change of variables through its network (``skills.evaluation.entropy.acting_entropy``, what the
+   report credits now; exact where the map from noise to action is one-to-one, and the share of states where it
+   folds is reported). At sampled visited states: its entropy each way and its cross-entropy
+   ``E_{a~sampler}[V_w - Q_w]/alpha`` to ``pi_w``, whose difference is ``KL(sampler || pi_w)``: what is left of the
+   shortfall once the estimator's error is taken out.
 
 Every margin is pooled over the pairs (mean, SE across pairs), as the report's lower side with ``D`` is.
 """
@@ -148,17 +151,20 @@ def sampler_side(inputs, starts, steps: int, setup: EntropySetup, pair_q) -> dic
     """The composed sampler: its rollouts scored with the estimate on the smallest and the largest draw count; at visited
     states its entropy estimates and its cross-entropy to ``pi_w`` (their difference: ``KL(sampler || pi_w)``)."""
     from compose.soft_returns import ActingPolicy, actor_returns, sampler_actor, soft_returns
-    from skills.evaluation.entropy import change_of_variables_entropy, squashed_entropy
+    from skills.evaluation.entropy import change_of_variables_entropy, policy_entropy, squashed_entropy
 
     composed, alpha = inputs.composed, inputs.alpha
     small, large = setup.draws[0], setup.draws[-1]
-    g, rollouts = actor_returns(sampler_actor("composed", composed, alpha, small, seed=setup.seed), inputs.make_env, starts,
-                                setup.sampler_rollouts, steps, inputs.gamma, key=setup.seed * 100)
-    g_large = soft_returns(sampler_actor("composed", composed, alpha, large, seed=setup.seed), rollouts,
+
+    def estimated(m: int) -> ActingPolicy:
+        return ActingPolicy("composed", composed, lambda o, a: alpha * policy_entropy(composed, o, m, 1, setup.seed),
+                            f"nearest-neighbour estimate on {m} draws")
+
+    g, rollouts = actor_returns(estimated(small), inputs.make_env, starts, setup.sampler_rollouts, steps, inputs.gamma,
+                                key=setup.seed * 100)
+    g_large = soft_returns(estimated(large), rollouts, inputs.gamma).reshape(g.shape)
+    g_exact = soft_returns(sampler_actor("composed", composed, alpha, small, seed=setup.seed), rollouts,
                            inputs.gamma).reshape(g.shape)
-    exact = ActingPolicy("composed, change of variables", composed, lambda o, a: alpha * change_of_variables_entropy(
-        composed.sampler, o, small, setup.seed)[0], f"change of variables on {small} draws")
-    g_exact = soft_returns(exact, rollouts, inputs.gamma).reshape(g.shape)
     obs = visited(rollouts, setup.states, setup.seed)
     value = np.asarray(composed.value(obs, n_samples=VALUE_SAMPLES), np.float64)
     table = {}
