@@ -15,6 +15,8 @@ import math
 import numpy as np
 import torch
 
+from skills.sql.equations import sampler_log_density
+
 ENTROPY_SAMPLES = 64  # draws per state
 PAIRWISE_BUDGET = 1 << 24  # pairwise distances held at once (8 bytes each: 128 MiB)
 DRAW_BUDGET = 1 << 20  # sampler draws per call (states x samples)
@@ -80,16 +82,15 @@ def change_of_variables_entropy(sampler, obs: np.ndarray, samples: int = ENTROPY
     draws by the change of variables (``skills.sql.sampler_log_density``; its own noise stream, seeded with ``seed``):
     exact where ``f(s, .)`` is one-to-one, an upper bound where it folds. -> (H [N] nats, folded [N]: the Jacobian's
     determinant changed sign among the draws, so ``f(s, .)`` folds there)."""
-    from skills.sql.equations import sampler_log_density
-
-    generator = torch.Generator().manual_seed(int(seed))
+    generator = torch.Generator().manual_seed(int(seed))  # CPU noise, moved to the sampler's device
+    device = next(sampler.parameters()).device
     o = torch.as_tensor(np.asarray(obs), dtype=torch.float32)
     entropy, folded = [], []
     for chunk in o.split(max(1, DRAW_BUDGET // 16 // samples)):
         noise = torch.randn(len(chunk), samples, sampler.act_dim, generator=generator)
-        log_p, sign = sampler_log_density(sampler, chunk, noise)
-        entropy.append(-log_p.double().mean(-1))
-        folded.append(sign.amin(-1) != sign.amax(-1))
+        log_p, sign = sampler_log_density(sampler, chunk.to(device), noise.to(device))
+        entropy.append(-log_p.double().mean(-1).cpu())
+        folded.append((sign.amin(-1) != sign.amax(-1)).cpu())
     return torch.cat(entropy).numpy(), torch.cat(folded).numpy()
 
 
