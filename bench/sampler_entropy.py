@@ -115,9 +115,10 @@ def prepare(spec: str, library: str | None, seed: int):
 
 def margins(g: np.ndarray, q_w: np.ndarray, d: np.ndarray) -> dict:
     """The margin ``G - (Q_w - D)`` pooled over the pairs: g [S, n] soft returns, q_w and d [S]."""
+    from compose.mc_check import pooled_margin
+
     m = g.mean(axis=1) - (q_w - d)
-    return {"margin_mean": float(m.mean()), "margin_se": float(m.std(ddof=1) / np.sqrt(len(m))),
-            "holds": bool(m.mean() + 2 * m.std(ddof=1) / np.sqrt(len(m)) >= 0), "per_pair": m.tolist()}
+    return pooled_margin(m) | {"per_pair": m.tolist()}
 
 
 def exact_side(inputs, starts, steps: int, setup: EntropySetup, pair_q) -> dict:

@@ -219,13 +219,16 @@ def pooled(rows: list[dict], key: str, scale: float = 1.0) -> dict:
     average: ``mean + 2 se >= 0``. rows: ``per_pair`` records with each actor's ``mean`` (an actor missing from some
     rows: on the rest), ``Q_w`` and the correction under ``key``."""
     names = [k for k, v in rows[0].items() if isinstance(v, dict) and "mean" in v]
-    out = {}
-    for name in names:
-        margin = np.array([r[name]["mean"] - (r["Q_w"] - scale * r[key]) for r in rows if name in r])
-        se = float(margin.std(ddof=1) / np.sqrt(len(margin))) if len(margin) > 1 else float("inf")
-        out[name] = {"pairs": len(margin), "margin_mean": float(margin.mean()), "margin_se": se,
-                     "holds": bool(margin.mean() + 2 * se >= 0)}
-    return out
+    return {name: pooled_margin(np.array([r[name]["mean"] - (r["Q_w"] - scale * r[key]) for r in rows if name in r]))
+            for name in names}
+
+
+def pooled_margin(margin: np.ndarray) -> dict:
+    """One actor's per-pair margins [S] pooled: mean, standard error across pairs, and whether the lower side holds on
+    average (``mean + 2 se >= 0``)."""
+    se = float(margin.std(ddof=1) / np.sqrt(len(margin))) if len(margin) > 1 else float("inf")
+    return {"pairs": len(margin), "margin_mean": float(margin.mean()), "margin_se": se,
+            "holds": bool(margin.mean() + 2 * se >= 0)}
 
 
 def with_exact(rows: list[dict], exact: dict | None) -> list[dict]:
