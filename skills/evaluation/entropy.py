@@ -5,7 +5,7 @@
 ``f(s, .)`` is one-to-one, averaged over draws; where the map folds (its Jacobian's sign changes among the draws), and
 for a policy with no sampler network, the Kozachenko-Leonenko nearest-neighbour estimator on draws, in pre-tanh space
 with the change of variables of the tanh (``squashed_entropy``). That estimator reads low: -0.06 nats at 64 draws in
-3-D on known densities (tests/test_soft_returns.py), -0.09 on the exact ``pi_w`` of ``reach+avoid``
+3-D on known densities (tests/test_soft_returns.py), -0.07 to -0.09 on the exact ``pi_w`` of ``reach+avoid``
 (bench/sampler_entropy.py)."""
 
 from __future__ import annotations
@@ -97,7 +97,7 @@ def change_of_variables_entropy(sampler, obs: np.ndarray, samples: int = ENTROPY
 def acting_entropy(policy, obs: np.ndarray, samples: int = ENTROPY_SAMPLES, k: int = 1, seed: int = 0) -> np.ndarray:
     """``H(pi(.|s))`` of the policy that acts, at each state of ``obs`` [N, o]: by the change of variables through its
     sampler network when it acts with one (``change_of_variables_entropy``), and where that map folds, or for a policy
-    without one, by the nearest-neighbour estimate (``policy_entropy``, which reads low: about -0.09 nats at 64 draws in
+    without one, by the nearest-neighbour estimate (``policy_entropy``, which reads low: -0.07 to -0.09 nats at 64 draws in
     3-D, bench/sampler_entropy.py). -> [N] nats."""
     network = sampler_network(policy)
     if network is None:
