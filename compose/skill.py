@@ -78,9 +78,10 @@ class ComposedSkill(Composition):
         Callable: tensors in, tensors out (with autograd); numpy in, numpy out."""
         return self.q_w if self.operator.bounded else CheckedEnergy(self.policy.q_fn, self.obs_dim, self.act_dim)
 
-    def act(self, obs, deterministic: bool = False) -> np.ndarray:
-        """One action per state [o] or [B, o]: a sample of ``pi`` (``deterministic``: the best of 32 under the energy)."""
-        return self.policy.act(obs, deterministic)
+    def act(self, obs, deterministic: bool = False, generators: Sequence[torch.Generator] | None = None) -> np.ndarray:
+        """One action per state [o] or [B, o]: a sample of ``pi`` (``deterministic``: the best of 32 under the energy);
+        ``generators``: one random stream per row (lockstep evaluation)."""
+        return self.policy.act(obs, deterministic, generators)
 
     def sample(self, obs, n: int):
         """``n`` actions per state from the composed sampler: [B, o] -> [B, n, d]."""

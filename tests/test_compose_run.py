@@ -230,6 +230,26 @@ def test_the_composed_policy_answers_the_skill_protocol(library):
     np.testing.assert_array_equal(ComposedPolicy(composition, built.sampler, seed=3).act(obs), again.act(obs))
 
 
+def test_every_soft_policy_takes_the_protocols_arguments():
+    """``Skill``, ``ComposedPolicy`` and ``ComposedSkill`` accept every parameter of ``SoftPolicy``'s calls by its name
+    (``isinstance`` against the protocol checks only that the methods exist; a composition opened with ``compose.load``
+    once refused lockstep evaluation's ``generators``)."""
+    import inspect
+
+    from compose import ComposedPolicy, ComposedSkill
+    from skills.library.skill import Skill
+    from skills.policy import SoftPolicy
+
+    for method in ("act", "sample", "q", "value"):
+        wanted = list(inspect.signature(getattr(SoftPolicy, method)).parameters)
+        for cls in (Skill, ComposedPolicy, ComposedSkill):
+            attr = inspect.getattr_static(cls, method)
+            if isinstance(attr, property):  # ComposedSkill.q: a callable built on first use
+                continue
+            have = inspect.signature(attr).parameters
+            assert not [p for p in wanted if p not in have], (cls.__name__, method, wanted, list(have))
+
+
 def test_a_loaded_composition_acts_like_a_skill(library):
     """``compose.load(...)`` answers ``act``, ``sample``, ``q``, ``value`` like a skill, once built."""
     import numpy as np

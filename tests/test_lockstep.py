@@ -50,7 +50,7 @@ def test_a_skills_episodes_in_lockstep_are_its_episodes_alone(deterministic):
 def test_a_compositions_episodes_in_lockstep_are_its_episodes_alone():
     composition = compose.load("reach+avoid")
     composition.build(progress=False)  # the shipped cache
-    alone, together = twins(composition.policy, lambda: envs.make("reach+avoid"))
+    alone, together = twins(composition, lambda: envs.make("reach+avoid"))  # as a user holds it: compose.load's object
     parted, largest = departures(alone, together)
     assert parted <= 1 and largest < 1e-3, (parted, largest)
 
