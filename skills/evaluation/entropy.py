@@ -36,9 +36,15 @@ def knn_entropy(samples: torch.Tensor, k: int = 3) -> torch.Tensor:
     s, m, d = samples.shape
     per_chunk = max(1, PAIRWISE_BUDGET // (m * m))  # states whose [M, M] distances are held at once
     r = torch.cat([nearest(chunk.double(), k) for chunk in samples.split(per_chunk)]) if s else samples.new_zeros(0, m)
+    return kozachenko_leonenko(r.log().mean(dim=-1), m, k, d).float()
+
+
+def kozachenko_leonenko(mean_log_r, m: int, k: int, d: int):
+    """The estimator's formula from the mean log distance to the ``k``-th neighbour among ``m`` draws in ``d`` dimensions:
+    ``psi(m) - psi(k) + log c_d + d mean log r`` (a tensor or an array of any shape, elementwise)."""
     log_ball = (d / 2) * math.log(math.pi) - math.lgamma(d / 2 + 1)
-    return (torch.digamma(torch.tensor(float(m))) - torch.digamma(torch.tensor(float(k))) + log_ball
-            + d * r.log().mean(dim=-1)).float()
+    digamma = torch.digamma(torch.tensor([float(m), float(k)], dtype=torch.float64))
+    return float(digamma[0] - digamma[1]) + log_ball + d * mean_log_r
 
 
 def squashed_entropy(actions: torch.Tensor, k: int = 1) -> torch.Tensor:
