@@ -11,8 +11,9 @@ telescopes to ``Q(s_0, a_0)`` minus the accumulated gaps, whatever the actions (
   each visited state from ``samples`` draws by the change of variables, ``-log sigma(a|s) = -log N(xi) + log|det
   df/dxi| + sum log(1 - a^2)`` (``skills.sql.sampler_log_density``), exact where ``f(s, .)`` is one-to-one; where it
   folds (the Jacobian's sign changes among the draws), and for a sampler without a network, by the Kozachenko-Leonenko
-  nearest-neighbour estimator (``knn_entropy``), which reads low: -0.07 to -0.09 nats at 64 draws on the exact ``pi_w``
-  of ``reach+avoid`` (``bench/sampler_entropy.py``; on known densities, tests/test_soft_returns.py);
+  nearest-neighbour estimator (``knn_entropy``), which reads low on a smooth density (-0.07 to -0.09 nats at 64 draws
+  on the exact ``pi_w`` of ``reach+avoid``, ``bench/sampler_entropy.py``) and high at a fold (+0.36 to +0.44 on the
+  Fetch ``place`` samplers, ``bench/fold_entropy.py``);
 * ``boltzmann_actor``: the exact ``pi_w ∝ exp(Q_w/alpha)`` by importance resampling, whose ``-alpha log pi_w(a|s)`` is
   ``V_w(s) - Q_w(s, a)`` (given an accurate ``V_w``).
 
