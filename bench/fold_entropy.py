@@ -27,6 +27,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from skills.cli import at_least
+
 from .cli import show_and_write
 
 REFERENCE_DRAWS = (1 << 17, 1 << 19)  # the reference, and a quarter of it to show how far it has converged
@@ -160,15 +162,13 @@ def main(argv: list[str] | None = None) -> int:
                         "--composed, a composition such as place+clear")
     parser.add_argument("--composed", action="store_true", help="measure the composition of SPEC's parts (averaging)")
     parser.add_argument("--library", help="skill library (default: trained/)")
-    parser.add_argument("--states", type=int, default=16, help="visited states measured (default 16)")
-    parser.add_argument("--episodes", type=int, default=4, help="the skill's episodes the states are drawn from (default 4)")
-    parser.add_argument("--seed", type=int, default=700, help="first episode seed (default 700)")
+    parser.add_argument("--states", type=at_least(2), default=16, help="visited states measured (default 16)")
+    parser.add_argument("--episodes", type=at_least(1), default=4,
+                        help="the policy's episodes the states are drawn from (default 4)")
+    parser.add_argument("--seed", type=at_least(0), default=700, help="first episode seed (default 700)")
     parser.add_argument("--quick", action="store_true", help="a smoke run: 4 states of 1 episode, references on 2^12/2^14")
     parser.add_argument("--json", metavar="PATH", help="write the measurement as JSON")
     args = parser.parse_args(argv)
-    for flag, least in (("states", 2), ("episodes", 1), ("seed", 0)):
-        if getattr(args, flag) < least:
-            parser.error(f"--{flag} must be >= {least}, got {getattr(args, flag)}")
     torch.set_num_threads(1)
     setup = FoldSetup(states=args.states, episodes=args.episodes, seed=args.seed)
     if args.quick:

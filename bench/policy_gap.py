@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from compose.mc_check import MCBoundConfig
+from skills.cli import at_least
 
 from .cli import show_and_write
 
@@ -137,25 +138,17 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("spec", help="composition with a jointly trained skill, e.g. reach+avoid")
     parser.add_argument("--library", help="skill library (default: trained/)")
-    parser.add_argument("--pairs", type=int, default=20, help="(s, a) pairs, one per composed episode (default 20)")
-    parser.add_argument("--seed", type=int, default=40_000, help="first episode seed, and the fits' seed (default 40000)")
-    parser.add_argument("--exact-pairs", type=int, default=8,
+    parser.add_argument("--pairs", type=at_least(2), default=20, help="(s, a) pairs, one per composed episode (default 20)")
+    parser.add_argument("--seed", type=at_least(0), default=40_000,
+                        help="first episode seed, and the fits' seed (default 40000)")
+    parser.add_argument("--exact-pairs", type=at_least(0), default=8,
                         help="pairs on which the exact pi_w (Metropolis-Hastings) acts too (default 8, at most --pairs; slow)")
-    parser.add_argument("--fit-updates", type=int, help="TD updates of the D fit (default: to its fixed point, as C*)")
-    parser.add_argument("--sampler-updates", type=int,
+    parser.add_argument("--fit-updates", type=at_least(1), help="TD updates of the D fit (default: to its fixed point, as C*)")
+    parser.add_argument("--sampler-updates", type=at_least(1),
                         help="train the composed sampler this long (default: SamplerConfig's 10,000; cached in the library)")
     parser.add_argument("--quick", action="store_true", help="a smoke run: 2 rollouts per pair, short rollouts")
     parser.add_argument("--json", metavar="PATH", help="write the measurement as JSON")
     args = parser.parse_args(argv)
-    if args.pairs < 2:
-        parser.error(f"--pairs must be >= 2, got {args.pairs}")
-    if args.seed < 0:
-        parser.error(f"--seed must be >= 0, got {args.seed}")
-    if args.exact_pairs < 0:
-        parser.error(f"--exact-pairs must be >= 0, got {args.exact_pairs}")
-    for flag in ("fit_updates", "sampler_updates"):
-        if getattr(args, flag) is not None and getattr(args, flag) < 1:
-            parser.error(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
     torch.set_num_threads(1)
     torch.manual_seed(args.seed)
     config = MCBoundConfig(pairs=args.pairs, seed=args.seed, exact_pairs=min(args.exact_pairs, args.pairs))

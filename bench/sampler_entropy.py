@@ -34,6 +34,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from skills.cli import at_least
+
 from .cli import show_and_write
 
 DRAWS = (64, 256, 1024)  # nearest-neighbour draws per state compared
@@ -221,15 +223,13 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("spec", help="composition with a jointly trained skill and a bound, e.g. reach+avoid")
     parser.add_argument("--library", help="skill library (default: trained/)")
-    parser.add_argument("--pairs", type=int, default=8, help="(s, a) pairs, one per composed episode (default 8)")
-    parser.add_argument("--seed", type=int, default=40_000, help="first episode seed (default 40000)")
-    parser.add_argument("--states", type=int, default=128, help="visited states per actor in the entropy table (default 128)")
+    parser.add_argument("--pairs", type=at_least(2), default=8, help="(s, a) pairs, one per composed episode (default 8)")
+    parser.add_argument("--seed", type=at_least(0), default=40_000, help="first episode seed (default 40000)")
+    parser.add_argument("--states", type=at_least(2), default=128,
+                        help="visited states per actor in the entropy table (default 128)")
     parser.add_argument("--quick", action="store_true", help="a smoke run: 2 pairs, 2 rollouts, 8 states, 16/32 draws")
     parser.add_argument("--json", metavar="PATH", help="write the measurement as JSON")
     args = parser.parse_args(argv)
-    for flag, least in (("pairs", 2), ("states", 2), ("seed", 0)):
-        if getattr(args, flag) < least:
-            parser.error(f"--{flag} must be >= {least}, got {getattr(args, flag)}")
     torch.set_num_threads(1)
     setup = EntropySetup(pairs=args.pairs, seed=args.seed, states=args.states)
     if args.quick:

@@ -4,23 +4,33 @@ from __future__ import annotations
 
 import argparse
 import math
+from collections.abc import Callable
 
 from envs.cli import positive_int
 
 from .training.config import MAX_SEEDS, check_seeds
 
-__all__ = ["non_negative_int", "positive_float", "positive_int", "seed_list", "weight_list"]
+__all__ = ["at_least", "non_negative_int", "positive_float", "positive_int", "seed_list", "weight_list"]
+
+
+def at_least(least: int) -> Callable[[str], int]:
+    """An argument type: a whole number >= ``least``, e.g. ``type=at_least(2)``."""
+
+    def whole_number(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number >= {least}, got {text!r}") from None
+        if value < least:
+            raise argparse.ArgumentTypeError(f"must be >= {least}, got {value}")
+        return value
+
+    return whole_number
 
 
 def non_negative_int(text: str) -> int:
     """An integer >= 0 (seeds)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
-    return value
+    return at_least(0)(text)
 
 
 def positive_float(text: str) -> float:

@@ -321,6 +321,19 @@ def test_policy_gap_refuses_bad_arguments_before_loading_anything(argv, capsys):
     assert "must be" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("module, argv", [("fold_entropy", ["place", "--states", "1"]),
+                                          ("fold_entropy", ["place", "--episodes", "0"]),
+                                          ("sampler_entropy", ["reach+avoid", "--pairs", "1"]),
+                                          ("sampler_entropy", ["reach+avoid", "--seed", "x"])])
+def test_the_entropy_benches_refuse_bad_arguments_before_loading_anything(module, argv, capsys):
+    import importlib
+
+    with pytest.raises(SystemExit):
+        importlib.import_module(f"bench.{module}").main(argv)
+    err = capsys.readouterr().err
+    assert "must be >=" in err or "expected a whole number" in err
+
+
 def test_fold_entropy_measures_each_credit_against_a_converged_reference(tmp_path):
     """The reference (Kozachenko-Leonenko on many draws, by a k-d tree) matches known entropies: a squashed Gaussian and
     a sampler that folds every coordinate (``u = -|xi|``, a half-normal); ``bench.fold_entropy --quick`` on the shipped
