@@ -27,6 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from envs.cli import run_command
 from skills.cli import at_least
 
 from .cli import show_and_write
@@ -173,8 +174,12 @@ def main(argv: list[str] | None = None) -> int:
     setup = FoldSetup(states=args.states, episodes=args.episodes, seed=args.seed)
     if args.quick:
         setup = FoldSetup(states=4, episodes=1, seed=args.seed, large_draws=(128, 128), reference_draws=(1 << 12, 1 << 14))
-    show_and_write(measure(args.spec, args.library, args.composed, setup), args.json)
-    return 0
+
+    def body() -> int:  # an unknown skill or a damaged library: one line and exit 2
+        show_and_write(measure(args.spec, args.library, args.composed, setup), args.json)
+        return 0
+
+    return run_command(body)
 
 
 if __name__ == "__main__":

@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from compose.mc_check import MCBoundConfig
+from envs.cli import run_command
 from skills.cli import at_least
 
 from .cli import show_and_write
@@ -153,8 +154,12 @@ def main(argv: list[str] | None = None) -> int:
     torch.manual_seed(args.seed)
     config = MCBoundConfig(pairs=args.pairs, seed=args.seed, exact_pairs=min(args.exact_pairs, args.pairs))
     config = quick(config) if args.quick else config
-    show_and_write(measure(args.spec, args.library, config, args.fit_updates, args.sampler_updates), args.json)
-    return 0
+
+    def body() -> int:  # an unknown skill or a damaged library: one line and exit 2
+        show_and_write(measure(args.spec, args.library, config, args.fit_updates, args.sampler_updates), args.json)
+        return 0
+
+    return run_command(body)
 
 
 if __name__ == "__main__":

@@ -34,6 +34,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from envs.cli import run_command
 from skills.cli import at_least
 
 from .cli import show_and_write
@@ -234,8 +235,12 @@ def main(argv: list[str] | None = None) -> int:
     setup = EntropySetup(pairs=args.pairs, seed=args.seed, states=args.states)
     if args.quick:
         setup = EntropySetup(pairs=2, seed=args.seed, sampler_rollouts=2, exact_rollouts=2, states=8, draws=(16, 32))
-    show_and_write(measure(args.spec, args.library, setup), args.json)
-    return 0
+
+    def body() -> int:  # an unknown skill or a damaged library: one line and exit 2
+        show_and_write(measure(args.spec, args.library, setup), args.json)
+        return 0
+
+    return run_command(body)
 
 
 if __name__ == "__main__":

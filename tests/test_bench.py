@@ -334,6 +334,15 @@ def test_the_entropy_benches_refuse_bad_arguments_before_loading_anything(module
     assert "must be >=" in err or "expected a whole number" in err
 
 
+@pytest.mark.parametrize("module", ["fold_entropy", "sampler_entropy", "policy_gap"])
+def test_the_gap_and_entropy_benches_name_an_unknown_skill_in_one_line(module, capsys):
+    import importlib
+
+    assert importlib.import_module(f"bench.{module}").main(["nosuch+thing", "--quick"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: unknown skill") and "Valid skills: " in err and "Traceback" not in err
+
+
 def test_fold_entropy_measures_each_credit_against_a_converged_reference(tmp_path):
     """The reference (Kozachenko-Leonenko on many draws, by a k-d tree) matches known entropies: a squashed Gaussian and
     a sampler that folds every coordinate (``u = -|xi|``, a half-normal); ``bench.fold_entropy --quick`` on the shipped
