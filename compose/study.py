@@ -144,8 +144,9 @@ def train_trial(task: str, seed: int, settings: Settings) -> dict:
 
 def train_seeds_trial(task: str, seeds: Sequence[int], settings: Settings) -> dict[str, dict]:
     """Make sure skills of ``task`` exist for all ``seeds``, training the missing ones together in one process
-    (``skills.training.loop``: one stacked update; each seed equals the seed trained alone); ``train_trial``'s record per
-    seed, keyed by that trial's key."""
+    (``skills.training.loop``: one stacked update; each seed is the seed trained alone to float rounding, and exactly
+    the seed trained in the same stack, which its manifest records); ``train_trial``'s record per seed, keyed by that
+    trial's key."""
     load_task_modules(settings.task_modules)
 
     torch.set_num_threads(1)
@@ -624,7 +625,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="run the trials as Ray tasks: alone, on a local Ray it starts; with ADDRESS, on that cluster")
     parser.add_argument("--json", metavar="PATH", help="also copy study.json here")
     parser.add_argument("--stacked", action="store_true", help="train each task's seeds together in one process "
-                        "(skills.train --seeds: one stacked update, each seed as if trained alone)")
+                        "(skills.train --seeds: one stacked update; a seed reproduces exactly only in the same stack, "
+                        "docs/skills.md)")
     parser.add_argument("--operator", choices=list(OPERATORS), default="average",
                         help="how each seed's skills are composed (as compose.run --operator; default: average, the "
                              "operator the Monte Carlo bound check is about)")

@@ -13,14 +13,27 @@ import argparse
 from .library import SkillEntry, default_library, list_skills
 
 
+def stack_cell(raw: dict) -> str:
+    """The seeds a manifest says were stacked with its own (``training.trained_together``): 'alone', '2,1', or '?'
+    for manifests written before it was recorded."""
+    together = (raw.get("training") or {}).get("trained_together")
+    if not isinstance(together, list):
+        return "?"
+    return "alone" if len(together) <= 1 else ",".join(map(str, together))
+
+
 def plain_lines(entries: list[SkillEntry]) -> list[str]:
-    """One line per skill: status, steps, alpha and the final stochastic evaluation."""
-    lines = [f"  {'skill':28s} {'status':10s} {'steps':>8s} {'alpha':>6s} {'success*':>8s} {'return':>9s}"]
+    """One line per skill: status, steps, alpha, the final stochastic evaluation, its seed and the seeds it was
+    stacked with (a seed reproduces exactly only in the same stack, docs/skills.md)."""
+    lines = [f"  {'skill':28s} {'status':10s} {'steps':>8s} {'alpha':>6s} {'success*':>8s} {'return':>9s} {'seed':>5s}"
+             "  stacked with"]
     for e in entries:
         m = e.info.raw.get("metrics", {})
         m = m.get("stochastic", m)
+        seed = "?" if e.info.seed is None else str(e.info.seed)
         lines.append(f"  {e.name + '@v' + str(e.version):28s} {e.info.status:10s} {e.info.env_steps:8d} {e.info.alpha:6.3g} "
-                     f"{m.get('success_rate', float('nan')):8.2f} {m.get('return_mean', float('nan')):9.2f}")
+                     f"{m.get('success_rate', float('nan')):8.2f} {m.get('return_mean', float('nan')):9.2f} {seed:>5s}"
+                     f"  {stack_cell(e.info.raw)}")
     return lines + ["  * final evaluation of the stochastic (max-ent) policy"]
 
 

@@ -165,7 +165,7 @@ class MultiSeedTrainer:
                 source = (newest_of_seed(start.name or task, seed, out) if resume is True
                           else resume[seed] if isinstance(resume, Mapping) else (resume or None))
                 member = SeedRun(task, sql, replace(run, seed=seed), out=out, resume=source, start=start,
-                                 env_kwargs=env_kwargs)
+                                 env_kwargs=env_kwargs, together=self.seeds)
                 self.trainers.append(member)
                 if len(self.trainers) == 1:
                     check_memory(len(self.seeds), member.agent.obs_dim, member.agent.act_dim, sql, run)

@@ -11,6 +11,7 @@ import random
 import socket
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
@@ -118,13 +119,17 @@ class SeedRun:
     """Trains one seed of a skill and publishes it as a new library version (driven by ``skills.training.loop``)."""
 
     def __init__(self, task: str, sql: SQLConfig, run: TrainConfig, *, out: Path | str | None = None,
-                 resume: str | Path | None = None, start: StartFrom = StartFrom(), env_kwargs: dict | None = None):
+                 resume: str | Path | None = None, start: StartFrom = StartFrom(), env_kwargs: dict | None = None,
+                 together: Sequence[int] = ()):
         """Train ``task`` into ``<out>/<name>/v<N+1>`` (``name``: ``start.name``, the resumed skill's, or the task's).
         ``resume``: a saved skill to continue (name, name@vN or path); ``env_kwargs``: ``envs.make`` options such as a
-        custom ``arm`` (recorded as the manifest's ``task_kwargs``)."""
+        custom ``arm`` (recorded as the manifest's ``task_kwargs``); ``together``: the seeds whose updates are stacked
+        with this one's (recorded as ``training.trained_together``: a seed reproduces bit for bit only in the same
+        stack, docs/skills.md)."""
         self.task = envs.get_task(task)
         torch_device(run.device)  # refuse an unusable device before the env process starts
         self.sql, self.run, self.library = sql, run, out
+        self.together = list(together) if together else [run.seed]
         resumed = self._read_resume(resume) if resume is not None else None
         self.name = start.name or (resumed[1].name if resumed else self.task.name)
         self.resumed_from = str(resume) if resume is not None else None
@@ -301,7 +306,8 @@ class SeedRun:
         hyper = {k: v for k, v in self.sql.to_dict().items() if k not in ("alpha", "gamma")}
         provenance: dict[str, Any] = {k: ComposedFrom.from_json(v) for k, v in self.provenance.items()}  # Manifest fields
         record = {
-            "training": {**asdict(self.run), "until_env_steps": self.start_steps + self.run.steps}, "metrics": metrics,
+            "training": {**asdict(self.run), "until_env_steps": self.start_steps + self.run.steps,
+                         "trained_together": self.together}, "metrics": metrics,
             "evaluation": {"seed": EVAL_SEED, "periodic_deterministic": self.run.deterministic_eval,
                            "final": "both: 'stochastic' samples the sampler; 'deterministic' takes the "
                                     "highest-Q of 32 sampler actions"},
