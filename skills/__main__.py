@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import argparse
 
-from .library import SkillEntry, default_library, list_skills
+from .library import Manifest, SkillEntry, default_library, list_skills
 
 
-def stack_cell(raw: dict) -> str:
-    """The seeds a manifest says were stacked with its own (``training.trained_together``): 'alone', '2,1', or '?'
+def stack_cell(info: Manifest) -> str:
+    """The seeds a manifest says were stacked with its own (``Manifest.trained_together``): 'alone', '2,1', or '?'
     for manifests written before it was recorded."""
-    together = (raw.get("training") or {}).get("trained_together")
-    if not isinstance(together, list):
+    together = info.trained_together
+    if together is None:
         return "?"
     return "alone" if len(together) <= 1 else ",".join(map(str, together))
 
@@ -33,7 +33,7 @@ def plain_lines(entries: list[SkillEntry]) -> list[str]:
         seed = "?" if e.info.seed is None else str(e.info.seed)
         lines.append(f"  {e.name + '@v' + str(e.version):28s} {e.info.status:10s} {e.info.env_steps:8d} {e.info.alpha:6.3g} "
                      f"{m.get('success_rate', float('nan')):8.2f} {m.get('return_mean', float('nan')):9.2f} {seed:>5s}"
-                     f"  {stack_cell(e.info.raw)}")
+                     f"  {stack_cell(e.info)}")
     return lines + ["  * final evaluation of the stochastic (max-ent) policy"]
 
 

@@ -150,6 +150,17 @@ class Manifest:
         return max(0, until - self.env_steps) if isinstance(until, int) and not isinstance(until, bool) else 0
 
     @property
+    def trained_together(self) -> list[int] | None:
+        """The seeds, in order, whose updates were stacked with this one's (``training.trained_together``; ``[seed]``
+        for a seed trained alone); None for manifests written before it was recorded. A seed reproduces bit for bit
+        only in the same stack (docs/skills.md, "Many seeds in one process")."""
+        training = self.record.get("training")
+        together = training.get("trained_together") if isinstance(training, dict) else None
+        if not isinstance(together, list) or not all(isinstance(s, int) and not isinstance(s, bool) for s in together):
+            return None
+        return list(together)
+
+    @property
     def weights_sha256(self) -> str:
         return self.files[WEIGHTS]
 
