@@ -170,14 +170,22 @@ def check_per_episode(per_episode: Any, where: str) -> None:
         raise BadRecord(f"{where}: lists of different lengths {sorted(lengths)}")
 
 
+CONTROL_LISTS = ("controls", "lower_D_controls")  # C's controls, and D's (compose.study.policy_gap_figures)
+VERDICTS = ("lower_D_holds_composed", "lower_D_holds_exact")  # whether a policy meets Q_w - D: true, false or null
+
+
 def check_bound(bound: dict) -> None:
-    """The bound figures (numbers or null), the controls (a list of objects with a boolean ``failed``), the verdict
-    (an object or null) and each actor's soft return (numbers or null)."""
+    """The bound figures (numbers or null), the controls of ``C`` and of ``D`` (lists of objects with a boolean
+    ``failed``), whether each policy meets ``Q_w - D`` (true, false or null), the verdict (an object or null) and each
+    actor's soft return (numbers or null)."""
     for name, value in bound.items():
-        if name == "controls":
+        if name in CONTROL_LISTS:
             if value is not None and not (isinstance(value, list) and len(value) <= 64 and all(
                     isinstance(c, dict) and isinstance(c.get("failed"), bool) for c in value)):
-                raise BadRecord("bound.controls must be a list of objects, each with a boolean 'failed'")
+                raise BadRecord(f"bound.{name} must be a list of objects, each with a boolean 'failed'")
+        elif name in VERDICTS:
+            if value is not None and not isinstance(value, bool):
+                raise BadRecord(f"bound.{name} must be true, false or null, got {value!r}"[:200])
         elif name == "verdict":
             if value is not None and not isinstance(value, dict):
                 raise BadRecord("bound.verdict must be a JSON object or null")

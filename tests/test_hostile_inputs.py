@@ -480,6 +480,11 @@ BAD_RECORDS = {
     "a path out of the libraries": ("train-reach-seed0", json.dumps({"task": "reach", "seed": 0, "path": "/etc",
                                                                      "env_steps": 1, "history": []}), "is outside"),
     "a list": ("eval-reach+avoid-seed0", "[1, 2]", "must be a JSON object"),
+    "a D verdict that is text": ("eval-reach+avoid-seed0", json.dumps(good_eval()).replace(
+        '"mean_C": 2.0', '"mean_C": 2.0, "lower_D_holds_composed": "yes"'),
+        "lower_D_holds_composed must be true, false or null"),
+    "D controls without verdicts": ("eval-reach+avoid-seed0", json.dumps(good_eval()).replace(
+        '"mean_C": 2.0', '"mean_C": 2.0, "lower_D_controls": [{"control": "random"}]'), "lower_D_controls must be a list"),
 }
 
 

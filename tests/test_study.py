@@ -229,8 +229,11 @@ def test_a_study_finishes_an_interrupted_training_from_its_checkpoint(tmp_path):
 
 def test_the_study_carries_each_seeds_lower_side_against_d(smoke):
     """A seed's ``bound.mc.policy_gap`` (``compose.mc_check.policy_gap_side``) becomes study figures: ``D`` and the
-    composed margin aggregated over seeds, and per seed whether the sampler holds and every control failed."""
+    composed margin aggregated over seeds, and per seed whether the sampler holds and every control failed. The record
+    reads back as a trial record (found resuming a 10-seed study: every seed's evaluation with ``D`` was refused and
+    run again, its verdicts being true or false where only numbers were accepted)."""
     from compose.mc_check import policy_gap_side
+    from compose.trial_records import check_eval_record
 
     def row(composed, random):
         return {"Q_w": 2.0, "C": 5.0, "D": 1.0, **{k: {"mean": 1.0 + m, "ci": [0.9 + m, 1.1 + m]}
@@ -242,6 +245,7 @@ def test_the_study_carries_each_seeds_lower_side_against_d(smoke):
     for seed, side in zip((0, 1), sides, strict=True):
         record = json.loads((smoke / "trials" / f"eval-reach+avoid-seed{seed}.json").read_text())
         record["bound"] |= study_module.policy_gap_figures(side)
+        check_eval_record(json.loads(json.dumps(record)))  # reads back, so a resumed study does not evaluate it again
         evaluated[study_module.eval_key("reach+avoid", seed)] = record
     bound = study_module.summarise_spec("reach+avoid", [0, 1], evaluated)["bound"]
     assert bound["D_controls_failed_as_they_must"] == [True, False]
