@@ -104,3 +104,17 @@ def aggregate(per_seed: Sequence[float | None], episodes: Sequence[np.ndarray | 
         method += f" (only {len(ok)} seeds: fewer than {HEADLINE_SEEDS}, the interval understates the uncertainty)"
     return {"iqm": point, "ci": ci, "method": method, "per_seed": list(per_seed), "seeds": len(ok),
             "seeds_failed": failed}
+
+
+def mean_over_seeds(per_seed: Sequence[float | None]) -> dict:
+    """A margin pooled over seeds: ``{"mean", "se", "holds", "per_seed", "seeds", "method"}``, the mean of the per-seed
+    means with its standard error across seeds (``sd / sqrt(n)``, which carries each seed's own noise), holding when
+    ``mean + 2 SE >= 0``, the rule each seed's check uses over its pairs. A control within the noise of one seed's 20
+    pairs is resolved by ten seeds' means. ``None`` where fewer than two seeds have a value."""
+    values = np.array([v for v in per_seed if v is not None and np.isfinite(v)], dtype=np.float64)
+    if len(values) < 2:
+        return {"mean": None, "se": None, "holds": None, "per_seed": list(per_seed), "seeds": len(values),
+                "method": "fewer than two seeds"}
+    mean, se = float(values.mean()), float(values.std(ddof=1) / np.sqrt(len(values)))
+    return {"mean": mean, "se": se, "holds": bool(mean + 2.0 * se >= 0.0), "per_seed": list(per_seed),
+            "seeds": len(values), "method": "mean of the per-seed margins +- SE across seeds; holds when mean + 2 SE >= 0"}

@@ -58,7 +58,7 @@ from .mc_check import MCBoundConfig
 from .operators import OPERATORS, FittedOperator, make_operator
 from .run import BuildConfig, CompositionReport, EvaluationConfig, Sources, run
 from .sampling import SamplerConfig
-from .stats import aggregate, episode_seed
+from .stats import aggregate, episode_seed, mean_over_seeds
 from .trial_records import COLLISIONS, METRICS, BadRecord, clean_numbers, read_record
 
 POLICIES_FIXED = ("composed", "joint")
@@ -200,7 +200,8 @@ def eval_trial(spec: str, seed: int, paths: dict[str, str], settings: Settings) 
                 "mean_C": report.bound.get("learned", {}).get("mean_C"), "verdict": mc_report.get("verdict"),
                 "controls": mc_report.get("controls"),
                 "actors": {n: a.get("soft_return_mean") for n, a in mc_report.get("actors", {}).items()}} | (
-                policy_gap_figures(mc_report["policy_gap"]) if "policy_gap" in mc_report else {})
+                policy_gap_figures(mc_report["policy_gap"], dict(zip(report.constituents, parts, strict=False)))
+                if "policy_gap" in mc_report else {})
     return {"spec": spec, "seed": seed, **out}
 
 
@@ -208,18 +209,36 @@ def policy_gap_lines(bound: dict) -> list[str]:
     """The study's lines on the lower side against ``D`` (pooled over each seed's pairs), when it was checked."""
     if "lower_D_holds_composed" not in bound:
         return []
-    return [f"Lower side with the policy's own gap D (margin G - (Q_w - D) pooled over pairs; holds when mean + 2 SE >= 0), "
-            f"per seed: composed sampler {bound['lower_D_holds_composed']}, exact pi_w {bound['lower_D_holds_exact']}; "
-            f"every control failed as it must: {bound['D_controls_failed_as_they_must']}", ""]
+    lines = [f"Lower side with the policy's own gap D (margin G - (Q_w - D) pooled over pairs; holds when mean + 2 SE >= 0), "
+             f"per seed: composed sampler {bound['lower_D_holds_composed']}, exact pi_w {bound['lower_D_holds_exact']}; "
+             f"every control failed as it must: {bound['D_controls_failed_as_they_must']}", ""]
+    by_actor = {n: m for n, m in bound.get("lower_D_margin_by_actor", {}).items() if m["mean"] is not None}
+    if by_actor:
+        pooled = "; ".join(f"{n} {m['mean']:+.3f} +- {m['se']:.3f} ({'holds' if m['holds'] else 'fails'}, {m['seeds']} seeds)"
+                           for n, m in by_actor.items())
+        lines += [f"Over the seeds (mean of the per-seed margins +- SE across seeds; holds when mean + 2 SE >= 0): {pooled}",
+                  ""]
+    return lines
 
 
-def policy_gap_figures(side: dict) -> dict:
-    """A seed's lower side against the policy's own gap ``D`` (``compose.mc_check.policy_gap_side``), as study figures."""
+def actor_name(name: str, tasks: dict[str, str]) -> str:
+    """An actor of the bound check named by what it is, not where its skill lies: ``<label> alone`` becomes
+    ``<task> alone`` (``tasks`` maps each constituent's label to its task), so that seeds can be pooled."""
+    label = name.removesuffix(" alone")
+    return f"{tasks[label]} alone" if name.endswith(" alone") and label in tasks else name
+
+
+def policy_gap_figures(side: dict, tasks: dict[str, str] | None = None) -> dict:
+    """A seed's lower side against the policy's own gap ``D`` (``compose.mc_check.policy_gap_side``), as study figures:
+    ``D``, the composed sampler's margin and verdict, the exact ``pi_w``'s verdict, the controls, and every actor's
+    ``[margin, SE]`` by ``actor_name`` (``lower_D_margins``: what ``summarise_spec`` pools over seeds)."""
     composed = side["pooled"]["composed"]
     return {"D_mean": side["D_mean"], "lower_D_margin_composed": composed["margin_mean"],
             "lower_D_margin_se_composed": composed["margin_se"], "lower_D_holds_composed": composed["holds"],
             "lower_D_holds_exact": side["pooled"].get("exact pi_w", {}).get("holds"),
-            "lower_D_controls": side["controls"]}
+            "lower_D_controls": side["controls"],
+            "lower_D_margins": {actor_name(n, tasks or {}): [v["margin_mean"], v["margin_se"]]
+                                for n, v in side["pooled"].items()}}
 
 
 def eval_key(spec: str, seed: int, operator: str = "average") -> str:
@@ -474,6 +493,10 @@ def summarise_spec(spec: str, seeds: Sequence[int], evaluated: dict, operator: s
         out["bound"]["D_controls_failed_as_they_must"] = [
             all(c["failed"] for c in r["bound"]["lower_D_controls"]) if r and "lower_D_controls" in r["bound"] else None
             for r in runs]
+        margins = [(r["bound"].get("lower_D_margins") or {}) if r else {} for r in runs]  # none in earlier records
+        actors = dict.fromkeys(name for m in margins for name in m)
+        out["bound"]["lower_D_margin_by_actor"] = {n: mean_over_seeds([m[n][0] if n in m else None for m in margins])
+                                                   for n in actors}
     out["seeds_evaluated"] = [seed for seed, r in zip(seeds, runs, strict=True) if r]
     out["seeds_failed"] = [seed for seed, r in zip(seeds, runs, strict=True) if not r]
     return out

@@ -176,8 +176,8 @@ VERDICTS = ("lower_D_holds_composed", "lower_D_holds_exact")  # whether a policy
 
 def check_bound(bound: dict) -> None:
     """The bound figures (numbers or null), the controls of ``C`` and of ``D`` (lists of objects with a boolean
-    ``failed``), whether each policy meets ``Q_w - D`` (true, false or null), the verdict (an object or null) and each
-    actor's soft return (numbers or null)."""
+    ``failed``), whether each policy meets ``Q_w - D`` (true, false or null), each actor's margin to it and its SE
+    (numbers or null), the verdict (an object or null) and each actor's soft return (numbers or null)."""
     for name, value in bound.items():
         if name in CONTROL_LISTS:
             if value is not None and not (isinstance(value, list) and len(value) <= 64 and all(
@@ -186,6 +186,14 @@ def check_bound(bound: dict) -> None:
         elif name in VERDICTS:
             if value is not None and not isinstance(value, bool):
                 raise BadRecord(f"bound.{name} must be true, false or null, got {value!r}"[:200])
+        elif name == "lower_D_margins":  # actor -> [margin, SE]
+            if not isinstance(value, dict) or len(value) > 64:
+                raise BadRecord("bound.lower_D_margins must be a JSON object of at most 64 actors")
+            for actor, pair in value.items():
+                if not (isinstance(pair, list) and len(pair) == 2):
+                    raise BadRecord(f"bound.lower_D_margins.{actor} must be [margin, SE], got {pair!r}"[:200])
+                for number in pair:
+                    _number(number, f"bound.lower_D_margins.{actor}")
         elif name == "verdict":
             if value is not None and not isinstance(value, dict):
                 raise BadRecord("bound.verdict must be a JSON object or null")

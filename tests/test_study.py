@@ -231,24 +231,36 @@ def test_the_study_carries_each_seeds_lower_side_against_d(smoke):
     """A seed's ``bound.mc.policy_gap`` (``compose.mc_check.policy_gap_side``) becomes study figures: ``D`` and the
     composed margin aggregated over seeds, and per seed whether the sampler holds and every control failed. The record
     reads back as a trial record (found resuming a 10-seed study: every seed's evaluation with ``D`` was refused and
-    run again, its verdicts being true or false where only numbers were accepted)."""
+    run again, its verdicts being true or false where only numbers were accepted). Each actor's margin is pooled over
+    the seeds, the constituent named by its task: a control inside one seed's noise is resolved by the seeds' means."""
     from compose.mc_check import policy_gap_side
     from compose.trial_records import check_eval_record
 
-    def row(composed, random):
-        return {"Q_w": 2.0, "C": 5.0, "D": 1.0, **{k: {"mean": 1.0 + m, "ci": [0.9 + m, 1.1 + m]}
-                                                   for k, m in (("composed", composed), ("random", random))}}
+    def row(composed, random, alone):
+        return {"Q_w": 2.0, "C": 5.0, "D": 1.0, **{k: {"mean": 1.0 + m, "ci": [0.9 + m, 1.1 + m]} for k, m in (
+            ("composed", composed), ("random", random), (f"LIB/reach/v{len(sides)} alone", alone))}}
 
-    sides = [policy_gap_side([row(0.01 * k, -1.0) for k in range(-3, 4)], None),  # random below: fails, as it must
-             policy_gap_side([row(0.01 * k, 0.01 * k) for k in range(-3, 4)], None)]  # random as good: passes
+    sides: list[dict] = []
+    # seed 0: random below Q_w - D (fails, as it must); seed 1: random as good as the composition (passes). On both,
+    # reach alone is 0.3 and 0.35 below on average but spread so widely over the pairs that each seed alone passes it
+    sides.append(policy_gap_side([row(0.01 * k, -1.0, 0.25 * k - 0.3) for k in range(-3, 4)], None))
+    sides.append(policy_gap_side([row(0.01 * k, 0.01 * k, 0.25 * k - 0.35) for k in range(-3, 4)], None))
     evaluated = {}
     for seed, side in zip((0, 1), sides, strict=True):
         record = json.loads((smoke / "trials" / f"eval-reach+avoid-seed{seed}.json").read_text())
-        record["bound"] |= study_module.policy_gap_figures(side)
+        record["bound"] |= study_module.policy_gap_figures(side, {f"LIB/reach/v{seed}": "reach"})
         check_eval_record(json.loads(json.dumps(record)))  # reads back, so a resumed study does not evaluate it again
         evaluated[study_module.eval_key("reach+avoid", seed)] = record
     bound = study_module.summarise_spec("reach+avoid", [0, 1], evaluated)["bound"]
-    assert bound["D_controls_failed_as_they_must"] == [True, False]
+    assert bound["D_controls_failed_as_they_must"] == [False, False]  # reach alone passes on each seed alone
     assert bound["lower_D_holds_composed"] == [True, True] and bound["D_mean"]["per_seed"] == [1.0, 1.0]
     assert bound["lower_D_margin_composed"]["per_seed"] == pytest.approx([0.0, 0.0], abs=1e-12)
-    assert "every control failed as it must: [True, False]" in study_module.policy_gap_lines(bound)[0]
+    lines = study_module.policy_gap_lines(bound)
+    assert "every control failed as it must: [False, False]" in lines[0]
+    assert [side["pooled"][f"LIB/reach/v{seed} alone"]["holds"] for seed, side in enumerate(sides)] == [True, True]
+    pooled = bound["lower_D_margin_by_actor"]
+    assert set(pooled) == {"composed", "random", "reach alone"}
+    assert (pooled["reach alone"]["mean"], pooled["reach alone"]["se"]) == pytest.approx((-0.325, 0.025))
+    assert pooled["reach alone"]["holds"] is False  # -0.325 + 2 x 0.025 < 0: told apart over the seeds
+    assert (pooled["random"]["mean"], pooled["random"]["se"], pooled["random"]["holds"]) == pytest.approx((-0.5, 0.5, True))
+    assert "reach alone -0.325 +- 0.025 (fails, 2 seeds)" in lines[2]
