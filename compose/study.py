@@ -559,7 +559,7 @@ def markdown(result: dict) -> str:
             lines += ["", "| policy | " + " | ".join(m.removeprefix("final_") + " at the end (m)" for m in measures) + " |",
                       "|---|" + "---|" * len(measures)]
             lines += [f"| {p} | " + " | ".join(fmt(s[p][m], 3) for m in measures) + " |" for p in policies]
-        figures = {k: v for k, v in s["bound"].items() if isinstance(v, dict)}
+        figures = {k: v for k, v in s["bound"].items() if isinstance(v, dict) and "iqm" in v}  # the aggregated figures
         lines += ["", f"composed / joint success: stochastic {fmt(s['composed_over_joint'])}, deterministic "
                   f"{fmt(s['deterministic']['composed_over_joint'])}", "",
                   *(["Bound (Monte Carlo, stochastic policies): " + ", ".join(

@@ -264,3 +264,6 @@ def test_the_study_carries_each_seeds_lower_side_against_d(smoke):
     assert pooled["reach alone"]["holds"] is False  # -0.325 + 2 x 0.025 < 0: told apart over the seeds
     assert (pooled["random"]["mean"], pooled["random"]["se"], pooled["random"]["holds"]) == pytest.approx((-0.5, 0.5, True))
     assert "reach alone -0.325 +- 0.025 (fails, 2 seeds)" in lines[2]
+    result = json.loads((smoke / "study.json").read_text())
+    result["summary"]["reach+avoid"]["bound"] = bound
+    assert "reach alone -0.325 +- 0.025 (fails, 2 seeds)" in study_module.markdown(result)  # study.md carries the line
