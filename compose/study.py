@@ -16,7 +16,8 @@ A study is resumable: each finished trial leaves ``<out>/trials/<trial>.json`` a
 whose training was interrupted finishes from its last checkpoint (one whose run is dead and whose budget is the
 study's) instead of starting over; a failed trial is reported and does not stop the others. A record is checked
 when it is read back (``compose.trial_records``): one that is unreadable, malformed, out of range or names a skill
-outside the study's libraries is named (a warning, and ``rerun`` in study.json) and its trial runs again. Local
+outside the study's libraries is named (a warning, and ``rerun`` in study.json) and its trial runs again. Each
+invocation's wall time goes into ``<out>/invocations.json``, so study.json gives a resumed study's whole cost. Local
 workers end with the study: each exits when the study's process dies (a parent-death signal, and a watch on its
 parent as a fallback), taking its own child processes with it.
 """
@@ -59,7 +60,7 @@ from .operators import OPERATORS, FittedOperator, make_operator
 from .run import BuildConfig, CompositionReport, EvaluationConfig, Sources, run
 from .sampling import SamplerConfig
 from .stats import aggregate, episode_seed, mean_over_seeds
-from .trial_records import COLLISIONS, METRICS, BadRecord, clean_numbers, read_record
+from .trial_records import COLLISIONS, METRICS, BadRecord, clean_numbers, read_invocations, read_record
 
 POLICIES_FIXED = ("composed", "joint")
 BOUND_FIGURES = ("suboptimality_mean", "upper_falsified_fraction", "lower_holds_fraction")
@@ -437,7 +438,7 @@ def study(specs: Sequence[str], seeds: Sequence[int], *, out: str | Path, librar
                   "env_kwargs": {k: str(v) for k, v in settings.env_kwargs}},
               "summary": {spec: summarise_spec(spec, seeds, evaluated, settings.operator) for spec in specs},
               "curves": {task: curves(task, seeds, trained) for task in tasks},
-              "failures": failures, "rerun": rerun, "wall_time_s": round(time.perf_counter() - started, 1)}
+              "failures": failures, "rerun": rerun} | wall_times(out, time.perf_counter() - started)
     write_outputs(result, out)
     return result
 
@@ -572,7 +573,10 @@ def markdown(result: dict) -> str:
                       f"{p} {s[p]['success']['per_seed']}" for p in policies), ""]
     if result["failures"]:
         lines += ["## Failed trials", ""] + [f"* {k}: {v}" for k, v in result["failures"].items()] + [""]
-    lines.append(f"Wall time {result['wall_time_s']:.0f} s.")
+    runs = result.get("invocations", 1)  # study.json from before the ledger: its one invocation
+    lines.append(f"Wall time {result['wall_time_s']:.0f} s" + (
+        f" (this invocation); {result['wall_time_total_s']:.0f} s over the {runs} invocations in invocations.json."
+        if runs > 1 else "."))
     return "\n".join(lines) + "\n"
 
 
@@ -620,6 +624,25 @@ def plot(result: dict, out: Path) -> list[Path]:
         fig.savefig(paths[-1], dpi=110)
         plt.close(fig)
     return paths
+
+
+def wall_times(out: Path, seconds: float) -> dict:
+    """This invocation's wall time appended to the study's ledger (``<out>/invocations.json``), and the figures
+    study.json carries: ``wall_time_s`` (this invocation), ``wall_time_total_s`` and ``invocations`` (every
+    invocation the ledger holds: a resumed study's cost is its runs' sum). A ledger that fails its checks is named
+    in a warning and kept beside the new one (``invocations.json.unreadable-<time>``); counting starts again."""
+    path = out / "invocations.json"
+    try:
+        ledger = read_invocations(path)
+    except BadRecord as err:
+        kept = path.with_name(f"{path.name}.unreadable-{time.strftime('%Y%m%dT%H%M%S')}")
+        os.replace(path, kept)
+        warnings.warn(f"{err}; kept as {kept.name}, counting wall time from this invocation", stacklevel=3)
+        ledger = []
+    ledger.append({"finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "wall_time_s": round(seconds, 1)})
+    atomic_write_text(path, json.dumps(ledger, indent=1))
+    return {"wall_time_s": round(seconds, 1), "wall_time_total_s": round(sum(r["wall_time_s"] for r in ledger), 1),
+            "invocations": len(ledger)}
 
 
 def write_outputs(result: dict, out: Path) -> None:

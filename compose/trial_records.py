@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -51,9 +51,8 @@ def _refuse_constant(name: str) -> None:
 def read_record(path: Path, kind: str, libraries: Sequence[str | Path]) -> dict:
     """The checked record at ``path`` of a trial of ``kind`` (``"train"``, ``"group"``: several seeds' train records
     by key, or ``"eval"``); ``BadRecord`` naming the file and why otherwise."""
-    try:
-        record = json.loads(read_bounded(path, MAX_RECORD_BYTES, inside=path.parent, what="trial record"),
-                            parse_constant=_refuse_constant)
+
+    def check(record: Any) -> None:
         if kind == "train":
             check_train_record(record, libraries)
         elif kind == "group":
@@ -63,10 +62,40 @@ def read_record(path: Path, kind: str, libraries: Sequence[str | Path]) -> dict:
                 check_train_record(seed_record, libraries)
         else:
             check_eval_record(record)
+    return read_checked(path, "trial record", check)
+
+
+def read_checked(path: Path, what: str, check: Callable[[Any], None]) -> Any:
+    """The JSON at ``path`` (a regular file inside its folder, at most ``MAX_RECORD_BYTES``, no NaN or infinity)
+    once ``check`` accepts it; ``BadRecord`` naming ``what``, the file and why otherwise."""
+    try:
+        value = json.loads(read_bounded(path, MAX_RECORD_BYTES, inside=path.parent, what=what),
+                           parse_constant=_refuse_constant)
+        check(value)
     except (OSError, ValueError, RecursionError, UnicodeDecodeError) as err:
         detail = str(err) if isinstance(err, (BadRecord, UnsafeFileError)) else f"{type(err).__name__}: {err}"
-        raise BadRecord(f"trial record {path} cannot be used ({detail})") from None
-    return record
+        raise BadRecord(f"{what} {path} cannot be used ({detail})") from None
+    return value
+
+
+MAX_INVOCATIONS = 100_000  # a study resumed this many times is not one study
+
+
+def read_invocations(path: Path) -> list[dict]:
+    """The earlier invocations of a study (``<out>/invocations.json``, ``compose.study``): a list of objects with
+    ``finished`` (text) and ``wall_time_s`` (a finite number >= 0), read and checked as a record is; ``[]`` when
+    there is none, ``BadRecord`` naming the file and why otherwise."""
+
+    def check(ledger: Any) -> None:
+        if not isinstance(ledger, list) or len(ledger) > MAX_INVOCATIONS:
+            raise BadRecord(f"it must be a list of at most {MAX_INVOCATIONS} invocations")
+        for i, row in enumerate(ledger):
+            if not (isinstance(row, dict) and isinstance(row.get("finished"), str)):
+                raise BadRecord(f"invocation {i} must be an object with 'finished' text, got {row!r}"[:200])
+            _number(row.get("wall_time_s"), f"invocation {i}'s wall_time_s", optional=False, low=0.0)
+    if not (path.exists() or path.is_symlink()):
+        return []
+    return read_checked(path, "invocation ledger", check)
 
 
 def _number(value: Any, where: str, optional: bool = True, low: float = -MAX_MAGNITUDE,

@@ -76,6 +76,7 @@ def test_an_interrupted_study_reruns_only_what_is_missing(smoke, tmp_path, monke
     for record in (smoke / "trials").glob("*.json"):  # a study that stopped after everything but seed 1's evaluation
         if record.name != "eval-reach+avoid-seed1.json":
             (out / "trials" / record.name).write_text(record.read_text())
+    (out / "invocations.json").write_text(json.dumps([{"finished": "2026-01-01T00:00:00+0000", "wall_time_s": 100.0}]))
     ran = []
 
     def no_training(*args):
@@ -92,6 +93,25 @@ def test_an_interrupted_study_reruns_only_what_is_missing(smoke, tmp_path, monke
     result = study(["reach+avoid"], [0, 1], out=out, library=str(smoke / "library"), trials=SMOKE, runner=Runner(workers=1))
     assert ran == [1] and result["failures"] == {}
     assert result["summary"]["reach+avoid"]["seeds_evaluated"] == [0, 1]
+    # the study's cost is both invocations': the interrupted one's 100 s and this one's
+    assert result["invocations"] == 2 and result["wall_time_total_s"] == pytest.approx(100.0 + result["wall_time_s"], abs=0.11)
+    assert f"{result['wall_time_total_s']:.0f} s over the 2 invocations" in (out / "study.md").read_text()
+
+
+@pytest.mark.parametrize("ledger", ['[{"finished": "x", "wall_time_s": -1}]', '{"wall_time_s": 5}', "[NaN]", "not json"])
+def test_an_unreadable_invocation_ledger_is_named_kept_and_counting_restarts(smoke, tmp_path, ledger):
+    out = tmp_path / "ledger"
+    (out / "trials").mkdir(parents=True)
+    for record in (smoke / "trials").glob("*.json"):  # every trial recorded: this invocation only aggregates
+        (out / "trials" / record.name).write_text(record.read_text())
+    (out / "invocations.json").write_text(ledger)
+    with pytest.warns(UserWarning, match="invocation ledger .*invocations.json cannot be used"):
+        result = study(["reach+avoid"], [0, 1], out=out, library=str(smoke / "library"), trials=SMOKE,
+                       runner=Runner(workers=1))
+    assert result["invocations"] == 1 and result["wall_time_total_s"] == result["wall_time_s"]
+    kept = list(out.glob("invocations.json.unreadable-*"))
+    assert len(kept) == 1 and kept[0].read_text() == ledger  # nothing lost
+    assert len(json.loads((out / "invocations.json").read_text())) == 1
 
 
 def test_a_study_composes_with_the_operator_it_is_given(smoke, tmp_path, monkeypatch):
