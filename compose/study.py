@@ -629,8 +629,9 @@ def plot(result: dict, out: Path) -> list[Path]:
 def wall_times(out: Path, seconds: float) -> dict:
     """This invocation's wall time appended to the study's ledger (``<out>/invocations.json``), and the figures
     study.json carries: ``wall_time_s`` (this invocation), ``wall_time_total_s`` and ``invocations`` (every
-    invocation the ledger holds: a resumed study's cost is its runs' sum). A ledger that fails its checks is named
-    in a warning and kept beside the new one (``invocations.json.unreadable-<time>``); counting starts again."""
+    invocation the ledger holds: a resumed study's cost is their sum; an invocation that was killed left no entry,
+    so its time is missing from the sum). A ledger that fails its checks is named in a warning and kept beside the
+    new one (``invocations.json.unreadable-<time>``); counting starts again."""
     path = out / "invocations.json"
     try:
         ledger = read_invocations(path)
