@@ -311,6 +311,39 @@ def test_sampler_entropy_splits_the_samplers_shortfall(tmp_path):
     assert paired["mean"] == pytest.approx(diff.mean())
 
 
+def test_sampler_particles_compares_each_particle_count_on_the_same_states(tmp_path):
+    """``bench.sampler_particles --quick``: one fresh sampler per K on the shipped reach+avoid's Q_w, its KL to pi_w at
+    the same stored states (cross-entropy minus the change-of-variables entropy), paired with the first K's. A sampler
+    of 50 updates is far from pi_w, so its KL is clearly positive, and its actions lie in [-1, 1]^d, so its entropy is
+    at most d log 2 (the uniform one's): dropping the tanh's Jacobian from the change of variables fails that."""
+    from library_helpers import shipped_library
+
+    from bench import sampler_particles
+
+    library = shipped_library(tmp_path / "lib", ("reach", "avoid", "reach+avoid"))
+    out = tmp_path / "particles.json"
+    assert sampler_particles.main(["reach+avoid", "--library", str(library), "--particles", "4,8", "--quick",
+                                   "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    rows = result["by_particles"]
+    assert [r["particles"] for r in rows] == [4, 8] and result["states"] == 8 and result["updates"] == 50
+    assert rows[0]["kl_minus_K4"] == {"mean": 0.0, "se": 0.0}
+    for row in rows:
+        assert row["kl_to_pi_w"]["mean"] > 0.5 and 0 <= row["folded_share"] <= 1 and row["build_s"] >= 0
+        assert -10 < row["entropy"]["mean"] <= result["act_dim"] * np.log(2)
+
+
+@pytest.mark.parametrize("argv", [["--particles", "16"], ["--particles", "16,x"], ["--particles", "1,16"],
+                                  ["--particles", "16,16"], ["--updates", "0"], ["--states", "1"]])
+def test_sampler_particles_refuses_bad_arguments_before_loading_anything(argv, capsys):
+    from bench import sampler_particles
+
+    with pytest.raises(SystemExit):
+        sampler_particles.main(["reach+avoid", *argv])
+    err = capsys.readouterr().err
+    assert "particle counts" in err or "give two or more" in err or "must be >=" in err
+
+
 @pytest.mark.parametrize("argv", [["--pairs", "1"], ["--exact-pairs", "-1"],
                                   ["--fit-updates", "0"], ["--sampler-updates", "0"], ["--seed", "-1"]])
 def test_policy_gap_refuses_bad_arguments_before_loading_anything(argv, capsys):
@@ -334,7 +367,7 @@ def test_the_entropy_benches_refuse_bad_arguments_before_loading_anything(module
     assert "must be >=" in err or "expected a whole number" in err
 
 
-@pytest.mark.parametrize("module", ["fold_entropy", "sampler_entropy", "policy_gap"])
+@pytest.mark.parametrize("module", ["fold_entropy", "sampler_entropy", "sampler_particles", "policy_gap"])
 def test_the_gap_and_entropy_benches_name_an_unknown_skill_in_one_line(module, capsys):
     import importlib
 
