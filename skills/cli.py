@@ -90,3 +90,40 @@ def _seed_item(item: str) -> tuple[int, int]:
             raise ValueError(f"range {item!r} runs backwards")
         return lo, hi
     return int(item), int(item)
+
+
+def sql_setting(text: str) -> tuple[str, object]:
+    """An argument type: ``NAME=VALUE`` for one ``SQLConfig`` field (``random_episodes=0.3``, ``hidden=256,256``),
+    the value read as that field's type; an unknown name lists the valid ones. The value's range is checked when the
+    config is built (``SQLConfig.__post_init__``)."""
+    from dataclasses import fields
+
+    from .sql.learner import SQLConfig
+
+    name, sep, value = text.partition("=")
+    name, value = name.strip(), value.strip()
+    defaults = {f.name: f.default for f in fields(SQLConfig)}
+    if not sep or not name or not value:
+        raise argparse.ArgumentTypeError(f"expected NAME=VALUE, got {text!r}")
+    if name == "alpha":
+        raise argparse.ArgumentTypeError("the temperature has its own option: --alpha")
+    if name == "gamma":
+        raise argparse.ArgumentTypeError("the discount is the task family's (envs), shared by every skill that composes "
+                                         "with it; it is not a training setting")
+    if name not in defaults:
+        valid = ", ".join(sorted(set(defaults) - {"alpha", "gamma"}))
+        raise argparse.ArgumentTypeError(f"unknown SQL setting {name!r}; valid: {valid}")
+    kind = type(defaults[name])
+    try:
+        if kind is bool:
+            if value.lower() not in ("true", "false"):
+                raise ValueError
+            return name, value.lower() == "true"
+        if kind is tuple:
+            return name, tuple(int(v) for v in value.split(","))
+        return name, kind(value)
+    except ValueError:
+        what = {bool: "true or false", tuple: "whole numbers joined by commas", int: "a whole number",
+                float: "a number"}.get(kind, kind.__name__)
+        raise argparse.ArgumentTypeError(f"{name} takes {what}, got {value!r}") from None
+

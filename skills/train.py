@@ -17,7 +17,7 @@ from collections.abc import Callable
 import envs
 from envs.cli import add_task_arguments, load_task_modules, run_command
 
-from .cli import non_negative_int, positive_float, positive_int, seed_list
+from .cli import non_negative_int, positive_float, positive_int, seed_list, sql_setting
 from .evaluation.diagnostics import format_report
 from .sql import TrainingDiverged
 from .training import MultiSeedTrainer, Trainer, TrainResult, newest_of_seed, rest_of_budget
@@ -38,6 +38,9 @@ def build_parser() -> argparse.ArgumentParser:
                        "version: N (seeds 0..N-1), or seeds and ranges: 0,1,2 or 3-7 or 0,1,3-9")
     parser.add_argument("--alpha", type=positive_float, help="temperature (default: tuned per task family; "
                         "skills you want to compose must share it)")
+    parser.add_argument("--set", metavar="NAME=VALUE", type=sql_setting, action="append", default=[],
+                        help="change one SQL hyperparameter of a fresh run from the task's defaults, e.g. --set "
+                        "random_episodes=0.3 or --set hidden=256,256 (repeatable; recorded in the manifest's sql)")
     parser.add_argument("--out", help="library directory to write into (default: trained/ or "
                         "$COMPOSABLE_SKILLS_LIBRARY)")
     parser.add_argument("--resume", metavar="SKILL", nargs="?", const="", help="continue training a saved skill "
@@ -67,11 +70,17 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--resume needs the skill to continue (name, name@vN or path), or --seeds")
     if args.resume and args.seeds is not None:
         parser.error(f"--resume {args.resume} with --seeds: give --resume alone; each seed continues its newest version")
+    if args.resume is not None and args.set:
+        parser.error("--set changes a fresh run's settings; a resumed skill keeps the ones it was trained with")
+    settings = dict(args.set)
+    if len(settings) < len(args.set):
+        twice = sorted({k for k, _ in args.set if [n for n, _ in args.set].count(k) > 1})
+        parser.error(f"--set gives {', '.join(twice)} more than once")
 
     def make_trainer() -> MultiSeedTrainer:
         load_task_modules(args.tasks)
         task = envs.get_task(args.task)
-        sql = sql_config(task.name, task.family.name, alpha=args.alpha)
+        sql = sql_config(task.name, task.family.name, alpha=args.alpha, **settings)
         run = train_config(task.name, steps=args.steps, seed=args.seed, eval_interval=args.eval_interval,
                            eval_episodes=args.eval_episodes, final_eval_episodes=args.final_eval_episodes,
                            device=args.device, progress=not args.no_progress,

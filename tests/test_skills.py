@@ -182,6 +182,47 @@ def test_unknown_task_in_train_cli(capsys):
     assert "Did you mean 'reach'" in capsys.readouterr().err
 
 
+def test_train_cli_set_changes_a_fresh_runs_sql_settings_and_the_manifest_records_them(tmp_path):
+    """``--set NAME=VALUE`` overrides the task's SQL defaults for a fresh run (the value read as the field's type), and
+    the skill's manifest carries the settings it was trained with; the other settings keep the task's defaults."""
+    from skills.training.defaults import sql_config
+
+    assert train_cli.main(["multigoal", "--steps", "60", "--eval-interval", "60", "--eval-episodes", "1",
+                           "--final-eval-episodes", "1", "--no-progress", "--no-convergence", "--out", str(tmp_path),
+                           "--set", "random_episodes=0.25", "--set", "hidden=16,16", "--set", "warmup_steps=20"]) == 0
+    manifest = json.loads((tmp_path / "multigoal" / "v1" / "manifest.json").read_text())
+    used, default = manifest["hyperparameters"], sql_config("multigoal", "multigoal").to_dict()
+    assert (used["random_episodes"], used["hidden"], used["warmup_steps"]) == (0.25, [16, 16], 20)
+    unchanged = set(used) - {"random_episodes", "hidden", "warmup_steps"}
+    assert len(unchanged) > 10 and {k: used[k] for k in unchanged} == {k: default[k] for k in unchanged}
+    assert (manifest["alpha"], manifest["gamma"]) == (default["alpha"], default["gamma"])
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--set", "foo=1"], "unknown SQL setting 'foo'; valid: batch_size,"),
+    (["--set", "random_episodes=x"], "random_episodes takes a number, got 'x'"),
+    (["--set", "hidden=64,x"], "hidden takes whole numbers joined by commas"),
+    (["--set", "cache_target_values=yes"], "cache_target_values takes true or false"),
+    (["--set", "alpha=0.1"], "its own option: --alpha"),
+    (["--set", "gamma=0.9"], "the discount is the task family's"),
+    (["--set", "particles"], "expected NAME=VALUE"),
+    (["--set", "particles=4", "--set", "particles=8"], "--set gives particles more than once"),
+    (["--resume", "multigoal", "--set", "particles=4"], "a resumed skill keeps the ones it was trained with"),
+])
+def test_train_cli_refuses_a_bad_set_up_front(argv, message, tmp_path, capsys):
+    with pytest.raises(SystemExit) as stop:
+        train_cli.main(["multigoal", "--out", str(tmp_path), *argv])
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and message in err, err
+    assert not any(tmp_path.iterdir())
+
+
+def test_train_cli_refuses_a_set_value_out_of_range_naming_it(tmp_path, capsys):
+    assert train_cli.main(["multigoal", "--steps", "10", "--out", str(tmp_path), "--set", "random_episodes=3"]) == 2
+    assert "random_episodes=3.0 (a finite number >= 0.0, <= 1.0)" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())
+
+
 def copy_skill(library: Path, tmp_path: Path) -> Path:
     import shutil
 
