@@ -203,6 +203,65 @@ def test_c_tightness_compares_c_with_each_stand_in_on_the_composed_pairs(tmp_pat
                                    "upper_holds": 0.5, "lower_holds": 0.5, "covered_within_2x": 0.0})
 
 
+def test_constituent_shift_splits_q_w_minus_q_joint_and_credits_a_constituents_error_to_it(tmp_path):
+    """``bench.constituent_shift --quick`` on the shipped reach+avoid: the three parts add up to ``Q_w - Q_joint`` and
+    each shift is the difference of its two errors. Then ``avoid``'s Q is raised by 1 everywhere after the composition
+    was built (so ``Q_w``, the composed policy and its pairs stay the same): a constant moves neither the sampler nor the
+    Boltzmann policy nor their entropy credits, so ``avoid``'s errors, and its exact policy's, rise by exactly 1 on both
+    sets of pairs, its shift does not move, and ``reach``'s record does not change. Swapping ``Q - G`` for ``G - Q``, or
+    scoring a constituent with another's Q, fails this."""
+    from library_helpers import shipped_library
+
+    import compose
+    import skills
+    from bench import constituent_shift
+
+    library = shipped_library(tmp_path / "lib", ("reach", "avoid", "reach+avoid", ".composed"))
+    out = tmp_path / "shift.json"
+    assert constituent_shift.main(["reach+avoid", "--library", str(library), "--quick", "--max-step", "1", "--json",
+                                   str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["steps_below"] == 1  # every pair at a reset state
+    split = result["split"]
+    assert split["constituents_error"]["mean"] + split["composition_gap"]["mean"] - split["joint_error"]["mean"] == \
+        pytest.approx(result["Q_w_minus_Q_joint"]["mean"], abs=1e-6)
+    for record in result["constituents"].values():
+        shift = record["error_on_composed_pairs"]["mean"] - record["error_on_own_pairs"]["mean"]
+        assert record["shift"]["mean"] == pytest.approx(shift)
+
+    setup = constituent_shift.ShiftSetup(pairs=3, rollouts=2, entropy_samples=8, tail=2.0, exact_pairs=2, exact_steps=5,
+                                         value_samples=64)
+
+    def run(bump: float) -> dict:
+        torch.manual_seed(setup.seed)
+        composed = compose.load("reach+avoid", library=str(library), seed=setup.seed)
+        composed.build(progress=False)
+        if bump:
+            composed.parts[1].agent.q.register_forward_hook(lambda module, inputs, output: output + bump)
+        return constituent_shift.measure_loaded(composed, skills.load("reach+avoid", library=str(library)), setup)
+
+    plain, raised = run(0.0), run(1.0)
+    for key in ("error_on_own_pairs", "error_on_composed_pairs"):
+        assert raised["constituents"]["avoid"][key]["mean"] == pytest.approx(plain["constituents"]["avoid"][key]["mean"] + 1,
+                                                                            abs=1e-4)
+    for key in ("exact_on_own_pairs", "exact_on_composed_pairs"):
+        assert raised["constituents"]["avoid"][key]["error"]["mean"] == pytest.approx(
+            plain["constituents"]["avoid"][key]["error"]["mean"] + 1, abs=1e-3)
+    assert raised["constituents"]["avoid"]["shift"]["mean"] == pytest.approx(plain["constituents"]["avoid"]["shift"]["mean"],
+                                                                             abs=1e-4)
+    assert raised["constituents"]["reach"] == plain["constituents"]["reach"]
+
+
+@pytest.mark.parametrize("argv", [["--pairs", "1"], ["--rollouts", "0"], ["--exact-pairs", "-1"],
+                                  ["--pairs", "4", "--exact-pairs", "5"], ["--seed", "-1"]])
+def test_constituent_shift_refuses_bad_arguments_before_loading_anything(argv, capsys):
+    from bench import constituent_shift
+
+    with pytest.raises(SystemExit):
+        constituent_shift.main(["reach+avoid", *argv])
+    assert "must be" in capsys.readouterr().err
+
+
 def test_place_failures_splits_the_success_test_into_parts_that_give_it_back(tmp_path):
     """``bench.place_failures`` on the shipped place skills: the three parts of ``placed`` and ``no_collision``,
     recomputed from the last step, equal the env's own success on every episode, for both policies."""
@@ -367,7 +426,8 @@ def test_the_entropy_benches_refuse_bad_arguments_before_loading_anything(module
     assert "must be >=" in err or "expected a whole number" in err
 
 
-@pytest.mark.parametrize("module", ["fold_entropy", "sampler_entropy", "sampler_particles", "policy_gap"])
+@pytest.mark.parametrize("module", ["fold_entropy", "sampler_entropy", "sampler_particles", "policy_gap",
+                                    "constituent_shift"])
 def test_the_gap_and_entropy_benches_name_an_unknown_skill_in_one_line(module, capsys):
     import importlib
 
