@@ -102,7 +102,7 @@ def sql_setting(text: str) -> tuple[str, object]:
 
     name, sep, value = text.partition("=")
     name, value = name.strip(), value.strip()
-    defaults = {f.name: f.default for f in fields(SQLConfig)}
+    defaults: dict[str, object] = {f.name: f.default for f in fields(SQLConfig)}
     if not sep or not name or not value:
         raise argparse.ArgumentTypeError(f"expected NAME=VALUE, got {text!r}")
     if name == "alpha":
@@ -114,6 +114,7 @@ def sql_setting(text: str) -> tuple[str, object]:
         valid = ", ".join(sorted(set(defaults) - {"alpha", "gamma"}))
         raise argparse.ArgumentTypeError(f"unknown SQL setting {name!r}; valid: {valid}")
     kind = type(defaults[name])
+    readers: dict[type, Callable[[str], object]] = {int: int, float: float, str: str}
     try:
         if kind is bool:
             if value.lower() not in ("true", "false"):
@@ -121,7 +122,7 @@ def sql_setting(text: str) -> tuple[str, object]:
             return name, value.lower() == "true"
         if kind is tuple:
             return name, tuple(int(v) for v in value.split(","))
-        return name, kind(value)
+        return name, readers[kind](value)
     except ValueError:
         what = {bool: "true or false", tuple: "whole numbers joined by commas", int: "a whole number",
                 float: "a number"}.get(kind, kind.__name__)
