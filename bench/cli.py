@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from envs.cli import run_command
 from skills.library import atomic_write_text
 from skills.sql.learner import torch_device
 
@@ -36,3 +38,14 @@ def show_and_write(data: Any, path: str | Path | None) -> None:
     print(json.dumps(data, indent=2))
     if path:
         write_json(path, data)
+
+
+def run_measurement(measure: Callable[[], Any], path: str | Path | None) -> int:
+    """Run a benchmark's measurement, print it and write it to ``path`` when one is given: exit 0. An unknown skill or
+    a damaged library is one line on stderr and exit 2 (``envs.cli.run_command``)."""
+    def body() -> int:
+        show_and_write(measure(), path)
+        return 0
+
+    return run_command(body)
+

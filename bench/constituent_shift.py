@@ -40,10 +40,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from envs.cli import run_command
 from skills.cli import at_least
 
-from .cli import show_and_write
+from .cli import run_measurement
 from .sampler_entropy import summary
 
 
@@ -218,11 +217,7 @@ def main(argv: list[str] | None = None) -> int:
         setup = ShiftSetup(pairs=4, rollouts=2, entropy_samples=8, tail=2.0, seed=args.seed, exact_pairs=2,
                            exact_steps=10, value_samples=64, max_step=args.max_step)
 
-    def body() -> int:  # an unknown skill or a damaged library: one line and exit 2
-        show_and_write(measure(args.spec, args.library, setup), args.json)
-        return 0
-
-    return run_command(body)
+    return run_measurement(lambda: measure(args.spec, args.library, setup), args.json)
 
 
 if __name__ == "__main__":

@@ -27,10 +27,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from envs.cli import run_command
 from skills.cli import at_least
 
-from .cli import show_and_write
+from .cli import run_measurement
 
 REFERENCE_DRAWS = (1 << 17, 1 << 19)  # the reference, and a quarter of it to show how far it has converged
 REFERENCE_K = 4
@@ -175,11 +174,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         setup = FoldSetup(states=4, episodes=1, seed=args.seed, large_draws=(128, 128), reference_draws=(1 << 12, 1 << 14))
 
-    def body() -> int:  # an unknown skill or a damaged library: one line and exit 2
-        show_and_write(measure(args.spec, args.library, args.composed, setup), args.json)
-        return 0
-
-    return run_command(body)
+    return run_measurement(lambda: measure(args.spec, args.library, args.composed, setup), args.json)
 
 
 if __name__ == "__main__":

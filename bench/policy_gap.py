@@ -32,10 +32,9 @@ import numpy as np
 import torch
 
 from compose.mc_check import MCBoundConfig
-from envs.cli import run_command
 from skills.cli import at_least
 
-from .cli import show_and_write
+from .cli import run_measurement
 
 
 def fit_gap(composition, sampler, seed: int, updates: int | None = None) -> tuple[torch.nn.Module, dict]:
@@ -155,11 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     config = MCBoundConfig(pairs=args.pairs, seed=args.seed, exact_pairs=min(args.exact_pairs, args.pairs))
     config = quick(config) if args.quick else config
 
-    def body() -> int:  # an unknown skill or a damaged library: one line and exit 2
-        show_and_write(measure(args.spec, args.library, config, args.fit_updates, args.sampler_updates), args.json)
-        return 0
-
-    return run_command(body)
+    return run_measurement(lambda: measure(args.spec, args.library, config, args.fit_updates, args.sampler_updates), args.json)
 
 
 if __name__ == "__main__":

@@ -34,10 +34,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from envs.cli import run_command
 from skills.cli import at_least
 
-from .cli import show_and_write
+from .cli import run_measurement
 
 DRAWS = (64, 256, 1024)  # nearest-neighbour draws per state compared
 VALUE_SAMPLES = 4096  # importance samples for V_w where the exact entropy is computed
@@ -236,11 +235,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         setup = EntropySetup(pairs=2, seed=args.seed, sampler_rollouts=2, exact_rollouts=2, states=8, draws=(16, 32))
 
-    def body() -> int:  # an unknown skill or a damaged library: one line and exit 2
-        show_and_write(measure(args.spec, args.library, setup), args.json)
-        return 0
-
-    return run_command(body)
+    return run_measurement(lambda: measure(args.spec, args.library, setup), args.json)
 
 
 if __name__ == "__main__":

@@ -30,10 +30,9 @@ from types import SimpleNamespace
 import numpy as np
 import torch
 
-from envs.cli import run_command
 from skills.cli import at_least
 
-from .cli import show_and_write
+from .cli import run_measurement
 from .sampler_entropy import VALUE_SAMPLES, cross_entropy, summary
 
 DRAWS = 256  # sampler draws per state for the cross-entropy and the entropy
@@ -118,11 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         setup = ParticleSetup(particles=args.particles, updates=50, states=8, draws=32, value_samples=512)
 
-    def body() -> int:  # an unknown skill or a damaged library: one line and exit 2
-        show_and_write(measure(args.spec, args.library, setup), args.json)
-        return 0
-
-    return run_command(body)
+    return run_measurement(lambda: measure(args.spec, args.library, setup), args.json)
 
 
 if __name__ == "__main__":
