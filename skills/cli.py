@@ -127,4 +127,3 @@ def sql_setting(text: str) -> tuple[str, object]:
         what = {bool: "true or false", tuple: "whole numbers joined by commas", int: "a whole number",
                 float: "a number"}.get(kind, kind.__name__)
         raise argparse.ArgumentTypeError(f"{name} takes {what}, got {value!r}") from None
-

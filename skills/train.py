@@ -40,7 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "skills you want to compose must share it)")
     parser.add_argument("--set", metavar="NAME=VALUE", type=sql_setting, action="append", default=[],
                         help="change one SQL hyperparameter of a fresh run from the task's defaults, e.g. --set "
-                        "random_episodes=0.3 or --set hidden=256,256 (repeatable; recorded in the manifest's sql)")
+                        "random_episodes=0.3 or --set hidden=256,256 (repeatable; recorded in the manifest's hyperparameters)")
     parser.add_argument("--out", help="library directory to write into (default: trained/ or "
                         "$COMPOSABLE_SKILLS_LIBRARY)")
     parser.add_argument("--resume", metavar="SKILL", nargs="?", const="", help="continue training a saved skill "
