@@ -67,17 +67,6 @@ def difference(a: np.ndarray, b: np.ndarray) -> dict:
     return {"mean": sa["mean"] - sb["mean"], "se": float(np.hypot(sa["se"], sb["se"]))}
 
 
-def random_pairs(policy, make_env, setup: ShiftSetup, horizon: int) -> list:
-    """``(Start, obs, step)``: one pair per stochastic episode of ``policy`` (seeds ``setup.seed + p``), at a random
-    step (the same steps for every policy)."""
-    from compose.mc_check import starts_in, traced_episodes
-
-    rng = np.random.default_rng(setup.seed)
-    steps = [int(rng.integers(0, horizon)) for _ in range(setup.pairs)]
-    episodes = traced_episodes(policy, make_env, [setup.seed + p for p in range(setup.pairs)], horizon)
-    return [starts_in(e, [t])[0] for e, t in zip(episodes, steps, strict=True)]
-
-
 def constituent_errors(skill, make_env, pairs: list, setup: ShiftSetup, key: int) -> dict[str, np.ndarray]:
     """At each pair: ``Q_i(s, a)`` and the Monte Carlo soft return ``G_i(s, a)`` of the skill's own sampler (mean over
     its rollouts), [P] each; on the first ``setup.exact_pairs`` pairs also ``G`` of the exact Boltzmann policy of
@@ -142,6 +131,7 @@ def measure_loaded(composed, joint, setup: ShiftSetup) -> dict:
     """Phases: draw the composed pairs; per constituent its own pairs and its errors on both sets; then (with a joint
     skill) the split of ``Q_w - Q_joint``. ``composed``: a built ``compose.ComposedSkill``."""
     import envs
+    from compose.mc_check import pair_starts
     from skills.library.skill import task_of
 
     horizon = min(setup.max_step or composed.task.family.horizon, composed.task.family.horizon)
@@ -149,7 +139,7 @@ def measure_loaded(composed, joint, setup: ShiftSetup) -> dict:
     def combined_env():
         return envs.make_task_env(composed.task)
 
-    pairs = random_pairs(composed.policy, combined_env, setup, horizon)
+    pairs = pair_starts(composed.policy, combined_env, setup, horizon)
     obs = np.stack([o for _, o, _ in pairs]).astype(np.float32)
     act = np.stack([np.asarray(s.action, np.float32) for s, _, _ in pairs])
     out: dict = {"alpha": composed.alpha, "gamma": composed.gamma, "pairs": setup.pairs, "rollouts": setup.rollouts,
@@ -163,7 +153,7 @@ def measure_loaded(composed, joint, setup: ShiftSetup) -> dict:
         def own_env(task=task):
             return envs.make_task_env(task)
 
-        own = random_pairs(skill, own_env, setup, horizon)
+        own = pair_starts(skill, own_env, setup, horizon)
         on_own = constituent_errors(skill, own_env, own, setup, key=setup.seed + 2 * k)
         on_comp = constituent_errors(skill, own_env, pairs, setup, key=setup.seed + 2 * k + 1)
         weighted_error += w * (on_comp["Q"] - on_comp["G"])

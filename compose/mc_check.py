@@ -24,7 +24,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import gymnasium as gym
 import numpy as np
@@ -111,12 +111,22 @@ def starts_in(episode: Episode, steps: list[int]) -> list[tuple[Start, np.ndarra
     return out
 
 
-def pair_starts(composed, make_env, config: MCBoundConfig, horizon: int) -> list:
-    """One (s, a) pair per episode of the composed policy (seeds ``config.seed + p``, in lockstep), at a random
-    step: ``(Start, obs, step)``."""
+class PairDraw(Protocol):
+    """How many (s, a) pairs to draw and from which seed (``MCBoundConfig``, or a bench's own setup)."""
+
+    @property
+    def pairs(self) -> int: ...
+
+    @property
+    def seed(self) -> int: ...
+
+
+def pair_starts(policy, make_env, config: PairDraw, horizon: int) -> list:
+    """One (s, a) pair per stochastic episode of ``policy`` (the composed one, for the bound; seeds ``config.seed + p``,
+    in lockstep), at a random step below ``horizon`` (the same steps for every policy): ``(Start, obs, step)``."""
     rng = np.random.default_rng(config.seed)
     steps = [int(rng.integers(0, horizon)) for _ in range(config.pairs)]
-    episodes = traced_episodes(composed, make_env, [config.seed + p for p in range(config.pairs)], horizon)
+    episodes = traced_episodes(policy, make_env, [config.seed + p for p in range(config.pairs)], horizon)
     return [starts_in(e, [t])[0] for e, t in zip(episodes, steps, strict=True)]
 
 
