@@ -32,7 +32,8 @@ from .skill import load
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m compose.adapt", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("spec", help="composition to adapt, e.g. reach+avoid (skill names joined by '+'), or a "
+    parser.add_argument("spec", help="composition to adapt, e.g. reach+avoid (skill names joined by '+', one with a '+' in "
+                        "parentheses), or a "
                         "saved composition such as reach+avoid.composed")
     parser.add_argument("--weights", type=weight_list, help="comma-separated weights summing to 1 (default: equal)")
     parser.add_argument("--steps", type=positive_int,

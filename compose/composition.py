@@ -134,16 +134,41 @@ def checked_pair(obs, act, obs_dim: int | None, act_dim: int):
 
 
 def combined_task(parts: Sequence[skills.Skill], weights: np.ndarray) -> Task:
-    """The task whose reward is ``sum_i w_i r_i`` over the parts' own tasks."""
+    """The task whose reward is ``r_w = sum_i w_i r_i`` over the parts' own tasks: the registered task with exactly
+    that reward where there is one (e.g. ``reach+avoid``, also for two runs of each skill, with its own success
+    checks), else a weighted task named after its parts (``0.7*reach+0.3*avoid``, ``0.5*(reach+avoid)+0.5*low``)."""
     tasks = [task_of(s.info) for s in parts]
-    name = "+".join(t.name for t in tasks)
+    combined = weighted_task(combined_name(tasks, weights), tasks, list(weights))
+    registered = registered_with_reward(combined, tasks, weights)
+    return registered if registered is not None else combined
+
+
+def combined_name(tasks: Sequence[Task], weights: np.ndarray) -> str:
+    """``a+b`` for equal weights of plain tasks, else each part with its weight, a combined part in parentheses."""
+    if np.allclose(weights, weights[0]) and not any("+" in t.name for t in tasks):
+        return "+".join(t.name for t in tasks)
+    return "+".join(f"{w:.3g}*" + (f"({t.name})" if "+" in t.name else t.name) for w, t in zip(weights, tasks, strict=True))
+
+
+def same_reward(a: Task, b: Task) -> bool:
+    """Two tasks of one family whose weighted terms are the same (zero weights ignored)."""
+    wa, wb = ({k: v for k, v in t.weights.items() if v != 0.0} for t in (a, b))
+    return a.family.name == b.family.name and wa.keys() == wb.keys() and all(np.isclose(wa[k], wb[k]) for k in wa)
+
+
+def registered_with_reward(combined: Task, tasks: Sequence[Task], weights: np.ndarray) -> Task | None:
+    """The registered task whose reward is ``combined``'s: the one the parts' names join to (``reach+avoid``, or the
+    mean of distinct registered tasks) when its weights agree, else the only registered combined task with that
+    reward (two runs of one plain task stay a composition of that task's runs); None when there is none, or more."""
     if np.allclose(weights, weights[0]):
         try:
-            return envs.get_task(name)  # registered (e.g. reach+avoid), or the mean of distinct registered tasks
+            named = envs.get_task("+".join(t.name for t in tasks))
         except envs.UnknownNameError:
-            return weighted_task(name, tasks, list(weights))  # e.g. two versions of one skill
-    label = "+".join(f"{w:.3g}*{t.name}" for w, t in zip(weights, tasks, strict=True))
-    return weighted_task(label, tasks, list(weights))
+            named = None
+        if named is not None and same_reward(named, combined):
+            return named
+    matches = [t for t in envs.TASKS.values() if t.parts and same_reward(t, combined)]
+    return matches[0] if len(matches) == 1 else None
 
 
 class Composition:

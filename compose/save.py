@@ -24,7 +24,8 @@ from .skill import load
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m compose.save", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("spec", help="skills to compose, joined by '+', e.g. reach+avoid (reach@v1 pins a version)")
+    parser.add_argument("spec", help="skills to compose, joined by '+', e.g. reach+avoid (reach@v1 pins a version; "
+                        "a name with a '+' in parentheses, e.g. '(reach+avoid)+stay_low')")
     parser.add_argument("--weights", type=weight_list, help="comma-separated weights summing to 1 (default: equal)")
     parser.add_argument("--name", help="library name of the entry (default: SPEC.composed)")
     parser.add_argument("--library", help="library to load the skills from (default: trained/ or "

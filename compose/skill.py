@@ -101,11 +101,33 @@ class ComposedSkill(Composition):
         return save(self, sampler, name, library)
 
 
+def spec_names(spec: str) -> list[str]:
+    """The skills a spec names: ``reach+avoid`` -> ``["reach", "avoid"]``; a skill whose own name or path has a '+'
+    goes in parentheses: ``(reach+avoid)+stay_low`` -> ``["reach+avoid", "stay_low"]``. Unbalanced parentheses or an
+    empty name are a ``ValueError`` that shows the spec."""
+    names, depth, start = [], 0, 0
+    for i, ch in enumerate(spec + "+"):
+        depth += (ch == "(") - (ch == ")")
+        if depth < 0:
+            break
+        if ch == "+" and depth == 0:
+            names.append(spec[start:i])
+            start = i + 1
+    if depth != 0:
+        raise ValueError(f"unbalanced parentheses in {spec!r}: a skill whose name has a '+' goes in one pair, "
+                         "e.g. (reach+avoid)+stay_low")
+    names = [n[1:-1] if n.startswith("(") and n.endswith(")") else n for n in names]
+    if not all(names):
+        raise ValueError(f"an empty skill name in {spec!r}: skills are joined by one '+', e.g. reach+avoid")
+    return names
+
+
 def load(spec: str | Sequence[str], weights: Sequence[float] | None = None, library: str | None = None,
          seed: int = 0, allow_stale: bool = False, operator: str | Operator = "average", allow_changed_task: bool = False,
          **settings: Any) -> ComposedSkill:
-    """Load ``"reach+avoid"`` (or a list of skill names) from the library and compose them; or reopen a
-    saved composition by its name (``"reach+avoid.composed"``, ``ComposedSkill.save``).
+    """Load ``"reach+avoid"`` (or a list of skill names or paths) from the library and compose them; or reopen a
+    saved composition by its name (``"reach+avoid.composed"``, ``ComposedSkill.save``). A skill whose name has a
+    '+' goes in parentheses: ``"(reach+avoid)+stay_low"`` (``spec_names``).
 
     The result acts like a skill (``act``, ``sample``, ``q``, ``value``); its sampler comes from the saved
     entry, the library cache, or is built on first use. ``seed`` seeds its sampling. A saved composition
@@ -123,7 +145,7 @@ def load(spec: str | Sequence[str], weights: Sequence[float] | None = None, libr
                 raise ValueError(f"{spec} is a saved composition with its own weights and operator; compose its "
                                  "constituents to choose others")
             return reopened(saved, library, seed, allow_stale)
-    names = str(spec).split("+") if isinstance(spec, (str, Path)) else list(spec)
+    names = spec_names(str(spec)) if isinstance(spec, (str, Path)) else list(spec)
     parts = [skills.load(n, library, allow_changed_task=allow_changed_task) for n in names]
     return ComposedSkill(parts, weights, labels=names, library=library, seed=seed,
                          operator=make_operator(operator, **settings))

@@ -12,9 +12,11 @@ from library_helpers import SHIPPED, shipped_library
 from safetensors.torch import load_file, save_file
 
 import compose
+import envs
 import skills
 from compose import adapt as compose_adapt
 from compose.library import composed_agent
+from compose.skill import spec_names
 from skills.library import sha256_file
 from skills.policy import SoftPolicy
 from skills.sql import SoftQNetwork
@@ -147,6 +149,41 @@ def test_a_composed_skill_cannot_be_composed_again(library):
     compose.load("reach+avoid", library=str(library)).save(progress=False)
     with pytest.raises(compose.IncompatibleSkillsError, match="already composed"):
         compose.load(["reach+avoid.composed", "avoid"], library=str(library))
+
+
+def test_two_runs_of_each_skill_compose_to_the_registered_task_and_find_its_joint():
+    """Two runs of each constituent (here the same run twice, by path) have ``r_w`` of ``reach+avoid``: the composition
+    takes that registered task (its success checks) and finds its jointly trained reference by reward, not by name."""
+    from compose.run.evaluation import find_joint
+    paths = [str(SHIPPED / name / "v1") for name in ("reach", "reach", "avoid", "avoid")]
+    composition = compose.load(paths, library=str(SHIPPED))
+    assert composition.task is envs.get_task("reach+avoid")
+    joint, note = find_joint(composition, str(SHIPPED))
+    assert joint is not None and joint.info.name == "reach+avoid", note
+    unequal = compose.load(paths, weights=[0.4, 0.4, 0.1, 0.1], library=str(SHIPPED))
+    assert unequal.task.name == "0.4*reach+0.4*reach+0.1*avoid+0.1*avoid" and unequal.task.name not in envs.TASKS
+    assert dict(unequal.task.weights) == pytest.approx({"reach": 0.8, "avoid": 0.2})
+    twice = compose.load([str(SHIPPED / "reach+avoid" / "v1")] * 2, library=str(SHIPPED))  # never its own reference
+    assert twice.task is envs.get_task("reach+avoid")
+    assert find_joint(twice, str(SHIPPED)) == (None, "no jointly trained reference: the newest 'reach+avoid' skill "
+                                                     f"({SHIPPED / 'reach+avoid' / 'v1'}) is one of the constituents")
+    assert compose.load(paths[:2], library=str(SHIPPED)).task.name == "reach+reach"  # two runs of a plain task
+
+
+@pytest.mark.parametrize("spec, names", [
+    ("reach+avoid", ["reach", "avoid"]), ("(reach+avoid)+stay_low", ["reach+avoid", "stay_low"]),
+    ("(a+b)+(c+d)+e", ["a+b", "c+d", "e"]), ("/runs (1)/reach/v1+avoid", ["/runs (1)/reach/v1", "avoid"])])
+def test_a_spec_names_its_skills_with_parentheses_around_a_name_that_has_a_plus(spec, names):
+    assert spec_names(spec) == names
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("(reach+avoid+stay_low", "unbalanced parentheses"), ("reach)+(avoid", "unbalanced"),
+    ("reach++avoid", "an empty skill name"), ("()+avoid", "an empty skill name")])
+def test_a_malformed_spec_is_refused_showing_it(spec, message):
+    with pytest.raises(ValueError, match=message) as err:
+        spec_names(spec)
+    assert repr(spec) in str(err.value)
 
 
 # ---- adaptation -------------------------------------------------------------------------------

@@ -225,6 +225,20 @@ def test_loading_a_skill_never_imports_the_users_module(tmp_path):
     assert f"refused: skill 't-marked' v1: its task 't-marked' is not registered; it was defined in {module}" in done.stdout
 
 
+def test_a_joint_skill_composes_in_parentheses_and_r_w_weighs_its_own_terms(user_tasks):
+    """``(reach+avoid)+stay_low`` composes the jointly trained ``reach+avoid`` with ``stay_low``: ``r_w`` is half of
+    each part's reward (``reach`` and ``avoid`` a quarter each), not the mean of the three tasks the names join to."""
+    declare("stay_low", lambda o, a: -np.clip(o[:, 2], 0.0, 1.0), term="low")  # as examples/my_tasks.py, in-test
+    c = compose.load("(reach+avoid)+stay_low", library=str(ROOT / "trained"), allow_changed_task=True)
+    assert c.labels == ["reach+avoid", "stay_low"] and [p.info.name for p in c.parts] == ["reach+avoid", "stay_low"]
+    assert c.task.name == "0.5*(reach+avoid)+0.5*stay_low" and c.task.name not in envs.TASKS
+    assert dict(c.task.weights) == pytest.approx({"reach": 0.25, "avoid": 0.25, "low": 0.5})
+    data = np.load(ROOT / "trained" / "reach" / "v1" / "transitions.npz")
+    next_obs, action = data["next_obs"][:64], data["action"][:64]
+    expected = sum(0.5 * envs.get_task(t).reward(next_obs, action) for t in ("reach+avoid", "stay_low"))
+    np.testing.assert_allclose(c.task.reward(next_obs, action), expected, rtol=1e-6, atol=1e-7)
+
+
 # ---- the round trip, from the command line ---------------------------------------------------------------------
 def test_define_train_save_reload_in_a_fresh_process_and_compose(tmp_path):
     """A user file, trained by the CLI (small budget), composed with the shipped ``reach`` by ``compose.run`` and

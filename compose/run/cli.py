@@ -34,7 +34,8 @@ from .settings import SAMPLERS, BuildConfig, EvaluationConfig, Sources
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m compose.run", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("spec", help="skills to compose, joined by '+', e.g. reach+avoid")
+    parser.add_argument("spec", help="skills to compose, joined by '+', e.g. reach+avoid; one whose name or path has a "
+                        "'+' in parentheses, e.g. '(reach+avoid)+stay_low'")
     parser.add_argument("--weights", type=weight_list,
                         help="comma-separated weights summing to 1 (default: equal), e.g. 0.7,0.3")
     parser.add_argument("--operator", choices=[*OPERATORS, "all"], default="average",

@@ -3,6 +3,8 @@ reference and each constituent, every one as a ``skills.policy.SoftPolicy``."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import torch
 
@@ -54,6 +56,8 @@ def find_joint(composition: Composition, library: str | None, joint: str | None 
         found = skills.load(joint or name, library)
     except (UnknownNameError, SkillError):
         return None, f"no jointly trained {name!r} skill in the library; train one with: python -m skills.train {name}"
+    if any(Path(found.path).resolve() == Path(part.path).resolve() for part in composition.parts):
+        return None, f"no jointly trained reference: the newest {name!r} skill ({found.path}) is one of the constituents"
     try:
         check_compatible([*composition.parts, found])
     except IncompatibleSkillsError as err:

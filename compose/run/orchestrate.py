@@ -21,7 +21,7 @@ from ..build import Built, build, build_policy_gap
 from ..operators import Operator, make_operator
 from ..plots import plot_comparison, plot_trajectories
 from ..policy import ComposedPolicy
-from ..skill import ComposedSkill, load
+from ..skill import ComposedSkill, load, spec_names
 from .checks import bound_checks, episode_bound
 from .evaluation import Pairs, composed_policy, evaluate_row, find_joint, skill_cost, trajectories
 from .figures import bound_episode_figure, q_slices_figure, render_episode
@@ -100,7 +100,7 @@ def compose_all(state: Run, operators: Sequence[str | Operator], weights: Sequen
         state.compositions[ops[0].name] = load(state.spec, weights, state.sources.library, seed=state.evaluation.seed,
                                                operator=ops[0], allow_changed_task=state.sources.allow_changed_task)
         return
-    names = str(state.spec).split("+") if isinstance(state.spec, str) else list(state.spec)
+    names = spec_names(state.spec) if isinstance(state.spec, str) else list(state.spec)
     parts = [skills.load(n, state.sources.library, allow_changed_task=state.sources.allow_changed_task) for n in names]
     for op in ops:
         why = op.why_not(names, weights is not None)
