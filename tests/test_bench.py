@@ -467,3 +467,51 @@ def test_fold_entropy_measures_each_credit_against_a_converged_reference(tmp_pat
         for credit, row in result[kind].items():
             if credit != "states":
                 assert row["soft_return_effect"] == pytest.approx(row["error_nats"] * result["soft_return_per_nat"]), credit
+
+
+def test_puck_failures_bearing_auc_and_terciles_on_known_cases():
+    """The start bearing is 0 with the gripper straight behind the puck (opposite the crossing) and grows
+    counter-clockwise; the AUC ranks a perfect score 1, its reverse 0, a constant 0.5; terciles split by the quantiles."""
+    from bench.puck_failures import auc, start_bearing, terciles
+    from envs.manipulation import PUCK_GOAL, PUCK_OBS_DIM, PUCK_POS, PUCK_REL
+
+    puck = np.array([-0.06, -0.08])
+    behind = (puck - PUCK_GOAL) / np.linalg.norm(puck - PUCK_GOAL)
+    turn = np.array([[0.0, -1.0], [1.0, 0.0]])  # 90 degrees counter-clockwise
+    obs = np.zeros((3, PUCK_OBS_DIM), np.float32)
+    for row, grip_dir in enumerate([behind, turn @ behind, -behind]):
+        obs[row, PUCK_POS] = [*puck, 0.04]
+        obs[row, PUCK_REL] = [*(-0.09 * grip_dir), 0.0]  # puck minus grip
+    assert np.allclose(start_bearing(obs), [0.0, 90.0, -180.0], atol=1e-4)
+
+    failed = np.array([True, True, False, False])
+    assert auc(np.array([3.0, 4.0, 1.0, 2.0]), failed) == 1.0
+    assert auc(np.array([1.0, 2.0, 3.0, 4.0]), failed) == 0.0
+    assert auc(np.ones(4), failed) == 0.5 and auc(np.ones(4), np.zeros(4, bool)) is None
+    split = terciles(np.arange(9.0), np.array([0, 0, 0, 1, 0, 1, 1, 1, 1], bool))
+    assert split["success"] == pytest.approx([0.0, 2 / 3, 1.0])
+
+
+def test_puck_failures_sorts_each_policy_by_start_bearing_on_the_same_episodes(tmp_path):
+    """``bench.puck_failures`` on the shipped puck skills, 6 episodes: every policy meets the same reset states, the
+    sectors and the inside/outside split count every episode once, and the start signals come with their AUC."""
+    from bench import puck_failures
+
+    assert puck_failures.main(["--episodes", "6", "--json", str(tmp_path / "pf.json")]) == 0
+    result = json.loads((tmp_path / "pf.json").read_text())
+    assert set(result["by_bearing"]) == {"composed", "joint", "puck-x", "puck-y"}
+    for row in result["by_bearing"].values():
+        assert sum(cell["episodes"] for cell in row["sectors"].values()) == 6
+        assert row["inside"]["episodes"] + row["outside"]["episodes"] == 6
+    assert {"V[puck-x]", "V[puck-y]", "V_w - V_joint", "delta(s0)", "C(s0)", "D(s0)"} <= set(result["at_reset"])
+    assert set(result["first_move_cosine"]) == set(result["action_preferences"]) == {"puck-x", "puck-y"}
+
+
+@pytest.mark.parametrize("argv", [["--sector", "90,45"], ["--sector", "x"], ["--episodes", "5"], ["--operator", "priority"]])
+def test_puck_failures_refuses_bad_arguments_before_loading_anything(argv, capsys):
+    from bench import puck_failures
+
+    with pytest.raises(SystemExit):
+        puck_failures.main(argv)
+    err = capsys.readouterr().err
+    assert any(why in err for why in ("need -180", "expected two degrees", "must be >= 6", "invalid choice: 'priority'"))
