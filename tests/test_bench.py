@@ -472,7 +472,7 @@ def test_fold_entropy_measures_each_credit_against_a_converged_reference(tmp_pat
 def test_puck_failures_bearing_auc_and_terciles_on_known_cases():
     """The start bearing is 0 with the gripper straight behind the puck (opposite the crossing) and grows
     counter-clockwise; the AUC ranks a perfect score 1, its reverse 0, a constant 0.5; terciles split by the quantiles."""
-    from bench.puck_failures import auc, start_bearing, terciles
+    from bench.puck_failures import rank_auc, start_bearing, terciles
     from envs.manipulation import PUCK_GOAL, PUCK_OBS_DIM, PUCK_POS, PUCK_REL
 
     puck = np.array([-0.06, -0.08])
@@ -485,9 +485,9 @@ def test_puck_failures_bearing_auc_and_terciles_on_known_cases():
     assert np.allclose(start_bearing(obs), [0.0, 90.0, -180.0], atol=1e-4)
 
     failed = np.array([True, True, False, False])
-    assert auc(np.array([3.0, 4.0, 1.0, 2.0]), failed) == 1.0
-    assert auc(np.array([1.0, 2.0, 3.0, 4.0]), failed) == 0.0
-    assert auc(np.ones(4), failed) == 0.5 and auc(np.ones(4), np.zeros(4, bool)) is None
+    assert rank_auc(np.array([3.0, 4.0, 1.0, 2.0]), failed) == 1.0
+    assert rank_auc(np.array([1.0, 2.0, 3.0, 4.0]), failed) == 0.0
+    assert rank_auc(np.ones(4), failed) == 0.5 and rank_auc(np.ones(4), np.zeros(4, bool)) is None
     split = terciles(np.arange(9.0), np.array([0, 0, 0, 1, 0, 1, 1, 1, 1], bool))
     assert split["success"] == pytest.approx([0.0, 2 / 3, 1.0])
 
