@@ -121,10 +121,12 @@ def start_signals(composed, built, joint, parts: dict, first_obs: np.ndarray, li
     from compose.build import build_policy_gap
 
     gap = build_policy_gap(composed, built, library)[0] if built.correction is not None else None
-    torch.manual_seed(seed)  # a skill's sampler draws from the global stream: from here on the same draws whether or not
-    # this run had to build (or fit) anything first
-    def stream() -> torch.Generator:  # each skill's value from its own seeded samples: a rerun reads the same numbers
-        return torch.Generator().manual_seed(seed)  # whether or not it had to build the composition first
+    # From here on every draw is the same whether or not this run had to build (or fit) anything first: the global
+    # stream, which a skill's sampler draws from, is reseeded, and each skill's V reads its own seeded samples.
+    torch.manual_seed(seed)
+
+    def stream() -> torch.Generator:
+        return torch.Generator().manual_seed(seed)
 
     with torch.no_grad():
         signals = {f"V[{name}]": np.asarray(skill.value(first_obs, generator=stream()), np.float64)
@@ -179,6 +181,7 @@ def action_preferences(parts: dict, first_obs: np.ndarray, inside: np.ndarray, s
 
 def measure(episodes: int, seed: int, sector: tuple[float, float], library: str | None, horizon: int | None = None,
             operator: str = "average") -> dict:
+    """The whole measurement (module docstring) on episodes ``seed, seed + 1, ...``, as one JSON-ready dict."""
     import skills
     from compose import load
     from envs.manipulation import PUCK, PUCK_FAMILY
