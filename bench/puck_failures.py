@@ -121,8 +121,8 @@ def start_signals(composed, built, joint, parts: dict, first_obs: np.ndarray, li
     from compose.build import build_policy_gap
 
     gap = build_policy_gap(composed, built, library)[0] if built.correction is not None else None
-    # From here on every draw is the same whether or not this run had to build (or fit) anything first: the global
-    # stream, which a skill's sampler draws from, is reseeded, and each skill's V reads its own seeded samples.
+    # From here on every draw is the same whatever ran before (the episodes; fits leave the stream as it was anyway):
+    # the global stream, which a skill's sampler draws from, is reseeded, and each skill's V reads its own seeded samples.
     torch.manual_seed(seed)
 
     def stream() -> torch.Generator:

@@ -35,6 +35,7 @@ import numpy as np
 import torch
 
 from skills.cli import at_least
+from skills.sql import seeded
 
 from .cli import run_measurement
 
@@ -59,8 +60,7 @@ class EntropySetup:
 def boltzmann_draws(policy, obs: np.ndarray, m: int, seed: int) -> torch.Tensor:
     """``m`` draws of the exact ``pi_w`` (``compose.soft_returns.BoltzmannPolicy``) at each state: [S, o] -> [S, m, d]."""
     out = []
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+    with seeded(seed):
         for chunk in np.array_split(obs, max(1, len(obs) * m // 32_768)):
             a = policy.act(np.repeat(chunk, m, axis=0))
             out.append(torch.as_tensor(a).reshape(len(chunk), m, -1))
@@ -69,8 +69,7 @@ def boltzmann_draws(policy, obs: np.ndarray, m: int, seed: int) -> torch.Tensor:
 
 def sampler_draws(policy, obs: np.ndarray, m: int, seed: int) -> torch.Tensor:
     """``m`` draws of an amortized sampler at each state: [S, o] -> [S, m, d]."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+    with seeded(seed):
         return torch.as_tensor(np.asarray(policy.sample(obs, m)), dtype=torch.float32)
 
 

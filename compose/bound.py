@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
-from skills.sql import SoftQNetwork, kernel_width, mixture_log_density, mixture_proposal, uniform_actions
+from skills.sql import SoftQNetwork, kernel_width, mixture_log_density, mixture_proposal, seeded, uniform_actions
 
 from .composition import ComposedQ, Composition
 from .td import td_fit
@@ -135,31 +135,31 @@ def fit_correction(transitions: dict[str, np.ndarray], next_gap: np.ndarray, gam
     instead of ``C*`` (a max over ``config.max_actions`` uniform actions).
     """
     generator = torch.Generator().manual_seed(config.seed)
-    torch.manual_seed(config.seed)
-    obs = torch.as_tensor(transitions["obs"], dtype=torch.float32)
-    act = torch.as_tensor(transitions["action"], dtype=torch.float32)
-    next_obs = torch.as_tensor(transitions["next_obs"], dtype=torch.float32)
-    terminated = torch.as_tensor(transitions["terminated"], dtype=torch.float32)
-    gap = torch.as_tensor(next_gap, dtype=torch.float32)
-    obs_dim, act_dim = obs.shape[1], act.shape[1]
-    c_net = SoftQNetwork(obs_dim, act_dim, config.hidden, obs_scale)
+    with seeded(config.seed):  # the caller's torch stream is left as it was
+        obs = torch.as_tensor(transitions["obs"], dtype=torch.float32)
+        act = torch.as_tensor(transitions["action"], dtype=torch.float32)
+        next_obs = torch.as_tensor(transitions["next_obs"], dtype=torch.float32)
+        terminated = torch.as_tensor(transitions["terminated"], dtype=torch.float32)
+        gap = torch.as_tensor(next_gap, dtype=torch.float32)
+        obs_dim, act_dim = obs.shape[1], act.shape[1]
+        c_net = SoftQNetwork(obs_dim, act_dim, config.hidden, obs_scale)
 
-    def td_pair(idx, c_net, c_target):
+        def td_pair(idx, c_net, c_target):
+            with torch.no_grad():
+                if next_actions is not None:
+                    next_mean = c_target(next_obs[idx].unsqueeze(1), next_actions[idx]).mean(dim=1)
+                    target = policy_gap_td_target(gap[idx], next_mean, terminated[idx], gamma)
+                else:
+                    candidates = uniform_actions(config.batch_size, config.max_actions, act_dim, generator)
+                    next_max = c_target(next_obs[idx].unsqueeze(1), candidates).max(dim=1).values
+                    target = correction_td_target(gap[idx], next_max, terminated[idx], gamma)
+            return c_net(obs[idx], act[idx]), target
+
+        total = config.total_updates(gamma)
+        fit = td_fit(c_net, td_pair, len(obs), updates=total, config=config, generator=generator, desc="bound C")
         with torch.no_grad():
-            if next_actions is not None:
-                next_mean = c_target(next_obs[idx].unsqueeze(1), next_actions[idx]).mean(dim=1)
-                target = policy_gap_td_target(gap[idx], next_mean, terminated[idx], gamma)
-            else:
-                candidates = uniform_actions(config.batch_size, config.max_actions, act_dim, generator)
-                next_max = c_target(next_obs[idx].unsqueeze(1), candidates).max(dim=1).values
-                target = correction_td_target(gap[idx], next_max, terminated[idx], gamma)
-        return c_net(obs[idx], act[idx]), target
-
-    total = config.total_updates(gamma)
-    fit = td_fit(c_net, td_pair, len(obs), updates=total, config=config, generator=generator, desc="bound C")
-    with torch.no_grad():
-        probe = torch.randperm(len(obs), generator=generator)[:2048]
-        c_probe = c_net(obs[probe], act[probe])
+            probe = torch.randperm(len(obs), generator=generator)[:2048]
+            c_probe = c_net(obs[probe], act[probe])
     return c_net, {"gap_mean": float(gap.mean()), "gap_max": float(gap.max()),
                    "td_loss_last": fit["td_loss_last"] if fit["td_loss_last"] is not None else float("nan"),
                    "updates": total, "backups": fit["backups"], "gamma": gamma,

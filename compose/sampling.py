@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
-from skills.sql import SamplerNetwork, sampler_svgd_loss, svgd_step_direction
+from skills.sql import SamplerNetwork, sampler_svgd_loss, seeded, svgd_step_direction
 from skills.sql.equations import row_noise, row_uniform
 from skills.training.progress import progress_bar
 
@@ -46,24 +46,24 @@ def train_amortized_sampler(q_fn: QFunction, states: np.ndarray, act_dim: int, a
                             progress: bool = False) -> tuple[SamplerNetwork, dict]:
     """Fit ``u = f(s, xi)`` so that ``tanh(u) ~ exp(Q(s,a)/alpha)`` at the given states."""
     generator = torch.Generator().manual_seed(config.seed)
-    torch.manual_seed(config.seed)
-    sampler = SamplerNetwork(states.shape[1], act_dim, config.hidden, obs_scale)
-    optimizer = torch.optim.Adam(sampler.parameters(), lr=config.lr)
-    data = torch.as_tensor(states, dtype=torch.float32)
-    n_fixed = max(1, int(round(config.particles * config.fixed_fraction)))
-    start = time.perf_counter()
-    bar = progress_bar(config.updates, progress, desc="composed sampler", unit="update")
-    for _ in range(config.updates):
-        bar.update(1)
-        obs = data[torch.randint(len(data), (config.batch_size,), generator=generator)]
-        noise = torch.randn(config.batch_size, config.particles, act_dim, generator=generator)
-        loss = sampler_svgd_loss(sampler, q_fn, obs, noise, n_fixed, alpha)
-        if not torch.isfinite(loss):
-            raise FloatingPointError("non-finite SVGD loss while training the composed sampler")
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-    bar.close()
+    with seeded(config.seed):  # the caller's torch stream is left as it was
+        sampler = SamplerNetwork(states.shape[1], act_dim, config.hidden, obs_scale)
+        optimizer = torch.optim.Adam(sampler.parameters(), lr=config.lr)
+        data = torch.as_tensor(states, dtype=torch.float32)
+        n_fixed = max(1, int(round(config.particles * config.fixed_fraction)))
+        start = time.perf_counter()
+        bar = progress_bar(config.updates, progress, desc="composed sampler", unit="update")
+        for _ in range(config.updates):
+            bar.update(1)
+            obs = data[torch.randint(len(data), (config.batch_size,), generator=generator)]
+            noise = torch.randn(config.batch_size, config.particles, act_dim, generator=generator)
+            loss = sampler_svgd_loss(sampler, q_fn, obs, noise, n_fixed, alpha)
+            if not torch.isfinite(loss):
+                raise FloatingPointError("non-finite SVGD loss while training the composed sampler")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+        bar.close()
     return sampler, {"wall_time_s": time.perf_counter() - start, "updates": config.updates}
 
 

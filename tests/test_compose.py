@@ -112,6 +112,33 @@ def test_td_correction_reaches_its_fixed_point_for_a_constant_gap(gamma):
     assert np.std(c) < 0.02 * np.mean(c)
 
 
+
+def test_fitting_leaves_the_callers_torch_stream_as_it_was_and_fits_the_same_whatever_it_held():
+    """A composition fitted (the sampler, ``C``, ``D``) or found in its cache must leave what a caller draws next the
+    same: otherwise a benchmark's numbers depend on whether the cache existed. And each fit is seeded by its config,
+    not by the stream it was called with."""
+    from compose.bound import BoundConfig
+
+    data, gap = chain_transitions(512, np.random.default_rng(0))
+    states = np.random.default_rng(1).normal(size=(64, 3)).astype(np.float32)
+
+    def fits(stream_seed: int) -> tuple[list[torch.Tensor], torch.Tensor]:
+        torch.manual_seed(stream_seed)
+        before = torch.get_rng_state()
+        c_net, _ = fit_correction(data, gap, 0.5, torch.ones(1), BoundConfig(hidden=(8, 8), updates=20, batch_size=32))
+        assert torch.equal(torch.get_rng_state(), before), "fit_correction moved the caller's stream"
+        sampler, _ = train_amortized_sampler(composed_gaussian([0.5, 0.5]), states, act_dim=2, alpha=ALPHA,
+                                             obs_scale=torch.ones(3),
+                                             config=SamplerConfig(updates=5, batch_size=8, hidden=(8, 8)))
+        assert torch.equal(torch.get_rng_state(), before), "train_amortized_sampler moved the caller's stream"
+        return [p.detach().clone() for p in [*c_net.parameters(), *sampler.parameters()]], torch.rand(3)
+
+    first, next_draws = fits(0)
+    second, _ = fits(123)
+    assert all(torch.equal(a, b) for a, b in zip(first, second, strict=True))
+    torch.manual_seed(0)
+    assert torch.equal(next_draws, torch.rand(3))  # what the caller draws next is as if nothing had been fitted
+
 def test_check_bound_counts_each_side():
     q_w = np.array([1.0, 1.0, 1.0, 1.0])
     c = np.array([0.5, 0.5, 0.5, 0.5])

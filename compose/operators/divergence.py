@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from skills.sql import SoftQNetwork, kernel_width, mixture_log_density, mixture_proposal, soft_value_importance
+from skills.sql import SoftQNetwork, kernel_width, mixture_log_density, mixture_proposal, seeded, soft_value_importance
 from skills.sql.many_skills import StackedQ
 
 from ..td import td_fit
@@ -87,8 +87,7 @@ def fit_divergence_correction(data: OfflineData, config: DivergenceCorrection,
     generator = torch.Generator().manual_seed(config.seed)
     batch = tensors(data.transitions)
     stacked, n, act_dim = data.stacked, data.stacked.n, batch["action"].shape[1]
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(config.seed)
+    with seeded(config.seed):
         net = CorrectionNetwork(batch["obs"].shape[1], act_dim, n, config.hidden, data.obs_scale)
     own = torch.as_tensor(data.weights, dtype=torch.float32)
     centres_each = max(1, 16 // n)
@@ -110,8 +109,7 @@ def fit_divergence_correction(data: OfflineData, config: DivergenceCorrection,
             y = dc_td_target((w.T * v_i).sum(0), v_corrected, batch["terminated"][idx], data.gamma)
         return net(batch["obs"][idx], batch["action"][idx], w), y
 
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(config.seed + 1)  # the Dirichlet draws
+    with seeded(config.seed + 1):  # the Dirichlet draws
         info = td_fit(net, td_pair, len(batch["obs"]), updates=config.updates(data.gamma), config=config,
                       generator=generator, progress=progress, desc="divergence correction")
     with torch.no_grad():

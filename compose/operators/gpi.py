@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from skills.sql import SoftQNetwork
+from skills.sql import SoftQNetwork, seeded
 from skills.sql.many_skills import StackedQ
 
 from ..td import td_fit
@@ -79,8 +79,7 @@ def fit_policy_evaluations(data: OfflineData, config: GPI, progress: bool = Fals
     networks, info = [], {}
     for i, sampler in enumerate(data.samplers):
         next_v = torch.as_tensor(np.asarray(data.values[i]), dtype=torch.float32)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(config.seed + i)
+        with seeded(config.seed + i):
             net = SoftQNetwork(obs_dim, act_dim, config.hidden, data.obs_scale)
 
         def td_pair(idx, net, target, i=i, sampler=sampler, next_v=next_v):

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from skills.sql.equations import sampler_log_density
+from skills.sql.seeding import seeded
 
 ENTROPY_SAMPLES = 64  # draws per state
 PAIRWISE_BUDGET = 1 << 24  # pairwise distances held at once (8 bytes each: 128 MiB)
@@ -60,8 +61,7 @@ def policy_entropy(policy, obs: np.ndarray, samples: int = ENTROPY_SAMPLES, k: i
     """``H(pi(.|s))`` at each state of ``obs`` [N, o] from ``samples`` draws of ``policy.sample`` (torch's global stream,
     seeded with ``seed`` and restored after): [N] nats."""
     out = []
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(int(seed))
+    with seeded(seed):
         for chunk in np.array_split(obs, max(1, len(obs) // max(1, min(2048, DRAW_BUDGET // samples)))):
             draws = torch.as_tensor(np.asarray(policy.sample(chunk, samples)), dtype=torch.float32)
             out.append(squashed_entropy(draws, k).numpy())

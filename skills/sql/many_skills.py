@@ -19,6 +19,7 @@ from torch import nn
 
 from . import backprop
 from .equations import ScaledMLP, SoftQNetwork
+from .seeding import seeded
 
 COMPOSED = "composed"  # the manifest's architecture["q"] of a composed Q-network
 
@@ -169,8 +170,7 @@ class ComposedSoftQNetwork(nn.Module):
         first = q_networks[0]
         obs_dim = first.obs_scale.shape[0]
         act_dim = backprop.linear_layers(first.net)[0].in_features - obs_dim  # the first layer's
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
+        with seeded(seed):
             residual = zero_residual(obs_dim, act_dim, hidden, first.obs_scale)
         return cls(StackedQ(q_networks), torch.as_tensor(weights, dtype=torch.float32), residual)
 

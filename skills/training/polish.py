@@ -41,6 +41,7 @@ from ..library.manifest import Manifest
 from ..library.skill import Skill, task_of
 from ..library.store import release_claim
 from ..sql.learner import SoftQLearning, TargetValueCache
+from ..sql.seeding import seeded
 from .config import POLISH_LIMIT
 from .progress import progress_bar
 
@@ -116,9 +117,9 @@ def polish_agent(agent: SoftQLearning, transitions: dict[str, np.ndarray], confi
     data = {k: torch.as_tensor(np.asarray(transitions[k]), dtype=torch.float32, device=agent.device)
             for k in ("obs", "action", "reward", "next_obs", "terminated")}
     rng = np.random.default_rng(config.seed)
-    torch.manual_seed(config.seed)
     start, losses = time.perf_counter(), {}
-    with polishing(agent, config), progress_bar(config.updates, config.progress, desc="polish", unit="update") as bar:
+    bar = progress_bar(config.updates, config.progress, desc="polish", unit="update")
+    with seeded(config.seed), polishing(agent, config), bar:
         for update in range(config.updates):
             set_lr(agent, polish_lr(config, update))
             idx = torch.as_tensor(rng.integers(0, n, size=config.batch_size), device=agent.device)

@@ -43,6 +43,7 @@ from ..library import (
 from ..library.manifest import ComposedFrom, Space
 from ..sql.learner import SoftQLearning, SQLConfig, TrainingDiverged, torch_device
 from ..sql.many_skills import ComposedSoftQNetwork
+from ..sql.seeding import seeded
 from .buffer import ReplayBuffer
 from .config import STORED_TRANSITIONS, TrainConfig, TrainResult
 from .envs import training_env
@@ -287,8 +288,7 @@ class SeedRun:
         """``skills.evaluation.diagnostics.convergence_report`` of the current networks (the final report)."""
         transitions = self.buffer.subsample(config.residual_states, np.random.default_rng(self.run.seed + 1))
         skill = Skill(self.agent, self.manifest("training", 0, 0.0, {}), transitions, self.path)
-        with torch.random.fork_rng(devices=[]):  # leaves the training RNG stream as it was
-            torch.manual_seed(self.run.seed + 2)
+        with seeded(self.run.seed + 2):  # leaves the training RNG stream as it was
             make_env = partial(envs.make, self.task.name, **self.env_kwargs)  # this run's env, as it was given
             return convergence_report(skill, make_env, self.task.reward_range, transitions, config)
 
@@ -373,7 +373,7 @@ class SeedRun:
                "q_loss": float(self.losses.get("q_loss", np.nan)),
                "sampler_loss": float(self.losses.get("sampler_loss", np.nan))}
         if run.deterministic_curve:
-            with torch.random.fork_rng(devices=[]):  # training draws the same numbers with or without it
+            with seeded(None):  # training draws the same numbers with or without it
                 other = self.evaluate(run.eval_episodes, deterministic=True)
             row |= {"det_return_mean": other["return_mean"], "det_return_std": other["return_std"],
                     "det_success_rate": other["success_rate"]}
@@ -436,8 +436,7 @@ class SeedRun:
         data = self.buffer.subsample(self.buffer.size, np.random.default_rng(self.run.seed))
         before = agent_state(self.agent)
         try:
-            with torch.random.fork_rng(devices=[]):
-                self.polish_record = polish_agent(self.agent, data, config)
+            self.polish_record = polish_agent(self.agent, data, config)  # leaves the training RNG stream as it was
         except TrainingDiverged as err:
             restore_agent(self.agent, before)
             self.polish_record = {"updates": 0, "diverged": str(err), "kept": "the networks as trained, unpolished"}
