@@ -34,7 +34,13 @@ from typing import Any
 
 import numpy as np
 
+from envs.cli import run_command
+from envs.files import read_bounded
+from skills.cli import at_least
+
 from .cli import write_json
+
+SAVED_LIMIT = 64 * 2**20  # bytes of an earlier --json read back with --from-json
 
 MODES = {"stochastic": "return_mean", "deterministic": "det_return_mean"}
 STD = {"stochastic": "return_std", "deterministic": "det_return_std"}
@@ -201,34 +207,57 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--spec", default="reach+avoid", help="composition with a registered combined task")
     parser.add_argument("--seeds", default="0,1,2", help="comma-separated training seeds (default 0,1,2)")
-    parser.add_argument("--joint-steps", type=int, default=40_000, help="joint training steps (default 40000)")
-    parser.add_argument("--adapt-steps", type=int, default=8_000, help="adaptation steps (default 8000)")
-    parser.add_argument("--eval-interval", type=int, default=1_000, help="steps between evaluations (default 1000)")
-    parser.add_argument("--eval-episodes", type=int, default=30, help="episodes per evaluation and mode (default 30)")
+    parser.add_argument("--joint-steps", type=at_least(1), default=40_000, help="joint training steps (default 40000)")
+    parser.add_argument("--adapt-steps", type=at_least(1), default=8_000, help="adaptation steps (default 8000)")
+    parser.add_argument("--eval-interval", type=at_least(1), default=1_000, help="steps between evaluations (default 1000)")
+    parser.add_argument("--eval-episodes", type=at_least(1), default=30, help="episodes per evaluation and mode (default 30)")
     parser.add_argument("--library", help="library holding the constituents (default: trained/)")
-    parser.add_argument("--workers", type=int, default=2, help="trainings run at once (default 2: one per core)")
+    parser.add_argument("--workers", type=at_least(1), default=2, help="trainings run at once (default 2: one per core)")
     parser.add_argument("--json", metavar="PATH", help="write runs and summary as JSON")
     parser.add_argument("--plot", metavar="PNG", help="write both learning curves as a PNG")
     parser.add_argument("--from-json", metavar="PATH", help="summarise and plot the runs of an earlier --json "
                         "instead of training")
     args = parser.parse_args(argv)
-    if args.from_json:
-        saved = json.loads(Path(args.from_json).read_text())
-        summary = summarise(saved["runs"], saved["settings"]["eval_episodes"],
-                            constituents_env_steps(saved["settings"]["spec"], args.library))
-        print("\n".join(format_summary(summary)))
-        if args.plot:
-            plot(saved["runs"], summary, Path(args.plot), saved["settings"]["spec"])
-        return 0
     try:
         seeds = [int(s) for s in args.seeds.split(",")]
     except ValueError:
         parser.error(f"--seeds: expected comma-separated integers, got {args.seeds!r}")
+    return run_command(lambda: summarise_saved(args) if args.from_json else train_and_summarise(args, seeds))
+
+
+def read_saved(path: str) -> dict:
+    """An earlier ``--json``: a regular file of at most ``SAVED_LIMIT`` bytes with its ``settings`` and ``runs``."""
+    try:
+        saved = json.loads(read_bounded(path, SAVED_LIMIT, what="--from-json file"))
+        spec, episodes, runs = saved["settings"]["spec"], saved["settings"]["eval_episodes"], saved["runs"]
+    except OSError as err:
+        raise ValueError(f"--from-json: cannot read {path} ({err.strerror or err})") from None
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as err:
+        raise ValueError(f"--from-json: {path} is not a bench.adaptation --json record ({err!r})") from None
+    if not isinstance(spec, str) or not isinstance(episodes, int) or not isinstance(runs, list):
+        raise ValueError(f"--from-json: {path} is not a bench.adaptation --json record (settings or runs malformed)")
+    return saved
+
+
+def summarise_saved(args: argparse.Namespace) -> int:
+    """Summarise (and plot) the runs of an earlier ``--json`` instead of training."""
+    saved = read_saved(args.from_json)
+    summary = summarise(saved["runs"], saved["settings"]["eval_episodes"],
+                        constituents_env_steps(saved["settings"]["spec"], args.library))
+    print("\n".join(format_summary(summary)))
+    if args.plot:
+        plot(saved["runs"], summary, Path(args.plot), saved["settings"]["spec"])
+    return 0
+
+
+def train_and_summarise(args: argparse.Namespace, seeds: list[int]) -> int:
+    """Train the joint skill and adapt the composition on every seed, then summarise, write and plot."""
+    constituents = constituents_env_steps(args.spec, args.library)  # the skills and the library checked before training
     jobs = [(kind, args.spec, seed, args.joint_steps if kind == "joint" else args.adapt_steps, args.eval_interval,
              args.eval_episodes, args.library) for seed in seeds for kind in ("joint", "adapted")]
     with ProcessPoolExecutor(max_workers=args.workers) as pool:
         runs = list(pool.map(trial, *zip(*jobs, strict=False)))
-    summary = summarise(runs, args.eval_episodes, constituents_env_steps(args.spec, args.library))
+    summary = summarise(runs, args.eval_episodes, constituents)
     print("\n".join(format_summary(summary)))
     settings = {k: getattr(args, k) for k in ("spec", "seeds", "joint_steps", "adapt_steps", "eval_interval",
                                               "eval_episodes")}

@@ -26,7 +26,9 @@ import sys
 import numpy as np
 import torch
 
-from .cli import show_and_write
+from skills.cli import at_least
+
+from .cli import run_measurement
 
 
 def composed_pairs(composed, episodes: int, seed: int, spec: str) -> tuple[np.ndarray, np.ndarray, float]:
@@ -67,31 +69,34 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("spec", help="composition, e.g. reach+avoid")
     parser.add_argument("--adapted", required=True, help="the adapted skill (compose.adapt's output version folder)")
     parser.add_argument("--library", help="skill library of the constituents and the joint skill (default: trained/)")
-    parser.add_argument("--episodes", type=int, default=20, help="composed episodes whose pairs are compared (default 20)")
-    parser.add_argument("--seed", type=int, default=30_000, help="first episode seed (default 30000)")
+    parser.add_argument("--episodes", type=at_least(1), default=20,
+                        help="composed episodes whose pairs are compared (default 20)")
+    parser.add_argument("--seed", type=at_least(0), default=30_000, help="first episode seed (default 30000)")
     parser.add_argument("--json", metavar="PATH", help="write the measurement as JSON")
     args = parser.parse_args(argv)
-    if args.episodes < 1:
-        parser.error(f"--episodes must be >= 1, got {args.episodes}")
+    torch.set_num_threads(1)
+    return run_measurement(lambda: measure(args.spec, args.adapted, args.library, args.episodes, args.seed), args.json)
+
+
+def measure(spec: str, adapted_path: str, library: str | None, episodes: int, seed: int) -> dict:
+    """The whole measurement (module docstring), as one JSON-ready dict."""
     import compose
     import skills
 
-    torch.set_num_threads(1)
-    composed = compose.load(args.spec, library=args.library, seed=args.seed, operator="average")
+    composed = compose.load(spec, library=library, seed=seed, operator="average")
+    adapted, joint = skills.load(adapted_path), skills.load(spec, library=library)  # before anything is fitted
     built = composed.build(progress=False)
     assert built.correction is not None  # the average operator fits C
-    adapted, joint = skills.load(args.adapted), skills.load(args.spec, library=args.library)
-    obs, act, success = composed_pairs(composed, args.episodes, args.seed, args.spec)
+    obs, act, success = composed_pairs(composed, episodes, seed, spec)
     with torch.no_grad():
         q_w = np.asarray(composed.q_w(torch.as_tensor(obs), torch.as_tensor(act)), np.float64)
         c = np.asarray(built.correction(torch.as_tensor(obs), torch.as_tensor(act)), np.float64)
-    out = {"spec": args.spec, "episodes": args.episodes, "seed": args.seed, "pairs": len(obs),
-           "composed_success": success, "standins": {}}
+    out = {"spec": spec, "episodes": episodes, "seed": seed, "pairs": len(obs), "composed_success": success,
+           "standins": {}}
     for name, skill in (("adapted", adapted), ("joint", joint)):
         q = np.asarray(skill.q(obs, act), np.float64)
         out["standins"][name] = tightness(q_w, c, q) | standin_record(skill)
-    show_and_write(out, args.json)
-    return 0
+    return out
 
 
 if __name__ == "__main__":

@@ -19,7 +19,9 @@ import sys
 import numpy as np
 import torch
 
-from .cli import show_and_write
+from skills.cli import at_least
+
+from .cli import run_measurement
 
 SPEC = "reach+avoid"
 
@@ -117,21 +119,26 @@ def summary(done: list, mask: np.ndarray | None = None) -> dict:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.dc_vs_average", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--episodes", type=int, default=300, help="paired episodes (default 300)")
-    parser.add_argument("--seed", type=int, default=30_000, help="first episode seed (default 30000)")
+    parser.add_argument("--episodes", type=at_least(2), default=300, help="paired episodes (default 300)")
+    parser.add_argument("--seed", type=at_least(0), default=30_000, help="first episode seed (default 30000)")
     parser.add_argument("--library", help="skill library (default: trained/)")
     parser.add_argument("--json", metavar="PATH", help="write the measurement as JSON")
     args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    return run_measurement(lambda: measure(args.episodes, args.seed, args.library), args.json)
+
+
+def measure(episodes: int, seed: int, library: str | None) -> dict:
+    """The whole measurement (module docstring), as one JSON-ready dict."""
     import compose
 
-    torch.set_num_threads(1)
     runs, builds, comps = {}, {}, {}
     for op in ("average", "dc"):
-        comps[op] = compose.load(SPEC, library=args.library, seed=args.seed, operator=op)
+        comps[op] = compose.load(SPEC, library=library, seed=seed, operator=op)
         builds[op] = comps[op].build(progress=False)
-        runs[op] = evaluate(comps[op].policy, args.episodes, args.seed, args.library)
+        runs[op] = evaluate(comps[op].policy, episodes, seed, library)
     on_path = np.array([blocks_path(e) for e in runs["average"]])
-    out: dict = {"spec": SPEC, "episodes": args.episodes, "seed": args.seed,
+    out: dict = {"spec": SPEC, "episodes": episodes, "seed": seed,
                  "operators": {op: summary(done) for op, done in runs.items()},
                  "obstacle_on_path": {op: summary(done, on_path) for op, done in runs.items()},
                  "obstacle_off_path": {op: summary(done, ~on_path) for op, done in runs.items()}}
@@ -143,8 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     out["near_target"] = {op: near_target(comps[op], done) for op, done in runs.items()}
     out["slopes"] = slopes(comps["dc"], builds["dc"], runs["dc"])
     out["correction"] = correction_along(comps["dc"], builds["dc"], runs["dc"])
-    show_and_write(out, args.json)
-    return 0
+    return out
 
 
 if __name__ == "__main__":

@@ -33,6 +33,7 @@ from torch.profiler import ProfilerActivity, profile
 from bench import cli
 from bench.timing import interleaved_rates, machine_info, ms_per_unit, sync
 from bench.update_profile import ACT_DIM, OBS_DIM, random_buffer
+from skills.library import atomic_write_text
 from skills.sql.learner import SoftQLearning, torch_device
 from skills.sql.many_seeds import StackedSoftQLearning
 from skills.training.defaults import sql_config
@@ -168,9 +169,8 @@ def main(argv: list[str] | None = None) -> dict:
             print(f"  {name:40s} {calls:7.1f} per update")
     if args.json:
         path = Path(args.json)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(result, indent=2))
-        path.with_suffix(".txt").write_text(table + "\n")
+        atomic_write_text(path, json.dumps(result, indent=2))
+        atomic_write_text(path.with_suffix(".txt"), table + "\n")
         print(f"wrote {path} and {path.with_suffix('.txt')}")
     return result
 

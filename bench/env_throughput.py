@@ -12,9 +12,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
-import json
 import warnings
-from pathlib import Path
 from typing import cast
 
 import gymnasium as gym
@@ -22,6 +20,7 @@ import numpy as np
 
 import envs  # sets MUJOCO_GL before mujoco is imported
 
+from .cli import write_json
 from .timing import interleaved_rates, machine_info
 
 
@@ -82,10 +81,7 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"{name:24s} min {r['min']:8.1f}  median {r['median']:8.1f}")
     print(f"{'env_ratio (median)':24s} {result['env_ratio']:.3f}   (min/min {result['env_ratio_min']:.3f})")
     if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        with open(args.json, "w") as f:
-            json.dump(result, f, indent=2)
-        print(f"wrote {args.json}")
+        write_json(args.json, result)
     return result
 
 

@@ -13,6 +13,7 @@ env's own success on every episode.
 from __future__ import annotations
 
 import argparse
+import sys
 
 import numpy as np
 import torch
@@ -21,9 +22,10 @@ import envs
 import skills
 from compose import load
 from envs.manipulation import BLOCK_VEL, PLACE
+from skills.cli import at_least
 from skills.evaluation import EVAL_SEED
 
-from .cli import parse, show_and_write
+from .cli import parse, run_measurement
 
 SPEC = "place+clear"
 
@@ -65,26 +67,29 @@ def summary(last: dict[str, np.ndarray]) -> dict:
             "parts_give_the_env_success": bool(np.array_equal(parts, last["success"]))}
 
 
-def main(argv: list[str] | None = None) -> dict:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.place_failures", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--episodes", type=int, default=100, help="episodes per policy (default 100)")
-    parser.add_argument("--seed", type=int, default=EVAL_SEED, help=f"first episode seed (default {EVAL_SEED})")
+    parser.add_argument("--episodes", type=at_least(1), default=100, help="episodes per policy (default 100)")
+    parser.add_argument("--seed", type=at_least(0), default=EVAL_SEED, help=f"first episode seed (default {EVAL_SEED})")
     parser.add_argument("--deterministic", action="store_true", help="the best of 32 sampled actions under each Q")
     parser.add_argument("--library", help="skill library (default: trained/)")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    parser.add_argument("--threads", type=at_least(1), default=1, help="torch threads (default 1)")
     parser.add_argument("--json", help="also write the result here")
     args = parse(parser, argv)
-    composed = load(SPEC, library=args.library)
+    return run_measurement(lambda: measure(args.episodes, args.seed, args.deterministic, args.library), args.json)
+
+
+def measure(episodes: int, seed: int, deterministic: bool, library: str | None) -> dict:
+    """Both policies' last steps, split into the parts of the success test (module docstring)."""
+    composed = load(SPEC, library=library)
+    joint = skills.load(SPEC, library=library)  # before anything is fitted
     composed.build(progress=False)
-    policies = {"composed": composed, "joint": skills.load(SPEC, library=args.library)}
+    policies = {"composed": composed, "joint": joint}
     thresholds = {"success_xy_m": PLACE.success_xy, "rest_height_m": PLACE.rest_height, "rest_speed_m_s": PLACE.rest_speed}
-    result = {"spec": SPEC, "seed": args.seed, "deterministic": args.deterministic, "thresholds": thresholds,
-              **{name: summary(last_steps(policy, args.episodes, args.seed, args.deterministic))
-                 for name, policy in policies.items()}}
-    show_and_write(result, args.json)
-    return result
+    return {"spec": SPEC, "seed": seed, "deterministic": deterministic, "thresholds": thresholds,
+            **{name: summary(last_steps(policy, episodes, seed, deterministic)) for name, policy in policies.items()}}
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -16,12 +16,13 @@ that time, 0.99: ``--variants gamma-0.99+random-0.3,gamma-0.99+q-lr-1e-4`` repea
 from __future__ import annotations
 
 import argparse
+import sys
 import tempfile
 from dataclasses import replace
 from typing import Any
 
-from bench.cli import show_and_write
-from skills.cli import seed_list
+from bench.cli import run_measurement
+from skills.cli import at_least, seed_list
 
 VARIANTS: dict[str, dict[str, Any]] = {  # SQLConfig fields to change
     "current": {},
@@ -54,7 +55,7 @@ def trial(task: str, seeds: list[int], changes: dict[str, Any], steps: int | Non
     return rows
 
 
-def main(argv: list[str] | None = None) -> list[dict]:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.pusher_sweep", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--task", default="push-x", help="a pusher task: push-x, push-y or push-x+push-y (default push-x)")
@@ -63,7 +64,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--variants", default="current,gamma-0.99",
                         help=f"comma-separated, each trained on its own; '+' joins changes (gamma-0.99+random-0.3): "
                              f"{', '.join(VARIANTS)}")
-    parser.add_argument("--steps", type=int, help="training steps (default: the task's tuned budget, 30000)")
+    parser.add_argument("--steps", type=at_least(1), help="training steps (default: the task's tuned budget, 30000)")
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     args = parser.parse_args(argv)
     import envs
@@ -76,18 +77,22 @@ def main(argv: list[str] | None = None) -> list[dict]:
     unknown = [part for n in names for part in n.split("+") if part not in VARIANTS]
     if unknown:
         parser.error(f"unknown variants {unknown}; valid: {', '.join(VARIANTS)}")
+    return run_measurement(lambda: sweep(args.task, args.seeds, names, args.steps), args.json)
+
+
+def sweep(task: str, seeds: list[int], names: list[str], steps: int | None) -> list[dict]:
+    """Each variant of ``names`` trained on ``seeds`` and checked, one row per variant (module docstring)."""
     results = []
     for name in names:
         changes = {k: v for part in name.split("+") for k, v in VARIANTS[part].items()}
-        rows = trial(args.task, args.seeds, changes, args.steps)
+        rows = trial(task, seeds, changes, steps)
         for r in rows:
             print(f"{name:11s} seed {r['seed']}: gap {r['gap']:+.2f} ± {r['gap_se']:.2f} (V0 {r['V0']:+.2f}), goal "
                   f"{'met' if r['goal']['soft_return_gap'] else 'missed'}; residual {r['residual_stored']:+.4f}; "
                   f"success {r['success_stochastic']:.2f}", flush=True)
-        results.append({"variant": name, "changes": changes, "task": args.task, "seeds": rows})
-    show_and_write(results, args.json)
+        results.append({"variant": name, "changes": changes, "task": task, "seeds": rows})
     return results
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -20,7 +20,9 @@ import sys
 import numpy as np
 import torch
 
-from .cli import show_and_write
+from skills.cli import at_least
+
+from .cli import run_measurement
 
 SAMPLE_COUNTS = (32, 256, 1024, 8192)
 
@@ -54,18 +56,19 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("skills", nargs="+", help="skill names (newest version) or name@vN")
     parser.add_argument("--library", help="skill library (default: trained/)")
-    parser.add_argument("--states", type=int, default=2000, help="stored transitions per skill (default 2000)")
-    parser.add_argument("--seed", type=int, default=100_000, help="which transitions, and the estimates' seed")
+    parser.add_argument("--states", type=at_least(2), default=2000, help="stored transitions per skill (default 2000)")
+    parser.add_argument("--seed", type=at_least(0), default=100_000, help="which transitions, and the estimates' seed")
     parser.add_argument("--json", metavar="PATH", help="write the measurement as JSON")
     args = parser.parse_args(argv)
-    if args.states < 2:
-        parser.error(f"--states must be >= 2, got {args.states}")
     import skills
 
     torch.set_num_threads(1)
-    out = {name: residual_sources(skills.load(name, args.library), args.states, args.seed) for name in args.skills}
-    show_and_write(out, args.json)
-    return 0
+
+    def measure() -> dict:
+        loaded = {name: skills.load(name, args.library) for name in args.skills}  # every name checked first
+        return {name: residual_sources(skill, args.states, args.seed) for name, skill in loaded.items()}
+
+    return run_measurement(measure, args.json)
 
 
 if __name__ == "__main__":

@@ -41,6 +41,7 @@ from bench.flops import count_flops
 from bench.timing import interleaved_rates, machine_info, sync
 from skills.evaluation import run_episodes
 from skills.evaluation.episodes import EVAL_SEED
+from skills.library import atomic_write_text
 from skills.sql.learner import SQLConfig
 from skills.training import MultiSeedTrainer, TrainConfig, Trainer
 from skills.training.defaults import sql_config
@@ -342,11 +343,7 @@ def build_parser() -> argparse.ArgumentParser:
 def save_partial(path: str | None, partial: dict) -> None:
     """The results so far, atomically (written after each section, so an interrupted run keeps what it measured)."""
     if path:
-        out = Path(path)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_name(out.name + ".tmp")
-        tmp.write_text(json.dumps(partial, indent=2))
-        tmp.replace(out)
+        atomic_write_text(Path(path), json.dumps(partial, indent=2))
 
 
 def main(argv: list[str] | None = None) -> dict:

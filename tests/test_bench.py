@@ -267,7 +267,8 @@ def test_place_failures_splits_the_success_test_into_parts_that_give_it_back(tmp
     recomputed from the last step, equal the env's own success on every episode, for both policies."""
     from bench import place_failures
 
-    result = place_failures.main(["--episodes", "2", "--json", str(tmp_path / "pf.json")])
+    assert place_failures.main(["--episodes", "2", "--json", str(tmp_path / "pf.json")]) == 0
+    result = json.loads((tmp_path / "pf.json").read_text())
     for policy in ("composed", "joint"):
         row = result[policy]
         assert row["episodes"] == 2 and row["parts_give_the_env_success"] is True
@@ -282,7 +283,8 @@ def test_pusher_sweep_trains_each_variant_with_its_change_and_reports_the_gap_go
     from bench import pusher_sweep
 
     out = tmp_path / "sweep.json"
-    result = pusher_sweep.main(["--seeds", "1", "--steps", "1100", "--variants", "current,gamma-0.99", "--json", str(out)])
+    assert pusher_sweep.main(["--seeds", "1", "--steps", "1100", "--variants", "current,gamma-0.99", "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
     assert [r["variant"] for r in result] == ["current", "gamma-0.99"]
     assert [r["seeds"][0]["gamma"] for r in result] == [0.95, 0.99]
     for row in (r["seeds"][0] for r in result):
@@ -434,6 +436,50 @@ def test_the_gap_and_entropy_benches_name_an_unknown_skill_in_one_line(module, c
     assert importlib.import_module(f"bench.{module}").main(["nosuch+thing", "--quick"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: unknown skill") and "Valid skills: " in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("module, argv", [("residuals", ["nosuch"]),
+                                          ("c_tightness", ["nosuch+thing", "--adapted", "nosuch"]),
+                                          ("place_failures", ["--library", "{empty}"]),
+                                          ("dc_vs_average", ["--library", "{empty}"]),
+                                          ("adaptation", ["--library", "{empty}"])])
+def test_the_other_benches_name_an_unknown_skill_in_one_line_before_any_work(module, argv, tmp_path, capsys):
+    """Each refuses at once with the valid names (``adaptation`` before it trains anything), not a traceback."""
+    import importlib
+
+    (tmp_path / "empty").mkdir()
+    argv = [a.format(empty=tmp_path / "empty") for a in argv]
+    assert importlib.import_module(f"bench.{module}").main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: unknown skill") and "Valid skills: " in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("content, message", [(None, "cannot read"), ("{not json", "is not a bench.adaptation --json"),
+                                              ('{"runs": []}', "is not a bench.adaptation --json")])
+def test_adaptation_from_json_refuses_a_missing_or_foreign_file_in_one_line(content, message, tmp_path, capsys):
+    from bench import adaptation
+
+    saved = tmp_path / "runs.json"
+    if content is not None:
+        saved.write_text(content)
+    assert adaptation.main(["--from-json", str(saved)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --from-json") and message in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("module, argv", [("residuals", ["clear", "--states", "1"]),
+                                          ("c_tightness", ["reach+avoid", "--adapted", "x", "--episodes", "0"]),
+                                          ("place_failures", ["--episodes", "0"]),
+                                          ("dc_vs_average", ["--episodes", "1"]),
+                                          ("adaptation", ["--workers", "0"]),
+                                          ("pusher_sweep", ["--steps", "0"])])
+def test_the_other_benches_refuse_bad_numbers_before_loading_anything(module, argv, capsys):
+    import importlib
+
+    with pytest.raises(SystemExit):
+        importlib.import_module(f"bench.{module}").main(argv)
+    err = capsys.readouterr().err
+    assert "must be >=" in err
 
 
 def test_fold_entropy_measures_each_credit_against_a_converged_reference(tmp_path):
