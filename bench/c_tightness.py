@@ -91,12 +91,10 @@ def measure(spec: str, adapted_path: str, library: str | None, episodes: int, se
     with torch.no_grad():
         q_w = np.asarray(composed.q_w(torch.as_tensor(obs), torch.as_tensor(act)), np.float64)
         c = np.asarray(built.correction(torch.as_tensor(obs), torch.as_tensor(act)), np.float64)
-    out = {"spec": spec, "episodes": episodes, "seed": seed, "pairs": len(obs), "composed_success": success,
-           "standins": {}}
-    for name, skill in (("adapted", adapted), ("joint", joint)):
-        q = np.asarray(skill.q(obs, act), np.float64)
-        out["standins"][name] = tightness(q_w, c, q) | standin_record(skill)
-    return out
+    standins = {name: tightness(q_w, c, np.asarray(skill.q(obs, act), np.float64)) | standin_record(skill)
+                for name, skill in (("adapted", adapted), ("joint", joint))}
+    return {"spec": spec, "episodes": episodes, "seed": seed, "pairs": len(obs), "composed_success": success,
+            "standins": standins}
 
 
 if __name__ == "__main__":
