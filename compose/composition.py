@@ -35,13 +35,14 @@ def check_weights(weights: Sequence[float] | None, n: int) -> np.ndarray:
     if weights is None:
         return np.full(n, 1.0 / n)
     w = np.asarray(weights, dtype=np.float64)
+    shown = [float(x) for x in w.ravel()]  # plain numbers in the messages
     if w.shape != (n,):
-        raise ValueError(f"need one weight per skill ({n}), got {len(w)}: {list(w)}")
+        raise ValueError(f"need one weight per skill ({n}), got {len(shown)}: {shown}")
     if np.any(w < 0) or not np.all(np.isfinite(w)):
-        raise ValueError(f"weights must be finite and non-negative, got {list(w)}")
+        raise ValueError(f"weights must be finite and non-negative, got {shown}")
     if abs(w.sum() - 1.0) > 1e-6:
         hint = ",".join(f"{x / w.sum():.3g}" for x in w) if w.sum() > 0 else ""
-        raise ValueError(f"weights must sum to 1 (they define r_w = sum_i w_i r_i), got {list(w)} "
+        raise ValueError(f"weights must sum to 1 (they define r_w = sum_i w_i r_i), got {shown} "
                          f"summing to {w.sum():g}" + (f"; normalised they would be {hint}" if hint else ""))
     return w
 

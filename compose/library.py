@@ -93,21 +93,28 @@ def check_beside(composition: Composition, root: Path) -> None:
                              "own library, so save it there (--out) or copy the constituents into it first")
 
 
-def save(composition: Composition, sampler: SamplerNetwork | None, name: str | None = None,
-         library: str | Path | None = None) -> Path:
-    """Write the composition (with its built ``sampler``) as a new library version ``<library>/<name>/v<N>``
-    (never overwrites; the library must hold its constituents)."""
+def save_target(composition: Composition, name: str | None = None, library: str | Path | None = None) -> tuple[Path, str]:
+    """Where ``save`` would write (the library and the entry's name), checked before anything is built: an operator
+    that can be saved, a valid name, and a library that holds the constituents."""
     root = Path(library) if library is not None else (Path(composition.library) if composition.library is not None
                                                        else default_library())
     if not composition.operator.bounded:
         raise ValueError(f"saving a composition is supported for operator 'average' only (its Q-network is "
                          f"sum_i w_i Q_i + R); {composition.operator.name!r} is rebuilt from the library cache instead")
-    if sampler is None:
-        raise ValueError("build the composition first: its sampler is what the saved entry acts with")
     name = name or default_name(composition)
     if not NAME.match(name):
         raise ValueError(f"invalid skill name {name!r}: letters, digits, '_', '.', '+', '-'; no '/' or '@'")
     check_beside(composition, root)
+    return root, name
+
+
+def save(composition: Composition, sampler: SamplerNetwork | None, name: str | None = None,
+         library: str | Path | None = None) -> Path:
+    """Write the composition (with its built ``sampler``) as a new library version ``<library>/<name>/v<N>``
+    (never overwrites; the library must hold its constituents: ``save_target``)."""
+    root, name = save_target(composition, name, library)
+    if sampler is None:
+        raise ValueError("build the composition first: its sampler is what the saved entry acts with")
     agent = composed_agent(composition, sampler, composition.seed)
     path = claim_version_dir(name, root)
     try:

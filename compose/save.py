@@ -30,7 +30,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--name", help="library name of the entry (default: SPEC.composed)")
     parser.add_argument("--library", help="library to load the skills from (default: trained/ or "
                         "$COMPOSABLE_SKILLS_LIBRARY)")
-    parser.add_argument("--out", help="library to write into (default: the skills' library)")
+    parser.add_argument("--out", help="library to write into; it must hold the constituents, since a saved composition "
+                        "reopens them from its own library (default: the skills' library)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar if the sampler must be built")
     add_task_arguments(parser)
     return parser

@@ -20,7 +20,7 @@ import skills
 from .bound import BoundConfig
 from .build import Built, build
 from .composition import Composition, checked_pair
-from .library import reopen, save, saved_entry
+from .library import reopen, save, save_target, saved_entry
 from .operators import Operator, make_operator
 from .policy import ComposedPolicy
 from .sampling import SamplerConfig
@@ -95,7 +95,8 @@ class ComposedSkill(Composition):
         """Write this composition to the skill library as ``<name>/v<N>`` (default name ``"reach+avoid.composed"``,
         default library its constituents'): ``compose.load(name)`` and ``skills.load(name)`` reopen it with no
         rebuild. Builds the sampler first if needed. Returns the new version's directory."""
-        if self._policy is None and self.operator.bounded:
+        save_target(self, name, library)  # a save that would be refused is refused before the sampler is built
+        if self._policy is None:
             self.build(progress=progress)
         sampler = self._policy.sampler if self._policy is not None else None
         return save(self, sampler, name, library)

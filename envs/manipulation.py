@@ -98,7 +98,9 @@ Measurements and settings: docs/manipulation.md.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import io
 import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable
@@ -620,7 +622,9 @@ class FetchTable:
     def _go_home(self) -> None:
         """Fetch's own start (``MujocoFetchEnv._env_setup``): base slides, mocap weld, gripper lowered."""
         import mujoco
-        from gymnasium_robotics.utils import mujoco_utils
+
+        with contextlib.redirect_stderr(io.StringIO()):  # its first import prints a notice about Adroit envs (as fetch.py)
+            from gymnasium_robotics.utils import mujoco_utils
 
         model, data = self.model, self.data
         for name, value in {"robot0:slide0": 0.4049, "robot0:slide1": 0.48, "robot0:slide2": 0.0}.items():

@@ -9,6 +9,8 @@ marked "inside the noise"). Nothing is rerun.
 from __future__ import annotations
 
 import argparse
+import sys
+from pathlib import Path
 
 from .library import Manifest, SkillEntry, default_library, list_skills
 
@@ -34,7 +36,10 @@ def plain_lines(entries: list[SkillEntry]) -> list[str]:
         lines.append(f"  {e.name + '@v' + str(e.version):28s} {e.info.status:10s} {e.info.env_steps:8d} {e.info.alpha:6.3g} "
                      f"{m.get('success_rate', float('nan')):8.2f} {m.get('return_mean', float('nan')):9.2f} {seed:>5s}"
                      f"  {stack_cell(e.info)}")
-    return lines + ["  * final evaluation of the stochastic (max-ent) policy"]
+    legend = ["  * final evaluation of the stochastic (max-ent) policy"]
+    if any(stack_cell(e.info) == "?" for e in entries):
+        legend.append("  ? in 'stacked with': not recorded (the manifest predates the record of stacks)")
+    return lines + legend
 
 
 def convergence_cells(raw: dict) -> tuple[str, str]:
@@ -67,13 +72,16 @@ def markdown_lines(entries: list[SkillEntry]) -> list[str]:
     return lines
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m skills", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--library", help="library directory (default: trained/ or $COMPOSABLE_SKILLS_LIBRARY)")
     parser.add_argument("--markdown", action="store_true", help="a markdown table with evaluation and convergence")
     args = parser.parse_args(argv)
     root = args.library or default_library()
+    if not Path(root).is_dir():
+        print(f"error: no library at {root}: no such folder", file=sys.stderr)
+        return 2
     problems: list[str] = []
     entries = list_skills(root, problems)
     print(f"library: {root}")
@@ -83,7 +91,8 @@ def main(argv: list[str] | None = None) -> None:
         print("\n".join(markdown_lines(entries) if args.markdown else plain_lines(entries)))
     for problem in problems:
         print(f"  unreadable: {problem}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -168,7 +168,7 @@ def test_weights_default_equal_and_bad_weights_are_refused():
         check_weights([2, 1], 2)
     with pytest.raises(ValueError, match="non-negative"):
         check_weights([1.5, -0.5], 2)
-    with pytest.raises(ValueError, match="one weight per skill"):
+    with pytest.raises(ValueError, match=r"one weight per skill \(2\), got 1: \[1.0\]$"):  # plain numbers, no np.float64(...)
         check_weights([1.0], 2)
 
 

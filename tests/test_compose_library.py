@@ -285,3 +285,21 @@ def test_compose_save_cli_then_skills_evaluate_runs_the_composition_alone(librar
         compose.load("reach+avoid.composed", weights=[0.5, 0.5], library=str(library))
     assert compose_save.main(["reach+nothing", "--library", str(library)]) == 2
     assert "unknown skill 'nothing'" in capsys.readouterr().err
+
+
+def test_compose_save_into_a_library_without_the_constituents_is_refused_before_building(library, tmp_path, capsys,
+                                                                                           monkeypatch):
+    """``--out`` must hold the constituents (a saved composition reopens them from its own library); a save that would
+    be refused is refused at once, not after the sampler is built."""
+    from compose import save as compose_save
+    from compose.skill import ComposedSkill
+
+    def no_build(self, *args, **kwargs):
+        raise AssertionError("built before the refusal")
+
+    monkeypatch.setattr(ComposedSkill, "build", no_build)
+    (tmp_path / "elsewhere").mkdir()
+    assert compose_save.main(["reach+avoid", "--library", str(library), "--out", str(tmp_path / "elsewhere")]) == 2
+    err = capsys.readouterr().err
+    assert "cannot save into" in err and "constituent reach v1 lives in" in err
+    assert not any((tmp_path / "elsewhere").iterdir())

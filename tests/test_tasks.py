@@ -291,6 +291,18 @@ def test_evaluating_a_user_skill_without_its_module_says_which_to_load(tmp_path,
     assert f"its task 'stay_low' is not registered; it was defined in {tasks}: load it with --tasks {tasks}" in done.stderr
 
 
+
+def test_the_hint_to_train_a_joint_reference_runs_as_printed(user_tasks):
+    """``compose.run``'s note when no joint skill exists names ``--tasks`` for every user file the task needs (without
+    it, ``skills.train`` does not know the task) and the library the run read."""
+    from compose.run.evaluation import train_command
+
+    tasks = ROOT / "examples" / "my_tasks.py"
+    envs.load_tasks(str(tasks))
+    assert train_command("reach+avoid", None) == "python -m skills.train reach+avoid"
+    assert (train_command("reach+avoid+stay_low", "/tmp/my lib")
+            == f"python -m skills.train reach+avoid+stay_low --tasks {tasks} --out '/tmp/my lib'")
+
 # ---- a family from any Gymnasium env ---------------------------------------------------------------------------
 def test_a_gymnasium_env_becomes_a_family_whose_skills_train_and_compose(user_tasks, tmp_path):
     family = envs.gym_family("t-pendulum", "Pendulum-v1", gamma=0.9, terms=[

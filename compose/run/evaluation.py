@@ -3,6 +3,7 @@ reference and each constituent, every one as a ``skills.policy.SoftPolicy``."""
 
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 
 import numpy as np
@@ -45,6 +46,14 @@ def composed_policy(composition: Composition, built: Built, kind: str, seed: int
     return ComposedPolicy(composition, built.sampler, seed, particles, q_fn=built.q)
 
 
+def train_command(task: str, library: str | None) -> str:
+    """The command that trains a skill for the registered ``task`` into ``library``: with ``--tasks`` for each file of
+    the user's that defines a part of it (``Task.source``), so it runs as printed."""
+    files = [src for src in envs.get_task(task).source.split(", ") if src.endswith(".py")]
+    words = ["python -m skills.train", shlex.quote(task), *(f"--tasks {shlex.quote(f)}" for f in files)]
+    return " ".join(words + ([f"--out {shlex.quote(library)}"] if library else []))
+
+
 def find_joint(composition: Composition, library: str | None, joint: str | None = None) -> tuple[skills.Skill | None, str]:
     """The jointly trained skill for the combined task (``joint``: a given one, e.g. ``"reach+avoid@v3"``), or
     why there is none."""
@@ -55,7 +64,7 @@ def find_joint(composition: Composition, library: str | None, joint: str | None 
     try:
         found = skills.load(joint or name, library)
     except (UnknownNameError, SkillError):
-        return None, f"no jointly trained {name!r} skill in the library; train one with: python -m skills.train {name}"
+        return None, f"no jointly trained {name!r} skill in the library; train one with: {train_command(name, library)}"
     if any(Path(found.path).resolve() == Path(part.path).resolve() for part in composition.parts):
         return None, f"no jointly trained reference: the newest {name!r} skill ({found.path}) is one of the constituents"
     try:

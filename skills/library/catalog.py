@@ -151,11 +151,12 @@ def resolve(name_or_path: str | Path, library: str | Path | None = None, fallbac
     versions = sorted(((int(p.name[1:]), p) for p in found), reverse=True)
     if not versions:
         available = sorted({e.name for e in list_skills(library)})
-        raise UnknownNameError("skill", text, available, where=str(root))
+        raise UnknownNameError("skill", text, available, where=str(root) + ("" if root.is_dir() else " (no such folder)"))
     if version:
         wanted = [p for n, p in versions if f"v{n}" == version]
         if not wanted:
-            raise UnknownNameError(f"version of skill {name!r}", version, [f"v{n}" for n, _ in reversed(versions)])
+            raise UnknownNameError("version", version, [f"v{n}" for n, _ in reversed(versions)],
+                                   where=f"skill {name!r} ({root / name})")
         _entry(name, int(version[1:]), wanted[0], root)
         return wanted[0]
     skipped = []
