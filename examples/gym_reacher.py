@@ -46,6 +46,9 @@ if __name__ == "__main__":  # train the three skills the composition and its ref
     import subprocess
     from pathlib import Path
 
+    if {"-h", "--help"} & set(sys.argv[1:]):
+        print(__doc__ + "\nAny other arguments go to each of the three `python -m skills.train` runs (see its --help).")
+        sys.exit(0)
     here = Path(__file__).relative_to(Path.cwd()) if Path(__file__).is_relative_to(Path.cwd()) else Path(__file__)
     for name in ("reacher-near", "reacher-effort", "reacher-near+reacher-effort"):
         code = subprocess.call([sys.executable, "-m", "skills.train", name, "--tasks", str(here), *sys.argv[1:]])
