@@ -80,7 +80,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     root = args.library or default_library()
     if not Path(root).is_dir():
-        print(f"error: no library at {root}: no such folder", file=sys.stderr)
+        print(f"error: no library at {root}: no such folder (train a skill into it with: python -m skills.train reach "
+              f"--out {root})", file=sys.stderr)
         return 2
     problems: list[str] = []
     entries = list_skills(root, problems)

@@ -112,7 +112,6 @@ def test_td_correction_reaches_its_fixed_point_for_a_constant_gap(gamma):
     assert np.std(c) < 0.02 * np.mean(c)
 
 
-
 def test_fitting_leaves_the_callers_torch_stream_as_it_was_and_fits_the_same_whatever_it_held():
     """A composition fitted (the sampler, ``C``, ``D``) or found in its cache must leave what a caller draws next the
     same: otherwise a benchmark's numbers depend on whether the cache existed. And each fit is seeded by its config,
@@ -138,6 +137,7 @@ def test_fitting_leaves_the_callers_torch_stream_as_it_was_and_fits_the_same_wha
     assert all(torch.equal(a, b) for a, b in zip(first, second, strict=True))
     torch.manual_seed(0)
     assert torch.equal(next_draws, torch.rand(3))  # what the caller draws next is as if nothing had been fitted
+
 
 def test_check_bound_counts_each_side():
     q_w = np.array([1.0, 1.0, 1.0, 1.0])

@@ -142,13 +142,13 @@ def test_the_same_seed_polishes_to_the_same_weights(library):
     assert all(torch.equal(a, b) for a, b in zip(*weights, strict=True))
 
 
-
 def test_a_polish_leaves_the_callers_torch_stream_as_it_was(library):
     skill = skills.load("multigoal", str(library))
     torch.manual_seed(5)
     before = torch.get_rng_state()
     polish_agent(skill.agent, skill.transitions, PolishConfig(updates=5, value_samples=16, batch_size=32, progress=False))
     assert torch.equal(torch.get_rng_state(), before)
+
 
 def test_a_training_run_can_end_with_a_polish_on_its_whole_buffer(tmp_path):
     """``TrainConfig.polish_updates`` (``skills.train --polish N``): the same run, then N updates on every stored

@@ -386,7 +386,6 @@ def test_training_records_the_convergence_report_and_its_plot(tmp_path):
     assert rerun["start_states"] == 2 and rerun["gamma"] == record["gamma"]
 
 
-
 def test_a_library_that_is_not_there_is_said_so(tmp_path, capsys):
     """Listing, or loading from, a library folder that does not exist says so (exit 2), not '(empty)'."""
     from skills.__main__ import main
@@ -397,6 +396,7 @@ def test_a_library_that_is_not_there_is_said_so(tmp_path, capsys):
         skills.load("reach", str(tmp_path / "nowhere"))
     with pytest.raises(ValueError, match=r"unknown version 'v9' in skill 'reach' \(.*reach\)\. Valid versions: v1"):
         skills.load("reach@v9", str(Path(__file__).resolve().parents[1] / "trained"))
+
 
 def test_the_library_listing_prints_every_skill_and_a_markdown_table(capsys):
     """``python -m skills`` on the shipped library: one line per skill; ``--markdown`` one table row per skill with its

@@ -291,7 +291,6 @@ def test_evaluating_a_user_skill_without_its_module_says_which_to_load(tmp_path,
     assert f"its task 'stay_low' is not registered; it was defined in {tasks}: load it with --tasks {tasks}" in done.stderr
 
 
-
 def test_the_hint_to_train_a_joint_reference_runs_as_printed(user_tasks):
     """``compose.run``'s note when no joint skill exists names ``--tasks`` for every user file the task needs (without
     it, ``skills.train`` does not know the task) and the library the run read."""

@@ -41,8 +41,8 @@ from .seeding import seeded
 __all__ = [
     "SQLConfig", "SamplerNetwork", "SoftQLearning", "SoftQNetwork", "TrainingDiverged", "estimate_soft_value",
     "kernel_width", "mixture_log_density", "mixture_proposal", "mlp", "project_soft_value", "q_action_gradient",
-    "rbf_bandwidth", "rbf_kernel", "sampler_log_density", "seeded", "sampler_surrogate_gradient", "sampler_surrogate_loss",
-    "sampler_svgd_loss",
+    "rbf_bandwidth", "rbf_kernel", "sampler_log_density", "sampler_surrogate_gradient", "sampler_surrogate_loss",
+    "sampler_svgd_loss", "seeded",
     "soft_bellman_target", "soft_q_loss", "soft_q_loss_gradient", "soft_value_from_samples", "soft_value_importance",
     "squashed_score", "svgd_direction", "svgd_step_direction", "torch_device", "uniform_actions",
 ]

@@ -16,7 +16,10 @@ import torch
 @contextmanager
 def seeded(seed: int | None) -> Iterator[None]:
     """Inside the block torch's global CPU generator is seeded with ``seed`` (``None``: left as it is, so the block
-    draws the caller's next numbers); after it, the generator's state is what it was before the block."""
+    draws the caller's next numbers); after it, the generator's state is what it was before the block.
+
+    CPU only: ``torch.manual_seed`` also reseeds the CUDA generators, and they are not given back (as before this
+    helper existed), so on a GPU what a caller draws next on the device still depends on the block having run."""
     with torch.random.fork_rng(devices=[]):
         if seed is not None:
             torch.manual_seed(int(seed))

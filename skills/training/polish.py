@@ -118,8 +118,8 @@ def polish_agent(agent: SoftQLearning, transitions: dict[str, np.ndarray], confi
             for k in ("obs", "action", "reward", "next_obs", "terminated")}
     rng = np.random.default_rng(config.seed)
     start, losses = time.perf_counter(), {}
-    bar = progress_bar(config.updates, config.progress, desc="polish", unit="update")
-    with seeded(config.seed), polishing(agent, config), bar:
+    with (seeded(config.seed), polishing(agent, config),
+          progress_bar(config.updates, config.progress, desc="polish", unit="update") as bar):
         for update in range(config.updates):
             set_lr(agent, polish_lr(config, update))
             idx = torch.as_tensor(rng.integers(0, n, size=config.batch_size), device=agent.device)
