@@ -147,9 +147,14 @@ class Task:
     source: str = ""  # where the task is defined: a module name, or the file a user's tasks were loaded from
 
     @property
+    def user_sources(self) -> list[str]:
+        """The parts of ``source`` outside the toolkit's own modules: the user's files or modules it comes from."""
+        return [part.strip() for part in self.source.split(",") if not part.strip().startswith("envs.")]
+
+    @property
     def user_defined(self) -> bool:
         """Defined (in part) outside the toolkit's own modules: a user's objective."""
-        return any(not part.strip().startswith("envs.") for part in self.source.split(","))
+        return bool(self.user_sources)
 
     def __post_init__(self) -> None:
         unknown = set(self.weights) - set(self.family.terms)

@@ -48,9 +48,9 @@ def composed_policy(composition: Composition, built: Built, kind: str, seed: int
 
 def train_command(task: str, library: str | None) -> str:
     """The command that trains a skill for the registered ``task`` into ``library``: with ``--tasks`` for each file of
-    the user's that defines a part of it (``Task.source``, as ``Task.user_defined`` reads it), so it runs as printed."""
-    files = [src.strip() for src in envs.get_task(task).source.split(",")
-             if not src.strip().startswith("envs.") and src.strip() != "__main__"]
+    the user's that defines a part of it (``Task.user_sources``; not ``__main__``, which no command can load), so it
+    runs as printed."""
+    files = [src for src in envs.get_task(task).user_sources if src not in ("", "__main__")]
     words = ["python -m skills.train", shlex.quote(task), *(f"--tasks {shlex.quote(f)}" for f in files)]
     return " ".join(words + ([f"--out {shlex.quote(library)}"] if library else []))
 
