@@ -21,7 +21,7 @@ import argparse
 import sys
 
 from envs.cli import add_arm_arguments, add_task_arguments, arm_kwargs, load_task_modules
-from skills.cli import non_negative_int, positive_int, weight_list
+from skills.cli import add_weights_argument, non_negative_int, positive_int
 from skills.train import run_training
 from skills.training import MultiSeedTrainer, Trainer, TrainResult, rest_of_budget
 
@@ -35,7 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("spec", help="composition to adapt, e.g. reach+avoid (skill names joined by '+', one with a '+' in "
                         "parentheses), or a "
                         "saved composition such as reach+avoid.composed")
-    parser.add_argument("--weights", type=weight_list, help="comma-separated weights summing to 1 (default: equal)")
+    add_weights_argument(parser)
     parser.add_argument("--steps", type=positive_int,
                         help=f"environment steps (default: {ADAPT_SHARE * 100:.0f}%% of the joint skill's tuned budget)")
     parser.add_argument("--seed", type=non_negative_int, default=0, help="random seed (default: 0)")

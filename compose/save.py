@@ -16,7 +16,7 @@ import argparse
 import sys
 
 from envs.cli import add_task_arguments, load_task_modules, run_command
-from skills.cli import weight_list
+from skills.cli import add_weights_argument
 
 from .skill import load
 
@@ -26,7 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("spec", help="skills to compose, joined by '+', e.g. reach+avoid (reach@v1 pins a version; "
                         "a name with a '+' in parentheses, e.g. '(reach+avoid)+stay_low')")
-    parser.add_argument("--weights", type=weight_list, help="comma-separated weights summing to 1 (default: equal)")
+    add_weights_argument(parser)
     parser.add_argument("--name", help="library name of the entry (default: SPEC.composed)")
     parser.add_argument("--library", help="library to load the skills from (default: trained/ or "
                         "$COMPOSABLE_SKILLS_LIBRARY)")

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, cast
 import numpy as np
 
 import envs
-from envs.cli import BAD_INPUT, positive_int, run_command, workspace_origin
+from envs.cli import BAD_INPUT, accept_negative_lists, positive_int, run_command, workspace_origin
 
 from .arm import MAX_DISPLACEMENT, TARGET_REL, ArmTaskEnv
 
@@ -130,6 +130,7 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("arm", help="MJCF file of the arm, or jaco")
     parser.add_argument("--ee-site", help="end-effector site (jaco: jaco_hand/pinchsite)")
+    accept_negative_lists(parser)
     parser.add_argument("--workspace-origin", type=workspace_origin, metavar="X,Y,Z|auto",
                         help="world point that becomes the workspace origin, or auto (default: the home pose's end effector)")
     parser.add_argument("--episodes", type=positive_int, default=20, help="straight-line episodes on reach (default 20)")

@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import argparse
 import math
+import re
 import sys
+import traceback
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 from .arms.base import MAX_ORIGIN
@@ -17,6 +20,22 @@ from .tasks import load_tasks
 
 BAD_INPUT, CANNOT_WRITE = 2, 1  # exit codes
 Handler = Callable[[BaseException], int]
+_ROOT = Path(__file__).resolve().parents[1]
+TOOLKIT_PACKAGES = tuple(_ROOT / name for name in ("envs", "skills", "compose", "bench", "examples"))
+
+
+def raised_by_toolkit(err: BaseException) -> bool:
+    """Whether ``err`` was raised in the toolkit's own code (its innermost frame lies in one of its packages): a check
+    that refused some input, whose message is written for a user. A ``ValueError`` raised inside numpy, torch or the
+    standard library (a shape mismatch from a bug, an unwrapped parse) is not one of those, and its traceback is
+    what a bug report needs."""
+    frame = err.__traceback__
+    if frame is None:
+        return True
+    while frame.tb_next is not None:
+        frame = frame.tb_next
+    where = Path(frame.tb_frame.f_code.co_filename).resolve()
+    return any(where.is_relative_to(package) for package in TOOLKIT_PACKAGES)
 
 
 def run_command(body: Callable[[], int], handlers: Mapping[type[BaseException], Handler] | None = None) -> int:
@@ -24,7 +43,8 @@ def run_command(body: Callable[[], int], handlers: Mapping[type[BaseException], 
     (``ValueError``: unknown names, bad settings, damaged skills, which are all ``ValueError``s) exits 2 with
     ``error: ...``; ``OSError`` (a full disk, a read-only library, an output path that is a file) exits 1 with
     ``error: cannot write: ...``. ``handlers`` come first, for what a command treats its own way (a diverged
-    training, Ctrl-C)."""
+    training, Ctrl-C). A ``ValueError`` raised outside the toolkit's code (``raised_by_toolkit``; a bug hours into
+    a benchmark, say) prints its traceback above that line, so that where it came from is not lost."""
     try:
         return body()
     except BaseException as err:
@@ -32,12 +52,26 @@ def run_command(body: Callable[[], int], handlers: Mapping[type[BaseException], 
             if isinstance(err, kind):
                 return handle(err)
         if isinstance(err, ValueError):
+            if not raised_by_toolkit(err):
+                traceback.print_exception(err, file=sys.stderr)
             print(f"error: {err}", file=sys.stderr)
             return BAD_INPUT
         if isinstance(err, OSError):
             print(f"error: cannot write: {err}", file=sys.stderr)
             return CANNOT_WRITE
         raise
+
+
+# argparse reads a value that starts with "-" as an option unless it looks like one negative number; a list of numbers
+# (-0.2,0,0.4) is a value too
+NUMBER_OR_NUMBER_LIST = re.compile(r"^-(\d+|\d*\.\d+)([eE][-+]?\d+)?(,[-+]?(\d+|\d*\.\d+|\d+\.)([eE][-+]?\d+)?)*$")
+
+
+def accept_negative_lists(parser: argparse.ArgumentParser) -> None:
+    """Let ``parser`` take ``--workspace-origin -0.2,0,0.4`` and ``--weights -0.5,1.5`` as values (argparse refused them
+    with "expected one argument"; ``--flag=-0.2,0,0.4`` always worked). argparse keeps this test in a private
+    attribute; ``tests/test_hostile_inputs.py`` checks it still does."""
+    parser._negative_number_matcher = NUMBER_OR_NUMBER_LIST  # type: ignore[attr-defined]
 
 
 def positive_int(text: str) -> int:
@@ -80,6 +114,7 @@ def load_task_modules(modules: list[str] | tuple[str, ...]) -> list[str]:
 
 def add_arm_arguments(parser: argparse.ArgumentParser) -> None:
     """``--arm``, ``--ee-site`` and ``--workspace-origin``: the custom-arm options of ``envs.make``."""
+    accept_negative_lists(parser)
     parser.add_argument("--arm", help="run on a custom arm: an MJCF path, or jaco (dm_control's Kinova Jaco with "
                         "its hand); arm tasks only")
     parser.add_argument("--ee-site", help="end-effector site of the custom arm (jaco: jaco_hand/pinchsite)")

@@ -6,11 +6,12 @@ import argparse
 import math
 from collections.abc import Callable
 
-from envs.cli import positive_int
+from envs.cli import accept_negative_lists, positive_int
 
 from .training.config import MAX_SEEDS, check_seeds
 
-__all__ = ["at_least", "non_negative_int", "positive_float", "positive_int", "seed_list", "weight_list"]
+__all__ = ["add_weights_argument", "at_least", "non_negative_int", "positive_float", "positive_int", "seed_list",
+           "weight_list"]
 
 
 def at_least(least: int) -> Callable[[str], int]:
@@ -53,6 +54,14 @@ def weight_list(text: str) -> list[float]:
     if not all(math.isfinite(w) for w in values):
         raise argparse.ArgumentTypeError(f"weights must be finite, got {text!r}")
     return values
+
+
+def add_weights_argument(parser: argparse.ArgumentParser) -> None:
+    """``--weights W1,W2,...``: the composition's weights (``weight_list``; a negative one reaches the check that refuses
+    it, not argparse's "expected one argument")."""
+    accept_negative_lists(parser)
+    parser.add_argument("--weights", type=weight_list,
+                        help="comma-separated weights summing to 1 (default: equal), e.g. 0.7,0.3")
 
 
 def seed_list(text: str) -> list[int]:

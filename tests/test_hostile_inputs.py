@@ -372,6 +372,40 @@ def test_a_full_disk_while_training_is_one_line_even_from_safetensors(tmp_path, 
     assert not (tmp_path / "multigoal" / "v1").exists()
 
 
+def test_a_negative_number_list_is_a_value_not_an_option(capsys):
+    import argparse
+
+    from compose.run.cli import build_parser
+    from envs.cli import add_arm_arguments
+
+    parser = argparse.ArgumentParser()
+    add_arm_arguments(parser)
+    assert parser.parse_args(["--workspace-origin", "-0.2,0,4e-1"]).workspace_origin == (-0.2, 0.0, 0.4)
+    with pytest.raises(SystemExit):  # reaches the type's own check, which names what it expects
+        parser.parse_args(["--workspace-origin", "-.5"])
+    assert "expected X,Y,Z" in capsys.readouterr().err
+    assert build_parser().parse_args(["reach+avoid", "--weights", "-0.5,1.5"]).weights == [-0.5, 1.5]
+    with pytest.raises(SystemExit):  # an option-like word is still an option: argparse's own message
+        build_parser().parse_args(["reach+avoid", "--weights", "-x"])
+    assert "expected one argument" in capsys.readouterr().err
+
+
+def test_a_refusal_is_one_line_and_a_value_error_from_numpy_keeps_its_traceback(capsys):
+    from envs.cli import run_command
+    from envs.registry import get_task
+
+    assert run_command(lambda: get_task("no-such-task")) == 2  # the toolkit's own refusal: one line
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "no-such-task" in err and "Traceback" not in err and err.count("\n") == 1
+
+    def buggy() -> int:  # a bug, hours into a benchmark: numpy refuses to broadcast
+        return int((np.zeros(2) + np.zeros(3)).sum())
+
+    assert run_command(buggy) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" in err and "in buggy" in err and err.rstrip().splitlines()[-1].startswith("error: operands")
+
+
 @pytest.fixture
 def two_versions(tiny, tmp_path) -> Path:
     """A library with two different versions of the tiny skill (a composition of both builds quickly)."""

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from envs.cli import add_arm_arguments, add_task_arguments, arm_kwargs, load_task_modules, run_command
-from skills.cli import non_negative_int, positive_int, weight_list
+from skills.cli import add_weights_argument, non_negative_int, positive_int
 from skills.evaluation import EVAL_SEED
 from skills.library import atomic_write_text
 
@@ -36,8 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("spec", help="skills to compose, joined by '+', e.g. reach+avoid; one whose name or path has a "
                         "'+' in parentheses, e.g. '(reach+avoid)+stay_low'")
-    parser.add_argument("--weights", type=weight_list,
-                        help="comma-separated weights summing to 1 (default: equal), e.g. 0.7,0.3")
+    add_weights_argument(parser)
     parser.add_argument("--operator", choices=[*OPERATORS, "all"], default="average",
                         help="how the skills' soft Q-functions combine: "
                         + "; ".join(f"{k}: {cls.summary}" for k, cls in OPERATORS.items())
