@@ -553,6 +553,53 @@ def test_puck_failures_sorts_each_policy_by_start_bearing_on_the_same_episodes(t
     assert set(result["first_move_cosine"]) == set(result["action_preferences"]) == {"puck-x", "puck-y"}
 
 
+def test_puck_path_rank_agreement_and_distance_on_known_cases():
+    """Spearman's correlation is 1 for the same order (whatever the scale), -1 for the reverse, 0 for an order
+    unrelated to it; the distance to the data is the nearest stored state's, after scaling."""
+    import torch
+
+    from bench.puck_path import distance_to_data, rank_agreement
+
+    a = torch.tensor([[0.1, 0.5, 0.3, 0.9]])
+    assert rank_agreement(a, 10 * a + 3) == pytest.approx([1.0])
+    assert rank_agreement(a, torch.exp(a)) == pytest.approx([1.0])
+    assert rank_agreement(a, -a) == pytest.approx([-1.0])
+    assert rank_agreement(torch.tensor([[1.0, 2.0, 3.0, 4.0]]), torch.tensor([[2.0, 4.0, 3.0, 1.0]])) == pytest.approx([-0.4])
+    data = torch.tensor([[0.0, 0.0], [1.0, 0.0]])
+    states = np.array([[0.9, 0.0], [0.0, 0.5]], np.float32)
+    assert distance_to_data(states, data, torch.tensor([1.0, 1.0])) == pytest.approx([0.1, 0.5], abs=1e-6)
+    assert distance_to_data(states, data, torch.tensor([1.0, 4.0])) == pytest.approx([0.1, 2.0], abs=1e-6)
+
+
+def test_puck_path_reads_the_composed_policys_own_episodes(tmp_path):
+    """``bench.puck_path`` on the shipped pair, 6 episodes: the composed policy succeeds exactly where it does in
+    ``bench.puck_failures`` (the same episodes and streams), and every figure is in its range at every step."""
+    from bench import puck_failures, puck_path
+
+    assert puck_path.main(["--episodes", "6", "--json", str(tmp_path / "pp.json")]) == 0
+    result = json.loads((tmp_path / "pp.json").read_text())
+    assert puck_failures.main(["--episodes", "6", "--json", str(tmp_path / "pf.json")]) == 0
+    composed = json.loads((tmp_path / "pf.json").read_text())["by_bearing"]["composed"]
+    assert result["success"]["all"] == composed["success"]
+    assert result["episodes_inside"] == composed["inside"]["episodes"]
+    assert list(result["by_step"]) == [str(step) for step in puck_path.STEPS]
+    for row in result["by_step"].values():
+        for key in ("inside", "outside"):
+            if row["agreement_with_joint"][key] is not None:
+                assert -1.0 <= row["agreement_with_joint"][key] <= 1.0
+                assert row["joint_q_spread"][key] > 0 and row["distance_to_data"][key] >= 0
+
+
+@pytest.mark.parametrize("argv", [["--sector", "90,45"], ["--episodes", "5"], ["--operator", "priority"]])
+def test_puck_path_refuses_bad_arguments_before_loading_anything(argv, capsys):
+    from bench import puck_path
+
+    with pytest.raises(SystemExit):
+        puck_path.main(argv)
+    err = capsys.readouterr().err
+    assert any(why in err for why in ("need -180", "must be >= 6", "invalid choice: 'priority'"))
+
+
 @pytest.mark.parametrize("argv", [["--sector", "90,45"], ["--sector", "x"], ["--episodes", "5"], ["--operator", "priority"]])
 def test_puck_failures_refuses_bad_arguments_before_loading_anything(argv, capsys):
     from bench import puck_failures
