@@ -226,16 +226,22 @@ def sector_arg(text: str) -> tuple[float, float]:
     return lo, hi
 
 
-def main(argv: list[str] | None = None) -> int:
+def add_episode_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--episodes``, ``--seed`` and ``--sector``: which episodes, and which start bearings count as inside (shared
+    with ``bench.puck_path``, which reads the same episodes)."""
     from skills.evaluation import EVAL_SEED
 
-    parser = argparse.ArgumentParser(prog="python -m bench.puck_failures", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--episodes", type=at_least(6), default=200, help="episodes per policy (default 200)")
     parser.add_argument("--seed", type=at_least(0), default=EVAL_SEED, help=f"first episode seed (default {EVAL_SEED})")
     parser.add_argument("--sector", type=sector_arg, default=(45.0, 180.0),
                         help="start bearings (degrees, counter-clockwise from behind the puck) reported as one group "
                              "against the rest (default 45,180)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.puck_failures", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_episode_arguments(parser)
     parser.add_argument("--horizon", type=at_least(1), help="steps per episode (default: the family's, 50); success is "
                         "judged at the last step, so a longer horizon asks whether a policy gets there later")
     parser.add_argument("--operator", choices=OPERATOR_CHOICES, default="average",

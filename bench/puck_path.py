@@ -28,10 +28,8 @@ import sys
 import numpy as np
 import torch
 
-from skills.cli import at_least
-
 from .cli import run_measurement
-from .puck_failures import CONSTITUENTS, OPERATOR_CHOICES, SPEC, rate, sector_arg, start_bearing
+from .puck_failures import CONSTITUENTS, OPERATOR_CHOICES, SPEC, add_episode_arguments, rate, start_bearing
 
 STEPS = (0, 3, 6, 10, 15, 20, 30, 45)  # steps of the episode at which the visited states are read
 UNIFORM_ACTIONS = 256  # uniform actions per visited state for the rank correlation
@@ -113,15 +111,9 @@ def measure(episodes: int, seed: int, sector: tuple[float, float], library: str 
 
 
 def main(argv: list[str] | None = None) -> int:
-    from skills.evaluation import EVAL_SEED
-
     parser = argparse.ArgumentParser(prog="python -m bench.puck_path", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--episodes", type=at_least(6), default=200, help="episodes (default 200)")
-    parser.add_argument("--seed", type=at_least(0), default=EVAL_SEED, help=f"first episode seed (default {EVAL_SEED})")
-    parser.add_argument("--sector", type=sector_arg, default=(45.0, 180.0),
-                        help="start bearings (degrees, counter-clockwise from behind the puck) reported as one group "
-                             "against the rest (default 45,180, bench.puck_failures' inside)")
+    add_episode_arguments(parser)
     parser.add_argument("--operator", choices=OPERATOR_CHOICES, default="average",
                         help="how the composed policy combines the two skills (default average)")
     parser.add_argument("--library", help="skill library with puck-x, puck-y and the joint skill (default: trained/)")
