@@ -81,3 +81,23 @@ def test_the_samplers_updates_are_selected_on_validation_and_the_chosen_build_is
         Candidates.parse("sampler.steps=1,2")
     with pytest.raises(ValueError, match="whole numbers"):
         Candidates.parse("sampler.updates=10,2.5")
+
+
+def test_an_operator_settings_candidates_are_typed_and_refused_before_anything_runs():
+    """``--select target_update_interval=25,100`` reached the TD fit as floats (a TypeError in ``range``); an unknown
+    setting or a non-number one (``hidden``) failed with a TypeError inside ``dataclasses.replace`` or the network."""
+    from compose.operators import OperatorError, make_operator
+
+    dc = make_operator("dc")
+    ops = Candidates.parse("target_update_interval=25,100").operators(dc)
+    assert [op.target_update_interval for op in ops] == [25, 100]
+    assert all(type(op.target_update_interval) is int for op in ops) and ops[1].updates(0.95) == 4 * ops[0].updates(0.95)
+    assert [op.lr for op in Candidates.parse("lr=0.001,0.0003").operators(dc)] == [0.001, 0.0003]
+    with pytest.raises(ValueError, match="takes whole numbers, got 25, 100.5"):
+        Candidates.parse("target_update_interval=25,100.5").operators(dc)
+    with pytest.raises(ValueError, match="hidden is not a number setting; numbers: batch_size, lr, seed"):
+        Candidates.parse("hidden=64,128").operators(dc)
+    with pytest.raises(OperatorError, match="setting 'foo' applies to no operator, not 'dc'"):
+        Candidates.parse("foo=1,2").operators(dc)
+    with pytest.raises(OperatorError, match="setting 'epsilon' applies to operator 'priority' only, not 'dc'"):
+        make_operator(dc, epsilon=0.3)  # an operator given as itself is checked like one given by name

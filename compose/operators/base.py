@@ -177,18 +177,18 @@ def make_operator(spec: "str | Operator" = "average", **settings: Any) -> Operat
     """The operator ``spec`` names (or ``spec`` itself) with ``settings`` (None values ignored). Clear errors for an
     unknown name (listing the valid ones) and for a setting the operator does not take (naming those that do)."""
     settings = {k: v for k, v in settings.items() if v is not None}
-    if isinstance(spec, Operator):
-        return replace(spec, **settings) if settings else spec
-    if spec not in OPERATORS:
+    if not isinstance(spec, Operator) and spec not in OPERATORS:
         raise OperatorError(f"unknown operator {spec!r}; valid operators: {', '.join(OPERATORS)}")
-    cls = OPERATORS[spec]
+    cls = type(spec) if isinstance(spec, Operator) else OPERATORS[spec]
     taken = {f.name for f in fields(cls)}
     for key in settings:
         if key not in taken:
             takers = [n for n, c in OPERATORS.items() if key in {f.name for f in fields(c)}]
             where = f"operator{'s' if len(takers) > 1 else ''} {', '.join(repr(t) for t in takers)} only" if takers \
                 else "no operator"
-            raise OperatorError(f"setting {key!r} applies to {where}, not {spec!r}")
+            raise OperatorError(f"setting {key!r} applies to {where}, not {cls.name!r}")
+    if isinstance(spec, Operator):
+        return replace(spec, **settings) if settings else spec
     return cls(**settings)
 
 

@@ -95,6 +95,22 @@ class Candidates:
         return [replace(base or SamplerConfig(), **one) for one in settings]
 
 
+    def operators(self, operator: Operator) -> list[Operator]:
+        """Each candidate as ``operator`` with the one setting replaced, all made before anything runs: an unknown
+        setting names the valid ones, a whole-number one (``target_update_interval``) takes whole numbers, and one
+        that is not a number (``hidden``, ``order``) is refused."""
+        kind = {f.name: str(f.type) for f in fields(operator)}.get(self.setting)
+        if kind is None:
+            make_operator(operator, **{self.setting: self.values[0]})  # the operator's own message for the name
+        if kind not in ("int", "float"):
+            numeric = sorted(f.name for f in fields(operator) if str(f.type) in ("int", "float"))
+            raise ValueError(f"--select: {operator.name}'s {self.setting} is not a number setting; numbers: "
+                             f"{', '.join(numeric)}")
+        if kind == "int" and any(v != int(v) for v in self.values):
+            raise ValueError(f"{self.setting} takes whole numbers, got {', '.join(f'{v:g}' for v in self.values)}")
+        return [make_operator(operator, **{self.setting: int(v) if kind == "int" else v}) for v in self.values]
+
+
 @dataclass
 class Selection:
     """The chosen operator and how it was chosen (JSON-ready ``record``)."""
@@ -124,8 +140,8 @@ def select(spec: str, operator: Operator, candidates: Candidates, *, test: Evalu
     builds = ([replace(build_config, sampler=s) for s in candidates.sampler_values(build_config.sampler)]
               if candidates.is_sampler
               else [build_config] * len(candidates.values))
-    for value, candidate_build in zip(candidates.values, builds, strict=True):
-        op = operator if candidates.is_sampler else make_operator(operator, **{candidates.setting: value})
+    ops = [operator] * len(candidates.values) if candidates.is_sampler else candidates.operators(operator)
+    for value, candidate_build, op in zip(candidates.values, builds, ops, strict=True):
         composition = load(spec, library=sources.library, seed=validation.seed, operator=op,
                            allow_changed_task=sources.allow_changed_task)
         built = build(composition, sources.library, candidate_build.progress, candidate_build.sampler,
@@ -142,7 +158,7 @@ def select(spec: str, operator: Operator, candidates: Candidates, *, test: Evalu
               "candidates": rows}
     if candidates.is_sampler:
         return Selection(operator, record, builds[chosen])
-    return Selection(make_operator(operator, **{candidates.setting: value}), record)
+    return Selection(ops[chosen], record)
 
 
 def selection_lines(record: dict) -> list[str]:
