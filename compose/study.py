@@ -58,6 +58,7 @@ from .bound import BoundConfig
 from .mc_check import MCBoundConfig
 from .operators import OPERATORS, FittedOperator, make_operator
 from .run import BuildConfig, CompositionReport, EvaluationConfig, Sources, run
+from .run.cli import setting_argument
 from .sampling import SamplerConfig
 from .stats import aggregate, episode_seed, mean_over_seeds
 from .trial_records import COLLISIONS, METRICS, BadRecord, clean_numbers, read_invocations, read_record
@@ -80,10 +81,18 @@ class Settings:
     task_modules: tuple[str, ...] = ()  # a user's task definitions (--tasks), loaded in every trial's process
     operator: str = "average"  # how each seed's skills are composed (compose.operators); the bound is average's
     order: tuple[str, ...] = ()  # priority: the skills, highest priority first
+    operator_settings: tuple[tuple[str, float], ...] = ()  # (KEY, NUMBER) pairs, e.g. (("target_update_interval", 100),)
 
     def make_operator(self):
         """The composition operator of every evaluation trial (``compose.operators.make_operator``'s errors)."""
-        return make_operator(self.operator, **({"order": list(self.order)} if self.order else {}))
+        return make_operator(self.operator, **({"order": list(self.order)} if self.order else {}),
+                             **dict(self.operator_settings))
+
+    @property
+    def operator_label(self) -> str:
+        """The operator and its settings as the evaluation trials' keys name them: ``dc``,
+        ``dc-target_update_interval100``."""
+        return "-".join([self.operator, *(f"{key}{value:g}" for key, value in self.operator_settings)])
 
 
 def train_settings(task: str, seed: int, settings: Settings):
@@ -243,7 +252,8 @@ def policy_gap_figures(side: dict, tasks: dict[str, str] | None = None) -> dict:
 
 
 def eval_key(spec: str, seed: int, operator: str = "average") -> str:
-    """The evaluation trial's key (and record name); another operator's evaluations are other trials."""
+    """The evaluation trial's key (and record name); another operator's evaluations, or the same operator's with
+    other settings (``operator`` is ``Settings.operator_label``), are other trials."""
     return f"eval-{spec}-seed{seed}" + ("" if operator == "average" else f"-{operator}")
 
 
@@ -377,6 +387,7 @@ class TrialOptions:
     task_modules: tuple[str, ...] = ()  # a user's task definitions (--tasks), loaded in every trial's process
     operator: str = "average"  # how each seed's skills are composed (compose.operators)
     order: tuple[str, ...] = ()  # priority: the skills, highest priority first
+    operator_settings: tuple[tuple[str, float], ...] = ()  # (KEY, NUMBER) pairs for the operator
 
 
 @dataclass(frozen=True)
@@ -411,7 +422,8 @@ def study(specs: Sequence[str], seeds: Sequence[int], *, out: str | Path, librar
     settings = Settings(library=str(library or out / "library"), out=str(out), steps=trials.steps,
                         episodes=trials.episodes, mc=trials.mc, quick_build=trials.quick_build,
                         env_kwargs=tuple(sorted((trials.env_kwargs or {}).items())),
-                        task_modules=tuple(trials.task_modules), operator=trials.operator, order=tuple(trials.order))
+                        task_modules=tuple(trials.task_modules), operator=trials.operator, order=tuple(trials.order),
+                        operator_settings=tuple(trials.operator_settings))
     settings.make_operator()  # an unknown operator or a setting it does not take: refused before any training
     executor = runner.executor()
     started = time.perf_counter()
@@ -431,12 +443,12 @@ def study(specs: Sequence[str], seeds: Sequence[int], *, out: str | Path, librar
             keys = {t: f"train-{t}-seed{seed}" for t in (*spec.split("+"), spec)}
             if all(k in trained for k in keys.values()):
                 paths = {t: trained[k]["path"] for t, k in keys.items()}
-                eval_jobs.append((eval_key(spec, seed, settings.operator), eval_trial, (spec, seed, paths, settings)))
+                eval_jobs.append((eval_key(spec, seed, settings.operator_label), eval_trial, (spec, seed, paths, settings)))
     evaluated, eval_failures = run_phase(eval_jobs, out, executor, libraries, rerun)
     failures |= eval_failures
     result = {"specs": list(specs), "seeds": list(seeds), "settings": settings.__dict__ | {
                   "env_kwargs": {k: str(v) for k, v in settings.env_kwargs}},
-              "summary": {spec: summarise_spec(spec, seeds, evaluated, settings.operator) for spec in specs},
+              "summary": {spec: summarise_spec(spec, seeds, evaluated, settings.operator_label) for spec in specs},
               "curves": {task: curves(task, seeds, trained) for task in tasks},
               "failures": failures, "rerun": rerun} | wall_times(out, time.perf_counter() - started)
     write_outputs(result, out)
@@ -544,7 +556,8 @@ def markdown(result: dict) -> str:
              "best of 32 sampled actions under its Q. Soft returns credit each policy with its own entropy.", ""]
     operator = result["settings"].get("operator", "average")
     bounded = OPERATORS[operator].bounded
-    lines += [f"Composed with `{operator}` (compose.operators), zero environment samples.", ""]
+    given = ", ".join(f"{key}={value:g}" for key, value in result["settings"].get("operator_settings", ()))
+    lines += [f"Composed with `{operator}`{f' ({given})' if given else ''} (compose.operators), zero environment samples.", ""]
     for spec, s in result["summary"].items():
         policies = [*POLICIES_FIXED, *spec.split("+")]
         lines += [f"## {spec} (seeds evaluated: {s['seeds_evaluated']})", "",
@@ -679,6 +692,9 @@ def main(argv: list[str] | None = None) -> int:
                              "operator the Monte Carlo bound check is about)")
     parser.add_argument("--order", type=lambda s: tuple(x for x in s.split(",") if x), default=(),
                         help="priority: the skills, highest priority first, e.g. avoid,reach")
+    parser.add_argument("--operator-setting", metavar="KEY=NUMBER", type=setting_argument, action="append", default=[],
+                        help="one setting of the operator (as compose.run), e.g. --operator dc --operator-setting "
+                             "target_update_interval=100; repeatable; its evaluations are trials of their own")
     add_arm_arguments(parser)
     add_task_arguments(parser)
     args = parser.parse_args(argv)
@@ -688,7 +704,8 @@ def main(argv: list[str] | None = None) -> int:
         result = study(args.specs, args.seeds, out=out, library=args.library,
                        trials=TrialOptions(steps=args.steps, episodes=args.episodes, mc=not args.no_mc,
                                            env_kwargs=arm_kwargs(args), task_modules=tuple(args.tasks),
-                                           operator=args.operator, order=args.order),
+                                           operator=args.operator, order=args.order,
+                                           operator_settings=tuple(args.operator_setting)),
                        runner=Runner(workers=args.workers, ray_address=args.ray, stacked=args.stacked))
         print(markdown(result))
         if args.json:

@@ -93,7 +93,7 @@ def test_an_operator_settings_candidates_are_typed_and_refused_before_anything_r
     assert [op.target_update_interval for op in ops] == [25, 100]
     assert all(type(op.target_update_interval) is int for op in ops) and ops[1].updates(0.95) == 4 * ops[0].updates(0.95)
     assert [op.lr for op in Candidates.parse("lr=0.001,0.0003").operators(dc)] == [0.001, 0.0003]
-    with pytest.raises(ValueError, match="takes whole numbers, got 25, 100.5"):
+    with pytest.raises(ValueError, match="'target_update_interval' takes a whole number, got 100.5"):
         Candidates.parse("target_update_interval=25,100.5").operators(dc)
     with pytest.raises(ValueError, match="hidden is not a number setting; numbers: batch_size, lr, seed"):
         Candidates.parse("hidden=64,128").operators(dc)
@@ -101,3 +101,22 @@ def test_an_operator_settings_candidates_are_typed_and_refused_before_anything_r
         Candidates.parse("foo=1,2").operators(dc)
     with pytest.raises(OperatorError, match="setting 'epsilon' applies to operator 'priority' only, not 'dc'"):
         make_operator(dc, epsilon=0.3)  # an operator given as itself is checked like one given by name
+
+
+def test_compose_run_sets_one_operator_setting_typed_and_refuses_what_it_cannot_set():
+    """``--operator dc --operator-setting target_update_interval=100`` makes that operator (an int where the field is
+    one); a setting for ``all``, a malformed one and a non-number one are refused with what was expected."""
+    from compose.run.cli import build_parser, operators_asked
+
+    args = build_parser().parse_args(["puck-x+puck-y", "--operator", "dc", "--operator-setting", "target_update_interval=100",
+                                      "--operator-setting", "lr=3e-4"])
+    (dc,) = operators_asked(args)
+    assert (dc.name, dc.target_update_interval, dc.lr) == ("dc", 100, 3e-4) and type(dc.target_update_interval) is int
+    args = build_parser().parse_args(["puck-x+puck-y", "--operator", "all", "--operator-setting", "lr=0.1"])
+    with pytest.raises(ValueError, match="give --operator NAME, not all"):
+        operators_asked(args)
+    args = build_parser().parse_args(["puck-x+puck-y", "--operator", "dc", "--operator-setting", "hidden=64"])
+    with pytest.raises(ValueError, match="dc's hidden is not a number setting"):
+        operators_asked(args)
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["puck-x+puck-y", "--operator-setting", "lr"])

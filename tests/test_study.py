@@ -142,6 +142,25 @@ def test_a_study_composes_with_the_operator_it_is_given(smoke, tmp_path, monkeyp
         study_module.main(["reach+avoid", "--operator", "mean"])
 
 
+def test_an_operator_setting_names_its_own_trials_and_is_checked_before_anything_trains(tmp_path):
+    """``--operator dc --operator-setting target_update_interval=100``: the operator is made with it (an int), its
+    evaluations are trials of their own (a record of ``dc`` with its defaults is not reused for it), and a setting
+    the operator cannot take is refused before any training."""
+    settings = study_module.Settings(library="lib", out="out", operator="dc",
+                                     operator_settings=(("target_update_interval", 100.0),))
+    assert settings.make_operator().target_update_interval == 100
+    assert study_module.eval_key("puck-x+puck-y", 3, settings.operator_label) == \
+        "eval-puck-x+puck-y-seed3-dc-target_update_interval100"
+    assert study_module.eval_key("puck-x+puck-y", 3, replace(settings, operator_settings=()).operator_label) == \
+        "eval-puck-x+puck-y-seed3-dc"
+    with pytest.raises(ValueError, match="dc's hidden is not a number setting"):
+        study(["reach+avoid"], [0], out=tmp_path / "bad",
+              trials=replace(SMOKE, operator="dc", operator_settings=(("hidden", 64.0),)))
+    assert not (tmp_path / "bad" / "library").exists()
+    with pytest.raises(SystemExit):  # argparse says what a setting looks like
+        study_module.main(["reach+avoid", "--operator", "dc", "--operator-setting", "hidden"])
+
+
 def test_a_failed_trial_is_reported_and_the_others_finish(smoke, tmp_path, monkeypatch):
     def broken(spec, seed, paths, settings):
         raise RuntimeError(f"seed {seed} broke")

@@ -40,6 +40,7 @@ from .base import (
     average,
     flat_states,
     make_operator,
+    operator_setting,
 )
 from .divergence import (
     CorrectionNetwork,
@@ -59,5 +60,5 @@ __all__ = [
     "GPI", "GPIQ", "OPERATORS", "Average", "CorrectionNetwork", "DivergenceCorrectedQ", "DivergenceCorrection", "Energy",
     "FittedOperator", "NumpyOrTorch", "OfflineData", "Operator", "OperatorError", "Priority", "PriorityQ", "SoftOr",
     "SoftOrQ", "average", "dc_td_target", "divergence_corrected", "fit_divergence_correction", "fit_policy_evaluations",
-    "flat_states", "gpi", "make_operator", "priority_energy", "soft_evaluation_td_target", "soft_or",
+    "flat_states", "gpi", "make_operator", "operator_setting", "priority_energy", "soft_evaluation_td_target", "soft_or",
 ]

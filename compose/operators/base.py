@@ -180,16 +180,44 @@ def make_operator(spec: "str | Operator" = "average", **settings: Any) -> Operat
     if not isinstance(spec, Operator) and spec not in OPERATORS:
         raise OperatorError(f"unknown operator {spec!r}; valid operators: {', '.join(OPERATORS)}")
     cls = type(spec) if isinstance(spec, Operator) else OPERATORS[spec]
-    taken = {f.name for f in fields(cls)}
+    types = {f.name: f.type for f in fields(cls)}
     for key in settings:
-        if key not in taken:
+        if key not in types:
             takers = [n for n, c in OPERATORS.items() if key in {f.name for f in fields(c)}]
             where = f"operator{'s' if len(takers) > 1 else ''} {', '.join(repr(t) for t in takers)} only" if takers \
                 else "no operator"
             raise OperatorError(f"setting {key!r} applies to {where}, not {cls.name!r}")
+    numbers = sorted(k for k, t in types.items() if str(t) in ("int", "float"))
+    for key, value in settings.items():
+        if isinstance(value, int | float) and not isinstance(value, bool) and key not in numbers:
+            raise OperatorError(f"{cls.name}'s {key} is not a number setting; numbers: {', '.join(numbers)}")
+    settings = {k: whole_number(k, v) if str(types[k]) == "int" else v for k, v in settings.items()}
     if isinstance(spec, Operator):
         return replace(spec, **settings) if settings else spec
     return cls(**settings)
+
+
+def whole_number(key: str, value: Any) -> Any:
+    """A whole-number setting given as a number (``target_update_interval=100`` read from a command line as 100.0):
+    the int, or ``OperatorError`` when it is not whole. Anything else is passed on for the operator to check."""
+    if isinstance(value, float):
+        if not value.is_integer():
+            raise OperatorError(f"setting {key!r} takes a whole number, got {value:g}")
+        return int(value)
+    return value
+
+
+def operator_setting(text: str) -> tuple[str, float]:
+    """``KEY=NUMBER`` (``target_update_interval=100``), as a command line gives one operator setting; ``ValueError``
+    saying what it expects otherwise (``make_operator`` checks the name and the type)."""
+    key, sep, value = text.partition("=")
+    try:
+        number = float(value)
+    except ValueError:
+        number = math.nan
+    if not sep or not key.strip() or not math.isfinite(number):
+        raise ValueError(f"an operator setting is KEY=NUMBER, e.g. target_update_interval=100, got {text!r}")
+    return key.strip(), number
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,7 @@ from skills.evaluation import EVAL_SEED
 from skills.library import atomic_write_text
 
 from ..mc_check import MCBoundConfig
-from ..operators import OPERATORS, Operator, make_operator
+from ..operators import OPERATORS, Operator, make_operator, operator_setting
 from .orchestrate import run
 from .selection import VALIDATION_EPISODES, VALIDATION_SEED, Candidates, select
 from .settings import SAMPLERS, BuildConfig, EvaluationConfig, Sources
@@ -46,6 +46,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="priority: the skills, highest priority first, e.g. avoid,reach")
     parser.add_argument("--epsilon", type=float, help="priority: indifference margin in Q units "
                         "(default: compose.operators.Priority.epsilon)")
+    parser.add_argument("--operator-setting", metavar="KEY=NUMBER", type=setting_argument, action="append", default=[],
+                        help="one setting of the operator, e.g. --operator dc --operator-setting target_update_interval=100 "
+                             "(repeatable; the operator's fields: compose/operators; the composition is cached per setting)")
     parser.add_argument("--select", metavar="SETTING=V1,V2,...", type=candidates_argument,
                         help="choose an operator setting, or the amortized sampler's (sampler.updates, sampler.lr, ...), "
                              "on validation episodes before the run, e.g. epsilon=0.1,0.3,0.6: each value is evaluated "
@@ -81,11 +84,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 def operators_asked(args: argparse.Namespace) -> list[Operator]:
     """The operator objects the command line asks for: one, or every registered one for ``all`` (the priority
-    settings go to priority alone)."""
+    settings go to priority alone; ``--operator-setting`` needs one operator)."""
     priority = {"order": args.order, "epsilon": args.epsilon}
     if args.operator == "all":
+        if args.operator_setting:
+            raise ValueError("--operator-setting sets one operator's setting; give --operator NAME, not all")
         return [make_operator(name, **(priority if name == "priority" else {})) for name in OPERATORS]
-    return [make_operator(args.operator, **priority)]
+    return [make_operator(args.operator, **priority, **dict(args.operator_setting))]
+
+
+def setting_argument(text: str) -> tuple[str, float]:
+    """``--operator-setting``'s value, with the reason in argparse's message when it is refused."""
+    try:
+        return operator_setting(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def candidates_argument(text: str) -> Candidates:

@@ -96,19 +96,10 @@ class Candidates:
 
 
     def operators(self, operator: Operator) -> list[Operator]:
-        """Each candidate as ``operator`` with the one setting replaced, all made before anything runs: an unknown
-        setting names the valid ones, a whole-number one (``target_update_interval``) takes whole numbers, and one
-        that is not a number (``hidden``, ``order``) is refused."""
-        kind = {f.name: str(f.type) for f in fields(operator)}.get(self.setting)
-        if kind is None:
-            make_operator(operator, **{self.setting: self.values[0]})  # the operator's own message for the name
-        if kind not in ("int", "float"):
-            numeric = sorted(f.name for f in fields(operator) if str(f.type) in ("int", "float"))
-            raise ValueError(f"--select: {operator.name}'s {self.setting} is not a number setting; numbers: "
-                             f"{', '.join(numeric)}")
-        if kind == "int" and any(v != int(v) for v in self.values):
-            raise ValueError(f"{self.setting} takes whole numbers, got {', '.join(f'{v:g}' for v in self.values)}")
-        return [make_operator(operator, **{self.setting: int(v) if kind == "int" else v}) for v in self.values]
+        """Each candidate as ``operator`` with the one setting replaced, all made before anything runs
+        (``make_operator``: an unknown setting names the valid ones, a whole-number one such as
+        ``target_update_interval`` takes whole numbers, one that is not a number, ``hidden`` or ``order``, is refused)."""
+        return [make_operator(operator, **{self.setting: v}) for v in self.values]
 
 
 @dataclass
