@@ -94,7 +94,6 @@ class Candidates:
         settings: list[dict[str, Any]] = [{name: int(v) if whole else v} for v in self.values]
         return [replace(base or SamplerConfig(), **one) for one in settings]
 
-
     def operators(self, operator: Operator) -> list[Operator]:
         """Each candidate as ``operator`` with the one setting replaced, all made before anything runs
         (``make_operator``: an unknown setting names the valid ones, a whole-number one such as
