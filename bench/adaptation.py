@@ -142,10 +142,9 @@ def summarise(runs: list[dict], eval_episodes: int, constituent_steps: int | Non
 
 
 def plot(runs: list[dict], summary: dict, path: Path, spec: str) -> None:
-    import matplotlib
+    from skills.evaluation.plots import _pyplot, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = _pyplot()
 
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
     colours = {"joint": "tab:gray", "adapted": "tab:blue"}
@@ -169,8 +168,7 @@ def plot(runs: list[dict], summary: dict, path: Path, spec: str) -> None:
     axes[0].legend(fontsize=8, loc="lower right")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path, dpi=110)
 
 
 def format_summary(summary: dict) -> list[str]:

@@ -1,6 +1,6 @@
 """Why does divergence correction trail averaging on reach+avoid's success? A paired measurement:
 
-    python -m bench.dc_vs_average [--episodes 300] [--seed 30000] [--json PATH]
+    python -m bench.dc_vs_average [--episodes 300] [--seed 30000] [--operator-setting KEY=NUMBER] [--json PATH]
 
 Both compositions (``average``: ``Q_w``; ``dc``: ``Q_w - C_w``, Hunt et al. 2019) act on the same seeded episodes
 (seeds ``--seed`` onward, disjoint from the 10000-range the reports use), stochastic. Reported: success and return
@@ -9,6 +9,7 @@ and the same split by whether the obstacle sits on the straight path (the arm fa
 them). Also DC's correction ``C_w`` along its own episodes, near the obstacle and away from it, how each policy
 ends near the target (final distance, the spread and direction of its actions there), and the action-slopes of
 ``Q_w`` and ``C_w`` by distance to the target: where DC tilts the energy is where the two policies differ.
+``--operator-setting`` sets one of DC's settings (e.g. ``target_update_interval=100``, a 4x longer TD fit of ``C_w``).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import sys
 import numpy as np
 import torch
 
+from compose.run.cli import add_operator_setting_argument
 from skills.cli import at_least
 
 from .cli import run_measurement
@@ -122,23 +124,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--episodes", type=at_least(2), default=300, help="paired episodes (default 300)")
     parser.add_argument("--seed", type=at_least(0), default=30_000, help="first episode seed (default 30000)")
     parser.add_argument("--library", help="skill library (default: trained/)")
+    add_operator_setting_argument(parser, "applied to dc")
     parser.add_argument("--json", metavar="PATH", help="write the measurement as JSON")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
-    return run_measurement(lambda: measure(args.episodes, args.seed, args.library), args.json)
+    return run_measurement(lambda: measure(args.episodes, args.seed, args.library, dict(args.operator_setting)), args.json)
 
 
-def measure(episodes: int, seed: int, library: str | None) -> dict:
-    """The whole measurement (module docstring), as one JSON-ready dict."""
+def measure(episodes: int, seed: int, library: str | None, dc_settings: dict[str, float] | None = None) -> dict:
+    """The whole measurement (module docstring), as one JSON-ready dict; ``dc_settings`` set DC's operator fields."""
     import compose
+    from compose.operators import make_operator
 
+    operators = {"average": make_operator("average"), "dc": make_operator("dc", **(dc_settings or {}))}  # refused first
     runs, builds, comps = {}, {}, {}
-    for op in ("average", "dc"):
-        comps[op] = compose.load(SPEC, library=library, seed=seed, operator=op)
+    for op, operator in operators.items():
+        comps[op] = compose.load(SPEC, library=library, seed=seed, operator=operator)
         builds[op] = comps[op].build(progress=False)
         runs[op] = evaluate(comps[op].policy, episodes, seed, library)
     on_path = np.array([blocks_path(e) for e in runs["average"]])
-    out: dict = {"spec": SPEC, "episodes": episodes, "seed": seed,
+    out: dict = {"spec": SPEC, "episodes": episodes, "seed": seed, "dc_settings": comps["dc"].operator.settings(),
                  "operators": {op: summary(done) for op, done in runs.items()},
                  "obstacle_on_path": {op: summary(done, on_path) for op, done in runs.items()},
                  "obstacle_off_path": {op: summary(done, ~on_path) for op, done in runs.items()}}

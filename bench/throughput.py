@@ -264,10 +264,9 @@ def summarize(runs: list[dict]) -> float | None:
 
 
 def plot_curves(results: dict, path: Path) -> None:
-    import matplotlib
+    from skills.evaluation.plots import _pyplot, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = _pyplot()
 
     fig, ax = plt.subplots(figsize=(6, 4))
     for algorithm, color in (("sql", "tab:blue"), ("sac", "tab:orange")):
@@ -282,8 +281,7 @@ def plot_curves(results: dict, path: Path) -> None:
     ax.set_title("time to 95% success on reach")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path, dpi=110)
 
 
 def assemble(args: argparse.Namespace, sql: SQLConfig, rates: dict, flops: dict, env: dict, ttt: dict,

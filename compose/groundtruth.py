@@ -435,7 +435,7 @@ def policy_gap_at(solution: Solution, obs: np.ndarray, act: np.ndarray) -> np.nd
 def figure(solution: Solution, path: Path, learned: dict[str, np.ndarray] | None = None) -> None:
     """Left: ``V*`` of the mean task on the plane, with the goals. Right: along x = 0.5 (action 0), the true gap
     ``Q_w - Q*_w`` against the exact ``C*``, and the learned ``Q_w - Q*_w`` and fitted ``C`` when given."""
-    from skills.evaluation.plots import _pyplot
+    from skills.evaluation.plots import _pyplot, save_figure
 
     plt = _pyplot()
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.4))
@@ -456,8 +456,7 @@ def figure(solution: Solution, path: Path, learned: dict[str, np.ndarray] | None
     right.legend(fontsize=8)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path, dpi=110)
 
 
 def learned_line(composed, correction, solution: Solution) -> dict[str, np.ndarray]:

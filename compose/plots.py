@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from skills.evaluation.plots import _pyplot
+from skills.evaluation.plots import _pyplot, save_figure
 
 
 def plot_q_slices(panels: dict[str, np.ndarray], extent: float, path: str | Path, title: str,
@@ -38,8 +38,7 @@ def plot_q_slices(panels: dict[str, np.ndarray], extent: float, path: str | Path
         fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def q_grid(q_fn, obs: np.ndarray, act_dim: int, n: int = 61, fixed: float = 0.0) -> np.ndarray:
@@ -79,8 +78,7 @@ def plot_episode_bound(q_w: np.ndarray, c: np.ndarray, q_joint: np.ndarray | Non
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2, frameon=False)
     fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def plot_comparison(rows: dict[str, dict], path: str | Path, title: str) -> None:
@@ -100,8 +98,7 @@ def plot_comparison(rows: dict[str, dict], path: str | Path, title: str) -> None
         ax.grid(axis="y", alpha=0.3)
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def plot_trajectories(paths: dict[str, list[np.ndarray]], marks: list[np.ndarray], path: str | Path, title: str,
@@ -131,5 +128,4 @@ def plot_trajectories(paths: dict[str, list[np.ndarray]], marks: list[np.ndarray
         ax.tick_params(labelsize=7)
     fig.suptitle(f"{title}\n{label}", fontsize=8)
     fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    save_figure(fig, path)

@@ -58,7 +58,7 @@ from .bound import BoundConfig
 from .mc_check import MCBoundConfig
 from .operators import OPERATORS, FittedOperator, make_operator
 from .run import BuildConfig, CompositionReport, EvaluationConfig, Sources, run
-from .run.cli import setting_argument
+from .run.cli import add_operator_setting_argument
 from .sampling import SamplerConfig
 from .stats import aggregate, episode_seed, mean_over_seeds
 from .trial_records import COLLISIONS, METRICS, BadRecord, clean_numbers, read_invocations, read_record
@@ -594,10 +594,9 @@ def markdown(result: dict) -> str:
 
 
 def plot(result: dict, out: Path) -> list[Path]:
-    import matplotlib
+    from skills.evaluation.plots import _pyplot, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = _pyplot()
 
     paths = []
     for spec, s in result["summary"].items():
@@ -619,8 +618,7 @@ def plot(result: dict, out: Path) -> list[Path]:
             ax.set_title(f"{spec}: success, {mode} (IQM, 95% CI, seeds as dots)", fontsize=9)
         fig.tight_layout()
         paths.append(out / f"study_{spec}_success.png")
-        fig.savefig(paths[-1], dpi=110)
-        plt.close(fig)
+        save_figure(fig, paths[-1], dpi=110)
     tasks = [t for t, c in result["curves"].items() if c]
     if tasks:
         fig, axes = plt.subplots(1, len(tasks), figsize=(4 * len(tasks), 3.4), squeeze=False)
@@ -634,8 +632,7 @@ def plot(result: dict, out: Path) -> list[Path]:
             ax.set_xlabel("environment steps")
         fig.tight_layout()
         paths.append(out / "study_curves.png")
-        fig.savefig(paths[-1], dpi=110)
-        plt.close(fig)
+        save_figure(fig, paths[-1], dpi=110)
     return paths
 
 
@@ -692,9 +689,7 @@ def main(argv: list[str] | None = None) -> int:
                              "operator the Monte Carlo bound check is about)")
     parser.add_argument("--order", type=lambda s: tuple(x for x in s.split(",") if x), default=(),
                         help="priority: the skills, highest priority first, e.g. avoid,reach")
-    parser.add_argument("--operator-setting", metavar="KEY=NUMBER", type=setting_argument, action="append", default=[],
-                        help="one setting of the operator (as compose.run), e.g. --operator dc --operator-setting "
-                             "target_update_interval=100; repeatable; its evaluations are trials of their own")
+    add_operator_setting_argument(parser, "its evaluations are trials of their own")
     add_arm_arguments(parser)
     add_task_arguments(parser)
     args = parser.parse_args(argv)

@@ -11,13 +11,19 @@ Every such read goes through ``open_regular`` (or ``read_bounded``), which check
 
 Each refusal is an ``UnsafeFileError`` (a ``ValueError``: bad input, exit 2 on the command lines) that names the
 file and why.
+
+Writing goes the other way: ``atomic_write_bytes`` and ``atomic_path`` write beside the target and rename over it, so a
+reader never sees half a file and a crash leaves the old one (or none).
 """
 
 from __future__ import annotations
 
 import errno
 import os
+import socket
 import stat
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
 
@@ -79,3 +85,27 @@ def read_bounded(path: str | os.PathLike, limit: int, inside: str | os.PathLike 
     if len(data) > limit:
         raise UnsafeFileError(f"{what} {path} grew past {limit} bytes while it was read")
     return data
+
+
+@contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """A hidden temporary path beside ``path`` (same suffix, so writers that read the format from it still can) for
+    the caller to write; on leaving the block without an error it is fsynced and renamed over ``path``, on an error
+    removed. Names the writer (``.<name>.tmp.<pid>@<host><suffix>``), so two writers never share one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f".{path.name}.tmp.{os.getpid()}@{socket.gethostname()}{path.suffix}"
+    try:
+        yield tmp
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    """Write ``data`` to ``path`` atomically (``atomic_path``)."""
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+    return Path(path)

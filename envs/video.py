@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from contextlib import ExitStack
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
+
+from .files import atomic_path
 
 if TYPE_CHECKING:
     import cv2
@@ -40,26 +43,48 @@ def draw_text(frame: np.ndarray, lines: list[str]) -> np.ndarray:
 
 
 class VideoWriter:
-    """Append RGB frames; ``close()`` writes an mp4 (codec ``mp4v``)."""
+    """Append RGB frames to an mp4 (codec ``mp4v``), written atomically: the frames go to a hidden file beside
+    ``path`` (``envs.files.atomic_path``) that ``close()`` renames over it. Used as a context manager, an error inside
+    the block discards the partial video, so ``path`` is a whole video or is not there (or is the previous one)."""
 
     def __init__(self, path: str | Path, fps: float):
         self.path, self.fps = Path(path), float(fps)
         self._writer: cv2.VideoWriter | None = None
+        self._target: ExitStack | None = None
+
+    def __enter__(self) -> VideoWriter:
+        return self
+
+    def __exit__(self, kind, error, trace) -> None:
+        if kind is None:
+            self.close()
+        else:
+            self._finish(kind, error, trace)
 
     def add(self, frame: np.ndarray) -> None:
         import cv2
 
         if self._writer is None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._target = ExitStack()
+            tmp = self._target.enter_context(atomic_path(self.path))
             h, w = frame.shape[:2]
             fourcc = cv2.VideoWriter_fourcc(*"mp4v")  # type: ignore[attr-defined]  # missing from OpenCV's stubs
-            self._writer = cv2.VideoWriter(str(self.path), fourcc, self.fps, (w, h))
+            self._writer = cv2.VideoWriter(str(tmp), fourcc, self.fps, (w, h))
             if not self._writer.isOpened():
+                self._finish(RuntimeError, None, None)
                 raise RuntimeError(f"OpenCV cannot write {self.path}")
         self._writer.write(np.ascontiguousarray(frame[:, :, ::-1]))
 
-    def close(self) -> Path:
+    def _finish(self, kind, error, trace) -> None:
+        """Release OpenCV's writer, then publish the file (no error) or discard it."""
         if self._writer is not None:
             self._writer.release()
             self._writer = None
+        if self._target is not None:
+            target, self._target = self._target, None
+            target.__exit__(kind, error, trace)
+
+    def close(self) -> Path:
+        """Finish the video and put it at ``path``."""
+        self._finish(None, None, None)
         return self.path

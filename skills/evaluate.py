@@ -76,19 +76,19 @@ def evaluate_skill(skill_name: str | Skill, task: str | None = None, episodes: i
 def film_episode(policy, env, seed: int, deterministic: bool, path: str | Path) -> Path:
     """An mp4 of the episode reset with ``seed`` (the evaluation's first), acting from that episode's stream as
     the evaluation did, with the step's distances and rewards in the overlay."""
-    video = VideoWriter(path, env.metadata.get("render_fps", 25))
     generator = stream(seed)
     try:
-        obs, _ = env.reset(seed=seed)
-        for step in range(1, 10**6):
-            action = np.asarray(policy.act(np.asarray(obs, np.float32)[None], deterministic, [generator]))[0]
-            obs, _, terminated, truncated, info = env.step(action)
-            video.add(draw_text(env.render(), overlay_lines(info, step)))
-            if terminated or truncated:
-                break
+        with VideoWriter(path, env.metadata.get("render_fps", 25)) as video:  # a whole video or none
+            obs, _ = env.reset(seed=seed)
+            for step in range(1, 10**6):
+                action = np.asarray(policy.act(np.asarray(obs, np.float32)[None], deterministic, [generator]))[0]
+                obs, _, terminated, truncated, info = env.step(action)
+                video.add(draw_text(env.render(), overlay_lines(info, step)))
+                if terminated or truncated:
+                    break
     finally:
         env.close()
-    return video.close()
+    return video.path
 
 
 def skill_convergence(skill_name: str | Skill, library: str | None = None, config: ConvergenceConfig | None = None,

@@ -482,6 +482,18 @@ def test_the_other_benches_refuse_bad_numbers_before_loading_anything(module, ar
     assert "must be >=" in err
 
 
+def test_dc_vs_average_refuses_a_setting_dc_cannot_take_before_loading_anything(tmp_path, capsys):
+    """``--operator-setting`` goes to DC: a field that is not a number, or not DC's, is refused in one line before any
+    skill is loaded (the library given here is empty: loading it first would say "unknown skill" instead)."""
+    from bench import dc_vs_average
+
+    (tmp_path / "empty").mkdir()
+    for setting, message in (("hidden=64", "dc's hidden is not a number setting"), ("epsilon=0.3", "epsilon")):
+        assert dc_vs_average.main(["--library", str(tmp_path / "empty"), "--operator-setting", setting]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error:") and message in err and "unknown skill" not in err and "Traceback" not in err
+
+
 def test_fold_entropy_measures_each_credit_against_a_converged_reference(tmp_path):
     """The reference (Kozachenko-Leonenko on many draws, by a k-d tree) matches known entropies: a squashed Gaussian and
     a sampler that folds every coordinate (``u = -|xi|``, a half-normal); ``bench.fold_entropy --quick`` on the shipped

@@ -46,9 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="priority: the skills, highest priority first, e.g. avoid,reach")
     parser.add_argument("--epsilon", type=float, help="priority: indifference margin in Q units "
                         "(default: compose.operators.Priority.epsilon)")
-    parser.add_argument("--operator-setting", metavar="KEY=NUMBER", type=setting_argument, action="append", default=[],
-                        help="one setting of the operator, e.g. --operator dc --operator-setting target_update_interval=100 "
-                             "(repeatable; the operator's fields: compose/operators; the composition is cached per setting)")
+    add_operator_setting_argument(parser, "the composition is cached per setting")
     parser.add_argument("--select", metavar="SETTING=V1,V2,...", type=candidates_argument,
                         help="choose an operator setting, or the amortized sampler's (sampler.updates, sampler.lr, ...), "
                              "on validation episodes before the run, e.g. epsilon=0.1,0.3,0.6: each value is evaluated "
@@ -91,6 +89,14 @@ def operators_asked(args: argparse.Namespace) -> list[Operator]:
             raise ValueError("--operator-setting sets one operator's setting; give --operator NAME, not all")
         return [make_operator(name, **(priority if name == "priority" else {})) for name in OPERATORS]
     return [make_operator(args.operator, **priority, **dict(args.operator_setting))]
+
+
+def add_operator_setting_argument(parser: argparse.ArgumentParser, note: str) -> None:
+    """``--operator-setting KEY=NUMBER`` (repeatable), one home for every command that takes it; ``note`` says what
+    the command does with it."""
+    parser.add_argument("--operator-setting", metavar="KEY=NUMBER", type=setting_argument, action="append", default=[],
+                        help="one setting of the operator, e.g. --operator dc --operator-setting target_update_interval=100 "
+                             f"(repeatable; the operator's fields: compose/operators; {note})")
 
 
 def setting_argument(text: str) -> tuple[str, float]:

@@ -50,12 +50,22 @@ def render_episode(composition: Composition, policy: SoftPolicy, deterministic: 
                    env_kwargs: dict) -> tuple[Path, int]:
     """An mp4 of one composed episode (preferring one where the obstacle blocks the straight path), acting from that
     episode's own stream as the evaluation did; on the arm family a side and a top view side by side with the end
-    effector's path drawn, distances in the overlay."""
+    effector's path drawn, distances in the overlay. The file is a whole video or is not written."""
     env = envs.make_task_env(composition.task, render_mode="rgb_array", **env_kwargs)
-    chosen = video_episode(env, seed)
-    generator = stream(chosen)
-    video = VideoWriter(path, env.metadata.get("render_fps", 25))
-    obs, info = env.reset(seed=chosen)
+    try:
+        chosen = video_episode(env, seed)
+        with VideoWriter(path, env.metadata.get("render_fps", 25)) as video:
+            actions = film_composed(env, video, chosen, policy, deterministic, composition.name)
+    finally:
+        env.close()
+    replay_live(composition, actions, chosen, env_kwargs)
+    return video.path, chosen
+
+
+def film_composed(env, video: VideoWriter, seed: int, policy: SoftPolicy, deterministic: bool, name: str) -> list[np.ndarray]:
+    """Run the episode reset with ``seed`` from its own stream, a frame per step into ``video``; its actions."""
+    generator = stream(seed)
+    obs, info = env.reset(seed=seed)
     arm = getattr(env.unwrapped, "arm", None)
     views = episode_views(info["target"], arm.workspace_origin) if arm is not None and "target" in info else {}
     trail = [arm.ee_position()] if arm is not None else []
@@ -70,8 +80,8 @@ def render_episode(composition: Composition, policy: SoftPolicy, deterministic: 
         images = [scene.render_view(camera, np.array(trail)) for camera in views.values()]
         return draw_text(np.concatenate(images, axis=1), lines)
 
-    actions = []
-    video.add(frame([f"{composition.name} (composed, 0 env samples)", "step 0"]
+    actions: list[np.ndarray] = []
+    video.add(frame([f"{name} (composed, 0 env samples)", "step 0"]
                     + (["left: side view; right: other side, from above"] if views else [])))
     while True:
         actions.append(np.asarray(policy.act(np.asarray(obs, np.float32)[None], deterministic, [generator]))[0])
@@ -80,10 +90,7 @@ def render_episode(composition: Composition, policy: SoftPolicy, deterministic: 
             trail.append(arm.ee_position())
         video.add(frame(overlay_lines(info, len(actions))))
         if terminated or truncated:
-            break
-    env.close()
-    replay_live(composition, actions, chosen, env_kwargs)
-    return video.close(), chosen
+            return actions
 
 
 def replay_live(composition: Composition, actions: list[np.ndarray], seed: int, env_kwargs: dict) -> None:

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
+from skills.cli import non_negative_int, positive_float
+
 from .core import CompositionBound, soft_or, soft_or_reward, soft_q_iteration
 from .grids import KING_MOVES, Grid, hunt_grid, random_mdp, reach_probability, soft_or_grid
 from .report import OPERATORS, OperatorResult, compare_operators, tightness
@@ -20,9 +22,10 @@ RANDOM_WEIGHTS = np.array([0.5, 0.3, 0.2])
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m compose.tabular", description=__doc__)
-    p.add_argument("--out", type=Path, default=Path("docs"), help="folder for the PNG (default: docs)")
-    p.add_argument("--alpha", type=float, default=0.05, help="temperature on the 8x8 grid (default 0.05)")
-    p.add_argument("--seeds", type=int, default=3, help="number of seeded random MDPs (default 3)")
+    p.add_argument("--out", type=Path, default=Path("runs/tabular"),
+                   help="folder for the PNG (default: runs/tabular; the docs' figure: --out docs)")
+    p.add_argument("--alpha", type=positive_float, default=0.05, help="temperature on the 8x8 grid (default 0.05)")
+    p.add_argument("--seeds", type=non_negative_int, default=3, help="number of seeded random MDPs (default 3)")
     p.add_argument("--no-plot", action="store_true", help="print the tables only")
     return p.parse_args(argv)
 
@@ -96,10 +99,9 @@ def print_soft_or() -> None:
 
 
 def plot(grid: Grid, rows: dict, alpha: float, path: Path) -> None:
-    import matplotlib
+    from skills.evaluation.plots import _pyplot, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = _pyplot()
 
     from .core import occupancy
 
@@ -136,8 +138,7 @@ def plot(grid: Grid, rows: dict, alpha: float, path: Path) -> None:
                  "goal cells (absorbing) labelled with r_w: green = best, olive = less, red = 0", fontsize=9)
     fig.tight_layout(h_pad=1.5)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path, dpi=110)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -3,8 +3,21 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+
+
+def save_figure(fig, path: str | Path, **savefig: Any) -> Path:
+    """Write ``fig`` to ``path`` atomically (its format from the suffix; ``envs.files.atomic_path``) and close it."""
+    from envs.files import atomic_path
+
+    try:
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, **savefig)
+    finally:
+        _pyplot().close(fig)
+    return Path(path)
 
 
 def _pyplot():
@@ -31,8 +44,7 @@ def plot_learning_curve(history: list[dict], path: str | Path, title: str) -> No
     ax.set_title(title)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def multigoal_rollouts(policy, episodes: int, seed: int = 0) -> tuple[list[np.ndarray], np.ndarray]:
@@ -76,8 +88,7 @@ def plot_multigoal(paths: list[np.ndarray], goals: np.ndarray, path: str | Path,
     ax.set_aspect("equal")
     ax.set_title(title)
     fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def plot_convergence(report: dict, path: str | Path, title: str) -> None:
@@ -106,5 +117,4 @@ def plot_convergence(report: dict, path: str | Path, title: str) -> None:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7.5, loc="lower right")
     fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    save_figure(fig, path)

@@ -28,7 +28,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from envs.files import UnsafeFileError, kind_of, read_bounded
+from envs.files import UnsafeFileError, atomic_write_bytes, kind_of, read_bounded
 
 CLAIM, LOCK, MANIFEST = ".claim", ".lock", "manifest.json"
 MAX_RECORD_BYTES = 16 << 20  # a manifest or claim read while repairing (a claim is ~100 bytes)
@@ -239,13 +239,6 @@ def _owner(path: Path) -> tuple[str, int] | None:
 
 
 def atomic_write_text(path: str | Path, text: str) -> Path:
-    """Write ``text`` to ``path`` atomically: a temporary file beside it, fsynced, then renamed."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.tmp.{owner_tag()}"
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    return path
+    """Write ``text`` (UTF-8, whatever the locale) to ``path`` atomically: a temporary file beside it, fsynced, then
+    renamed (``envs.files.atomic_write_bytes``)."""
+    return atomic_write_bytes(path, text.encode("utf-8"))
