@@ -19,6 +19,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from .files import atomic_write_bytes
+
 _PROBE = (
     "import mujoco\n"
     "ctx = mujoco.GLContext(8, 8)\n"
@@ -59,10 +61,7 @@ def _read_cache() -> dict:
 
 def _write_cache(entries: dict) -> None:
     try:
-        _CACHE.parent.mkdir(parents=True, exist_ok=True)
-        tmp = _CACHE.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(entries))
-        os.replace(tmp, _CACHE)
+        atomic_write_bytes(_CACHE, json.dumps(entries).encode("utf-8"))
     except OSError:
         pass
 

@@ -27,6 +27,7 @@ import envs
 from envs.cli import BAD_INPUT, accept_negative_lists, positive_int, run_command, workspace_origin
 
 from .arm import MAX_DISPLACEMENT, TARGET_REL, ArmTaskEnv
+from .files import atomic_write_bytes
 
 if TYPE_CHECKING:
     from .arms.custom import CustomArm
@@ -148,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
         report = check(args.arm, args.ee_site, args.workspace_origin, args.episodes, args.frame)
         print(render_report(report))
         if args.json:
-            args.json.write_text(json.dumps(report, indent=2))
+            atomic_write_bytes(args.json, json.dumps(report, indent=2).encode("utf-8"))
         return 0
 
     def refused(err: BaseException) -> int:  # a missing file or a builder returning the wrong type: bad input too
