@@ -7,6 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
+import envs  # noqa: F401  # before any test module imports mujoco (dm_control): envs picks the headless GL backend
+
 CUDA = pytest.param("cuda", marks=[pytest.mark.cuda, pytest.mark.skipif(
     not torch.cuda.is_available(), reason="torch sees no CUDA device")])
 
