@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import socket
 import stat
 from collections.abc import Iterator
@@ -87,14 +88,19 @@ def read_bounded(path: str | os.PathLike, limit: int, inside: str | os.PathLike 
     return data
 
 
+PARTIAL = re.compile(r"^\.(?P<name>.+)\.tmp\.(?P<pid>\d+)@(?P<host>[^@/]+)$")
+"""A file ``atomic_path`` left half-written when its process was killed (no ``suffix``): its target's name and owner."""
+
+
 @contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """A hidden temporary path beside ``path`` (same suffix, so writers that read the format from it still can) for
-    the caller to write; on leaving the block without an error it is fsynced and renamed over ``path``, on an error
-    removed. Names the writer (``.<name>.tmp.<pid>@<host><suffix>``), so two writers never share one."""
+def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
+    """A hidden temporary path beside ``path`` for the caller to write; on leaving the block without an error it is
+    fsynced and renamed over ``path``, on an error removed. Names the writer (``.<name>.tmp.<pid>@<host>``, matched by
+    ``PARTIAL``, so a repair can tell a dead writer's leftover), so two writers never share one; ``suffix`` (e.g.
+    ``".mp4"``) is appended for writers that take the format from the name."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.tmp.{os.getpid()}@{socket.gethostname()}{path.suffix}"
+    tmp = path.parent / f".{path.name}.tmp.{os.getpid()}@{socket.gethostname()}{suffix}"
     try:
         yield tmp
         with open(tmp, "rb") as f:

@@ -66,22 +66,29 @@ class VideoWriter:
 
         if self._writer is None:
             self._target = ExitStack()
-            tmp = self._target.enter_context(atomic_path(self.path))
+            tmp = self._target.enter_context(atomic_path(self.path, suffix=self.path.suffix or ".mp4"))
             h, w = frame.shape[:2]
             fourcc = cv2.VideoWriter_fourcc(*"mp4v")  # type: ignore[attr-defined]  # missing from OpenCV's stubs
             self._writer = cv2.VideoWriter(str(tmp), fourcc, self.fps, (w, h))
             if not self._writer.isOpened():
-                self._finish(RuntimeError, None, None)
-                raise RuntimeError(f"OpenCV cannot write {self.path}")
+                err = RuntimeError(f"OpenCV cannot write {self.path}")
+                self._finish(RuntimeError, err, None)
+                raise err
         self._writer.write(np.ascontiguousarray(frame[:, :, ::-1]))
 
     def _finish(self, kind, error, trace) -> None:
-        """Release OpenCV's writer, then publish the file (no error) or discard it."""
-        if self._writer is not None:
-            self._writer.release()
-            self._writer = None
-        if self._target is not None:
-            target, self._target = self._target, None
+        """Release OpenCV's writer, then publish the file (no error) or discard it. ``error`` is the exception
+        instance when there is one (from Python 3.12 ``ExitStack`` judges by it, not by ``kind``)."""
+        writer, self._writer = self._writer, None
+        target, self._target = self._target, None
+        try:
+            if writer is not None:
+                writer.release()
+        except BaseException as failed:  # the file cannot be trusted: discard it, then raise
+            if target is not None:
+                target.__exit__(type(failed), failed, failed.__traceback__)
+            raise
+        if target is not None:
             target.__exit__(kind, error, trace)
 
     def close(self) -> Path:

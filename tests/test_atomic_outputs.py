@@ -78,3 +78,47 @@ def test_a_video_is_written_whole_or_not_at_all(tmp_path):
     with pytest.raises(RuntimeError, match="mid-episode"):
         film_episode(FailsAtStep(5), envs.make("reach", render_mode="rgb_array"), 4, False, video)
     assert video.read_bytes() == before and [p.name for p in video.parent.iterdir()] == ["reach.mp4"]
+
+
+def test_a_figure_path_without_a_suffix_is_a_png(tmp_path):
+    """matplotlib would take the format from the temporary name; ``save_figure`` names it from the target (PNG
+    without a suffix, as matplotlib's own default)."""
+    from skills.evaluation.plots import _pyplot, save_figure
+
+    fig, _ = _pyplot().subplots()
+    assert save_figure(fig, tmp_path / "curve").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_library_repair_removes_a_killed_writers_half_written_file_only(tmp_path):
+    """A hidden log's figure half-written by a process that was killed (``envs.files.PARTIAL``) is removed by the
+    library's repair; one whose writer is alive, and files of other names, are kept."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    from skills.library import store
+
+    done = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
+                          timeout=60)
+    dead, host = int(done.stdout), socket.gethostname()
+    folder = tmp_path / "reach"
+    folder.mkdir()
+    killed = folder / f"..v3.curve.png.tmp.{dead}@{host}"
+    alive = folder / f"..v4.curve.png.tmp.{os.getpid()}@{host}"
+    other = folder / "notes.tmp.txt"
+    for path in (killed, alive, other):
+        path.write_bytes(b"half")
+    assert store.recover(folder) == [f"removed {killed.name}"]
+    assert sorted(p.name for p in folder.iterdir()) == sorted([alive.name, other.name])
+
+
+@pytest.mark.render
+def test_a_video_opencv_cannot_write_is_refused_and_the_old_file_stays(tmp_path):
+    from envs.video import VideoWriter
+
+    target = tmp_path / "clip.nosuchformat"
+    target.write_bytes(b"earlier")
+    with pytest.raises(RuntimeError, match="OpenCV cannot write"), VideoWriter(target, 25) as video:
+        video.add(np.zeros((32, 32, 3), np.uint8))
+    assert target.read_bytes() == b"earlier" and [p.name for p in tmp_path.iterdir()] == [target.name]

@@ -9,9 +9,11 @@ import numpy as np
 
 
 def save_figure(fig, path: str | Path, **savefig: Any) -> Path:
-    """Write ``fig`` to ``path`` atomically (its format from the suffix; ``envs.files.atomic_path``) and close it."""
+    """Write ``fig`` to ``path`` atomically (``envs.files.atomic_path``; the format from the suffix, PNG without one)
+    and close it."""
     from envs.files import atomic_path
 
+    savefig.setdefault("format", Path(path).suffix[1:] or "png")
     try:
         with atomic_path(path) as tmp:
             fig.savefig(tmp, **savefig)

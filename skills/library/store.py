@@ -28,7 +28,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from envs.files import UnsafeFileError, atomic_write_bytes, kind_of, read_bounded
+from envs.files import PARTIAL, UnsafeFileError, atomic_write_bytes, kind_of, read_bounded
 
 CLAIM, LOCK, MANIFEST = ".claim", ".lock", "manifest.json"
 MAX_RECORD_BYTES = 16 << 20  # a manifest or claim read while repairing (a claim is ~100 bytes)
@@ -172,7 +172,8 @@ def recover(directory: Path) -> list[str]:
 
     A missing ``v<N>`` with a dead writer's leftovers gets back its new stage if that holds a manifest
     (it was complete and fsynced before the swap began), else the old copy. Dead writers' stages,
-    old copies, claims and hidden logs are removed; anything owned by a live process is kept.
+    old copies, claims, hidden logs and half-written files (``envs.files.PARTIAL``) are removed; anything owned by a
+    live process is kept.
     """
     done: list[str] = []
     if not directory.is_dir():
@@ -183,6 +184,10 @@ def recover(directory: Path) -> list[str]:
         if match:
             alive = owner_alive(match.group(4), int(match.group(3)))
             leftovers.setdefault(int(match.group(1)), []).append((entry, match.group(2), alive))
+        elif (partial := PARTIAL.match(entry.name)) and entry.is_file() and not entry.is_symlink() \
+                and not owner_alive(partial["host"], int(partial["pid"])):
+            entry.unlink(missing_ok=True)  # a file a killed writer left half-written (a hidden log's figure)
+            done.append(f"removed {entry.name}")
     for number, entries in leftovers.items():
         target = directory / f"v{number}"
         if any(alive for _, _, alive in entries):
