@@ -131,14 +131,20 @@ def main(argv: list[str] | None = None) -> int:
     return run_measurement(lambda: measure(args.episodes, args.seed, args.library, dict(args.operator_setting)), args.json)
 
 
+def operators(dc_settings: dict[str, float] | None = None) -> dict:
+    """The two operators compared: averaging, and DC with ``dc_settings`` (its fields; a wrong one is refused here)."""
+    from compose.operators import make_operator
+
+    return {"average": make_operator("average"), "dc": make_operator("dc", **(dc_settings or {}))}
+
+
 def measure(episodes: int, seed: int, library: str | None, dc_settings: dict[str, float] | None = None) -> dict:
     """The whole measurement (module docstring), as one JSON-ready dict; ``dc_settings`` set DC's operator fields."""
     import compose
-    from compose.operators import make_operator
 
-    operators = {"average": make_operator("average"), "dc": make_operator("dc", **(dc_settings or {}))}  # refused first
+    compared = operators(dc_settings)  # before anything loads
     runs, builds, comps = {}, {}, {}
-    for op, operator in operators.items():
+    for op, operator in compared.items():
         comps[op] = compose.load(SPEC, library=library, seed=seed, operator=operator)
         builds[op] = comps[op].build(progress=False)
         runs[op] = evaluate(comps[op].policy, episodes, seed, library)

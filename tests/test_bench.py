@@ -494,6 +494,19 @@ def test_dc_vs_average_refuses_a_setting_dc_cannot_take_before_loading_anything(
         assert err.startswith("error:") and message in err and "unknown skill" not in err and "Traceback" not in err
 
 
+def test_dc_vs_average_gives_its_setting_to_dc_alone():
+    """``--operator-setting target_update_interval=100`` makes DC with that fit (a whole number, cached apart from the
+    default's); averaging is the plain one."""
+    from bench import dc_vs_average
+
+    default, longer = dc_vs_average.operators(), dc_vs_average.operators({"target_update_interval": 100.0})
+    assert longer["dc"].target_update_interval == 100 and isinstance(longer["dc"].target_update_interval, int)
+    from compose.operators import make_operator
+
+    assert default["dc"] == make_operator("dc") and longer["average"] == default["average"] == make_operator("average")
+    assert longer["dc"].settings() != default["dc"].settings()
+
+
 def test_fold_entropy_measures_each_credit_against_a_converged_reference(tmp_path):
     """The reference (Kozachenko-Leonenko on many draws, by a k-d tree) matches known entropies: a squashed Gaussian and
     a sampler that folds every coordinate (``u = -|xi|``, a half-normal); ``bench.fold_entropy --quick`` on the shipped
