@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from contextlib import ExitStack
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -50,7 +50,7 @@ class VideoWriter:
     def __init__(self, path: str | Path, fps: float):
         self.path, self.fps = Path(path), float(fps)
         self._writer: cv2.VideoWriter | None = None
-        self._target: ExitStack | None = None
+        self._target: AbstractContextManager[Path] | None = None  # atomic_path's, entered at the first frame
 
     def __enter__(self) -> VideoWriter:
         return self
@@ -65,8 +65,8 @@ class VideoWriter:
         import cv2
 
         if self._writer is None:
-            self._target = ExitStack()
-            tmp = self._target.enter_context(atomic_path(self.path, suffix=self.path.suffix or ".mp4"))
+            self._target = atomic_path(self.path, suffix=self.path.suffix or ".mp4")
+            tmp = self._target.__enter__()
             h, w = frame.shape[:2]
             fourcc = cv2.VideoWriter_fourcc(*"mp4v")  # type: ignore[attr-defined]  # missing from OpenCV's stubs
             self._writer = cv2.VideoWriter(str(tmp), fourcc, self.fps, (w, h))
@@ -77,8 +77,7 @@ class VideoWriter:
         self._writer.write(np.ascontiguousarray(frame[:, :, ::-1]))
 
     def _finish(self, kind, error, trace) -> None:
-        """Release OpenCV's writer, then publish the file (no error) or discard it. ``error`` is the exception
-        instance when there is one (from Python 3.12 ``ExitStack`` judges by it, not by ``kind``)."""
+        """Release OpenCV's writer, then publish the file (no error) or discard it (``atomic_path``'s exit)."""
         writer, self._writer = self._writer, None
         target, self._target = self._target, None
         try:

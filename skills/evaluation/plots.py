@@ -7,12 +7,12 @@ from typing import Any
 
 import numpy as np
 
+from envs.files import atomic_path
+
 
 def save_figure(fig, path: str | Path, **savefig: Any) -> Path:
     """Write ``fig`` to ``path`` atomically (``envs.files.atomic_path``; the format from the suffix, PNG without one)
     and close it."""
-    from envs.files import atomic_path
-
     savefig.setdefault("format", Path(path).suffix[1:] or "png")
     try:
         with atomic_path(path) as tmp:
