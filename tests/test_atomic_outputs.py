@@ -113,6 +113,31 @@ def test_library_repair_removes_a_killed_writers_half_written_file_only(tmp_path
     assert sorted(p.name for p in folder.iterdir()) == sorted([alive.name, other.name])
 
 
+
+def test_library_repair_removes_a_killed_writers_half_written_file_inside_a_version(tmp_path):
+    """A manifest update cut short inside a version folder (``skills.library.files.update_manifest`` writes a
+    ``PARTIAL`` temp file beside ``manifest.json``) is removed by the repair when its writer is dead; a live writer's
+    is kept, and so are the version's own files."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    from skills.library import store
+
+    done = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
+                          timeout=60)
+    dead, host = int(done.stdout), socket.gethostname()
+    version = tmp_path / "reach" / "v2"
+    version.mkdir(parents=True)
+    (version / "manifest.json").write_text("{}")
+    killed = version / f".manifest.json.tmp.{dead}@{host}"
+    alive = version / f".learning_curve.png.tmp.{os.getpid()}@{host}"
+    for path in (killed, alive):
+        path.write_bytes(b"half")
+    assert store.recover(tmp_path / "reach") == [f"removed v2/{killed.name}"]
+    assert sorted(p.name for p in version.iterdir()) == sorted(["manifest.json", alive.name])
+
 @pytest.mark.render
 def test_a_video_opencv_cannot_write_is_refused_and_the_old_file_stays(tmp_path):
     from envs.video import VideoWriter

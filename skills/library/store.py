@@ -167,13 +167,19 @@ def _fsync_directory(directory: Path) -> None:
         os.close(fd)
 
 
+def dead_partial(path: Path) -> bool:
+    """``path`` is a regular file that a writer which is no longer alive left half-written (``envs.files.PARTIAL``)."""
+    partial = PARTIAL.match(path.name)
+    return bool(partial) and path.is_file() and not path.is_symlink() and not owner_alive(partial["host"], int(partial["pid"]))
+
+
 def recover(directory: Path) -> list[str]:
     """Repair what dead writers left in ``directory`` (call under ``name_lock``); returns what was done.
 
     A missing ``v<N>`` with a dead writer's leftovers gets back its new stage if that holds a manifest
     (it was complete and fsynced before the swap began), else the old copy. Dead writers' stages,
-    old copies, claims, hidden logs and half-written files (``envs.files.PARTIAL``) are removed; anything owned by a
-    live process is kept.
+    old copies, claims, hidden logs and half-written files (``envs.files.PARTIAL``, beside the versions or inside one) are
+    removed; anything owned by a live process is kept.
     """
     done: list[str] = []
     if not directory.is_dir():
@@ -184,10 +190,14 @@ def recover(directory: Path) -> list[str]:
         if match:
             alive = owner_alive(match.group(4), int(match.group(3)))
             leftovers.setdefault(int(match.group(1)), []).append((entry, match.group(2), alive))
-        elif (partial := PARTIAL.match(entry.name)) and entry.is_file() and not entry.is_symlink() \
-                and not owner_alive(partial["host"], int(partial["pid"])):
+        elif dead_partial(entry):
             entry.unlink(missing_ok=True)  # a file a killed writer left half-written (a hidden log's figure)
             done.append(f"removed {entry.name}")
+        elif _VERSION.match(entry.name) and entry.is_dir() and not entry.is_symlink():
+            for inner in list(entry.iterdir()):  # e.g. a manifest update or a figure of a version, cut short
+                if dead_partial(inner):
+                    inner.unlink(missing_ok=True)
+                    done.append(f"removed {entry.name}/{inner.name}")
     for number, entries in leftovers.items():
         target = directory / f"v{number}"
         if any(alive for _, _, alive in entries):
