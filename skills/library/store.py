@@ -170,7 +170,9 @@ def _fsync_directory(directory: Path) -> None:
 def dead_partial(path: Path) -> bool:
     """``path`` is a regular file that a writer which is no longer alive left half-written (``envs.files.PARTIAL``)."""
     partial = PARTIAL.match(path.name)
-    return bool(partial) and path.is_file() and not path.is_symlink() and not owner_alive(partial["host"], int(partial["pid"]))
+    if partial is None or not path.is_file() or path.is_symlink():
+        return False
+    return not owner_alive(partial["host"], int(partial["pid"]))
 
 
 def recover(directory: Path) -> list[str]:
