@@ -89,19 +89,26 @@ def test_a_figure_path_without_a_suffix_is_a_png(tmp_path):
     assert save_figure(fig, tmp_path / "curve").read_bytes()[:4] == b"\x89PNG"
 
 
-def test_library_repair_removes_a_killed_writers_half_written_file_only(tmp_path):
-    """A hidden log's figure half-written by a process that was killed (``envs.files.PARTIAL``) is removed by the
-    library's repair; one whose writer is alive, and files of other names, are kept."""
-    import os
+@pytest.fixture
+def dead_writer() -> tuple[int, str]:
+    """The pid and host of a writer that has ended: a child process that printed its pid and exited."""
     import socket
     import subprocess
     import sys
 
-    from skills.library import store
-
     done = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
                           timeout=60)
-    dead, host = int(done.stdout), socket.gethostname()
+    return int(done.stdout), socket.gethostname()
+
+
+def test_library_repair_removes_a_killed_writers_half_written_file_only(tmp_path, dead_writer):
+    """A hidden log's figure half-written by a process that was killed (``envs.files.PARTIAL``) is removed by the
+    library's repair; one whose writer is alive, and files of other names, are kept."""
+    import os
+
+    from skills.library import store
+
+    dead, host = dead_writer
     folder = tmp_path / "reach"
     folder.mkdir()
     killed = folder / f"..v3.curve.png.tmp.{dead}@{host}"
@@ -113,21 +120,15 @@ def test_library_repair_removes_a_killed_writers_half_written_file_only(tmp_path
     assert sorted(p.name for p in folder.iterdir()) == sorted([alive.name, other.name])
 
 
-
-def test_library_repair_removes_a_killed_writers_half_written_file_inside_a_version(tmp_path):
+def test_library_repair_removes_a_killed_writers_half_written_file_inside_a_version(tmp_path, dead_writer):
     """A manifest update cut short inside a version folder (``skills.library.files.update_manifest`` writes a
     ``PARTIAL`` temp file beside ``manifest.json``) is removed by the repair when its writer is dead; a live writer's
     is kept, and so are the version's own files."""
     import os
-    import socket
-    import subprocess
-    import sys
 
     from skills.library import store
 
-    done = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
-                          timeout=60)
-    dead, host = int(done.stdout), socket.gethostname()
+    dead, host = dead_writer
     version = tmp_path / "reach" / "v2"
     version.mkdir(parents=True)
     (version / "manifest.json").write_text("{}")
@@ -137,6 +138,7 @@ def test_library_repair_removes_a_killed_writers_half_written_file_inside_a_vers
         path.write_bytes(b"half")
     assert store.recover(tmp_path / "reach") == [f"removed v2/{killed.name}"]
     assert sorted(p.name for p in version.iterdir()) == sorted(["manifest.json", alive.name])
+
 
 @pytest.mark.render
 def test_a_video_opencv_cannot_write_is_refused_and_the_old_file_stays(tmp_path):
