@@ -3,8 +3,9 @@ resolving names (``skills.library.catalog``).
 
 Layers, each importing only those before it: ``manifest`` (the typed manifest and its checks), ``store``
 (versions claimed and published atomically, safe under concurrent writers and crashes), ``files`` (a skill's
-files written and read back checked), ``catalog`` (names, versions, listing, staleness), ``skill`` (a loaded
-``Skill`` and ``load``).
+files written and read back checked), ``catalog`` (names, versions, listing, staleness), ``transfer`` (skills
+trained elsewhere added to a library, checked: ``python -m skills.add``), ``skill`` (a loaded ``Skill`` and
+``load``).
 """
 
 from __future__ import annotations

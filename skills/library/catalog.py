@@ -9,7 +9,6 @@ a ``Path``) is used as is. Training never overwrites: every run claims the next 
 from __future__ import annotations
 
 import os
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,9 +17,7 @@ from envs.files import UnsafeFileError, within
 
 from .files import load_manifest
 from .manifest import MANIFEST, NAME, CorruptSkillError, Manifest, SkillError
-from .store import claim_version, is_claim_only
-
-_VERSION_DIR = re.compile(r"^v(\d+)$")
+from .store import VERSION_DIR, claim_version, is_claim_only
 
 
 class StaleSkillError(SkillError):
@@ -80,7 +77,7 @@ def _version_dirs(skill_dir: Path, root: Path, problems: list[str] | None = None
     ``_entry`` to refuse by name)."""
     found = []
     for path in sorted(skill_dir.iterdir()) if _inside(skill_dir, root, problems) else []:
-        if not (_VERSION_DIR.match(path.name) and path.is_dir()):
+        if not (VERSION_DIR.match(path.name) and path.is_dir()):
             continue
         if not _inside(path, root, None if keep_outside else problems):
             if keep_outside:

@@ -170,7 +170,7 @@ def update_manifest(path: Path, **fields: Any) -> Manifest:
     return manifest
 
 
-def _read_checked(path: Path, name: str, digest: str, limit: int) -> bytes:
+def read_checked(path: Path, name: str, digest: str, limit: int) -> bytes:
     """A skill file's bytes (regular, inside the skill's directory, at most ``limit``), checked against ``digest``."""
     file = path / name
     try:
@@ -254,8 +254,8 @@ def read_skill(path: str | Path, device: str | torch.device = "cpu") -> tuple[So
     """
     path = Path(path)
     info = load_manifest(path)
-    weights = _read_checked(path, WEIGHTS, info.files[WEIGHTS], MAX_WEIGHTS_BYTES)
-    stored = _read_checked(path, TRANSITIONS, info.files[TRANSITIONS], MAX_TRANSITIONS_BYTES)
+    weights = read_checked(path, WEIGHTS, info.files[WEIGHTS], MAX_WEIGHTS_BYTES)
+    stored = read_checked(path, TRANSITIONS, info.files[TRANSITIONS], MAX_TRANSITIONS_BYTES)
     _check_sizes(path, info, weights)
     check_transitions(stored, info, path / TRANSITIONS)
     try:

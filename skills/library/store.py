@@ -32,7 +32,7 @@ from envs.files import PARTIAL, UnsafeFileError, atomic_write_bytes, kind_of, re
 
 CLAIM, LOCK, MANIFEST = ".claim", ".lock", "manifest.json"
 MAX_RECORD_BYTES = 16 << 20  # a manifest or claim read while repairing (a claim is ~100 bytes)
-_VERSION = re.compile(r"^v(\d+)$")
+VERSION_DIR = re.compile(r"^v(\d+)$")
 _HIDDEN = re.compile(r"^\.v(\d+)\.(tmp|old)\.(\d+)(?:\.\d+)?@(.+)$")  # .v3.tmp.<pid>@<host>, .v3.old.<pid>.<ns>@<host>
 _LOG = re.compile(r"^\.v(\d+)\.(progress\.csv|curve\.png|convergence\.png)$")
 
@@ -90,7 +90,7 @@ def taken_versions(directory: Path) -> set[int]:
     """Every version number a directory holds or a leftover still refers to."""
     numbers = set()
     for entry in directory.iterdir() if directory.is_dir() else ():
-        match = _VERSION.match(entry.name) or _HIDDEN.match(entry.name) or _LOG.match(entry.name)
+        match = VERSION_DIR.match(entry.name) or _HIDDEN.match(entry.name) or _LOG.match(entry.name)
         if match:
             numbers.add(int(match.group(1)))
     return numbers
@@ -145,7 +145,7 @@ def publish_directory(stage: Path, path: Path) -> Path:
         with open(file, "rb") as f:
             os.fsync(f.fileno())
     with name_lock(path.parent):
-        if path.exists() and _VERSION.match(path.name) and _status(path) == "complete":
+        if path.exists() and VERSION_DIR.match(path.name) and _status(path) == "complete":
             shutil.rmtree(stage, ignore_errors=True)
             raise PublishedVersionError(f"{path} is a published (complete) version; it is never replaced")
         if path.exists():
@@ -195,7 +195,7 @@ def recover(directory: Path) -> list[str]:
         elif dead_partial(entry):
             entry.unlink(missing_ok=True)  # a file a killed writer left half-written (a hidden log's figure)
             done.append(f"removed {entry.name}")
-        elif _VERSION.match(entry.name) and entry.is_dir() and not entry.is_symlink():
+        elif VERSION_DIR.match(entry.name) and entry.is_dir() and not entry.is_symlink():
             for inner in list(entry.iterdir()):  # e.g. a manifest update or a figure of a version, cut short
                 if dead_partial(inner):
                     inner.unlink(missing_ok=True)
@@ -216,7 +216,7 @@ def recover(directory: Path) -> list[str]:
                 shutil.rmtree(entry, ignore_errors=True)
                 done.append(f"removed {entry.name}")
     for entry in list(directory.iterdir()):
-        if _VERSION.match(entry.name) and is_claim_only(entry):
+        if VERSION_DIR.match(entry.name) and is_claim_only(entry):
             try:
                 claim = read_record(entry / CLAIM)
                 dead = not owner_alive(str(claim["host"]), int(claim["pid"]))
