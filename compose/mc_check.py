@@ -250,18 +250,49 @@ def with_exact(rows: list[dict], exact: dict | None) -> list[dict]:
         exact["pairs"]:]
 
 
+def versus_joint(rows: list[dict], name: str) -> dict | None:
+    """Actor ``name``'s soft return against the jointly trained skill's on the pairs where both acted: the paired
+    difference ``G_name - G_joint`` [S] pooled (mean, SE across pairs), and ``worse``: below by more than 2 SE. None
+    without a joint skill (or fewer than two such pairs)."""
+    diff = np.array([r[name]["mean"] - r["joint"]["mean"] for r in rows if name in r and "joint" in r])
+    if len(diff) < 2:
+        return None
+    se = float(diff.std(ddof=1) / np.sqrt(len(diff)))
+    return {"pairs": len(diff), "mean": float(diff.mean()), "se": se, "worse": bool(diff.mean() + 2 * se < 0)}
+
+
+def control_verdict(check: dict) -> str:
+    """One lower-side control's verdict: failed; passed although it should have failed (the check's miss); or passed
+    while no worse than the joint skill on these pairs (not a negative control there)."""
+    if check["failed"]:
+        return "failed, as it must"
+    joint = check.get("versus_joint")
+    if joint is None:
+        return "passed although it should fail: the lower side cannot tell it from the composition"
+    if check["should_fail"]:
+        return (f"passed although it should fail (below the joint skill by {-joint['mean']:.3g} +- {joint['se']:.2g}): "
+                "the lower side cannot tell it from the composition")
+    return (f"passed, and no worse than the joint skill here ({joint['mean']:+.3g} +- {joint['se']:.2g}): not a negative "
+            "control on these pairs")
+
+
 def policy_gap_side(rows: list[dict], exact: dict | None) -> dict:
     """The lower side against the policy's own gap ``D``, pooled over pairs (``pooled``): every actor's margin, the
     share of pairs on which its CI reaches ``Q_w - D``, the controls (``D`` = 0; the random actor and each constituent
-    alone, each of which must fall below it unless it is no worse than the composition) and the verdict."""
+    alone) and the verdict. A control *should fail* unless it collects as much soft return as the joint skill on the
+    same pairs (``versus_joint``: not below it by more than 2 SE); ``tells_policies_apart`` when every control that
+    should fail does. ``D`` = 0 always should."""
     table = pooled(with_exact(rows, exact), "D")
     names = [n for n in table if n != "exact pi_w"]
-    checks: list[dict[str, Any]] = [{"control": "D shrunk to 0",
+    checks: list[dict[str, Any]] = [{"control": "D shrunk to 0", "should_fail": True,
                                       "failed": not pooled(rows, "D", scale=0.0)["composed"]["holds"]}]
-    checks += [{"control": f"{n} acting (its own entropy)", "failed": not table[n]["holds"]}
-               for n in names if n not in ("composed", "joint")]
+    for n in names:
+        if n not in ("composed", "joint"):
+            joint = versus_joint(rows, n)
+            checks.append({"control": f"{n} acting (its own entropy)", "failed": not table[n]["holds"],
+                           "versus_joint": joint, "should_fail": joint is None or joint["worse"]})
     for check in checks:
-        check["verdict"] = "failed, as it must" if check["failed"] else "passed: no worse than the composition here"
+        check["verdict"] = control_verdict(check)
     note = []
     if table["composed"]["holds"]:
         note.append("the composed sampler meets Q_w - D within the noise")
@@ -274,10 +305,15 @@ def policy_gap_side(rows: list[dict], exact: dict | None) -> dict:
     passed = [str(c["control"]) for c in checks if not c["failed"]]
     if passed:
         note.append("it holds for " + ", ".join(passed) + " too")
+    missed = [str(c["control"]) for c in checks if not c["failed"] and c["should_fail"]]
+    not_negative = [str(c["control"]) for c in checks if not c["failed"] and not c["should_fail"]]
+    if not_negative:
+        note.append(", ".join(not_negative) + " no worse than the joint skill here: not a negative control on these pairs")
     return {"method": "margin G - (Q_w - D) averaged over the pairs, mean +- SE across pairs; holds when mean + 2 SE >= 0",
             "D_mean": float(np.mean([r["D"] for r in rows])), "pooled": table,
             "pairs_holding": {n: side_fractions(rows, n, key="D")[1] for n in names},
-            "controls": checks, "tells_policies_apart": not passed, "note": "; ".join(note)}
+            "controls": checks, "tells_policies_apart": not missed, "controls_passed": passed,
+            "controls_not_negative_here": not_negative, "note": "; ".join(note)}
 
 
 def summarise(scored: dict, exact: dict | None, config: MCBoundConfig) -> dict:

@@ -221,7 +221,9 @@ def policy_gap_lines(bound: dict) -> list[str]:
         return []
     lines = [f"Lower side with the policy's own gap D (margin G - (Q_w - D) pooled over pairs; holds when mean + 2 SE >= 0), "
              f"per seed: composed sampler {bound['lower_D_holds_composed']}, exact pi_w {bound['lower_D_holds_exact']}; "
-             f"every control failed as it must: {bound['D_controls_failed_as_they_must']}", ""]
+             f"every control failed as it must: {bound['D_controls_failed_as_they_must']}; every control that should fail "
+             f"(one below the joint skill's soft return by more than 2 SE on the same pairs) failed: "
+             f"{bound.get('D_controls_failed_where_they_should')}", ""]
     by_actor = {n: m for n, m in bound.get("lower_D_margin_by_actor", {}).items() if m["mean"] is not None}
     if by_actor:
         pooled = "; ".join(f"{n} {m['mean']:+.3f} +- {m['se']:.3f} ({'holds' if m['holds'] else 'fails'}, {m['seeds']} seeds)"
@@ -506,6 +508,9 @@ def summarise_spec(spec: str, seeds: Sequence[int], evaluated: dict, operator: s
         out["bound"]["D_controls_failed_as_they_must"] = [
             all(c["failed"] for c in r["bound"]["lower_D_controls"]) if r and "lower_D_controls" in r["bound"] else None
             for r in runs]
+        out["bound"]["D_controls_failed_where_they_should"] = [
+            all(c["failed"] or not c.get("should_fail", True) for c in r["bound"]["lower_D_controls"])
+            if r and "lower_D_controls" in r["bound"] else None for r in runs]
         margins = [(r["bound"].get("lower_D_margins") or {}) if r else {} for r in runs]  # none in earlier records
         actors = dict.fromkeys(name for m in margins for name in m)
         out["bound"]["lower_D_margin_by_actor"] = {n: mean_over_seeds([m[n][0] if n in m else None for m in margins])

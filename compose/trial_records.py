@@ -205,13 +205,16 @@ VERDICTS = ("lower_D_holds_composed", "lower_D_holds_exact")  # whether a policy
 
 def check_bound(bound: dict) -> None:
     """The bound figures (numbers or null), the controls of ``C`` and of ``D`` (lists of objects with a boolean
-    ``failed``), whether each policy meets ``Q_w - D`` (true, false or null), each actor's margin to it and its SE
-    (numbers or null), the verdict (an object or null) and each actor's soft return (numbers or null)."""
+    ``failed`` and, where recorded, a boolean ``should_fail``), whether each policy meets ``Q_w - D`` (true, false or
+    null), each actor's margin to it and its SE (numbers or null), the verdict (an object or null) and each actor's soft
+    return (numbers or null)."""
     for name, value in bound.items():
         if name in CONTROL_LISTS:
             if value is not None and not (isinstance(value, list) and len(value) <= 64 and all(
-                    isinstance(c, dict) and isinstance(c.get("failed"), bool) for c in value)):
-                raise BadRecord(f"bound.{name} must be a list of objects, each with a boolean 'failed'")
+                    isinstance(c, dict) and isinstance(c.get("failed"), bool)
+                    and isinstance(c.get("should_fail", False), bool) for c in value)):
+                raise BadRecord(f"bound.{name} must be a list of objects, each with a boolean 'failed' (and "
+                                "'should_fail', where given)")
         elif name in VERDICTS:
             if value is not None and not isinstance(value, bool):
                 raise BadRecord(f"bound.{name} must be true, false or null, got {value!r}"[:200])

@@ -633,3 +633,40 @@ def test_puck_failures_refuses_bad_arguments_before_loading_anything(argv, capsy
         puck_failures.main(argv)
     err = capsys.readouterr().err
     assert any(why in err for why in ("need -180", "expected two degrees", "must be >= 6", "invalid choice: 'priority'"))
+
+
+def test_control_validity_rereads_a_studys_reports_and_tells_a_miss_from_a_control_that_is_not_negative(tmp_path, capsys):
+    """``bench.control_validity`` on a study folder with nothing rerun: per seed, a constituent as good as the joint
+    skill that passes is "not negative here"; one clearly below the joint that passes is a miss; a FIFO as a report is
+    refused in one line."""
+    import os
+
+    from bench import control_validity
+
+    rng = np.random.default_rng(0)
+
+    def row(b_alone: float) -> dict:
+        noise = float(rng.normal(0, 0.3))
+        actors = {"composed": 0.5, "joint": 0.6, "random": -2.0, "/lib/a/v1 alone": 0.6, "/lib/b/v1 alone": b_alone}
+        return {"Q_w": 2.0, "C": 5.0, "D": 2.0, **{k: {"mean": 1.0 + m + noise + float(rng.normal(0, 0.05)),
+                                                       "ci": [0.0, 0.0]} for k, m in actors.items()}}
+
+    for seed, b_alone in ((0, 0.6), (1, 0.2)):
+        run = tmp_path / "study" / "runs" / f"x+y-seed{seed}-stochastic"
+        run.mkdir(parents=True)
+        (run / "report.json").write_text(json.dumps({"bound": {"mc": {"per_pair": [row(b_alone) for _ in range(20)]}}}))
+    (tmp_path / "study" / "runs" / "x+y-seed0-deterministic").mkdir()  # no report: skipped
+    out = tmp_path / "cv.json"
+    assert control_validity.main([str(tmp_path / "study"), "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert [s["seed"] for s in result["seeds"]] == [0, 1]
+    assert result["seeds_every_control_failed"] == 0 and result["seeds_every_control_that_should_failed"] == 1
+    by_seed = [{c["control"]: (c["failed"], c["should_fail"]) for c in s["controls"]} for s in result["seeds"]]
+    assert by_seed[0]["a alone"] == by_seed[0]["b alone"] == (False, False) and by_seed[0]["random"] == (True, True)
+    assert by_seed[1]["b alone"] == (False, True), "0.4 below the joint skill and still passing: the check's miss"
+    assert "b alone passed (SHOULD have failed" in capsys.readouterr().err
+    fifo = tmp_path / "study" / "runs" / "x+y-seed2-stochastic"
+    fifo.mkdir()
+    os.mkfifo(fifo / "report.json")
+    assert control_validity.main([str(tmp_path / "study")]) == 2
+    assert "not a regular file" in capsys.readouterr().err

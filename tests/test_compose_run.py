@@ -175,6 +175,36 @@ def test_the_lower_side_with_d_is_pooled_and_tells_a_poor_actor_from_the_compose
     assert "falls below Q_w - D" in policy_gap_side(below, None)["note"]
 
 
+def test_a_control_should_fail_unless_it_is_as_good_as_the_joint_skill_on_the_same_pairs():
+    """``versus_joint``: a control that passes the lower side against ``Q_w - D`` is a miss of the check only when it
+    collects less soft return than the joint skill on the same pairs (paired difference below 0 by more than 2 SE). A
+    constituent as good as the joint skill passes and is named "not a negative control here"; one 0.3 below it passes
+    too (Q_w - D is loose here) and is the check's miss; the random actor fails."""
+    from compose.mc_check import policy_gap_side, versus_joint
+
+    rng = np.random.default_rng(1)
+
+    def row(**actors):
+        noise = float(rng.normal(0, 0.3))  # shared by every actor at a pair: the paired difference removes it
+        return {"Q_w": 2.0, "C": 5.0, "D": 2.0, **{k: {"mean": 1.0 + m + noise + float(rng.normal(0, 0.05)),
+                                                       "ci": [0.0, 0.0]} for k, m in actors.items()}}
+
+    rows = [row(composed=0.5, joint=0.6, random=-2.0, **{"a alone": 0.6, "b alone": 0.3}) for _ in range(20)]
+    side = policy_gap_side(rows, None)
+    by_name = {c["control"].removesuffix(" acting (its own entropy)"): c for c in side["controls"]}
+    assert [by_name[n]["failed"] for n in ("D shrunk to 0", "random", "a alone", "b alone")] == [True, True, False, False]
+    assert [by_name[n]["should_fail"] for n in ("D shrunk to 0", "random", "a alone", "b alone")] == [True, True, False, True]
+    assert by_name["a alone"]["verdict"].startswith("passed, and no worse than the joint skill")
+    assert by_name["b alone"]["verdict"].startswith("passed although it should fail (below the joint skill by 0.3")
+    assert not side["tells_policies_apart"] and side["controls_not_negative_here"] == ["a alone acting (its own entropy)"]
+    difference = versus_joint(rows, "b alone")
+    assert difference["mean"] == pytest.approx(np.mean([r["b alone"]["mean"] - r["joint"]["mean"] for r in rows]))
+    assert difference["worse"] and difference["se"] < 0.05  # the shared noise cancels in the pairing
+    without_b = [{k: v for k, v in r.items() if k != "b alone"} for r in rows]
+    assert policy_gap_side(without_b, None)["tells_policies_apart"], "only a control as good as the joint passes"
+    assert versus_joint([{k: v for k, v in r.items() if k != "joint"} for r in rows], "a alone") is None
+
+
 def test_cli_refuses_bad_weights_and_unknown_skills(library, capsys):
     args = ["--library", str(library), "--episodes", "1", "--no-progress"]
     assert compose_run.main(["multigoal@v1+multigoal@v2", "--weights", "0.9,0.3", *args]) == 2

@@ -519,6 +519,9 @@ BAD_RECORDS = {
         "lower_D_holds_composed must be true, false or null"),
     "D controls without verdicts": ("eval-reach+avoid-seed0", json.dumps(good_eval()).replace(
         '"mean_C": 2.0', '"mean_C": 2.0, "lower_D_controls": [{"control": "random"}]'), "lower_D_controls must be a list"),
+    "a D control whose should_fail is text": ("eval-reach+avoid-seed0", json.dumps(good_eval()).replace(
+        '"mean_C": 2.0', '"mean_C": 2.0, "lower_D_controls": [{"control": "random", "failed": false, "should_fail": "no"}]'),
+        "lower_D_controls must be a list"),
 }
 
 

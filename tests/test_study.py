@@ -292,6 +292,7 @@ def test_the_study_carries_each_seeds_lower_side_against_d(smoke):
         evaluated[study_module.eval_key("reach+avoid", seed)] = record
     bound = study_module.summarise_spec("reach+avoid", [0, 1], evaluated)["bound"]
     assert bound["D_controls_failed_as_they_must"] == [False, False]  # reach alone passes on each seed alone
+    assert bound["D_controls_failed_where_they_should"] == [False, False]  # no joint skill: every control should fail
     assert bound["lower_D_holds_composed"] == [True, True] and bound["D_mean"]["per_seed"] == [1.0, 1.0]
     assert bound["lower_D_margin_composed"]["per_seed"] == pytest.approx([0.0, 0.0], abs=1e-12)
     lines = study_module.policy_gap_lines(bound)
