@@ -75,8 +75,8 @@ def measure(out: Path) -> dict:
         controls = [{"control": short(c["control"]), "failed": c["failed"], "should_fail": c["should_fail"],
                      "versus_joint": c.get("versus_joint")} for c in side["controls"]]
         seeds.append({"spec": spec, "seed": seed, "pairs": len(mc["per_pair"]), "controls": controls,
-                      "every_control_failed": all(c["failed"] for c in controls),
-                      "every_control_that_should_failed": all(c["failed"] or not c["should_fail"] for c in controls)})
+                      "every_control_failed": not side["controls_passed"],
+                      "every_control_that_should_failed": side["tells_policies_apart"]})
     if not seeds:
         raise ValueError(f"{out}: no seed's stochastic report holds per-pair records with D and a joint skill")
     return {"study": str(out), "rule": "a control should fail when its per-pair soft return is below the joint skill's "
