@@ -76,10 +76,10 @@ def _version_dirs(skill_dir: Path, root: Path, problems: list[str] | None = None
     library ``root``: a link out of it is described in ``problems`` and skipped (``keep_outside``: kept, unopened, for
     ``_entry`` to refuse by name)."""
     found = []
-    for path in sorted(skill_dir.iterdir()) if _inside(skill_dir, root, problems) else []:
+    for path in sorted(skill_dir.iterdir()) if noted_inside(skill_dir, root, problems) else []:
         if not (VERSION_DIR.match(path.name) and path.is_dir()):
             continue
-        if not _inside(path, root, None if keep_outside else problems):
+        if not noted_inside(path, root, None if keep_outside else problems):
             if keep_outside:
                 found.append(path)
         elif not is_claim_only(path):
@@ -87,7 +87,8 @@ def _version_dirs(skill_dir: Path, root: Path, problems: list[str] | None = None
     return found
 
 
-def _inside(path: Path, root: Path, problems: list[str] | None) -> bool:
+def noted_inside(path: Path, root: Path, problems: list[str] | None) -> bool:
+    """Whether ``path`` lies inside ``root`` (``inside_library``); if not, why goes into ``problems`` when given."""
     try:
         inside_library(path, root)
         return True

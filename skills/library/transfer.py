@@ -25,9 +25,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from envs.files import UnsafeFileError, read_bounded, within
+from envs.files import UnsafeFileError, read_bounded
 
-from .catalog import claim_version_dir, list_skills
+from .catalog import claim_version_dir, list_skills, noted_inside
 from .files import MAX_TRANSITIONS_BYTES, MAX_WEIGHTS_BYTES, load_manifest, read_checked, read_skill
 from .manifest import MANIFEST, NAME, SKILL_FILES, TRANSITIONS, WEIGHTS, CorruptSkillError
 from .store import VERSION_DIR, is_claim_only, publish_directory, release_claim, staging_directory
@@ -74,25 +74,17 @@ def source_versions(source: str | Path, problems: list[str]) -> list[Path]:
         return [root]
     budget = [MAX_SOURCE_ENTRIES]
 
-    def versions_of(skill_dir: Path) -> list[Path]:
-        return [p for p in _entries(skill_dir, budget) if VERSION_DIR.match(p.name) and _inside(p, root, problems)
-                and p.is_dir() and not is_claim_only(p)]
+    def versions_among(entries: list[Path]) -> list[Path]:
+        return [p for p in entries if VERSION_DIR.match(p.name) and noted_inside(p, root, problems) and p.is_dir()
+                and not is_claim_only(p)]
 
-    own = versions_of(root)
+    listed = _entries(root, budget)
+    own = versions_among(listed)
     if own:
         return own
-    skills = [p for p in _entries(root, budget) if NAME.match(p.name) and not p.name.startswith(".")
-              and _inside(p, root, problems) and p.is_dir()]
-    return [v for skill_dir in skills for v in versions_of(skill_dir)]
-
-
-def _inside(path: Path, root: Path, problems: list[str]) -> bool:
-    try:
-        within(path, root)
-        return True
-    except UnsafeFileError as err:
-        problems.append(f"skipped: {err}")
-        return False
+    skills = [p for p in listed if NAME.match(p.name) and not p.name.startswith(".") and noted_inside(p, root, problems)
+              and p.is_dir()]
+    return [v for skill_dir in skills for v in versions_among(_entries(skill_dir, budget))]
 
 
 def add_version(source: str | Path, library: str | Path | None = None) -> Added:
