@@ -43,6 +43,28 @@ def test_a_skill_is_added_as_the_next_version_with_its_origin_and_loads(tiny, tm
     assert versions(dst) == ["v1", "v2"], "no claim, stage or leftover remains"
 
 
+def test_two_adds_of_the_same_weights_at_once_publish_it_once(tiny, tmp_path, monkeypatch):
+    """The race: both runs find nothing present, then one publishes while the other stages. The later publication is
+    called off under the name's lock, its claim given back, and it reports the other's version."""
+    from skills.library import transfer
+
+    dst = tmp_path / "dst"
+    first, second = copy_version(tiny, tmp_path / "a", version=2), copy_version(tiny, tmp_path / "b", version=5)
+    claim = transfer.claim_version_dir
+    other: list = []
+
+    def claim_after_the_other_writer(name, library=None):
+        monkeypatch.setattr(transfer, "claim_version_dir", claim)
+        other.append(add_version(first, dst))  # the concurrent writer wins while this one is past its first check
+        return claim(name, library)
+
+    monkeypatch.setattr(transfer, "claim_version_dir", claim_after_the_other_writer)
+    added = add_version(second, dst)
+    assert other[0].outcome == "added" and other[0].path == dst / "multigoal" / "v1"
+    assert added.outcome == "present" and added.path == dst / "multigoal" / "v1", added
+    assert versions(dst) == ["v1"], "the later writer's claim and stage are gone"
+
+
 def test_a_library_source_adds_complete_skills_once_and_skips_the_rest_with_reasons(tiny, tmp_path):
     src, dst = tmp_path / "src", tmp_path / "dst"
     copy_version(tiny, src, version=1)

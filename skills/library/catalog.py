@@ -49,25 +49,33 @@ class SkillEntry:
         return self.info.complete
 
 
-def _library_root(library: str | Path | None) -> Path:
+def library_root(library: str | Path | None) -> Path:
+    """The library folder ``library`` names (default: ``default_library()``)."""
     return Path(library) if library is not None else default_library()
 
 
 def list_skills(library: str | Path | None = None, problems: list[str] | None = None) -> list[SkillEntry]:
     """Every readable skill version in the library, sorted by name then version. Unreadable ones are left
     out of the list and described in ``problems`` when it is given (runs still starting are not problems)."""
-    root = _library_root(library)
+    root = library_root(library)
     entries: list[SkillEntry] = []
     if not root.is_dir():
         return entries
     for skill_dir in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        for vdir in _version_dirs(skill_dir, root, problems):
-            try:
-                entries.append(_entry(skill_dir.name, int(vdir.name[1:]), vdir, root))
-            except SkillError as err:
-                if problems is not None:
-                    problems.append(str(err))
+        entries += skill_versions(skill_dir, root, problems)
     return sorted(entries, key=lambda e: (e.name, e.version))
+
+
+def skill_versions(skill_dir: Path, root: Path, problems: list[str] | None = None) -> list[SkillEntry]:
+    """Every readable version of one skill's folder ``skill_dir`` in the library ``root`` (``list_skills``, one name)."""
+    entries: list[SkillEntry] = []
+    for vdir in _version_dirs(skill_dir, root, problems) if skill_dir.is_dir() else []:
+        try:
+            entries.append(_entry(skill_dir.name, int(vdir.name[1:]), vdir, root))
+        except SkillError as err:
+            if problems is not None:
+                problems.append(str(err))
+    return entries
 
 
 def _version_dirs(skill_dir: Path, root: Path, problems: list[str] | None = None, keep_outside: bool = False
@@ -141,7 +149,7 @@ def resolve(name_or_path: str | Path, library: str | Path | None = None, fallbac
         return path
     text = str(name_or_path)
     name, _, version = text.partition("@")
-    root = _library_root(library)
+    root = library_root(library)
     listed = bool(NAME.match(name)) and (root / name).is_dir()
     if listed:
         inside_library(root / name, root, f"skill {name!r}")  # a name linked out of the library is not looked into
@@ -179,7 +187,7 @@ def claim_version_dir(name: str, library: str | Path | None = None) -> Path:
     writers of one name get different versions (``skills.library.store.claim_version``)."""
     if not NAME.match(name):
         raise ValueError(f"invalid skill name {name!r}: letters, digits, '_', '.', '+', '-'; no '/' or '@'")
-    return claim_version(_library_root(library) / name)
+    return claim_version(library_root(library) / name)
 
 
 def constituents_library(path: str | Path, manifest: Manifest) -> Path:

@@ -23,7 +23,7 @@ import shutil
 import socket
 import stat
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -138,9 +138,21 @@ class PublishedVersionError(OSError):
     """Publishing would replace a complete skill version."""
 
 
-def publish_directory(stage: Path, path: Path) -> Path:
+class AlreadyPublishedError(OSError):
+    """Publishing was called off because ``existing`` already holds what the stage holds (``unless_present``)."""
+
+    def __init__(self, existing: Path):
+        super().__init__(f"{existing} already holds it")
+        self.existing = existing
+
+
+def publish_directory(stage: Path, path: Path, unless_present: Callable[[Path], Path | None] | None = None) -> Path:
     """Make a fully written ``stage`` directory appear at ``path`` (fsync, then a rename swap under the
-    lock). Refuses to replace a ``complete`` skill version: published versions are immutable."""
+    lock). Refuses to replace a ``complete`` skill version: published versions are immutable.
+
+    ``unless_present(directory)``, when given, is called under the same lock, just before the swap; a path it returns
+    calls the publication off (the stage is removed, ``AlreadyPublishedError`` names that path). Two writers adding the
+    same thing at once therefore cannot both publish it: the check and the swap are one step under the lock."""
     for file in stage.iterdir():
         with open(file, "rb") as f:
             os.fsync(f.fileno())
@@ -148,6 +160,10 @@ def publish_directory(stage: Path, path: Path) -> Path:
         if path.exists() and VERSION_DIR.match(path.name) and _status(path) == "complete":
             shutil.rmtree(stage, ignore_errors=True)
             raise PublishedVersionError(f"{path} is a published (complete) version; it is never replaced")
+        existing = unless_present(path.parent) if unless_present is not None else None
+        if existing is not None:
+            shutil.rmtree(stage, ignore_errors=True)
+            raise AlreadyPublishedError(existing)
         if path.exists():
             retired = path.parent / f".{path.name}.old.{owner_tag(str(time.monotonic_ns()))}"
             os.rename(path, retired)

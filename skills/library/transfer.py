@@ -9,11 +9,13 @@ to the new number and an ``imported_from`` record (where it came from, which ver
 staged copy is then read back with every check ``read_skill`` makes before it is published (``store``: atomic,
 never replacing a complete version). Nothing is executed, and nothing half-written is left on failure.
 
-Added once: a complete version whose weights (sha256) a complete version of the same name in the destination
-already has is not copied again. Only complete skills are added; a version still training or diverged, and a saved
-composition (its constituents are resolved in its own library: save it again with ``compose.save`` where its
-constituents now live), are skipped with the reason. Once added, a skill is an ordinary version of the destination:
-``compose.study`` reuses it when its seed, budget and settings match (``compose.study.find_trained``).
+Added once: a complete version whose weights (sha256) a complete version of the same name in the destination already
+has is not copied again; the check is made again under the name's lock at publication, so two ``skills.add`` runs of
+one source at once add it once (the later one gives its claim back and reports it present). Only complete skills are
+added; a version still training or diverged, and a saved composition (its constituents are resolved in its own
+library: save it again with ``compose.save`` where its constituents now live), are skipped with the reason. Once
+added, a skill is an ordinary version of the destination: ``compose.study`` reuses it when its seed, budget and
+settings match (``compose.study.find_trained``).
 """
 
 from __future__ import annotations
@@ -27,10 +29,10 @@ from pathlib import Path
 
 from envs.files import UnsafeFileError, read_bounded
 
-from .catalog import claim_version_dir, list_skills, noted_inside
+from .catalog import claim_version_dir, library_root, noted_inside, skill_versions
 from .files import MAX_TRANSITIONS_BYTES, MAX_WEIGHTS_BYTES, load_manifest, read_checked, read_skill
 from .manifest import MANIFEST, NAME, SKILL_FILES, TRANSITIONS, WEIGHTS, CorruptSkillError
-from .store import VERSION_DIR, is_claim_only, publish_directory, release_claim, staging_directory
+from .store import VERSION_DIR, AlreadyPublishedError, is_claim_only, publish_directory, release_claim, staging_directory
 
 MAX_SOURCE_ENTRIES = 100_000  # directory entries listed in one source before it is refused
 EXTRA_FILES = ("progress.csv", "learning_curve.png", "convergence.png")  # copied when present: training log, figures
@@ -98,10 +100,18 @@ def add_version(source: str | Path, library: str | Path | None = None) -> Added:
     if info.composed_from is not None or info.adapted_from is not None:
         return Added(source, info.name, "skipped", reason="a saved or adapted composition: its constituents are "
                      "resolved in its own library; add the constituents, then compose.save it in this library")
-    digest = info.files[WEIGHTS]
-    for entry in list_skills(library):
-        if entry.name == info.name and entry.complete and entry.info.files.get(WEIGHTS) == digest:
-            return Added(source, info.name, "present", entry.path, f"the same weights are {entry.name} v{entry.version}")
+    digest, root = info.files[WEIGHTS], library_root(library)
+
+    def holding(skill_dir: Path) -> Path | None:
+        """The complete version of this name in the destination with the same weights, if there is one."""
+        return next((e.path for e in skill_versions(skill_dir, root) if e.complete and e.info.files.get(WEIGHTS) == digest),
+                    None)
+
+    def present(path: Path) -> Added:
+        return Added(source, info.name, "present", path, f"the same weights are {info.name} {path.name}")
+
+    if (existing := holding(root / info.name)) is not None:
+        return present(existing)
     data = {name: read_checked(source, name, info.files[name], _LIMITS[name]) for name in SKILL_FILES}
     extras = {}
     for name in EXTRA_FILES:
@@ -127,7 +137,10 @@ def add_version(source: str | Path, library: str | Path | None = None) -> Added:
         except BaseException:
             shutil.rmtree(stage, ignore_errors=True)
             raise
-        publish_directory(stage, target)
+        publish_directory(stage, target, unless_present=holding)  # checked again under the lock: added once
+    except AlreadyPublishedError as err:  # another writer added the same weights meanwhile
+        release_claim(target)
+        return present(err.existing)
     except BaseException:
         release_claim(target)
         raise
