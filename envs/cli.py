@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import re
 import sys
 import traceback
@@ -44,9 +45,14 @@ def run_command(body: Callable[[], int], handlers: Mapping[type[BaseException], 
     ``error: ...``; ``OSError`` (a full disk, a read-only library, an output path that is a file) exits 1 with
     ``error: cannot write: ...``. ``handlers`` come first, for what a command treats its own way (a diverged
     training, Ctrl-C). A ``ValueError`` raised outside the toolkit's code (``raised_by_toolkit``; a bug hours into
-    a benchmark, say) prints its traceback above that line, so that where it came from is not lost."""
+    a benchmark, say) prints its traceback above that line, so that where it came from is not lost. A reader of
+    the output that went away (``python -m skills | head``) ends the command quietly with exit 1 (``reader_gone``)."""
     try:
-        return body()
+        status = body()
+        sys.stdout.flush()  # here, not at exit, so that a closed pipe is caught below
+        return status
+    except BrokenPipeError:
+        return reader_gone()
     except BaseException as err:
         for kind, handle in (handlers or {}).items():
             if isinstance(err, kind):
@@ -60,6 +66,16 @@ def run_command(body: Callable[[], int], handlers: Mapping[type[BaseException], 
             print(f"error: cannot write: {err}", file=sys.stderr)
             return CANNOT_WRITE
         raise
+
+
+def reader_gone() -> int:
+    """What a command does when the reader of its output has gone (``| head`` closed the pipe): point stdout at
+    ``os.devnull`` so that the interpreter's own flush at exit cannot raise again, and return exit code 1, with no
+    traceback (as the Python documentation advises for SIGPIPE)."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    return CANNOT_WRITE
 
 
 # argparse reads a value that starts with "-" as an option unless it looks like one negative number; a list of numbers

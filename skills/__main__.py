@@ -12,6 +12,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from envs.cli import run_command
+
 from .library import Manifest, SkillEntry, default_library, list_skills
 
 
@@ -78,6 +80,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--library", help="library directory (default: trained/ or $COMPOSABLE_SKILLS_LIBRARY)")
     parser.add_argument("--markdown", action="store_true", help="a markdown table with evaluation and convergence")
     args = parser.parse_args(argv)
+    return run_command(lambda: show(args))
+
+
+def show(args: argparse.Namespace) -> int:
+    """The listing itself (``main``'s body)."""
     root = args.library or default_library()
     if not Path(root).is_dir():
         print(f"error: no library at {root}: no such folder (train a skill into it with: python -m skills.train reach "

@@ -406,6 +406,21 @@ def test_a_refusal_is_one_line_and_a_value_error_from_numpy_keeps_its_traceback(
     assert "Traceback" in err and "in buggy" in err and err.rstrip().splitlines()[-1].startswith("error: operands")
 
 
+@pytest.mark.parametrize("argv", [["skills", "--library", "trained"], ["envs"]])
+def test_a_reader_that_went_away_ends_a_listing_quietly(argv):
+    """``python -m skills | head``: the pipe closed before the listing was written ends it with exit 1 and nothing on
+    stderr (was a BrokenPipeError traceback)."""
+    root = Path(__file__).resolve().parent.parent
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader is gone before the first line
+    try:
+        done = subprocess.run([sys.executable, "-m", *argv], cwd=root, stdout=write_end, stderr=subprocess.PIPE,
+                              stdin=subprocess.DEVNULL, text=True, timeout=120)
+    finally:
+        os.close(write_end)
+    assert done.returncode == 1 and done.stderr == "", done.stderr
+
+
 @pytest.fixture
 def two_versions(tiny, tmp_path) -> Path:
     """A library with two different versions of the tiny skill (a composition of both builds quickly)."""
