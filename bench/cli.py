@@ -34,10 +34,13 @@ def write_json(path: str | Path, data: Any, indent: int = 2) -> None:
 
 
 def show_and_write(data: Any, path: str | Path | None) -> None:
-    """Print a benchmark's result as JSON, and write it to ``path`` when one is given."""
+    """Write a benchmark's result to ``path`` when one is given, then print it as JSON: written first, so that a reader
+    of the printout that goes away (``| head``) loses nothing."""
+    if path:
+        atomic_write_text(Path(path), json.dumps(data, indent=2) + "\n")
     print(json.dumps(data, indent=2))
     if path:
-        write_json(path, data)
+        print(f"wrote {path}")
 
 
 def run_measurement(measure: Callable[[], Any], path: str | Path | None) -> int:

@@ -180,16 +180,25 @@ def soft_q_rows(inputs: BoundInputs, starts: list, config: MCBoundConfig, names:
     return {"rows": rows, "steps": steps, "tail_bound": tail, "returns": returns}
 
 
+EXACT_KEY = 99  # the exact actor's rollout streams: key seed * 100 + EXACT_KEY
+
+
+def exact_actor(inputs: BoundInputs, config: MCBoundConfig) -> ActingPolicy:
+    """The exact Boltzmann ``pi_w`` of the composed ``Q_w`` (Metropolis-Hastings from the composed sampler), credited
+    ``V_w - Q_w`` with ``V_w`` from ``4 * value_samples`` importance samples around the sampler's actions."""
+    composed = inputs.composed
+    return boltzmann_actor(composed.q_fn, lambda o: composed.value(o, n_samples=4 * config.value_samples), inputs.alpha,
+                           composed, config.exact_steps)
+
+
 def exact_actor_rows(inputs: BoundInputs, starts: list, config: MCBoundConfig, steps: int) -> dict | None:
     """The exact Boltzmann ``pi_w`` from the first ``exact_pairs`` pairs: its soft returns, credited ``V_w - Q_w``."""
     if config.exact_pairs <= 0:
         return None
-    composed = inputs.composed
-    actor = boltzmann_actor(composed.q_fn, lambda o: composed.value(o, n_samples=4 * config.value_samples), inputs.alpha,
-                            composed, config.exact_steps)
+    actor = exact_actor(inputs, config)
     chosen = starts[:config.exact_pairs]
     g, _ = actor_returns(actor, inputs.make_env, [s for s, _, _ in chosen], config.control_rollouts, steps,
-                         inputs.gamma, key=config.seed * 100 + 99)
+                         inputs.gamma, key=config.seed * 100 + EXACT_KEY)
     return {"entropy": actor.entropy, "pairs": len(chosen), "rollouts_per_pair": config.control_rollouts,
             "per_pair": intervals(g, t_critical_95)}
 

@@ -344,6 +344,57 @@ def test_policy_gap_scores_both_lower_sides_on_the_same_rollouts(tmp_path):
             assert result[side]["pooled"][name]["margin_mean"] == pytest.approx(np.mean(margin))
 
 
+def test_gap_paths_telescopes_the_exact_policys_shortfall_into_terms_that_close(tmp_path):
+    """``bench.gap_paths --quick`` on the shipped reach+avoid: per pair, ``Q_w - G`` of the exact ``pi_w`` equals the
+    residuals, ``D`` along the path, the two ``V_w`` estimators' difference and the tail (to float error); the
+    constituents' residuals add up to the composed one; the fitted ``D`` is compared with the path's."""
+    from library_helpers import shipped_library
+
+    from bench import gap_paths
+
+    library = shipped_library(tmp_path / "lib", ("reach", "avoid", "reach+avoid", ".composed"))
+    out = tmp_path / "paths.json"
+    assert gap_paths.main(["reach+avoid", "--library", str(library), "--pairs", "2", "--rollouts", "2", "--quick",
+                           "--value-samples", "64", "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["pairs"] == 2 and result["unexplained_max"] < 1e-6
+    for row in result["per_pair"]:
+        parts = row["R_path"] + row["D_path"] + row["V_diff"] + row["tail"]
+        assert row["Q_w_minus_G"] == pytest.approx(parts, abs=1e-6)
+        assert row["R_path"] == pytest.approx(0.5 * (row["R_path reach"] + row["R_path avoid"]), abs=1e-5)
+        assert row["D_path"] > 0 and row["D_fit_minus_D_path"] == pytest.approx(row["D_fit"] - row["D_path"])
+        assert row["margin_with_D_fit"] == pytest.approx(row["D_fit"] - row["Q_w_minus_G"])
+    assert result["pooled"]["D_path"]["mean"] == pytest.approx(np.mean([r["D_path"] for r in result["per_pair"]]))
+
+
+def test_gap_paths_scores_a_rollout_as_the_monte_carlo_check_does(tmp_path):
+    """The ``G`` the terms are taken from is the check's soft return (``compose.soft_returns.soft_returns``) of the same
+    rollouts, for an actor whose credit is known exactly (the uniform one); a first step's credit is never counted."""
+    from library_helpers import shipped_library
+
+    import envs
+    from bench.gap_paths import path_terms
+    from compose import load
+    from compose.mc_check import MCBoundConfig, pair_starts
+    from compose.soft_returns import actor_returns, soft_returns, uniform_actor
+
+    library = shipped_library(tmp_path / "lib", ("reach", "avoid", ".composed"))
+    composition = load("reach+avoid", library=library, seed=0, operator="average")
+    actor = uniform_actor(composition.act_dim, composition.alpha)
+    built = composition.build(progress=False)
+    from compose.policy import ComposedPolicy
+
+    policy = ComposedPolicy(composition, built.sampler, 1, q_fn=built.q)
+    make_env = lambda: envs.make_task_env(composition.task)  # noqa: E731
+    starts = pair_starts(policy, make_env, MCBoundConfig(pairs=2, seed=3), composition.task.family.horizon)
+    g, rollouts = actor_returns(actor, make_env, [s for s, _, _ in starts], 2, 12, composition.gamma, key=5)
+    terms = path_terms(composition, actor.credit, rollouts, composition.gamma, 32, 0)
+    assert np.allclose(terms["G"], soft_returns(actor, rollouts, composition.gamma))
+    assert np.allclose(terms["G"], g.ravel())
+    explained = terms["R_path"] + terms["D_path"] + terms["V_diff"] + terms["tail"]
+    assert np.allclose(terms["Q_w_minus_G"], explained, atol=1e-6)
+
+
 def test_sampler_entropy_splits_the_samplers_shortfall(tmp_path):
     """``bench.sampler_entropy --quick`` on the shipped reach+avoid: the exact pi_w's rollouts scored with its known
     entropy and with the nearest-neighbour estimate (the difference is that estimate's error alone), the sampler's with
@@ -418,7 +469,9 @@ def test_policy_gap_refuses_bad_arguments_before_loading_anything(argv, capsys):
 @pytest.mark.parametrize("module, argv", [("fold_entropy", ["place", "--states", "1"]),
                                           ("fold_entropy", ["place", "--episodes", "0"]),
                                           ("sampler_entropy", ["reach+avoid", "--pairs", "1"]),
-                                          ("sampler_entropy", ["reach+avoid", "--seed", "x"])])
+                                          ("sampler_entropy", ["reach+avoid", "--seed", "x"]),
+                                          ("gap_paths", ["place+clear", "--rollouts", "0"]),
+                                          ("gap_paths", ["place+clear", "--value-samples", "-3"])])
 def test_the_entropy_benches_refuse_bad_arguments_before_loading_anything(module, argv, capsys):
     import importlib
 
@@ -429,7 +482,7 @@ def test_the_entropy_benches_refuse_bad_arguments_before_loading_anything(module
 
 
 @pytest.mark.parametrize("module", ["fold_entropy", "sampler_entropy", "sampler_particles", "policy_gap",
-                                    "constituent_shift"])
+                                    "constituent_shift", "gap_paths"])
 def test_the_gap_and_entropy_benches_name_an_unknown_skill_in_one_line(module, capsys):
     import importlib
 
