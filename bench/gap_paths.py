@@ -111,9 +111,24 @@ def quick(config: MCBoundConfig) -> MCBoundConfig:
     return replace(config, tail=0.5, exact_steps=5, value_samples=16)  # the credit's V'_w: 64 samples
 
 
-def measure(spec: str, library: str | None, config: MCBoundConfig, delta_samples: int = 512) -> dict:
+def fit_on_paths(composition, sampler, rollouts, seed: int, updates: int | None = None) -> tuple[torch.nn.Module, dict]:
+    """``D`` fitted exactly as the check's is (``compose.bound.fit_policy_gap``: the same TD, draws and schedule), but on
+    the exact ``pi_w``'s own transitions instead of the constituents' stored ones: where the two fits differ at the
+    pairs, what the fit is given (the states and actions it sees) is the cause, not how it fits."""
+    from compose.bound import BoundConfig, fit_policy_gap
+
+    live = rollouts.alive > 0
+    data = {"obs": rollouts.obs[live], "action": rollouts.action[live], "next_obs": rollouts.next_obs[live],
+            "terminated": rollouts.terminated[live].astype(np.float32)}
+    net, info = fit_policy_gap(composition, sampler, BoundConfig(seed=seed, updates=updates), data=data)
+    return net, info | {"transitions": int(live.sum())}
+
+
+def measure(spec: str, library: str | None, config: MCBoundConfig, delta_samples: int = 512,
+            refit_on_paths: bool = False) -> dict:
     """The exact ``pi_w``'s rollouts from ``compose.mc_check``'s pairs, and their terms (phases: build, fit or load
-    ``D``, pairs, roll out, telescope); ``delta_samples``: the uniform importance samples of ``delta``'s values."""
+    ``D``, pairs, roll out, telescope); ``delta_samples``: the uniform importance samples of ``delta``'s values;
+    ``refit_on_paths``: ``D`` fitted again on the rollouts' own transitions too (``fit_on_paths``)."""
     import envs
     from compose import load
     from compose.build import build_policy_gap
@@ -132,19 +147,25 @@ def measure(spec: str, library: str | None, config: MCBoundConfig, delta_samples
     _, rollouts = actor_returns(actor, inputs.make_env, [s for s, _, _ in starts], config.control_rollouts, steps,
                                 inputs.gamma, key=config.seed * 100 + EXACT_KEY)
     terms = path_terms(composition, actor.credit, rollouts, inputs.gamma, delta_samples, config.seed)
+    refit = (fit_on_paths(composition, built.sampler, rollouts, config.seed, 50 if config.exact_steps < 10 else None)
+             if refit_on_paths else None)  # a quick run's refit: 50 updates
     per_pair = {name: values.reshape(len(starts), config.control_rollouts).mean(axis=1) for name, values in terms.items()}
     obs = torch.as_tensor(np.stack([o for _, o, _ in starts]))
     act = torch.as_tensor(np.stack([np.asarray(s.action, np.float32) for s, _, _ in starts]))
     with torch.no_grad():
         per_pair["D_fit"] = d_net(obs, act).double().numpy()
+        if refit is not None:
+            per_pair["D_refit_on_paths"] = refit[0](obs, act).double().numpy()
     per_pair["D_fit_minus_D_path"] = per_pair["D_fit"] - per_pair["D_path"]
+    if refit is not None:
+        per_pair["D_refit_minus_D_path"] = per_pair["D_refit_on_paths"] - per_pair["D_path"]
     per_pair["margin_with_D_fit"] = per_pair["D_fit"] - per_pair["Q_w_minus_G"]  # G - (Q_w - D_fit)
     explained = sum(per_pair[k] for k in ("R_path", "D_path", "V_diff", "tail"))
     unexplained = np.abs(terms["Q_w_minus_G"] - sum(terms[k] for k in ("R_path", "D_path", "V_diff", "tail")))
     return {"spec": spec, "library": library or "trained/", "seed": config.seed, "pairs": len(starts),
             "rollouts_per_pair": config.control_rollouts, "rollout_steps": steps, "gamma": inputs.gamma,
             "delta_samples": delta_samples, "credit_value_samples": 4 * config.value_samples,
-            "exact_steps": config.exact_steps, "fit_D": fit,
+            "exact_steps": config.exact_steps, "fit_D": fit, **({"refit_on_paths": refit[1]} if refit else {}),
             "pooled": pooled_terms(per_pair), "unexplained_max": float(unexplained.max()),
             "explained_mean": float(np.mean(explained)),
             "per_pair": [{"step": t, **{k: float(v[i]) for k, v in per_pair.items()}} for i, (_, _, t) in enumerate(starts)]}
@@ -160,6 +181,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=at_least(0), default=40_000, help="first episode seed (default 40000)")
     parser.add_argument("--value-samples", type=at_least(1), default=512,
                         help="uniform importance samples per state for the V_i and V_w of delta (default 512, as D's fit)")
+    parser.add_argument("--refit-on-paths", action="store_true",
+                        help="also fit D, as the check does, on the exact pi_w's own transitions (a diagnostic)")
     parser.add_argument("--quick", action="store_true", help="a smoke run: short rollouts, 5 Metropolis-Hastings steps")
     parser.add_argument("--json", metavar="PATH", help="write the measurement as JSON")
     args = parser.parse_args(argv)
@@ -167,7 +190,8 @@ def main(argv: list[str] | None = None) -> int:
     torch.manual_seed(args.seed)
     config = MCBoundConfig(pairs=args.pairs, seed=args.seed, control_rollouts=args.rollouts)
     config = quick(config) if args.quick else config
-    return run_measurement(lambda: measure(args.spec, args.library, config, args.value_samples), args.json)
+    return run_measurement(lambda: measure(args.spec, args.library, config, args.value_samples, args.refit_on_paths),
+                           args.json)
 
 
 if __name__ == "__main__":

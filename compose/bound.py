@@ -169,10 +169,12 @@ def fit_correction(transitions: dict[str, np.ndarray], next_gap: np.ndarray, gam
 
 def fit_composition_correction(composition: Composition, config: BoundConfig = BoundConfig(),
                                sample: Callable[[torch.Tensor, int], torch.Tensor] | None = None,
-                               draws: int = 16) -> tuple[SoftQNetwork, dict]:
+                               draws: int = 16, data: dict[str, np.ndarray] | None = None) -> tuple[SoftQNetwork, dict]:
     """``fit_correction`` on the constituents' stored transitions, with ``delta`` by CRN sampling: ``C*``, or with
-    ``sample`` (obs [B, o], n -> [B, n, d]) the acting policy's gap ``D`` from ``draws`` of its actions per next state."""
-    data = composition.transitions()
+    ``sample`` (obs [B, o], n -> [B, n, d]) the acting policy's gap ``D`` from ``draws`` of its actions per next state.
+    ``data``: other transitions to fit on (``obs``, ``action``, ``next_obs``, ``terminated``; a diagnostic: the bound
+    itself uses no environment samples)."""
+    data = composition.transitions() if data is None else data
     next_gap = gap_on_states(composition.q_w, data["next_obs"], config.n_value_samples, config.seed)
     acts = policy_next_actions(sample, data["next_obs"], draws) if sample is not None else None
     return fit_correction(data, next_gap, composition.gamma, composition.parts[0].agent.q.obs_scale, config,
@@ -193,14 +195,16 @@ class PolicyGapConfig:
 
 
 def fit_policy_gap(composition: Composition, sampler, config: BoundConfig = BoundConfig(),
-                   gap: PolicyGapConfig = PolicyGapConfig()) -> tuple[SoftQNetwork, dict]:
+                   gap: PolicyGapConfig = PolicyGapConfig(), data: dict[str, np.ndarray] | None = None
+                   ) -> tuple[SoftQNetwork, dict]:
     """``D`` of the Boltzmann ``pi_w`` of ``composition`` (``sampler``'s actions centring the resampling), fitted by TD
-    on the constituents' stored transitions with ``config``'s schedule, as ``C*`` is; and the fit's record."""
+    on the constituents' stored transitions (or ``data``) with ``config``'s schedule, as ``C*`` is; and the fit's
+    record."""
     generator = torch.Generator().manual_seed(config.seed)
     sample = boltzmann_draws(composition.q_w, lambda o: sampler.sample(o, gap.centers, generator=generator),
                              composition.alpha, gap.proposals, generator)
     start = time.perf_counter()
-    d_net, info = fit_composition_correction(composition, config, sample, gap.draws)
+    d_net, info = fit_composition_correction(composition, config, sample, gap.draws, data)
     return d_net, info | {"wall_s": time.perf_counter() - start, **gap.to_dict()}
 
 

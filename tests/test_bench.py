@@ -355,15 +355,17 @@ def test_gap_paths_telescopes_the_exact_policys_shortfall_into_terms_that_close(
     library = shipped_library(tmp_path / "lib", ("reach", "avoid", "reach+avoid", ".composed"))
     out = tmp_path / "paths.json"
     assert gap_paths.main(["reach+avoid", "--library", str(library), "--pairs", "2", "--rollouts", "2", "--quick",
-                           "--value-samples", "64", "--json", str(out)]) == 0
+                           "--value-samples", "64", "--refit-on-paths", "--json", str(out)]) == 0
     result = json.loads(out.read_text())
     assert result["pairs"] == 2 and result["unexplained_max"] < 1e-6
+    assert result["refit_on_paths"]["updates"] == 50 and result["refit_on_paths"]["transitions"] == 2 * 2 * 74
     for row in result["per_pair"]:
         parts = row["R_path"] + row["D_path"] + row["V_diff"] + row["tail"]
         assert row["Q_w_minus_G"] == pytest.approx(parts, abs=1e-6)
         assert row["R_path"] == pytest.approx(0.5 * (row["R_path reach"] + row["R_path avoid"]), abs=1e-5)
         assert row["D_path"] > 0 and row["D_fit_minus_D_path"] == pytest.approx(row["D_fit"] - row["D_path"])
         assert row["margin_with_D_fit"] == pytest.approx(row["D_fit"] - row["Q_w_minus_G"])
+        assert row["D_refit_minus_D_path"] == pytest.approx(row["D_refit_on_paths"] - row["D_path"])
     assert result["pooled"]["D_path"]["mean"] == pytest.approx(np.mean([r["D_path"] for r in result["per_pair"]]))
 
 
