@@ -27,6 +27,21 @@ def parse(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.N
     return args
 
 
+def pairs_parser(module: str, doc: str | None, spec_help: str, pairs: int) -> argparse.ArgumentParser:
+    """The command line of a bench that scores Monte Carlo rollouts from (s, a) pairs of the composed policy's own
+    episodes: ``spec``, ``--library``, ``--pairs`` (default ``pairs``), ``--seed`` (40000), then its own options."""
+    from skills.cli import at_least
+
+    parser = argparse.ArgumentParser(prog=f"python -m bench.{module}", description=doc,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("spec", help=spec_help)
+    parser.add_argument("--library", help="skill library (default: trained/)")
+    parser.add_argument("--pairs", type=at_least(2), default=pairs,
+                        help=f"(s, a) pairs, one per composed episode (default {pairs})")
+    parser.add_argument("--seed", type=at_least(0), default=40_000, help="first episode seed, and the fits' (default 40000)")
+    return parser
+
+
 def write_json(path: str | Path, data: Any, indent: int = 2) -> None:
     """Write a benchmark's result as JSON (atomically; the folder made if needed) and say where."""
     atomic_write_text(Path(path), json.dumps(data, indent=indent) + "\n")

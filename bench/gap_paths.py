@@ -27,7 +27,6 @@ The pairs and the exact actor's rollouts are those of ``compose.mc_check`` for t
 
 from __future__ import annotations
 
-import argparse
 import sys
 from dataclasses import replace
 
@@ -37,7 +36,7 @@ import torch
 from compose.mc_check import MCBoundConfig
 from skills.cli import at_least
 
-from .cli import run_measurement
+from .cli import pairs_parser, run_measurement
 
 
 def on_grid(live: np.ndarray, values: np.ndarray) -> np.ndarray:
@@ -172,13 +171,8 @@ def measure(spec: str, library: str | None, config: MCBoundConfig, delta_samples
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.gap_paths", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("spec", help="a composition of two or more skills, e.g. place+clear")
-    parser.add_argument("--library", help="skill library (default: trained/)")
-    parser.add_argument("--pairs", type=at_least(2), default=20, help="(s, a) pairs, one per composed episode (default 20)")
+    parser = pairs_parser("gap_paths", __doc__, "a composition of two or more skills, e.g. place+clear", 20)
     parser.add_argument("--rollouts", type=at_least(1), default=4, help="rollouts of the exact pi_w per pair (default 4)")
-    parser.add_argument("--seed", type=at_least(0), default=40_000, help="first episode seed (default 40000)")
     parser.add_argument("--value-samples", type=at_least(1), default=512,
                         help="uniform importance samples per state for the V_i and V_w of delta (default 512, as D's fit)")
     parser.add_argument("--refit-on-paths", action="store_true",

@@ -24,7 +24,6 @@ across them (so the correction's own pointwise error counts as noise), holding o
 
 from __future__ import annotations
 
-import argparse
 import sys
 from dataclasses import replace
 
@@ -34,7 +33,7 @@ import torch
 from compose.mc_check import MCBoundConfig
 from skills.cli import at_least
 
-from .cli import run_measurement
+from .cli import pairs_parser, run_measurement
 
 
 def fit_gap(composition, sampler, seed: int, updates: int | None = None) -> tuple[torch.nn.Module, dict]:
@@ -134,13 +133,7 @@ def measure(spec: str, library: str | None, config: MCBoundConfig, fit_updates: 
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.policy_gap", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("spec", help="composition with a jointly trained skill, e.g. reach+avoid")
-    parser.add_argument("--library", help="skill library (default: trained/)")
-    parser.add_argument("--pairs", type=at_least(2), default=20, help="(s, a) pairs, one per composed episode (default 20)")
-    parser.add_argument("--seed", type=at_least(0), default=40_000,
-                        help="first episode seed, and the fits' seed (default 40000)")
+    parser = pairs_parser("policy_gap", __doc__, "composition with a jointly trained skill, e.g. reach+avoid", 20)
     parser.add_argument("--exact-pairs", type=at_least(0), default=8,
                         help="pairs on which the exact pi_w (Metropolis-Hastings) acts too (default 8, at most --pairs; slow)")
     parser.add_argument("--fit-updates", type=at_least(1), help="TD updates of the D fit (default: to its fixed point, as C*)")

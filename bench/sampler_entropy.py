@@ -27,7 +27,6 @@ Every margin is pooled over the pairs (mean, SE across pairs), as the report's l
 
 from __future__ import annotations
 
-import argparse
 import sys
 from dataclasses import dataclass
 
@@ -37,7 +36,7 @@ import torch
 from skills.cli import at_least
 from skills.sql import seeded
 
-from .cli import run_measurement
+from .cli import pairs_parser, run_measurement
 
 DRAWS = (64, 256, 1024)  # nearest-neighbour draws per state compared
 VALUE_SAMPLES = 4096  # importance samples for V_w where the exact entropy is computed
@@ -218,12 +217,8 @@ def paired(a: dict, b: dict) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.sampler_entropy", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("spec", help="composition with a jointly trained skill and a bound, e.g. reach+avoid")
-    parser.add_argument("--library", help="skill library (default: trained/)")
-    parser.add_argument("--pairs", type=at_least(2), default=8, help="(s, a) pairs, one per composed episode (default 8)")
-    parser.add_argument("--seed", type=at_least(0), default=40_000, help="first episode seed (default 40000)")
+    parser = pairs_parser("sampler_entropy", __doc__, "composition with a jointly trained skill and a bound, e.g. reach+avoid",
+                          8)
     parser.add_argument("--states", type=at_least(2), default=128,
                         help="visited states per actor in the entropy table (default 128)")
     parser.add_argument("--quick", action="store_true", help="a smoke run: 2 pairs, 2 rollouts, 8 states, 16/32 draws")
