@@ -124,10 +124,11 @@ def fit_on_paths(composition, sampler, rollouts, seed: int, updates: int | None 
 
 
 def measure(spec: str, library: str | None, config: MCBoundConfig, delta_samples: int = 512,
-            refit_on_paths: bool = False) -> dict:
+            refit_on_paths: bool = False, refit_updates: int | None = None) -> dict:
     """The exact ``pi_w``'s rollouts from ``compose.mc_check``'s pairs, and their terms (phases: build, fit or load
     ``D``, pairs, roll out, telescope); ``delta_samples``: the uniform importance samples of ``delta``'s values;
-    ``refit_on_paths``: ``D`` fitted again on the rollouts' own transitions too (``fit_on_paths``)."""
+    ``refit_on_paths``: ``D`` fitted again on the rollouts' own transitions too (``fit_on_paths``; ``refit_updates``
+    TD updates, None: to its fixed point as the check's)."""
     import envs
     from compose import load
     from compose.build import build_policy_gap
@@ -146,8 +147,7 @@ def measure(spec: str, library: str | None, config: MCBoundConfig, delta_samples
     _, rollouts = actor_returns(actor, inputs.make_env, [s for s, _, _ in starts], config.control_rollouts, steps,
                                 inputs.gamma, key=config.seed * 100 + EXACT_KEY)
     terms = path_terms(composition, actor.credit, rollouts, inputs.gamma, delta_samples, config.seed)
-    refit = (fit_on_paths(composition, built.sampler, rollouts, config.seed, 50 if config.exact_steps < 10 else None)
-             if refit_on_paths else None)  # a quick run's refit: 50 updates
+    refit = fit_on_paths(composition, built.sampler, rollouts, config.seed, refit_updates) if refit_on_paths else None
     per_pair = {name: values.reshape(len(starts), config.control_rollouts).mean(axis=1) for name, values in terms.items()}
     obs = torch.as_tensor(np.stack([o for _, o, _ in starts]))
     act = torch.as_tensor(np.stack([np.asarray(s.action, np.float32) for s, _, _ in starts]))
@@ -177,15 +177,16 @@ def main(argv: list[str] | None = None) -> int:
                         help="uniform importance samples per state for the V_i and V_w of delta (default 512, as D's fit)")
     parser.add_argument("--refit-on-paths", action="store_true",
                         help="also fit D, as the check does, on the exact pi_w's own transitions (a diagnostic)")
-    parser.add_argument("--quick", action="store_true", help="a smoke run: short rollouts, 5 Metropolis-Hastings steps")
+    parser.add_argument("--quick", action="store_true",
+                        help="a smoke run: short rollouts, 5 Metropolis-Hastings steps, a 50-update refit")
     parser.add_argument("--json", metavar="PATH", help="write the measurement as JSON")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     torch.manual_seed(args.seed)
     config = MCBoundConfig(pairs=args.pairs, seed=args.seed, control_rollouts=args.rollouts)
     config = quick(config) if args.quick else config
-    return run_measurement(lambda: measure(args.spec, args.library, config, args.value_samples, args.refit_on_paths),
-                           args.json)
+    return run_measurement(lambda: measure(args.spec, args.library, config, args.value_samples, args.refit_on_paths,
+                                           refit_updates=50 if args.quick else None), args.json)
 
 
 if __name__ == "__main__":
