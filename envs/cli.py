@@ -10,6 +10,7 @@ import argparse
 import math
 import os
 import re
+import select
 import sys
 import traceback
 from collections.abc import Callable, Mapping
@@ -46,14 +47,15 @@ def run_command(body: Callable[[], int], handlers: Mapping[type[BaseException], 
     ``error: cannot write: ...``. ``handlers`` come first, for what a command treats its own way (a diverged
     training, Ctrl-C). A ``ValueError`` raised outside the toolkit's code (``raised_by_toolkit``; a bug hours into
     a benchmark, say) prints its traceback above that line, so that where it came from is not lost. A reader of
-    the output that went away (``python -m skills | head``) ends the command quietly with exit 1 (``reader_gone``)."""
+    the output that went away (``python -m skills | head``) ends the command quietly with exit 1 (``reader_gone``); any
+    other broken pipe is an ``OSError`` like the rest."""
     try:
         status = body()
         sys.stdout.flush()  # here, not at exit, so that a closed pipe is caught below
         return status
-    except BrokenPipeError:
-        return reader_gone()
     except BaseException as err:
+        if isinstance(err, BrokenPipeError) and stdout_reader_gone():
+            return reader_gone()
         for kind, handle in (handlers or {}).items():
             if isinstance(err, kind):
                 return handle(err)
@@ -66,6 +68,19 @@ def run_command(body: Callable[[], int], handlers: Mapping[type[BaseException], 
             print(f"error: cannot write: {err}", file=sys.stderr)
             return CANNOT_WRITE
         raise
+
+
+def stdout_reader_gone() -> bool:
+    """Whether stdout is a pipe whose reading end has been closed (``poll`` reports an error on it), so that a
+    ``BrokenPipeError`` is the reader's going and not some other pipe's (a worker's connection, say: that one is
+    reported)."""
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):  # replaced by something without a descriptor (a test's capture)
+        return False
+    poller = select.poll()
+    poller.register(fd, select.POLLOUT)
+    return any(events & select.POLLERR for _, events in poller.poll(0))
 
 
 def reader_gone() -> int:

@@ -421,6 +421,18 @@ def test_a_reader_that_went_away_ends_a_listing_quietly(argv):
     assert done.returncode == 1 and done.stderr == "", done.stderr
 
 
+def test_a_broken_pipe_that_is_not_stdout_is_reported(capsys):
+    """A worker's connection that breaks is an ``OSError`` with its message, not a reader that went away: only a
+    closed stdout ends a command quietly."""
+    from envs.cli import run_command
+
+    def body() -> int:
+        raise BrokenPipeError(32, "Broken pipe (a worker's connection)")
+
+    assert run_command(body) == 1
+    assert "error: cannot write: [Errno 32] Broken pipe (a worker's connection)" in capsys.readouterr().err
+
+
 @pytest.fixture
 def two_versions(tiny, tmp_path) -> Path:
     """A library with two different versions of the tiny skill (a composition of both builds quickly)."""
