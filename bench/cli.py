@@ -52,10 +52,8 @@ def show_and_write(data: Any, path: str | Path | None) -> None:
     """Write a benchmark's result to ``path`` when one is given, then print it as JSON: written first, so that a reader
     of the printout that goes away (``| head``) loses nothing."""
     if path:
-        atomic_write_text(Path(path), json.dumps(data, indent=2) + "\n")
+        write_json(path, data)
     print(json.dumps(data, indent=2))
-    if path:
-        print(f"wrote {path}")
 
 
 def run_measurement(measure: Callable[[], Any], path: str | Path | None) -> int:
