@@ -20,7 +20,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load as load_tensors
 
 from envs.files import read_bounded
-from skills.library import CorruptSkillError, default_library, sha256_file
+from skills.library import CorruptSkillError, default_library, inside_library, sha256_file
 from skills.library.files import MAX_MANIFEST_BYTES, MAX_WEIGHTS_BYTES, save_tensors
 from skills.library.store import publish_directory, staging_directory
 
@@ -63,7 +63,8 @@ def load_cached(path: Path, modules: dict[str, torch.nn.Module], composition: Co
     if not (path / "manifest.json").exists():
         return None
     try:
-        cache = path.parent  # an entry linked out of <library>/.composed is refused with its files
+        cache = path.parent  # an entry linked out of <library>/.composed is refused with its files,
+        inside_library(cache, cache.parent, "the composition cache folder")  # and a cache folder linked out of the library
         manifest = check_cache_manifest(json.loads(read_bounded(path / "manifest.json", MAX_MANIFEST_BYTES, inside=cache,
                                                                 what="cache manifest")), required)
         networks = read_bounded(path / NETWORKS, MAX_WEIGHTS_BYTES, inside=cache, what="cache networks")

@@ -50,7 +50,7 @@ import skills
 from envs.cli import add_arm_arguments, add_task_arguments, arm_kwargs, load_task_modules, run_command
 from skills.cli import positive_int, seed_list
 from skills.evaluation import EVAL_SEED
-from skills.library import atomic_write_text
+from skills.library import atomic_write_text, registered_task
 from skills.training import MultiSeedTrainer, Trainer, rest_of_budget
 from skills.training.defaults import sql_config, train_config
 
@@ -416,8 +416,8 @@ def study(specs: Sequence[str], seeds: Sequence[int], *, out: str | Path, librar
     out.mkdir(parents=True, exist_ok=True)
     load_task_modules(trials.task_modules)
     for spec in specs:
-        if spec not in envs.TASKS and "+" in spec:
-            envs.get_task(spec)  # the mean of registered tasks: registered now
+        if spec not in envs.TASKS:
+            registered_task(spec, library)  # the mean of registered tasks: registered now
         if spec not in envs.TASKS or not envs.TASKS[spec].parts:
             combined = [n for n, t in envs.TASKS.items() if t.parts]
             raise ValueError(f"{spec!r} is not a combined task with a joint reference; combined tasks: {', '.join(combined)}")

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import difflib
 import math
+import numbers
+import traceback
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
@@ -64,7 +66,7 @@ class UnknownNameError(KeyError, ValueError):
     failed) and a ``ValueError`` (bad input), so the command lines report it like any other bad input."""
 
     def __init__(self, kind: str, name: str, valid: list[str], where: str = ""):
-        self.kind, self.name, self.valid = kind, name, sorted(valid)
+        self.kind, self.name, self.valid, self.where = kind, name, sorted(valid), where
         close = difflib.get_close_matches(name, self.valid, n=1)
         hint = f" Did you mean {close[0]!r}?" if close else ""
         place = f" in {where}" if where else ""
@@ -74,6 +76,19 @@ class UnknownNameError(KeyError, ValueError):
 
     def __str__(self) -> str:  # KeyError would quote the message
         return self.args[0]
+
+    def __reduce__(self):  # picklable (an error raised in a worker process reaches the parent whole)
+        return _unknown_name_error, (self.kind, self.name, self.valid, self.where, self.args[0])
+
+    def hinted(self, hint: str) -> "UnknownNameError":
+        """The same error with ``hint`` after its message (a caller that knows more, e.g. where a user's task lives)."""
+        return _unknown_name_error(self.kind, self.name, self.valid, self.where, self.args[0] + hint)
+
+
+def _unknown_name_error(kind: str, name: str, valid: list[str], where: str, message: str) -> UnknownNameError:
+    err = UnknownNameError(kind, name, valid, where)
+    err.args = (message,)
+    return err
 
 
 @dataclass(frozen=True)
@@ -157,6 +172,12 @@ class Task:
         return bool(self.user_sources)
 
     def __post_init__(self) -> None:
+        if not self.weights:
+            raise ValueError(f"task {self.name!r}: no weights; a task weighs at least one reward term of family "
+                             f"{self.family.name!r} (its terms: {', '.join(sorted(self.family.terms))})")
+        for term, w in self.weights.items():
+            if isinstance(w, bool) or not isinstance(w, numbers.Real) or not math.isfinite(w):
+                raise ValueError(f"task {self.name!r}: the weight of term {term!r} must be a finite number, got {w!r}")
         unknown = set(self.weights) - set(self.family.terms)
         if unknown:
             raise ValueError(f"task {self.name!r}: no such reward terms {sorted(unknown)} in family "
@@ -185,7 +206,7 @@ class Task:
     def reward_terms(self, next_obs: np.ndarray, action: np.ndarray) -> dict[str, np.ndarray]:
         """Every term of the family on a batch: ``{name: [B]}``, each checked (``checked_term``)."""
         next_obs, action = np.atleast_2d(next_obs), np.atleast_2d(action)
-        return {name: checked_term(name, fn(next_obs, action), next_obs, self.family.term_ranges[name])
+        return {name: checked_term(name, called(name, fn, next_obs, action), next_obs, self.family.term_ranges[name])
                 for name, fn in self.family.terms.items()}
 
     def reward(self, next_obs: np.ndarray, action: np.ndarray) -> np.ndarray:
@@ -200,21 +221,39 @@ class Task:
     def checks(self, next_obs: np.ndarray, action: np.ndarray) -> dict[str, np.ndarray]:
         """Every success criterion of the family on a batch: ``{name: [B] bool}``."""
         next_obs, action = np.atleast_2d(next_obs), np.atleast_2d(action)
-        return {k: checked_term(k, fn(next_obs, action), next_obs, None).astype(bool)
+        return {k: checked_term(k, called(k, fn, next_obs, action), next_obs, None)
                 for k, fn in self.family.success_checks.items()}
 
 
+def called(name: str, fn: TermFn, next_obs: np.ndarray, action: np.ndarray):
+    """``fn(next_obs, action)``; an exception inside it becomes a ``TermError`` that names the term or check, the
+    shapes it was given and the line that raised."""
+    try:
+        return fn(next_obs, action)
+    except Exception as err:  # noqa: BLE001 - a user's function: say which one and where
+        last = traceback.extract_tb(err.__traceback__)[-1]
+        raise TermError(f"reward term or check {name!r} raised {type(err).__name__}: {err} (given next_obs "
+                        f"{list(next_obs.shape)} and action {list(action.shape)}; {last.filename}, line {last.lineno})"
+                        ) from err
+
+
 def checked_term(name: str, values, next_obs: np.ndarray, bounds: tuple[float, float] | None) -> np.ndarray:
-    """A term's (or a check's) values on a batch, checked: shape ``[B]``, finite, and within ``bounds`` (a term's
-    declared per-step range, give or take ``RANGE_TOLERANCE``). A ``TermError`` says which term, what was wrong,
-    and where (the row and its observation)."""
+    """A term's values on a batch, checked: shape ``[B]``, real numbers (a bool counts as 0 or 1), finite, and within
+    ``bounds`` (its declared per-step range, give or take ``RANGE_TOLERANCE``); with ``bounds`` None, a success
+    check's: shape ``[B]`` and bool. A ``TermError`` says which term, what was wrong, and where (the row and its
+    observation)."""
     batch = len(next_obs)
     out = np.asarray(values)
     if out.shape != (batch,):
         raise TermError(f"reward term or check {name!r} returned shape {out.shape} for a batch of {batch} observations; "
                         f"it must return one value per row: shape ({batch},)")
-    if out.dtype == bool:
+    if bounds is None:
+        if out.dtype != bool:
+            raise TermError(f"success check {name!r} returned {out.dtype} values; a check returns one bool per row "
+                            "(a comparison, e.g. distance < 0.05)")
         return out
+    if out.dtype.kind == "c":
+        raise TermError(f"reward term {name!r} returned complex values; a term returns one real number per row")
     try:
         x = out.astype(np.float64)  # for the checks only: the values go on as the term made them
     except (TypeError, ValueError) as err:

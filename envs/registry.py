@@ -76,6 +76,9 @@ def get_task(name: str) -> Task:
     parts = name.split("+")
     if len(parts) > 1 and len(set(parts)) == len(parts) and all(p in _TASKS for p in parts):
         return register_task(mean_task(name, [_TASKS[p] for p in parts]))
+    unknown = [p for p in parts if p not in _TASKS]
+    if len(parts) > 1 and unknown:  # say which part of a combined name is unknown
+        raise UnknownNameError("task", unknown[0], list(_TASKS), where=repr(name))
     raise UnknownNameError("task", name, list(_TASKS))
 
 

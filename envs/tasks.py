@@ -75,6 +75,14 @@ def _source(name: str) -> Iterator[None]:
         _loading.pop()
 
 
+_TOOLKIT = tuple(str(Path(__file__).resolve().parent.parent / package) + "/" for package in ("envs", "skills", "compose"))
+
+
+def _toolkit_file(filename: str) -> bool:
+    """Whether a traceback frame's file is the toolkit's own code (its refusals), not a user's."""
+    return str(Path(filename).resolve()).startswith(_TOOLKIT)
+
+
 def load_tasks(where: str | Path) -> list[str]:
     """Import a user's task definitions: a Python file (``my_tasks.py``, a path) or an importable module name
     (``my_package.tasks``). The tasks it declares are registered; returns their names. A file is loaded once per
@@ -97,12 +105,13 @@ def load_tasks(where: str | Path) -> list[str]:
                 spec.loader.exec_module(module)
             else:
                 importlib.import_module(text)
-        except (ValueError, KeyError) as err:  # the toolkit's own refusals (a colliding name, an unknown family)
-            raise TaskModuleError(f"tasks in {text}: {err}") from err
-        except Exception as err:  # noqa: BLE001 - the user's module: show its own error
-            last = traceback.extract_tb(err.__traceback__)[-1]
-            raise TaskModuleError(f"cannot import tasks from {text}: {type(err).__name__}: {err} "
-                                  f"({Path(last.filename).name}, line {last.lineno})") from err
+        except Exception as err:  # noqa: BLE001 - the user's module: show its own error, and its line
+            frames = traceback.extract_tb(err.__traceback__)
+            users = [f for f in frames if not f.filename.startswith("<") and not _toolkit_file(f.filename)]
+            where = f" ({Path(users[-1].filename).name}, line {users[-1].lineno})" if users else ""
+            if isinstance(err, ValueError | KeyError) and frames and _toolkit_file(frames[-1].filename):
+                raise TaskModuleError(f"tasks in {text}: {err}{where}") from err  # the toolkit's refusal of a definition
+            raise TaskModuleError(f"cannot import tasks from {text}: {type(err).__name__}: {err}{where}") from err
     _LOADED[key] = text
     return sorted(set(TASKS) - before)
 

@@ -19,6 +19,7 @@ from envs.cli import add_task_arguments, load_task_modules, run_command
 
 from .cli import non_negative_int, positive_float, positive_int, seed_list, sql_setting
 from .evaluation.diagnostics import format_report
+from .library import registered_task
 from .sql import TrainingDiverged
 from .training import MultiSeedTrainer, Trainer, TrainResult, newest_of_seed, rest_of_budget
 from .training.defaults import sql_config, train_config
@@ -79,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def make_trainer() -> MultiSeedTrainer:
         load_task_modules(args.tasks)
-        task = envs.get_task(args.task)
+        task = registered_task(args.task, args.out)
         sql = sql_config(task.name, task.family.name, alpha=args.alpha, **settings)
         run = train_config(task.name, steps=args.steps, seed=args.seed, eval_interval=args.eval_interval,
                            eval_episodes=args.eval_episodes, final_eval_episodes=args.final_eval_episodes,

@@ -119,6 +119,39 @@ def test_a_skill_name_linked_out_of_the_library_is_not_looked_into(tiny, tmp_pat
         skills.load("multigoal", tmp_path / "lib")
 
 
+def test_a_skill_name_linked_out_of_the_library_is_never_written_through(tiny, tmp_path, capsys):
+    """The probe: ``skills.add`` into a library whose ``multigoal`` folder links out of it claimed, locked and wrote
+    ``v1`` in the folder outside (and its recovery may delete there); training and saving claim the same way."""
+    from skills.add import main as add_main
+    from skills.library import claim_version_dir
+
+    source = copy_version(tiny, tmp_path / "src")
+    (tmp_path / "outside").mkdir()
+    (tmp_path / "lib").mkdir()
+    (tmp_path / "lib" / "multigoal").symlink_to(tmp_path / "outside", target_is_directory=True)
+    with pytest.raises(ValueError, match="multigoal is a symbolic link .*written into must be a real directory"):
+        claim_version_dir("multigoal", tmp_path / "lib")
+    assert add_main([str(source), "--library", str(tmp_path / "lib")]) == 2
+    assert "is a symbolic link" in capsys.readouterr().err
+    assert list((tmp_path / "outside").iterdir()) == [], "nothing written outside the library"
+
+
+def test_a_cache_folder_linked_out_of_the_library_is_neither_read_nor_written(two_versions, tmp_path):
+    """The probe: with ``<library>/.composed`` a link out of the library, a build reported ``cached`` from entries that
+    lived only outside it, and would have written new ones there."""
+    _, first = small_build(two_versions)
+    outside = tmp_path / "outside-cache"
+    shutil.move(str(two_versions / ".composed"), outside)
+    (two_versions / ".composed").symlink_to(outside, target_is_directory=True)
+    before = sorted(p.name for p in outside.iterdir())
+    with pytest.warns(UserWarning) as caught:
+        _, built = small_build(two_versions)
+    messages = " | ".join(str(w.message) for w in caught)
+    assert not built.cached and built.info["cache"] is None, messages
+    assert "the composition cache folder" in messages and "is outside" in messages and "symbolic link" in messages
+    assert sorted(p.name for p in outside.iterdir()) == before, "nothing new written through the link"
+
+
 def test_files_linked_inside_the_skill_directory_still_load(tiny, tmp_path):
     path = copy_version(tiny, tmp_path / "lib")
     (path / "manifest.json").rename(path / "real-manifest.json")
@@ -317,6 +350,17 @@ MJCF_CASES = {
     "a mesh that is a FIFO": ("model.xml", arm_with('<mesh name="m" file="fifo.stl"/>'), "is a FIFO"),
     "a meshdir out of the folder": ("model.xml", arm_with('<mesh name="m" file="hostname"/>').replace(
         '<compiler angle="radian"', '<compiler meshdir="/etc" angle="radian"'), "/etc/hostname is outside"),
+    "a flexcomp of 10,000 bodies": ("model.xml", ARM_XML.read_text().replace("<worldbody>", (
+        '<worldbody><flexcomp name="cloth" type="grid" count="100 100 1" spacing="0.01 0.01 0.01" pos="3 3 1" '
+        'radius="0.001" dim="2" mass="0.1"/>'), 1), "<flexcomp> is refused: it makes bodies from a count"),
+    "a flexcomp reading a file": ("model.xml", ARM_XML.read_text().replace("<worldbody>", (
+        '<worldbody><flexcomp name="f" type="mesh" file="fifo.stl" dim="2"/>'), 1), "<flexcomp> is refused"),
+    "a composite cable": ("model.xml", ARM_XML.read_text().replace("<worldbody>", (
+        '<worldbody><composite type="cable" count="1200 1 1" size="1"><geom type="capsule" size=".005"/></composite>'),
+        1), "<composite> is refused"),
+    "a replicate": ("model.xml", ARM_XML.read_text().replace("<worldbody>", (
+        '<worldbody><replicate count="5000" offset="0 0 .01"><body><geom size=".01"/></body></replicate>'), 1),
+        "<replicate> is refused"),
     "an unknown element": ("model.xml", ARM_XML.read_text().replace("<worldbody>", "<worldbody><foo/>"),
                            "dm_control cannot parse it"),
     "a dangling reference": ("model.xml", ARM_XML.read_text().replace('joint="yaw"', 'joint="nope"'),

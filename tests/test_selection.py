@@ -101,6 +101,9 @@ def test_an_operator_settings_candidates_are_typed_and_refused_before_anything_r
         Candidates.parse("foo=1,2").operators(dc)
     with pytest.raises(OperatorError, match="setting 'epsilon' applies to operator 'priority' only, not 'dc'"):
         make_operator(dc, epsilon=0.3)  # an operator given as itself is checked like one given by name
+    with pytest.raises(OperatorError, match="setting 'epslion' applies to no operator, not 'priority'. Did you mean "
+                                            "'epsilon'\\? priority's settings: .*epsilon"):
+        make_operator("priority", epslion=0.3)  # a misspelling: the valid settings listed
 
 
 def test_compose_run_sets_one_operator_setting_typed_and_refuses_what_it_cannot_set():

@@ -5,6 +5,7 @@ Every refusal the task API promises, one clear line each, with nothing saved."""
 from __future__ import annotations
 
 import json
+import pickle
 import shutil
 import subprocess
 import sys
@@ -77,6 +78,70 @@ def test_a_broken_term_is_refused_saying_where(user_tasks, fn, message):
     with pytest.raises(envs.TermError, match=message):
         env.step(np.zeros(3, np.float32))
     env.close()
+
+
+@pytest.mark.parametrize("fn, message", [
+    (lambda o, a: o[:, 2] < 5.0, r"'bools' returned 1, outside its declared range \(-1.0, 0.0\)"),  # a bool is 0 or 1
+    (lambda o, a: np.zeros(len(o), complex), "'bools' returned complex values"),
+    (lambda o, a: -np.abs(o[:, 40]), r"'bools' raised IndexError: index 40 .*given next_obs \[1, 12\] and action "
+                                     r"\[1, 3\]; .*test_tasks.py, line"),
+])
+def test_a_term_that_returns_bools_or_complex_numbers_or_raises_is_refused_naming_it(user_tasks, fn, message):
+    declare("t-bools", fn, term="bools")
+    env = envs.make("t-bools")
+    env.reset(seed=0)
+    with pytest.raises(envs.TermError, match=message):
+        env.step(np.zeros(3, np.float32))
+    env.close()
+
+
+def test_a_success_check_must_return_bools(user_tasks):
+    envs.task("t-floatcheck", "fetch-arm", weights={"reach": 1.0}, success=[envs.Check("high", lambda o, a: o[:, 2])])
+    env = envs.make("t-floatcheck")
+    env.reset(seed=0)
+    with pytest.raises(envs.TermError, match="success check 'high' returned float32 values; a check returns one bool"):
+        env.step(np.zeros(3, np.float32))
+    env.close()
+
+
+@pytest.mark.parametrize("weights, message", [
+    ({"reach": float("nan")}, "the weight of term 'reach' must be a finite number, got nan"),
+    ({"reach": float("inf")}, "must be a finite number, got inf"),
+    ({"reach": "1"}, "must be a finite number, got '1'"),
+    ({"reach": None}, "must be a finite number, got None"),
+    ({"reach": True}, "must be a finite number, got True"),
+    ({}, "no weights; a task weighs at least one reward term of family 'fetch-arm' \\(its terms: avoid, reach\\)"),
+])
+def test_task_weights_are_finite_numbers_and_at_least_one(user_tasks, weights, message):
+    with pytest.raises(ValueError, match=message):
+        envs.task("t-weights", "fetch-arm", weights=weights)
+    assert "t-weights" not in envs.TASKS
+
+
+@pytest.mark.parametrize("body, message", [
+    ("CONF = {'ceiling': 0.1}\nc = CONF['ceil']\n", r"cannot import tasks from .*: KeyError: 'ceil' \(bad_tasks.py, line 2\)"),
+    ("import numpy as np\nnp.zeros(3).reshape(2, 2)\n", r"cannot import tasks from .*: ValueError: cannot reshape.*"
+                                                          r"\(bad_tasks.py, line 2\)"),
+    ("import envs\nenvs.task('t-nofam', 'no-such-family', weights={'reach': 1.0})\n",
+     r"tasks in .*: unknown task family 'no-such-family'.* \(bad_tasks.py, line 2\)"),
+])
+def test_a_users_own_key_or_value_error_keeps_its_type_and_line(user_tasks, tmp_path, body, message):
+    """The toolkit's own refusals read "tasks in FILE: ..."; a ``KeyError``/``ValueError`` the user's code raises keeps
+    its type; both say the user's line."""
+    bad = tmp_path / "bad_tasks.py"
+    bad.write_text(body)
+    with pytest.raises(envs.TaskModuleError, match=message):
+        envs.load_tasks(bad)
+
+
+def test_a_misspelled_training_setting_of_a_users_family_is_refused_naming_the_valid_ones(user_tasks):
+    from skills.training.defaults import sql_config
+    family = replace(envs.family("fetch-arm"), training={"alpah": 0.1})
+    task = envs.Task("t-training", family, {"reach": 1.0}, (), source="tests")
+    envs.registry.register_task(task)
+    with pytest.raises(envs.UnknownNameError, match="unknown training setting 'alpah' in the settings family 'fetch-arm' "
+                                                    r"suggests \(its training=\). Did you mean 'alpha'?.*steps"):
+        sql_config("t-training", "no-defaults")
 
 
 def test_a_broken_term_stops_training_before_anything_is_saved(user_tasks, tmp_path, capsys):
@@ -289,6 +354,20 @@ def test_evaluating_a_user_skill_without_its_module_says_which_to_load(tmp_path,
     done = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert done.returncode == 2
     assert f"its task 'stay_low' is not registered; it was defined in {tasks}: load it with --tasks {tasks}" in done.stderr
+    for command in (["skills.train", "stay_low", "--out", str(library), "--steps", "10"],  # training it again, and a study
+                    ["compose.study", "reach+stay_low", "--library", str(library), "--seeds", "1", "--out",
+                     str(tmp_path / "study")]):
+        done = subprocess.run([sys.executable, "-m", *command], cwd=ROOT, capture_output=True, text=True, timeout=600)
+        assert done.returncode == 2, done.stderr
+        assert "unknown task 'stay_low'" in done.stderr and f"load it with --tasks {tasks}" in done.stderr, done.stderr
+
+
+def test_an_unknown_part_of_a_combined_name_is_named():
+    with pytest.raises(envs.UnknownNameError, match="unknown task 'avod' in 'reach\\+avod'. Did you mean 'avoid'?"):
+        envs.get_task("reach+avod")
+    err = envs.UnknownNameError("task", "x", ["a"], "here").hinted(" A hint.")
+    again = pickle.loads(pickle.dumps(err))  # raised in a study's worker, it reaches the parent whole
+    assert type(again) is envs.UnknownNameError and str(again) == str(err) and again.valid == ["a"]
 
 
 def test_the_hint_to_train_a_joint_reference_runs_as_printed(user_tasks):

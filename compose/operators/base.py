@@ -9,6 +9,7 @@ operator is found by name.
 
 from __future__ import annotations
 
+import difflib
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
@@ -186,7 +187,10 @@ def make_operator(spec: "str | Operator" = "average", **settings: Any) -> Operat
             takers = [n for n, c in OPERATORS.items() if key in {f.name for f in fields(c)}]
             where = f"operator{'s' if len(takers) > 1 else ''} {', '.join(repr(t) for t in takers)} only" if takers \
                 else "no operator"
-            raise OperatorError(f"setting {key!r} applies to {where}, not {cls.name!r}")
+            close = difflib.get_close_matches(key, list(types), n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            raise OperatorError(f"setting {key!r} applies to {where}, not {cls.name!r}.{hint} "
+                                f"{cls.name}'s settings: {', '.join(sorted(types))}")
     numbers = sorted(k for k, t in types.items() if str(t) in ("int", "float"))
     for key, value in settings.items():
         if isinstance(value, int | float) and not isinstance(value, bool) and key not in numbers:

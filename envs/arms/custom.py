@@ -138,10 +138,11 @@ def _scene_xml(scene: mjcf.RootElement, flattened: bool) -> str:
 
 
 def _compile(xml: str, assets: dict) -> mujoco.MjModel:
-    """MuJoCo's model of the scene; its errors (``ValueError``, ``FatalError``) as one ``ValueError``."""
+    """MuJoCo's model of the scene; its errors (``ValueError``, ``FatalError``, and the ``RuntimeError`` its bindings
+    raise for an exception they cannot name) as one ``ValueError``."""
     try:
         return mujoco.MjModel.from_xml_string(xml, assets=assets)
-    except (ValueError, mujoco.FatalError) as err:
+    except (ValueError, RuntimeError, mujoco.FatalError) as err:
         raise ValueError(f"MuJoCo cannot compile the arm: {str(err).strip().splitlines()[0] if str(err) else err}") from None
 
 

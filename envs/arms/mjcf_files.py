@@ -28,6 +28,10 @@ MAX_INCLUDES = 64
 MAX_DEPTH = 64  # element nesting (an arm's bodies nest about 10 deep)
 MAX_ELEMENTS = 20_000
 MAX_BODIES = 500  # an arm has tens (the Jaco with its hand: 17); a 10,000-body model compiled for minutes
+GENERATORS = frozenset({"composite", "flexcomp", "replicate"})
+"""Elements that make bodies from a count (a 1 KB ``<flexcomp count="100 100 1">`` is 10,000 bodies, minutes of
+compile) or read a file dm_control does not hand over as an asset (``<flexcomp file>``, which MuJoCo then opens from
+the working directory): refused, as no arm needs them."""
 ASSET_DIR = {"mesh": "meshdir", "hfield": "meshdir", "skin": "meshdir", "texture": "texturedir"}
 
 
@@ -118,6 +122,9 @@ def check_xml(data: bytes, where: str, counts: dict[str, int]) -> ET.Element:
         raise MJCFError(f"{where}: declares a DOCTYPE or an entity; MJCF needs none, and they are refused")
 
     def start(name: str, _attrs: object) -> None:
+        if name in GENERATORS:
+            raise MJCFError(f"{where}: <{name}> is refused: it makes bodies from a count (or reads a file) that these "
+                            "checks cannot bound; an arm for these tasks needs none")
         depth[0] += 1
         counts["elements"] += 1
         counts["bodies"] += name == "body"

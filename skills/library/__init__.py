@@ -34,7 +34,7 @@ from .files import (
     write_skill,
 )
 from .manifest import CorruptSkillError, Manifest, SkillError, UnsupportedFormatError
-from .skill import Skill, TaskChangedError, check_task_definition, load, task_of
+from .skill import Skill, TaskChangedError, check_task_definition, load, registered_task, task_of
 from .store import (
     abandoned,
     atomic_write_text,
@@ -47,7 +47,7 @@ from .store import (
 
 __all__ = [
     "CorruptSkillError", "Manifest", "Skill", "SkillEntry", "SkillError", "StaleSkillError", "TaskChangedError",
-    "UnsupportedFormatError", "check_task_definition", "task_of",
+    "UnsupportedFormatError", "check_task_definition", "registered_task", "task_of",
     "abandoned", "agent_tensors", "atomic_write_text", "check_fresh", "claim_version", "claim_version_dir",
     "constituents_library", "default_library", "inside_library", "is_claim_only", "is_path", "library_versions",
     "list_skills", "load", "load_manifest", "publish_directory",

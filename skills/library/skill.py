@@ -17,8 +17,8 @@ from envs.tasks import definition_changes
 from ..policy import MAX_SAMPLES, ArrayLike, check_count, checked, like, value_in_chunks
 from ..sql.learner import SoftQLearning
 from .catalog import check_fresh, inside_library, resolve
-from .files import read_skill
-from .manifest import MANIFEST, Manifest, SkillError
+from .files import load_manifest, read_skill
+from .manifest import MANIFEST, NAME, Manifest, SkillError
 
 
 class TaskChangedError(SkillError):
@@ -34,6 +34,31 @@ def task_of(info: Manifest) -> envs.Task:
         source = (info.task_definition or {}).get("source")
         hint = f"; it was defined in {source}: load it with --tasks {source} (envs.load_tasks)" if source else ""
         raise SkillError(f"skill {info.name!r} v{info.version}: its task {info.task!r} is not registered{hint}") from err
+
+
+def registered_task(name: str, library: str | Path | None = None) -> envs.Task:
+    """``envs.get_task(name)``; when the name (or a part of a combined one) is not registered but ``library`` holds a
+    skill of that name trained on a user's task, the error says which file defines it (``--tasks FILE``)."""
+    try:
+        return envs.get_task(name)
+    except envs.UnknownNameError as err:
+        for part in dict.fromkeys([name, *name.split("+")]):
+            source = user_task_source(part, library)
+            if source:
+                raise err.hinted(f" The library's skill {part!r} was trained on a task defined in {source}: "
+                                 f"load it with --tasks {source}") from None
+        raise
+
+
+def user_task_source(name: str, library: str | Path | None = None) -> str | None:
+    """Where a user defined the task of the library's skill ``name`` (its manifest's record), or None."""
+    if not NAME.match(name):
+        return None
+    try:
+        source = (load_manifest(resolve(name, library)).task_definition or {}).get("source")
+    except (SkillError, envs.UnknownNameError, OSError, ValueError):
+        return None
+    return source if isinstance(source, str) and source else None
 
 
 def check_task_definition(path: Path, info: Manifest) -> None:

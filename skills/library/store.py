@@ -58,8 +58,9 @@ def owner_alive(host: str, pid: int) -> bool:
 @contextmanager
 def name_lock(directory: Path) -> Iterator[None]:
     """Exclusive lock on ``directory/.lock`` (created, never removed) for claims and swaps. The lock file is opened
-    without following a link and must be a regular file (a link out of the library, a FIFO or a device is refused)."""
-    directory.mkdir(parents=True, exist_ok=True)
+    without following a link and must be a regular file (a link out of the library, a FIFO or a device is refused);
+    ``directory`` itself must not be a link (``real_folder``)."""
+    real_folder(directory).mkdir(parents=True, exist_ok=True)
     flags = os.O_RDWR | os.O_CREAT | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
     try:
         fd = os.open(directory / LOCK, flags, 0o644)
@@ -96,6 +97,16 @@ def taken_versions(directory: Path) -> set[int]:
     return numbers
 
 
+def real_folder(directory: Path) -> Path:
+    """``directory``, a folder of the library that is written into (a skill's name folder, the composition cache),
+    checked not to be a symbolic link: through one, claims, locks, recovery and publications would land outside the
+    library. ``UnsafeFileError`` otherwise."""
+    if directory.is_symlink():
+        raise UnsafeFileError(f"{directory} is a symbolic link (to {os.readlink(directory)}); a folder of the library "
+                              "that is written into must be a real directory inside it")
+    return directory
+
+
 def claim_version(directory: Path) -> Path:
     """Create and return ``directory/v<N>`` for the next free ``N``, marked with a ``.claim`` file."""
     with name_lock(directory):
@@ -119,8 +130,9 @@ def release_claim(path: Path) -> None:
 
 
 def staging_directory(path: Path) -> Path:
-    """A fresh, empty hidden directory beside ``path`` (``.<name>.tmp-<host>-<pid>``) for ``publish_directory``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """A fresh, empty hidden directory beside ``path`` (``.<name>.tmp-<host>-<pid>``) for ``publish_directory``; the
+    folder it is made in must not be a link (``real_folder``)."""
+    real_folder(path.parent).mkdir(parents=True, exist_ok=True)
     stage = path.parent / f".{path.name}.tmp.{owner_tag()}"
     shutil.rmtree(stage, ignore_errors=True)
     stage.mkdir()

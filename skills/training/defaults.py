@@ -7,7 +7,9 @@ Measurements behind these values are in docs/skills.md.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import fields, replace
+from typing import Any
 
 import envs
 
@@ -75,11 +77,21 @@ DEFAULT_STEPS = 30_000
 SQL_FIELDS = {f.name for f in fields(SQLConfig)}
 
 
+def suggested_training(task: envs.Task) -> Mapping[str, Any]:
+    """The training settings a task's family suggests (``Family.training``), checked: each must be an ``SQLConfig``
+    field or ``steps``, so a misspelled one is an error naming the valid ones, not a default silently kept."""
+    unknown = sorted(set(task.family.training) - SQL_FIELDS - {"steps"})
+    if unknown:
+        raise envs.UnknownNameError("training setting", unknown[0], sorted(SQL_FIELDS | {"steps"}),
+                                    where=f"the settings family {task.family.name!r} suggests (its training=)")
+    return task.family.training
+
+
 def sql_config(task_name: str, family: str, **overrides) -> SQLConfig:
     """SQL hyperparameters for a task: family defaults (the toolkit's, or what a user's family suggests in its
     ``training``; with the family's discount), task defaults, then ``overrides`` (None ignored)."""
     task = envs.get_task(task_name)
-    suggested = {k: v for k, v in task.family.training.items() if k in SQL_FIELDS}
+    suggested = {k: v for k, v in suggested_training(task).items() if k in SQL_FIELDS}
     base = replace(FAMILY_SQL.get(family, SQLConfig(**suggested)), gamma=task.family.gamma,
                    **TASK_SQL.get(task_name, {}))
     return replace(base, **{k: v for k, v in overrides.items() if v is not None})
@@ -88,7 +100,7 @@ def sql_config(task_name: str, family: str, **overrides) -> SQLConfig:
 def train_config(task_name: str, **overrides) -> TrainConfig:
     """Run settings for a task: its tuned step budget (or its family's suggested ``steps``), then ``overrides``
     (None values ignored)."""
-    suggested = envs.get_task(task_name).family.training.get("steps", DEFAULT_STEPS)
+    suggested = suggested_training(envs.get_task(task_name)).get("steps", DEFAULT_STEPS)
     base = TrainConfig(steps=TASK_STEPS.get(task_name, suggested))
     steps = overrides.get("steps") or base.steps
     base = replace(base, eval_interval=max(1, min(base.eval_interval, steps // 5)))
