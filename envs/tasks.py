@@ -24,6 +24,7 @@ import importlib.util
 import inspect
 import json
 import sys
+import sysconfig
 import textwrap
 import traceback
 import types
@@ -78,6 +79,9 @@ def _source(name: str) -> Iterator[None]:
 _TOOLKIT = tuple(str(Path(__file__).resolve().parent.parent / package) + "/" for package in ("envs", "skills", "compose"))
 
 
+_STDLIB = tuple({sysconfig.get_paths()["stdlib"] + "/", sysconfig.get_paths()["platstdlib"] + "/"})
+
+
 def _toolkit_file(filename: str) -> bool:
     """Whether a traceback frame's file is the toolkit's own code (its refusals), not a user's."""
     return str(Path(filename).resolve()).startswith(_TOOLKIT)
@@ -107,11 +111,14 @@ def load_tasks(where: str | Path) -> list[str]:
                 importlib.import_module(text)
         except Exception as err:  # noqa: BLE001 - the user's module: show its own error, and its line
             frames = traceback.extract_tb(err.__traceback__)
-            users = [f for f in frames if not f.filename.startswith("<") and not _toolkit_file(f.filename)]
+            users = [f for f in frames if not f.filename.startswith("<") and not _toolkit_file(f.filename)
+                     and not f.filename.startswith(_STDLIB)]  # importlib's own frames say nothing
             where = f" ({Path(users[-1].filename).name}, line {users[-1].lineno})" if users else ""
             if isinstance(err, ValueError | KeyError) and frames and _toolkit_file(frames[-1].filename):
                 raise TaskModuleError(f"tasks in {text}: {err}{where}") from err  # the toolkit's refusal of a definition
             raise TaskModuleError(f"cannot import tasks from {text}: {type(err).__name__}: {err}{where}") from err
+    if not any(t.source == text for t in TASKS.values()):
+        raise TaskModuleError(f"{text} declares no tasks: declare them there with envs.task(...) or envs.gym_family(...)")
     _LOADED[key] = text
     return sorted(set(TASKS) - before)
 

@@ -177,6 +177,11 @@ def test_a_user_module_that_fails_to_import_shows_its_own_error(tmp_path):
         envs.load_tasks(broken)
     with pytest.raises(envs.TaskModuleError, match="no task file"):
         envs.load_tasks(tmp_path / "missing.py")
+    with pytest.raises(envs.TaskModuleError, match=r"ModuleNotFoundError: No module named 'no_such_package'$"):
+        envs.load_tasks("no_such_package.tasks")  # no line of importlib's own as its "location"
+    (tmp_path / "empty_tasks.py").write_text("import numpy\n")
+    with pytest.raises(envs.TaskModuleError, match="empty_tasks.py declares no tasks: declare them there with envs.task"):
+        envs.load_tasks(tmp_path / "empty_tasks.py")
 
 
 def test_a_cli_reports_a_broken_module_in_one_line(tmp_path, capsys):
