@@ -251,8 +251,9 @@ def pooled_margin(margin: np.ndarray) -> dict:
 
 
 def with_exact(rows: list[dict], exact: dict | None) -> list[dict]:
-    """The pairs on which the exact ``pi_w`` acted, with its figures under ``"exact pi_w"`` (all pairs when it did not
-    act): the pooled margins of every actor are then taken on the same pairs."""
+    """Every pair, the first ``exact["pairs"]`` of them with the exact ``pi_w``'s figures under ``"exact pi_w"``. Each
+    actor is then pooled over the pairs it acted on (``pooled`` gives the count): the exact ``pi_w`` over its first
+    few, the others over all; ``policy_gap_side``'s ``on_exact_pairs`` compares them on the same pairs."""
     if exact is None:
         return rows
     return [r | {"exact pi_w": p} for r, p in zip(rows[:exact["pairs"]], exact["per_pair"], strict=True)] + rows[
@@ -308,9 +309,14 @@ def policy_gap_side(rows: list[dict], exact: dict | None) -> dict:
     else:
         note.append("the composed sampler falls below Q_w - D by more than 2 SE: it is short of the Boltzmann pi_w "
                     "(its discounted KL to pi_w) or the constituents' errors are")
+    same: dict = {}
     if "exact pi_w" in table:
+        k = table["exact pi_w"]["pairs"]
+        same = pooled(with_exact(rows, exact)[:k], "D")  # every actor on the exact pi_w's pairs, like for like
         note.append("the exact pi_w " + ("meets it within the noise" if table["exact pi_w"]["holds"] else
-                                         "falls below it by more than 2 SE (D or the constituents are off)"))
+                                         "falls below it by more than 2 SE (D or the constituents are off)")
+                    + f" (on its first {k} pairs, where the composed sampler's margin is "
+                      f"{same['composed']['margin_mean']:+.3g} +- {same['composed']['margin_se']:.2g})")
     passed = [str(c["control"]) for c in checks if not c["failed"]]
     if passed:
         note.append("it holds for " + ", ".join(passed) + " too")
@@ -319,7 +325,7 @@ def policy_gap_side(rows: list[dict], exact: dict | None) -> dict:
     if not_negative:
         note.append(", ".join(not_negative) + " no worse than the joint skill here: not a negative control on these pairs")
     return {"method": "margin G - (Q_w - D) averaged over the pairs, mean +- SE across pairs; holds when mean + 2 SE >= 0",
-            "D_mean": float(np.mean([r["D"] for r in rows])), "pooled": table,
+            "D_mean": float(np.mean([r["D"] for r in rows])), "pooled": table, "on_exact_pairs": same,
             "pairs_holding": {n: side_fractions(rows, n, key="D")[1] for n in names},
             "controls": checks, "tells_policies_apart": not missed, "controls_passed": passed,
             "controls_not_negative_here": not_negative, "note": "; ".join(note)}

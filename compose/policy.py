@@ -44,9 +44,18 @@ class ComposedPolicy:
 
     @torch.no_grad()
     def sample(self, obs: ArrayLike, n: int) -> ArrayLike:
-        """``n`` sampler actions per state: [B, o] -> [B, n, d]."""
+        """``n`` actions per state as the policy acts: [B, o] -> [B, n, d]; draws of the amortized sampler, or with
+        per-decision ``particles`` the particles of as many decisions as ``n`` needs (a stochastic action is one of
+        one decision's particles)."""
         o = checked(obs, self.obs_dim).reshape(-1, self.obs_dim)
-        return like(self.sampler.sample(o, check_count(n, "n", MAX_SAMPLES), generator=self.generator), obs)
+        n = check_count(n, "n", MAX_SAMPLES)
+        if self.particles is None:
+            return like(self.sampler.sample(o, n, generator=self.generator), obs)
+        draws, count = [], 0
+        while count < n:
+            draws.append(self.particles(o, None))
+            count += draws[-1].shape[1]
+        return like(torch.cat(draws, dim=1)[:, :n], obs)
 
     @torch.no_grad()
     def act(self, obs: ArrayLike, deterministic: bool = False,

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from skills.evaluation.diagnostics import Rollouts, Start, mean_and_se, run_rollouts
-from skills.evaluation.entropy import acting_entropy, sampler_network
+from skills.evaluation.entropy import acting_entropy, particle_policy, sampler_network
 from skills.evaluation.lockstep import EnvPool
 from skills.policy import Actor, UniformPolicy
 from skills.sql.equations import row_noise, row_uniform
@@ -61,7 +61,11 @@ def sampler_actor(name: str, policy, alpha: float, samples: int = 64, k: int = 1
     ``samples`` draws there (``skills.evaluation.entropy.acting_entropy``)."""
     how = (f"nearest-neighbour estimate (Kozachenko-Leonenko, k={k}, in pre-tanh space) on {samples} sampler draws per "
            "visited state")
-    if sampler_network(policy) is not None:
+    if particle_policy(policy) is not None:
+        how = ("(V_w(s) - mean Q_w(s, a)) / alpha over one decision's particles per visited state: the Boltzmann "
+               "entropy of pi_w, which per-decision particles target (their draws have no density); it reads high by "
+               "their KL to pi_w")
+    elif sampler_network(policy) is not None:
         how = (f"change of variables through the sampler network on {samples} draws per visited state (exact where "
                f"noise -> action is one-to-one); where it folds, the {how}")
     return ActingPolicy(name, policy, lambda o, a: alpha * acting_entropy(policy, o, samples, k, seed), how)

@@ -39,6 +39,7 @@ import warnings
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -60,7 +61,8 @@ from .operators import OPERATORS, FittedOperator, make_operator
 from .run import BuildConfig, CompositionReport, EvaluationConfig, Sources, run
 from .run.cli import add_operator_setting_argument
 from .sampling import SamplerConfig
-from .stats import aggregate, episode_seed, mean_over_seeds
+from .stats import aggregate as aggregate_seeds
+from .stats import episode_seed, mean_over_seeds
 from .trial_records import COLLISIONS, METRICS, BadRecord, clean_numbers, read_invocations, read_record
 
 POLICIES_FIXED = ("composed", "joint")
@@ -479,6 +481,7 @@ def summarise_spec(spec: str, seeds: Sequence[int], evaluated: dict, operator: s
     episodes (``compose.stats``); seeds with no evaluation are counted as failed, by seed."""
     runs = [evaluated.get(eval_key(spec, seed, operator)) for seed in seeds]
     policies = [*POLICIES_FIXED, *spec.split("+")]
+    aggregate = partial(aggregate_seeds, seeds=list(seeds))  # failed seeds listed by number
     out: dict = {}
     for mode, target in (("stochastic", out), ("deterministic", out.setdefault("deterministic", {}))):
         for policy in policies:
@@ -495,7 +498,9 @@ def summarise_spec(spec: str, seeds: Sequence[int], evaluated: dict, operator: s
         ratio = [r[mode]["composed"]["success_rate"] / r[mode]["joint"]["success_rate"]
                  if r and r[mode]["joint"].get("success_rate") else None for r in runs]
         target["composed_over_joint"] = aggregate(ratio, episodes_of(runs, mode, "composed", "success_rate"),
-                                                  episodes_of(runs, mode, "joint", "success_rate"))
+                                                  episodes_of(runs, mode, "joint", "success_rate"),
+                                                  undefined=[r is not None and not r[mode]["joint"].get("success_rate")
+                                                             for r in runs])  # a joint that never succeeded
     out["bound"] = {k: aggregate([r["bound"].get(k) if r else None for r in runs]) for k in (*BOUND_FIGURES, "mean_C")}
     out["bound"]["controls_failed_as_they_must"] = [
         all(c["failed"] for c in r["bound"].get("controls") or []) if r and r["bound"].get("controls") else None
@@ -540,7 +545,7 @@ def curves(task: str, seeds: Sequence[int], trained: dict) -> dict:
     out: dict[str, Any] = {"env_steps": steps}
     for key in ("return_mean", "success_rate"):
         table = [[next(h[key] for h in hist if h["env_steps"] == s) for s in steps] for hist in histories]
-        agg = [aggregate([row[i] for row in table]) for i in range(len(steps))]
+        agg = [aggregate_seeds([row[i] for row in table]) for i in range(len(steps))]
         out[key] = {"iqm": [a["iqm"] for a in agg], "ci": [a["ci"] for a in agg]}
     return out
 

@@ -173,6 +173,13 @@ def test_the_lower_side_with_d_is_pooled_and_tells_a_poor_actor_from_the_compose
     below = [row(float(rng.normal(0, 0.2)), composed=-0.5, random=-1.0) for _ in range(20)]
     assert not policy_gap_side(below, None)["pooled"]["composed"]["holds"]
     assert "falls below Q_w - D" in policy_gap_side(below, None)["note"]
+    exact = {"pairs": 8, "per_pair": [{"mean": 1.0, "se": 0.01} for _ in range(8)]}  # the exact pi_w acts on 8 of 20
+    side = policy_gap_side(below, exact)
+    assert side["pooled"]["exact pi_w"]["pairs"] == 8 and side["pooled"]["composed"]["pairs"] == 20
+    assert {n: v["pairs"] for n, v in side["on_exact_pairs"].items()} == {"composed": 8, "random": 8, "exact pi_w": 8}
+    first = np.array([r["composed"]["mean"] - 1.0 for r in below[:8]])
+    assert side["on_exact_pairs"]["composed"]["margin_mean"] == pytest.approx(first.mean())
+    assert f"on its first 8 pairs, where the composed sampler's margin is {first.mean():+.3g}" in side["note"]
 
 
 def test_a_control_should_fail_unless_it_is_as_good_as_the_joint_skill_on_the_same_pairs():
@@ -258,6 +265,34 @@ def test_the_composed_policy_answers_the_skill_protocol(library):
     assert policy.q(obs, policy.act(obs)).shape == (2,) and policy.value(obs, n_samples=64).shape == (2,)
     again = ComposedPolicy(composition, built.sampler, seed=3)
     np.testing.assert_array_equal(ComposedPolicy(composition, built.sampler, seed=3).act(obs), again.act(obs))
+
+
+def test_a_policy_acting_with_particles_samples_and_is_credited_as_it_acts(library):
+    """The review: with ``--sampler particles|resampling`` the composed policy acted with per-decision particles, but
+    ``sample`` (and so the entropy credited to its soft returns) drew from the amortized sampler. Now ``sample`` draws
+    the particles it acts with, and the credit is the Boltzmann entropy of its energy from them (their draws have no
+    density): on a flat energy, exactly ``d log 2``."""
+    from compose import ComposedPolicy, load
+    from compose.build import build
+    from compose.soft_returns import sampler_actor
+    from skills.evaluation.entropy import acting_entropy
+
+    composition = load("multigoal@v1+multigoal@v2", library=str(library))
+    built = build(composition, str(library), False, FAST["sampler_cfg"], FAST["bound_cfg"])
+    near = torch.tensor([0.3, -0.2])
+
+    def particles(obs, generators=None):  # one decision: 5 actions within 1e-3 of (0.3, -0.2)
+        return near + 1e-3 * torch.rand(len(obs), 5, 2)
+
+    policy = ComposedPolicy(composition, built.sampler, seed=0, particles=particles, q_fn=lambda o, a: a.sum(-1) * 0.0)
+    obs = np.zeros((3, 2), np.float32)
+    draws = policy.sample(obs, 12)
+    assert draws.shape == (3, 12, 2) and float((draws - near.numpy()).__abs__().max()) < 2e-3, "the particles it acts with"
+    flat = acting_entropy(policy, obs, 64)  # Q = 0: pi is uniform on [-1, 1]^2, V = alpha * 2 log 2
+    np.testing.assert_allclose(flat, 2 * np.log(2.0), rtol=0.05)
+    assert "Boltzmann entropy of pi_w" in sampler_actor("composed", policy, policy.alpha).entropy
+    plain = ComposedPolicy(composition, built.sampler, seed=0)
+    assert "change of variables" in sampler_actor("composed", plain, plain.alpha).entropy
 
 
 def test_every_soft_policy_takes_the_protocols_arguments():

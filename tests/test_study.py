@@ -231,6 +231,24 @@ def test_the_hierarchical_interval_covers_what_the_percentile_one_over_few_seeds
     assert covered["hierarchical"] >= covered["percentile"]
     cell = aggregate([0.5, None, 0.7], [np.ones(10) * 0.5, None, np.ones(10) * 0.7])
     assert cell["seeds_failed"] == [1] and cell["seeds"] == 2
+    assert aggregate([0.5, None, 0.7], seeds=[3, 4, 5])["seeds_failed"] == [4], "failed seeds by number, not position"
+
+
+def test_a_ratio_whose_denominator_is_zero_is_undefined_not_failed_and_its_bias_is_named():
+    """The review: a seed whose joint skill never succeeded was listed as a failed seed, and replicates whose
+    resampled denominator was 0 were dropped silently (the ratios left out are the largest: the interval leans low)."""
+    composed = [np.r_[np.ones(2), np.zeros(98)] for _ in range(10)]  # 0.02 per seed
+    joint = [np.r_[np.ones(1), np.zeros(99)] for _ in range(10)]  # 0.01 per seed: true ratio 2
+    cell = aggregate([2.0] * 10, composed, joint)
+    assert cell["iqm"] == 2.0 and cell["seeds_failed"] == []
+    assert "replicates a seed's denominator resampled to 0 and that seed was left out: the interval leans low" in \
+        cell["method"]
+    never = [np.zeros(100)] + joint[1:]
+    cell = aggregate([None] + [2.0] * 9, composed, never, seeds=list(range(10)), undefined=[True] + [False] * 9)
+    assert cell["seeds_failed"] == [] and cell["seeds_undefined"] == [0] and cell["seeds"] == 9
+    assert "seeds [0] left out: the ratio is undefined there" in cell["method"]
+    tight = aggregate([0.5] * 10, [np.ones(100)] * 10, [np.full(100, 2.0)] * 10)
+    assert "leans low" not in tight["method"] and "seeds_undefined" not in tight
 
 
 def test_a_study_finishes_an_interrupted_training_from_its_checkpoint(tmp_path):
