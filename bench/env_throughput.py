@@ -70,7 +70,8 @@ def measure(steps: int = 2000, repeats: int = 5, seed: int = 0) -> dict:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog="python -m bench.env_throughput", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=2000, help="env steps per timed run")
     parser.add_argument("--repeats", type=int, default=5, help="timed runs per env (interleaved)")
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")

@@ -199,7 +199,8 @@ def measure(buffer_size: int, updates: int, repeats: int, warmup: int = 200) -> 
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog="python -m bench.update_profile", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--buffer", type=int, default=20_000, help="replay buffer size (random transitions)")
     parser.add_argument("--updates", type=int, default=100, help="updates per timed run")
     parser.add_argument("--repeats", type=int, default=8, help="timed runs per variant (interleaved)")

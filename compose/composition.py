@@ -103,8 +103,14 @@ class ComposedQ:
         v_w = soft_value_from_samples(torch.tensordot(self.weights, q_all, dims=1), self.alpha, self.act_dim)
         return v_i, v_w
 
-    def gap(self, obs: torch.Tensor, n_samples: int = 1024, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Per-state gap ``delta(s) = sum_i w_i V_i(s) - V_w(s) >= 0``: [B]."""
+    def gap(self, obs, n_samples: int = 1024, generator: torch.Generator | None = None):
+        """Per-state gap ``delta(s) = sum_i w_i V_i(s) - V_w(s) >= 0``: [B] -> [B]. Tensors in, tensors out; numpy
+        (or a list; one state [o] or a batch) in, numpy out, checked like ``Q_w``'s inputs."""
+        if not isinstance(obs, torch.Tensor):
+            o, _ = checked_pair(obs, np.zeros(self.act_dim, np.float32), self.obs_dim, self.act_dim)
+            with torch.no_grad():
+                out = self.gap(torch.as_tensor(o).reshape(-1, np.shape(o)[-1]), n_samples, generator).numpy()
+            return out[0] if np.ndim(o) == 1 else out
         v_i, v_w = self.soft_values(obs, n_samples, generator)
         return torch.tensordot(self.weights, v_i, dims=1) - v_w
 

@@ -26,6 +26,12 @@ def stack_cell(info: Manifest) -> str:
     return "alone" if len(together) <= 1 else ",".join(map(str, together))
 
 
+def number(value, spec: str, width: int = 0) -> str:
+    """``value`` formatted by ``spec``, or a dash where a manifest has none (a saved composition has no evaluation)."""
+    text = format(value, spec) if isinstance(value, int | float) and not isinstance(value, bool) else "–"
+    return text.rjust(width)
+
+
 def plain_lines(entries: list[SkillEntry]) -> list[str]:
     """One line per skill: status, steps, alpha, the final stochastic evaluation, its seed and the seeds it was
     stacked with (a seed reproduces exactly only in the same stack, docs/skills.md)."""
@@ -36,7 +42,7 @@ def plain_lines(entries: list[SkillEntry]) -> list[str]:
         m = m.get("stochastic", m)
         seed = "?" if e.info.seed is None else str(e.info.seed)
         lines.append(f"  {e.name + '@v' + str(e.version):28s} {e.info.status:10s} {e.info.env_steps:8d} {e.info.alpha:6.3g} "
-                     f"{m.get('success_rate', float('nan')):8.2f} {m.get('return_mean', float('nan')):9.2f} {seed:>5s}"
+                     f"{number(m.get('success_rate'), '.2f', 8)} {number(m.get('return_mean'), '.2f', 9)} {seed:>5s}"
                      f"  {stack_cell(e.info)}")
     legend = ["  * final evaluation of the stochastic (max-ent) policy"]
     if any(stack_cell(e.info) == "?" for e in entries):
@@ -67,8 +73,9 @@ def markdown_lines(entries: list[SkillEntry]) -> list[str]:
         metrics = raw.get("metrics", {})
         sto, det = metrics.get("stochastic", {}), metrics.get("deterministic", {})
         gap, residual = convergence_cells(raw)
-        cells = [f"`{e.name}` v{e.version}", f"{e.info.env_steps:,}", f"{raw.get('wall_time_s', float('nan')):.0f} s",
-                 f"{e.info.alpha:g}", *(f"{m.get(k, float('nan')):.2f}" for m, k in (
+        wall = raw.get("wall_time_s")
+        cells = [f"`{e.name}` v{e.version}", f"{e.info.env_steps:,}", number(wall, ".0f") + (" s" if wall is not None else ""),
+                 f"{e.info.alpha:g}", *(number(m.get(k), ".2f") for m, k in (
                      (sto, "success_rate"), (sto, "collision_rate"), (det, "success_rate"))), gap, residual]
         lines.append("| " + " | ".join(cells) + " |")
     return lines

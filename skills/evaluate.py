@@ -139,7 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--rollouts", type=positive_int, default=ConvergenceConfig.rollouts,
                         help=f"--convergence: rollouts per start state (default {ConvergenceConfig.rollouts})")
     parser.add_argument("--render", nargs="?", const="auto", metavar="MP4",
-                        help="write a video (default path: runs/eval/<skill>-<task>.mp4)")
+                        help="write a video (default path: runs/eval/<skill>-<task>.mp4, <task> 'own' without --task)")
     parser.add_argument("--library", help="library directory (default: trained/)")
     parser.add_argument("--json", metavar="PATH", help="also write the metrics as JSON")
     add_arm_arguments(parser)

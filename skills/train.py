@@ -106,7 +106,12 @@ def headline(trainer: MultiSeedTrainer) -> str:
     seeds = f"seed={first.run.seed}" if len(trainer.seeds) == 1 else f"seeds {trainer.seeds} stacked"
     where = ", ".join(map(str, trainer.paths))
     steps = f"{first.run.steps} steps" + (f" from step {first.start_steps}" if first.start_steps else "")
-    return f"training {first.task.name!r} for {steps} ({seeds}, alpha={first.sql.alpha}) -> {where}"
+    line = f"training {first.task.name!r} for {steps} ({seeds}, alpha={first.sql.alpha}) -> {where}"
+    if not first.start_steps and first.run.steps <= first.sql.warmup_steps:
+        line += (f"\nnote: the budget ({first.run.steps} steps) ends within the warm-up ({first.sql.warmup_steps} "
+                 "random steps before the first update): no update is made, and the skill is saved as initialised "
+                 "(a smoke run; --set warmup_steps=N shortens the warm-up)")
+    return line
 
 
 def run_training(make_trainer: Callable[[], MultiSeedTrainer], headline: Callable[[MultiSeedTrainer], str],

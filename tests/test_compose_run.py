@@ -263,6 +263,11 @@ def test_the_composed_policy_answers_the_skill_protocol(library):
     assert policy.act(obs, deterministic=True).shape == (2, 2)
     assert policy.sample(obs, 5).shape == (2, 5, 2) and isinstance(policy.sample(torch.as_tensor(obs), 5), torch.Tensor)
     assert policy.q(obs, policy.act(obs)).shape == (2,) and policy.value(obs, n_samples=64).shape == (2,)
+    gap = composition.q_w.gap(obs, n_samples=64)  # numpy in, numpy out, as README's snippet calls it
+    assert isinstance(gap, np.ndarray) and gap.shape == (2,) and (gap >= 0).all()
+    assert np.shape(composition.q_w.gap(obs[0], n_samples=64)) == ()
+    with pytest.raises(ValueError, match="observation must have shape"):
+        composition.q_w.gap(np.zeros(5), n_samples=64)
     again = ComposedPolicy(composition, built.sampler, seed=3)
     np.testing.assert_array_equal(ComposedPolicy(composition, built.sampler, seed=3).act(obs), again.act(obs))
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import warnings
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np  # noqa: E402
@@ -228,6 +229,17 @@ def test_clis_take_the_custom_arm_options(tmp_path, capsys):
             main(["reach+avoid", "--arm", ARM_XML, "--ee-site", "ee", "--workspace-origin", "0.4,0.1"])
         assert stop.value.code == 2
         assert "expected X,Y,Z" in capsys.readouterr().err
+
+
+def test_a_report_names_the_arm_it_ran_on():
+    """The review: a custom-arm report's heading read like a Fetch run's; only report.json named the arm."""
+    from compose.run.report import CompositionReport
+
+    report = CompositionReport(spec="reach+avoid", task="reach+avoid", weights=[0.5, 0.5], alpha=0.05, gamma=0.95,
+                               episodes=3, seed=0, deterministic=False, rows={}, constituents=[],
+                               env_kwargs={"arm": ARM_XML})
+    assert report.where == "reach+avoid (arm: three_link_arm.xml)"
+    assert replace(report, env_kwargs={}).where == "reach+avoid"
 
 
 # ---- actuation, robust IK, the automatic workspace, built-in arms (envs.arms.actuation, envs.arms.jaco) ----

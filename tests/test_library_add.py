@@ -86,6 +86,11 @@ def test_a_saved_composition_is_skipped_with_what_to_do(tiny, tmp_path):
     skipped = add_version(version, tmp_path / "dst")
     assert skipped.outcome == "skipped" and "compose.save" in skipped.reason
     assert versions(tmp_path / "dst") == []
+    adapted = copy_version(tiny, tmp_path / "adapted")  # an adapted skill holds its networks: it travels (the review)
+    edit_manifest(adapted, adapted_from={"constituents": [{"spec": "multigoal", "name": "multigoal", "version": 1,
+                                                           "weights_sha256": "0" * 64}], "weights": [1.0]})
+    added = add_version(adapted, tmp_path / "dst")
+    assert added.outcome == "added" and skills.load("multigoal", library=tmp_path / "dst").manifest["adapted_from"]
 
 
 @pytest.mark.parametrize("damage, message", [

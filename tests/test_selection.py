@@ -53,6 +53,7 @@ def test_compose_run_selects_on_validation_and_reports_on_test_episodes(two_goal
     assert report["operator"]["epsilon"] == selection["chosen"] and report["seed"] == 10_000
     assert "chosen on validation episodes" in (out / "report.md").read_text()
     assert any("(chosen)" in line for line in selection_lines(selection))
+    assert 0 < selection["wall_time_s"] <= report["wall_time_s"], "the selection's cost is in the run's wall time"
 
 
 def test_select_refuses_overlapping_seeds_and_several_operators(two_goal_library, capsys):

@@ -149,7 +149,19 @@ def test_resume_continues_from_a_saved_skill(library, tmp_path):
     resumed = train_tiny(tmp_path, steps=150, resume="multigoal")
     manifest = json.loads((resumed / "manifest.json").read_text())
     assert resumed.name == "v2" and manifest["env_steps"] == 450
-    assert manifest["resumed_from"] == "multigoal"
+    assert manifest["resumed_from"] == "multigoal" and manifest["resumed_version"] == "multigoal@v1", "asked, and resolved"
+
+
+def test_a_budget_inside_the_warm_up_is_said_to_make_no_update(tmp_path, capsys):
+    """The review: ``skills.train reach --steps 300`` (warm-up 1000) saved a complete skill after 0 updates, silently."""
+    from skills import train as train_cli
+
+    args = ["multigoal", "--out", str(tmp_path), "--eval-episodes", "1", "--final-eval-episodes", "1", "--no-progress",
+            "--no-overlap", "--no-convergence"]
+    assert train_cli.main([*args, "--steps", "60"]) == 0
+    assert "ends within the warm-up (1000 random steps before the first update): no update is made" in capsys.readouterr().out
+    assert train_cli.main([*args, "--steps", "60", "--set", "warmup_steps=20"]) == 0
+    assert "warm-up" not in capsys.readouterr().out
 
 
 def test_a_skill_trained_on_one_device_loads_and_resumes_on_either(tmp_path, device):
@@ -396,6 +408,13 @@ def test_a_library_that_is_not_there_is_said_so(tmp_path, capsys):
         skills.load("reach", str(tmp_path / "nowhere"))
     with pytest.raises(ValueError, match=r"unknown version 'v9' in skill 'reach' \(.*reach\)\. Valid versions: v1"):
         skills.load("reach@v9", str(Path(__file__).resolve().parents[1] / "trained"))
+
+
+def test_the_listing_shows_a_dash_where_a_manifest_has_no_figure():
+    """The review: a saved composition (no evaluation, no wall time) was listed as ``nan``."""
+    from skills.__main__ import number
+
+    assert number(None, ".2f", 8) == "       –" and number(0.5, ".2f", 8) == "    0.50" and number(True, ".2f") == "–"
 
 
 def test_the_library_listing_prints_every_skill_and_a_markdown_table(capsys):

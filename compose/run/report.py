@@ -42,6 +42,12 @@ class RunReport:
     def mode(self) -> str:
         return "deterministic" if self.deterministic else "stochastic"
 
+    @property
+    def where(self) -> str:
+        """``"reach+avoid"``, or with a custom arm ``"reach+avoid (arm: three_link_arm.xml)"``: what the run ran on."""
+        arm = self.env_kwargs.get("arm")
+        return self.task + (f" (arm: {Path(str(arm)).name})" if arm else "")
+
     def header(self) -> dict[str, Any]:
         out = {"spec": self.spec, "task": self.task, "weights": self.weights, "alpha": self.alpha, "gamma": self.gamma,
                "episodes": self.episodes, "seed": self.seed}
@@ -88,7 +94,7 @@ class CompositionReport(RunReport):
         return out | {"wall_time_s": self.wall_time_s}
 
     def markdown(self) -> str:
-        lines = [f"# Composition report: {self.spec} on {self.task}", "",
+        lines = [f"# Composition report: {self.spec} on {self.where}", "",
                  (f"weights {self.weights}, alpha {self.alpha}, gamma {self.gamma}, {self.episodes} episodes from seed "
                   f"{self.seed}, sampler {self.sampler}; {MODE_NOTES[self.mode]}"), "",
                  "Soft return: discounted over the episode, sum_t gamma^t (r_t + alpha H_t), each policy credited with "
@@ -97,9 +103,11 @@ class CompositionReport(RunReport):
                  *bound_lines(self.bound), "",
                  "Error sources: delta by importance sampling (common random numbers); C by TD on the skills'",
                  "stored transitions with a max over sampled actions; Monte Carlo soft returns carry sampling",
-                 "error (the CIs) and a tail bound; their entropy terms are each acting policy's own (a nearest-",
-                 "neighbour estimate for samplers, biased low by about 0.06-0.07 nats per step; exact for the random",
-                 "actor; V_w - Q_w for the exact pi_w, whose V_w is an importance-sampling estimate).", "",
+                 "error (the CIs) and a tail bound; their entropy terms are each acting policy's own (for a sampler,",
+                 "the change of variables through its network, exact where noise -> action is one-to-one, and where",
+                 "it folds a nearest-neighbour estimate, which reads high there; exact for the random actor;",
+                 "V_w - Q_w for the exact pi_w, whose V_w is an importance-sampling estimate; each actor's line in",
+                 "report.json says how).", "",
                  "## Figures", ""]
         lines += [f"![{k}]({Path(v).name})" for k, v in self.figures.items()]
         if self.video is not None:
@@ -107,7 +115,7 @@ class CompositionReport(RunReport):
         return "\n".join(lines) + "\n"
 
     def console(self) -> list[str]:
-        lines = [f"\n{self.spec} on {self.task} ({self.episodes} episodes, seed {self.seed}, {self.mode}):\n",
+        lines = [f"\n{self.spec} on {self.where} ({self.episodes} episodes, seed {self.seed}, {self.mode}):\n",
                  comparison_table(self.rows), "\nbound (tight form):", *bound_lines(self.bound)]
         if "joint" not in self.rows:
             lines.append(f"\nnote: {self.joint_note}")
@@ -132,7 +140,7 @@ class OperatorsReport(RunReport):
             "figures": self.figures, "env_kwargs": self.env_kwargs, "wall_time_s": self.wall_time_s}
 
     def markdown(self) -> str:
-        lines = [f"# Composition operators: {self.spec} on {self.task}", "",
+        lines = [f"# Composition operators: {self.spec} on {self.where}", "",
                  f"{self.episodes} seeded episodes from seed {self.seed}, {self.mode}; alpha {self.alpha}, "
                  f"gamma {self.gamma}; every operator uses 0 environment samples.", "", *self.selection_markdown(),
                  comparison_table(self.rows), ""]
@@ -149,7 +157,7 @@ class OperatorsReport(RunReport):
         return "\n".join(lines) + "\n"
 
     def console(self) -> list[str]:
-        lines = [f"\n{self.spec} on {self.task} ({self.episodes} episodes, seed {self.seed}, {self.mode}), every "
+        lines = [f"\n{self.spec} on {self.where} ({self.episodes} episodes, seed {self.seed}, {self.mode}), every "
                  "operator with 0 environment samples:\n", comparison_table(self.rows)]
         lines += [f"{name}: skipped, {why}" for name, why in self.skipped.items()]
         if "joint" not in self.rows:

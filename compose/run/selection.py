@@ -14,6 +14,7 @@ selection: only the composition's setting is chosen, and only the composition ru
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field, fields, replace
 from functools import partial
@@ -126,6 +127,7 @@ def select(spec: str, operator: Operator, candidates: Candidates, *, test: Evalu
     composition alone, stochastic), choose by ``rule``, and return the chosen operator (and, for a ``sampler.``
     setting, the build settings) and the record."""
     check_disjoint(validation, test)
+    started = time.perf_counter()
     rows = []
     builds = ([replace(build_config, sampler=s) for s in candidates.sampler_values(build_config.sampler)]
               if candidates.is_sampler
@@ -145,7 +147,7 @@ def select(spec: str, operator: Operator, candidates: Candidates, *, test: Evalu
     value = candidates.values[chosen]
     record = {"setting": candidates.setting, "chosen": value, "rule": rule.describe(),
               "validation": {"seed": validation.seed, "episodes": validation.episodes, "mode": validation.mode},
-              "candidates": rows}
+              "candidates": rows, "wall_time_s": round(time.perf_counter() - started, 1)}
     if candidates.is_sampler:
         return Selection(operator, record, builds[chosen])
     return Selection(ops[chosen], record)
@@ -156,7 +158,8 @@ def selection_lines(record: dict) -> list[str]:
     v = record["validation"]
     lines = [f"Selection: {record['setting']} = {record['chosen']:g}, chosen on validation episodes "
              f"(seeds {v['seed']}-{v['seed'] + v['episodes'] - 1}, {v['mode']}) disjoint from the reported ones, by the "
-             f"rule: {record['rule']}.", "",
+             f"rule: {record['rule']}" + (f" ({record['wall_time_s']:.0f} s, within the run's wall time)."
+                                          if "wall_time_s" in record else "."), "",
              f"| {record['setting']} | validation success | collisions | return |", "|---|---|---|---|"]
     for row in record["candidates"]:
         mark = " (chosen)" if row["value"] == record["chosen"] else ""

@@ -97,9 +97,9 @@ def add_version(source: str | Path, library: str | Path | None = None) -> Added:
     info = load_manifest(source)
     if not info.complete:
         return Added(source, info.name, "skipped", reason=f"status {info.status!r}: only complete skills are added")
-    if info.composed_from is not None or info.adapted_from is not None:
-        return Added(source, info.name, "skipped", reason="a saved or adapted composition: its constituents are "
-                     "resolved in its own library; add the constituents, then compose.save it in this library")
+    if info.composed_from is not None:  # an adapted skill (adapted_from) holds its constituents' networks: it travels
+        return Added(source, info.name, "skipped", reason="a saved composition: its constituents are resolved in its "
+                     "own library; add the constituents, then compose.save it in this library")
     digest, root = info.files[WEIGHTS], library_root(library)
 
     def holding(skill_dir: Path) -> Path | None:

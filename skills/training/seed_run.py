@@ -133,7 +133,8 @@ class SeedRun:
         self.together = list(together) if together else [run.seed]
         resumed = self._read_resume(resume) if resume is not None else None
         self.name = start.name or (resumed[1].name if resumed else self.task.name)
-        self.resumed_from = str(resume) if resume is not None else None
+        self.resumed_from = str(resume) if resume is not None else None  # as asked, and the version it resolved to:
+        self.resumed_version = f"{resumed[1].name}@v{resumed[1].version}" if resumed else None
         self.provenance = dict(start.provenance or {})
         seed_everything(run.seed)
         torch.set_num_threads(run.threads)
@@ -312,6 +313,7 @@ class SeedRun:
                            "final": "both: 'stochastic' samples the sampler; 'deterministic' takes the "
                                     "highest-Q of 32 sampler actions"},
             "history": self.history, "resumed_from": self.resumed_from,
+            **({"resumed_version": self.resumed_version} if self.resumed_version else {}),
             **({"value_check_warnings": self.value_warnings} if self.value_warnings else {}),
             **({"owner": {"host": socket.gethostname(), "pid": os.getpid()}} if status == "training" else {}),
             **({"convergence": self.convergence_record} if self.convergence_record is not None else {}),
