@@ -20,6 +20,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+import envs
+import skills
 from envs.cli import add_arm_arguments, add_task_arguments, arm_kwargs, load_task_modules
 from skills.cli import add_weights_argument, non_negative_int, positive_int
 from skills.train import run_training
@@ -65,7 +67,13 @@ def main(argv: list[str] | None = None) -> int:
 
     def make_trainer() -> MultiSeedTrainer:
         load_task_modules(args.tasks)
-        composition = load(args.spec, weights=args.weights, library=args.library, seed=args.seed)
+        try:
+            composition = load(args.spec, weights=args.weights, library=args.library, seed=args.seed)
+        except (envs.UnknownNameError, skills.SkillError) as err:
+            if not args.resume:
+                raise
+            raise skills.SkillError(f"{err} (resuming: --library is where the constituents live, default trained/; the "
+                                    "adapted skill is looked up in --out, or in --library without --out)") from err
         names.append(composition.name)
         task = combined_task_name(composition)  # refuse before building anything
         if args.resume:  # the saved adapted skill holds everything: nothing to build
@@ -87,7 +95,8 @@ def main(argv: list[str] | None = None) -> int:
 
     def headline(t: MultiSeedTrainer) -> str:
         run = t.trainers[0]
-        return (f"adapting {names[0]} on {run.task.name!r} for {run.run.steps} steps (Q = Q_w + R, R = 0 at the start; "
+        start = f"from {args.resume}" if args.resume else "R = 0 at the start"
+        return (f"adapting {names[0]} on {run.task.name!r} for {run.run.steps} steps (Q = Q_w + R, {start}; "
                 f"seed {run.run.seed}) -> {run.path}")
 
     return run_training(make_trainer, headline, zero_shot, resume_command=f"python -m compose.adapt {args.spec}")

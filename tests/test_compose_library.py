@@ -202,7 +202,7 @@ def test_before_any_update_the_adapted_agent_acts_as_the_composition(library):
         np.testing.assert_allclose(mine, theirs, atol=1e-6)
 
 
-def test_compose_adapt_trains_a_new_library_skill_and_resumes(library, capsys):
+def test_compose_adapt_trains_a_new_library_skill_and_resumes(library, capsys, tmp_path):
     assert compose_adapt.main(["reach+avoid", "--library", str(library), *TINY_ADAPT]) == 0
     skill = skills.load("reach+avoid.adapted", library)
     assert skill.manifest["env_steps"] == 120 and skill.manifest["task"] == "reach+avoid"
@@ -218,6 +218,12 @@ def test_compose_adapt_trains_a_new_library_skill_and_resumes(library, capsys):
     assert resumed.path.name == "v2" and resumed.manifest["env_steps"] == 240
     assert resumed.manifest["adapted_from"] == made_from
     assert skills.load("reach+avoid.adapted@v1", library).manifest["env_steps"] == 120
+    assert "R = 0 at the start" in out and "from reach+avoid.adapted" in capsys.readouterr().out  # the resumed headline
+    empty = tmp_path / "elsewhere"  # resuming with --library pointing at the adapted skill, not the constituents
+    empty.mkdir()
+    assert compose_adapt.main(["reach+avoid", "--library", str(empty), "--resume", "reach+avoid.adapted",
+                               *TINY_ADAPT]) == 2
+    assert "resuming: --library is where the constituents live" in capsys.readouterr().err
 
 
 def test_compose_adapt_refuses_a_composition_without_a_combined_task(library, capsys):
