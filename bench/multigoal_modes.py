@@ -45,9 +45,11 @@ def goal_counts(variant: str, steps: int, episodes: int = 100) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from skills.cli import positive_int
+
     parser = argparse.ArgumentParser(prog="python -m bench.multigoal_modes", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, default=20_000, help="training steps per variant (default 20000)")
+    parser.add_argument("--steps", type=positive_int, default=20_000, help="training steps per variant (default 20000)")
     parser.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated: {', '.join(VARIANTS)}")
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     args = parser.parse_args(argv)

@@ -40,6 +40,12 @@ class CheckedEnergy:
         with torch.no_grad():
             return self.fn(torch.as_tensor(obs), torch.as_tensor(act)).numpy()
 
+    def __getattr__(self, name: str):
+        """The energy's own parts (``dc``'s ``correction``, ``gpi``'s evaluations) as the operator defines them."""
+        if name == "fn":  # not set yet (copying, unpickling): no recursion
+            raise AttributeError(name)
+        return getattr(self.fn, name)
+
 
 class ComposedSkill(Composition):
     """A composition of skills that acts like a skill (``act``, ``sample``, ``q``, ``value``).

@@ -21,7 +21,7 @@ from .cli import non_negative_int, positive_float, positive_int, seed_list, sql_
 from .evaluation.diagnostics import format_report
 from .library import registered_task
 from .sql import TrainingDiverged
-from .training import MultiSeedTrainer, Trainer, TrainResult, newest_of_seed, rest_of_budget
+from .training import MultiSeedTrainer, TrainConfig, Trainer, TrainResult, newest_of_seed, rest_of_budget
 from .training.defaults import sql_config, train_config
 
 
@@ -49,9 +49,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "seed continues its newest saved version. Without --steps, an interrupted run (status "
                         "'training') runs the rest of its budget and a finished skill the task's budget more; --steps N "
                         "is always N more")
-    parser.add_argument("--eval-interval", type=positive_int, help="evaluate and checkpoint every N steps")
-    parser.add_argument("--eval-episodes", type=positive_int, help="episodes per periodic evaluation")
-    parser.add_argument("--final-eval-episodes", type=positive_int, help="episodes of the final evaluation (default 100)")
+    parser.add_argument("--eval-interval", type=positive_int, help=f"evaluate and checkpoint every N steps (default "
+                        f"{TrainConfig.eval_interval}, or a fifth of the budget when that is less)")
+    parser.add_argument("--eval-episodes", type=positive_int,
+                        help=f"episodes per periodic evaluation (default {TrainConfig.eval_episodes})")
+    parser.add_argument("--final-eval-episodes", type=positive_int,
+                        help=f"episodes of the final evaluation (default {TrainConfig.final_eval_episodes})")
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default: cpu)")
     parser.add_argument("--no-overlap", action="store_true", help="step the env and update in sequence "
                         "(default: the env steps in a child process while the update runs; same results)")

@@ -20,6 +20,17 @@ def test_env_throughput_smoke(tmp_path):
     assert saved["machine"]["cpus"] >= 1
 
 
+def test_multigoal_modes_smoke(tmp_path, capsys):
+    """``bench.multigoal_modes`` (behind docs/skills.md's multigoal table) runs end to end on a tiny budget."""
+    from bench import multigoal_modes
+
+    out = tmp_path / "modes.json"
+    assert multigoal_modes.main(["--steps", "200", "--variants", "shipped", "--json", str(out)]) == 0
+    (row,) = json.loads(out.read_text())
+    assert row["variant"] == "shipped" and sum(row["goals"]) <= 100 and 0.0 <= row["success"] <= 1.0
+    assert multigoal_modes.main(["--variants", "nope"]) == 2 and "valid: shipped" in capsys.readouterr().err
+
+
 def test_first_success_finds_the_first_evaluation_at_the_bar():
     from bench.throughput import first_success
 

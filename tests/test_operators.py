@@ -395,3 +395,16 @@ def test_on_two_goals_averaging_hesitates_and_dc_gpi_or_commit(two_goal_library)
     for name in ("dc", "gpi", "or"):
         assert ops[name]["success_rate"] >= 0.9, (name, ops[name]["success_rate"])
         assert ops[name]["return_mean"] >= 0.9 * joint["return_mean"], (name, ops[name]["return_mean"], joint["return_mean"])
+
+
+def test_an_operators_energy_exposes_its_parts_as_docs_compose_calls_them():
+    """The review: docs/compose.md reads DC's correction as ``compose.load("west+east", operator="dc").q.correction``,
+    which raised AttributeError (``ComposedSkill.q`` wraps the energy to check its inputs). The shipped cache, no fit."""
+    composition = compose.load("west+east", operator="dc",
+                               library=str(Path(__file__).resolve().parents[1] / "trained"))
+    q = composition.q
+    obs, act = torch.zeros(4, composition.obs_dim), torch.zeros(4, composition.act_dim)
+    c = q.correction(obs, act, torch.as_tensor(np.asarray(composition.weights), dtype=torch.float32))
+    assert c.shape == (4,) and bool(torch.isfinite(c).all())
+    with pytest.raises(AttributeError):
+        q.no_such_part
