@@ -407,4 +407,4 @@ def test_an_operators_energy_exposes_its_parts_as_docs_compose_calls_them():
     c = q.correction(obs, act, torch.as_tensor(np.asarray(composition.weights), dtype=torch.float32))
     assert c.shape == (4,) and bool(torch.isfinite(c).all())
     with pytest.raises(AttributeError):
-        q.no_such_part
+        _ = q.no_such_part
