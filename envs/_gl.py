@@ -1,7 +1,8 @@
 """Pick an OpenGL backend for MuJoCo before mujoco is imported.
 
 Rules, in order:
-1. ``MUJOCO_GL`` already set: respected as is.
+1. ``MUJOCO_GL`` already set to a value MuJoCo takes: respected as is (any other value is ignored with a warning,
+   as MuJoCo's import would raise on it).
 2. A display exists (``DISPLAY`` or ``WAYLAND_DISPLAY``), or not Linux: left unset (GLFW window).
 3. Headless Linux: ``egl`` if an EGL context can really be made, else ``osmesa``.
 
@@ -17,6 +18,7 @@ import os
 import platform
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 from .files import atomic_write_bytes
@@ -66,6 +68,13 @@ def _write_cache(entries: dict) -> None:
         pass
 
 
+def known_values() -> tuple[str, ...]:
+    """The ``MUJOCO_GL`` values MuJoCo's bindings accept on this system (their import raises on any other)."""
+    system = platform.system()
+    extra = {"Linux": ("glx", "egl", "osmesa"), "Windows": ("wgl",), "Darwin": ("cgl",)}.get(system, ())
+    return ("disable", "disabled", "off", "false", "0", "enable", "enabled", "on", "true", "1", "glfw", *extra)
+
+
 def headless() -> bool:
     """True when no display is available for a GLFW window."""
     if platform.system() != "Linux":
@@ -79,6 +88,12 @@ UNAVAILABLE_REASON = ""  # why no backend was chosen on a headless machine (for 
 def choose_backend() -> str | None:
     """Set ``MUJOCO_GL`` for this process if needed and return the backend in use."""
     global UNAVAILABLE_REASON
+    given = os.environ.get("MUJOCO_GL", "").lower().strip()
+    if given and given not in known_values():
+        # MuJoCo would refuse it at import (a RuntimeError, even where nothing renders): chosen as if unset, and said
+        warnings.warn(f"MUJOCO_GL={os.environ['MUJOCO_GL']!r} is not a value MuJoCo takes here ({', '.join(known_values())}); "
+                      "ignored, a backend is chosen as if it were unset", stacklevel=2)
+        del os.environ["MUJOCO_GL"]
     if os.environ.get("MUJOCO_GL"):
         return os.environ["MUJOCO_GL"]
     if not headless():

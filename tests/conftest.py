@@ -13,6 +13,13 @@ CUDA = pytest.param("cuda", marks=[pytest.mark.cuda, pytest.mark.skipif(
     not torch.cuda.is_available(), reason="torch sees no CUDA device")])
 
 
+@pytest.fixture(autouse=True)
+def no_inherited_library(monkeypatch):
+    """Tests read the shipped library (or the one they name): a ``COMPOSABLE_SKILLS_LIBRARY`` the developer's shell
+    exports is not theirs, in this process or in the ones it starts."""
+    monkeypatch.delenv("COMPOSABLE_SKILLS_LIBRARY", raising=False)
+
+
 @pytest.fixture(params=["cpu", CUDA])
 def device(request) -> str:
     return request.param

@@ -228,3 +228,18 @@ def test_the_maths_core_imports_without_mujoco():
                          text=True, timeout=120, stdin=subprocess.DEVNULL)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]", out.stdout
+
+
+def test_a_mujoco_gl_that_mujoco_would_refuse_is_ignored_with_a_warning():
+    """The review: ``MUJOCO_GL=nonsense`` made ``import mujoco`` raise, failing every physics test. envs now ignores a
+    value MuJoCo does not take (warning), and chooses a backend as if it were unset."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = "import envs, mujoco, os; print('ok', os.environ.get('MUJOCO_GL') != 'nonsense')"
+    done = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[1], capture_output=True,
+                          text=True, timeout=120, env={**os.environ, "MUJOCO_GL": "nonsense"})
+    assert done.returncode == 0 and done.stdout.strip() == "ok True", done.stderr
+    assert "MUJOCO_GL='nonsense' is not a value MuJoCo takes here" in done.stderr
