@@ -4,7 +4,8 @@
    evaluation rows, the Monte Carlo bound, the bound's episode figure, the Q slices, the rest) and per kind of work
    (environment steps, policy calls, Q and V estimates, making environments, rendering).
 2. **compose.run** without render and **skills.evaluate** (100 episodes), each run one episode at a time (lockstep
-   width 1: what the toolkit did before) and in lockstep, alternately; wall time and the reported numbers.
+   width 1 on one thread: what the toolkit did before lockstep), in lockstep on one thread (before step threads), and
+   in lockstep with the envs stepped by ``default_threads()`` threads, in turn; wall time and the reported numbers.
 3. **Twins**: the same 100 seeded episodes of the composed policy one at a time and in lockstep: how many part, and
    how far (the actions' largest difference, the returns').
 
@@ -31,7 +32,7 @@ from compose.run import run as compose_run
 from compose.run.settings import BuildConfig, EvaluationConfig, Sources
 from skills import evaluate as evaluate_cli
 from skills.evaluation import EVAL_SEED
-from skills.evaluation.lockstep import EnvPool, lockstep_episodes, lockstep_width
+from skills.evaluation.lockstep import EnvPool, default_threads, lockstep_episodes, lockstep_width, step_threads
 
 from . import cli
 from .cli import write_json
@@ -96,9 +97,11 @@ def run_compose(episodes: int, mc: bool, out: Path, render: bool = False) -> dic
 
 
 def profile(episodes: int, mc: bool, out: Path) -> dict:
-    """Phase 1: one ``compose.run`` with timers on its phases and on each kind of work."""
+    """Phase 1: one ``compose.run`` with timers on its phases and on each kind of work, its envs stepped on one thread
+    (the timers count nested calls of one thread; with two threads stepping, env time would count twice)."""
     timers = Timers()
     with ExitStack() as stack:
+        stack.enter_context(step_threads(1))
         for label, (phase_owner, name) in PHASES.items():
             stack.enter_context(timers.patch(phase_owner, name, label))
         for label, places in kinds().items():
@@ -113,18 +116,25 @@ def profile(episodes: int, mc: bool, out: Path) -> dict:
             "calls": {k: timers.calls[k] for k in kinds()}}
 
 
+MODES = {"one at a time": (1, 1), "lockstep, one thread": (None, 1), "lockstep, threads": (None, None)}  # width, threads
+
+
 def side_by_side(name: str, job: Callable[[Path], dict], out: Path, repeats: int) -> dict:
-    """``job`` one episode at a time and in lockstep, alternately ``repeats`` times: wall times and the last results."""
-    times: dict[str, list[float]] = {"one at a time": [], "lockstep": []}
+    """``job`` in each of ``MODES`` in turn, ``repeats`` times: wall times (the best of each is compared), the
+    speed-ups and the last results."""
+    times: dict[str, list[float]] = {mode: [] for mode in MODES}
     results = {}
     for r in range(repeats):
-        for mode, width in (("one at a time", 1), ("lockstep", None)):
+        for mode, (width, threads) in MODES.items():
             start = time.perf_counter()
-            with lockstep_width(width) if width else ExitStack():
-                results[mode] = job(out / f"{name}-{mode.replace(' ', '-')}-{r}")
+            with lockstep_width(width) if width else ExitStack(), step_threads(threads) if threads else ExitStack():
+                results[mode] = job(out / f"{name}-{mode.replace(' ', '-').replace(',', '')}-{r}")
             times[mode].append(time.perf_counter() - start)
-    one, lock = min(times["one at a time"]), min(times["lockstep"])
-    return {"wall_s": times, "speedup": round(one / lock, 2), "results": results}
+    best = {mode: min(t) for mode, t in times.items()}
+    return {"wall_s": times, "threads": default_threads(),
+            "speedup": round(best["one at a time"] / best["lockstep, threads"], 2),
+            "speedup_lockstep_one_thread": round(best["one at a time"] / best["lockstep, one thread"], 2),
+            "speedup_of_threads": round(best["lockstep, one thread"] / best["lockstep, threads"], 2), "results": results}
 
 
 def compose_numbers(result: dict) -> dict:
@@ -165,11 +175,11 @@ def main(argv: list[str] | None = None) -> dict:
         out = Path(tmp)
         print("profile of compose.run (lockstep) ...", flush=True)
         result = {"profile": profile(episodes, mc, out / "profile")}
-        print("compose.run, one episode at a time and in lockstep ...", flush=True)
+        print("compose.run, one episode at a time, in lockstep, and in lockstep with step threads ...", flush=True)
         runs = side_by_side("compose", lambda o: run_compose(episodes, mc, o), out, args.repeats)
         result["compose_run"] = {k: v for k, v in runs.items() if k != "results"} | {
             "numbers": {mode: compose_numbers(r) for mode, r in runs["results"].items()}}
-        print("skills.evaluate, one episode at a time and in lockstep ...", flush=True)
+        print("skills.evaluate, one episode at a time, in lockstep, and in lockstep with step threads ...", flush=True)
         evals = side_by_side("evaluate", lambda o: evaluate_cli.evaluate_skill(SPEC, episodes=episodes), out, args.repeats)
         result["skills_evaluate"] = {k: v for k, v in evals.items() if k != "results"} | {
             "numbers": {mode: {k: r[k] for k in ("success_rate", "return_mean", "soft_return_mean")}

@@ -88,11 +88,16 @@ class BoundInputs:
     reward_range: tuple[float, float]
     horizon: int
     policy_gap: torch.nn.Module | None = None  # the composed policy's own gap D (None: the lower side with C* only)
+    pool: EnvPool | None = None  # a run's envs, reused for the rollouts (None: each actor's rollouts make their own)
     alpha: float = field(init=False)
     gamma: float = field(init=False)
 
     def __post_init__(self) -> None:
         self.alpha, self.gamma = self.composed.alpha, self.composed.gamma
+
+    def rollout_envs(self) -> EnvPool | Callable:
+        """Where the rollouts take their envs: the run's pool, or the maker of one per actor."""
+        return self.pool if self.pool is not None else self.make_env
 
 
 # ---- where the checks start ---------------------------------------------------------------------------------
@@ -169,7 +174,7 @@ def soft_q_rows(inputs: BoundInputs, starts: list, config: MCBoundConfig, names:
     for key, (name, (actor, per_start)) in enumerate(actors(inputs, config).items()):
         if names is not None and name not in names:
             continue
-        g, rollouts = actor_returns(actor, inputs.make_env, [s for s, _, _ in starts], per_start, steps, inputs.gamma,
+        g, rollouts = actor_returns(actor, inputs.rollout_envs(), [s for s, _, _ in starts], per_start, steps, inputs.gamma,
                                     key=config.seed * 100 + key)
         returns[name] = g
         term_max = max(term_max, float(np.max(np.abs(rollouts.alive * rollouts.reward))) + abs(
@@ -197,7 +202,7 @@ def exact_actor_rows(inputs: BoundInputs, starts: list, config: MCBoundConfig, s
         return None
     actor = exact_actor(inputs, config)
     chosen = starts[:config.exact_pairs]
-    g, _ = actor_returns(actor, inputs.make_env, [s for s, _, _ in chosen], config.control_rollouts, steps,
+    g, _ = actor_returns(actor, inputs.rollout_envs(), [s for s, _, _ in chosen], config.control_rollouts, steps,
                          inputs.gamma, key=config.seed * 100 + EXACT_KEY)
     return {"entropy": actor.entropy, "pairs": len(chosen), "rollouts_per_pair": config.control_rollouts,
             "per_pair": intervals(g, t_critical_95)}
@@ -417,7 +422,7 @@ def random_estimate_check(inputs: BoundInputs, starts: list, config: MCBoundConf
     d = inputs.composed.act_dim
     exact = uniform_actor(d, inputs.alpha)
     estimated = sampler_actor("random (estimated)", UniformPolicy(d), inputs.alpha, config.entropy_samples, seed=config.seed)
-    g_exact, rollouts = actor_returns(exact, inputs.make_env, [s for s, _, _ in starts], config.control_rollouts, steps,
+    g_exact, rollouts = actor_returns(exact, inputs.rollout_envs(), [s for s, _, _ in starts], config.control_rollouts, steps,
                                       inputs.gamma, key=config.seed * 100 + 77)
     g_est = soft_returns(estimated, rollouts, inputs.gamma)
     diff = g_est - g_exact.reshape(-1)

@@ -25,8 +25,10 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 
+import gymnasium as gym
 import numpy as np
 import torch
 
@@ -133,11 +135,11 @@ def soft_returns(actor: ActingPolicy, rollouts: Rollouts, gamma: float) -> np.nd
     return np.sum(discount * rollouts.alive * (rollouts.reward + credit), axis=1)
 
 
-def actor_returns(actor: ActingPolicy, make_env, starts: Sequence[Start], per_start: int, steps: int, gamma: float,
-                  key: int) -> tuple[np.ndarray, Rollouts]:
+def actor_returns(actor: ActingPolicy, envs: EnvPool | Callable[[], gym.Env], starts: Sequence[Start], per_start: int,
+                  steps: int, gamma: float, key: int) -> tuple[np.ndarray, Rollouts]:
     """``per_start`` rollouts of ``actor`` from each start (all in lockstep): soft returns [S, per_start] and the
-    rollouts."""
-    with EnvPool(make_env, unwrapped=True) as pool:
+    rollouts. ``envs``: a pool to take the envs from (a run's own, reused), or a maker for a pool of this call's."""
+    with nullcontext(envs) if isinstance(envs, EnvPool) else EnvPool(envs) as pool:
         rollouts = run_rollouts(pool, actor.policy, starts, per_start, steps, key=key)
     return soft_returns(actor, rollouts, gamma).reshape(len(starts), per_start), rollouts
 

@@ -75,8 +75,9 @@ def markdown_lines(entries: list[SkillEntry]) -> list[str]:
         gap, residual = convergence_cells(raw)
         wall = raw.get("wall_time_s")
         cells = [f"`{e.name}` v{e.version}", f"{e.info.env_steps:,}", number(wall, ".0f") + (" s" if wall is not None else ""),
-                 f"{e.info.alpha:g}", *(number(m.get(k), ".2f") for m, k in (
-                     (sto, "success_rate"), (sto, "collision_rate"), (det, "success_rate"))), gap, residual]
+                 f"{e.info.alpha:g}", number(sto.get("success_rate"), ".2f"),
+                 number(sto.get("collision_rate") if sto.get("collisions_checked", True) else None, ".2f"),
+                 number(det.get("success_rate"), ".2f"), gap, residual]
         lines.append("| " + " | ".join(cells) + " |")
     return lines
 

@@ -28,7 +28,7 @@ from envs.video import VideoWriter, draw_text, overlay_lines
 
 from .cli import non_negative_int, positive_int
 from .evaluation.diagnostics import ConvergenceConfig, convergence_report, format_report
-from .evaluation.episodes import EVAL_SEED, evaluate
+from .evaluation.episodes import EVAL_SEED, collision_text, evaluate
 from .evaluation.lockstep import stream
 from .library import Skill, atomic_write_text, load, task_of, update_manifest
 from .policy import UniformPolicy
@@ -193,7 +193,8 @@ def metrics_lines(m: dict) -> list[str]:
         lines.append(f"  soft return      {m['soft_return_mean']:.3f} ± {m['soft_return_std']:.3f}  (discounted, "
                      "each step credited with the policy's own entropy)")
     lines += [f"    {k:14s} {v:.3f}" for k, v in m["term_returns"].items()]
-    lines += [f"  collision rate   {m['collision_rate']:.3f}", f"  episode length   {m['episode_length']:.1f}"]
+    collisions = collision_text(m, ".3f") + ("" if m.get("collisions_checked", True) else "  (no collision check here)")
+    lines += [f"  collision rate   {collisions}", f"  episode length   {m['episode_length']:.1f}"]
     return lines + ([f"video: {m['video']}"] if "video" in m else [])
 
 

@@ -19,6 +19,7 @@ from envs.cli import add_task_arguments, load_task_modules, run_command
 
 from .cli import non_negative_int, positive_float, positive_int
 from .evaluation.diagnostics import format_report
+from .evaluation.episodes import collision_text
 from .library import load_manifest
 from .training.polish import PolishConfig, polish_skill
 
@@ -65,7 +66,7 @@ def report_lines(manifest: dict, path: Path) -> str:
     lines = [f"saved {path} (polished from v{source['version']}: {polish['updates']} updates on "
              f"{polish['transitions']} stored transitions, {polish['wall_time_s']:.0f} s)",
              *(f"  {mode:13s} success {m['success_rate']:.2f}  return {m['return_mean']:.2f}  "
-               f"collisions {m['collision_rate']:.2f}" for mode, m in metrics.items()),
+               f"collisions {collision_text(m)}" for mode, m in metrics.items()),
              "  convergence of the soft Q-function:", *("    " + line for line in format_report(manifest["convergence"]))]
     return "\n".join(lines)
 

@@ -19,6 +19,7 @@ from envs.cli import add_task_arguments, load_task_modules, run_command
 
 from .cli import non_negative_int, positive_float, positive_int, seed_list, sql_setting
 from .evaluation.diagnostics import format_report
+from .evaluation.episodes import collision_text
 from .library import registered_task
 from .sql import TrainingDiverged
 from .training import MultiSeedTrainer, TrainConfig, Trainer, TrainResult, newest_of_seed, rest_of_budget
@@ -171,14 +172,14 @@ def print_results(trainer: MultiSeedTrainer, results: list[TrainResult],
         stoch, det = r.metrics["stochastic"], r.metrics["deterministic"]
         if len(results) > 1:
             print(f"  seed {t.run.seed}: {r.path}  success {stoch['success_rate']:.2f} (deterministic "
-                  f"{det['success_rate']:.2f}), return {stoch['return_mean']:.2f}, collisions {stoch['collision_rate']:.2f}")
+                  f"{det['success_rate']:.2f}), return {stoch['return_mean']:.2f}, collisions {collision_text(stoch)}")
             continue
         print(f"saved {r.path}  ({r.env_steps} steps, {r.wall_time_s:.0f} s)")
         for line in summary(r) if summary is not None else []:
             print(line)
         for mode, m in r.metrics.items():
             print(f"final evaluation, {mode:13s} ({m['episodes']} episodes): success {m['success_rate']:.2f}, "
-                  f"return {m['return_mean']:.2f}, collisions {m['collision_rate']:.2f}")
+                  f"return {m['return_mean']:.2f}, collisions {collision_text(m)}")
     for t in trainer.trainers:
         if t.convergence_record is not None:
             label = "" if len(results) == 1 else f" of seed {t.run.seed}"

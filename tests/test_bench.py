@@ -175,20 +175,33 @@ def test_device_profile_of_stacked_seeds_smoke(tmp_path, device):
 
 
 def test_the_evaluation_benchmark_runs_and_finds_the_same_episodes(tmp_path):
-    """``bench.evaluation --quick``: the profile's sections, both sides of each comparison, and twin episodes that
-    do not part (to float rounding)."""
+    """``bench.evaluation --quick``: the profile's sections, every side of each comparison (lockstep with and without
+    step threads giving the same numbers exactly), and twin episodes that do not part (to float rounding)."""
     from bench import evaluation
 
     result = evaluation.main(["--quick", "--json", str(tmp_path / "evaluation.json")])
     assert set(result) == {"profile", "compose_run", "skills_evaluate", "twins"}
     assert result["profile"]["kinds_s"]["env steps"] > 0 and result["profile"]["calls"]["policy calls (act)"] > 0
     for key in ("compose_run", "skills_evaluate"):
-        one, lock = (result[key]["numbers"][m] for m in ("one at a time", "lockstep"))
-        assert set(result[key]["wall_s"]) == {"one at a time", "lockstep"}
+        assert set(result[key]["wall_s"]) == set(evaluation.MODES)
+        one, lock, threads = (result[key]["numbers"][m] for m in evaluation.MODES)
         flat = one.get("composed", one)
         assert flat["success_rate"] == (lock.get("composed", lock))["success_rate"]
+        assert lock == threads  # threads step the same episodes, bit for bit
     assert result["twins"]["success_differs"] == 0 and result["twins"]["largest_action_gap"] < 1e-3
     assert (tmp_path / "evaluation.json").exists()
+
+
+def test_the_step_threads_benchmark_finds_the_same_episodes(tmp_path):
+    """``bench.step_threads --quick``: a MuJoCo arm and the point mass, one thread against two, identical episodes."""
+    from bench import step_threads
+
+    result = step_threads.main(["--quick", "--json", str(tmp_path / "threads.json")])
+    assert set(result) == {"reach+avoid", "plane-upper+plane-lower"}
+    assert all(r["identical"] and r["speedup"] > 0 and r["episodes"] == 4 for r in result.values())
+    assert json.loads((tmp_path / "threads.json").read_text()) == result
+    with pytest.raises(SystemExit):
+        step_threads.main(["--episodes", "0"])
 
 
 def test_c_tightness_compares_c_with_each_stand_in_on_the_composed_pairs(tmp_path):

@@ -5,6 +5,8 @@ evaluates gives the same episodes whether it batches or not."""
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 import torch
@@ -15,7 +17,7 @@ import skills
 from skills.evaluation import EVAL_SEED
 from skills.evaluation.diagnostics import Start, rollout_steps, run_rollouts
 from skills.evaluation.episodes import evaluate, run_episodes
-from skills.evaluation.lockstep import EnvPool, lockstep_episodes, stream
+from skills.evaluation.lockstep import EnvPool, in_threads, lockstep_episodes, step_threads, stream
 
 EPISODES = 12
 
@@ -113,3 +115,84 @@ def test_rollouts_from_many_starts_step_together_and_match_their_twins():
     np.testing.assert_allclose(together.action[3:, 0], 1.0)  # the given first action
     assert not np.allclose(together.action[0, 1:], together.action[1, 1:])  # rollouts of a start differ
     np.testing.assert_allclose(together.reward, alone.reward, atol=1e-4)
+
+
+@pytest.mark.parametrize("spec", ["reach+avoid", "west+east"])
+def test_threads_step_the_same_episodes_and_rollouts_bit_for_bit(spec):
+    """A lockstep batch's envs stepped by one thread or by two (MuJoCo releases the GIL in ``mj_step``; the point mass
+    is numpy): the same episodes and the same rollouts, exactly, on a MuJoCo arm and on a family without MuJoCo."""
+    policy = skills.load(spec.split("+")[0])
+    seeds = [EVAL_SEED + i for i in range(6)]
+    starts = [Start(7), Start(8, prefix=(np.zeros(policy.act_dim, np.float32),) * 3)]
+    out = {}
+    for threads in (1, 2):
+        with step_threads(threads), EnvPool(lambda: envs.make(spec)) as pool:
+            episodes = lockstep_episodes(pool, policy, seeds, keep_trace=True)
+            rollouts = run_rollouts(pool, policy, starts, 3, 20, key=3)  # the same pool's envs, unwrapped
+        out[threads] = (np.concatenate([np.stack(e.actions).ravel() for e in episodes]), [e.total for e in episodes],
+                        rollouts.reward, rollouts.next_obs)
+    for one, two in zip(out[1], out[2], strict=True):
+        np.testing.assert_array_equal(np.asarray(one), np.asarray(two))
+
+
+def test_in_threads_keeps_order_waits_for_every_run_and_raises_the_first_error():
+    assert in_threads(lambda x: x * x, list(range(7)), threads=3) == [x * x for x in range(7)]
+    assert in_threads(lambda x: x, [], threads=2) == []
+    finished = []
+
+    def work(x):
+        if x == 0:
+            raise ValueError("first run fails at once")
+        time.sleep(0.05)
+        finished.append(x)
+        return x
+
+    with pytest.raises(ValueError, match="first run fails"):
+        in_threads(work, [0, 1, 2, 3], threads=2)
+    assert sorted(finished) == [2, 3]  # the helper's run finished before the error reached the caller
+    with pytest.raises(ValueError, match="step threads must be >= 1"), step_threads(0):
+        pass
+
+
+def _threads_in_a_forked_child(queue) -> None:
+    queue.put(in_threads(lambda x: x + 1, [1, 2, 3, 4], threads=2))
+
+
+def test_helper_threads_work_in_a_forked_child():
+    """A forked child inherits the parent's executor without its threads: it must make its own, not wait forever."""
+    import multiprocessing
+
+    in_threads(lambda x: x, [1, 2], threads=2)  # the parent's helper threads exist
+    context = multiprocessing.get_context("fork")
+    queue = context.Queue()
+    child = context.Process(target=_threads_in_a_forked_child, args=(queue,))
+    child.start()
+    child.join(timeout=60)
+    assert child.exitcode == 0, child.exitcode
+    assert queue.get(timeout=5) == [2, 3, 4, 5]
+
+
+def test_a_pool_gives_the_same_envs_wrapped_or_unwrapped():
+    with EnvPool(lambda: envs.make("reach")) as pool:
+        wrapped = pool.take(2)
+        bare = pool.take(2, unwrapped=True)
+        assert len(pool.envs) == 2 and [e.unwrapped for e in wrapped] == bare and wrapped[0] is not bare[0]
+
+
+def test_collision_rates_are_shown_only_where_the_task_reports_collisions():
+    """The point mass has no obstacle: its collision rate is a dash in every table, not a 0.00 that claims none
+    happened; the arm's is its rate. Metrics saved before the flag existed keep showing their rate."""
+    from compose.run.report import comparison_table
+    from skills.evaluate import metrics_lines
+    from skills.evaluation.episodes import collision_text
+
+    plane = evaluate(skills.load("plane-upper"), lambda: envs.make("plane-upper"), 3, soft=False)
+    reach = evaluate(skills.load("reach"), lambda: envs.make("reach+avoid"), 3, soft=False)
+    assert plane["collisions_checked"] is False and reach["collisions_checked"] is True
+    assert collision_text(plane) == "–" and collision_text(reach) == f"{reach['collision_rate']:.2f}"
+    assert collision_text({"collision_rate": 0.25}) == "0.25"
+    row = {"env_steps_used": 0, "build_wall_time_s": 0.0}
+    cell = lambda metrics: comparison_table({"policy": metrics | row}).splitlines()[2].split("|")[-4].strip()  # noqa: E731
+    assert cell(plane) == "–" and cell(reach) == collision_text(reach)
+    shown = metrics_lines(plane | {"skill": "plane-upper", "task": "plane-upper", "seed": 0, "deterministic": False})
+    assert any("collision rate   –" in line for line in shown)

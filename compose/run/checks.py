@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 import skills
+from skills.evaluation.lockstep import EnvPool
 
 from ..bound import check_bound
 from ..build import Built
@@ -45,15 +46,15 @@ def learned_bound(composition: Composition, built: Built, joint: skills.Skill | 
 
 def bound_checks(composition: Composition, built: Built, reference: tuple[skills.Skill | None, str], pairs: Pairs,
                  make_env: Callable, evaluation: EvaluationConfig,
-                 gap: tuple[torch.nn.Module, dict] | None = None) -> dict:
+                 gap: tuple[torch.nn.Module, dict] | None = None, pool: EnvPool | None = None) -> dict:
     """The ``bound`` record of a report: the Monte Carlo check on fresh episodes of the composed policy (unless
     ``evaluation.mc`` is None; its lower side also against the policy's own gap ``D`` when ``gap``, ``(D, its fit's
-    record)``, is given) and the learned comparison on ``pairs``."""
+    record)``, is given) and the learned comparison on ``pairs``. ``pool``: the run's envs, reused by the rollouts."""
     joint, joint_note = reference
     assert built.correction is not None
     bound: dict = {"form": FORM, "gap_on_stored_states": built.info.get("gap", {})}
     if evaluation.mc is not None:
-        inputs = bound_inputs(composition, built, joint, make_env)
+        inputs = bound_inputs(composition, built, joint, make_env, pool=pool)
         if gap is not None:
             inputs.policy_gap = gap[0]
             bound["policy_gap_fit"] = gap[1]
@@ -63,18 +64,19 @@ def bound_checks(composition: Composition, built: Built, reference: tuple[skills
 
 
 def bound_inputs(composition: Composition, built: Built, joint: skills.Skill | None, make_env: Callable,
-                 composed: ComposedPolicy | None = None) -> BoundInputs:
-    """What the Monte Carlo check needs from a run (the composed policy: a fresh one unless given)."""
+                 composed: ComposedPolicy | None = None, pool: EnvPool | None = None) -> BoundInputs:
+    """What the Monte Carlo check needs from a run (the composed policy: a fresh one unless given; the run's envs, when
+    ``pool`` is given)."""
     assert built.correction is not None
     policy = composed if composed is not None else ComposedPolicy(composition, built.sampler, 1, q_fn=built.q)
     return BoundInputs(composed=policy, joint=joint, constituents=list(zip(composition.labels, composition.parts,
                                                                             strict=True)),
                        correction=built.correction, make_env=make_env, reward_range=composition.task.reward_range,
-                       horizon=composition.task.family.horizon)
+                       horizon=composition.task.family.horizon, pool=pool)
 
 
 def episode_bound(composition: Composition, composed: ComposedPolicy, built: Built, joint: skills.Skill | None,
-                  make_env: Callable, evaluation: EvaluationConfig) -> dict:
+                  make_env: Callable, evaluation: EvaluationConfig, pool: EnvPool | None = None) -> dict:
     """Learned ``Q_w``, ``Q_w - C``, ``Q_joint`` along one composed episode, with Monte Carlo soft returns (95% CIs)
     of both policies at every 5th step (``mc_rows``, when the MC check runs): the data of the episode figure."""
     assert built.correction is not None
@@ -88,6 +90,6 @@ def episode_bound(composition: Composition, composed: ComposedPolicy, built: Bui
     if evaluation.mc is not None:
         mc_cfg = replace(evaluation.mc, rollouts=max(2, evaluation.mc.rollouts // 2))
         starts = episode_starts(composed, make_env, evaluation.seed, list(range(0, episode.length, 5)))
-        inputs = bound_inputs(composition, built, joint, make_env, composed)
+        inputs = bound_inputs(composition, built, joint, make_env, composed, pool=pool)
         mc_rows = soft_q_rows(inputs, starts, mc_cfg, names=("composed", "joint"))["rows"]
     return {"q_w": q_w, "c": c, "q_joint": q_joint, "mc_rows": mc_rows}

@@ -145,8 +145,8 @@ def single_report(state: Run) -> CompositionReport:
         gap = (build_policy_gap(composition, built, state.sources.library, state.build_config.bound)
                if evaluation.mc is not None else None)
         bound = bound_checks(composition, built, (state.joint, state.joint_note), state.pairs, state.make_env, evaluation,
-                             gap=gap)
-        data = episode_bound(composition, composed, built, state.joint, state.make_env, evaluation)
+                             gap=gap, pool=state.pool)
+        data = episode_bound(composition, composed, built, state.joint, state.make_env, evaluation, pool=state.pool)
         bound["mc_episode"] = data["mc_rows"]
         bound_episode_figure(data, figures["bound_episode"], f"{composition.name}: one composed episode "
                                                              f"(seed {evaluation.seed})")

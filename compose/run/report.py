@@ -10,6 +10,8 @@ from typing import Any
 
 import numpy as np
 
+from skills.evaluation.episodes import collision_text
+
 from .selection import selection_lines
 
 MODE_NOTES = {"stochastic": "stochastic: every policy draws one sampler action per step (its max-ent policy)",
@@ -191,7 +193,7 @@ def comparison_table(rows: dict[str, dict]) -> str:
     for name, r in rows.items():
         soft = r.get("soft_return_mean")
         cells = [name, f"{r['success_rate']:.2f}", f"{r['return_mean']:.2f}", "–" if soft is None else f"{soft:.2f}",
-                 *[f"{r['term_returns'][t]:.2f}" for t in terms], f"{r['collision_rate']:.2f}",
+                 *[f"{r['term_returns'][t]:.2f}" for t in terms], collision_text(r),
                  f"{r['env_steps_used']}", f"{r['build_wall_time_s']:.0f}"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)

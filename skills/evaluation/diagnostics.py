@@ -43,7 +43,7 @@ import torch
 from gymnasium.spaces import Box
 
 from ..policy import Actor, SoftPolicy
-from .lockstep import EnvPool, default_width, stream
+from .lockstep import EnvPool, default_width, in_threads, step_all, stream
 
 
 # ---- analytic bounds of soft values -----------------------------------------------------------
@@ -126,7 +126,7 @@ def run_rollouts(pool: EnvPool, policy: Actor, starts: Sequence[Start], per_star
     parts = []
     for first in range(0, len(rows), width):
         chunk = rows[first:first + width]
-        envs = pool.take(len(chunk))
+        envs = pool.take(len(chunk), unwrapped=True)
         parts.append(_rollout_chunk(envs, policy, [starts[k] for k, _ in chunk], [stream(key, k, j) for k, j in chunk],
                                     steps))
     return Rollouts(*(np.concatenate([getattr(p, f.name) for p in parts]) for f in fields(Rollouts)))
@@ -136,7 +136,7 @@ def _rollout_chunk(envs: Sequence[gym.Env], policy: Actor, starts: Sequence[Star
                    generators: Sequence[torch.Generator], steps: int) -> Rollouts:
     """One lockstep batch of rollouts, env ``i`` from ``starts[i]`` with ``generators[i]``: arrays [n, T, ...]."""
     n = len(envs)
-    obs = np.stack([_replay(env, start) for env, start in zip(envs, starts, strict=True)]).astype(np.float32)
+    obs = np.stack(in_threads(_replay, list(zip(envs, starts, strict=True)))).astype(np.float32)
     o_dim, a_dim = obs.shape[1], cast(Box, envs[0].action_space).shape[0]  # the tasks' action spaces are boxes
     out = Rollouts(np.zeros((n, steps, o_dim), np.float32), np.zeros((n, steps, a_dim), np.float32),
                    np.zeros((n, steps), np.float64), np.zeros((n, steps, o_dim), np.float32),
@@ -151,8 +151,8 @@ def _rollout_chunk(envs: Sequence[gym.Env], policy: Actor, starts: Sequence[Star
                 if start.action is not None:
                     actions[i] = np.asarray(start.action, np.float32)
         out.obs[:, t], out.action[:, t], out.alive[:, t] = obs, actions, alive
-        for i in rows:
-            next_o, r, terminated, _, _ = envs[i].step(actions[i])
+        stepped = step_all([envs[i] for i in rows], actions[rows])
+        for i, (next_o, r, terminated, _, _) in zip(rows, stepped, strict=True):
             out.reward[i, t], out.next_obs[i, t], out.terminated[i, t] = r, next_o, float(terminated)
             obs[i] = next_o
             alive[i] = not terminated
@@ -161,8 +161,9 @@ def _rollout_chunk(envs: Sequence[gym.Env], policy: Actor, starts: Sequence[Star
     return out
 
 
-def _replay(env: gym.Env, start: Start) -> np.ndarray:
-    """Reset ``env`` with the start's seed and replay its prefix: the start's state."""
+def _replay(env_and_start: tuple[gym.Env, Start]) -> np.ndarray:
+    """Reset the env with the start's seed and replay its prefix: the start's state."""
+    env, start = env_and_start
     o, _ = env.reset(seed=start.seed)
     for a in start.prefix:
         o, *_ = env.step(np.asarray(a))

@@ -8,7 +8,8 @@ Both report the same metrics, from the same per-episode records (``summarise``).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import gymnasium as gym
 import numpy as np
@@ -47,8 +48,9 @@ def episode_soft_returns(soft: SoftPolicy, episodes: Sequence[Episode], value_sa
 def summarise(episodes: Sequence[Episode]) -> dict:
     """The metrics of finished episodes: ``success_rate`` (final ``is_success``), ``return_mean``/``return_std``,
     ``term_returns`` (mean undiscounted return of each reward term), ``collision_rate`` (share of episodes with any
-    collision; arm tasks), ``episode_length``, ``episodes``, and for families that define measures (the pusher's
-    puck-goal distances) ``final_measures``: their mean at the last step."""
+    collision) and ``collisions_checked`` (whether the task reports collisions at all: arm and manipulation tasks; a
+    rate of 0 means nothing where it does not), ``episode_length``, ``episodes``, and for families that define
+    measures (the pusher's puck-goal distances) ``final_measures``: their mean at the last step."""
     returns = [e.total for e in episodes]
     terms = list(dict.fromkeys(k for e in episodes for k in e.terms))
     measures = list(episodes[0].measures)
@@ -59,10 +61,17 @@ def summarise(episodes: Sequence[Episode]) -> dict:
         "return_std": float(np.std(returns)),
         "term_returns": {k: float(np.mean([e.terms.get(k, 0.0) for e in episodes])) for k in terms},
         "collision_rate": float(np.mean([e.collided for e in episodes])),
+        "collisions_checked": any(e.collision_checked for e in episodes),
         "episode_length": float(np.mean([e.length for e in episodes])),
         **({"final_measures": {k: float(np.mean([e.measures[k] for e in episodes])) for k in measures}}
            if measures else {}),
     }
+
+
+def collision_text(metrics: Mapping[str, Any], fmt: str = ".2f") -> str:
+    """An evaluation's collision rate as text, or a dash where the task reports no collisions (``collisions_checked``
+    false: a rate of 0 would claim none happened). Metrics saved before the flag existed show their rate."""
+    return format(metrics["collision_rate"], fmt) if metrics.get("collisions_checked", True) else "–"
 
 
 def evaluate(policy: Actor | SoftPolicy, make_env: Callable[[], gym.Env] | EnvPool, episodes: int, seed: int = EVAL_SEED, *,

@@ -7,16 +7,23 @@ the rounding of batched matrix products (tests/test_lockstep.py measures how oft
 
 The environments come from an ``EnvPool``: made once, reused episode after episode (``reset(seed=...)`` starts an
 episode afresh), so a run pays for ``width`` envs, not one per episode.
+
+The envs of one lockstep step are stepped by a few threads (``in_threads``; ``step_threads``): MuJoCo releases the
+GIL inside ``mj_step``, so on the arm tasks, where the physics is most of a run, two cores step two envs at once. Each
+env is stepped by one thread at a time and owns its state, so the episodes are the same whatever the thread count
+(tests/test_lockstep.py checks it bit for bit).
 """
 
 from __future__ import annotations
 
+import os
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from concurrent.futures import Future, ThreadPoolExecutor, wait
+from contextlib import AbstractContextManager, contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import SupportsFloat
+from typing import SupportsFloat, TypeVar
 
 import gymnasium as gym
 import numpy as np
@@ -26,24 +33,97 @@ from ..policy import Actor
 
 LOCKSTEP_WIDTH = 64  # envs stepped together by default: the batched policy call stays cheap well past this
 _WIDTH: ContextVar[int] = ContextVar("lockstep_width", default=LOCKSTEP_WIDTH)
+STEP_THREADS = 4  # at most this many threads step a lockstep batch's envs (fewer where fewer cores are available)
+_THREADS: ContextVar[int | None] = ContextVar("step_threads", default=None)
+T = TypeVar("T")
+R = TypeVar("R")
 
 
 @contextmanager
-def lockstep_width(width: int) -> Iterator[None]:
-    """Within the block, evaluations step ``width`` episodes (or rollouts) together unless told otherwise; 1 runs
-    them one at a time, as the toolkit did before lockstep (the same episodes: ``bench.evaluation`` compares)."""
-    if width < 1:
-        raise ValueError(f"lockstep width must be >= 1, got {width}")
-    token = _WIDTH.set(width)
+def _positive_setting(var: ContextVar, value: int, what: str) -> Iterator[None]:
+    """``var`` set to ``value`` (at least 1) within the block."""
+    if value < 1:
+        raise ValueError(f"{what} must be >= 1, got {value}")
+    token = var.set(value)
     try:
         yield
     finally:
-        _WIDTH.reset(token)
+        var.reset(token)
+
+
+def lockstep_width(width: int) -> AbstractContextManager[None]:
+    """Within the block, evaluations step ``width`` episodes (or rollouts) together unless told otherwise; 1 runs
+    them one at a time, as the toolkit did before lockstep (the same episodes: ``bench.evaluation`` compares)."""
+    return _positive_setting(_WIDTH, width, "lockstep width")
 
 
 def default_width() -> int:
     """The lockstep width in force (``lockstep_width``; ``LOCKSTEP_WIDTH`` by default)."""
     return _WIDTH.get()
+
+
+def available_cores() -> int:
+    """CPU cores this process may run on (its affinity where the platform tells it)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def step_threads(threads: int) -> AbstractContextManager[None]:
+    """Within the block, a lockstep batch's envs are stepped by at most ``threads`` threads (1: one after the other in
+    the calling thread, as before threads; ``bench.evaluation`` compares)."""
+    return _positive_setting(_THREADS, threads, "step threads")
+
+
+def default_threads() -> int:
+    """The thread count in force (``step_threads``; else ``min(STEP_THREADS, available_cores())``)."""
+    threads = _THREADS.get()
+    return threads if threads is not None else max(1, min(STEP_THREADS, available_cores()))
+
+
+_EXECUTOR: dict[str, tuple[int, ThreadPoolExecutor]] = {}  # "pool" -> (the pid that made it, the executor)
+
+
+def _executor(workers: int) -> ThreadPoolExecutor:
+    """The process's helper threads (made on first use, remade in a forked child, whose copy has no threads, and when
+    more are needed)."""
+    pid, executor = _EXECUTOR.get("pool", (-1, None))
+    if executor is None or pid != os.getpid() or executor._max_workers < workers:
+        if executor is not None and pid == os.getpid():
+            executor.shutdown(wait=False)
+        executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="lockstep-step")
+        _EXECUTOR["pool"] = (os.getpid(), executor)
+    return executor
+
+
+def in_threads(fn: Callable[[T], R], items: Sequence[T], threads: int | None = None) -> list[R]:
+    """``[fn(x) for x in items]``, the items split into at most ``threads`` contiguous runs (``default_threads()``), one
+    run in the calling thread and each other in a helper thread. Every run finishes before this returns, also when one
+    raises (the first error, in item order, is raised). Worth it only where ``fn`` releases the GIL for much of its
+    time, as a MuJoCo step does."""
+    n = max(1, min(threads or default_threads(), len(items)))
+    if n == 1:
+        return [fn(x) for x in items]
+    bounds = [round(k * len(items) / n) for k in range(n + 1)]
+    runs = [items[lo:hi] for lo, hi in zip(bounds[:-1], bounds[1:], strict=True)]
+
+    def run(part: Sequence[T]) -> list[R]:
+        return [fn(x) for x in part]
+
+    executor = _executor(n - 1)
+    futures: list[Future[list[R]]] = [executor.submit(run, part) for part in runs[1:]]
+    try:
+        first = run(runs[0])
+    finally:
+        wait(futures)  # every helper finishes, whatever happened here
+    return first + [r for f in futures for r in f.result()]
+
+
+def step_all(envs: Sequence[gym.Env], actions: Sequence[np.ndarray] | np.ndarray) -> list[tuple]:
+    """``env.step(action)`` for each pair, in ``in_threads``: the five-tuples in order."""
+    return in_threads(_step, list(zip(envs, actions, strict=True)))
+
+
+def _step(pair: tuple[gym.Env, np.ndarray]) -> tuple:
+    return pair[0].step(pair[1])
 
 
 def stream(*keys: int) -> torch.Generator:
@@ -54,18 +134,21 @@ def stream(*keys: int) -> torch.Generator:
 
 
 class EnvPool:
-    """Environments made on demand by ``make_env`` and reused; ``unwrapped`` ones for rollouts past the time limit."""
+    """Environments made on demand by ``make_env`` and reused; ``unwrapped`` ones for rollouts past the time limit
+    (``take(n, unwrapped=True)`` asks for them from any pool: the same envs, so one pool serves a run's episodes and
+    its rollouts)."""
 
     def __init__(self, make_env: Callable[[], gym.Env], unwrapped: bool = False):
         self.make_env, self.unwrapped = make_env, unwrapped
         self.envs: list[gym.Env] = []
 
-    def take(self, n: int) -> list[gym.Env]:
-        """``n`` environments (made now if the pool has fewer)."""
+    def take(self, n: int, unwrapped: bool | None = None) -> list[gym.Env]:
+        """``n`` environments (made now if the pool has fewer); ``unwrapped`` (default: the pool's) without their
+        wrappers."""
         while len(self.envs) < n:
-            env = self.make_env()
-            self.envs.append(env.unwrapped if self.unwrapped else env)
-        return self.envs[:n]
+            self.envs.append(self.make_env())
+        bare = self.unwrapped if unwrapped is None else unwrapped
+        return [env.unwrapped if bare else env for env in self.envs[:n]]
 
     def close(self) -> None:
         for env in self.envs:
@@ -89,6 +172,7 @@ class Episode:
     length: int = 0
     success: bool = False
     collided: bool = False
+    collision_checked: bool = False  # the env reports collisions (``info["collision"]``): arm and manipulation tasks
     terms: dict[str, float] = field(default_factory=dict)
     measures: dict[str, float] = field(default_factory=dict)
     obs: list[np.ndarray] = field(default_factory=list)
@@ -105,6 +189,7 @@ class Episode:
         self.total += float(reward)
         self.length += 1
         self.collided |= bool(info.get("collision", False))
+        self.collision_checked |= "collision" in info
         for k, v in info.get("reward_terms", {}).items():
             self.terms[k] = self.terms.get(k, 0.0) + v
 
@@ -139,9 +224,11 @@ def lockstep_episodes(pool: EnvPool, policy: Actor, seeds: Sequence[int], determ
         slots = sorted(live)
         batch = np.stack([np.asarray(live[s][1], np.float32) for s in slots])
         actions = np.asarray(policy.act(batch, deterministic, [generators[live[s][0]] for s in slots]), np.float32)
-        for slot, action in zip(slots, actions.reshape(len(slots), -1), strict=True):
+        actions = actions.reshape(len(slots), -1)
+        stepped = step_all([envs[slot] for slot in slots], actions)
+        for slot, action, result in zip(slots, actions, stepped, strict=True):
             i, obs = live[slot]
-            next_obs, reward, terminated, truncated, info = envs[slot].step(action)
+            next_obs, reward, terminated, truncated, info = result
             episodes[i].record(obs, action, reward, info, keep_trace)
             if terminated or truncated:
                 episodes[i].finish(info, next_obs)

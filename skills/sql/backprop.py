@@ -126,6 +126,21 @@ def input_gradient(net: nn.Sequential | StackedLayers, acts: Activations, n_grou
 
 
 @torch.no_grad()
+def input_jacobian(net: nn.Sequential | StackedLayers, acts: Activations) -> torch.Tensor:
+    """``d out / dx`` of every row, one backward pass per output: -> [(S,) G*N, d_out, d_x] (rows group-major, as
+    ``acts.x``). Output ``i``'s pass starts from the output layer's weight row ``i``, as ``input_gradient``'s one."""
+    weights = [w for w, _ in layer_parameters(net)]
+    *lead, n_rows, _ = acts.x.shape
+    d_s = acts.state.shape[-1]
+    rows = []
+    for i in range(weights[-1].shape[-2]):
+        grad_h_last = weights[-1][..., i:i + 1, :].expand(*lead, n_rows, -1)  # [(S,) G*N, H] (a view)
+        grad_z1 = _pre_activation_gradients(weights, acts, grad_h_last)[0]
+        rows.append(matmul(grad_z1, weights[0][..., d_s:]))
+    return torch.stack(rows, dim=-2)
+
+
+@torch.no_grad()
 def parameter_gradients(net: nn.Sequential | StackedLayers, acts: Activations, grad_out: torch.Tensor) -> list[torch.Tensor]:
     """``dL/dθ`` from ``dL/d out`` [(S,) G*N, d_out], in ``net.parameters()`` order (W_1, b_1, W_2, ...)."""
     weights = [w for w, _ in layer_parameters(net)]

@@ -145,15 +145,29 @@ def sampler_log_density(sampler: SamplerNetwork, obs: torch.Tensor, noise: torch
     sum over those preimages, so this is a lower bound on ``log sigma`` (an upper bound on the entropy).
     obs [B, o], noise [B, K, d] -> (log sigma [B, K], the sign of the Jacobian's determinant [B, K])."""
     d = noise.shape[-1]
+    u, jacobian = sampler_jacobian(sampler, obs, noise)
+    sign, log_det = torch.linalg.slogdet(jacobian.double())  # [B, K]
+    u = u.double()
+    log_normal = -0.5 * noise.double().pow(2).sum(-1) - 0.5 * d * math.log(2.0 * math.pi)
+    log_squash = (2.0 * (math.log(2.0) - u - F.softplus(-2.0 * u))).sum(-1)  # log(1 - tanh(u)^2), stably
+    return (log_normal - log_det - log_squash).float(), sign.float()
+
+
+@torch.no_grad()
+def sampler_jacobian(sampler: SamplerNetwork, obs: torch.Tensor, noise: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``u = f(s, xi)`` and ``df(s, xi)/dxi = I + dg/dxi`` at every draw: obs [B, o], noise [B, K, d] -> (u [B, K, d],
+    Jacobian [B, K, d, d], ``[..., i, j] = du_i/dxi_j``). The hand-written backward passes of ``backprop`` (one per
+    output) for the ``SamplerNetwork`` MLP; autograd for any other sampler module."""
+    b, k, d = noise.shape
+    if isinstance(sampler, SamplerNetwork):
+        u, acts = sampler.traced(obs, noise.transpose(0, 1))  # group-major: [K, B, d]
+        g = backprop.input_jacobian(sampler.net, acts).view(k, b, d, d)
+        return u.transpose(0, 1), (g + torch.eye(d, dtype=g.dtype, device=g.device)).transpose(0, 1)
     with torch.enable_grad():
         xi = noise.detach().requires_grad_(True)
         u = sampler(obs, xi)
         rows = [torch.autograd.grad(u[..., i].sum(), xi, retain_graph=i < d - 1)[0] for i in range(d)]
-    sign, log_det = torch.linalg.slogdet(torch.stack(rows, dim=-2).double())  # [B, K]: du_i / dxi_j
-    u = u.detach().double()
-    log_normal = -0.5 * noise.double().pow(2).sum(-1) - 0.5 * d * math.log(2.0 * math.pi)
-    log_squash = (2.0 * (math.log(2.0) - u - F.softplus(-2.0 * u))).sum(-1)  # log(1 - tanh(u)^2), stably
-    return (log_normal - log_det - log_squash).float(), sign.float()
+    return u.detach(), torch.stack(rows, dim=-2)
 
 
 # ---- soft value and Bellman target ------------------------------------------------------------

@@ -24,7 +24,7 @@ from gymnasium.spaces import Box
 import envs
 
 from ..evaluation.diagnostics import ConvergenceConfig, convergence_report, soft_value_bounds, value_bound_violation
-from ..evaluation.episodes import EVAL_SEED, evaluate
+from ..evaluation.episodes import EVAL_SEED, collision_text, evaluate
 from ..evaluation.lockstep import EnvPool
 from ..evaluation.plots import plot_convergence, plot_learning_curve
 from ..library import (
@@ -386,7 +386,7 @@ class SeedRun:
             for k, v in row.items():
                 self._writer.add_scalar(k, v, self.env_steps)
         self._bar.write(f"[eval] {self._label}steps {self.env_steps:>7d}  return {row['return_mean']:8.2f}  "
-                        f"success {row['success_rate']:.2f}  collisions {row['collision_rate']:.2f}")
+                        f"success {row['success_rate']:.2f}  collisions {collision_text(metrics)}")
         return row
 
     def value_check_due(self) -> bool:
