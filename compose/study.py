@@ -177,6 +177,15 @@ def train_seeds_trial(task: str, seeds: Sequence[int], settings: Settings) -> di
     return {f"train-{task}-seed{seed}": train_trial(task, seed, settings) for seed in seeds}
 
 
+def kept_metrics(row: dict) -> dict:
+    """What a trial record keeps of one policy's row of a report: the metrics, the collision rate (none where the task
+    reports no collisions, as on the point mass or the pusher: the study's table then shows a dash, not a 0 that would
+    claim none happened), the final measures and the per-episode record."""
+    return {k: row.get(k) for k in METRICS} | {
+        COLLISIONS: row.get(COLLISIONS) if row.get("collisions_checked", True) else None,
+        "final_measures": row.get("final_measures", {}), "per_episode": row.get("per_episode", {})}
+
+
 def eval_trial(spec: str, seed: int, paths: dict[str, str], settings: Settings) -> dict:
     """``compose.run`` of this seed's skills, stochastic then deterministic: the rows that the study aggregates."""
     load_task_modules(settings.task_modules)
@@ -202,9 +211,7 @@ def eval_trial(spec: str, seed: int, paths: dict[str, str], settings: Settings) 
                      build_config=build_config, sources=sources)
         rows = {"composed": report.rows["composed"], "joint": report.reference(),
                 **{p: report.rows[label] for p, label in zip(parts, report.constituents, strict=False)}}
-        out[mode] = {name: {k: row.get(k) for k in (*METRICS, COLLISIONS)} | {"final_measures": row.get("final_measures", {}),
-                                                               "per_episode": row.get("per_episode", {})}
-                     for name, row in rows.items()}
+        out[mode] = {name: kept_metrics(row) for name, row in rows.items()}
         if mode == "stochastic":
             assert isinstance(report, CompositionReport)
             mc_report = report.bound.get("mc", {})

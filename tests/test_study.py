@@ -325,3 +325,18 @@ def test_the_study_carries_each_seeds_lower_side_against_d(smoke):
     result = json.loads((smoke / "study.json").read_text())
     result["summary"]["reach+avoid"]["bound"] = bound
     assert "reach alone -0.325 +- 0.025 (fails, 2 seeds)" in study_module.markdown(result)  # study.md carries the line
+
+
+def test_a_trial_keeps_no_collision_rate_where_the_task_reports_none():
+    """The point mass has no obstacle: its trial rows keep no collision rate (the study's table shows a dash); the arm's
+    keep theirs; rows from before the flag existed keep their rate."""
+    import envs
+    import skills
+    from compose.study import kept_metrics
+    from skills.evaluation.episodes import evaluate
+
+    plane = evaluate(skills.load("plane-upper"), lambda: envs.make("plane-upper"), 2, soft=False)
+    reach = evaluate(skills.load("reach"), lambda: envs.make("reach+avoid"), 2, soft=False)
+    assert kept_metrics(plane)["collision_rate"] is None
+    assert kept_metrics(reach)["collision_rate"] == reach["collision_rate"]
+    assert kept_metrics({"collision_rate": 0.5})["collision_rate"] == 0.5
