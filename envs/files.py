@@ -7,6 +7,8 @@ Every such read goes through ``open_regular`` (or ``read_bounded``), which check
 * it is a regular file: a device (``/dev/zero``), a FIFO, a socket or a directory is refused at once. The file
   is opened with ``O_NONBLOCK`` (opening a FIFO would otherwise wait for a writer) and ``O_NOFOLLOW`` on the
   resolved path, and its type is taken from ``fstat`` of the open descriptor, so what is checked is what is read;
+  where the kernel says which file a descriptor holds (``/proc/self/fd``), that file is checked to lie inside the
+  folder too, so a folder on the way swapped for a link after the check is refused;
 * its size is at most ``limit`` bytes (``read_bounded`` also stops reading at ``limit``, should it grow).
 
 Each refusal is an ``UnsafeFileError`` (a ``ValueError``: bad input, exit 2 on the command lines) that names the
@@ -45,6 +47,20 @@ def within(path: str | os.PathLike, folder: str | os.PathLike) -> Path:
     return real
 
 
+def opened_inside(fd: int, folder: str | os.PathLike) -> bool:
+    """Whether the file open as ``fd`` lies inside ``folder``, by the path the kernel holds for it (``/proc/self/fd``):
+    ``O_NOFOLLOW`` guards only the last component, so a folder on the way swapped for a link between ``within`` and the
+    open would be followed; this looks at what was opened. True where the platform has no ``/proc/self/fd`` (the
+    checks before the open stand alone there)."""
+    link = f"/proc/self/fd/{fd}"
+    try:
+        real = Path(os.readlink(link))
+    except OSError:
+        return True
+    root = Path(os.path.realpath(folder))
+    return real == root or root in real.parents
+
+
 def kind_of(mode: int) -> str:
     """``"a FIFO"``, ``"a character device"``, ... for an ``st_mode``."""
     return KINDS.get(stat.S_IFMT(mode), "not a regular file")
@@ -66,6 +82,8 @@ def open_regular(path: str | os.PathLike, inside: str | os.PathLike | None = Non
             raise UnsafeFileError(f"{what} {path} is a symbolic link that changed while it was opened") from None
         raise
     try:
+        if inside is not None and not opened_inside(fd, inside):  # a folder on the way swapped for a link after the check
+            raise UnsafeFileError(f"{what} {path} moved outside {os.path.realpath(inside)} while it was opened; refused")
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):  # replaced between the two looks
             raise UnsafeFileError(f"{what} {path} is {kind_of(info.st_mode)}, not a regular file; refused")

@@ -94,6 +94,31 @@ def test_the_reader_refuses_devices_fifos_links_out_and_oversized_files(tmp_path
     assert isinstance(err, UnsafeFileError) and "a link to /etc/hostname" in str(err) and "is outside" in str(err)
 
 
+def test_a_folder_swapped_for_a_link_out_after_the_check_is_refused(tmp_path, monkeypatch):
+    """The race the checks before the open leave: ``within`` resolves ``lib/v1/weights`` inside the library, then
+    ``v1`` is replaced by a link out of it before the open (``O_NOFOLLOW`` guards only the last component). The file
+    the kernel opened is checked against the folder, so the read is refused; without the swap it reads."""
+    import envs.files as files
+
+    library, outside = tmp_path / "lib", tmp_path / "elsewhere"
+    (library / "v1").mkdir(parents=True)
+    outside.mkdir()
+    (library / "v1" / "weights").write_bytes(b"ours")
+    (outside / "weights").write_bytes(b"theirs")
+    assert read_bounded(library / "v1" / "weights", 10, inside=library) == b"ours"
+    checked = files.within
+
+    def swapped_after_the_check(path, folder):
+        real = checked(path, folder)
+        (library / "v1").rename(library / "v1.old")
+        (library / "v1").symlink_to(outside)
+        return real
+
+    monkeypatch.setattr(files, "within", swapped_after_the_check)
+    with pytest.raises(UnsafeFileError, match="moved outside .* while it was opened"):
+        read_bounded(library / "v1" / "weights", 10, inside=library)
+
+
 @pytest.mark.parametrize("name", ["manifest.json", "weights.safetensors", "transitions.npz"])
 @pytest.mark.parametrize("kind", ["link", "fifo", "socket"])
 def test_a_skill_file_that_is_a_device_link_fifo_or_socket_is_refused_at_once(tiny, tmp_path, name, kind):
