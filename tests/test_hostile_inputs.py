@@ -144,6 +144,27 @@ def test_a_skill_name_linked_out_of_the_library_is_not_looked_into(tiny, tmp_pat
         skills.load("multigoal", tmp_path / "lib")
 
 
+def test_a_version_swapped_for_a_link_out_after_it_was_resolved_is_not_read(tiny, tmp_path, monkeypatch):
+    """``skills.load("multigoal")`` resolves ``v1`` inside the library; if ``v1`` is then replaced by a link to a skill
+    outside it (the window between resolving and reading), the load is refused, not read from there."""
+    import skills.library.skill as skill_module
+
+    copy_version(tiny, tmp_path / "lib")
+    copy_version(tiny, tmp_path / "elsewhere")
+    assert skills.load("multigoal", tmp_path / "lib").path == tmp_path / "lib" / "multigoal" / "v1"
+    resolved = skill_module.resolve
+
+    def swapped_after_resolving(name, library=None):
+        path = resolved(name, library)
+        path.rename(path.with_name("v1.old"))
+        path.symlink_to(tmp_path / "elsewhere" / "multigoal" / "v1", target_is_directory=True)
+        return path
+
+    monkeypatch.setattr(skill_module, "resolve", swapped_after_resolving)
+    with pytest.raises(skills.CorruptSkillError, match="is outside"):
+        skills.load("multigoal", tmp_path / "lib")
+
+
 def test_a_skill_name_linked_out_of_the_library_is_never_written_through(tiny, tmp_path, capsys):
     """The probe: ``skills.add`` into a library whose ``multigoal`` folder links out of it claimed, locked and wrote
     ``v1`` in the folder outside (and its recovery may delete there); training and saving claim the same way."""

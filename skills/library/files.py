@@ -73,12 +73,13 @@ def library_versions() -> dict[str, str]:
     return out
 
 
-def load_manifest(path: str | Path) -> Manifest:
-    """The validated manifest of a skill directory (``skills.library.manifest.Manifest``); files not verified
-    (``read_skill`` does that). Raises ``CorruptSkillError`` or ``UnsupportedFormatError``."""
+def load_manifest(path: str | Path, inside: str | Path | None = None) -> Manifest:
+    """The validated manifest of a skill directory (``skills.library.manifest.Manifest``), read only from inside
+    ``inside`` (default: the directory); files not verified (``read_skill`` does that). Raises ``CorruptSkillError`` or
+    ``UnsupportedFormatError``."""
     file = Path(path) / MANIFEST
     try:
-        raw = json.loads(read_bounded(file, MAX_MANIFEST_BYTES, inside=path, what="manifest"))
+        raw = json.loads(read_bounded(file, MAX_MANIFEST_BYTES, inside=inside or path, what="manifest"))
     except FileNotFoundError as err:
         raise CorruptSkillError(f"{path}: no {MANIFEST}; not a skill directory or an interrupted save") from err
     except UnsafeFileError as err:
@@ -170,11 +171,12 @@ def update_manifest(path: Path, **fields: Any) -> Manifest:
     return manifest
 
 
-def read_checked(path: Path, name: str, digest: str, limit: int) -> bytes:
-    """A skill file's bytes (regular, inside the skill's directory, at most ``limit``), checked against ``digest``."""
+def read_checked(path: Path, name: str, digest: str, limit: int, inside: str | Path | None = None) -> bytes:
+    """A skill file's bytes (regular, inside ``inside``, by default the skill's directory, at most ``limit``), checked
+    against ``digest``."""
     file = path / name
     try:
-        data = read_bounded(file, limit, inside=path, what=name)
+        data = read_bounded(file, limit, inside=inside or path, what=name)
     except FileNotFoundError as err:
         raise CorruptSkillError(f"{path}: {name} is missing") from err
     except UnsafeFileError as err:
@@ -245,17 +247,20 @@ def _array_rows(archive: zipfile.ZipFile, member: zipfile.ZipInfo, widths: dict[
     return int(shape[0])
 
 
-def read_skill(path: str | Path, device: str | torch.device = "cpu") -> tuple[SoftQLearning, Manifest, dict[str, np.ndarray]]:
-    """Agent (with optimizer state), manifest (parsed once, here) and stored transitions of a skill directory.
+def read_skill(path: str | Path, device: str | torch.device = "cpu",
+               inside: str | Path | None = None) -> tuple[SoftQLearning, Manifest, dict[str, np.ndarray]]:
+    """Agent (with optimizer state), manifest (parsed once, here) and stored transitions of a skill directory, every
+    file read only from inside ``inside`` (default: the directory; a library's root for a skill found by name, so that
+    a version folder swapped for a link out of the library after it was resolved is refused, not read).
 
     Order of checks: the manifest's fields, each file (regular, inside the directory, bounded) and its checksum, the
     network sizes the manifest asks for against what the weight file holds (nothing is allocated beyond the file),
     the stored transitions' arrays (before decompressing them), then finite weights.
     """
     path = Path(path)
-    info = load_manifest(path)
-    weights = read_checked(path, WEIGHTS, info.files[WEIGHTS], MAX_WEIGHTS_BYTES)
-    stored = read_checked(path, TRANSITIONS, info.files[TRANSITIONS], MAX_TRANSITIONS_BYTES)
+    info = load_manifest(path, inside)
+    weights = read_checked(path, WEIGHTS, info.files[WEIGHTS], MAX_WEIGHTS_BYTES, inside)
+    stored = read_checked(path, TRANSITIONS, info.files[TRANSITIONS], MAX_TRANSITIONS_BYTES, inside)
     _check_sizes(path, info, weights)
     check_transitions(stored, info, path / TRANSITIONS)
     try:

@@ -16,7 +16,7 @@ from envs.tasks import definition_changes
 
 from ..policy import MAX_SAMPLES, ArrayLike, check_count, checked, like, value_in_chunks
 from ..sql.learner import SoftQLearning
-from .catalog import check_fresh, inside_library, resolve
+from .catalog import check_fresh, inside_library, is_path, library_root, resolve
 from .files import load_manifest, read_skill
 from .manifest import MANIFEST, NAME, Manifest, SkillError
 
@@ -171,7 +171,9 @@ def load(name_or_path: str | Path, library: str | Path | None = None, device: st
     both definitions shown) unless ``allow_changed_task``.
     """
     path = resolve(name_or_path, library)
-    agent, info, transitions = read_skill(path, device=device)
+    # a name is read only from inside its library, whatever its version folder has become since it was resolved
+    inside = None if is_path(name_or_path) else library_root(library)
+    agent, info, transitions = read_skill(path, device=device, inside=inside)
     if not allow_stale:
         check_fresh(path, info)
     if not allow_changed_task:
