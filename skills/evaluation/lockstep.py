@@ -79,19 +79,19 @@ def default_threads() -> int:
     return threads if threads is not None else max(1, min(STEP_THREADS, available_cores()))
 
 
-_EXECUTOR: dict[str, tuple[int, ThreadPoolExecutor]] = {}  # "pool" -> (the pid that made it, the executor)
+_EXECUTOR: tuple[int, ThreadPoolExecutor] | None = None  # (the pid that made it, the executor)
 
 
 def _executor(workers: int) -> ThreadPoolExecutor:
     """The process's helper threads (made on first use, remade in a forked child, whose copy has no threads, and when
     more are needed)."""
-    pid, executor = _EXECUTOR.get("pool", (-1, None))
-    if executor is None or pid != os.getpid() or executor._max_workers < workers:
-        if executor is not None and pid == os.getpid():
-            executor.shutdown(wait=False)
-        executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="lockstep-step")
-        _EXECUTOR["pool"] = (os.getpid(), executor)
-    return executor
+    global _EXECUTOR
+    if _EXECUTOR is not None and _EXECUTOR[0] == os.getpid() and _EXECUTOR[1]._max_workers >= workers:
+        return _EXECUTOR[1]
+    if _EXECUTOR is not None and _EXECUTOR[0] == os.getpid():
+        _EXECUTOR[1].shutdown(wait=False)
+    _EXECUTOR = (os.getpid(), ThreadPoolExecutor(max_workers=workers, thread_name_prefix="lockstep-step"))
+    return _EXECUTOR[1]
 
 
 def in_threads(fn: Callable[[T], R], items: Sequence[T], threads: int | None = None) -> list[R]:
