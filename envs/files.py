@@ -47,17 +47,16 @@ def within(path: str | os.PathLike, folder: str | os.PathLike) -> Path:
     return real
 
 
-def opened_inside(fd: int, folder: str | os.PathLike) -> bool:
-    """Whether the file open as ``fd`` lies inside ``folder``, by the path the kernel holds for it (``/proc/self/fd``):
-    ``O_NOFOLLOW`` guards only the last component, so a folder on the way swapped for a link between ``within`` and the
-    open would be followed; this looks at what was opened. True where the platform has no ``/proc/self/fd`` (the
-    checks before the open stand alone there)."""
-    link = f"/proc/self/fd/{fd}"
+def opened_inside(fd: int, root: Path) -> bool:
+    """Whether the file open as ``fd`` lies inside ``root`` (a folder already resolved, not resolved again: the folder
+    itself may be what was swapped), by the path the kernel holds for it (``/proc/self/fd``): ``O_NOFOLLOW`` guards
+    only the last component, so a folder on the way swapped for a link between ``within`` and the open would be
+    followed; this looks at what was opened. True where the platform has no ``/proc/self/fd`` (the checks before the
+    open stand alone there)."""
     try:
-        real = Path(os.readlink(link))
+        real = Path(os.readlink(f"/proc/self/fd/{fd}"))
     except OSError:
         return True
-    root = Path(os.path.realpath(folder))
     return real == root or root in real.parents
 
 
@@ -70,7 +69,8 @@ def open_regular(path: str | os.PathLike, inside: str | os.PathLike | None = Non
                  what: str = "file") -> BinaryIO:
     """``path`` opened for binary reading, once it is known to be a regular file (inside ``inside`` when given) of
     at most ``limit`` bytes; ``UnsafeFileError`` otherwise, ``FileNotFoundError`` when there is none."""
-    real = within(path, inside) if inside is not None else Path(os.path.realpath(path))
+    root = Path(os.path.realpath(inside)) if inside is not None else None  # resolved once: what the open is held to
+    real = within(path, root) if root is not None else Path(os.path.realpath(path))
     mode = os.stat(real).st_mode  # a FIFO, socket or device is refused before it is opened (FileNotFoundError if none)
     if not stat.S_ISREG(mode):
         raise UnsafeFileError(f"{what} {path} is {kind_of(mode)}, not a regular file; refused")
@@ -82,8 +82,8 @@ def open_regular(path: str | os.PathLike, inside: str | os.PathLike | None = Non
             raise UnsafeFileError(f"{what} {path} is a symbolic link that changed while it was opened") from None
         raise
     try:
-        if inside is not None and not opened_inside(fd, inside):  # a folder on the way swapped for a link after the check
-            raise UnsafeFileError(f"{what} {path} moved outside {os.path.realpath(inside)} while it was opened; refused")
+        if root is not None and not opened_inside(fd, root):  # a folder on the way swapped for a link after the check
+            raise UnsafeFileError(f"{what} {path} moved outside {root} while it was opened; refused")
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):  # replaced between the two looks
             raise UnsafeFileError(f"{what} {path} is {kind_of(info.st_mode)}, not a regular file; refused")

@@ -117,6 +117,11 @@ def test_a_folder_swapped_for_a_link_out_after_the_check_is_refused(tmp_path, mo
     monkeypatch.setattr(files, "within", swapped_after_the_check)
     with pytest.raises(UnsafeFileError, match="moved outside .* while it was opened"):
         read_bounded(library / "v1" / "weights", 10, inside=library)
+    # the folder a read is held to may be the one swapped: it is resolved once, before the check, not again after
+    (library / "v1").unlink()
+    (library / "v1.old").rename(library / "v1")
+    with pytest.raises(UnsafeFileError, match="moved outside .* while it was opened"):
+        read_bounded(library / "v1" / "weights", 10, inside=library / "v1")
 
 
 @pytest.mark.parametrize("name", ["manifest.json", "weights.safetensors", "transitions.npz"])

@@ -152,6 +152,31 @@ def test_in_threads_keeps_order_waits_for_every_run_and_raises_the_first_error()
     assert sorted(finished) == [2, 3]  # the helper's run finished before the error reached the caller
     with pytest.raises(ValueError, match="step threads must be >= 1"), step_threads(0):
         pass
+    with pytest.raises(ValueError, match="threads must be >= 1"):
+        in_threads(lambda x: x, [1, 2], threads=0)
+    # called from inside a helper thread it runs inline: a nested call on the same helpers would wait on itself
+    nested = in_threads(lambda x: in_threads(lambda y: x * 10 + y, [1, 2], threads=2), [1, 2], threads=2)
+    assert nested == [[11, 12], [21, 22]]
+
+
+def test_envs_rendering_to_a_window_step_in_the_calling_thread():
+    import threading
+
+    from skills.evaluation.lockstep import step_all
+
+    class Env:
+        def __init__(self, mode):
+            self.render_mode, self.thread = mode, None
+
+        def step(self, action):
+            self.thread = threading.current_thread()
+            return action
+
+    with step_threads(2):
+        windows, plain = [Env("human"), Env("human")], [Env(None), Env(None)]
+        assert step_all(windows, [1, 2]) == [1, 2] and step_all(plain, [3, 4]) == [3, 4]
+    assert all(e.thread is threading.main_thread() for e in windows)
+    assert plain[1].thread is not threading.main_thread()
 
 
 def _threads_in_a_forked_child(queue) -> None:
@@ -168,6 +193,8 @@ def test_helper_threads_work_in_a_forked_child():
     child = context.Process(target=_threads_in_a_forked_child, args=(queue,))
     child.start()
     child.join(timeout=60)
+    if child.is_alive():
+        child.kill()
     assert child.exitcode == 0, child.exitcode
     assert queue.get(timeout=5) == [2, 3, 4, 5]
 

@@ -43,7 +43,7 @@ import torch
 from gymnasium.spaces import Box
 
 from ..policy import Actor, SoftPolicy
-from .lockstep import EnvPool, default_width, in_threads, step_all, stream
+from .lockstep import EnvPool, default_width, in_threads, step_all, stream, threads_for
 
 
 # ---- analytic bounds of soft values -----------------------------------------------------------
@@ -136,7 +136,7 @@ def _rollout_chunk(envs: Sequence[gym.Env], policy: Actor, starts: Sequence[Star
                    generators: Sequence[torch.Generator], steps: int) -> Rollouts:
     """One lockstep batch of rollouts, env ``i`` from ``starts[i]`` with ``generators[i]``: arrays [n, T, ...]."""
     n = len(envs)
-    obs = np.stack(in_threads(_replay, list(zip(envs, starts, strict=True)))).astype(np.float32)
+    obs = np.stack(in_threads(_replay, list(zip(envs, starts, strict=True)), threads_for(envs))).astype(np.float32)
     o_dim, a_dim = obs.shape[1], cast(Box, envs[0].action_space).shape[0]  # the tasks' action spaces are boxes
     out = Rollouts(np.zeros((n, steps, o_dim), np.float32), np.zeros((n, steps, a_dim), np.float32),
                    np.zeros((n, steps), np.float64), np.zeros((n, steps, o_dim), np.float32),

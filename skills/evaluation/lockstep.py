@@ -10,13 +10,15 @@ episode afresh), so a run pays for ``width`` envs, not one per episode.
 
 The envs of one lockstep step are stepped by a few threads (``in_threads``; ``step_threads``): MuJoCo releases the
 GIL inside ``mj_step``, so on the arm tasks, where the physics is most of a run, two cores step two envs at once. Each
-env is stepped by one thread at a time and owns its state, so the episodes are the same whatever the thread count
-(tests/test_lockstep.py checks it bit for bit).
+env is stepped by one thread at a time and owns its state, so the toolkit's episodes are the same whatever the thread
+count (tests/test_lockstep.py checks it bit for bit). An env of your own, or a reward term, that keeps state shared
+between envs (a module-level cache, the global ``np.random``) would not be: step it with ``step_threads(1)``.
 """
 
 from __future__ import annotations
 
 import os
+import threading
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, wait
@@ -80,27 +82,31 @@ def default_threads() -> int:
 
 
 _EXECUTOR: tuple[int, ThreadPoolExecutor] | None = None  # (the pid that made it, the executor)
+_EXECUTOR_LOCK = threading.Lock()
+_HELPER = threading.local()  # .active in a helper thread: an ``in_threads`` there runs inline (no deadlock on itself)
 
 
 def _executor(workers: int) -> ThreadPoolExecutor:
     """The process's helper threads (made on first use, remade in a forked child, whose copy has no threads, and when
-    more are needed)."""
+    more are needed; the old one finishes what it was given)."""
     global _EXECUTOR
-    if _EXECUTOR is not None and _EXECUTOR[0] == os.getpid() and _EXECUTOR[1]._max_workers >= workers:
+    with _EXECUTOR_LOCK:
+        if _EXECUTOR is None or _EXECUTOR[0] != os.getpid() or _EXECUTOR[1]._max_workers < workers:
+            if _EXECUTOR is not None and _EXECUTOR[0] == os.getpid():
+                _EXECUTOR[1].shutdown(wait=False)
+            _EXECUTOR = (os.getpid(), ThreadPoolExecutor(max_workers=workers, thread_name_prefix="lockstep-step"))
         return _EXECUTOR[1]
-    if _EXECUTOR is not None and _EXECUTOR[0] == os.getpid():
-        _EXECUTOR[1].shutdown(wait=False)
-    _EXECUTOR = (os.getpid(), ThreadPoolExecutor(max_workers=workers, thread_name_prefix="lockstep-step"))
-    return _EXECUTOR[1]
 
 
 def in_threads(fn: Callable[[T], R], items: Sequence[T], threads: int | None = None) -> list[R]:
     """``[fn(x) for x in items]``, the items split into at most ``threads`` contiguous runs (``default_threads()``), one
     run in the calling thread and each other in a helper thread. Every run finishes before this returns, also when one
-    raises (the first error, in item order, is raised). Worth it only where ``fn`` releases the GIL for much of its
-    time, as a MuJoCo step does."""
+    raises (the first error, in item order, is raised). Called from inside a helper thread, it runs inline. Worth it
+    only where ``fn`` releases the GIL for much of its time, as a MuJoCo step does."""
+    if threads is not None and threads < 1:
+        raise ValueError(f"threads must be >= 1, got {threads}")
     n = max(1, min(threads or default_threads(), len(items)))
-    if n == 1:
+    if n == 1 or getattr(_HELPER, "active", False):
         return [fn(x) for x in items]
     bounds = [round(k * len(items) / n) for k in range(n + 1)]
     runs = [items[lo:hi] for lo, hi in zip(bounds[:-1], bounds[1:], strict=True)]
@@ -108,8 +114,15 @@ def in_threads(fn: Callable[[T], R], items: Sequence[T], threads: int | None = N
     def run(part: Sequence[T]) -> list[R]:
         return [fn(x) for x in part]
 
+    def helper(part: Sequence[T]) -> list[R]:
+        _HELPER.active = True
+        try:
+            return run(part)
+        finally:
+            _HELPER.active = False
+
     executor = _executor(n - 1)
-    futures: list[Future[list[R]]] = [executor.submit(run, part) for part in runs[1:]]
+    futures: list[Future[list[R]]] = [executor.submit(helper, part) for part in runs[1:]]
     try:
         first = run(runs[0])
     finally:
@@ -118,8 +131,14 @@ def in_threads(fn: Callable[[T], R], items: Sequence[T], threads: int | None = N
 
 
 def step_all(envs: Sequence[gym.Env], actions: Sequence[np.ndarray] | np.ndarray) -> list[tuple]:
-    """``env.step(action)`` for each pair, in ``in_threads``: the five-tuples in order."""
-    return in_threads(_step, list(zip(envs, actions, strict=True)))
+    """``env.step(action)`` for each pair, in ``in_threads``: the five-tuples in order. Envs that render to a window
+    (``render_mode="human"``) step in the calling thread: a window belongs to the thread that opened it."""
+    return in_threads(_step, list(zip(envs, actions, strict=True)), threads=threads_for(envs))
+
+
+def threads_for(envs: Sequence[gym.Env]) -> int | None:
+    """1 where any of ``envs`` renders to a window (``render_mode="human"``), else None (``default_threads()``)."""
+    return 1 if any(getattr(env, "render_mode", None) == "human" for env in envs) else None
 
 
 def _step(pair: tuple[gym.Env, np.ndarray]) -> tuple:

@@ -40,6 +40,7 @@ from ..library import (
     update_manifest,
     write_skill,
 )
+from ..library.catalog import is_path, library_root
 from ..library.manifest import ComposedFrom, Space
 from ..sql.learner import SoftQLearning, SQLConfig, TrainingDiverged, torch_device
 from ..sql.many_skills import ComposedSoftQNetwork
@@ -194,7 +195,8 @@ class SeedRun:
         return agent, start_steps
 
     def _read_resume(self, source: str | Path) -> tuple[SoftQLearning, Manifest, dict[str, np.ndarray]]:
-        agent, info, transitions = read_skill(resolve(source, self.library), device=self.run.device)
+        inside = None if is_path(source) else library_root(self.library)  # a name: read only from inside its library
+        agent, info, transitions = read_skill(resolve(source, self.library), device=self.run.device, inside=inside)
         if info.task != self.task.name:
             raise ValueError(f"cannot resume {info.task!r} skill as task {self.task.name!r}")
         return agent, info, transitions
