@@ -73,9 +73,14 @@ def make_sac(sql: SQLConfig, seed: int, device: str, buffer_size: int):
         from stable_baselines3 import SAC
     except ImportError:
         sys.exit("bench.throughput compares against Stable-Baselines3 SAC: pip install -e '.[bench]'")
-    return SAC("MlpPolicy", sac_env(sql), learning_rate=sql.q_lr, buffer_size=buffer_size, batch_size=sql.batch_size,
-               learning_starts=sql.warmup_steps, train_freq=1, gradient_steps=1, gamma=sql.gamma,
-               policy_kwargs={"net_arch": list(sql.hidden)}, seed=seed, device=device, verbose=0)
+    from stable_baselines3.common.logger import Logger
+
+    model = SAC("MlpPolicy", sac_env(sql), learning_rate=sql.q_lr, buffer_size=buffer_size, batch_size=sql.batch_size,
+                learning_starts=sql.warmup_steps, train_freq=1, gradient_steps=1, gamma=sql.gamma,
+                policy_kwargs={"net_arch": list(sql.hidden)}, seed=seed, device=device, verbose=0)
+    # SB3's default logger makes a folder in the system temp dir (or $SB3_LOGDIR) on every learn(); this one writes nowhere
+    model.set_logger(Logger(folder=None, output_formats=[]))
+    return model
 
 
 def make_sql(sql: SQLConfig, seed: int, device: str, steps: int, library: str, overlap: bool = True) -> Trainer:

@@ -51,6 +51,7 @@ import skills
 from envs.cli import add_arm_arguments, add_task_arguments, arm_kwargs, load_task_modules, run_command
 from skills.cli import positive_int, seed_list
 from skills.evaluation import EVAL_SEED
+from skills.evaluation.lockstep import share_cores, step_threads
 from skills.library import atomic_write_text, registered_task
 from skills.training import MultiSeedTrainer, Trainer, rest_of_budget
 from skills.training.defaults import sql_config, train_config
@@ -288,6 +289,12 @@ def _call(fn: Callable, args: tuple) -> dict:
         return {"ok": False, "error": f"{type(err).__name__}: {err}", "traceback": traceback.format_exc(limit=4)}
 
 
+def _call_on_one_cpu(fn: Callable, args: tuple) -> dict:
+    """``_call`` in a Ray task, which is given one CPU: its envs stepped by one thread."""
+    with step_threads(1):
+        return _call(fn, args)
+
+
 # ---- executors --------------------------------------------------------------------------------------
 Done = Callable[[str, dict], None]
 
@@ -322,6 +329,13 @@ def end_with_parent(parent: int) -> None:
     threading.Thread(target=_watch_parent, args=(parent,), daemon=True, name="watch-study").start()
 
 
+def start_worker(parent: int, workers: int) -> None:
+    """A study worker's start: it ends with the study (``end_with_parent``) and shares the cores with the other
+    ``workers - 1`` (its envs stepped by that share of helper threads, ``share_cores``)."""
+    end_with_parent(parent)
+    share_cores(workers)
+
+
 def run_local(jobs: list[tuple[str, Callable, tuple]], workers: int, done: Done) -> None:
     """Trials in a local process pool; ``done(key, {"ok", "result" | "error"})`` as each one finishes. The workers
     end with this process (``end_with_parent``), even when it is killed."""
@@ -329,7 +343,7 @@ def run_local(jobs: list[tuple[str, Callable, tuple]], workers: int, done: Done)
         for key, fn, args in jobs:
             done(key, _call(fn, args))
         return
-    with ProcessPoolExecutor(max_workers=workers, initializer=end_with_parent, initargs=(os.getpid(),)) as pool:
+    with ProcessPoolExecutor(max_workers=workers, initializer=start_worker, initargs=(os.getpid(), workers)) as pool:
         futures = {pool.submit(_call, fn, args): key for key, fn, args in jobs}
         for future in as_completed(futures):
             done(futures[future], future.result())
@@ -344,7 +358,7 @@ def run_ray(jobs: list[tuple[str, Callable, tuple]], address: str | None, done: 
     if not ray.is_initialized():
         ray.init(address=address, include_dashboard=False, log_to_driver=False,
                  runtime_env={"env_vars": {"OMP_NUM_THREADS": "1"}} if address is None else None)
-    remote = ray.remote(num_cpus=1)(_call)
+    remote = ray.remote(num_cpus=1)(_call_on_one_cpu)
     pending = {remote.remote(fn, args): key for key, fn, args in jobs}
     while pending:
         ready, _ = ray.wait(list(pending), num_returns=1)

@@ -40,9 +40,16 @@ def test_first_success_finds_the_first_evaluation_at_the_bar():
     assert first_success(curve[:1]) is None
 
 
-def test_throughput_smoke(tmp_path, device):
+def test_throughput_smoke(tmp_path, device, monkeypatch):
     pytest.importorskip("stable_baselines3")
+    import tempfile
+
     from bench import throughput
+
+    system_tmp = tmp_path / "system_tmp"
+    system_tmp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(system_tmp))  # where SB3's default logger writes (torch caches here too)
+    monkeypatch.delenv("SB3_LOGDIR", raising=False)
 
     out, png = tmp_path / "t.json", tmp_path / "t.png"
     result = throughput.main(["--quick", "--device", device, "--json", str(out), "--plot", str(png), "--stacked-seeds", "2"])
@@ -57,6 +64,7 @@ def test_throughput_smoke(tmp_path, device):
     assert saved["time_to_95"]["sql"][0]["curve"] and saved["time_to_95"]["sac"][0]["curve"]
     assert png.stat().st_size > 0
     assert saved["multi_seed"]["seeds"] == 2 and saved["multi_seed"]["speedup"] > 0
+    assert not list(system_tmp.glob("SB3-*")), "SAC's logger left a folder in the system temp dir"
 
 
 def test_multi_seed_benchmark_smoke(tmp_path, device):
@@ -196,12 +204,16 @@ def test_the_step_threads_benchmark_finds_the_same_episodes(tmp_path):
     """``bench.step_threads --quick``: a MuJoCo arm and the point mass, one thread against two, identical episodes."""
     from bench import step_threads
 
-    result = step_threads.main(["--quick", "--json", str(tmp_path / "threads.json")])
-    assert set(result) == {"reach+avoid", "plane-upper+plane-lower"}
-    assert all(r["identical"] and r["speedup"] > 0 and r["episodes"] == 4 for r in result.values())
-    assert json.loads((tmp_path / "threads.json").read_text()) == result
-    with pytest.raises(SystemExit):
-        step_threads.main(["--episodes", "0"])
+    for processes in (1, 2):  # 2: the same comparison in two forked processes at once, as study workers run
+        result = step_threads.main(["--quick", "--processes", str(processes), "--json", str(tmp_path / "threads.json")])
+        assert set(result) == {"reach+avoid", "plane-upper+plane-lower"}
+        for r in result.values():
+            assert r["identical"] and r["episodes"] == 4 and r["processes"] == processes
+            assert r["speedup"] == round(min(r["wall_s"]["one thread"]) / min(r["wall_s"]["two threads"]), 2)
+        assert json.loads((tmp_path / "threads.json").read_text()) == result
+    for bad in (["--episodes", "0"], ["--processes", "0"]):
+        with pytest.raises(SystemExit):
+            step_threads.main(bad)
 
 
 def test_c_tightness_compares_c_with_each_stand_in_on_the_composed_pairs(tmp_path):

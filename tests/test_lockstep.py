@@ -223,3 +223,31 @@ def test_collision_rates_are_shown_only_where_the_task_reports_collisions():
     assert cell(plane) == "–" and cell(reach) == collision_text(reach)
     shown = metrics_lines(plane | {"skill": "plane-upper", "task": "plane-upper", "seed": 0, "deterministic": False})
     assert any("collision rate   –" in line for line in shown)
+
+
+def _threads_in_force() -> int:
+    from skills.evaluation.lockstep import default_threads
+
+    return default_threads()
+
+
+def test_study_workers_share_the_cores_between_them():
+    """Two local study workers each step with half the cores' threads; a Ray task (one CPU) with one; ``share_cores``
+    sets only its own context."""
+    import contextvars
+
+    from compose.study import _call_on_one_cpu, run_local
+    from skills.evaluation.lockstep import STEP_THREADS, available_cores, default_threads, share_cores
+
+    outcomes: dict[str, dict] = {}
+    run_local([("a", _threads_in_force, ()), ("b", _threads_in_force, ())], 2, outcomes.__setitem__)
+    share = max(1, min(STEP_THREADS, available_cores() // 2))
+    assert outcomes == {"a": {"ok": True, "result": share}, "b": {"ok": True, "result": share}}
+    assert _call_on_one_cpu(_threads_in_force, ()) == {"ok": True, "result": 1}
+    before = default_threads()
+    context = contextvars.copy_context()
+    context.run(share_cores, 3)
+    assert context.run(default_threads) == max(1, min(STEP_THREADS, available_cores() // 3))
+    assert default_threads() == before == max(1, min(STEP_THREADS, available_cores()))
+    with pytest.raises(ValueError, match="processes must be >= 1"):
+        share_cores(0)

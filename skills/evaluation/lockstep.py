@@ -75,6 +75,16 @@ def step_threads(threads: int) -> AbstractContextManager[None]:
     return _positive_setting(_THREADS, threads, "step threads")
 
 
+def share_cores(processes: int) -> None:
+    """This process is one of ``processes`` that run at once on the same cores (``compose.study``'s workers): from now
+    on, in this thread's context, step with ``available_cores() // processes`` threads (at least 1; ``step_threads``
+    still overrides it). Measured with two processes on two cores: their second threads do not pay
+    (``python -m bench.step_threads --processes 2``)."""
+    if processes < 1:
+        raise ValueError(f"processes must be >= 1, got {processes}")
+    _THREADS.set(max(1, min(STEP_THREADS, available_cores() // processes)))
+
+
 def default_threads() -> int:
     """The thread count in force (``step_threads``; else ``min(STEP_THREADS, available_cores())``)."""
     threads = _THREADS.get()
