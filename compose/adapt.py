@@ -5,9 +5,10 @@ instead of from scratch (as PSQD's "zero-shot, then adapted"):
 
     Q(s, a) = Q_w(s, a) + R(s, a),    Q_w = sum_i w_i Q_i frozen,  R trained, R = 0 at the start
 
-with the sampler started from the composed amortized sampler and the replay buffer started from the
-constituents' stored transitions, their rewards recomputed for ``r_w`` (no new environment samples; on a
-custom ``--arm`` the buffer starts empty, as those transitions are another robot's).
+(from a saved ``dc`` composition, ``SPEC.dc.composed``, R = -C_w at the start: its own energy), with the sampler
+started from the composed amortized sampler and the replay buffer started from the constituents' stored
+transitions, their rewards recomputed for ``r_w`` (no new environment samples; on a custom ``--arm`` the buffer
+starts empty, as those transitions are another robot's).
 Before the first update the adapted skill acts exactly as the composition does. Training is the
 ordinary trainer (``skills.training``: progress bar, CSV, learning curve, checkpoints, a new library
 version named ``SPEC.adapted``, resume, Ctrl-C keeps the last checkpoint); the manifest's
@@ -27,7 +28,7 @@ from skills.cli import add_weights_argument, non_negative_int, positive_int
 from skills.train import run_training
 from skills.training import MultiSeedTrainer, Trainer, TrainResult, rest_of_budget
 
-from .adaptation import ADAPT_SHARE, EVAL_INTERVAL, adapt_configs, adapted_trainer, combined_task_name
+from .adaptation import ADAPT_SHARE, EVAL_INTERVAL, adapt_configs, adapted_trainer, build_unless_saved, combined_task_name
 from .skill import load
 
 
@@ -81,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
             if args.steps is None:  # an interrupted run finishes its budget
                 run = rest_of_budget(run, [args.resume], args.out or args.library)
             return Trainer(task, sql, run, out=args.out or args.library, resume=args.resume, env_kwargs=arm_kwargs(args))
-        composition.build(progress=not args.no_progress)
+        build_unless_saved(composition, progress=not args.no_progress)
         return adapted_trainer(composition, steps=args.steps, seed=args.seed, out=args.out or args.library,
                                env_kwargs=arm_kwargs(args), **overrides)
 

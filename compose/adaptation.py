@@ -4,11 +4,11 @@ adapted"):
 
     Q(s, a) = Q_w(s, a) + R(s, a),    Q_w = sum_i w_i Q_i frozen,  R trained, R = 0 at the start
 
-with the sampler started from the composed amortized sampler and the replay buffer started from the
-constituents' stored transitions, their rewards recomputed for ``r_w`` (no new environment samples; on a
-custom arm the buffer starts empty, as those transitions are another robot's). Training is the ordinary
-trainer (``skills.training``), into a new library version named ``SPEC.adapted`` whose manifest's
-``adapted_from`` names the constituents.
+(``R = -C_w`` at the start for a saved ``dc`` composition: it starts from its own energy), with the sampler started
+from the composed amortized sampler and the replay buffer started from the constituents' stored transitions, their
+rewards recomputed for ``r_w`` (no new environment samples; on a custom arm the buffer starts empty, as those
+transitions are another robot's). Training is the ordinary trainer (``skills.training``), into a new library version
+named ``SPEC.adapted`` whose manifest's ``adapted_from`` names the constituents.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from skills.training import StartFrom, TrainConfig, Trainer, TrainResult
 from skills.training.defaults import TASK_STEPS, sql_config, train_config
 
 from .composition import Composition
-from .library import composed_agent, provenance
+from .library import composed_agent, operator_residual, provenance
 from .skill import ComposedSkill, load
 
 SUFFIX = ".adapted"
@@ -54,14 +54,23 @@ def adapt_configs(task: str, steps: int | None = None, **run_overrides) -> tuple
     return sql, replace(run, deterministic_curve=True)
 
 
+def build_unless_saved(composition: ComposedSkill, progress: bool) -> None:
+    """Build the composition's sampler and learned parts (or load them from the cache); a saved entry starts from
+    what it holds (its sampler and ``Q_w + R``), not from a rebuild."""
+    if composition.saved is None:
+        composition.build(progress=progress)
+
+
 def adapted_trainer(composition: ComposedSkill, *, steps: int | None = None, seed: int = 0,
                     out: str | Path | None = None, name: str | None = None, env_kwargs: dict | None = None,
                     **run_overrides: Any) -> Trainer:
-    """A ``Trainer`` on the combined task whose agent is the composition (``Q_w + R``, ``R = 0``; the composed
-    sampler) and whose buffer holds the constituents' transitions relabelled with ``r_w``."""
+    """A ``Trainer`` on the combined task whose agent is the composition (``Q_w + R``, ``R`` the operator's: 0 for
+    averaging, ``-C_w`` for ``dc``; the composed sampler) and whose buffer holds the constituents' transitions
+    relabelled with ``r_w``."""
     task = combined_task_name(composition)
     sql, run = adapt_configs(task, steps, seed=seed, **run_overrides)
-    agent = composed_agent(composition, composition.policy.sampler, seed, config=sql)
+    agent = composed_agent(composition, composition.policy.sampler, seed, config=sql,
+                           residual=operator_residual(composition))
     root = Path(out) if out is not None else (Path(composition.library) if composition.library else None)
     record = provenance(composition, root if root is not None else skills.default_library())
     if composition.saved is not None:
@@ -81,5 +90,5 @@ def adapt(spec: str, *, weights: list[float] | None = None, library: str | None 
     ``steps`` and ``TrainConfig`` fields (``progress``, ``eval_interval``...)."""
     composition = load(spec, weights=weights, library=library, seed=seed)
     combined_task_name(composition)  # refuse before building anything
-    composition.build(progress=run_overrides.get("progress", True))
+    build_unless_saved(composition, progress=run_overrides.get("progress", True))
     return adapted_trainer(composition, seed=seed, out=out, env_kwargs=env_kwargs, **run_overrides).train()

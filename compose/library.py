@@ -12,9 +12,12 @@ resolved to); a constituent retrained since makes the entry stale, and both load
 
 from __future__ import annotations
 
+import math
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
+
+from torch import nn
 
 import envs
 import skills
@@ -33,25 +36,29 @@ from skills.library import (
     write_skill,
 )
 from skills.library.manifest import NAME, ComposedFrom
-from skills.sql import SamplerNetwork
+from skills.sql import SamplerNetwork, SoftQNetwork
 from skills.sql.backprop import linear_layers
 from skills.sql.learner import SoftQLearning, SQLConfig
 from skills.sql.many_skills import ComposedSoftQNetwork
 
 from .composition import Composition
+from .operators import OPERATORS, Operator, OperatorError, make_operator
 
 SUFFIX = ".composed"  # saved compositions are named "<spec>.composed" beside the jointly trained "<spec>"
 
 
 def default_name(composition: Composition) -> str:
-    """``"reach+avoid.composed"``: the constituents' names (without pinned versions) and ``SUFFIX``."""
-    return composition.skill_names + SUFFIX
+    """``"reach+avoid.composed"``: the constituents' names (without pinned versions) and ``SUFFIX``; another operator
+    than averaging adds its name: ``"puck-x+puck-y.dc.composed"``."""
+    operator = "" if composition.operator.bounded else f".{composition.operator.name}"
+    return composition.skill_names + operator + SUFFIX
 
 
 def composed_agent(composition: Composition, sampler: SamplerNetwork, seed: int = 0,
-                   config: SQLConfig | None = None) -> SoftQLearning:
-    """A SQL agent whose Q is ``Q_w + R`` (``R`` = 0) and whose sampler is the composed ``sampler``, so it acts
-    as the composition does; the start of ``compose.adapt`` and the content of a saved composition.
+                   config: SQLConfig | None = None, residual: nn.Module | None = None) -> SoftQLearning:
+    """A SQL agent whose Q is ``Q_w + R`` and whose sampler is the composed ``sampler``, so it acts as the
+    composition does; the start of ``compose.adapt`` and the content of a saved composition. ``residual``: ``R``
+    (the operator's, ``Operator.residual``; ``dc``: ``-C_w``), by default 0.
     ``config``: its SQL settings (default: the first constituent's, with the sampler's widths)."""
     hidden = tuple(layer.out_features for layer in linear_layers(sampler.net)[:-1])
     config = config or replace(composition.parts[0].agent.config, hidden=hidden)
@@ -60,8 +67,10 @@ def composed_agent(composition: Composition, sampler: SamplerNetwork, seed: int 
     if mismatch:
         raise ValueError("SQL settings do not fit the composition: " + ", ".join(
             f"{k} {mine} (settings) against {theirs} (composition)" for k, (mine, theirs) in mismatch.items()))
+    if residual is not None and not isinstance(residual, SoftQNetwork):
+        raise TypeError(f"the residual R of Q_w + R must be a SoftQNetwork, got {type(residual).__name__}")
     q = ComposedSoftQNetwork.compose([p.agent.q for p in composition.parts], composition.weights.tolist(),
-                                     hidden, seed=seed)
+                                     hidden, seed=seed, residual=residual)
     agent = SoftQLearning(composition.obs_dim, composition.act_dim, config, q=q)
     agent.sampler.load_state_dict(sampler.state_dict())
     return agent
@@ -76,7 +85,7 @@ def provenance(composition: Composition, library: Path) -> dict:
     own = Path(composition.library) if composition.library is not None else default_library()
     return {"constituents": constituents, "weights": composition.weights.tolist(),
             "library": None if own.resolve() == library.resolve() else str(own.resolve()),
-            "env_steps_used": 0}
+            "operator": composition.operator.settings(), "env_steps_used": 0}
 
 
 def check_beside(composition: Composition, root: Path) -> None:
@@ -98,9 +107,11 @@ def save_target(composition: Composition, name: str | None = None, library: str 
     that can be saved, a valid name, and a library that holds the constituents."""
     root = Path(library) if library is not None else (Path(composition.library) if composition.library is not None
                                                        else default_library())
-    if not composition.operator.bounded:
-        raise ValueError(f"saving a composition is supported for operator 'average' only (its Q-network is "
-                         f"sum_i w_i Q_i + R); {composition.operator.name!r} is rebuilt from the library cache instead")
+    if not composition.operator.saves_as_residual:
+        savable = ", ".join(repr(name) for name, cls in OPERATORS.items() if cls.saves_as_residual)
+        raise ValueError(f"saving a composition is supported for operators whose energy is sum_i w_i Q_i + R "
+                         f"({savable}); {composition.operator.name!r}'s is not, and it is rebuilt from the library "
+                         "cache instead (compose.load with the same operator and settings)")
     name = name or default_name(composition)
     if not NAME.match(name):
         raise ValueError(f"invalid skill name {name!r}: letters, digits, '_', '.', '+', '-'; no '/' or '@'")
@@ -115,13 +126,25 @@ def save(composition: Composition, sampler: SamplerNetwork | None, name: str | N
     root, name = save_target(composition, name, library)
     if sampler is None:
         raise ValueError("build the composition first: its sampler is what the saved entry acts with")
-    agent = composed_agent(composition, sampler, composition.seed)
+    agent = composed_agent(composition, sampler, composition.seed, residual=operator_residual(composition))
     path = claim_version_dir(name, root)
     try:
         return write_skill(path, agent, saved_manifest(composition, agent, path, root), composition.relabelled_transitions())
     except BaseException:
         release_claim(path)
         raise
+
+
+def operator_residual(composition: Composition) -> nn.Module | None:
+    """``R`` of the composition's energy as ``Q_w + R`` (``Operator.residual``; None: 0). Builds the operator's parts
+    first if needed (a ``ComposedSkill``'s policy)."""
+    op = composition.operator
+    if op.bounded:  # averaging: R = 0, nothing to build
+        return op.residual(composition.q_w)
+    policy = getattr(composition, "policy", None)
+    if policy is None:
+        raise ValueError(f"operator {op.name!r}: build the composition first (its energy's learned parts)")
+    return op.residual(policy.q_fn)
 
 
 def saved_manifest(composition: Composition, agent: SoftQLearning, path: Path, root: Path) -> Manifest:
@@ -136,7 +159,8 @@ def saved_manifest(composition: Composition, agent: SoftQLearning, path: Path, r
         architecture={"sampler": "mlp, a = tanh(f(s, xi)), xi ~ N(0, I); the composed sampler (compose.sampling)",
                       "hidden": list(agent.config.hidden), "activation": "relu", "noise_dim": composition.act_dim,
                       **agent.q.architecture()},
-        seed=composition.seed, composed_from=ComposedFrom.from_json(provenance(composition, root) | {"library": None}),
+        seed=composition.seed, composed_from=ComposedFrom.from_json(
+            provenance(composition, root) | {"library": None}),
         record={"metrics": {}, "library_versions": library_versions(), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
 
 
@@ -152,9 +176,54 @@ def saved_entry(spec: str, library: str | None) -> Path | None:
         return None
 
 
-def reopen(path: Path, allow_stale: bool = False) -> tuple[list[skills.Skill], ComposedFrom, SamplerNetwork, Path]:
-    """What a saved entry holds: its constituents (the versions it was made from, checked against its checksums),
-    its record (weights, labels), its sampler, and the library the constituents live in."""
+@dataclass(frozen=True)
+class Reopened:
+    """What a saved entry holds: its constituents (the versions it was made from), its record (weights, labels), the
+    operator it was composed with, its agent (``Q_w + R`` and the composed sampler), and the constituents' library."""
+
+    parts: list[skills.Skill]
+    record: ComposedFrom
+    operator: Operator
+    agent: SoftQLearning
+    library: Path
+
+
+def same_kind(value: object, default: object) -> bool:
+    """Whether a recorded setting is the kind of value its default is: a finite number for a number, a tuple of
+    positive whole numbers for widths, the same type otherwise."""
+    if isinstance(default, bool) or isinstance(value, bool):
+        return isinstance(value, bool) and isinstance(default, bool)
+    if isinstance(default, int | float):
+        return isinstance(value, int | float) and math.isfinite(value) and (isinstance(default, float) or value == int(value))
+    if isinstance(default, tuple):
+        return isinstance(value, tuple) and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value)
+    return type(value) is type(default)
+
+
+def recorded_operator(record: ComposedFrom, where: Path) -> Operator:
+    """The operator a saved entry's record names (entries saved before operators were recorded: averaging), checked:
+    a known operator with valid settings, one that saves as ``Q_w + R``."""
+    recorded = record.extra.get("operator", {"name": "average"})
+    try:
+        if not isinstance(recorded, dict) or not isinstance(recorded.get("name"), str):
+            raise OperatorError(f"expected an object with a 'name', got {recorded!r}")
+        settings = {k: tuple(v) if isinstance(v, list) else v for k, v in recorded.items() if k != "name"}
+        default = make_operator(recorded["name"])
+        for key, value in settings.items():
+            if hasattr(default, key) and not same_kind(value, getattr(default, key)):
+                raise OperatorError(f"{key} is {value!r}, not a value like its default {getattr(default, key)!r}")
+        operator = make_operator(default, **settings)
+    except (OperatorError, TypeError, ValueError) as err:
+        raise CorruptSkillError(f"{where / 'manifest.json'}: composed_from.operator is not a valid operator ({err})") \
+            from None
+    if not operator.saves_as_residual:
+        raise CorruptSkillError(f"{where / 'manifest.json'}: composed_from.operator {operator.name!r} does not save as "
+                                "Q_w + R; no saved composition uses it")
+    return operator
+
+
+def reopen(path: Path, allow_stale: bool = False) -> Reopened:
+    """What a saved entry holds (``Reopened``), its constituents checked against the checksums it records."""
     agent, info, _ = read_skill(path)
     if not allow_stale:
         check_fresh(path, info)
@@ -169,4 +238,4 @@ def reopen(path: Path, allow_stale: bool = False) -> tuple[list[skills.Skill], C
             raise CorruptSkillError(f"{skill.path}: its weights are not those {path} was composed from "
                                     f"({skill.info.weights_sha256[:12]} against {part.weights_sha256[:12]})")
         parts.append(skill)
-    return parts, record, agent.sampler, own
+    return Reopened(parts, record, recorded_operator(record, path), agent, own)

@@ -100,7 +100,8 @@ class ComposedSkill(Composition):
     def save(self, name: str | None = None, library: str | Path | None = None, progress: bool = True) -> Path:
         """Write this composition to the skill library as ``<name>/v<N>`` (default name ``"reach+avoid.composed"``,
         default library its constituents'): ``compose.load(name)`` and ``skills.load(name)`` reopen it with no
-        rebuild. Builds the sampler first if needed. Returns the new version's directory."""
+        rebuild (averaging and ``dc``: an energy of the form ``Q_w + R``). Builds the sampler first if needed. Returns
+        the new version's directory."""
         save_target(self, name, library)  # a save that would be refused is refused before the sampler is built
         if self._policy is None:
             self.build(progress=progress)
@@ -159,10 +160,13 @@ def load(spec: str | Sequence[str], weights: Sequence[float] | None = None, libr
 
 
 def reopened(path: Path, library: str | None, seed: int, allow_stale: bool) -> ComposedSkill:
-    """The ``ComposedSkill`` a saved entry holds, with its sampler: no rebuild."""
-    parts, record, sampler, own = reopen(path, allow_stale)
-    composition = ComposedSkill(parts, list(record.weights), labels=[p.spec for p in record.constituents],
-                                library=library if library is not None else str(own), seed=seed)
-    composition._policy = ComposedPolicy(composition, sampler, seed)
+    """The ``ComposedSkill`` a saved entry holds, with its sampler and its energy (``Q_w + R``, the saved Q-network;
+    averaging's ``Q_w`` itself): no rebuild."""
+    entry = reopen(path, allow_stale)
+    composition = ComposedSkill(entry.parts, list(entry.record.weights), labels=[p.spec for p in entry.record.constituents],
+                                library=library if library is not None else str(entry.library), seed=seed,
+                                operator=entry.operator)
+    q_fn = None if entry.operator.bounded else entry.agent.q
+    composition._policy = ComposedPolicy(composition, entry.agent.sampler, seed, q_fn=q_fn)
     composition.saved = path
     return composition

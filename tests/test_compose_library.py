@@ -293,6 +293,28 @@ def test_compose_save_cli_then_skills_evaluate_runs_the_composition_alone(librar
     assert "unknown skill 'nothing'" in capsys.readouterr().err
 
 
+def test_compose_save_cli_keeps_dc_and_skills_evaluate_runs_it(library, capsys):
+    """``--operator dc`` (the shipped cache's fit: no refit) saves ``reach+avoid.dc.composed``, whose Q is the
+    composition's ``Q_w - C_w``; operators whose energy is not ``Q_w + R`` are not offered."""
+    from compose import save as compose_save
+    from skills import evaluate
+
+    assert compose_save.main(["reach+avoid", "--operator", "dc", "--library", str(library), "--no-progress"]) == 0
+    assert (library / "reach+avoid.dc.composed" / "v1").is_dir()
+    capsys.readouterr()
+    obs, act = states(), np.zeros((6, 3), np.float32)
+    expected = compose.load("reach+avoid", operator="dc", library=str(library)).q(obs, act)
+    saved = skills.load("reach+avoid.dc.composed", str(library))
+    with torch.no_grad():
+        got = saved.agent.q(torch.as_tensor(obs), torch.as_tensor(act)).numpy()
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-4)
+    assert evaluate.main(["reach+avoid.dc.composed", "--library", str(library), "--episodes", "2"]) == 0
+    assert "reach+avoid.dc.composed" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        compose_save.main(["reach+avoid", "--operator", "gpi", "--library", str(library)])
+    assert "invalid choice: 'gpi'" in capsys.readouterr().err
+
+
 def test_compose_save_into_a_library_without_the_constituents_is_refused_before_building(library, tmp_path, capsys,
                                                                                            monkeypatch):
     """``--out`` must hold the constituents (a saved composition reopens them from its own library); a save that would

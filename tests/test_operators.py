@@ -371,9 +371,86 @@ def test_compose_run_lists_the_operators_for_an_unknown_one(capsys):
     assert "average, dc, gpi, or, priority, all" in capsys.readouterr().err.replace("'", "")
 
 
-def test_saved_compositions_are_averages_and_refuse_other_operators(two_goal_library):
+def test_minus_correction_is_the_correction_negated_at_fixed_weights():
+    """``dc``'s ``Q_w - C_w`` saves as ``Q_w + R``: ``R`` is ``C_w``'s network with the weights folded into its first
+    layer's bias and its last layer negated. Random networks, observations broadcast against several actions."""
+    from compose.operators.divergence import CorrectionNetwork, minus_correction
+
+    torch.manual_seed(0)
+    correction = CorrectionNetwork(7, 3, 2, (32, 32), torch.rand(7) * 5)
+    for parameter in correction.parameters():
+        nn.init.normal_(parameter)
+    weights = torch.tensor([0.3, 0.7])
+    residual = minus_correction(correction, weights)
+    assert isinstance(residual, SoftQNetwork) and residual.obs_scale.shape == (7,)
+    for obs, act in ((torch.randn(50, 7), torch.rand(50, 3) * 2 - 1), (torch.randn(5, 1, 7), torch.rand(5, 4, 3))):
+        c = correction(obs, act, weights).detach()
+        torch.testing.assert_close(residual(obs, act).detach(), -c, rtol=1e-5, atol=1e-5 * float(c.abs().max()))
+    other = minus_correction(correction, torch.tensor([0.7, 0.3]))  # the weights matter
+    obs, act = torch.randn(50, 7), torch.rand(50, 3)
+    assert not torch.allclose(other(obs, act), residual(obs, act))
+
+
+def test_dc_saves_as_q_w_plus_r_and_reopens_as_itself_in_every_loader(two_goal_library):
+    """A saved ``dc`` composition: ``skills.load`` and ``compose.load`` give its energy ``Q_w - C_w`` (not ``Q_w``),
+    it acts as the composition did, it records its operator, and adaptation starts from that energy."""
+    from compose.adaptation import adapted_trainer
+    from compose.library import composed_agent, operator_residual
+
+    lib = str(two_goal_library)
+    dc = compose.load("west+east", library=lib, operator=TINY_OPERATORS["dc"])
+    dc.build(progress=False, sampler_cfg=TINY_SAMPLER)
+    path = dc.save(progress=False)
+    assert path.parent.name == "west+east.dc.composed"
+    rng = np.random.default_rng(0)
+    obs = rng.uniform(-4, 4, (64, dc.obs_dim)).astype(np.float32)
+    act = rng.uniform(-1, 1, (64, dc.act_dim)).astype(np.float32)
+    expected = dc.q(obs, act)
+    assert np.abs(expected - dc.q_w(obs, act)).max() > 1e-3  # the correction is not 0, so the checks below can fail
+    reopened = compose.load("west+east.dc.composed", library=lib)
+    as_skill = skills.load("west+east.dc.composed", lib)
+    assert reopened.operator == dc.operator and reopened.saved == path
+    np.testing.assert_allclose(reopened.q(obs, act), expected, rtol=1e-5, atol=1e-4)
+    with torch.no_grad():
+        np.testing.assert_allclose(as_skill.agent.q(torch.as_tensor(obs), torch.as_tensor(act)).numpy(), expected,
+                                   rtol=1e-5, atol=1e-4)
+    draws = [torch.Generator().manual_seed(i) for i in range(8)], [torch.Generator().manual_seed(i) for i in range(8)]
+    np.testing.assert_array_equal(reopened.act(obs[:8], generators=draws[0]), dc.act(obs[:8], generators=draws[1]))
+    # adaptation starts from Q_w + R with R = -C_w: from the composition itself, and from the saved entry as
+    # compose.adapt west+east.dc.composed does
+    trainer = adapted_trainer(compose.load("west+east.dc.composed", library=lib), steps=10, out=lib, progress=False,
+                              convergence=False)
+    try:
+        for agent in (composed_agent(dc, dc.policy.sampler, 0, residual=operator_residual(dc)), trainer.agent):
+            with torch.no_grad():
+                np.testing.assert_allclose(agent.q(torch.as_tensor(obs), torch.as_tensor(act)).numpy(), expected,
+                                           rtol=1e-5, atol=1e-4)
+    finally:
+        trainer.seed_run.give_back()
+
+
+def test_a_saved_composition_with_a_forged_operator_is_refused(two_goal_library):
+    import json
+
+    from skills.library import CorruptSkillError
+
+    lib = str(two_goal_library)
+    average = compose.load("west+east", library=lib)
+    average.build(progress=False, sampler_cfg=TINY_SAMPLER, bound_cfg=TINY_BOUND)
+    path = average.save(progress=False)
+    manifest = json.loads((path / "manifest.json").read_text())
+    assert manifest["composed_from"]["operator"] == {"name": "average"}
+    for forged, message in (({"name": "gpi"}, "does not save as Q_w \\+ R"), ({"name": "sum"}, "unknown operator 'sum'"),
+                            ({"name": "dc", "lr": "fast"}, "not a valid operator"), ("dc", "not a valid operator")):
+        manifest["composed_from"]["operator"] = forged
+        (path / "manifest.json").write_text(json.dumps(manifest))
+        with pytest.raises(CorruptSkillError, match=message):
+            compose.load("west+east.composed", library=lib)
+
+
+def test_saved_compositions_refuse_operators_whose_energy_is_not_q_w_plus_r(two_goal_library):
     composition = compose.load("west+east", library=str(two_goal_library), operator="or")
-    with pytest.raises(ValueError, match="operator 'average' only"):
+    with pytest.raises(ValueError, match="'average', 'dc'\\); 'or''s is not"):
         composition.save(progress=False)
     average = compose.load("west+east", library=str(two_goal_library))
     average.build(progress=False, sampler_cfg=TINY_SAMPLER, bound_cfg=TINY_BOUND)

@@ -17,6 +17,7 @@ class Average(Operator):
     name = "average"
     summary = "Q_w = sum_i w_i Q_i (Haarnoja et al. 2018)"
     bounded = True
+    saves_as_residual = True
 
     def cache_settings(self, sampler: dict, bound: dict) -> dict:
         """The sampler's and the bound's settings: the key averaged compositions had before operators existed, so
@@ -25,3 +26,7 @@ class Average(Operator):
 
     def energy(self, composition: ComposedParts, modules: dict[str, nn.Module]) -> Energy:
         return composition.q_w
+
+    def residual(self, energy: Energy) -> nn.Module | None:
+        """``Q_w`` itself: ``R = 0``."""
+        return None

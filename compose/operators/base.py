@@ -101,6 +101,9 @@ class Operator(ABC):
     summary: ClassVar[str]
     takes_weights: ClassVar[bool] = True  # the weights define the combined task r_w = sum_i w_i r_i
     bounded: ClassVar[bool] = False  # the bound of Haarnoja et al. (2018) is about this operator
+    # its energy has the form Q_w + R (R a network on (s, a)): it saves as a composed skill that any loader reopens,
+    # and adaptation starts from it (``residual``)
+    saves_as_residual: ClassVar[bool] = False
 
     def why_not(self, labels: Sequence[str], weighted: bool) -> str | None:
         """Why this operator does not apply to skills ``labels`` (``weighted``: the user gave weights), or None."""
@@ -136,6 +139,11 @@ class Operator(ABC):
     @abstractmethod
     def energy(self, composition: ComposedParts, modules: dict[str, nn.Module]) -> Energy:
         """``Q_op``, from the composition and the (fitted or loaded) learned parts."""
+
+    def residual(self, energy: Energy) -> nn.Module | None:
+        """``R`` of this operator's ``energy`` written as ``Q_w + R`` (None: ``R = 0``); only operators that
+        ``saves_as_residual`` answer it."""
+        raise OperatorError(f"operator {self.name!r}'s energy is not of the form Q_w + R")
 
 
 @dataclass(frozen=True)

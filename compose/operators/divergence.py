@@ -4,12 +4,14 @@ exact for ``r_w``, with ``C_w`` learned by TD from transitions alone (no reward)
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 from torch import nn
 
 from skills.sql import SoftQNetwork, kernel_width, mixture_log_density, mixture_proposal, seeded, soft_value_importance
-from skills.sql.many_skills import StackedQ
+from skills.sql.backprop import linear_layers
+from skills.sql.many_skills import ComposedSoftQNetwork, StackedQ
 
 from ..td import td_fit
 from .base import ComposedParts, Energy, FittedOperator, NumpyOrTorch, OfflineData, average, tensors
@@ -54,12 +56,36 @@ class DivergenceCorrectedQ(NumpyOrTorch):
         return divergence_corrected(average(self.stacked(obs, act), self.weights), self.correction(obs, act, self.weights))
 
 
+@torch.no_grad()
+def minus_correction(correction: CorrectionNetwork, weights: torch.Tensor) -> SoftQNetwork:
+    """``R(s, a) = -C_w(s, a)`` at fixed weights ``w`` [N] as a plain network on ``(s, a)``, so that
+    ``Q_w - C_w = Q_w + R`` saves and adapts as a composed skill: the first layer's ``w`` columns folded into its
+    bias (``b + W_w w``), the last layer negated. Equal to ``-C_w`` up to float rounding."""
+    net = correction.net
+    obs_dim = net.obs_scale.shape[0] - correction.n
+    first, last = cast(nn.Linear, net.net[0]), cast(nn.Linear, net.net[-1])
+    hidden = tuple(layer.out_features for layer in linear_layers(net.net)[:-1])
+    residual = SoftQNetwork(obs_dim, first.in_features - obs_dim - correction.n, hidden, net.obs_scale[:obs_dim])
+    for mine, theirs in list(zip(linear_layers(residual.net), linear_layers(net.net), strict=True))[1:]:
+        mine.weight.copy_(theirs.weight)
+        mine.bias.copy_(theirs.bias)
+    folded = cast(nn.Linear, residual.net[0])
+    w_obs, w_mix, w_act = first.weight.split([obs_dim, correction.n, folded.in_features - obs_dim], dim=1)
+    folded.weight.copy_(torch.cat([w_obs, w_act], dim=1))
+    folded.bias.copy_(first.bias + w_mix @ weights.float())
+    out = cast(nn.Linear, residual.net[-1])
+    out.weight.copy_(-last.weight)
+    out.bias.copy_(-last.bias)
+    return residual
+
+
 @dataclass(frozen=True)
 class DivergenceCorrection(FittedOperator):
     """``sum_i w_i Q_i - C_w``: exact for ``r_w`` in theory (up to the fit), whatever the skills disagree on."""
 
     name = "dc"
     summary = "Q_w - C_w, divergence correction learned offline (Hunt et al. 2019)"
+    saves_as_residual = True
 
     def modules(self, composition: ComposedParts) -> dict[str, nn.Module]:
         obs_scale = composition.parts[0].agent.q.obs_scale
@@ -75,6 +101,13 @@ class DivergenceCorrection(FittedOperator):
         correction = modules["dc"]
         assert isinstance(correction, CorrectionNetwork)
         return DivergenceCorrectedQ(composition.q_w.stacked, composition.q_w.weights, correction)
+
+    def residual(self, energy: Energy) -> nn.Module | None:
+        """``-C_w`` (``minus_correction``); a saved composition's energy is already ``Q_w + R``: its ``R``."""
+        if isinstance(energy, ComposedSoftQNetwork):
+            return energy.residual
+        assert isinstance(energy, DivergenceCorrectedQ)
+        return minus_correction(energy.correction, energy.weights)
 
 
 def fit_divergence_correction(data: OfflineData, config: DivergenceCorrection,

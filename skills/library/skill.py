@@ -165,7 +165,8 @@ def load(name_or_path: str | Path, library: str | Path | None = None, device: st
          allow_stale: bool = False, allow_changed_task: bool = False) -> Skill:
     """Load a skill by name (``"reach"``, newest complete version), ``"reach@v2"``, or directory path.
 
-    A saved composition (``compose.ComposedSkill.save``) loads as a skill whose Q is ``Q_w``; it is
+    A saved composition (``compose.ComposedSkill.save``) loads as a skill whose Q is ``Q_w + R`` (``Q_w`` for
+    averaging, ``Q_w - C_w`` for divergence correction); it is
     refused (``StaleSkillError``) when a constituent has been retrained since, unless ``allow_stale``.
     A skill whose task is defined differently now than when it was trained is refused (``TaskChangedError``,
     both definitions shown) unless ``allow_changed_task``.

@@ -12,6 +12,7 @@ It answers what ``SoftQLearning`` asks of a Q-network (``forward``, ``traced``, 
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 
 import torch
@@ -165,13 +166,17 @@ class ComposedSoftQNetwork(nn.Module):
 
     @classmethod
     def compose(cls, q_networks: Sequence[ScaledMLP], weights: Sequence[float], hidden: tuple[int, ...],
-                seed: int = 0) -> "ComposedSoftQNetwork":
-        """``sum_i w_i Q_i`` of trained networks, plus a fresh residual (hidden layers seeded by ``seed``) at 0."""
+                seed: int = 0, residual: SoftQNetwork | None = None) -> "ComposedSoftQNetwork":
+        """``sum_i w_i Q_i`` of trained networks, plus ``residual`` (a copy), or by default a fresh residual (hidden
+        layers seeded by ``seed``) at 0."""
         first = q_networks[0]
         obs_dim = first.obs_scale.shape[0]
         act_dim = backprop.linear_layers(first.net)[0].in_features - obs_dim  # the first layer's
-        with seeded(seed):
-            residual = zero_residual(obs_dim, act_dim, hidden, first.obs_scale)
+        if residual is None:
+            with seeded(seed):
+                residual = zero_residual(obs_dim, act_dim, hidden, first.obs_scale)
+        else:
+            residual = copy.deepcopy(residual)
         return cls(StackedQ(q_networks), torch.as_tensor(weights, dtype=torch.float32), residual)
 
 
