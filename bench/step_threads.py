@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing
+import queue
 import time
 from collections.abc import Callable
 
@@ -55,22 +56,42 @@ def timed_sides(spec: str, episodes: int, repeats: int, together: Callable[[], o
     return times, totals
 
 
+BARRIER_TIMEOUT_S = 600  # the longest a process waits for the others at a side's start
+
+
 def _in_process(spec: str, episodes: int, repeats: int, barrier, results) -> None:
-    times, totals = timed_sides(spec, episodes, repeats, together=barrier.wait)
-    results.put((times, totals))
+    """One of the concurrent processes: its sides' times and returns, or its error (and the barrier broken, so that
+    the others stop waiting for it)."""
+    try:
+        results.put(("ok", timed_sides(spec, episodes, repeats, together=lambda: barrier.wait(BARRIER_TIMEOUT_S))))
+    except BaseException as err:  # noqa: BLE001 - reported to the parent, which raises it
+        barrier.abort()
+        results.put(("error", f"{type(err).__name__}: {err}"))
 
 
 def concurrent_sides(spec: str, episodes: int, repeats: int, processes: int) -> tuple[dict, dict]:
     """``timed_sides`` in ``processes`` forked processes at once, each side started together: per side and repeat, the
-    slowest process's wall time; the returns of one process (every process runs the same episodes)."""
+    slowest process's wall time; the returns of one process (every process runs the same episodes). A process that
+    fails (or dies) fails the run at once, with its error."""
     context = multiprocessing.get_context("fork")
     barrier, results = context.Barrier(processes), context.Queue()
     workers = [context.Process(target=_in_process, args=(spec, episodes, repeats, barrier, results))
                for _ in range(processes)]
     for worker in workers:
         worker.start()
+    outcomes: list[tuple[dict, dict]] = []
     try:
-        outcomes = [results.get(timeout=3600) for _ in workers]
+        while len(outcomes) < processes:
+            try:
+                status, outcome = results.get(timeout=1.0)
+            except queue.Empty:
+                dead = [w.exitcode for w in workers if w.exitcode not in (None, 0)]
+                if dead:
+                    raise RuntimeError(f"{spec}: a benchmark process died (exit code {dead[0]})") from None
+                continue
+            if status != "ok":
+                raise RuntimeError(f"{spec}: a benchmark process failed: {outcome}")
+            outcomes.append(outcome)
     finally:
         for worker in workers:
             worker.join(timeout=10)

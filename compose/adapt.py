@@ -65,6 +65,7 @@ def main(argv: list[str] | None = None) -> int:
                  "final_eval_episodes": args.final_eval_episodes, "progress": not args.no_progress,
                  "convergence": not args.no_convergence}
     names: list[str] = []
+    starts: list[str] = []  # what R is before the first update (0 from averaging, -C_w from a saved dc composition)
 
     def make_trainer() -> MultiSeedTrainer:
         load_task_modules(args.tasks)
@@ -76,6 +77,7 @@ def main(argv: list[str] | None = None) -> int:
             raise skills.SkillError(f"{err} (resuming: --library is where the constituents live, default trained/; the "
                                     "adapted skill is looked up in --out, or in --library without --out)") from err
         names.append(composition.name)
+        starts.append(f"{composition.operator.residual_form} at the start")
         task = combined_task_name(composition)  # refuse before building anything
         if args.resume:  # the saved adapted skill holds everything: nothing to build
             sql, run = adapt_configs(task, args.steps, seed=args.seed, **overrides)
@@ -96,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def headline(t: MultiSeedTrainer) -> str:
         run = t.trainers[0]
-        start = f"from {args.resume}" if args.resume else "R = 0 at the start"
+        start = f"from {args.resume}" if args.resume else starts[0]
         return (f"adapting {names[0]} on {run.task.name!r} for {run.run.steps} steps (Q = Q_w + R, {start}; "
                 f"seed {run.run.seed}) -> {run.path}")
 

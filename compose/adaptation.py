@@ -24,7 +24,7 @@ from skills.training import StartFrom, TrainConfig, Trainer, TrainResult
 from skills.training.defaults import TASK_STEPS, sql_config, train_config
 
 from .composition import Composition
-from .library import composed_agent, operator_residual, provenance
+from .library import composed_agent, operator_residual, operator_tag, provenance
 from .skill import ComposedSkill, load
 
 SUFFIX = ".adapted"
@@ -80,7 +80,8 @@ def adapted_trainer(composition: ComposedSkill, *, steps: int | None = None, see
     other_arm = bool(env_kwargs and env_kwargs.get("arm"))
     record["replay_seeded_with_constituent_transitions"] = not other_arm
     start = StartFrom(agent=agent, transitions=None if other_arm else composition.relabelled_transitions(),
-                      provenance={"adapted_from": record}, name=name or composition.name.replace("@", "_") + SUFFIX)
+                      provenance={"adapted_from": record},
+                      name=name or composition.name.replace("@", "_") + operator_tag(composition) + SUFFIX)
     return Trainer(task, sql, run, out=root, start=start, env_kwargs=env_kwargs)
 
 

@@ -47,11 +47,21 @@ from .operators import OPERATORS, Operator, OperatorError, make_operator
 SUFFIX = ".composed"  # saved compositions are named "<spec>.composed" beside the jointly trained "<spec>"
 
 
+def savable_operators() -> list[str]:
+    """The operators whose energy is ``Q_w + R`` (``Operator.saves_as_residual``): those a composition can be saved
+    with."""
+    return [name for name, cls in OPERATORS.items() if cls.saves_as_residual]
+
+
+def operator_tag(composition: Composition) -> str:
+    """``""`` for averaging, ``".dc"`` for another operator: what sets its saved or adapted entry's name apart."""
+    return "" if composition.operator.bounded else f".{composition.operator.name}"
+
+
 def default_name(composition: Composition) -> str:
     """``"reach+avoid.composed"``: the constituents' names (without pinned versions) and ``SUFFIX``; another operator
     than averaging adds its name: ``"puck-x+puck-y.dc.composed"``."""
-    operator = "" if composition.operator.bounded else f".{composition.operator.name}"
-    return composition.skill_names + operator + SUFFIX
+    return composition.skill_names + operator_tag(composition) + SUFFIX
 
 
 def composed_agent(composition: Composition, sampler: SamplerNetwork, seed: int = 0,
@@ -108,7 +118,7 @@ def save_target(composition: Composition, name: str | None = None, library: str 
     root = Path(library) if library is not None else (Path(composition.library) if composition.library is not None
                                                        else default_library())
     if not composition.operator.saves_as_residual:
-        savable = ", ".join(repr(name) for name, cls in OPERATORS.items() if cls.saves_as_residual)
+        savable = ", ".join(repr(name) for name in savable_operators())
         raise ValueError(f"saving a composition is supported for operators whose energy is sum_i w_i Q_i + R "
                          f"({savable}); {composition.operator.name!r}'s is not, and it is rebuilt from the library "
                          "cache instead (compose.load with the same operator and settings)")
@@ -194,9 +204,11 @@ def same_kind(value: object, default: object) -> bool:
     if isinstance(default, bool) or isinstance(value, bool):
         return isinstance(value, bool) and isinstance(default, bool)
     if isinstance(default, int | float):
-        return isinstance(value, int | float) and math.isfinite(value) and (isinstance(default, float) or value == int(value))
+        return isinstance(value, int | float) and abs(value) < 1e300 and math.isfinite(value) and (
+            isinstance(default, float) or value == int(value))
     if isinstance(default, tuple):
-        return isinstance(value, tuple) and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value)
+        return isinstance(value, tuple) and len(value) > 0 and all(
+            isinstance(v, int) and not isinstance(v, bool) and 0 < v < 2**20 for v in value)
     return type(value) is type(default)
 
 
@@ -213,7 +225,7 @@ def recorded_operator(record: ComposedFrom, where: Path) -> Operator:
             if hasattr(default, key) and not same_kind(value, getattr(default, key)):
                 raise OperatorError(f"{key} is {value!r}, not a value like its default {getattr(default, key)!r}")
         operator = make_operator(default, **settings)
-    except (OperatorError, TypeError, ValueError) as err:
+    except (OperatorError, TypeError, ValueError, OverflowError) as err:
         raise CorruptSkillError(f"{where / 'manifest.json'}: composed_from.operator is not a valid operator ({err})") \
             from None
     if not operator.saves_as_residual:
@@ -238,4 +250,22 @@ def reopen(path: Path, allow_stale: bool = False) -> Reopened:
             raise CorruptSkillError(f"{skill.path}: its weights are not those {path} was composed from "
                                     f"({skill.info.weights_sha256[:12]} against {part.weights_sha256[:12]})")
         parts.append(skill)
-    return Reopened(parts, record, recorded_operator(record, path), agent, own)
+    operator = recorded_operator(record, path)
+    check_energy_record(agent, record, operator, path)
+    return Reopened(parts, record, operator, agent, own)
+
+
+def check_energy_record(agent: SoftQLearning, record: ComposedFrom, operator: Operator, path: Path) -> None:
+    """A saved entry's network against its record, so that both loaders give one energy: ``Q_w + R`` with the
+    recorded weights, and ``R = 0`` where it records averaging (``compose.load`` then uses ``Q_w`` itself)."""
+    q = agent.q
+    if not isinstance(q, ComposedSoftQNetwork):
+        raise CorruptSkillError(f"{path}: a saved composition's Q-network must be composed (Q_w + R), got "
+                                f"{type(q).__name__}")
+    mix = [float(w) for w in q.mix]
+    if len(mix) != len(record.weights) or any(abs(a - b) > 1e-6 for a, b in zip(mix, record.weights, strict=False)):
+        raise CorruptSkillError(f"{path}: its network mixes the constituents with weights {mix}, but its record says "
+                                f"{list(record.weights)}")
+    out = linear_layers(q.residual.net)[-1]
+    if operator.residual(q) is None and bool(out.weight.any() or out.bias.any()):
+        raise CorruptSkillError(f"{path}: it records operator {operator.name!r} (R = 0), but its residual R is not 0")

@@ -23,7 +23,7 @@ import sys
 from envs.cli import add_task_arguments, load_task_modules, run_command
 from skills.cli import add_weights_argument
 
-from .operators import OPERATORS, make_operator
+from .library import savable_operators
 from .run.cli import add_operator_setting_argument
 from .skill import load
 
@@ -34,12 +34,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("spec", help="skills to compose, joined by '+', e.g. reach+avoid (reach@v1 pins a version; "
                         "a name with a '+' in parentheses, e.g. '(reach+avoid)+stay_low')")
     add_weights_argument(parser)
-    savable = [name for name, cls in OPERATORS.items() if cls.saves_as_residual]
-    parser.add_argument("--operator", choices=savable, default="average",
+    parser.add_argument("--operator", choices=savable_operators(), default="average",
                         help="how the skills combine (default: average); dc: Q_w - C_w (its correction fitted offline, or "
                              "taken from the library cache)")
     add_operator_setting_argument(parser, "the same settings reuse the library cache's fit")
-    parser.add_argument("--name", help="library name of the entry (default: SPEC.composed)")
+    parser.add_argument("--name", help="library name of the entry (default: SPEC.composed; with --operator dc, "
+                        "SPEC.dc.composed)")
     parser.add_argument("--library", help="library to load the skills from (default: trained/ or "
                         "$COMPOSABLE_SKILLS_LIBRARY)")
     parser.add_argument("--out", help="library to write into; it must hold the constituents, since a saved composition "
@@ -54,8 +54,8 @@ def main(argv: list[str] | None = None) -> int:
 
     def body() -> int:
         load_task_modules(args.tasks)
-        composition = load(args.spec, weights=args.weights, library=args.library,
-                           operator=make_operator(args.operator, **dict(args.operator_setting)))
+        composition = load(args.spec, weights=args.weights, library=args.library, operator=args.operator,
+                           **dict(args.operator_setting))
         path = composition.save(name=args.name, library=args.out or args.library, progress=not args.no_progress)
         made_from = ", ".join(f"{p.name} v{p.info.version}" for p in composition.parts)
         print(f"saved {path}  (composed from {made_from}; load it with skills.load or compose.load by that name)")

@@ -149,7 +149,7 @@ def load(spec: str | Sequence[str], weights: Sequence[float] | None = None, libr
     if isinstance(spec, (str, Path)):
         saved = saved_entry(str(spec), library)
         if saved is not None:
-            if weights is not None or operator != "average" or settings:
+            if weights is not None or settings or make_operator(operator) != make_operator("average"):
                 raise ValueError(f"{spec} is a saved composition with its own weights and operator; compose its "
                                  "constituents to choose others")
             return reopened(saved, library, seed, allow_stale)

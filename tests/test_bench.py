@@ -216,6 +216,34 @@ def test_the_step_threads_benchmark_finds_the_same_episodes(tmp_path):
             step_threads.main(bad)
 
 
+def test_a_failing_process_fails_the_concurrent_step_threads_run_at_once(monkeypatch, tmp_path):
+    """One of two processes fails at its start (the first to claim a marker file), the other waits at the barrier: the
+    run raises with the first one's error at once instead of waiting for it."""
+    import os
+    import time
+
+    from bench import step_threads
+
+    def failing(spec, episodes, repeats, together=lambda: None):
+        if spec == "fails":
+            try:
+                os.close(os.open(tmp_path / "first", os.O_CREAT | os.O_EXCL))
+            except FileExistsError:
+                together()  # the barrier, broken by the other process
+            else:
+                raise FileNotFoundError("no skill named 'fails'")
+        together()
+        return {1: [0.0], 2: [0.0]}, {1: [], 2: []}
+
+    monkeypatch.setattr(step_threads, "timed_sides", failing)
+    monkeypatch.setattr(step_threads, "BARRIER_TIMEOUT_S", 120)
+    start = time.monotonic()
+    with pytest.raises(RuntimeError, match="a benchmark process failed"):
+        step_threads.concurrent_sides("fails", 1, 1, 2)
+    assert time.monotonic() - start < 60
+    assert step_threads.concurrent_sides("works", 1, 1, 2) == ({1: [0.0], 2: [0.0]}, {1: [], 2: []})
+
+
 def test_c_tightness_compares_c_with_each_stand_in_on_the_composed_pairs(tmp_path):
     """With the joint skill passed as the adapted one, both rows agree exactly; the gap is Q_w - Q_standin."""
     import numpy as np

@@ -291,6 +291,24 @@ def test_compose_save_cli_then_skills_evaluate_runs_the_composition_alone(librar
         compose.load("reach+avoid.composed", weights=[0.5, 0.5], library=str(library))
     assert compose_save.main(["reach+nothing", "--library", str(library)]) == 2
     assert "unknown skill 'nothing'" in capsys.readouterr().err
+    # a saved name saves again as it is (a new version), with no weights or operator given
+    assert compose_save.main(["reach+avoid.composed", "--library", str(library), "--no-progress"]) == 0
+    assert (library / "reach+avoid.composed" / "v2").is_dir()
+
+
+def test_adapting_a_saved_composition_starts_from_what_it_holds(library, monkeypatch):
+    """``compose.adapt NAME.composed`` starts from the saved sampler and ``Q_w + R``: nothing is rebuilt (a fresh
+    composition is built)."""
+    from compose.adaptation import build_unless_saved
+    from compose.skill import ComposedSkill
+
+    compose.load("reach+avoid", library=str(library)).save(progress=False)
+    built = []
+    monkeypatch.setattr(ComposedSkill, "build", lambda self, **kwargs: built.append(self.name))
+    build_unless_saved(compose.load("reach+avoid.composed", library=str(library)), progress=False)
+    assert built == []
+    build_unless_saved(compose.load("reach+avoid", library=str(library)), progress=False)
+    assert built == ["reach+avoid"]
 
 
 def test_compose_save_cli_keeps_dc_and_skills_evaluate_runs_it(library, capsys):

@@ -225,10 +225,11 @@ def test_collision_rates_are_shown_only_where_the_task_reports_collisions():
     assert any("collision rate   –" in line for line in shown)
 
 
-def _threads_in_force() -> int:
-    from skills.evaluation.lockstep import default_threads
+def _threads_in_force() -> int | None:
+    """The step-thread setting in this context: None unless something set it (``share_cores``, ``step_threads``)."""
+    from skills.evaluation.lockstep import _THREADS
 
-    return default_threads()
+    return _THREADS.get()
 
 
 def test_study_workers_share_the_cores_between_them():

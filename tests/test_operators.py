@@ -440,12 +440,45 @@ def test_a_saved_composition_with_a_forged_operator_is_refused(two_goal_library)
     path = average.save(progress=False)
     manifest = json.loads((path / "manifest.json").read_text())
     assert manifest["composed_from"]["operator"] == {"name": "average"}
+    huge = int("9" * 400)  # json writes it whole; math.isfinite would overflow on it
     for forged, message in (({"name": "gpi"}, "does not save as Q_w \\+ R"), ({"name": "sum"}, "unknown operator 'sum'"),
-                            ({"name": "dc", "lr": "fast"}, "not a valid operator"), ("dc", "not a valid operator")):
+                            ({"name": "dc", "lr": "fast"}, "not a valid operator"), ("dc", "not a valid operator"),
+                            ({"name": "dc", "lr": huge}, "not a valid operator"),
+                            ({"name": "dc", "hidden": []}, "not a valid operator"),
+                            ({"name": "dc", "hidden": [0]}, "not a valid operator")):
         manifest["composed_from"]["operator"] = forged
         (path / "manifest.json").write_text(json.dumps(manifest))
         with pytest.raises(CorruptSkillError, match=message):
             compose.load("west+east.composed", library=lib)
+    # the record against the network: both loaders must give one energy
+    manifest["composed_from"]["operator"] = {"name": "average"}
+    manifest["composed_from"]["weights"] = [0.25, 0.75]
+    (path / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(CorruptSkillError, match="weights \\[0.5, 0.5\\], but its record says \\[0.25, 0.75\\]"):
+        compose.load("west+east.composed", library=lib)
+
+
+def test_a_dc_entry_relabelled_as_averaging_is_refused(two_goal_library):
+    """``compose.load`` would use ``Q_w`` for an entry recording averaging, ``skills.load`` its ``Q_w + R``: an entry
+    whose ``R`` is not 0 must not record averaging."""
+    import json
+
+    from skills.library import CorruptSkillError
+
+    lib = str(two_goal_library)
+    dc = compose.load("west+east", library=lib, operator=TINY_OPERATORS["dc"])
+    dc.build(progress=False, sampler_cfg=TINY_SAMPLER)
+    path = dc.save(progress=False)
+    manifest = json.loads((path / "manifest.json").read_text())
+    manifest["composed_from"]["operator"] = {"name": "average"}
+    (path / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(CorruptSkillError, match="records operator 'average' \\(R = 0\\), but its residual R is not 0"):
+        compose.load("west+east.dc.composed", library=lib)
+
+
+def test_fitted_operators_need_hidden_layers():
+    with pytest.raises(compose.operators.OperatorError, match="hidden must name one or more positive layer widths"):
+        DivergenceCorrection(hidden=())
 
 
 def test_saved_compositions_refuse_operators_whose_energy_is_not_q_w_plus_r(two_goal_library):

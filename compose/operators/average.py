@@ -18,6 +18,7 @@ class Average(Operator):
     summary = "Q_w = sum_i w_i Q_i (Haarnoja et al. 2018)"
     bounded = True
     saves_as_residual = True
+    residual_form = "R = 0"
 
     def cache_settings(self, sampler: dict, bound: dict) -> dict:
         """The sampler's and the bound's settings: the key averaged compositions had before operators existed, so

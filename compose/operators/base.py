@@ -104,6 +104,7 @@ class Operator(ABC):
     # its energy has the form Q_w + R (R a network on (s, a)): it saves as a composed skill that any loader reopens,
     # and adaptation starts from it (``residual``)
     saves_as_residual: ClassVar[bool] = False
+    residual_form: ClassVar[str] = ""  # what R is, for the operators that save as Q_w + R ("R = 0", "R = -C_w")
 
     def why_not(self, labels: Sequence[str], weighted: bool) -> str | None:
         """Why this operator does not apply to skills ``labels`` (``weighted``: the user gave weights), or None."""
@@ -165,6 +166,8 @@ class FittedOperator(Operator):
         small = [k for k in ("target_update_interval", "batch_size", "value_samples") if getattr(self, k) < 1]
         if small:
             raise OperatorError(f"{self.name}: {', '.join(small)} must be >= 1")
+        if not self.hidden or any(int(width) < 1 for width in self.hidden):
+            raise OperatorError(f"{self.name}: hidden must name one or more positive layer widths, got {self.hidden}")
 
     def backups(self, gamma: float) -> int:
         """Target copies for ``gamma^k <= tolerance``."""

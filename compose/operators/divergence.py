@@ -86,6 +86,7 @@ class DivergenceCorrection(FittedOperator):
     name = "dc"
     summary = "Q_w - C_w, divergence correction learned offline (Hunt et al. 2019)"
     saves_as_residual = True
+    residual_form = "R = -C_w"
 
     def modules(self, composition: ComposedParts) -> dict[str, nn.Module]:
         obs_scale = composition.parts[0].agent.q.obs_scale

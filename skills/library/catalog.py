@@ -236,6 +236,8 @@ def check_fresh(path: str | Path, manifest: Manifest) -> None:
     if problems:
         assert manifest.composed_from is not None  # stale: it has them
         specs = "+".join(p.spec for p in manifest.composed_from.constituents)
+        operator = manifest.composed_from.operator_name
+        how = "" if operator == "average" else f", operator={operator!r} with its settings"
         raise StaleSkillError(f"saved composition {path} is stale: " + "; ".join(problems)
-                              + f". Compose again (compose.load({specs!r}).save()), or pass allow_stale=True "
+                              + f". Compose again (compose.load({specs!r}{how}).save()), or pass allow_stale=True "
                                 "to use the old one knowingly")

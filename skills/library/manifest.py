@@ -84,6 +84,13 @@ class ComposedFrom:
         return {"constituents": [dict(vars(c)) for c in self.constituents], "weights": list(self.weights),
                 "library": self.library, **self.extra}
 
+    @property
+    def operator_name(self) -> str:
+        """The operator the record names (``compose`` checks it on reopening); ``"average"`` where it names none."""
+        recorded = self.extra.get("operator")
+        name = recorded.get("name") if isinstance(recorded, dict) else None
+        return name if isinstance(name, str) and name.isidentifier() else "average"
+
     @classmethod
     def from_json(cls, record: dict) -> "ComposedFrom":
         """A provenance record from its JSON, checked as a manifest's are."""

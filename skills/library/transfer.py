@@ -98,8 +98,10 @@ def add_version(source: str | Path, library: str | Path | None = None) -> Added:
     if not info.complete:
         return Added(source, info.name, "skipped", reason=f"status {info.status!r}: only complete skills are added")
     if info.composed_from is not None:  # an adapted skill (adapted_from) holds its constituents' networks: it travels
+        operator = info.composed_from.operator_name
+        how = "" if operator == "average" else f" --operator {operator}"
         return Added(source, info.name, "skipped", reason="a saved composition: its constituents are resolved in its "
-                     "own library; add the constituents, then compose.save it in this library")
+                     f"own library; add the constituents, then compose.save it{how} in this library")
     digest, root = info.files[WEIGHTS], library_root(library)
 
     def holding(skill_dir: Path) -> Path | None:

@@ -141,9 +141,9 @@ def polish_skill(source: str | Path, library: str | Path | None = None, config: 
                          f"`python -m skills.train {info.task} --resume {path}`)")
     if info.composed_from is not None:
         parts = "+".join(f"{p.name}@v{p.version}" for p in info.composed_from.constituents)
-        raise ValueError(f"{path} is a saved composition of {parts}: "
-                         "its Q is theirs, averaged with no training, and polishing would make it something else; "
-                         f"`python -m compose.adapt {info.task}` trains a composition on the combined reward")
+        raise ValueError(f"{path} is a saved composition of {parts} ({info.composed_from.operator_name}): "
+                         "its Q is theirs, combined with no training, and polishing would make it something else; "
+                         f"`python -m compose.adapt {info.name}` trains it on the combined reward")
     agent.value_range = soft_value_bounds(task_of(info).reward_range, agent.config.alpha, info.act_dim, agent.config.gamma)
     record = polish_agent(agent, transitions, config)
     out = claim_version_dir(info.name, path.parent.parent)  # beside the original, wherever it was found
