@@ -169,8 +169,7 @@ def saved_manifest(composition: Composition, agent: SoftQLearning, path: Path, r
         architecture={"sampler": "mlp, a = tanh(f(s, xi)), xi ~ N(0, I); the composed sampler (compose.sampling)",
                       "hidden": list(agent.config.hidden), "activation": "relu", "noise_dim": composition.act_dim,
                       **agent.q.architecture()},
-        seed=composition.seed, composed_from=ComposedFrom.from_json(
-            provenance(composition, root) | {"library": None}),
+        seed=composition.seed, composed_from=ComposedFrom.from_json(provenance(composition, root) | {"library": None}),
         record={"metrics": {}, "library_versions": library_versions(), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
 
 
