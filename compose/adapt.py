@@ -5,8 +5,8 @@ instead of from scratch (as PSQD's "zero-shot, then adapted"):
 
     Q(s, a) = Q_w(s, a) + R(s, a),    Q_w = sum_i w_i Q_i frozen,  R trained, R = 0 at the start
 
-(from a saved ``dc`` composition, ``SPEC.dc.composed``, R = -C_w at the start: its own energy), with the sampler
-started from the composed amortized sampler and the replay buffer started from the constituents' stored
+(with ``--operator dc``, or from a saved ``SPEC.dc.composed``, R = -C_w at the start: dc's own energy), with the
+sampler started from the composed amortized sampler and the replay buffer started from the constituents' stored
 transitions, their rewards recomputed for ``r_w`` (no new environment samples; on a custom ``--arm`` the buffer
 starts empty, as those transitions are another robot's).
 Before the first update the adapted skill acts exactly as the composition does. Training is the
@@ -28,7 +28,9 @@ from skills.cli import add_weights_argument, non_negative_int, positive_int
 from skills.train import run_training
 from skills.training import MultiSeedTrainer, Trainer, TrainResult, rest_of_budget
 
-from .adaptation import ADAPT_SHARE, EVAL_INTERVAL, adapt_configs, adapted_trainer, build_unless_saved, combined_task_name
+from .adaptation import ADAPT_SHARE, EVAL_INTERVAL, adapt_configs, adapted_trainer, build_unless_saved, check_adaptable
+from .library import savable_operators
+from .run.cli import add_operator_setting_argument
 from .skill import load
 
 
@@ -39,6 +41,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "parentheses), or a "
                         "saved composition such as reach+avoid.composed")
     add_weights_argument(parser)
+    parser.add_argument("--operator", choices=savable_operators(), default="average",
+                        help="the composition to start from (default: average, R = 0); dc: Q_w - C_w, R = -C_w at the "
+                             "start (its correction from the library cache, or fitted offline first)")
+    add_operator_setting_argument(parser, "the same settings reuse the library cache's fit")
     parser.add_argument("--steps", type=positive_int,
                         help=f"environment steps (default: {ADAPT_SHARE * 100:.0f}%% of the joint skill's tuned budget)")
     parser.add_argument("--seed", type=non_negative_int, default=0, help="random seed (default: 0)")
@@ -70,7 +76,8 @@ def main(argv: list[str] | None = None) -> int:
     def make_trainer() -> MultiSeedTrainer:
         load_task_modules(args.tasks)
         try:
-            composition = load(args.spec, weights=args.weights, library=args.library, seed=args.seed)
+            composition = load(args.spec, weights=args.weights, library=args.library, seed=args.seed,
+                               operator=args.operator, **dict(args.operator_setting))
         except (envs.UnknownNameError, skills.SkillError) as err:
             if not args.resume:
                 raise
@@ -78,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
                                     "adapted skill is looked up in --out, or in --library without --out)") from err
         names.append(composition.name)
         starts.append(f"{composition.operator.residual_form} at the start")
-        task = combined_task_name(composition)  # refuse before building anything
+        task = check_adaptable(composition)  # refuse before building anything
         if args.resume:  # the saved adapted skill holds everything: nothing to build
             sql, run = adapt_configs(task, args.steps, seed=args.seed, **overrides)
             if args.steps is None:  # an interrupted run finishes its budget

@@ -24,7 +24,8 @@ from skills.training import StartFrom, TrainConfig, Trainer, TrainResult
 from skills.training.defaults import TASK_STEPS, sql_config, train_config
 
 from .composition import Composition
-from .library import composed_agent, operator_residual, operator_tag, provenance
+from .library import composed_agent, operator_residual, operator_tag, provenance, savable_operators
+from .operators import Operator
 from .skill import ComposedSkill, load
 
 SUFFIX = ".adapted"
@@ -40,6 +41,15 @@ def combined_task_name(composition: Composition) -> str:
         raise ValueError(f"{composition.name} with weights {composition.weights.tolist()} has no registered combined "
                          f"task ({name!r}) to adapt on; combined tasks: {', '.join(combined)}")
     return name
+
+
+def check_adaptable(composition: Composition) -> str:
+    """The registered combined task adaptation trains on (``combined_task_name``), after checking that the
+    composition's energy is ``Q_w + R`` (``Operator.saves_as_residual``: averaging, ``dc``), where adaptation starts."""
+    if not composition.operator.saves_as_residual:
+        raise ValueError(f"adaptation starts from Q = Q_w + R and trains R; operator {composition.operator.name!r}'s "
+                         f"energy is not of that form (adaptable: {', '.join(savable_operators())})")
+    return combined_task_name(composition)
 
 
 def adapt_configs(task: str, steps: int | None = None, **run_overrides) -> tuple[SQLConfig, TrainConfig]:
@@ -67,7 +77,7 @@ def adapted_trainer(composition: ComposedSkill, *, steps: int | None = None, see
     """A ``Trainer`` on the combined task whose agent is the composition (``Q_w + R``, ``R`` the operator's: 0 for
     averaging, ``-C_w`` for ``dc``; the composed sampler) and whose buffer holds the constituents' transitions
     relabelled with ``r_w``."""
-    task = combined_task_name(composition)
+    task = check_adaptable(composition)
     sql, run = adapt_configs(task, steps, seed=seed, **run_overrides)
     agent = composed_agent(composition, composition.policy.sampler, seed, config=sql,
                            residual=operator_residual(composition))
@@ -86,10 +96,12 @@ def adapted_trainer(composition: ComposedSkill, *, steps: int | None = None, see
 
 
 def adapt(spec: str, *, weights: list[float] | None = None, library: str | None = None, out: str | None = None,
-          seed: int = 0, env_kwargs: dict | None = None, **run_overrides: Any) -> TrainResult:
-    """Load (or reopen) the composition ``spec`` and adapt it; returns the trainer's result. ``run_overrides``:
-    ``steps`` and ``TrainConfig`` fields (``progress``, ``eval_interval``...)."""
-    composition = load(spec, weights=weights, library=library, seed=seed)
-    combined_task_name(composition)  # refuse before building anything
+          seed: int = 0, env_kwargs: dict | None = None, operator: str | Operator = "average",
+          **run_overrides: Any) -> TrainResult:
+    """Load (or reopen) the composition ``spec`` and adapt it; returns the trainer's result. ``operator``: averaging
+    or ``dc`` (a name, or ``make_operator("dc", target_update_interval=100)`` for its settings), whose start is
+    ``Q_w - C_w``. ``run_overrides``: ``steps`` and ``TrainConfig`` fields (``progress``, ``eval_interval``...)."""
+    composition = load(spec, weights=weights, library=library, seed=seed, operator=operator)
+    check_adaptable(composition)  # refuse before building anything
     build_unless_saved(composition, progress=run_overrides.get("progress", True))
     return adapted_trainer(composition, seed=seed, out=out, env_kwargs=env_kwargs, **run_overrides).train()

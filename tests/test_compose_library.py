@@ -226,6 +226,20 @@ def test_compose_adapt_trains_a_new_library_skill_and_resumes(library, capsys, t
     assert "resuming: --library is where the constituents live" in capsys.readouterr().err
 
 
+def test_compose_adapt_starts_from_dc_and_refuses_operators_not_of_the_form_q_w_plus_r(library, capsys):
+    """``--operator dc`` (the shipped cache's fit) adapts from ``Q_w - C_w`` into ``reach+avoid.dc.adapted``; an
+    operator whose energy is not ``Q_w + R`` is refused before anything is built."""
+    from compose.adaptation import adapt
+
+    assert compose_adapt.main(["reach+avoid", "--operator", "dc", "--library", str(library), *TINY_ADAPT]) == 0
+    assert "R = -C_w at the start" in capsys.readouterr().out
+    skill = skills.load("reach+avoid.dc.adapted", library)
+    assert skill.manifest["adapted_from"]["operator"]["name"] == "dc" and skill.manifest["env_steps"] == 120
+    assert not (library / "reach+avoid.adapted").exists()
+    with pytest.raises(ValueError, match="operator 'gpi''s energy is not of that form \\(adaptable: average, dc\\)"):
+        adapt("reach+avoid", library=str(library), operator="gpi", progress=False)
+
+
 def test_compose_adapt_refuses_a_composition_without_a_combined_task(library, capsys):
     assert compose_adapt.main(["reach+avoid", "--library", str(library), "--weights", "0.7,0.3", *TINY_ADAPT]) == 2
     err = capsys.readouterr().err
